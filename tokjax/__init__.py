@@ -1,0 +1,16 @@
+"""tokjax: token-level methods for language models as composable JAX transforms over one forward function."""
+
+from tokjax.model import (
+    Bidirectional, Causal, Explicit, Inputs, KVCache, Model, ModelConfig, Output, Prefix, Rank, Taps, Tree,
+    blocks, embed, final_norm, forward, lm_head, unembed,
+)
+
+from tokjax import logits
+from tokjax.decoding import GenerateOutput, generate, stream
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "logits", "GenerateOutput", "generate", "stream", "Bidirectional", "Causal", "Explicit", "Inputs", "KVCache", "Model", "ModelConfig", "Output", "Prefix", "Rank",
+    "Taps", "Tree", "blocks", "embed", "final_norm", "forward", "lm_head", "unembed",
+]

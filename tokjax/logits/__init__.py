@@ -1,0 +1,17 @@
+"""LogitTransform family: optax-shaped init/apply transforms over next-token logits, composed with chain."""
+
+from tokjax.logits._base import (
+    Chain, Identity, LogitContext, LogitTransform, NamedChain, Stats, as_rows, chain, check_range, hparam,
+    named_chain, sample,
+)
+from tokjax.logits._transforms import (
+    BanTokens, Greedy, MinP, PresencePenalty, RepetitionPenalty, Temperature, TopK, TopP, ban_tokens, greedy,
+    min_p, presence_penalty, repetition_penalty, temperature, token_counts, top_k, top_p,
+)
+
+__all__ = [
+    "Chain", "Identity", "LogitContext", "LogitTransform", "NamedChain", "Stats", "as_rows", "chain", "check_range",
+    "hparam", "named_chain", "sample", "BanTokens", "Greedy", "MinP", "PresencePenalty", "RepetitionPenalty",
+    "Temperature", "TopK", "TopP", "ban_tokens", "greedy", "min_p", "presence_penalty", "repetition_penalty",
+    "temperature", "token_counts", "top_k", "top_p",
+]

@@ -1,0 +1,167 @@
+"""The LogitTransform family: optax-shaped ``init``/``apply`` pairs, composed with ``chain``.
+
+A transform is a frozen dataclass. Its hyperparameters are *initial values* that ``init``
+copies into the state as float32 arrays of shape [B] (one value per row), and they are
+excluded from equality and hashing. So two transforms that differ only in a hyperparameter
+are equal as static jit arguments: ``generate(..., logits=temperature(0.7))`` followed by
+``temperature(1.0)`` reuses the compiled program (optax#577 is the pain this avoids).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+NEG_INF = -jnp.inf
+
+
+@struct.dataclass
+class LogitContext:
+    """Returns nothing; what a transform may read besides the logits.
+
+    ``tokens`` [B, S] the sequence buffer (prompt + generated so far), ``lengths`` [B] the valid
+    length of each row, ``step`` the decode step (scalar int32).
+    """
+
+    tokens: jax.Array
+    lengths: jax.Array
+    step: jax.Array
+
+
+def hparam(default=None):
+    """Returns a dataclass field for a runtime hyperparameter (not part of the static identity)."""
+    return dataclasses.field(default=default, compare=False, hash=False)
+
+
+def as_rows(value, batch: int, name: str, dtype=jnp.float32) -> jax.Array:
+    """Returns ``value`` broadcast to a [batch] array; raises ValueError when its shape cannot be."""
+    arr = jnp.asarray(value, dtype)
+    if arr.ndim == 0:
+        return jnp.full((batch,), arr, dtype)
+    if arr.shape != (batch,):
+        raise ValueError(f"{name} must be a scalar or have shape [batch={batch}], got shape {tuple(arr.shape)}")
+    return arr
+
+
+def check_range(value, name: str, lo=None, hi=None, lo_open=False, hi_open=False) -> None:
+    """Returns None; raises ValueError when a concrete hyperparameter lies outside its range."""
+    if isinstance(value, jax.core.Tracer):
+        return
+    arr = np.asarray(value, dtype=np.float64)
+    if np.any(~np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    bad = np.zeros(arr.shape, bool)
+    if lo is not None:
+        bad |= (arr <= lo) if lo_open else (arr < lo)
+    if hi is not None:
+        bad |= (arr >= hi) if hi_open else (arr > hi)
+    if np.any(bad):
+        lb = ("(" if lo_open else "[") + ("-inf" if lo is None else str(lo))
+        ub = ("inf" if hi is None else str(hi)) + (")" if hi_open else "]")
+        raise ValueError(f"{name} must lie in {lb}, {ub}, got {value!r}")
+
+
+class LogitTransform:
+    """Returns nothing; base class. Subclasses define ``init(batch) -> state`` and
+    ``apply(logits [B, V] float32, state, ctx) -> (logits, state)``.
+    """
+
+    def init(self, batch: int) -> Any:
+        return ()
+
+    def apply(self, logits: jax.Array, state: Any, ctx: LogitContext | None) -> tuple[jax.Array, Any]:
+        raise TypeError(f"{type(self).__name__} must define apply(logits, state, ctx)")
+
+    def __call__(self, logits, state=None, ctx=None):
+        state = self.init(logits.shape[0]) if state is None else state
+        return self.apply(logits, state, ctx)
+
+
+@dataclasses.dataclass(frozen=True)
+class Chain(LogitTransform):
+    """Returns nothing; applies transforms in order (state is a tuple of their states)."""
+
+    transforms: tuple
+
+    def init(self, batch):
+        return tuple(t.init(batch) for t in self.transforms)
+
+    def apply(self, logits, state, ctx):
+        new = []
+        for t, s in zip(self.transforms, state):
+            logits, s = t.apply(logits, s, ctx)
+            new.append(s)
+        return logits, tuple(new)
+
+
+@dataclasses.dataclass(frozen=True)
+class NamedChain(LogitTransform):
+    """Returns nothing; like Chain, but the state is a dict keyed by name (addressable hyperparameters)."""
+
+    named: tuple  # ((name, transform), ...)
+
+    def init(self, batch):
+        return {n: t.init(batch) for n, t in self.named}
+
+    def apply(self, logits, state, ctx):
+        new = {}
+        for n, t in self.named:
+            logits, new[n] = t.apply(logits, state[n], ctx)
+        return logits, new
+
+
+def chain(*transforms: LogitTransform) -> Chain:
+    """Returns the composition applying ``transforms`` left to right."""
+    for t in transforms:
+        if not isinstance(t, LogitTransform):
+            raise ValueError(f"chain expects LogitTransform objects, got {type(t).__name__}")
+    return Chain(tuple(transforms))
+
+
+def named_chain(*named: tuple[str, LogitTransform]) -> NamedChain:
+    """Returns the composition of ``(name, transform)`` pairs with a name-keyed state."""
+    names = [n for n, _ in named]
+    if len(set(names)) != len(names):
+        raise ValueError(f"named_chain names must be unique, got {names}")
+    for n, t in named:
+        if not isinstance(t, LogitTransform):
+            raise ValueError(f"named_chain entry {n!r} is not a LogitTransform: {type(t).__name__}")
+    return NamedChain(tuple(named))
+
+
+class Identity(LogitTransform):
+    """Returns nothing; the transform that changes nothing."""
+
+    def __eq__(self, other):
+        return type(other) is Identity
+
+    def __hash__(self):
+        return hash(Identity)
+
+    def apply(self, logits, state, ctx):
+        return logits, state
+
+
+class Stats(NamedTuple):
+    """Returns nothing; diagnostics of one sampled step."""
+
+    all_masked: jax.Array  # [B] bool: the row had no finite logit left
+
+
+def sample(key: jax.Array, logits: jax.Array) -> tuple[jax.Array, Stats]:
+    """Returns (token ids [B] int32, Stats) drawn from softmax(logits) per row.
+
+    A row whose logits are all -inf yields token 0 and ``all_masked`` True (never NaN); the
+    decode loop ends such a row rather than emitting a meaningless token silently.
+    """
+    finite = jnp.isfinite(logits)
+    any_finite = finite.any(-1)
+    safe = jnp.where(finite, logits, -1e30)
+    tok = jax.random.categorical(key, safe, axis=-1).astype(jnp.int32)
+    tok = jnp.where(any_finite, tok, 0)
+    return tok, Stats(all_masked=~any_finite)

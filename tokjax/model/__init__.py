@@ -1,0 +1,20 @@
+"""The shared forward function and everything it needs (config, params, masks, cache)."""
+
+from tokjax.model.attention import (
+    Bidirectional, Causal, Explicit, MaskSpec, Prefix, Rank, Tree, build_mask, tree_ancestors, tree_depths,
+    validate_tree,
+)
+from tokjax.model.cache import KVCache
+from tokjax.model.config import ModelConfig
+from tokjax.model.forward import (
+    HOOK_SITES, Inputs, Model, Output, Taps, blocks, embed, final_norm, forward, lm_head, norm, position_embed,
+    unembed,
+)
+from tokjax.model.params import ParamSpec, check_params, init_params, param_axes, param_shapes, param_specs
+
+__all__ = [
+    "Bidirectional", "Causal", "Explicit", "MaskSpec", "Prefix", "Rank", "Tree", "build_mask", "tree_ancestors",
+    "tree_depths", "validate_tree", "KVCache", "ModelConfig", "HOOK_SITES", "Inputs", "Model", "Output", "Taps",
+    "blocks", "embed", "final_norm", "forward", "lm_head", "norm", "position_embed", "unembed", "ParamSpec",
+    "check_params", "init_params", "param_axes", "param_shapes", "param_specs",
+]

@@ -1,0 +1,397 @@
+"""THE shared forward function of tokjax, built from public pure stages.
+
+    out = forward(params, cfg, inputs, *, cache=None, layers=None, taps=None, hooks=None,
+                  mask=Causal(), compute_logits=True, embedding=None, head=None, logit_bias=None)
+
+Stages a method may call directly: :func:`embed` (token ids -> vectors), :func:`blocks`
+(a range of transformer layers, with cache, taps and hooks), :func:`final_norm`,
+:func:`lm_head` (the [D, V] output matrix, so a loss can avoid materialising logits) and
+:func:`unembed` (normed hidden -> logits).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from tokjax.model import attention as attn_lib
+from tokjax.model.cache import KVCache
+from tokjax.model.config import ModelConfig
+from tokjax.model.params import Params
+
+HOOK_SITES = ("resid_pre", "attn_out", "mlp_out", "resid_post")
+_HOOK_RE = re.compile(r"^layer\.(\*|\d+)\.(resid_pre|attn_out|mlp_out|resid_post)$")
+
+
+@struct.dataclass
+class Inputs:
+    """Returns nothing; what enters the forward function.
+
+    Exactly one of ``tokens`` [B, T] int, ``embeds`` [B, T, D] (soft / mixed embeddings; learned
+    position embeddings are still added) or ``hidden`` [B, T, D] (a residual stream entering at
+    the first layer of ``layers``). ``positions`` [B, T] (or [T]) may be non-contiguous; default:
+    the cache offset (0 without a cache) plus 0..T-1. ``segment_ids`` [B, T] keep packed
+    documents from attending to each other (no-cache forwards).
+    """
+
+    tokens: jax.Array | None = None
+    embeds: jax.Array | None = None
+    hidden: jax.Array | None = None
+    positions: jax.Array | None = None
+    segment_ids: jax.Array | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Taps:
+    """Returns nothing; static request for per-layer activations (nothing is kept by default).
+
+    ``layers``: None (no taps), "all", or a tuple of absolute layer indices. ``sites``: any of
+    resid_pre, attn_out, mlp_out, resid_post. Output ``taps[site]`` is [n_layers_tapped, B, T, D].
+    """
+
+    layers: Any = None
+    sites: tuple[str, ...] = ("resid_post",)
+
+    def __post_init__(self):
+        bad = [s for s in self.sites if s not in HOOK_SITES]
+        if bad:
+            raise ValueError(f"unknown tap sites {bad}; expected any of {HOOK_SITES}")
+        if self.layers is not None and self.layers != "all":
+            object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
+
+    @property
+    def active(self) -> bool:
+        return self.layers is not None and (self.layers == "all" or len(self.layers) > 0)
+
+
+@struct.dataclass
+class Output:
+    """Returns nothing; forward's result.
+
+    ``logits`` [B, T, V] float32 or None; ``hidden`` [B, T, D]: the final-normed stream when the
+    last layer ran, else the raw residual after the last layer run (feed it back as
+    ``Inputs(hidden=...)`` to continue); ``taps`` {site: [n, B, T, D]}; ``cache`` the updated cache.
+    """
+
+    logits: jax.Array | None
+    hidden: jax.Array
+    taps: dict
+    cache: KVCache | None
+
+
+# --------------------------------------------------------------------------------- stages
+def norm(x: jax.Array, p: Mapping[str, jax.Array], cfg: ModelConfig) -> jax.Array:
+    """Returns x normalised by RMSNorm or LayerNorm (statistics in float32, result in x's dtype)."""
+    xf = x.astype(jnp.float32)
+    if cfg.norm == "rms":
+        y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + cfg.norm_eps)
+        y = y * p["scale"].astype(jnp.float32)
+    else:
+        mu = jnp.mean(xf, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(xf - mu), axis=-1, keepdims=True)
+        y = (xf - mu) * jax.lax.rsqrt(var + cfg.norm_eps)
+        y = y * p["scale"].astype(jnp.float32) + p["bias"].astype(jnp.float32)
+    return y.astype(x.dtype)
+
+
+def embed(params: Params, cfg: ModelConfig, tokens: jax.Array, *, table: jax.Array | None = None) -> jax.Array:
+    """Returns the token embeddings [B, T, D] (compute dtype) of ``tokens``; ``table`` overrides params['embed']."""
+    table = params["embed"] if table is None else table
+    return jnp.take(table, tokens, axis=0).astype(cfg.dtype)
+
+
+def position_embed(params: Params, cfg: ModelConfig, positions: jax.Array) -> jax.Array:
+    """Returns learned position embeddings [B, T, D] (zeros for rope models)."""
+    if cfg.positions != "learned":
+        return jnp.zeros(positions.shape + (cfg.d_model,), cfg.dtype)
+    return jnp.take(params["pos_embed"], positions, axis=0).astype(cfg.dtype)
+
+
+def final_norm(params: Params, cfg: ModelConfig, x: jax.Array) -> jax.Array:
+    """Returns the final-normed hidden state."""
+    return norm(x, params["final_norm"], cfg)
+
+
+def lm_head(params: Params, cfg: ModelConfig) -> jax.Array:
+    """Returns the output matrix [D, V] (the transposed embedding when tied)."""
+    return params["embed"].T if cfg.tied_embeddings else params["lm_head"]
+
+
+def unembed(
+    params: Params, cfg: ModelConfig, hidden: jax.Array, *, head: jax.Array | None = None, bias: jax.Array | None = None
+) -> jax.Array:
+    """Returns float32 logits [B, T, V] = hidden @ head (+ bias); ``hidden`` must already be final-normed."""
+    head = lm_head(params, cfg) if head is None else head
+    logits = jnp.einsum("btd,dv->btv", hidden, head.astype(cfg.dtype), preferred_element_type=jnp.float32)
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
+    return logits
+
+
+def _parse_hooks(hooks: Mapping[str, Callable] | None) -> dict[str, list[tuple[int | None, Callable]]]:
+    out: dict[str, list] = {s: [] for s in HOOK_SITES}
+    for name, fn in (hooks or {}).items():
+        m = _HOOK_RE.match(name)
+        if not m:
+            raise ValueError(
+                f"unknown hook site {name!r}; expected 'layer.<i>.<site>' or 'layer.*.<site>' with site in {HOOK_SITES}"
+            )
+        if not callable(fn):
+            raise ValueError(f"hook {name!r} must be a function (x, layer) -> x, got {type(fn).__name__}")
+        layer = None if m.group(1) == "*" else int(m.group(1))
+        out[m.group(2)].append((layer, fn))
+    return out
+
+
+def _apply_hooks(site_hooks, x, layer):
+    for target, fn in site_hooks:
+        if target is None:
+            x = fn(x, layer)
+        else:
+            x = jnp.where(layer == target, fn(x, layer).astype(x.dtype), x)
+    return x
+
+
+def _layer(p, cfg, x, positions, mask_spec, segment_ids, layer, kv, hooks):
+    """Returns (x, kv, site activations) for one transformer layer; kv = (k_all, v_all, offset) or None."""
+    dt = cfg.dtype
+    B, T, _ = x.shape
+    sites = {}
+    x = _apply_hooks(hooks["resid_pre"], x, layer)
+    sites["resid_pre"] = x
+    h = norm(x, p["attn_norm"], cfg)
+    q = jnp.einsum("btd,dhk->bthk", h, p["wq"].astype(dt))
+    k = jnp.einsum("btd,dhk->bthk", h, p["wk"].astype(dt))
+    v = jnp.einsum("btd,dhk->bthk", h, p["wv"].astype(dt))
+    if cfg.qkv_bias:
+        q, k, v = q + p["bq"].astype(dt), k + p["bk"].astype(dt), v + p["bv"].astype(dt)
+    if cfg.positions == "rope":
+        q = attn_lib.rope(q, positions, cfg.rope_theta)
+        k = attn_lib.rope(k, positions, cfg.rope_theta)
+    if kv is None:
+        visible = attn_lib.build_mask(mask_spec, B, T, segment_ids=segment_ids)
+        keys, vals = k, v
+    else:
+        k_all, v_all, offset = kv
+        S = k_all.shape[2]
+        slots = offset[:, None] + jnp.arange(T)[None, :]
+        rows = jnp.arange(B)[:, None]
+        k_all = k_all.at[layer, rows, slots].set(k.astype(k_all.dtype), mode="drop")
+        v_all = v_all.at[layer, rows, slots].set(v.astype(v_all.dtype), mode="drop")
+        keys = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False).astype(dt)
+        vals = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False).astype(dt)
+        visible = attn_lib.build_mask(mask_spec, B, T, offset=offset, capacity=S)
+        kv = (k_all, v_all)
+    a = attn_lib.attend(q, keys, vals, visible)
+    a = jnp.einsum("bthk,hkd->btd", a, p["wo"].astype(dt))
+    if cfg.bias:
+        a = a + p["bo"].astype(dt)
+    a = _apply_hooks(hooks["attn_out"], a, layer)
+    sites["attn_out"] = a
+    x = x + a
+    h = norm(x, p["mlp_norm"], cfg)
+    up = jnp.einsum("btd,df->btf", h, p["w_up"].astype(dt))
+    if cfg.bias:
+        up = up + p["b_up"].astype(dt)
+    if cfg.activation == "swiglu":
+        gate = jnp.einsum("btd,df->btf", h, p["w_gate"].astype(dt))
+        act = jax.nn.silu(gate) * up
+    else:
+        act = jax.nn.gelu(up, approximate=True)  # GPT-2's "gelu_new" (tanh approximation)
+    m = jnp.einsum("btf,fd->btd", act, p["w_down"].astype(dt))
+    if cfg.bias:
+        m = m + p["b_down"].astype(dt)
+    m = _apply_hooks(hooks["mlp_out"], m, layer)
+    sites["mlp_out"] = m
+    x = x + m
+    x = _apply_hooks(hooks["resid_post"], x, layer)
+    sites["resid_post"] = x
+    return x, kv, sites
+
+
+def blocks(
+    params: Params,
+    cfg: ModelConfig,
+    x: jax.Array,
+    positions: jax.Array,
+    *,
+    mask: attn_lib.MaskSpec | None = None,
+    cache: KVCache | None = None,
+    start: int = 0,
+    end: int | None = None,
+    taps: Taps | None = None,
+    hooks: Mapping[str, Callable] | None = None,
+    segment_ids: jax.Array | None = None,
+) -> tuple[jax.Array, KVCache | None, dict]:
+    """Returns (x, cache, taps) after running layers ``start .. end-1`` on the residual stream x [B, T, D].
+
+    Layers run under ``lax.scan`` over the stacked parameters; the cache travels in the scan
+    carry and is updated in place by scatter, so a decode step costs one read of the cache.
+    Hooks are functions ``fn(x, layer) -> x`` at sites ``layer.{i}.{site}`` (``*`` for every layer).
+    """
+    end = cfg.n_layers if end is None else end
+    mask = attn_lib.Causal() if mask is None else mask
+    taps = Taps() if taps is None else taps
+    parsed_hooks = _parse_hooks(hooks)
+    layer_params = jax.tree.map(lambda a: a[start:end], params["layers"])
+    layer_ids = jnp.arange(start, end, dtype=jnp.int32)
+    want = taps.sites if taps.active else ()
+
+    if cache is None:
+
+        def body(h, xs):
+            p, i = xs
+            h, _, sites = _layer(p, cfg, h, positions, mask, segment_ids, i, None, parsed_hooks)
+            return h, {s: sites[s] for s in want}
+
+        x, ys = jax.lax.scan(body, x, (layer_params, layer_ids))
+        new_cache = None
+    else:
+        offsets = cache.lengths[start:end]
+
+        def body(carry, xs):
+            h, k_all, v_all = carry
+            p, i, off = xs
+            h, (k_all, v_all), sites = _layer(p, cfg, h, positions, mask, segment_ids, i, (k_all, v_all, off), parsed_hooks)
+            return (h, k_all, v_all), {s: sites[s] for s in want}
+
+        (x, k_all, v_all), ys = jax.lax.scan(body, (x, cache.k, cache.v), (layer_params, layer_ids, offsets))
+        T = x.shape[1]
+        new_cache = cache.replace(k=k_all, v=v_all, lengths=cache.lengths.at[start:end].add(T))
+
+    tapped = {}
+    if want:
+        rel = list(range(end - start)) if taps.layers == "all" else [i - start for i in taps.layers if start <= i < end]
+        for s in want:
+            tapped[s] = ys[s][jnp.asarray(rel, jnp.int32)] if rel else ys[s][:0]
+    return x, new_cache, tapped
+
+
+# ------------------------------------------------------------------------------- forward
+def _is_concrete(x) -> bool:
+    return x is not None and not isinstance(x, jax.core.Tracer)
+
+
+def _validate(cfg, inputs, cache, start, end, T):
+    provided = [n for n in ("tokens", "embeds", "hidden") if getattr(inputs, n) is not None]
+    if len(provided) != 1:
+        raise ValueError(f"Inputs needs exactly one of tokens, embeds, hidden; got {provided or 'none'}")
+    if not (0 <= start < end <= cfg.n_layers):
+        raise ValueError(f"layers must satisfy 0 <= start < end <= n_layers={cfg.n_layers}, got ({start}, {end})")
+    if inputs.tokens is not None:
+        tok = inputs.tokens
+        if tok.ndim != 2:
+            raise ValueError(f"tokens must be [batch, seq], got shape {tok.shape}")
+        if not jnp.issubdtype(tok.dtype, jnp.integer):
+            raise ValueError(f"tokens must be integers, got dtype {tok.dtype}")
+        if _is_concrete(tok) and tok.size:
+            lo, hi = int(np.min(tok)), int(np.max(tok))
+            if lo < 0 or hi >= cfg.vocab_size:
+                raise ValueError(f"token ids must lie in [0, {cfg.vocab_size}), got values in [{lo}, {hi}]")
+    for name in ("embeds", "hidden"):
+        arr = getattr(inputs, name)
+        if arr is not None and (arr.ndim != 3 or arr.shape[-1] != cfg.d_model):
+            raise ValueError(f"{name} must be [batch, seq, d_model={cfg.d_model}], got shape {arr.shape}")
+    if cache is not None:
+        if cache.num_layers != cfg.n_layers:
+            raise ValueError(f"cache has {cache.num_layers} layers, model has {cfg.n_layers}")
+        if _is_concrete(cache.lengths):
+            need = int(np.max(np.asarray(cache.lengths[start:end]))) + T
+            if need > cache.capacity:
+                raise ValueError(
+                    f"cache capacity {cache.capacity} is too small: writing {T} tokens needs {need} slots"
+                )
+    if inputs.positions is not None and _is_concrete(inputs.positions) and inputs.positions.size:
+        pmax, pmin = int(np.max(inputs.positions)), int(np.min(inputs.positions))
+        if pmin < 0 or (cfg.positions == "learned" and pmax >= cfg.max_len):
+            raise ValueError(f"positions must lie in [0, max_len={cfg.max_len}), got [{pmin}, {pmax}]")
+
+
+def forward(
+    params: Params,
+    cfg: ModelConfig,
+    inputs: Inputs | jax.Array,
+    *,
+    cache: KVCache | None = None,
+    layers: tuple[int, int] | None = None,
+    taps: Taps | None = None,
+    hooks: Mapping[str, Callable] | None = None,
+    mask: attn_lib.MaskSpec | None = None,
+    compute_logits: bool = True,
+    embedding: jax.Array | None = None,
+    head: jax.Array | None = None,
+    logit_bias: jax.Array | None = None,
+) -> Output:
+    """Returns the model's Output (logits, hidden, taps, cache) for ``inputs``.
+
+    ``inputs`` may be an Inputs or a bare [B, T] token array. ``layers=(start, end)`` runs a
+    layer range (early exit, drafts, verification from layer k). ``mask`` is a spec from
+    :mod:`tokjax.model.attention` (default Causal). ``embedding`` [V', D], ``head`` [D, V'] and
+    ``logit_bias`` [V'] override the vocabulary tables for this call (tokenizer transfer).
+    With ``compute_logits`` and a partial layer range, logits are the early-exit logits
+    through the final norm and the shared head.
+    """
+    if not isinstance(inputs, Inputs):
+        inputs = Inputs(tokens=jnp.asarray(inputs))
+    start, end = (0, cfg.n_layers) if layers is None else (int(layers[0]), int(layers[1]))
+    x_in = inputs.tokens if inputs.tokens is not None else (inputs.embeds if inputs.embeds is not None else inputs.hidden)
+    if x_in is None:
+        raise ValueError("Inputs needs exactly one of tokens, embeds, hidden; got none")
+    B, T = x_in.shape[:2]
+    _validate(cfg, inputs, cache, start, end, T)
+
+    if inputs.positions is not None:
+        positions = jnp.broadcast_to(jnp.asarray(inputs.positions, jnp.int32), (B, T))
+    else:
+        base = cache.lengths[start] if cache is not None else jnp.zeros((B,), jnp.int32)
+        positions = base[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]
+
+    if inputs.hidden is not None:
+        x = inputs.hidden.astype(cfg.dtype)
+    else:
+        x = embed(params, cfg, inputs.tokens, table=embedding) if inputs.tokens is not None else inputs.embeds.astype(cfg.dtype)
+        x = x + position_embed(params, cfg, positions)
+
+    x, cache, tapped = blocks(
+        params, cfg, x, positions, mask=mask, cache=cache, start=start, end=end,
+        taps=taps, hooks=hooks, segment_ids=inputs.segment_ids,
+    )
+    normed = final_norm(params, cfg, x)
+    logits = unembed(params, cfg, normed, head=head, bias=logit_bias) if compute_logits else None
+    hidden = normed if end == cfg.n_layers else x
+    return Output(logits=logits, hidden=hidden, taps=tapped, cache=cache)
+
+
+# ----------------------------------------------------------------------------------- Model
+@struct.dataclass
+class Model:
+    """Returns nothing; a pytree of a model's ``params`` with its static ``cfg``."""
+
+    params: Params
+    cfg: ModelConfig = struct.field(pytree_node=False)
+
+    @classmethod
+    def init(cls, cfg: ModelConfig, key: jax.Array) -> "Model":
+        """Returns a freshly initialised model for ``cfg``."""
+        from tokjax.model.params import init_params
+
+        return cls(params=init_params(cfg, key), cfg=cfg)
+
+    @property
+    def axes(self):
+        """Logical axis names of every parameter (same tree as params)."""
+        from tokjax.model.params import param_axes
+
+        return param_axes(self.cfg)
+
+    def num_params(self) -> int:
+        return int(sum(x.size for x in jax.tree.leaves(self.params)))
+
+    def __call__(self, inputs, **kw) -> Output:
+        return forward(self.params, self.cfg, inputs, **kw)
