@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tokjax.decoding._state import DecodeState, DecodeStats, Strategy, commit
-from tokjax.logits import Greedy, Identity, LogitTransform, sample
+from tokjax.logits import Chain, Greedy, Identity, LogitTransform, NamedChain, sample
 from tokjax.model import Inputs, KVCache, Model, ModelConfig, forward
 
 # How many times each jitted function has been traced; tests use it to prove that changing a
@@ -145,6 +145,16 @@ _loop_jit = jax.jit(_loop, static_argnames=("cfg", "strategy", "transform", "max
 _step_jit = jax.jit(_one_step, static_argnames=("cfg", "strategy", "transform", "eos_id"), donate_argnames=("state",))
 
 
+def _ends_greedy(t) -> bool:
+    if isinstance(t, Greedy):
+        return True
+    if isinstance(t, Chain) and t.transforms:
+        return _ends_greedy(t.transforms[-1])
+    if isinstance(t, NamedChain) and t.named:
+        return _ends_greedy(t.named[-1][1])
+    return False
+
+
 def _setup(model, prompt, *, key, max_new_tokens, prompt_lengths, logits, strategy, eos_id, pad_id):
     if not isinstance(model, Model):
         raise ValueError(f"generate expects a tokjax Model (params + cfg), got {type(model).__name__}")
@@ -171,7 +181,7 @@ def _setup(model, prompt, *, key, max_new_tokens, prompt_lengths, logits, strate
             f"prompt ({int(lens.max())} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
             f"max_len={cfg.max_len}; shorten one of them"
         )
-    greedy_only = isinstance(transform, Greedy)
+    greedy_only = _ends_greedy(transform)
     if key is None:
         if not greedy_only:
             raise ValueError("generate needs key= (a jax.random key) for sampling; pass logits=greedy() for greedy")
@@ -189,8 +199,9 @@ def _setup(model, prompt, *, key, max_new_tokens, prompt_lengths, logits, strate
         max_lengths=jnp.array(lens + max_new_tokens),
         done=jnp.zeros((B,), bool),
         cache=cache,
-        logit_state=transform.init(B),
-        key=key,
+        # Copies: the state is donated to the loop, and the caller may reuse its key and arrays.
+        logit_state=jax.tree.map(jnp.copy, transform.init(B)),
+        key=jnp.copy(key),
         step=jnp.zeros((), jnp.int32),
         stats=DecodeStats.init(B, strategy.max_accept),
     )

@@ -106,16 +106,13 @@ class ModelConfig:
 
     def num_params(self) -> int:
         """Returns the number of parameters of a model with this config."""
-        d, f, h, kv, hd = self.d_model, self.ff_size, self.n_heads, self.kv_heads, self.head_size
-        attn = d * hd * (h + 2 * kv) + h * hd * d
-        mlp = d * f * (3 if self.activation == "swiglu" else 2)
-        per_layer = attn + mlp + 2 * d
-        total = self.n_layers * per_layer + self.vocab_size * d + d
-        if not self.tied_embeddings:
-            total += self.vocab_size * d
-        if self.positions == "learned":
-            total += self.max_len * d
-        return total
+        import math
+
+        import jax
+
+        from tokjax.model.params import param_shapes
+
+        return sum(math.prod(x.shape) for x in jax.tree.leaves(param_shapes(self)))
 
     # Presets --------------------------------------------------------------------------
     @classmethod

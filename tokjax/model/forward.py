@@ -343,6 +343,8 @@ def forward(
     x_in = inputs.tokens if inputs.tokens is not None else (inputs.embeds if inputs.embeds is not None else inputs.hidden)
     if x_in is None:
         raise ValueError("Inputs needs exactly one of tokens, embeds, hidden; got none")
+    if inputs.tokens is not None and inputs.tokens.ndim != 2:
+        raise ValueError(f"tokens must be [batch, seq], got shape {inputs.tokens.shape}")
     B, T = x_in.shape[:2]
     _validate(cfg, inputs, cache, start, end, T)
 

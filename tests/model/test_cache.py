@@ -1,0 +1,105 @@
+"""KVCache operations: rollback, gather (tree compaction) and fork equal never having decoded the rest."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tokjax import Inputs, KVCache, forward
+from tokjax.model import Tree, tree_depths
+from tests.model._models import small_model
+
+
+def _decode(m, cache, toks):
+    out = forward(m.params, m.cfg, toks, cache=cache)
+    return out.logits, out.cache
+
+
+def test_rollback_then_redecode_equals_never_decoding():
+    m = small_model()
+    cfg = m.cfg
+    rng = np.random.default_rng(1)
+    prompt = jnp.asarray(rng.integers(0, cfg.vocab_size, (2, 6)))
+    junk = jnp.asarray(rng.integers(0, cfg.vocab_size, (2, 4)))
+    nxt = jnp.asarray(rng.integers(0, cfg.vocab_size, (2, 3)))
+    _, c0 = _decode(m, KVCache.init(cfg, 2, 20), prompt)
+    _, c1 = _decode(m, c0, junk)
+    # ragged rollback: row 0 keeps one junk token, row 1 none
+    c1 = c1.rollback(jnp.array([7, 6]))
+    assert np.asarray(c1.lengths).tolist() == [[7, 6]] * cfg.n_layers
+    got, _ = _decode(m, c1, nxt)
+    ref0 = forward(m.params, cfg, jnp.concatenate([prompt[:1], junk[:1, :1], nxt[:1]], 1)).logits[0, -3:]
+    ref1 = forward(m.params, cfg, jnp.concatenate([prompt[1:], nxt[1:]], 1)).logits[0, -3:]
+    np.testing.assert_allclose(got[0], ref0, atol=1e-4)
+    np.testing.assert_allclose(got[1], ref1, atol=1e-4)
+
+
+def test_gather_compacts_an_accepted_tree_path():
+    m = small_model()
+    cfg = m.cfg
+    rng = np.random.default_rng(2)
+    prompt = jnp.asarray(rng.integers(0, cfg.vocab_size, (2, 5)))
+    parents = jnp.array([-1, 0, 0, 1, 2, 4])
+    nodes = jnp.asarray(rng.integers(0, cfg.vocab_size, (2, 6)))
+    _, c0 = _decode(m, KVCache.init(cfg, 2, 20), prompt)
+    pos = 5 + tree_depths(parents)
+    out = forward(m.params, cfg, Inputs(tokens=nodes, positions=jnp.broadcast_to(pos, (2, 6))), cache=c0, mask=Tree(parents))
+    # row 0 accepts path 0 -> 2 -> 4 -> 5, row 1 accepts path 0 -> 1
+    src = jnp.array([[0, 2, 4, 5], [0, 1, 0, 0]])
+    count = jnp.array([4, 2])
+    c = out.cache.gather(jnp.array([5, 5]), src, count)
+    assert np.asarray(c.lengths).tolist() == [[9, 7]] * cfg.n_layers
+    nxt = jnp.asarray(rng.integers(0, cfg.vocab_size, (2, 1)))
+    got, _ = _decode(m, c, nxt)
+    path0 = nodes[0, jnp.array([0, 2, 4, 5])]
+    path1 = nodes[1, jnp.array([0, 1])]
+    ref0 = forward(m.params, cfg, jnp.concatenate([prompt[0], path0, nxt[0]])[None]).logits[0, -1]
+    ref1 = forward(m.params, cfg, jnp.concatenate([prompt[1], path1, nxt[1]])[None]).logits[0, -1]
+    np.testing.assert_allclose(got[0, 0], ref0, atol=1e-4)
+    np.testing.assert_allclose(got[1, 0], ref1, atol=1e-4)
+
+
+def test_fork_repeats_rows_and_branches_decode_independently():
+    m = small_model()
+    cfg = m.cfg
+    rng = np.random.default_rng(3)
+    prompt = jnp.asarray(rng.integers(0, cfg.vocab_size, (2, 4)))
+    _, c = _decode(m, KVCache.init(cfg, 2, 10), prompt)
+    f = c.fork(3)
+    assert f.batch == 6 and np.asarray(f.lengths).tolist() == [[4, 4, 4, 4, 4, 4]] * cfg.n_layers
+    branches = jnp.asarray(rng.integers(0, cfg.vocab_size, (6, 2)))
+    got, _ = _decode(m, f, branches)
+    for r in range(6):
+        ref = forward(m.params, cfg, jnp.concatenate([prompt[r // 3], branches[r]])[None]).logits[0, -2:]
+        np.testing.assert_allclose(got[r], ref, atol=1e-4)
+    with pytest.raises(ValueError, match="repeats"):
+        c.fork(0)
+
+
+def test_append_matches_forward_writes_and_select_rows():
+    cfg = small_model().cfg
+    c = KVCache.init(cfg, 2, 8)
+    k = jnp.ones((cfg.n_layers, 2, 3, cfg.kv_heads, cfg.head_size))
+    c2 = c.append(k, 2 * k)
+    assert np.asarray(c2.length).tolist() == [3, 3]
+    assert float(c2.k[:, :, :3].min()) == 1.0 and float(c2.k[:, :, 3:].max()) == 0.0
+    c3 = c2.select_rows(jnp.array([1]))
+    assert c3.batch == 1
+    with pytest.raises(ValueError, match="batch"):
+        KVCache.init(cfg, 0, 8)
+
+
+def test_per_layer_lengths_mask_unwritten_slots():
+    """A layer whose cache lags (layer-range forward) never reads the other layers' newer slots."""
+    m = small_model()
+    cfg = m.cfg
+    toks = jax.random.randint(jax.random.key(5), (1, 6), 0, cfg.vocab_size)
+    c = forward(m.params, cfg, toks[:, :4], cache=KVCache.init(cfg, 1, 10)).cache
+    lo = forward(m.params, cfg, toks[:, 4:5], cache=c, layers=(0, 1), compute_logits=False).cache
+    assert np.asarray(lo.lengths)[:, 0].tolist() == [5, 4, 4]
+    # poison the unwritten slot 4 of layers 1.. : results must not change
+    poisoned = lo.replace(k=lo.k.at[1:, :, 4].set(1e4), v=lo.v.at[1:, :, 4].set(1e4))
+    a = forward(m.params, cfg, Inputs(tokens=toks[:, 4:5]), cache=c)
+    h = forward(m.params, cfg, toks[:, 4:5], cache=c, layers=(0, 1), compute_logits=False).hidden
+    b = forward(m.params, cfg, Inputs(hidden=h), cache=poisoned, layers=(1, 3))
+    np.testing.assert_allclose(a.logits, b.logits, atol=1e-4)
