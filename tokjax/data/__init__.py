@@ -1,0 +1,52 @@
+"""Data for tokjax: bundled corpora, splits, sequence packing, batches and synthetic tasks.
+
+Nothing here downloads anything or caches on disk.
+
+Corpora:      :func:`load_corpus`, :func:`list_corpora`, :class:`Corpus`
+Splitting:    :func:`split_corpus`
+Packing:      :func:`pack_sequences`, :func:`batches`, :func:`batch_indices`,
+              :func:`steps_per_epoch`, :func:`epoch_permutation`, :class:`TokenDataset`
+Synthetic:    :func:`arithmetic`, :func:`copy_spans`, :func:`markov_source`, :func:`mazes`
+"""
+
+from tokjax.data._arithmetic import ArithmeticExample, arithmetic, digit_steps, extract_answer
+from tokjax.data._copy_spans import CopySpans, copy_spans
+from tokjax.data._corpora import Corpus, list_corpora, load_corpus, markdown_play_to_text
+from tokjax.data._dataset import TokenDataset, Tokenizer
+from tokjax.data._markov import MarkovSource, empirical_conditional_entropy, markov_source
+from tokjax.data._mazes import MOVES, Maze, mazes
+from tokjax.data._packing import (
+    batch_indices,
+    batches,
+    epoch_permutation,
+    pack_sequences,
+    steps_per_epoch,
+)
+from tokjax.data._split import split_corpus
+
+__all__ = [
+    "ArithmeticExample",
+    "Corpus",
+    "CopySpans",
+    "MOVES",
+    "MarkovSource",
+    "Maze",
+    "TokenDataset",
+    "Tokenizer",
+    "arithmetic",
+    "batch_indices",
+    "batches",
+    "copy_spans",
+    "digit_steps",
+    "empirical_conditional_entropy",
+    "epoch_permutation",
+    "extract_answer",
+    "list_corpora",
+    "load_corpus",
+    "markdown_play_to_text",
+    "markov_source",
+    "mazes",
+    "pack_sequences",
+    "split_corpus",
+    "steps_per_epoch",
+]
