@@ -1,0 +1,215 @@
+"""Tests for tokjax.catalog and the README table generated from it.
+
+The catalog is the project's claim about itself, so besides shape checks these tests
+verify that every non-planned entry points at code, names, a test and an experiment that
+really exist, that reproduced/not-reproduced claims match experiments/RESULTS.md, and
+that the README's method table is regenerated whenever the catalog changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `experiments` is not installed; import it from the checkout
+    sys.path.insert(0, str(ROOT))
+
+from tokjax import _readme, catalog  # noqa: E402
+
+# ---------------------------------------------------------------- completeness and shape
+
+
+def test_has_one_entry_per_paper_in_order():
+    es = catalog.entries()
+    assert len(es) == 78
+    assert [e.pid for e in es] == [f"P{i}" for i in range(1, 79)]
+    assert all(e.title.strip() and e.title == e.title.strip() for e in es)
+    assert len({e.title for e in es}) == 78
+
+
+def test_titles_are_the_papers_exact_titles():
+    # Spot checks against papers/ABSTRACTS.md, including the ones with markdown specials.
+    assert catalog.get(29).title == "Cut Your Losses in Large-Vocabulary Language Models"
+    assert catalog.get(44).title == "Kangaroo: Lossless Self-Speculative Decoding via Double Early Exiting"
+    assert catalog.get(65).title == "From r to Q^*: Your Language Model is Secretly a Q-Function"
+    assert catalog.get(66).title.startswith("Future Token Prediction -- Causal")
+    assert catalog.get(78).title == "Prioritizing Image-Related Tokens Enhances Vision-Language Pre-Training"
+
+
+def test_fields_are_well_formed():
+    for e in catalog.entries():
+        assert e.status in catalog.STATUSES
+        assert e.family in catalog.FAMILIES
+        assert e.module.startswith("tokjax.") and e.names
+        assert e.test.startswith("tests/") and e.test.endswith(".py")
+        assert e.experiment.startswith(f"experiments/p{e.number:02d}_")
+        assert e.experiment_module == e.experiment[:-3].replace("/", ".")
+        assert e.module_path == e.module.replace(".", "/") + ".py"
+
+
+def test_paths_already_named_in_the_issue_tracker():
+    expected = {
+        16: "experiments/p16_skipdecode.py", 22: "experiments/p22_stand.py",
+        23: "experiments/p23_spectr.py", 44: "experiments/p44_kangaroo.py",
+        45: "experiments/p45_token_recycling.py", 59: "experiments/p59_s2d.py",
+        29: "experiments/p29_cut_cross_entropy.py",
+    }
+    for n, path in expected.items():
+        assert catalog.get(n).experiment == path
+    assert catalog.get(44).module == "tokjax.decoding.kangaroo"
+    assert catalog.get(29).module == "tokjax.losses.cut_cross_entropy"
+
+
+def test_entry_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        catalog.get(1).status = "reproduced"  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------- lookup
+
+
+@pytest.mark.parametrize("key", ["P29", "p29", 29, "29", " P29 "])
+def test_get_accepts_id_spellings(key):
+    assert catalog.get(key).pid == "P29"
+
+
+@pytest.mark.parametrize("key", ["P0", "P79", 0, 79, -1, "", "x", "P29a", "PP29", "P 29"])
+def test_get_rejects_unknown_ids(key):
+    with pytest.raises(ValueError, match="unknown paper id"):
+        catalog.get(key)
+
+
+@pytest.mark.parametrize("key", [True, 29.0, None, ("P29",)])
+def test_get_rejects_non_ids(key):
+    with pytest.raises(TypeError):
+        catalog.get(key)
+
+
+def test_by_status_and_summary_agree():
+    counts = catalog.summary()
+    assert list(counts) == list(catalog.STATUSES)
+    assert sum(counts.values()) == 78
+    for s in catalog.STATUSES:
+        assert len(catalog.by_status(s)) == counts[s]
+        assert all(e.status == s for e in catalog.by_status(s))
+    with pytest.raises(ValueError):
+        catalog.by_status("done")
+
+
+def test_by_family_partitions_the_catalog():
+    assert sum(len(catalog.by_family(f)) for f in catalog.FAMILIES) == 78
+    with pytest.raises(ValueError):
+        catalog.by_family("misc")
+
+
+def test_format_table():
+    md = catalog.format_table(catalog.entries())
+    lines = md.splitlines()
+    assert len(lines) == 2 + 78 and lines[0].startswith("| id | paper |")
+    assert r"Q^\*" in md  # escaped so markdown renders the title literally
+    plain = catalog.format_table(catalog.by_family("metrics"), markdown=False).splitlines()
+    assert plain[0].split() == ["id", "paper", "family", "status", "module"]
+    assert "P75" in plain[2] and "|" not in plain[2]
+    assert catalog.format_table([]).count("\n") == 1
+
+
+def test_validate_rejects_malformed_catalogs():
+    es = list(catalog.entries())
+    catalog._validate(es)
+    with pytest.raises(ValueError, match="missing ids"):
+        catalog._validate(es[:-1])
+    with pytest.raises(ValueError, match="duplicate"):
+        catalog._validate(es + [es[0]])
+    with pytest.raises(ValueError, match="status"):
+        catalog._validate(es[:-1] + [dataclasses.replace(es[-1], status="done")])
+    with pytest.raises(ValueError, match="family"):
+        catalog._validate(es[:-1] + [dataclasses.replace(es[-1], family="misc")])
+    with pytest.raises(ValueError, match="experiment"):
+        catalog._validate(es[:-1] + [dataclasses.replace(es[-1], experiment="experiments/p77_x.py")])
+
+
+# ---------------------------------------------------------------- claims are true
+
+
+def test_every_non_planned_entry_exists():
+    """Every claimed method imports, exposes its names, and has its test and experiment."""
+    problems = [p for e in catalog.entries() for p in catalog.verify(e, ROOT)]
+    assert not problems, "catalog claims more than exists:\n" + "\n".join(problems)
+
+
+def test_verify_catches_false_claims():
+    real = catalog.Entry(pid="P29", title="t", family="losses", module="tokjax.catalog",
+                         names=("entries", "get"), test="tests/test_catalog.py",
+                         experiment="experiments/run_all.py", status="implemented")
+    assert catalog.verify(real, ROOT) == []
+    assert catalog.verify(dataclasses.replace(real, status="planned", module="tokjax.nope"), ROOT) == []
+    bad_names = catalog.verify(dataclasses.replace(real, names=("entries", "nope")), ROOT)
+    assert len(bad_names) == 1 and "nope" in bad_names[0]
+    bad_module = catalog.verify(dataclasses.replace(real, module="tokjax.does_not_exist"), ROOT)
+    assert len(bad_module) == 1 and "does not import" in bad_module[0]
+    bad_files = catalog.verify(dataclasses.replace(
+        real, test="tests/nope.py", experiment="experiments/p29_nope.py"), ROOT)
+    assert len(bad_files) == 2
+
+
+def test_verdict_statuses_match_results():
+    """A reproduced / not-reproduced status must be backed by the same verdict in RESULTS.md."""
+    from experiments._harness import load_results
+
+    claimed = [e for e in catalog.entries() if e.status in ("reproduced", "not-reproduced")]
+    results = load_results() if claimed else {}
+    wrong = [f"{e.pid}: catalog says {e.status}, RESULTS.md says "
+             f"{results[e.pid].verdict if e.pid in results else 'nothing'}"
+             for e in claimed if e.pid not in results or results[e.pid].verdict != e.status]
+    assert not wrong, "\n".join(wrong)
+
+
+# ---------------------------------------------------------------- README table
+
+
+def test_method_table_links_only_what_exists(monkeypatch):
+    table = _readme.render_method_table()
+    rows = [line for line in table.splitlines() if line.startswith("| P")]
+    assert len(rows) == 78
+    planned = [r for r in rows if "| planned |" in r]
+    assert all(r.endswith("| — |") for r in planned)
+
+    es = list(catalog.entries())
+    es[28] = dataclasses.replace(es[28], status="implemented")
+    monkeypatch.setattr(catalog, "entries", lambda: tuple(es))
+    table = _readme.render_method_table()
+    p29 = next(line for line in table.splitlines() if line.startswith("| P29 |"))
+    assert "(tokjax/losses/cut_cross_entropy.py)" in p29
+    assert "(experiments/p29_cut_cross_entropy.py)" in p29
+    assert "77 planned, 1 implemented" in table
+
+
+def test_update_readme_rewrites_only_between_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nintro\n\n{_readme.START}\nold table\n{_readme.END}\n\nrest\n")
+    assert _readme.update_readme(readme, check=True) is False
+    assert "old table" in readme.read_text()  # check mode never writes
+    assert _readme.update_readme(readme) is False
+    text = readme.read_text()
+    assert text.startswith("# x\n\nintro\n\n") and text.endswith(f"{_readme.END}\n\nrest\n")
+    assert "old table" not in text and "| P78 |" in text
+    assert _readme.update_readme(readme, check=True) is True
+    assert _readme.update_readme(readme) is True and readme.read_text() == text
+    assert _readme.main([str(readme), "--check"]) == 0
+
+    readme.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="markers"):
+        _readme.update_readme(readme, check=True)
+
+
+def test_readme_method_table_is_up_to_date():
+    readme = ROOT / "README.md"
+    if not _readme.has_markers(readme):
+        pytest.skip(f"{readme} has no '{_readme.START}' ... '{_readme.END}' markers yet; "
+                    "add them to enable the README staleness check")
+    assert _readme.update_readme(readme, check=True), (
+        "README.md method table is stale; run `python -m tokjax._readme`")

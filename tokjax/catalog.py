@@ -1,0 +1,514 @@
+"""The paper catalog: one entry per paper, tying paper -> code -> test -> experiment.
+
+Every one of the 78 papers tokjax covers (P1..P78) has exactly one :class:`Entry` here.
+An entry records where the method lives (``module`` and its public ``names``), which test
+file checks it, which script in ``experiments/`` tries to reproduce its headline claim,
+and a ``status``:
+
+``planned``         nothing exists yet; module/test/experiment are the paths it *will* use
+                    and ``names`` are the intended public names (correct them on landing).
+``implemented``     the module, names, test and experiment all exist (checked by
+                    ``tests/test_catalog.py``), but no verdict has been recorded yet.
+``reproduced``      as implemented, and ``experiments/RESULTS.md`` holds a row for the
+                    paper with verdict ``reproduced``.
+``not-reproduced``  as implemented, and the recorded verdict is ``not-reproduced``.
+
+The README's method table is generated from this file (``python -m tokjax._readme``) so
+the README can never claim more than the catalog, and the catalog's claims are checked
+by tests. The table below is literal data on purpose: the paper list it was transcribed
+from (``papers/ABSTRACTS.md``) is not shipped with the package.
+
+To land a method, edit its ``_e(...)`` line: add ``status="implemented"`` (and fix
+``names`` if they changed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = [
+    "Entry",
+    "FAMILIES",
+    "STATUSES",
+    "by_family",
+    "by_status",
+    "entries",
+    "format_table",
+    "get",
+    "main",
+    "summary",
+    "verify",
+]
+
+# Ordered from least to most claimed; summary() and tables keep this order.
+STATUSES: tuple[str, ...] = ("planned", "implemented", "reproduced", "not-reproduced")
+FAMILIES: tuple[str, ...] = (
+    "decoding", "logits", "losses", "tokenizers", "metrics", "analysis", "vision", "training",
+)
+N_PAPERS = 78
+
+# Family -> package directory under tokjax/ (and tests/); only "training" differs.
+_FAMILY_DIR = {f: f for f in FAMILIES} | {"training": "train"}
+_PID_RE = re.compile(r"^[Pp]?(\d+)$")
+_EXPERIMENT_RE = re.compile(r"^experiments/p(\d{2})_[a-z0-9_]+\.py$")
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One paper: where its method lives, how it is tested and reproduced, and its status."""
+
+    pid: str  # "P29"
+    title: str  # exact paper title
+    family: str  # one of FAMILIES
+    module: str  # dotted module path, e.g. "tokjax.losses.cut_cross_entropy"
+    names: tuple[str, ...]  # public names in `module`
+    test: str  # test file, relative to the repository root
+    experiment: str  # experiment script, relative to the repository root
+    status: str  # one of STATUSES
+    note: str = ""  # one line: what the method is, or why its status is what it is
+
+    @property
+    def number(self) -> int:
+        """Returns the paper number (29 for "P29")."""
+        return int(self.pid[1:])
+
+    @property
+    def module_path(self) -> str:
+        """Returns the module's source file relative to the repository root."""
+        return self.module.replace(".", "/") + ".py"
+
+    @property
+    def experiment_module(self) -> str:
+        """Returns the experiment's dotted module name ("experiments.p29_cut_cross_entropy")."""
+        return self.experiment[: -len(".py")].replace("/", ".")
+
+
+def _e(number: int, title: str, family: str, module: str, names: tuple[str, ...], note: str,
+       *, status: str = "planned", test: str | None = None,
+       experiment: str | None = None) -> Entry:
+    """Returns an Entry whose test and experiment paths follow the layout convention."""
+    # Convention (DESIGN.md): tests mirror tokjax/, experiments are experiments/pNN_<leaf>.py.
+    leaf = module.rsplit(".", 1)[-1]
+    return Entry(
+        pid=f"P{number}",
+        title=title,
+        family=family,
+        module=module,
+        names=tuple(names),
+        test=test if test is not None else f"tests/{_FAMILY_DIR.get(family, family)}/test_{leaf}.py",
+        experiment=experiment if experiment is not None else f"experiments/p{number:02d}_{leaf}.py",
+        status=status,
+        note=note,
+    )
+
+
+# fmt: off
+_ENTRIES: tuple[Entry, ...] = (
+    _e(1, 'CAAD: Context-Aware Adaptive Decoding for Truthful Text Generation',
+       'logits', 'tokjax.logits.caad', ('caad',),
+       'retrieval-grounded logit shaping at each decode step'),
+    _e(2, 'To Cool or not to Cool? Temperature Network Meets Large Foundation Models via DRO',
+       'logits', 'tokjax.logits.tempnet', ('tempnet',),
+       'learned per-token temperature trained with a DRO loss'),
+    _e(3, 'PromptReps: Prompting Large Language Models to Generate Dense and Sparse Representations for Zero-Shot Document Retrieval',
+       'analysis', 'tokjax.analysis.promptreps', ('promptreps',),
+       'dense + sparse retrieval vectors from one prompted prefill'),
+    _e(4, 'Better Language Model Inversion by Compactly Representing Next-Token Distributions',
+       'analysis', 'tokjax.analysis.pils', ('pils',),
+       'prompt inversion from compressed next-token log-prob sequences'),
+    _e(5, 'Hierarchical Masked Autoregressive Models with Low-Resolution Token Pivots',
+       'vision', 'tokjax.vision.himar', ('himar',),
+       'two-phase masked AR with low-resolution pivot tokens'),
+    _e(6, 'Cautious Next Token Prediction',
+       'decoding', 'tokjax.decoding.cautious', ('cautious',),
+       'entropy-triggered multi-trial sampling, keep the most confident'),
+    _e(7, 'Reinforcement Mid-Training',
+       'training', 'tokjax.train.rmt', ('rmt',),
+       'RL mid-training: token budget, curriculum, RL + NTP mix'),
+    _e(8, 'Transformers Can Navigate Mazes With Multi-Step Prediction',
+       'losses', 'tokjax.losses.mlm_u', ('mlm_u',),
+       'any-order masked objective vs next-token on mazes'),
+    _e(9, 'TokenUnify: Scalable Autoregressive Visual Pre-training with Mixture Token Prediction',
+       'vision', 'tokjax.vision.tokenunify', ('tokenunify',),
+       'mixture of random-mask, next-token and next-all objectives'),
+    _e(10, 'Beyond Next-Token: Next-X Prediction for Autoregressive Visual Generation',
+       'vision', 'tokjax.vision.xar', ('xar',),
+       'next-entity prediction with noisy context (flow head)'),
+    _e(11, 'Exact Byte-Level Probabilities from Tokenized Language Models for FIM-Tasks and Model Ensembles',
+       'tokenizers', 'tokjax.tokenizers.exact_byte_probs', ('byte_logprobs',),
+       'byte-level probabilities from a token LM via cover enumeration'),
+    _e(12, 'InfiGFusion: Graph-on-Logits Distillation via Efficient Gromov-Wasserstein for Model Fusion',
+       'losses', 'tokjax.losses.infigfusion', ('graph_on_logits_loss',),
+       'Gromov-Wasserstein graph-on-logits distillation'),
+    _e(13, 'Next Block Prediction: Video Generation via Semi-Autoregressive Modeling',
+       'vision', 'tokjax.vision.nbp', ('nbp',),
+       'semi-autoregressive next-block prediction'),
+    _e(14, 'Insertion Language Models: Sequence Generation with Arbitrary-Position Insertions',
+       'decoding', 'tokjax.decoding.insertion', ('insertion',),
+       'insertion LM: joint (position, token) decoding'),
+    _e(15, 'AlignDistil: Token-Level Language Model Alignment as Adaptive Policy Distillation',
+       'losses', 'tokjax.losses.aligndistil', ('aligndistil',),
+       'token-level alignment as adaptive policy distillation'),
+    _e(16, 'SkipDecode: Autoregressive Skip Decoding with Batching and Caching for Efficient LLM Inference',
+       'decoding', 'tokjax.decoding.skipdecode', ('skipdecode',),
+       'per-position monotone layer-skip schedule, batch- and cache-safe'),
+    _e(17, "Critical Tokens Matter: Token-Level Contrastive Estimation Enhence LLM's Reasoning Capability",
+       'losses', 'tokjax.losses.critical_tokens', ('cdpo',),
+       'contrastive estimation of critical tokens, token-weighted DPO'),
+    _e(18, 'ReAGent: Towards A Model-agnostic Feature Attribution Method for Generative Language Models',
+       'analysis', 'tokjax.analysis.reagent', ('reagent',),
+       'model-agnostic attribution by random token replacement'),
+    _e(19, 'DiSA: Diffusion Step Annealing in Autoregressive Image Generation',
+       'vision', 'tokjax.vision.disa', ('disa',),
+       'anneal inner diffusion steps over the AR sequence'),
+    _e(20, 'An Early FIRST Reproduction and Improvements to Single-Token Decoding for Fast Listwise Reranking',
+       'decoding', 'tokjax.decoding.first_rerank', ('first_rerank',),
+       'single-token listwise reranking from first-token logits'),
+    _e(21, 'Not all tokens are created equal: Perplexity Attention Weighted Networks for AI generated text detection',
+       'analysis', 'tokjax.analysis.pawn', ('pawn',),
+       'perplexity-attention weighted detector of generated text'),
+    _e(22, 'Accelerated Test-Time Scaling with Model-Free Speculative Sampling',
+       'decoding', 'tokjax.decoding.stand', ('stand',),
+       'model-free (n-gram) multi-draft speculative sampling'),
+    _e(23, 'SpecTr: Fast Speculative Decoding via Optimal Transport',
+       'decoding', 'tokjax.decoding.spectr', ('spectr',),
+       'multi-draft speculative decoding via optimal transport'),
+    _e(24, 'Achieving Tokenizer Flexibility in Language Models through Heuristic Adaptation and Supertoken Learning',
+       'tokenizers', 'tokjax.tokenizers.tokenadapt', ('tokenadapt',),
+       'heuristic embedding init for a new tokenizer + supertokens'),
+    _e(25, 'One-Token Rollout: Guiding Supervised Fine-Tuning of LLMs with Policy Gradient',
+       'losses', 'tokjax.losses.one_token_rollout', ('one_token_rollout',),
+       'SFT as one-token policy-gradient rollouts'),
+    _e(26, 'Zero-Shot Tokenizer Transfer',
+       'tokenizers', 'tokjax.tokenizers.zett', ('zett',),
+       'hypernetwork predicts embeddings for an unseen tokenizer'),
+    _e(27, 'Memory Retrieval and Consolidation in Large Language Models through Function Tokens',
+       'analysis', 'tokjax.analysis.function_tokens', ('function_tokens',),
+       'function-token share of activated features and loss'),
+    _e(28, 'X-Omni: Reinforcement Learning Makes Discrete Autoregressive Image Generative Models Great Again',
+       'vision', 'tokjax.vision.x_omni', ('x_omni',),
+       'GRPO on a discrete image AR model with an external reward'),
+    _e(29, 'Cut Your Losses in Large-Vocabulary Language Models',
+       'losses', 'tokjax.losses.cut_cross_entropy', ('cut_cross_entropy',),
+       'cross-entropy from hidden states and W without [N, V] logits'),
+    _e(30, 'AMU-Tuning: Effective Logit Bias for CLIP-based Few-shot Learning',
+       'logits', 'tokjax.logits.amu_tuning', ('amu_tuning',),
+       'confidence-gated auxiliary logit bias'),
+    _e(31, 'Neighboring Autoregressive Modeling for Efficient Visual Generation',
+       'vision', 'tokjax.vision.nar', ('nar',),
+       'neighbouring AR: diagonal decode with two dimension heads'),
+    _e(32, 'FlexTok: Resampling Images into 1D Token Sequences of Flexible Length',
+       'vision', 'tokjax.vision.flextok', ('flextok',),
+       '1-D register tokenizer with nested dropout, flexible length'),
+    _e(33, 'D-AR: Diffusion via Autoregressive Models',
+       'vision', 'tokjax.vision.d_ar', ('d_ar',),
+       'diffusion as AR over grouped tokenizer tokens, streaming previews'),
+    _e(34, 'Dual-Head Knowledge Distillation: Enhancing Logits Utilization with an Auxiliary Head',
+       'losses', 'tokjax.losses.dual_head_kd', ('dual_head_kd',),
+       'KD through an auxiliary head to use logits fully'),
+    _e(35, 'Position Auctions in AI-Generated Content',
+       'analysis', 'tokjax.analysis.position_auctions', ('position_auctions',),
+       'optimal position auctions for AI-generated content'),
+    _e(36, 'StochasTok: Improving Fine-Grained Subword Understanding in LLMs',
+       'tokenizers', 'tokjax.tokenizers.stochastok', ('stochastok',),
+       'random token splits that keep detokenization exact'),
+    _e(37, 'Soft Tokens, Hard Truths',
+       'losses', 'tokjax.losses.soft_tokens', ('soft_tokens',),
+       'RL with noisy soft/fuzzy chain-of-thought tokens'),
+    _e(38, 'Toward a Theory of Tokenization in LLMs',
+       'analysis', 'tokjax.analysis.tokenization_theory', ('tokenization_theory',),
+       'unigram-over-tokens entropy vs Markov source, as |V| grows'),
+    _e(39, 'Retrofitting (Large) Language Models with Dynamic Tokenization',
+       'tokenizers', 'tokjax.tokenizers.dynamic_tokenization', ('dynamic_tokenization',),
+       'batch-level dynamic BPE merges with predicted embeddings'),
+    _e(40, 'Improving large language models with concept-aware fine-tuning',
+       'losses', 'tokjax.losses.caft', ('caft',),
+       'concept-aware multi-token fine-tuning heads'),
+    _e(41, 'Fourier Head: Helping Large Language Models Learn Complex Probability Distributions',
+       'losses', 'tokjax.losses.fourier_head', ('fourier_head',),
+       'Fourier-series head over ordered bins'),
+    _e(42, 'Language Model Cascades: Token-level uncertainty and beyond',
+       'decoding', 'tokjax.decoding.cascades', ('cascades',),
+       'token-level uncertainty deferral rules for small/large cascades'),
+    _e(43, "What's the Magic Word? A Control Theory of LLM Prompting",
+       'analysis', 'tokjax.analysis.magic_words', ('magic_words',),
+       'k-epsilon controllability: shortest prompts that force an output'),
+    _e(44, 'Kangaroo: Lossless Self-Speculative Decoding via Double Early Exiting',
+       'decoding', 'tokjax.decoding.kangaroo', ('kangaroo',),
+       'self-speculative decoding from a shallow sub-network + adapter'),
+    _e(45, 'Turning Trash into Treasure: Accelerating Inference of Large Language Models with Token Recycling',
+       'decoding', 'tokjax.decoding.token_recycling', ('token_recycling',),
+       'adjacency matrix of candidate tokens as a draft tree'),
+    _e(46, 'R2R: Efficiently Navigating Divergent Reasoning Paths with Small-Large Model Token Routing',
+       'decoding', 'tokjax.decoding.r2r', ('r2r',),
+       'router sends divergent tokens to the large model'),
+    _e(47, 'LaSeR: Reinforcement Learning with Last-Token Self-Rewarding',
+       'losses', 'tokjax.losses.laser', ('laser',),
+       'last-token self-reward added to RL'),
+    _e(48, 'TGDPO: Harnessing Token-Level Reward Guidance for Enhancing Direct Preference Optimization',
+       'losses', 'tokjax.losses.tgdpo', ('tgdpo',),
+       'DPO with token-level reward guidance'),
+    _e(49, 'Bridging the Training-Inference Gap in LLMs by Leveraging Self-Generated Tokens',
+       'losses', 'tokjax.losses.self_generated', ('self_generated',),
+       'train on inputs with model-generated token replacements'),
+    _e(50, 'Token-Supervised Value Models for Enhancing Mathematical Reasoning Capabilities of Large Language Models',
+       'losses', 'tokjax.losses.token_value_model', ('token_value_model',),
+       'token-supervised value head for tree search'),
+    _e(51, 'T-REG: Preference Optimization with Token-Level Reward Regularization',
+       'losses', 'tokjax.losses.t_reg', ('t_reg',),
+       'preference optimisation with self-generated token-level rewards'),
+    _e(52, 'Kronos: A Foundation Model for the Language of Financial Markets',
+       'tokenizers', 'tokjax.tokenizers.kronos', ('kronos',),
+       'hierarchical K-line tokenizer + coarse/fine dual head'),
+    _e(53, 'Uni-3DAR: Unified 3D Generation and Understanding via Autoregression on Compressed Spatial Tokens',
+       'vision', 'tokjax.vision.uni3dar', ('uni3dar',),
+       'octree tokens with subtree compression, masked NTP'),
+    _e(54, 'Successor Heads: Recurring, Interpretable Attention Heads In The Wild',
+       'analysis', 'tokjax.analysis.successor_heads', ('successor_heads',),
+       'find attention heads that increment ordinal tokens'),
+    _e(55, 'Order-agnostic Identifier for Large Language Model-based Generative Recommendation',
+       'tokenizers', 'tokjax.tokenizers.setrec', ('setrec',),
+       'order-agnostic set identifiers for generative recommendation'),
+    _e(56, 'Learning More with Less: A Dynamic Dual-Level Down-Sampling Framework for Efficient Policy Optimization',
+       'losses', 'tokjax.losses.d3s', ('d3s',),
+       'dual-level (sample, token) down-sampling for GRPO'),
+    _e(57, 'RLFR: Extending Reinforcement Learning for LLMs with Flow Environment',
+       'losses', 'tokjax.losses.rlfr', ('rlfr',),
+       'flow-field rewards on latent states for RL'),
+    _e(58, 'Think-at-Hard: Selective Latent Iterations to Improve Reasoning Language Models',
+       'decoding', 'tokjax.decoding.think_at_hard', ('think_at_hard',),
+       'selective latent iterations on hard tokens'),
+    _e(59, 'S2D: Sorted Speculative Decoding For More Efficient Deployment of Nested Large Language Models',
+       'decoding', 'tokjax.decoding.s2d', ('s2d',),
+       'sorted speculative decoding with nested sub-model drafts'),
+    _e(60, 'Imitating Language via Scalable Inverse Reinforcement Learning',
+       'losses', 'tokjax.losses.inverse_rl', ('inverse_rl',),
+       'IQLearn-style inverse RL as TD-regularised MLE'),
+    _e(61, 'TokenFLEX: Unified VLM Training for Flexible Visual Tokens Inference',
+       'vision', 'tokjax.vision.tokenflex', ('tokenflex',),
+       'random visual-token counts in training, flexible at inference'),
+    _e(62, 'Entropy Adaptive Decoding: Dynamic Model Switching for Efficient Inference',
+       'decoding', 'tokjax.decoding.entropy_adaptive', ('entropy_adaptive',),
+       'switch small/large model on rolling token entropy'),
+    _e(63, 'Beyond the 80/20 Rule: High-Entropy Minority Tokens Drive Effective Reinforcement Learning for LLM Reasoning',
+       'losses', 'tokjax.losses.high_entropy_tokens', ('high_entropy_tokens',),
+       'policy gradient on the top-entropy 20% of tokens only'),
+    _e(64, 'Token-Shuffle: Towards High-Resolution Image Generation with Autoregressive Models',
+       'vision', 'tokjax.vision.token_shuffle', ('token_shuffle',),
+       'merge s x s neighbouring tokens per AR step'),
+    _e(65, 'From r to Q^*: Your Language Model is Secretly a Q-Function',
+       'losses', 'tokjax.losses.r_to_q', ('r_to_q',),
+       'DPO as token-level Q-learning: implicit per-token rewards'),
+    _e(66, 'Future Token Prediction -- Causal Language Modelling with Per-Token Semantic State Vector for Multi-Token Prediction',
+       'losses', 'tokjax.losses.future_token_prediction', ('future_token_prediction',),
+       'per-token semantic state predicting several future tokens'),
+    _e(67, 'Unifying Continuous and Discrete Text Diffusion with Non-simultaneous Diffusion Processes',
+       'losses', 'tokjax.losses.neodiff', ('neodiff',),
+       'non-simultaneous (per-token time) text diffusion'),
+    _e(68, 'Demystifying the Token Dynamics of Deep Selective State Space Models',
+       'analysis', 'tokjax.analysis.ssm_token_dynamics', ('ssm_token_dynamics',),
+       'convergent vs divergent token dynamics in selective SSMs'),
+    _e(69, 'Token Hidden Reward: Steering Exploration-Exploitation in Group Relative Deep Reinforcement Learning',
+       'losses', 'tokjax.losses.token_hidden_reward', ('token_hidden_reward',),
+       'token hidden reward reweighting in GRPO'),
+    _e(70, 'Tokenization counts: the impact of tokenization on arithmetic in frontier LLMs',
+       'tokenizers', 'tokjax.tokenizers.right_to_left_digits', ('right_to_left_digits',),
+       'right-to-left digit grouping for arithmetic'),
+    _e(71, 'Text2Token: Unsupervised Text Representation Learning with Token Target Prediction',
+       'losses', 'tokjax.losses.text2token', ('text2token',),
+       "sentence embeddings trained to predict the text's tokens"),
+    _e(72, 'Soft Thinking: Unlocking the Reasoning Potential of LLMs in Continuous Concept Space',
+       'decoding', 'tokjax.decoding.soft_thinking', ('soft_thinking',),
+       'probability-weighted embedding mixtures as reasoning steps'),
+    _e(73, 'Correlation and Navigation in the Vocabulary Key Representation Space of Language Models',
+       'logits', 'tokjax.logits.vocab_navigation', ('vocab_navigation',),
+       'in-context navigation away from correlated vocabulary keys'),
+    _e(74, 'Ming-UniVision: Joint Image Understanding and Generation with a Unified Continuous Tokenizer',
+       'vision', 'tokjax.vision.ming_univision', ('ming_univision',),
+       'continuous unified tokenizer for AR understanding + generation'),
+    _e(75, 'TensorBLEU: Vectorized GPU-based BLEU Score Implementation for Per-Sentence In-Training Evaluation',
+       'metrics', 'tokjax.metrics.tensorbleu', ('tensor_bleu',),
+       'vectorised per-sentence BLEU on token ids'),
+    _e(76, 'Bidirectional Language Models Are Also Few-shot Learners',
+       'decoding', 'tokjax.decoding.sap', ('sap',),
+       'sequential autoregressive prompting of a bidirectional model'),
+    _e(77, 'Mixing Mechanisms: How Language Models Retrieve Bound Entities In-Context',
+       'analysis', 'tokjax.analysis.entity_binding', ('entity_binding',),
+       'positional/lexical/reflexive binding mechanisms'),
+    _e(78, 'Prioritizing Image-Related Tokens Enhances Vision-Language Pre-Training',
+       'losses', 'tokjax.losses.prior', ('prior',),
+       'up-weight image-related tokens by reference-LM surprisal'),
+)
+# fmt: on
+
+
+def _validate(items: Iterable[Entry]) -> None:
+    """Returns None; raises ValueError if the catalog is malformed."""
+    items = tuple(items)
+    errors: list[str] = []
+    seen: dict[str, int] = {}
+    for e in items:
+        m = re.fullmatch(r"P([1-9]\d*)", e.pid)
+        if not m:
+            errors.append(f"{e.pid!r}: id must look like 'P29'")
+            continue
+        seen[e.pid] = seen.get(e.pid, 0) + 1
+        if not e.title.strip():
+            errors.append(f"{e.pid}: empty title")
+        if e.status not in STATUSES:
+            errors.append(f"{e.pid}: status {e.status!r} not in {STATUSES}")
+        if e.family not in FAMILIES:
+            errors.append(f"{e.pid}: family {e.family!r} not in {FAMILIES}")
+        if not re.fullmatch(r"tokjax(\.[a-z_][a-z0-9_]*)+", e.module):
+            errors.append(f"{e.pid}: module {e.module!r} is not a tokjax dotted path")
+        if not e.names or not all(n.isidentifier() for n in e.names):
+            errors.append(f"{e.pid}: names {e.names!r} must be non-empty identifiers")
+        if not (e.test.startswith("tests/") and e.test.endswith(".py")):
+            errors.append(f"{e.pid}: test {e.test!r} must be a .py file under tests/")
+        em = _EXPERIMENT_RE.fullmatch(e.experiment)
+        if not em or int(em.group(1)) != int(m.group(1)):
+            errors.append(f"{e.pid}: experiment {e.experiment!r} must be "
+                          f"experiments/p{int(m.group(1)):02d}_<name>.py")
+    dupes = sorted(pid for pid, k in seen.items() if k > 1)
+    if dupes:
+        errors.append(f"duplicate ids: {dupes}")
+    expected = {f"P{i}" for i in range(1, N_PAPERS + 1)}
+    missing = sorted(expected - set(seen), key=lambda p: int(p[1:]))
+    extra = sorted(set(seen) - expected, key=lambda p: int(p[1:]))
+    if missing:
+        errors.append(f"missing ids: {missing}")
+    if extra:
+        errors.append(f"ids outside P1..P{N_PAPERS}: {extra}")
+    if errors:
+        raise ValueError("invalid tokjax catalog:\n  " + "\n  ".join(errors))
+
+
+_validate(_ENTRIES)
+_ENTRIES = tuple(sorted(_ENTRIES, key=lambda e: e.number))
+_BY_ID = {e.pid: e for e in _ENTRIES}
+
+
+def entries() -> tuple[Entry, ...]:
+    """Returns all catalog entries, ordered P1..P78."""
+    return _ENTRIES
+
+
+def canonical_id(pid: str | int) -> str:
+    """Returns the canonical id ("P29") for "P29", "p29", "29" or 29; ValueError if unknown."""
+    if isinstance(pid, bool) or not isinstance(pid, (str, int)):
+        raise TypeError(f"paper id must be a str like 'P29' or an int, got {type(pid).__name__}")
+    if isinstance(pid, int):
+        number = pid
+    else:
+        m = _PID_RE.fullmatch(pid.strip())
+        if not m:
+            raise ValueError(f"unknown paper id {pid!r}: expected 'P1'..'P{N_PAPERS}'")
+        number = int(m.group(1))
+    key = f"P{number}"
+    if key not in _BY_ID:
+        raise ValueError(f"unknown paper id {pid!r}: expected 'P1'..'P{N_PAPERS}'")
+    return key
+
+
+def get(pid: str | int) -> Entry:
+    """Returns the entry for a paper id ("P29", "p29" or 29); ValueError if unknown."""
+    return _BY_ID[canonical_id(pid)]
+
+
+def by_status(status: str) -> tuple[Entry, ...]:
+    """Returns the entries with the given status, ordered by paper number."""
+    if status not in STATUSES:
+        raise ValueError(f"unknown status {status!r}: expected one of {STATUSES}")
+    return tuple(e for e in _ENTRIES if e.status == status)
+
+
+def by_family(family: str) -> tuple[Entry, ...]:
+    """Returns the entries of the given family, ordered by paper number."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}: expected one of {FAMILIES}")
+    return tuple(e for e in _ENTRIES if e.family == family)
+
+
+def summary() -> dict[str, int]:
+    """Returns {status: number of entries} for every status, in STATUSES order."""
+    counts = {s: 0 for s in STATUSES}
+    for e in _ENTRIES:
+        counts[e.status] += 1
+    return counts
+
+
+def _md_escape(text: str) -> str:
+    # Titles contain markdown specials ("Q^*"); escape them so a cell renders literally.
+    return re.sub(r"([\\|*_`<>\[\]])", r"\\\1", text)
+
+
+def format_table(items: Iterable[Entry] | None = None, markdown: bool = True) -> str:
+    """Returns the entries as a markdown table (or aligned plain text); all entries if None."""
+    items = _ENTRIES if items is None else tuple(items)
+    header = ("id", "paper", "family", "status", "module")
+    rows = [(e.pid, e.title, e.family, e.status, e.module) for e in items]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += [f"| {pid} | {_md_escape(title)} | {fam} | {status} | `{module}` |"
+                  for pid, title, fam, status, module in rows]
+        return "\n".join(lines)
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+    return "\n".join([line(header), line(tuple("-" * w for w in widths))] + [line(r) for r in rows])
+
+
+def verify(entry: Entry, root: str | Path | None = None) -> list[str]:
+    """Returns the problems that make `entry`'s status a false claim (empty list if none).
+
+    A non-planned entry must have an importable module exposing every public name, and
+    its test and experiment files must exist under `root` (the repository root by default).
+    Planned entries claim nothing, so they have no problems. Importing the module may be
+    slow (it imports jax), which is why this is not run at catalog import time.
+    """
+    if entry.status == "planned":
+        return []
+    root = _ROOT if root is None else Path(root)
+    problems: list[str] = []
+    try:
+        mod = importlib.import_module(entry.module)
+    except Exception as exc:  # any import failure is a false claim, whatever its type
+        problems.append(f"{entry.pid}: module {entry.module} does not import "
+                        f"({type(exc).__name__}: {exc})")
+    else:
+        missing = [n for n in entry.names if not hasattr(mod, n)]
+        if missing:
+            problems.append(f"{entry.pid}: {entry.module} lacks public names {missing}")
+    for kind, rel in (("test", entry.test), ("experiment", entry.experiment)):
+        if not (root / rel).is_file():
+            problems.append(f"{entry.pid}: {kind} file {rel} does not exist")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Returns 0 after printing the catalog table and status counts (`python -m tokjax.catalog`)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tokjax.catalog", description=__doc__.splitlines()[0])
+    parser.add_argument("--status", choices=STATUSES, help="only entries with this status")
+    parser.add_argument("--family", choices=FAMILIES, help="only entries of this family")
+    parser.add_argument("--markdown", action="store_true", help="print a markdown table")
+    args = parser.parse_args(argv)
+    items = [e for e in _ENTRIES
+             if (args.status is None or e.status == args.status)
+             and (args.family is None or e.family == args.family)]
+    print(format_table(items, markdown=args.markdown))
+    print()
+    print(", ".join(f"{n} {s}" for s, n in summary().items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
