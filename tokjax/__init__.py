@@ -7,10 +7,11 @@ from tokjax.model import (
 
 from tokjax import logits
 from tokjax.decoding import GenerateOutput, generate, stream
+from tokjax.pretrained import available_pretrained, pretrained
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "logits", "GenerateOutput", "generate", "stream", "Bidirectional", "Causal", "Explicit", "Inputs", "KVCache", "Model", "ModelConfig", "Output", "Prefix", "Rank",
+    "available_pretrained", "pretrained", "logits", "GenerateOutput", "generate", "stream", "Bidirectional", "Causal", "Explicit", "Inputs", "KVCache", "Model", "ModelConfig", "Output", "Prefix", "Rank",
     "Taps", "Tree", "blocks", "embed", "final_norm", "forward", "lm_head", "unembed",
 ]

@@ -1,0 +1,113 @@
+"""Evaluation: token-weighted validation loss, bits per token and bits per byte.
+
+Bits per token depend on the tokenizer (a bigger vocabulary packs more text into a token),
+so models with different tokenizers are compared per byte of text:
+
+    bits_per_byte = (loss_nats / ln 2) / bytes_per_token
+
+where ``bytes_per_token`` is the UTF-8 bytes of the evaluated text over its token count (the
+datasets of :mod:`tokjax.data` record it as ``TokenDataset.bytes_per_token``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Iterable, Mapping
+
+import jax
+import numpy as np
+
+from tokjax.model import ModelConfig
+from tokjax.train._loss import next_token_sums
+
+__all__ = ["evaluate", "bits_per_token", "bits_per_byte", "unigram_loss"]
+
+_LN2 = math.log(2.0)
+
+
+def bits_per_token(loss_nats: float) -> float:
+    """Returns ``loss_nats / ln 2``: the per-token loss in bits."""
+    return float(loss_nats) / _LN2
+
+
+def bits_per_byte(loss_nats: float, bytes_per_token: float) -> float:
+    """Returns the per-token loss ``loss_nats`` converted to bits per UTF-8 byte of text.
+
+    Raises ValueError unless ``bytes_per_token`` is a finite number > 0.
+    """
+    try:
+        bpt = float(bytes_per_token)
+    except (TypeError, ValueError):
+        raise ValueError(f"bytes_per_token must be a number > 0, got {bytes_per_token!r}") from None
+    if not (math.isfinite(bpt) and bpt > 0):
+        raise ValueError(f"bytes_per_token must be a finite number > 0, got {bytes_per_token!r}")
+    return bits_per_token(loss_nats) / bpt
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def _sums(params, cfg, batch):
+    return next_token_sums(params, cfg, batch)
+
+
+def _as_batch(b: Any) -> Mapping[str, Any]:
+    if isinstance(b, Mapping):
+        return b
+    return {"tokens": np.asarray(b)}
+
+
+def evaluate(
+    params: Any,
+    cfg: ModelConfig,
+    batches: Iterable[Mapping[str, Any] | np.ndarray],
+    *,
+    bytes_per_token: float | None = None,
+) -> dict[str, float]:
+    """Returns {"loss", "bits_per_token", "bits_per_byte", "accuracy", "tokens"} over every batch.
+
+    ``batches`` yields batches like training (``{"tokens": [B, T+1], "mask"?, "weights"?}``) or
+    bare [B, T+1] token arrays. The loss is the token-weighted mean next-token cross-entropy
+    in nats over *all* batches (sum of per-token losses over the sum of token weights, not a
+    mean of batch means). ``bits_per_byte`` is NaN when ``bytes_per_token`` is not given.
+    Raises ValueError when there is no batch or no token to evaluate.
+    """
+    if not isinstance(cfg, ModelConfig):
+        raise ValueError(f"evaluate needs a ModelConfig, got {type(cfg).__name__}")
+    if bytes_per_token is not None:
+        bits_per_byte(0.0, bytes_per_token)  # validate early, before the model runs
+    # Accumulate on the host in float64: a float32 running sum over many batches loses digits.
+    total = count = correct = 0.0
+    n = 0
+    for b in batches:
+        s, c, k = jax.device_get(_sums(params, cfg, _as_batch(b)))
+        total += float(s)
+        count += float(c)
+        correct += float(k)
+        n += 1
+    if n == 0:
+        raise ValueError("evaluate got no batches")
+    if count <= 0:
+        raise ValueError("evaluate: every token is masked out (token count 0)")
+    loss = total / count
+    return {
+        "loss": loss,
+        "bits_per_token": bits_per_token(loss),
+        "bits_per_byte": bits_per_byte(loss, bytes_per_token) if bytes_per_token is not None else float("nan"),
+        "accuracy": correct / count,
+        "tokens": count,
+    }
+
+
+def unigram_loss(train_tokens: np.ndarray, eval_tokens: np.ndarray, vocab_size: int) -> float:
+    """Returns the cross-entropy (nats/token) of ``eval_tokens`` under the add-one unigram model of ``train_tokens``.
+
+    This is the loss of a model that ignores context: a trained language model must beat it
+    clearly, which makes it the natural "did it learn anything" baseline.
+    """
+    train_tokens = np.asarray(train_tokens).reshape(-1)
+    eval_tokens = np.asarray(eval_tokens).reshape(-1)
+    if eval_tokens.size == 0:
+        raise ValueError("unigram_loss needs at least one evaluation token")
+    counts = np.bincount(train_tokens, minlength=vocab_size).astype(np.float64) + 1.0
+    logp = np.log(counts / counts.sum())
+    return float(-logp[eval_tokens].mean())
