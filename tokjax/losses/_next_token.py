@@ -1,0 +1,214 @@
+"""The next-token loss with the train loss signature ``(params, cfg, batch, rng) -> (loss, metrics)``.
+
+It runs the shared forward with ``compute_logits=False`` (the final-normed hidden states),
+streams the head with cut cross-entropy (P29) or materialises logits (``method="naive"``),
+builds a :class:`TokenStats`, applies the loss transforms and reduces.
+
+Batch keys (all optional except ``tokens``):
+
+``tokens``          int32 [B, T+1]; position t of the model input predicts ``tokens[:, t+1]``.
+``mask``            bool [B, T+1] (per token: a target counts iff its token's entry is True) or
+                    [B, T] (per target).
+``weights``         float [B, T+1] or [B, T], same convention; multiplies the per-token loss.
+``prompt_lengths``, ``lengths``   int [B]: see :func:`shifted_completion_mask`.
+``segment_ids``     int [B, T+1]: packed documents; targets across a document boundary are masked.
+``ref_logp``        float [B, T]: a reference model's log p of each target (PRIOR, DPO, KL...).
+``ref_tokens``      int [B, T+1]: what the ``ref`` model reads instead of ``tokens`` (same targets).
+``normalizer``      scalar: the global denominator (see :func:`reduce_loss`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from tokjax.losses._cross_entropy import naive_core
+from tokjax.losses._stats import (
+    REDUCTIONS, LossTransform, TokenStats, chain, per_token_nll, reduce_loss, shifted_completion_mask, token_count,
+)
+from tokjax.losses.cut_cross_entropy import DEFAULT_BLOCK_SIZE, head_stats
+from tokjax.model.forward import Inputs, forward, lm_head
+
+__all__ = ["METHODS", "make_next_token_loss", "next_token_loss", "reference_logp", "token_stats"]
+
+METHODS = ("cut", "naive")
+_F32 = jnp.float32
+
+
+def _per_target(value, B: int, T: int, name: str, dtype) -> jax.Array:
+    """Returns ``value`` as [B, T] per-target: a [B, T+1] per-token array is shifted by one."""
+    arr = jnp.asarray(value)
+    if arr.shape == (B, T + 1):
+        arr = arr[:, 1:]
+    elif arr.shape != (B, T):
+        raise ValueError(f"batch[{name!r}] must be [B, T+1]={B, T + 1} (per token) or [B, T]={B, T} (per target), "
+                         f"got {tuple(arr.shape)}")
+    return arr.astype(dtype)
+
+
+def _head(hidden, w, labels, *, method, block_size, softcap, want_entropy):
+    """Returns (logp, lse, entropy|None), each [N], from hidden [N, D] and the head [D, V]."""
+    if method == "cut":
+        core = head_stats(hidden, w, labels, softcap=softcap, block_size=block_size,
+                          want=("entropy",) if want_entropy else ())
+    else:
+        core = naive_core(hidden, w, labels, softcap=softcap, want_entropy=want_entropy)
+    return core["zy"] - core["lse"], core["lse"], core.get("entropy")
+
+
+def _model_logp(params, cfg, tokens, segment_ids, *, method, block_size, softcap, want_entropy, keep_hidden):
+    B, S = tokens.shape
+    inputs = Inputs(tokens=tokens[:, :-1], segment_ids=None if segment_ids is None else segment_ids[:, :-1])
+    hidden = forward(params, cfg, inputs, compute_logits=False).hidden  # [B, T, D], final-normed
+    D = hidden.shape[-1]
+    w = lm_head(params, cfg).astype(cfg.dtype)
+    logp, lse, ent = _head(hidden.reshape(-1, D), w, tokens[:, 1:].reshape(-1), method=method,
+                           block_size=block_size, softcap=softcap, want_entropy=want_entropy)
+    rs = lambda x: None if x is None else x.reshape(B, S - 1)  # noqa: E731
+    return rs(logp), rs(lse), rs(ent), (hidden if keep_hidden else None)
+
+
+def reference_logp(
+    params, cfg, tokens: jax.Array, *, segment_ids: jax.Array | None = None, method: str = "cut",
+    block_size: int = DEFAULT_BLOCK_SIZE, softcap: float | None = None,
+) -> jax.Array:
+    """Returns float32 [B, T] log p_ref(tokens[:, t+1] | tokens[:, :t+1]) under a reference model,
+    with the gradient stopped (the P78 reference probabilities P_r(t_i | t_<i) are its exp)."""
+    _check_method(method)
+    tokens = jnp.asarray(tokens)
+    if tokens.ndim != 2 or tokens.shape[1] < 2:
+        raise ValueError(f"tokens must be [batch, seq+1] with seq+1 >= 2, got shape {tuple(tokens.shape)}")
+    logp, _, _, _ = _model_logp(jax.lax.stop_gradient(params), cfg, tokens, segment_ids, method=method,
+                                block_size=block_size, softcap=softcap, want_entropy=False, keep_hidden=False)
+    return jax.lax.stop_gradient(logp)
+
+
+def _check_method(method):
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+def token_stats(
+    params, cfg, batch: dict, *, method: str = "cut", block_size: int = DEFAULT_BLOCK_SIZE,
+    softcap: float | None = None, entropy: bool = False, hidden: bool = False, ref: tuple | None = None,
+) -> TokenStats:
+    """Returns the TokenStats [B, T] of ``batch`` under the model (see the module doc for batch keys).
+
+    ``entropy`` / ``hidden`` add those fields; ``ref=(ref_params, ref_cfg)`` fills ``ref_logp`` from
+    a reference model reading ``batch["ref_tokens"]`` (default ``batch["tokens"]``) when the batch
+    has no ``ref_logp``.
+    """
+    _check_method(method)
+    if not isinstance(batch, dict) or "tokens" not in batch:
+        raise ValueError("batch must be a dict with 'tokens' int [B, T+1]")
+    tokens = jnp.asarray(batch["tokens"])
+    if tokens.ndim != 2 or tokens.shape[1] < 2:
+        raise ValueError(f"batch['tokens'] must be [B, T+1] with T+1 >= 2, got shape {tuple(tokens.shape)}")
+    B, S = tokens.shape
+    T = S - 1
+    seg = batch.get("segment_ids")
+    mask = shifted_completion_mask(tokens, batch.get("prompt_lengths"), batch.get("lengths"))
+    if batch.get("mask") is not None:
+        mask &= _per_target(batch["mask"], B, T, "mask", bool)
+    if seg is not None:
+        seg = jnp.asarray(seg)
+        if seg.shape != (B, S):
+            raise ValueError(f"batch['segment_ids'] must be [B, T+1]={B, S}, got {tuple(seg.shape)}")
+        mask &= seg[:, 1:] == seg[:, :-1]
+    weights = None if batch.get("weights") is None else _per_target(batch["weights"], B, T, "weights", _F32)
+    ref_logp = batch.get("ref_logp")
+    if ref_logp is not None:
+        ref_logp = jnp.asarray(ref_logp, _F32)
+        if ref_logp.shape != (B, T):
+            raise ValueError(f"batch['ref_logp'] must be [B, T]={B, T} (one per target), got {tuple(ref_logp.shape)}")
+        ref_logp = jax.lax.stop_gradient(ref_logp)
+    logp, lse, ent, h = _model_logp(params, cfg, tokens, seg, method=method, block_size=block_size,
+                                    softcap=softcap, want_entropy=entropy, keep_hidden=hidden)
+    if ref_logp is None and ref is not None:
+        ref_params, ref_cfg = ref
+        ref_tokens = jnp.asarray(batch.get("ref_tokens", tokens))
+        if ref_tokens.shape != (B, S):
+            raise ValueError(f"batch['ref_tokens'] must be [B, T+1]={B, S}, got {tuple(ref_tokens.shape)}")
+        ref_logp = reference_logp(ref_params, ref_cfg, ref_tokens, segment_ids=seg, method=method,
+                                  block_size=block_size, softcap=softcap)
+    return TokenStats.create(logp, mask, weights, entropy=ent, lse=lse, ref_logp=ref_logp, hidden=h)
+
+
+def next_token_loss(
+    params, cfg, batch: dict, rng: jax.Array | None = None, *,
+    transforms: LossTransform | Sequence[LossTransform] = (),
+    transform_state: Any = None,
+    method: str = "cut",
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    reduction: str = "token_mean",
+    normalizer=None,
+    softcap: float | None = None,
+    z_loss: float = 0.0,
+    ref: tuple | None = None,
+    entropy: bool = False,
+) -> tuple[jax.Array, dict]:
+    """Returns (scalar loss, metrics) of next-token prediction on ``batch`` after the loss transforms.
+
+    ``loss = reduce(sum_t m_t * w_t * (-log p(y_t) + z_loss * lse_t^2))`` with ``m``, ``w`` the
+    mask and weights after ``transforms`` (a LossTransform, or a sequence that is chained; one
+    element is used as is), whose state is ``transform_state`` (e.g. ``prior().init()`` with a new
+    alpha: no recompilation) or else ``init()``; ``reduction`` / ``normalizer`` as in
+    :func:`reduce_loss` (``batch["normalizer"]`` is used when the argument is None). The head is
+    cut cross-entropy (P29, no [B, T, V] logits) with ``method="cut"`` and materialised logits with
+    ``"naive"``. ``rng`` is accepted for the train signature and unused. Metrics: ``loss``,
+    ``nll_sum`` (the weighted numerator), ``token_count`` (masked-in targets; so ``loss ==
+    nll_sum / token_count`` for token_mean), ``nll`` (unweighted token-mean NLL), ``weight_mean``,
+    ``lse_mean`` and ``entropy`` (when computed).
+    """
+    del rng
+    if isinstance(transforms, LossTransform):
+        tf = transforms
+    elif len(transforms) == 1:
+        tf = transforms[0]  # its own state, not a 1-tuple
+    else:
+        tf = chain(*transforms)
+    needs = set(tf.requires)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if "ref_logp" in needs and ref is None and (not isinstance(batch, dict) or batch.get("ref_logp") is None):
+        raise ValueError("a loss transform needs reference log-probs: put batch['ref_logp'] [B, T] or pass "
+                         "ref=(ref_params, ref_cfg)")
+    stats = token_stats(params, cfg, batch, method=method, block_size=block_size, softcap=softcap,
+                        entropy=entropy or "entropy" in needs, hidden="hidden" in needs, ref=ref)
+    state = tf.init() if transform_state is None else transform_state
+    stats, _ = tf.apply(stats, state, batch)
+    per_tok = per_token_nll(stats)
+    if not (isinstance(z_loss, (int, float)) and z_loss == 0):
+        per_tok = per_tok + jnp.where(stats.mask, stats.weights * jnp.asarray(z_loss, _F32) * stats.lse ** 2, 0.0)
+    if normalizer is None:
+        normalizer = batch.get("normalizer")
+    loss = reduce_loss(stats, reduction, per_token=per_tok, normalizer=normalizer)
+    n = token_count(stats.mask)
+    nll = jnp.where(stats.mask, -stats.logp, 0.0)
+    safe_n = jnp.maximum(n, 1.0)
+    metrics = {
+        "loss": loss,
+        "nll_sum": jax.lax.stop_gradient(jnp.sum(per_tok)),
+        "token_count": n,
+        "nll": jax.lax.stop_gradient(jnp.sum(nll) / safe_n),
+        "weight_mean": jax.lax.stop_gradient(jnp.sum(jnp.where(stats.mask, stats.weights, 0.0)) / safe_n),
+        "lse_mean": jax.lax.stop_gradient(jnp.sum(jnp.where(stats.mask, stats.lse, 0.0)) / safe_n),
+    }
+    if stats.entropy is not None:
+        metrics["entropy"] = jax.lax.stop_gradient(jnp.sum(jnp.where(stats.mask, stats.entropy, 0.0)) / safe_n)
+    return loss, metrics
+
+
+def make_next_token_loss(**options) -> Callable:
+    """Returns ``loss_fn(params, cfg, batch, rng) -> (loss, metrics)``: :func:`next_token_loss` with
+    ``options`` (transforms, method, block_size, reduction, ref, ...) fixed, for ``tokjax.train``."""
+    bad = set(options) - {"transforms", "transform_state", "method", "block_size", "reduction", "normalizer",
+                          "softcap", "z_loss", "ref", "entropy"}
+    if bad:
+        raise ValueError(f"unknown next_token_loss options {sorted(bad)}")
+    if "method" in options:
+        _check_method(options["method"])
+    return functools.partial(next_token_loss, **options)
