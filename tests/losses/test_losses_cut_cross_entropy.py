@@ -62,12 +62,12 @@ def _compare(h, w, y, weights, bias, cot, *, block, kw):
 def _check_equal(h, w, y, *, block, weights=None, bias=None, cot=None, tol=F32_TOL, **kw):
     cot = jnp.ones(y.shape) if cot is None else cot
     (ln, gn), (lc, gc) = _compare(h, w, y, weights, bias, cot, block=block, kw=tuple(sorted(kw.items())))
-    _close(lc, ln, **tol)
+    assert_close(lc, ln, **tol)
     for a, b in zip(gc, gn):
-        _close(a, b, **tol)
+        assert_close(a, b, **tol)
 
 
-def _close(a, b, **tol):
+def assert_close(a, b, **tol):
     np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), **tol)
 
 
@@ -108,8 +108,8 @@ def test_per_token_weights_use_the_full_cotangent():
         return g_none, g_w, g_ref
 
     g_none, g_w, g_ref = grads(h)
-    _close(g_none, g_ref, **F32_TOL)
-    _close(g_w, g_ref, **F32_TOL)
+    assert_close(g_none, g_ref, **F32_TOL)
+    assert_close(g_w, g_ref, **F32_TOL)
     assert np.all(np.asarray(g_none)[[0, 4]] == 0)
 
 
@@ -127,9 +127,9 @@ def test_matches_optax_and_smooth_labels():
     ref, ref_ls = jax.jit(lambda h, w: (
         optax.softmax_cross_entropy_with_integer_labels(h @ w, y),
         optax.softmax_cross_entropy(h @ w, optax.smooth_labels(jax.nn.one_hot(y, 33), eps))))(h, w)
-    _close(plain, ref, **F32_TOL)
-    _close(ls_cut, ref_ls, **F32_TOL)
-    _close(ls_naive, ref_ls, **F32_TOL)
+    assert_close(plain, ref, **F32_TOL)
+    assert_close(ls_cut, ref_ls, **F32_TOL)
+    assert_close(ls_naive, ref_ls, **F32_TOL)
 
 
 def test_leading_dims_and_jit():
@@ -144,8 +144,8 @@ def test_leading_dims_and_jit():
 
     out, ref3, ref = run(h3, h, w)
     assert out.shape == (3, 4)
-    _close(out, ref3, **F32_TOL)
-    _close(out.reshape(-1), ref, **F32_TOL)
+    assert_close(out, ref3, **F32_TOL)
+    assert_close(out.reshape(-1), ref, **F32_TOL)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
@@ -157,10 +157,10 @@ def test_dtypes_value_and_gradient(dtype):
     assert dhc.dtype == dtype and dwc.dtype == dtype
     if dtype == jnp.float32:
         for a, b in ((lc, ln), (dhc, dhn), (dwc, dwn)):
-            _close(a, b, **F32_TOL)
+            assert_close(a, b, **F32_TOL)
     else:
         # bf16 has 8 mantissa bits: compare to the scale of the gradient, 3e-2 relative.
-        _close(lc, ln, rtol=1e-2, atol=1e-2)
+        assert_close(lc, ln, rtol=1e-2, atol=1e-2)
         for a, b in ((dhc, dhn), (dwc, dwn)):
             a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
             assert np.max(np.abs(a - b)) <= 3e-2 * np.max(np.abs(b)) + 1e-6
@@ -197,7 +197,7 @@ def test_return_stats_equal_naive():
     for sc in cuts:
         assert set(sc) == set(names)
         for n in ("logp", "lse", "entropy"):
-            _close(sc[n], sn[n], **F32_TOL)
+            assert_close(sc[n], sn[n], **F32_TOL)
         np.testing.assert_array_equal(np.asarray(sc["argmax"]), np.asarray(sn["argmax"]))
         np.testing.assert_array_equal(np.asarray(sc["argmax"]), np.asarray(jnp.argmax(z, -1)))
         assert np.all(np.asarray(sc["logp"])[np.asarray(y) == -100] == 0)
@@ -219,7 +219,7 @@ def test_stats_are_differentiable_like_naive():
 
     gn, gc = run(h, w)
     for a, b in zip(gc, gn):
-        _close(a, b, **F32_TOL)
+        assert_close(a, b, **F32_TOL)
 
 
 # ------------------------------------------------------------------------------ edge cases
@@ -255,7 +255,7 @@ def test_custom_ignore_index_and_mean_denominator():
     per, mean = jax.jit(lambda h: (cross_entropy(h, w, y, reduction="none", ignore_index=7),
                                    cut_cross_entropy(h, w, y, ignore_index=7, block_size=5)))(h)
     assert np.all(np.asarray(per)[:2] == 0)
-    _close(mean, jnp.sum(per) / 4, **F32_TOL)
+    assert_close(mean, jnp.sum(per) / 4, **F32_TOL)
 
 
 def test_large_logits_are_stable():
@@ -263,7 +263,7 @@ def test_large_logits_are_stable():
     (loss, g), ref = jax.jit(lambda h: (jax.value_and_grad(lambda h: cut_cross_entropy(h, w, y, block_size=16))(h),
                                         cross_entropy(h, w, y)))(h)
     assert np.isfinite(float(loss)) and np.all(np.isfinite(np.asarray(g)))
-    _close(loss, ref, rtol=1e-5, atol=1e-3)
+    assert_close(loss, ref, rtol=1e-5, atol=1e-3)
 
 
 def test_gradient_filter_is_opt_in_and_close_for_peaked_distributions():
@@ -285,21 +285,21 @@ def test_gradient_filter_is_opt_in_and_close_for_peaked_distributions():
 
     ref, exact, filt, auto, loss_f, loss_ref = run(h, w)
     for a, b in zip(exact, ref):
-        _close(a, b, **F32_TOL)
+        assert_close(a, b, **F32_TOL)
     for a, b in zip(filt, ref):
         a, b = np.asarray(a), np.asarray(b)
         assert np.max(np.abs(a - b)) <= 1e-4 * max(1.0, np.max(np.abs(b)))
-    _close(auto[0], ref[0], rtol=1e-4, atol=1e-6)
-    _close(loss_f, loss_ref, **F32_TOL)  # the loss value itself is never filtered
+    assert_close(auto[0], ref[0], rtol=1e-4, atol=1e-6)
+    assert_close(loss_f, loss_ref, **F32_TOL)  # the loss value itself is never filtered
 
 
 def test_head_stats_kernel():
     h, w, y, _, _ = _problem(13, 7, 5, 23)
     out = jax.jit(lambda h, w: head_stats(h, w, y, block_size=6, want=("zsum", "entropy", "argmax")))(h, w)
     z = h @ w
-    _close(out["lse"], jax.nn.logsumexp(z, -1), **F32_TOL)
-    _close(out["zy"], jnp.take_along_axis(z, y[:, None], -1)[:, 0], **F32_TOL)
-    _close(out["zsum"], z.sum(-1), **F32_TOL)
+    assert_close(out["lse"], jax.nn.logsumexp(z, -1), **F32_TOL)
+    assert_close(out["zy"], jnp.take_along_axis(z, y[:, None], -1)[:, 0], **F32_TOL)
+    assert_close(out["zsum"], z.sum(-1), **F32_TOL)
 
 
 def test_compiled_temp_memory_is_blockwise():

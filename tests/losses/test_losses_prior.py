@@ -30,7 +30,7 @@ def _numpy_model(seed=0):
                         cfg=cfg)
 
 
-def _close(a, b, **tol):
+def assert_close(a, b, **tol):
     np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), **(tol or TOL))
 
 
@@ -50,7 +50,7 @@ def test_weights_formula_and_sum_to_sequence_length():
         assert np.all(w[~m] == 0)
         raw = np.where(m, (1 - p) ** alpha, 0.0)
         np.testing.assert_allclose(w, raw * m.sum(-1, keepdims=True) / raw.sum(-1, keepdims=True), rtol=1e-5)
-        _close(prior_weights(ref_logp, mask, alpha, normalize="none"), raw, rtol=1e-5, atol=1e-7)
+        assert_close(prior_weights(ref_logp, mask, alpha, normalize="none"), raw, rtol=1e-5, atol=1e-7)
     # Unnormalised weights are (1 - P_ref)^alpha: lower reference probability -> larger weight.
     w = np.asarray(prior_weights(ref_logp, None, 1.0, normalize="none"))
     order = np.argsort(p, axis=None)
@@ -59,7 +59,7 @@ def test_weights_formula_and_sum_to_sequence_length():
 
 def test_alpha_zero_is_plain_ntp_and_certain_rows_fall_back_to_uniform():
     ref_logp, mask, _, m = _ref(1)
-    _close(prior_weights(ref_logp, mask, 0.0), m.astype(np.float32))
+    assert_close(prior_weights(ref_logp, mask, 0.0), m.astype(np.float32))
     certain = jnp.zeros((2, 5)).at[1, 2].set(-1.0)  # row 0: P_ref = 1 everywhere
     w = np.asarray(prior_weights(certain, None, 1.0))
     np.testing.assert_array_equal(w[0], np.ones(5))
@@ -79,7 +79,7 @@ def test_transform_reweights_stats():
     logp = jnp.asarray(-np.random.default_rng(0).uniform(0.1, 2.0, size=(4, 7)), jnp.float32)
     stats = TokenStats.create(logp, mask, jnp.full((4, 7), 2.0), ref_logp=ref_logp)
     out, state = prior(alpha=1.0)(stats)
-    _close(out.weights, 2.0 * prior_weights(ref_logp, mask, 1.0))
+    assert_close(out.weights, 2.0 * prior_weights(ref_logp, mask, 1.0))
     assert float(state["alpha"]) == 1.0
     with pytest.raises(ValueError, match="ref_logp"):
         prior()(TokenStats.create(logp, mask))
@@ -119,16 +119,16 @@ def test_prior_next_token_loss_value_gradient_and_no_recompile():
     (lc, mc), gc = out["cut"]
     mask = shifted_completion_mask(tokens, lengths=lengths)
     ref_lp = reference_logp(ref_model.params, cfg, tokens, block_size=8)
-    _close(st.ref_logp, ref_lp)
+    assert_close(st.ref_logp, ref_lp)
     w = prior_weights(ref_lp, mask, 1.0)
     expect = jnp.sum(jnp.where(mask, -w * st.logp, 0.0)) / jnp.sum(mask)
-    _close(lc, expect)
-    _close(mc["weight_mean"], 1.0, rtol=1e-5)  # weights sum to the number of tokens
+    assert_close(lc, expect)
+    assert_close(mc["weight_mean"], 1.0, rtol=1e-5)  # weights sum to the number of tokens
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(gc))
     # alpha is runtime state: a new value reuses the compiled program and changes the loss
     out2, _ = run(model.params, ref_model.params, {"alpha": jnp.float32(0.0)})
     assert len(traces) == 1
-    _close(out2["cut"][0][0], out2["cut"][0][1]["nll"])  # alpha = 0 is plain NTP
+    assert_close(out2["cut"][0][0], out2["cut"][0][1]["nll"])  # alpha = 0 is plain NTP
     # the reference model gets no gradient through the weights
     g_ref = jax.jit(jax.grad(lambda rp: next_token_loss(
         model.params, cfg, batch, None, transforms=[prior()], block_size=8, ref=(rp, cfg))[0]))(ref_model.params)

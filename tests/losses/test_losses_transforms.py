@@ -18,7 +18,7 @@ from tokjax.losses import (
 TOL = dict(rtol=2e-5, atol=2e-5)
 
 
-def _close(a, b, **tol):
+def assert_close(a, b, **tol):
     np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), **(tol or TOL))
 
 
@@ -94,18 +94,18 @@ def _stats(seed=0, B=3, T=5):
 def test_reductions_by_hand():
     s, logp, mask, w = _stats()
     per = np.where(mask, -w * logp, 0.0)
-    _close(per_token_nll(s), per)
+    assert_close(per_token_nll(s), per)
     total, count = sum_and_count(s)
-    _close(total, per.sum())
+    assert_close(total, per.sum())
     assert float(count) == mask.sum() == float(token_count(mask))
-    _close(reduce_loss(s, "token_mean"), per.sum() / mask.sum())
-    _close(reduce_loss(s, "sum"), per.sum())
-    _close(reduce_loss(s, "const"), per.sum() / mask.size)
+    assert_close(reduce_loss(s, "token_mean"), per.sum() / mask.sum())
+    assert_close(reduce_loss(s, "sum"), per.sum())
+    assert_close(reduce_loss(s, "const"), per.sum() / mask.size)
     rows = [per[b].sum() / mask[b].sum() for b in range(3) if mask[b].any()]
-    _close(reduce_loss(s, "seq_mean"), np.mean(rows))
+    assert_close(reduce_loss(s, "seq_mean"), np.mean(rows))
     assert float(sequence_count(mask)) == len(rows)
-    _close(reduce_loss(s, "token_mean", normalizer=100.0), per.sum() / 100.0)
-    _close(reduce_loss(s, "weighted_mean"), per.sum() / np.where(mask, w, 0).sum())
+    assert_close(reduce_loss(s, "token_mean", normalizer=100.0), per.sum() / 100.0)
+    assert_close(reduce_loss(s, "weighted_mean"), per.sum() / np.where(mask, w, 0).sum())
 
 
 def test_empty_mask_reduces_to_zero_with_zero_grad():
@@ -135,12 +135,12 @@ def test_token_weights_transform_and_chain():
     batch = {"token_weights": extra}
     tf = chain(token_weights(), token_weights(scale=2.0))
     out, state = tf(s, None, batch)
-    _close(out.weights, w * np.asarray(extra) ** 2 * 2.0)
+    assert_close(out.weights, w * np.asarray(extra) ** 2 * 2.0)
     assert len(state) == 2
     nt = named_chain(("a", token_weights(scale=3.0)))
     out2, st2 = nt(s, None, batch)
-    _close(out2.weights, w * np.asarray(extra) * 3.0)
-    _close(st2["a"]["scale"], 3.0)
+    assert_close(out2.weights, w * np.asarray(extra) * 3.0)
+    assert_close(st2["a"]["scale"], 3.0)
     # Hyperparameters are runtime state, not identity: equal transforms share a compiled program.
     assert token_weights(scale=1.0) == token_weights(scale=5.0)
     assert hash(token_weights(scale=1.0)) == hash(token_weights(scale=5.0))
@@ -179,10 +179,10 @@ def test_next_token_loss_cut_equals_naive_equals_logits(model):
     lp = _reference_logp(model, tokens)
     mask = shifted_completion_mask(tokens, batch["prompt_lengths"], batch["lengths"]) & batch["mask"][:, 1:]
     expect = jnp.sum(jnp.where(mask, -batch["weights"] * lp, 0.0)) / jnp.sum(mask)
-    _close(lc, expect)
-    _close(ln, expect)
+    assert_close(lc, expect)
+    assert_close(ln, expect)
     assert float(mc["token_count"]) == float(jnp.sum(mask))
-    jax.tree.map(lambda a, b: _close(a, b, rtol=1e-4, atol=1e-6), gc, gn)
+    jax.tree.map(lambda a, b: assert_close(a, b, rtol=1e-4, atol=1e-6), gc, gn)
 
 
 def test_segment_ids_mask_cross_document_targets(model):
@@ -206,7 +206,7 @@ def test_z_loss_matches_cut_cross_entropy(model):
         return loss, ref
 
     loss, ref = run(model.params)
-    _close(loss, ref)
+    assert_close(loss, ref)
 
 
 def test_global_normalizer_makes_micro_batches_add_up(model):
@@ -226,8 +226,8 @@ def test_global_normalizer_makes_micro_batches_add_up(model):
     whole = vg(model.params, tokens, lengths, n_global)  # = the plain full-batch token mean
     parts = [vg(model.params, t, n, n_global) for t, n in micro]
     acc = jax.tree.map(lambda *xs: sum(xs), *parts)
-    _close(acc[0], whole[0])
-    jax.tree.map(lambda a, b: _close(a, b, rtol=1e-4, atol=1e-6), acc[1], whole[1])
+    assert_close(acc[0], whole[0])
+    jax.tree.map(lambda a, b: assert_close(a, b, rtol=1e-4, atol=1e-6), acc[1], whole[1])
     # ... while averaging the local means is NOT the full-batch loss here (uneven lengths).
     local = [vg(model.params, t, n, token_count(shifted_completion_mask(t, lengths=n)))[0] for t, n in micro]
     assert abs(float(np.mean([float(x) for x in local])) - float(whole[0])) > 1e-3
@@ -243,10 +243,10 @@ def test_sum_of_micro_batch_reductions_equals_full_batch(how, count):
     if norm is None:  # weighted_mean: the global total of the masked-in weights
         norm = jnp.sum(jnp.where(s.mask, s.weights, 0.0))
     parts = [reduce_loss(jax.tree.map(lambda x: x[i:i + 2], s), how, normalizer=norm) for i in range(0, 8, 2)]
-    _close(sum(parts), whole)
+    assert_close(sum(parts), whole)
     # and the (sum, count) pairs add up to the same token mean
     pairs = [sum_and_count(jax.tree.map(lambda x: x[i:i + 2], s)) for i in range(0, 8, 2)]
-    _close(sum(p[0] for p in pairs) / sum(p[1] for p in pairs), reduce_loss(s, "token_mean"))
+    assert_close(sum(p[0] for p in pairs) / sum(p[1] for p in pairs), reduce_loss(s, "token_mean"))
 
 
 def test_normalizer_from_batch(model):
@@ -254,8 +254,8 @@ def test_normalizer_from_batch(model):
     f = jax.jit(lambda p, b: next_token_loss(p, model.cfg, b, None, block_size=16)[0])
     a = f(model.params, {"tokens": tokens, "normalizer": jnp.float32(4 * 9)})  # = the local token count
     b = f(model.params, {"tokens": tokens, "normalizer": jnp.float32(2 * 4 * 9)})
-    _close(b, a / 2)
-    _close(a, jax.jit(lambda p: next_token_loss(p, model.cfg, {"tokens": tokens}, None, method="naive")[0])(
+    assert_close(b, a / 2)
+    assert_close(a, jax.jit(lambda p: next_token_loss(p, model.cfg, {"tokens": tokens}, None, method="naive")[0])(
         model.params))
 
 
@@ -275,9 +275,9 @@ def test_entropy_metric_and_make_loss(model):
     logits = tokjax.forward(model.params, model.cfg, tokens[:, :-1]).logits
     p = jax.nn.softmax(logits, -1)
     ent = -jnp.sum(p * jax.nn.log_softmax(logits, -1), -1)
-    _close(m["entropy"], ent.mean(), rtol=1e-5, atol=1e-5)
-    _close(m["nll"], loss)
-    _close(m["nll_sum"] / m["token_count"], loss)
+    assert_close(m["entropy"], ent.mean(), rtol=1e-5, atol=1e-5)
+    assert_close(m["nll"], loss)
+    assert_close(m["nll_sum"] / m["token_count"], loss)
     with pytest.raises(ValueError, match="unknown"):
         make_next_token_loss(blocksize=3)
     with pytest.raises(ValueError, match="method"):
