@@ -1,0 +1,52 @@
+"""Helpers shared by the benchmarks: wall-clock timing and the machine's measured memory bandwidth."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+
+def timeit(fn: Callable[[], Any], repeats: int) -> list[float]:
+    """Returns the wall-clock seconds of ``repeats`` calls of ``fn`` (which must block until done)."""
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def matvec_bandwidth(mib: int = 256, repeats: int = 10) -> float:
+    """Returns the best memory bandwidth (bytes/s) of a jitted float32 matrix-vector product over ``mib`` MiB.
+
+    A matvec reads every matrix element once and does 2 flops per 4 bytes, so its speed is the
+    bandwidth bound of batch-1 decoding, which is also a sequence of matvecs over the weights.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    n = int(np.sqrt(mib * 2**20 / 4))
+    w = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    x = jnp.ones((n,), jnp.float32)
+    f = jax.jit(lambda w, x: w @ x)
+    f(w, x).block_until_ready()
+    best = min(timeit(lambda: f(w, x).block_until_ready(), repeats))
+    return n * n * 4 / best
+
+
+def machine() -> str:
+    """Returns a one-line description of the CPU this process runs on."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
