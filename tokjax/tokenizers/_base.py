@@ -18,6 +18,26 @@ _ROLE_NAMES: dict[str, tuple[str, ...]] = {
 }
 
 
+class SpecialIdsMixin:
+    """Returns nothing; the special-id properties every tokjax tokenizer shares (set ``_bos_id`` etc.)."""
+
+    @property
+    def bos_id(self) -> int | None:
+        return self._bos_id
+
+    @property
+    def eos_id(self) -> int | None:
+        return self._eos_id
+
+    @property
+    def pad_id(self) -> int | None:
+        return self._pad_id
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        return self._special_ids
+
+
 class _Infer:
     """Sentinel: infer a special-token role from well-known token names."""
 

@@ -15,6 +15,7 @@ import tokenizers as hf_tokenizers
 from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trainers
 
 from ._base import (
+    SpecialIdsMixin,
     DEFAULT_SPECIAL_TOKENS,
     INFER,
     add_bos_eos,
@@ -142,7 +143,7 @@ def _byte_scheme(spec: Mapping[str, Any]) -> str:
 _BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
-class BPETokenizer:
+class BPETokenizer(SpecialIdsMixin):
     """Byte-level BPE tokenizer backed by a Hugging Face ``tokenizers.Tokenizer``.
 
     Build one with :meth:`train`, :meth:`load` or :meth:`from_hf`. Encoding is
@@ -406,22 +407,6 @@ class BPETokenizer:
     def vocab_size(self) -> int:
         """Number of ids (max id + 1, special tokens included)."""
         return self._vocab_size
-
-    @property
-    def bos_id(self) -> int | None:
-        return self._bos_id
-
-    @property
-    def eos_id(self) -> int | None:
-        return self._eos_id
-
-    @property
-    def pad_id(self) -> int | None:
-        return self._pad_id
-
-    @property
-    def special_ids(self) -> frozenset[int]:
-        return self._special_ids
 
     @cached_property
     def id_to_bytes(self) -> list[bytes]:

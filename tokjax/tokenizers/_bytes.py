@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ._base import (
+    SpecialIdsMixin,
     DEFAULT_SPECIAL_TOKENS,
     INFER,
     add_bos_eos,
@@ -20,7 +21,7 @@ from ._base import (
 )
 
 
-class ByteTokenizer:
+class ByteTokenizer(SpecialIdsMixin):
     """Tokenizer whose ids ``0..255`` are the bytes themselves, followed by special tokens.
 
     ``ByteTokenizer()`` has vocab 259: bytes, then ``<|bos|>`` (256),
@@ -53,22 +54,6 @@ class ByteTokenizer:
     def vocab_size(self) -> int:
         """Number of ids: 256 bytes plus the special tokens."""
         return 256 + len(self.special_tokens)
-
-    @property
-    def bos_id(self) -> int | None:
-        return self._bos_id
-
-    @property
-    def eos_id(self) -> int | None:
-        return self._eos_id
-
-    @property
-    def pad_id(self) -> int | None:
-        return self._pad_id
-
-    @property
-    def special_ids(self) -> frozenset[int]:
-        return self._special_ids
 
     @property
     def id_to_bytes(self) -> list[bytes]:
