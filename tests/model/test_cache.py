@@ -82,7 +82,10 @@ def test_append_matches_forward_writes_and_select_rows():
     k = jnp.ones((cfg.n_layers, 2, 3, cfg.kv_heads, cfg.head_size))
     c2 = c.append(k, 2 * k)
     assert np.asarray(c2.length).tolist() == [3, 3]
-    assert float(c2.k[:, :, :3].min()) == 1.0 and float(c2.k[:, :, 3:].max()) == 0.0
+    k_all, v_all = c2.stacked()
+    assert k_all.shape == (cfg.n_layers, 2, 8, cfg.kv_heads, cfg.head_size)
+    assert float(k_all[:, :, :3].min()) == 1.0 and float(k_all[:, :, 3:].max()) == 0.0
+    assert float(v_all[:, :, :3].min()) == 2.0
     c3 = c2.select_rows(jnp.array([1]))
     assert c3.batch == 1
     with pytest.raises(ValueError, match="batch"):
@@ -98,7 +101,8 @@ def test_per_layer_lengths_mask_unwritten_slots():
     lo = forward(m.params, cfg, toks[:, 4:5], cache=c, layers=(0, 1), compute_logits=False).cache
     assert np.asarray(lo.lengths)[:, 0].tolist() == [5, 4, 4]
     # poison the unwritten slot 4 of layers 1.. : results must not change
-    poisoned = lo.replace(k=lo.k.at[1:, :, 4].set(1e4), v=lo.v.at[1:, :, 4].set(1e4))
+    poison = lambda bufs: bufs[:1] + tuple(b.at[:, :, 4].set(1e4) for b in bufs[1:])  # noqa: E731
+    poisoned = lo.replace(k=poison(lo.k), v=poison(lo.v))
     a = forward(m.params, cfg, Inputs(tokens=toks[:, 4:5]), cache=c)
     h = forward(m.params, cfg, toks[:, 4:5], cache=c, layers=(0, 1), compute_logits=False).hidden
     b = forward(m.params, cfg, Inputs(hidden=h), cache=poisoned, layers=(1, 3))

@@ -23,14 +23,17 @@ def _ragged(key, B, T, V):
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-@pytest.mark.parametrize("dtype, tol", [("float32", 1e-4), ("bfloat16", 0.1)])
-def test_cached_incremental_equals_full_forward(variant, dtype, tol):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cached_incremental_equals_full_forward(variant, dtype):
     """Prefill a ragged padded batch, then decode token by token: logits match a full forward of each row.
 
-    Tolerance: 1e-4 absolute in float32; 0.1 absolute on logits of magnitude ~10 in bfloat16
-    (different accumulation orders of bf16 matmuls).
+    float32: within 1e-4 absolute. bfloat16: the cached path and the full forward round at
+    different places (their differences reach 0.16 on logits ~6, as large as either one's
+    distance to float32), so both are compared with the float32 forward instead: the cached
+    path may be at most 1.5x (+0.05) as far from it as the bf16 full forward is.
     """
     m = small_model(**VARIANTS[variant], compute_dtype=dtype)
+    m32 = small_model(**VARIANTS[variant], compute_dtype="float32")
     cfg = m.cfg
     B, T, extra = 3, 12, 5
     toks, lens = _ragged(jax.random.key(1), B, T + extra, cfg.vocab_size)
@@ -52,7 +55,11 @@ def test_cached_incremental_equals_full_forward(variant, dtype, tol):
         row = np.asarray(toks)[b : b + 1, : lens[b]]
         full = np.asarray(forward(m.params, cfg, row).logits[0], np.float32)
         got = np.concatenate(stepped[b], 0).astype(np.float32)
-        np.testing.assert_allclose(got, full, atol=tol, rtol=0)
+        if dtype == "float32":
+            np.testing.assert_allclose(got, full, atol=1e-4, rtol=0)
+        else:
+            ref = np.asarray(forward(m32.params, m32.cfg, row).logits[0])
+            assert np.abs(got - ref).max() <= 1.5 * np.abs(full - ref).max() + 0.05, (b, variant)
 
 
 @pytest.mark.parametrize("k", [1, 2])

@@ -210,12 +210,13 @@ def test_cache_shardings():
     cache = tokjax.KVCache.init(CFG, batch=4, capacity=8)
     sh = par.cache_shardings(cache, MESH_2x4)
     assert isinstance(sh, tokjax.KVCache)
-    assert sh.k.spec == sh.v.spec == P(None, "data")  # kv_heads 2 on model 4: replicated
+    assert len(sh.k) == len(sh.v) == CFG.n_layers
+    assert sh.k[0].spec == sh.v[-1].spec == P("data")  # kv_heads 2 on model 4: replicated
     assert sh.lengths.spec == P(None, "data")
     sh = par.cache_shardings(cache, AbstractMesh((4, 2), ("data", "model")))
-    assert sh.k.spec == P(None, "data", None, "model")
+    assert sh.k[0].spec == P("data", "model")
     sh = par.cache_shardings(tokjax.KVCache.init(CFG, batch=3, capacity=8), AbstractMesh((4, 2), ("data", "model")))
-    assert sh.k.spec == P(None, None, None, "model")  # 3 rows on 4 replicas: replicated, not an error
+    assert sh.k[0].spec == P(None, "model")  # 3 rows on 4 replicas: replicated, not an error
     with pytest.raises(ValueError, match="expects a KVCache"):
         par.cache_shardings(cache.k, MESH_2x4)
 
@@ -249,7 +250,7 @@ def test_state_shardings():
     state = {"tokens": np.zeros((4, 10)), "cache": tokjax.KVCache.init(CFG, 4, 8), "step": np.zeros(()), "other": np.zeros(3)}
     sh = par.state_shardings(state, 4, MESH_2x4)
     assert sh["tokens"].spec == P("data") and sh["step"].spec == P() and sh["other"].spec == P()
-    assert sh["cache"].k.spec == P(None, "data")
+    assert sh["cache"].k[0].spec == P("data")
 
 
 # ------------------------------------------------------------------------ placement, 1 device

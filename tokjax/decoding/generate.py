@@ -19,7 +19,8 @@ import numpy as np
 
 from tokjax.decoding._state import DecodeState, DecodeStats, Strategy, commit
 from tokjax.logits import Chain, Greedy, Identity, LogitTransform, NamedChain, sample
-from tokjax.model import Inputs, KVCache, Model, ModelConfig, forward
+from tokjax.logits import Stats as SampleStats
+from tokjax.model import Inputs, KVCache, Model, ModelConfig, forward, unstack_layers
 
 # How many times each jitted function has been traced; tests use it to prove that changing a
 # runtime hyperparameter (temperature, top-p, ...) does not recompile.
@@ -44,7 +45,11 @@ class Sampling:
         out = forward(params, cfg, Inputs(tokens=pending), cache=state.cache)
         logits, logit_state = transform.apply(out.logits[:, 0], state.logit_state, state.context())
         key, sub = jax.random.split(state.key)
-        tok, sstats = sample(sub, logits)
+        if _ends_greedy(transform):  # argmax directly: no Gumbel noise over the vocabulary
+            tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+            sstats = SampleStats(all_masked=~jnp.isfinite(logits).any(-1))
+        else:
+            tok, sstats = sample(sub, logits)
         counts = jnp.where(sstats.all_masked, 0, 1).astype(jnp.int32)
         stats = state.stats.replace(
             forward_calls=state.stats.forward_calls + 1,
@@ -190,7 +195,7 @@ def _setup(model, prompt, *, key, max_new_tokens, prompt_lengths, logits, strate
     capacity = total + strategy.slack
     buf = np.full((B, total), pad_id, np.int32)
     buf[:, :P] = tokens
-    cache = _prefill_jit(model.params, cfg, jnp.asarray(tokens), jnp.asarray(lens), capacity)
+    cache = _prefill_jit(unstack_layers(model.params), cfg, jnp.asarray(tokens), jnp.asarray(lens), capacity)
     # Separate device buffers: the state is donated, and a buffer may be donated only once.
     state = DecodeState(
         tokens=jnp.asarray(buf),
@@ -252,7 +257,8 @@ def generate(
         model, prompt, key=key, max_new_tokens=max_new_tokens, prompt_lengths=prompt_lengths,
         logits=logits, strategy=strategy, eos_id=eos_id, pad_id=pad_id,
     )
-    state = _loop_jit(model.params, state, cfg=cfg, strategy=strategy, transform=transform, max_steps=max_new_tokens, eos_id=eos)
+    # Per-layer weight buffers, read in place by the decode loop (see tokjax.model.unstack_layers).
+    state = _loop_jit(unstack_layers(model.params), state, cfg=cfg, strategy=strategy, transform=transform, max_steps=max_new_tokens, eos_id=eos)
     return _output(state, pad_id)
 
 
@@ -277,11 +283,12 @@ def stream(
         model, prompt, key=key, max_new_tokens=max_new_tokens, prompt_lengths=prompt_lengths,
         logits=logits, strategy=strategy, eos_id=eos_id, pad_id=pad_id,
     )
+    params = unstack_layers(model.params)
     for _ in range(max_new_tokens):
         if bool(jnp.all(state.done)):
             return
         before = np.asarray(state.lengths)
-        state = _step_jit(model.params, state, cfg=cfg, strategy=strategy, transform=transform, eos_id=eos)
+        state = _step_jit(params, state, cfg=cfg, strategy=strategy, transform=transform, eos_id=eos)
         after = np.asarray(state.lengths)
         toks = np.asarray(state.tokens)
         yield [toks[b, before[b]:after[b]] for b in range(toks.shape[0])]

@@ -190,23 +190,25 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
 
 
 # ------------------------------------------------------------------------------ attention
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array) -> jax.Array:
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array, *, head_major: bool = False) -> jax.Array:
     """Returns the attention output [B, T, H, hd] of q [B,T,H,hd] over k, v [B,S,KV,hd] under visible [B,T,S].
 
-    Grouped-query: each of the KV heads serves H/KV query heads. Softmax in float32. A query
-    with no visible key returns zeros instead of NaN.
+    ``head_major``: k, v are laid out [B, KV, S, hd] (the KV cache's layout), read without a
+    transposed copy. Grouped-query: each of the KV heads serves H/KV query heads. Softmax in
+    float32. A query with no visible key returns zeros instead of NaN.
     """
     B, T, H, hd = q.shape
-    KV = k.shape[2]
+    KV = k.shape[1] if head_major else k.shape[2]
     G = H // KV
+    kv_spec = "bksd" if head_major else "bskd"
     qg = q.reshape(B, T, KV, G, hd)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    scores = jnp.einsum(f"btkgd,{kv_spec}->bkgts", qg, k, preferred_element_type=jnp.float32)
     scores = scores * (1.0 / jnp.sqrt(jnp.float32(hd)))
     vis = visible[:, None, None, :, :]
     scores = jnp.where(vis, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1)
     probs = jnp.where(vis, probs, 0.0)  # rows with nothing visible become all-zero, not uniform
-    out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v.dtype), v)
+    out = jnp.einsum(f"bkgts,{kv_spec}->btkgd", probs.astype(v.dtype), v)
     return out.reshape(B, T, H, hd)
 
 

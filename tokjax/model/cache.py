@@ -1,11 +1,18 @@
 """KVCache: fixed-capacity key/value cache with per-layer, per-row valid lengths.
 
-Layout ``k, v: [L, B, S, KV, hd]``; ``lengths: int32 [L, B]``. Layer l of row b holds valid
-entries in slots ``0 .. lengths[l, b] - 1``; the forward function writes a block of T new
-tokens of that layer at slots ``lengths[l, b] .. + T - 1`` and advances that layer's length.
+Layout: ``k, v``: tuples of one buffer per layer, each head-major ``[B, KV, S, hd]``;
+``lengths: int32 [L, B]``. Layer l of row b holds valid entries in slots
+``0 .. lengths[l, b] - 1``; the forward function writes a block of T new tokens of that layer
+at slots ``lengths[l, b] .. + T - 1`` and advances that layer's length.
+
+Why this layout: batch-1 decoding is bound by memory bandwidth. Head-major buffers are read by
+attention without a transposed copy, and separate per-layer buffers are updated in place inside
+the jitted decode loop (a stacked ``[L, ...]`` buffer under ``lax.scan`` is sliced and copied
+on every step on CPU). :meth:`stacked` returns the ``[L, B, S, KV, hd]`` view for inspection.
+
 Per-layer lengths let layer-range forwards (early-exit drafts, SkipDecode) fill some layers
-ahead of others; everything else sees equal lengths in every layer. Rollback is a write
-of integers, so speculative decoding never copies the cache to undo a rejected draft.
+ahead of others; everything else sees equal lengths in every layer. Rollback is a write of
+integers, so speculative decoding never copies the cache to undo a rejected draft.
 """
 
 from __future__ import annotations
@@ -21,8 +28,8 @@ from tokjax.model.config import ModelConfig
 class KVCache:
     """Returns nothing; the key/value cache pytree (see module docstring)."""
 
-    k: jax.Array
-    v: jax.Array
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
     lengths: jax.Array
 
     @classmethod
@@ -32,46 +39,54 @@ class KVCache:
         if batch < 1 or capacity < 1:
             raise ValueError(f"KVCache needs batch >= 1 and capacity >= 1, got batch={batch}, capacity={capacity}")
         dtype = cfg.dtype if dtype is None else dtype
-        shape = (cfg.n_layers, batch, capacity, cfg.kv_heads, cfg.head_size)
+        shape = (batch, cfg.kv_heads, capacity, cfg.head_size)
         return cls(
-            k=jnp.zeros(shape, dtype),
-            v=jnp.zeros(shape, dtype),
+            k=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers)),
+            v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers)),
             lengths=jnp.zeros((cfg.n_layers, batch), jnp.int32),
         )
 
     # Sizes ---------------------------------------------------------------------------
     @property
     def num_layers(self) -> int:
-        return self.k.shape[0]
+        return len(self.k)
 
     @property
     def batch(self) -> int:
-        return self.k.shape[1]
+        return self.k[0].shape[0]
 
     @property
     def capacity(self) -> int:
-        return self.k.shape[2]
+        return self.k[0].shape[2]
 
     @property
     def length(self) -> jax.Array:
         """Per-row length [B] of the last layer: tokens that have been through the whole model."""
         return self.lengths[-1]
 
+    def stacked(self) -> tuple[jax.Array, jax.Array]:
+        """Returns (k, v) as [L, B, S, KV, hd] copies (for inspection and tests; decoding never needs it)."""
+        to = lambda bufs: jnp.stack([jnp.swapaxes(b, 1, 2) for b in bufs])  # noqa: E731
+        return to(self.k), to(self.v)
+
     # Operations ----------------------------------------------------------------------
+    def write_layer(self, layer: int, k_new: jax.Array, v_new: jax.Array) -> "KVCache":
+        """Returns the cache with k_new, v_new [B, T, KV, hd] of one layer written after its length (advanced by T)."""
+        offset = self.lengths[layer]
+        k_buf, v_buf = write_tokens(self.k[layer], self.v[layer], k_new, v_new, offset)
+        k = self.k[:layer] + (k_buf,) + self.k[layer + 1:]
+        v = self.v[:layer] + (v_buf,) + self.v[layer + 1:]
+        return self.replace(k=k, v=v, lengths=self.lengths.at[layer].add(k_new.shape[1]))
+
     def append(self, k_new: jax.Array, v_new: jax.Array, layer_slice: tuple[int, int] | None = None) -> "KVCache":
         """Returns the cache with k_new, v_new [L', B, T, KV, hd] written after each layer's length."""
         start, end = (0, self.num_layers) if layer_slice is None else layer_slice
-        k = self.k[start:end]
-        v = self.v[start:end]
-        lens = self.lengths[start:end]
-        k = jax.vmap(write_rows)(k, k_new, lens)
-        v = jax.vmap(write_rows)(v, v_new, lens)
-        T = k_new.shape[2]
-        return self.replace(
-            k=self.k.at[start:end].set(k),
-            v=self.v.at[start:end].set(v),
-            lengths=self.lengths.at[start:end].add(T),
-        )
+        if k_new.shape[0] != end - start:
+            raise ValueError(f"append got {k_new.shape[0]} layers of keys for layer range ({start}, {end})")
+        cache = self
+        for j, layer in enumerate(range(start, end)):
+            cache = cache.write_layer(layer, k_new[j], v_new[j])
+        return cache
 
     def rollback(self, lengths: jax.Array) -> "KVCache":
         """Returns the cache truncated to per-row ``lengths`` [B] (no layer grows; stale slots are ignored)."""
@@ -94,41 +109,43 @@ class KVCache:
         src = jnp.asarray(src, jnp.int32)
         count = jnp.asarray(count, jnp.int32)
         A = src.shape[1]
-        S = self.capacity
         dst = base[:, None] + jnp.arange(A)[None, :]  # [B, A]
         keep = jnp.arange(A)[None, :] < count[:, None]
-        from_slot = jnp.where(keep, base[:, None] + src, dst)
-        # Slots outside [base, base + A) are copied onto themselves.
-        idx = jnp.broadcast_to(jnp.arange(S)[None, :], (self.batch, S))
-        in_range = (idx >= base[:, None]) & (idx < base[:, None] + A)
-        rel = jnp.clip(idx - base[:, None], 0, A - 1)
-        gathered_from = jnp.take_along_axis(from_slot, rel, axis=1)
-        idx = jnp.where(in_range, gathered_from, idx)
-        idx = jnp.clip(idx, 0, S - 1)
+        from_slot = jnp.clip(jnp.where(keep, base[:, None] + src, dst), 0, self.capacity - 1)
+        # Only the A slots starting at base change: read them from their sources, write them back.
+        rows = jnp.arange(self.batch)[:, None]
 
-        def take(x):  # x [L, B, S, KV, hd]
-            return jnp.take_along_axis(x, idx[None, :, :, None, None], axis=2)
+        def move(buf):  # [B, KV, S, hd]
+            moved = buf[rows, :, from_slot]  # [B, A, KV, hd]
+            return buf.at[rows, :, dst].set(moved, mode="drop")
 
         new_len = jnp.broadcast_to((base + count)[None, :], self.lengths.shape)
-        return self.replace(k=take(self.k), v=take(self.v), lengths=new_len.astype(jnp.int32))
+        return self.replace(
+            k=tuple(move(b) for b in self.k), v=tuple(move(b) for b in self.v), lengths=new_len.astype(jnp.int32)
+        )
 
     def fork(self, repeats: int) -> "KVCache":
         """Returns the cache with every row repeated ``repeats`` times (row b -> rows b*r .. b*r + r - 1)."""
         if repeats < 1:
             raise ValueError(f"fork needs repeats >= 1, got {repeats}")
-        rep = lambda x, axis: jnp.repeat(x, repeats, axis=axis)  # noqa: E731
-        return self.replace(k=rep(self.k, 1), v=rep(self.v, 1), lengths=rep(self.lengths, 1))
+        rep = lambda bufs: tuple(jnp.repeat(b, repeats, axis=0) for b in bufs)  # noqa: E731
+        return self.replace(k=rep(self.k), v=rep(self.v), lengths=jnp.repeat(self.lengths, repeats, axis=1))
 
     def select_rows(self, rows: jax.Array) -> "KVCache":
         """Returns the cache restricted (or re-ordered) to the given row indices [B']."""
         rows = jnp.asarray(rows, jnp.int32)
-        return self.replace(k=self.k[:, rows], v=self.v[:, rows], lengths=self.lengths[:, rows])
+        pick = lambda bufs: tuple(b[rows] for b in bufs)  # noqa: E731
+        return self.replace(k=pick(self.k), v=pick(self.v), lengths=self.lengths[:, rows])
 
 
-def write_rows(buf: jax.Array, new: jax.Array, start: jax.Array) -> jax.Array:
-    """Returns buf [B, S, ...] with new [B, T, ...] written at per-row slot ``start[b]``."""
+def write_tokens(k_buf, v_buf, k_new, v_new, offset):
+    """Returns (k_buf, v_buf) [B, KV, S, hd] with k_new, v_new [B, T, KV, hd] written at per-row slot offset[b].
 
-    def one(b, n, s):
-        return jax.lax.dynamic_update_slice_in_dim(b, n.astype(b.dtype), s, axis=0)
-
-    return jax.vmap(one)(buf, new, start)
+    Slots past the capacity are dropped (callers validate capacity where shapes are concrete).
+    """
+    B, T = k_new.shape[:2]
+    rows = jnp.arange(B)[:, None]
+    slots = offset[:, None] + jnp.arange(T)[None, :]
+    k_buf = k_buf.at[rows, :, slots].set(k_new.astype(k_buf.dtype), mode="drop")
+    v_buf = v_buf.at[rows, :, slots].set(v_new.astype(v_buf.dtype), mode="drop")
+    return k_buf, v_buf

@@ -12,6 +12,7 @@ Stages a method may call directly: :func:`embed` (token ids -> vectors), :func:`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Any, Callable, Mapping
 
@@ -21,7 +22,7 @@ import numpy as np
 from flax import struct
 
 from tokjax.model import attention as attn_lib
-from tokjax.model.cache import KVCache
+from tokjax.model.cache import KVCache, write_tokens
 from tokjax.model.config import ModelConfig
 from tokjax.model.params import Params
 
@@ -150,8 +151,12 @@ def _parse_hooks(hooks: Mapping[str, Callable] | None) -> dict[str, list[tuple[i
 
 
 def _apply_hooks(site_hooks, x, layer):
+    static = isinstance(layer, int)  # Python loop over layers: decide which hooks apply at trace time
     for target, fn in site_hooks:
-        if target is None:
+        if static:
+            if target is None or target == layer:
+                x = fn(x, jnp.int32(layer)).astype(x.dtype)
+        elif target is None:
             x = fn(x, layer)
         else:
             x = jnp.where(layer == target, fn(x, layer).astype(x.dtype), x)
@@ -176,19 +181,13 @@ def _layer(p, cfg, x, positions, mask_spec, segment_ids, layer, kv, hooks):
         k = attn_lib.rope(k, positions, cfg.rope_theta)
     if kv is None:
         visible = attn_lib.build_mask(mask_spec, B, T, segment_ids=segment_ids)
-        keys, vals = k, v
-    else:
-        k_all, v_all, offset = kv
-        S = k_all.shape[2]
-        slots = offset[:, None] + jnp.arange(T)[None, :]
-        rows = jnp.arange(B)[:, None]
-        k_all = k_all.at[layer, rows, slots].set(k.astype(k_all.dtype), mode="drop")
-        v_all = v_all.at[layer, rows, slots].set(v.astype(v_all.dtype), mode="drop")
-        keys = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False).astype(dt)
-        vals = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False).astype(dt)
-        visible = attn_lib.build_mask(mask_spec, B, T, offset=offset, capacity=S)
-        kv = (k_all, v_all)
-    a = attn_lib.attend(q, keys, vals, visible)
+        a = attn_lib.attend(q, k, v, visible)
+    else:  # this layer's head-major cache buffers [B, KV, S, hd] and per-row write offsets
+        k_buf, v_buf, offset = kv
+        k_buf, v_buf = write_tokens(k_buf, v_buf, k, v, offset)
+        visible = attn_lib.build_mask(mask_spec, B, T, offset=offset, capacity=k_buf.shape[2])
+        a = attn_lib.attend(q, k_buf.astype(dt), v_buf.astype(dt), visible, head_major=True)
+        kv = (k_buf, v_buf)
     a = jnp.einsum("bthk,hkd->btd", a, p["wo"].astype(dt))
     if cfg.bias:
         a = a + p["bo"].astype(dt)
@@ -231,19 +230,22 @@ def blocks(
 ) -> tuple[jax.Array, KVCache | None, dict]:
     """Returns (x, cache, taps) after running layers ``start .. end-1`` on the residual stream x [B, T, D].
 
-    Layers run under ``lax.scan`` over the stacked parameters; the cache travels in the scan
-    carry and is updated in place by scatter, so a decode step costs one read of the cache.
+    Without a cache, stacked layer weights run under ``lax.scan`` (one compiled layer, the
+    training path). With a cache, or with weights unstacked by :func:`unstack_layers`, layers
+    run as a Python loop so each layer's cache buffers and weights are read and updated in
+    place (the decode path). Both compute the same values.
     Hooks are functions ``fn(x, layer) -> x`` at sites ``layer.{i}.{site}`` (``*`` for every layer).
     """
     end = cfg.n_layers if end is None else end
     mask = attn_lib.Causal() if mask is None else mask
     taps = Taps() if taps is None else taps
     parsed_hooks = _parse_hooks(hooks)
-    layer_params = jax.tree.map(lambda a: a[start:end], params["layers"])
-    layer_ids = jnp.arange(start, end, dtype=jnp.int32)
     want = taps.sites if taps.active else ()
+    layers = params["layers"]
 
-    if cache is None:
+    if cache is None and not isinstance(layers, (tuple, list)):
+        layer_params = jax.tree.map(lambda a: a[start:end], layers)
+        layer_ids = jnp.arange(start, end, dtype=jnp.int32)
 
         def body(h, xs):
             p, i = xs
@@ -253,17 +255,23 @@ def blocks(
         x, ys = jax.lax.scan(body, x, (layer_params, layer_ids))
         new_cache = None
     else:
-        offsets = cache.lengths[start:end]
-
-        def body(carry, xs):
-            h, k_all, v_all = carry
-            p, i, off = xs
-            h, (k_all, v_all), sites = _layer(p, cfg, h, positions, mask, segment_ids, i, (k_all, v_all, off), parsed_hooks)
-            return (h, k_all, v_all), {s: sites[s] for s in want}
-
-        (x, k_all, v_all), ys = jax.lax.scan(body, (x, cache.k, cache.v), (layer_params, layer_ids, offsets))
-        T = x.shape[1]
-        new_cache = cache.replace(k=k_all, v=v_all, lengths=cache.lengths.at[start:end].add(T))
+        # A Python loop over layers: with a cache, each layer's buffers are updated in place
+        # (see KVCache); with unstacked weights, each layer's weights are read in place.
+        per_site = {s: [] for s in want}
+        k_bufs = None if cache is None else list(cache.k)
+        v_bufs = None if cache is None else list(cache.v)
+        for i in range(start, end):
+            p = layer_weights(params, i)
+            kv = None if cache is None else (k_bufs[i], v_bufs[i], cache.lengths[i])
+            x, kv, sites = _layer(p, cfg, x, positions, mask, segment_ids, i, kv, parsed_hooks)
+            if cache is not None:
+                k_bufs[i], v_bufs[i] = kv
+            for s in want:
+                per_site[s].append(sites[s])
+        ys = {s: jnp.stack(v) for s, v in per_site.items()}
+        new_cache = None if cache is None else cache.replace(
+            k=tuple(k_bufs), v=tuple(v_bufs), lengths=cache.lengths.at[start:end].add(x.shape[1])
+        )
 
     tapped = {}
     if want:
@@ -271,6 +279,42 @@ def blocks(
         for s in want:
             tapped[s] = ys[s][jnp.asarray(rel, jnp.int32)] if rel else ys[s][:0]
     return x, new_cache, tapped
+
+
+def layer_weights(params: Params, i: int) -> Params:
+    """Returns layer i's weights (a dict of arrays) from stacked or unstacked ``params``."""
+    layers = params["layers"]
+    if isinstance(layers, (tuple, list)):
+        return layers[i]
+    return jax.tree.map(lambda a: a[i], layers)
+
+
+def unstack_layers(params: Params) -> Params:
+    """Returns params with ``layers`` as a tuple of per-layer dicts (separate buffers) instead of stacked arrays.
+
+    forward/blocks accept either form and compute the same values. The unstacked form is for
+    memory-bound decoding: each layer's weights are read in place, whereas slicing stacked
+    weights inside a jitted step copies them on CPU. Unstack once, outside the jitted step
+    (``generate`` does), and pass the result as a jit argument.
+    """
+    layers = params["layers"]
+    if isinstance(layers, (tuple, list)):
+        return params
+    n = jax.tree.leaves(layers)[0].shape[0]
+    return {**params, "layers": _unstack_jit(layers, n)}
+
+
+def stack_layers(params: Params) -> Params:
+    """Returns params with ``layers`` stacked on a leading axis (the inverse of :func:`unstack_layers`)."""
+    layers = params["layers"]
+    if not isinstance(layers, (tuple, list)):
+        return params
+    return {**params, "layers": jax.tree.map(lambda *a: jnp.stack(a), *layers)}
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _unstack_jit(layers, n):
+    return tuple(jax.tree.map(lambda a: a[i], layers) for i in range(n))
 
 
 # ------------------------------------------------------------------------------- forward

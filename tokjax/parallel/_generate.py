@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from tokjax.model import KVCache, Model
+from tokjax.model import KVCache, Model, unstack_layers
 from tokjax.parallel._rules import DEFAULT_RULES, ShardingRules, logical_sharding
 from tokjax.parallel._shard import cache_shardings, shard_model
 
@@ -75,6 +75,6 @@ def generate_sharded(
     )
     state = jax.device_put(state, state_shardings(state, state.tokens.shape[0], mesh, rules))
     state = _gen._loop_jit(
-        model.params, state, cfg=cfg, strategy=strategy, transform=transform, max_steps=max_new_tokens, eos_id=eos
+        unstack_layers(model.params), state, cfg=cfg, strategy=strategy, transform=transform, max_steps=max_new_tokens, eos_id=eos
     )
     return _gen._output(state, pad_id)

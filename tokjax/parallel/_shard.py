@@ -11,10 +11,11 @@ from tokjax.model import KVCache, Model, ModelConfig
 from tokjax.model.params import Params, ParamSpec, check_params, param_specs
 from tokjax.parallel._rules import DEFAULT_RULES, ShardingRules, logical_sharding
 
-# Logical axes of the KVCache fields (layout documented in tokjax.model.cache).
+# Logical axes of the KVCache fields (layout documented in tokjax.model.cache): k and v are
+# tuples of per-layer head-major buffers, each with these axes.
 CACHE_AXES = {
-    "k": ("layers", "batch", "seq", "kv_heads", "head_dim"),
-    "v": ("layers", "batch", "seq", "kv_heads", "head_dim"),
+    "k": ("batch", "kv_heads", "seq", "head_dim"),
+    "v": ("batch", "kv_heads", "seq", "head_dim"),
     "lengths": ("layers", "batch"),
 }
 
@@ -103,9 +104,13 @@ def cache_shardings(cache: KVCache, mesh: Mesh, rules: ShardingRules = DEFAULT_R
     """Returns a KVCache whose fields are NamedShardings: batch on "data", kv_heads on "model" when divisible."""
     if not isinstance(cache, KVCache):
         raise ValueError(f"cache_shardings expects a KVCache, got {type(cache).__name__}")
-    return KVCache(**{
-        name: logical_sharding(getattr(cache, name).shape, axes, mesh, rules) for name, axes in CACHE_AXES.items()
-    })
+    per_layer = lambda name: tuple(  # noqa: E731
+        logical_sharding(b.shape, CACHE_AXES[name], mesh, rules) for b in getattr(cache, name)
+    )
+    return KVCache(
+        k=per_layer("k"), v=per_layer("v"),
+        lengths=logical_sharding(cache.lengths.shape, CACHE_AXES["lengths"], mesh, rules),
+    )
 
 
 def shard_cache(cache: KVCache, mesh: Mesh, rules: ShardingRules = DEFAULT_RULES) -> KVCache:
