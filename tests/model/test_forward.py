@@ -200,3 +200,17 @@ def test_forward_jits_and_model_is_a_pytree():
     np.testing.assert_allclose(f(m, toks), m(toks).logits, atol=1e-6)
     leaves = jax.tree.leaves(m)
     assert len(leaves) == len(jax.tree.leaves(m.params))
+
+
+def test_concrete_inputs_captured_inside_jit_and_vocab_overrides():
+    """Validation reads captured constants on the host (no tracing error); an embedding override sets the id range."""
+    m = small_model()
+    toks = jnp.ones((1, 4), jnp.int32)
+    cache = KVCache.init(m.cfg, 1, 8)
+    out = jax.jit(lambda p: forward(p, m.cfg, toks, cache=cache).logits)(m.params)
+    assert out.shape == (1, 4, m.cfg.vocab_size)
+    table = jnp.zeros((m.cfg.vocab_size + 5, m.cfg.d_model))
+    big = jnp.full((1, 3), m.cfg.vocab_size + 2)
+    assert forward(m.params, m.cfg, big, embedding=table, head=table.T).logits.shape == (1, 3, m.cfg.vocab_size + 5)
+    with pytest.raises(ValueError, match=r"token ids must lie in \[0, %d\)" % (m.cfg.vocab_size + 5)):
+        forward(m.params, m.cfg, big + 10, embedding=table, head=table.T)

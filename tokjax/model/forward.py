@@ -111,7 +111,8 @@ def position_embed(params: Params, cfg: ModelConfig, positions: jax.Array) -> ja
     """Returns learned position embeddings [B, T, D] (zeros for rope models)."""
     if cfg.positions != "learned":
         return jnp.zeros(positions.shape + (cfg.d_model,), cfg.dtype)
-    return jnp.take(params["pos_embed"], positions, axis=0).astype(cfg.dtype)
+    # mode="clip": a traced out-of-range position must not become a NaN embedding (concrete ones are rejected)
+    return jnp.take(params["pos_embed"], positions, axis=0, mode="clip").astype(cfg.dtype)
 
 
 def final_norm(params: Params, cfg: ModelConfig, x: jax.Array) -> jax.Array:
@@ -322,7 +323,7 @@ def _is_concrete(x) -> bool:
     return x is not None and not isinstance(x, jax.core.Tracer)
 
 
-def _validate(cfg, inputs, cache, start, end, T):
+def _validate(cfg, inputs, cache, start, end, T, vocab_size=None):
     provided = [n for n in ("tokens", "embeds", "hidden") if getattr(inputs, n) is not None]
     if len(provided) != 1:
         raise ValueError(f"Inputs needs exactly one of tokens, embeds, hidden; got {provided or 'none'}")
@@ -335,9 +336,12 @@ def _validate(cfg, inputs, cache, start, end, T):
         if not jnp.issubdtype(tok.dtype, jnp.integer):
             raise ValueError(f"tokens must be integers, got dtype {tok.dtype}")
         if _is_concrete(tok) and tok.size:
-            lo, hi = int(np.min(tok)), int(np.max(tok))
-            if lo < 0 or hi >= cfg.vocab_size:
-                raise ValueError(f"token ids must lie in [0, {cfg.vocab_size}), got values in [{lo}, {hi}]")
+            # np.asarray first: numpy reductions on a jax array captured inside an outer jit would be traced
+            ids = np.asarray(tok)
+            lo, hi = int(ids.min()), int(ids.max())
+            V = cfg.vocab_size if vocab_size is None else vocab_size
+            if lo < 0 or hi >= V:
+                raise ValueError(f"token ids must lie in [0, {V}), got values in [{lo}, {hi}]")
     for name in ("embeds", "hidden"):
         arr = getattr(inputs, name)
         if arr is not None and (arr.ndim != 3 or arr.shape[-1] != cfg.d_model):
@@ -346,13 +350,14 @@ def _validate(cfg, inputs, cache, start, end, T):
         if cache.num_layers != cfg.n_layers:
             raise ValueError(f"cache has {cache.num_layers} layers, model has {cfg.n_layers}")
         if _is_concrete(cache.lengths):
-            need = int(np.max(np.asarray(cache.lengths[start:end]))) + T
+            need = int(np.asarray(cache.lengths)[start:end].max()) + T
             if need > cache.capacity:
                 raise ValueError(
                     f"cache capacity {cache.capacity} is too small: writing {T} tokens needs {need} slots"
                 )
     if inputs.positions is not None and _is_concrete(inputs.positions) and inputs.positions.size:
-        pmax, pmin = int(np.max(inputs.positions)), int(np.min(inputs.positions))
+        pos = np.asarray(inputs.positions)
+        pmax, pmin = int(pos.max()), int(pos.min())
         if pmin < 0 or (cfg.positions == "learned" and pmax >= cfg.max_len):
             raise ValueError(f"positions must lie in [0, max_len={cfg.max_len}), got [{pmin}, {pmax}]")
 
@@ -390,7 +395,7 @@ def forward(
     if inputs.tokens is not None and inputs.tokens.ndim != 2:
         raise ValueError(f"tokens must be [batch, seq], got shape {inputs.tokens.shape}")
     B, T = x_in.shape[:2]
-    _validate(cfg, inputs, cache, start, end, T)
+    _validate(cfg, inputs, cache, start, end, T, None if embedding is None else embedding.shape[0])
 
     if inputs.positions is not None:
         positions = jnp.broadcast_to(jnp.asarray(inputs.positions, jnp.int32), (B, T))
