@@ -5,12 +5,36 @@
 * :class:`ByteTokenizer` -- one token per UTF-8 byte.
 * :func:`split_digits` -- the digit pre-tokenization policies used by BPE training.
 * :func:`pad_batch` -- ragged id lists -> padded int32 array + lengths.
+
+Tokenizer transforms (one module per paper): :mod:`~tokjax.tokenizers.stochastok` (P36),
+:mod:`~tokjax.tokenizers.right_to_left_digits` (P70), :mod:`~tokjax.tokenizers.setrec` (P55),
+:mod:`~tokjax.tokenizers.dynamic_tokenization` (P39), :mod:`~tokjax.tokenizers.zett` (P26,
+``zett_transfer``), :mod:`~tokjax.tokenizers.tokenadapt` (P24).
 """
 
 from ._base import DEFAULT_SPECIAL_TOKENS, INFER, Tokenizer, pad_batch
 from ._bpe import BPETokenizer, TokenizerFileNotFoundError
 from ._bytes import ByteTokenizer
 from ._digits import DIGIT_PATTERNS, DIGIT_POLICIES, DigitPolicy, split_digits
+from ._vocab_transfer import decompose_vocab, mean_of_parts
+from .dynamic_tokenization import (
+    DynamicBatch, apply_merges, dynamic_embeddings, dynamic_merges, dynamic_tokenize, hypernet_dynamic_embeddings,
+    joinable_mask, new_token_bias,
+)
+from .right_to_left_digits import DigitGroupedTokenizer, encode_arithmetic, group_digits, right_to_left_digits
+from .setrec import (
+    SetRecParams, init_setrec, item_tokens, setrec_layout, setrec_loss, setrec_query_states, setrec_scores,
+)
+from .stochastok import (
+    ExpansionTable, StochasTokTokenizer, build_expansions, expand_ids, expansion_table, stochastok, stochastok_loss,
+    stochastok_split,
+)
+from .tokenadapt import tokenadapt_embeddings, tokenadapt_transfer
+from .zett import (
+    Hypernet, HypernetConfig, hypernet_embeddings, init_hypernet, load_hypernet, make_tokenizer_pool,
+    pretrained_hypernet, save_hypernet, train_hypernet, zett_loss,
+)
+from .zett import transfer as zett_transfer
 
 __all__ = [
     "BPETokenizer",
@@ -24,4 +48,19 @@ __all__ = [
     "TokenizerFileNotFoundError",
     "pad_batch",
     "split_digits",
+    # P70
+    "DigitGroupedTokenizer", "encode_arithmetic", "group_digits", "right_to_left_digits",
+    # P55
+    "SetRecParams", "init_setrec", "item_tokens", "setrec_layout", "setrec_loss", "setrec_query_states",
+    "setrec_scores",
+    # P36
+    "ExpansionTable", "StochasTokTokenizer", "build_expansions", "expand_ids", "expansion_table", "stochastok",
+    "stochastok_loss", "stochastok_split",
+    # vocabulary transfer: P39, P26, P24
+    "decompose_vocab", "mean_of_parts",
+    "DynamicBatch", "apply_merges", "dynamic_embeddings", "dynamic_merges", "dynamic_tokenize",
+    "hypernet_dynamic_embeddings", "joinable_mask", "new_token_bias",
+    "Hypernet", "HypernetConfig", "hypernet_embeddings", "init_hypernet", "load_hypernet", "make_tokenizer_pool",
+    "pretrained_hypernet", "save_hypernet", "train_hypernet", "zett_loss", "zett_transfer",
+    "tokenadapt_embeddings", "tokenadapt_transfer",
 ]

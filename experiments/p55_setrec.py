@@ -1,0 +1,197 @@
+"""P55 SETRec: order-agnostic set identifiers vs a token-sequence identifier for generative recommendation.
+
+Paper claim (Lin et al., SIGIR 2025): representing each item by a set of continuous tokens (1
+CF + n semantic) under a sparse "unordered within item" mask, decoded by query slots in ONE
+forward pass, matches or beats token-sequence identifiers (TIGER-style codes decoded
+autoregressively) in recall while being much faster (8-18x in the paper).
+
+Small-scale check on a synthetic catalogue: 120 items = 12 categories x 10 styles; features =
+category and style prototypes + noise; CF embeddings = SVD of the training item-transition
+matrix. A user prefers one category (80% of their items) and styles advance by one each step, so
+the next item is predictable from the history. Both methods use the same tiny tokjax backbone
+(d=64, 2 layers) and the same Adam steps:
+
+* SETRec (``tokjax.tokenizers.setrec``): 3 tokens per item, catalogue scoring from 3 query slots.
+* Baseline: each item gets a 2-token code (k-means cluster of its features, index in the
+  cluster); the model reads the code sequence and is trained to emit the target's code; items
+  are ranked by the exact code probability p(c1) p(c2 | c1) (exhaustive beam over the first code,
+  2 sequential forward calls).
+
+Metric: held-out recall@10; also sequential forward passes per recommendation. Verdict
+``reproduced`` when SETRec's recall@10 is within 0.02 of the baseline or better while using fewer
+sequential passes, ``not-reproduced`` when it trails by more than 0.05, else ``inconclusive``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python experiments/p55_setrec.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from experiments._harness import Row, run_cli  # noqa: E402
+
+N_CAT, N_STYLE, HIST = 12, 10, 6
+N_ITEMS = N_CAT * N_STYLE
+
+
+def make_data(n_users, seed):
+    """Returns (history [n, HIST], target [n]) item ids."""
+    import numpy as np
+
+    r = np.random.default_rng(seed)
+    seqs = np.empty((n_users, HIST + 1), np.int64)
+    pref = r.integers(0, N_CAT, n_users)
+    style = r.integers(0, N_STYLE, n_users)
+    for t in range(HIST + 1):
+        cat = np.where(r.uniform(size=n_users) < 0.8, pref, r.integers(0, N_CAT, n_users))
+        seqs[:, t] = cat * N_STYLE + (style + t) % N_STYLE
+    return seqs[:, :-1], seqs[:, -1]
+
+
+def run(quick: bool) -> Row:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    import tokjax
+    from tokjax.tokenizers.setrec import init_setrec, item_tokens, setrec_loss, setrec_query_states, setrec_scores
+    from tokjax.train import next_token_loss
+
+    steps = 400 if quick else 1500
+    B, D = 64, 64
+    r = np.random.default_rng(0)
+    cats, styles = np.arange(N_ITEMS) // N_STYLE, np.arange(N_ITEMS) % N_STYLE
+    feats = r.normal(size=(N_CAT, 16))[cats] + r.normal(size=(N_STYLE, 16))[styles] + 0.3 * r.normal(size=(N_ITEMS, 16))
+    tr_h, tr_y = make_data(6000, 1)
+    te_h, te_y = make_data(1000, 2)
+    trans = np.zeros((N_ITEMS, N_ITEMS))
+    np.add.at(trans, (tr_h[:, :-1].reshape(-1), tr_h[:, 1:].reshape(-1)), 1.0)
+    u, s, _ = np.linalg.svd(np.log1p(trans))
+    cf = u[:, :16] * np.sqrt(s[:16])
+    feats_j, cf_j = jnp.asarray(feats, jnp.float32), jnp.asarray(cf, jnp.float32)
+
+    def recall10(scores, y):
+        top = np.argsort(-scores, axis=1)[:, :10]
+        return float(np.mean([yy in t for yy, t in zip(y, top)]))
+
+    # ---------------------------------------------------------------- SETRec
+    cfg = tokjax.ModelConfig(vocab_size=4, d_model=D, n_layers=2, n_heads=4, max_len=32)
+    both = (tokjax.Model.init(cfg, jax.random.PRNGKey(0)).params,
+            init_setrec(jax.random.PRNGKey(1), d_cf=16, d_feat=16, d_model=D, n_sem=2))
+    opt = optax.adam(optax.warmup_cosine_decay_schedule(0.0, 3e-3, 30, steps, 3e-4))
+    st = opt.init(both)
+
+    @jax.jit
+    def set_step(both, st, h, y):
+        (loss, _), g = jax.value_and_grad(
+            lambda b: setrec_loss(b[0], cfg, b[1], cf_j, feats_j, h, y, 0.1), has_aux=True)(both)
+        u_, st = opt.update(g, st, both)
+        return optax.apply_updates(both, u_), st, loss
+
+    rng = np.random.default_rng(3)
+    for _ in range(steps):
+        idx = rng.integers(0, len(tr_h), B)
+        both, st, _ = set_step(both, st, jnp.asarray(tr_h[idx]), jnp.asarray(tr_y[idx]))
+
+    @jax.jit
+    def set_scores(both, h):
+        cat_tokens, _ = item_tokens(both[1], cf_j, feats_j)
+        return setrec_scores(setrec_query_states(both[0], cfg, both[1], cat_tokens[h]), cat_tokens)[0]
+
+    set_scores(both, jnp.asarray(te_h[:8])).block_until_ready()
+    t0 = time.perf_counter()
+    s_set = np.asarray(set_scores(both, jnp.asarray(te_h)))
+    t_set = time.perf_counter() - t0
+    rec_set = recall10(s_set, te_y)
+
+    # ---------------------------------------------------------------- token-sequence identifiers
+    K = N_CAT
+    cent = feats[r.choice(N_ITEMS, K, replace=False)]
+    for _ in range(20):  # k-means on the semantic features
+        c1 = np.argmin(((feats[:, None] - cent[None]) ** 2).sum(-1), 1)
+        cent = np.stack([feats[c1 == k].mean(0) if np.any(c1 == k) else cent[k] for k in range(K)])
+    c2 = np.zeros(N_ITEMS, np.int64)
+    for k in range(K):
+        c2[c1 == k] = np.arange(np.sum(c1 == k))
+    M = int(c2.max()) + 1
+    codes = np.stack([c1, K + c2], 1)  # token ids: first code in [0, K), second in [K, K + M)
+    code_to_item = {tuple(c): i for i, c in enumerate(codes)}
+    V = K + M
+    seq_cfg = tokjax.ModelConfig(vocab_size=V, d_model=D, n_layers=2, n_heads=4, max_len=2 * (HIST + 1))
+
+    def seqs(h, y):
+        return np.concatenate([codes[h].reshape(len(h), -1), codes[y]], 1).astype(np.int32)
+
+    tr_seq = seqs(tr_h, tr_y)
+    mask = np.zeros((1, tr_seq.shape[1] - 1), bool)
+    mask[:, -2:] = True
+    params = tokjax.Model.init(seq_cfg, jax.random.PRNGKey(0)).params
+    st = opt.init(params)
+
+    @jax.jit
+    def seq_step(p, st, x):
+        (loss, _), g = jax.value_and_grad(lambda p: next_token_loss(
+            p, seq_cfg, {"tokens": x, "mask": jnp.broadcast_to(mask, (x.shape[0], mask.shape[1]))}, None),
+            has_aux=True)(p)
+        u_, st = opt.update(g, st, p)
+        return optax.apply_updates(p, u_), st, loss
+
+    rng = np.random.default_rng(3)
+    for _ in range(steps):
+        params, st, _ = seq_step(params, st, jnp.asarray(tr_seq[rng.integers(0, len(tr_seq), B)]))
+
+    @jax.jit
+    def first(p, x):  # sequential call 1: distribution of the first code
+        return jax.nn.log_softmax(tokjax.forward(p, seq_cfg, x).logits[:, -1, :K], -1)
+
+    @jax.jit
+    def second(p, x):  # sequential call 2: every first code appended (exhaustive beam of width K)
+        n = x.shape[0]
+        ext = jnp.concatenate([jnp.repeat(x, K, 0), jnp.tile(jnp.arange(K, dtype=x.dtype), n)[:, None]], 1)
+        lp = jax.nn.log_softmax(tokjax.forward(p, seq_cfg, ext).logits[:, -1, K:], -1)
+        return lp.reshape(n, K, M)
+
+    hist_codes = jnp.asarray(codes[te_h].reshape(len(te_h), -1).astype(np.int32))
+    first(params, hist_codes[:8]).block_until_ready()
+    second(params, hist_codes[:8]).block_until_ready()
+    t0 = time.perf_counter()
+    lp1 = np.asarray(first(params, hist_codes))
+    lp2 = np.asarray(second(params, hist_codes))
+    t_seq = time.perf_counter() - t0
+    s_seq = lp1[:, codes[:, 0]] + lp2[:, codes[:, 0], codes[:, 1] - K]
+    rec_seq = recall10(s_seq, te_y)
+
+    better_or_close = rec_set >= rec_seq - 0.02
+    verdict = "reproduced" if better_or_close else ("not-reproduced" if rec_set < rec_seq - 0.05 else "inconclusive")
+    note = (f"recall@10 SETRec {rec_set:.3f} vs token-sequence ids {rec_seq:.3f} on {len(te_y)} held-out users "
+            f"({N_ITEMS} items; chance 10/{N_ITEMS} = {10 / N_ITEMS:.3f}). Sequential forward passes per "
+            f"recommendation: SETRec 1 (3 query slots decoded together) vs 2 (code length; the second over "
+            f"{K} prefixes per user). Scoring wall time for all test users (shared CPU): SETRec {t_set * 1e3:.1f} ms "
+            f"vs {t_seq * 1e3:.1f} ms. {steps} Adam steps, batch {B}, same d=64 x2 backbone; SETRec: 1 CF + 2 "
+            f"semantic tokens, AE weight alpha 0.1, beta = 1. Baseline codes: k-means ({K} clusters) + index in "
+            f"cluster, ranked by the exact code probability (an exhaustive beam, the baseline's best case). "
+            f"{len(code_to_item)} unique codes.")
+    return Row(
+        pid="P55",
+        claim="set identifiers decoded in one pass (SETRec) match token-sequence identifiers in recall with fewer passes",
+        setting=f"synthetic catalogue ({N_ITEMS} items, 12 categories x 10 styles), histories of {HIST} items, "
+                f"tiny tokjax transformer d=64 x2 for both methods",
+        baseline_name="token-sequence identifiers (2-token codes, exact autoregressive scoring)",
+        baseline_value=round(rec_seq, 4),
+        method_value=round(rec_set, 4),
+        metric="held-out recall@10 (higher is better); passes 1 vs 2",
+        verdict=verdict,
+        note=note,
+    )
+
+
+def main(argv=None) -> int:
+    return run_cli(run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""Right-to-left (and left-to-right, single) digit grouping as tokenizer transforms (paper P70).
+
+Paper: "Tokenization counts: the impact of tokenization on arithmetic in frontier LLMs"
+(Singh & Strouse, 2024, P70). GPT-3.5/4 cut digit runs into groups of at most three from the
+*left* (``1234567 -> 123|456|7``); enforcing groups from the *right* (``1|234|567``, the
+paper does it by writing ``1,234,567``) aligns the groups of the operands and of the answer
+by place value and improves addition. With a digit run ``d_1..d_n`` the cut points are
+
+    l2r3: after d_{3k}            r2l3: after d_{n-3k}            single: after every digit
+
+(the policies of :mod:`tokjax.tokenizers._digits`, shared with ``BPETokenizer.train(digits=)``).
+
+* :func:`right_to_left_digits` -- ``Tokenizer -> Tokenizer``: the text is cut by the policy
+  first and each piece is encoded separately, so no token crosses a group boundary, whatever
+  the base tokenizer's own pre-tokenizer does. Decoding is unchanged (byte-exact).
+* :func:`group_digits` -- the paper's inference-time trick: a separator (comma) between groups.
+* :func:`encode_arithmetic` -- the ``tokjax.data.arithmetic`` task encoded under a tokenizer
+  (padded ids, prompt lengths, loss mask over the completion).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from tokjax.tokenizers._digits import DigitPolicy, check_digit_policy, split_digits
+
+__all__ = ["DigitGroupedTokenizer", "encode_arithmetic", "group_digits", "right_to_left_digits"]
+
+
+class DigitGroupedTokenizer:
+    """Tokenizer that cuts digit runs by ``policy`` before ``base.encode``; everything else is ``base``'s."""
+
+    def __init__(self, base: Any, policy: DigitPolicy = "r2l3") -> None:
+        if not callable(getattr(base, "encode", None)):
+            raise ValueError(f"right_to_left_digits needs a tokenizer with encode(), got {type(base).__name__}")
+        self.base = base
+        self.policy = check_digit_policy(policy)
+
+    def __repr__(self) -> str:
+        return f"DigitGroupedTokenizer(policy={self.policy!r}, base={self.base!r})"
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names not defined here: the rest of the base's Tokenizer protocol.
+        if name == "base":
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+        """Returns the ids of ``text`` with every digit group encoded on its own."""
+        if not isinstance(text, str):
+            raise ValueError(f"text must be a str, got {type(text).__name__}")
+        ids: list[int] = []
+        for piece in split_digits(text, self.policy):
+            ids.extend(self.base.encode(piece))
+        if add_bos or add_eos:
+            wrap = self.base.encode("", add_bos=add_bos, add_eos=add_eos)
+            ids = wrap[: int(add_bos)] + ids + wrap[int(add_bos) :]
+        return ids
+
+    def encode_batch(self, texts: Iterable[str], *, add_bos: bool = False, add_eos: bool = False) -> list[list[int]]:
+        """Returns ``[encode(t) for t in texts]``."""
+        if isinstance(texts, (str, bytes)):
+            raise ValueError("encode_batch expects an iterable of str, got a single str; use encode()")
+        return [self.encode(t, add_bos=add_bos, add_eos=add_eos) for t in texts]
+
+
+def right_to_left_digits(tokenizer: Any, policy: DigitPolicy = "r2l3") -> DigitGroupedTokenizer:
+    """Returns ``tokenizer`` with digit runs grouped by ``policy`` before encoding (P70).
+
+    ``"r2l3"``: groups of at most 3 from the right (``12345 -> 12|345``, the paper's fix);
+    ``"l2r3"``: from the left (``123|45``, GPT-3.5/4's cl100k behaviour); ``"single"``: one
+    digit per group; ``"none"``: unchanged. Only ASCII ``0-9`` count as digits. Tokens that
+    the base would have formed across a group boundary are never produced; the text decodes
+    back exactly. Raises ValueError for an unknown policy.
+    """
+    return DigitGroupedTokenizer(tokenizer, policy)
+
+
+def group_digits(text: str, policy: DigitPolicy = "r2l3", sep: str = ",") -> str:
+    """Returns ``text`` with ``sep`` between the digit groups of every digit run (``1234567 -> 1,234,567``).
+
+    The paper (P70) enforces right-to-left tokenization of a frontier model this way. Only
+    boundaries *inside* a digit run get a separator; other text is unchanged.
+    """
+    if not isinstance(sep, str):
+        raise ValueError(f"sep must be a str, got {type(sep).__name__}")
+    pieces = split_digits(text, policy)
+    out: list[str] = []
+    for i, piece in enumerate(pieces):
+        if i and piece[:1].isascii() and piece[:1].isdigit() and pieces[i - 1][-1:].isascii() and pieces[i - 1][-1:].isdigit():
+            out.append(sep)
+        out.append(piece)
+    return "".join(out)
+
+
+def encode_arithmetic(
+    tokenizer: Any, examples: Sequence[Any], *, width: int | None = None, add_eos: bool = True
+) -> dict[str, np.ndarray]:
+    """Returns ``{"tokens", "lengths", "prompt_lengths", "mask"}`` for :func:`tokjax.data.arithmetic` examples.
+
+    ``tokens`` int32 [N, W]: ``encode(prompt) + encode(completion)`` (+ eos), right-padded with
+    ``pad_id``; ``prompt_lengths`` [N]: tokens of the prompt; ``mask`` bool [N, W-1] aligned with
+    the targets ``tokens[:, 1:]``: True on the completion (and eos) tokens, the part a model
+    is scored on. Prompt and completion are encoded separately so that no token spans ``=``.
+    """
+    if tokenizer.pad_id is None:
+        raise ValueError("encode_arithmetic needs a tokenizer with a pad token")
+    rows, plens = [], []
+    for ex in examples:
+        prompt = tokenizer.encode(ex.prompt)
+        completion = tokenizer.encode(ex.completion, add_eos=add_eos)
+        rows.append(prompt + completion)
+        plens.append(len(prompt))
+    if not rows:
+        raise ValueError("encode_arithmetic got no examples")
+    lengths = np.asarray([len(r) for r in rows], np.int32)
+    W = int(lengths.max()) if width is None else int(width)
+    if lengths.max() > W:
+        raise ValueError(f"an example has {int(lengths.max())} tokens, more than width={W}")
+    tokens = np.full((len(rows), W), tokenizer.pad_id, np.int32)
+    for i, r in enumerate(rows):
+        tokens[i, : len(r)] = r
+    plens_a = np.asarray(plens, np.int32)
+    t = np.arange(1, W)[None, :]  # target positions
+    mask = (t >= plens_a[:, None]) & (t < lengths[:, None])
+    return {"tokens": tokens, "lengths": lengths, "prompt_lengths": plens_a, "mask": mask}

@@ -1,0 +1,197 @@
+"""P24 TokenAdapt: Achieving Tokenizer Flexibility in Language Models through Heuristic Adaptation and
+Supertoken Learning (Sharthak et al., arXiv 2505.09738).
+
+Initialises the embeddings of a new vocabulary for a frozen model. Tokens whose bytes are an old
+token copy its row. Every other ("unique") token t mixes two estimates, computed in an auxiliary
+embedding space phi (the paper uses an external text-embedding model; offline, tokjax uses the
+model's own mean-pooled final hidden state of the text, :func:`aux_embeddings`, or with
+``aux="embedding"`` the old input embeddings, a new token being the mean of its parts):
+
+    local:  T_old(t) = (s_1 .. s_n)   (t re-tokenized by the old tokenizer)
+            c_i = cos(phi(s_i), phi(t)) * [cos >= 0.7 * threshold] + 1/n + min(|s_i| / |t|, 1)
+            w = softmax(c / temperature);           e_local = sum_i w_i E_old[s_i]
+    global: N = top-k old tokens by cos(phi(t), phi(old)),  kept when cos >= threshold
+            w = softmax(cos / temperature) over N;  e_global = sum_j w_j E_old[j]
+    e(t) = (1 - global_weight) e_local + global_weight e_global   (e_local alone when N is empty)
+
+(scores and defaults -- temperature 0.3, k 10, global_weight 0.3, threshold 0.6 -- follow the
+official ``aloobun/tokenadapt`` code, ``src/heuristics.py`` / ``src/transplant.py``; an earlier
+version there scored the local parts by (cos + length ratio) / 2). Lengths are counted in bytes.
+Tokens with nothing to decompose get Normal(mean, std) of the old table, as in the official code.
+The paper's supertokens (a learned pre-tokenization that forms multi-word tokens) are not implemented.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tokjax.model import Model, forward
+from tokjax.tokenizers._vocab_transfer import (
+    decompose_vocab,
+    mean_of_parts,
+    random_embeddings,
+    with_vocab,
+)
+
+__all__ = ["tokenadapt_embeddings", "aux_embeddings", "tokenadapt_transfer"]
+
+_NEG = -1e9
+
+
+def _normalize(x, eps=1e-8):
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+@functools.partial(jax.jit, static_argnames=("top_k",))
+def tokenadapt_embeddings(
+    old_table: jax.Array,
+    ids: jax.Array,
+    lengths: jax.Array,
+    exact: jax.Array,
+    part_ratio: jax.Array,
+    aux_new: jax.Array,
+    aux_old: jax.Array,
+    fallback: jax.Array,
+    *,
+    temperature: Any = 0.3,
+    global_weight: Any = 0.3,
+    threshold: Any = 0.6,
+    old_mask: jax.Array | None = None,
+    top_k: int = 10,
+) -> jax.Array:
+    """Returns [N, D] TokenAdapt embeddings (P24 local + global hybrid heuristic, see the module docstring).
+
+    ``ids`` [N, L] old-id decompositions (-1 padding, ``lengths`` [N]); ``exact`` [N] old id to copy
+    (-1: none); ``part_ratio`` [N, L] = bytes(s_i) / bytes(t); ``aux_new`` [N, A] and ``aux_old``
+    [V_old, A] auxiliary embeddings (a part s_i uses ``aux_old[s_i]``); ``fallback`` [N, D] rows for
+    tokens with an empty decomposition; ``old_mask`` [V_old] bool: old tokens allowed as global
+    neighbours (default all). ``temperature``, ``global_weight`` and ``threshold`` are runtime values.
+    """
+    V, D = old_table.shape
+    N, L = ids.shape
+    table = old_table.astype(jnp.float32)
+    safe = jnp.clip(ids, 0, V - 1)
+    valid = jnp.arange(L)[None, :] < lengths[:, None]
+    q = _normalize(aux_new.astype(jnp.float32))
+    ref = _normalize(aux_old.astype(jnp.float32))
+
+    # local: parts weighted by similarity to the whole, uniform share and relative length
+    sim = jnp.einsum("na,nla->nl", q, jnp.take(ref, safe, axis=0))
+    n = jnp.maximum(lengths, 1).astype(jnp.float32)[:, None]
+    score = sim * (sim >= 0.7 * threshold) + 1.0 / n + jnp.minimum(part_ratio, 1.0)
+    w = jax.nn.softmax(jnp.where(valid, score / temperature, _NEG), axis=-1) * valid
+    local = jnp.einsum("nl,nld->nd", w, jnp.take(table, safe, axis=0))
+
+    # global: softmax over the thresholded top-k old neighbours in the auxiliary space
+    sims = q @ ref.T
+    if old_mask is not None:
+        sims = jnp.where(old_mask[None, :], sims, -2.0)
+    top, idx = jax.lax.top_k(sims, min(top_k, V))  # a vocabulary smaller than k: every old token
+    keep = top >= threshold
+    gw = jax.nn.softmax(jnp.where(keep, top / temperature, _NEG), axis=-1) * keep
+    glob = jnp.einsum("nk,nkd->nd", gw, jnp.take(table, idx, axis=0))
+    any_global = jnp.any(keep, axis=-1, keepdims=True)
+
+    mixed = jnp.where(any_global, (1.0 - global_weight) * local + global_weight * glob, local)
+    out = jnp.where((lengths > 0)[:, None], mixed, fallback.astype(jnp.float32))
+    out = jnp.where((exact >= 0)[:, None], jnp.take(table, jnp.maximum(exact, 0), axis=0), out)
+    return out.astype(old_table.dtype)
+
+
+def aux_embeddings(model: Model, ids: np.ndarray, lengths: np.ndarray, *, bos_id: int | None = None,
+                   batch_size: int = 256) -> jax.Array:
+    """Returns [N, D]: the model's final-normed hidden state mean-pooled over each row's tokens.
+
+    The offline stand-in for TokenAdapt's external text-embedding model: row n is the text whose
+    old-tokenizer ids are ``ids[n, :lengths[n]]`` (prefixed by ``bos_id`` when given, which is not
+    pooled). Rows of length 0 give zeros.
+    """
+    ids = np.asarray(ids, np.int32)
+    lengths = np.asarray(lengths, np.int32)
+    N, L = ids.shape
+    pre = 0 if bos_id is None else 1
+    toks = np.zeros((N, L + pre), np.int32)
+    if pre:
+        toks[:, 0] = bos_id
+    toks[:, pre:] = np.maximum(ids, 0)
+
+    @jax.jit
+    def pooled(t, lens):
+        h = forward(model.params, model.cfg, t, compute_logits=False).hidden[:, pre:].astype(jnp.float32)
+        m = (jnp.arange(L)[None, :] < lens[:, None]).astype(jnp.float32)
+        return jnp.sum(h * m[..., None], 1) / jnp.maximum(jnp.sum(m, 1, keepdims=True), 1.0)
+
+    out = []
+    for s in range(0, N, batch_size):
+        t, lens = toks[s : s + batch_size], lengths[s : s + batch_size]
+        n = t.shape[0]
+        if n < batch_size:
+            t = np.concatenate([t, np.zeros((batch_size - n, t.shape[1]), np.int32)])
+            lens = np.concatenate([lens, np.zeros((batch_size - n,), np.int32)])
+        out.append(pooled(jnp.asarray(t), jnp.asarray(lens))[:n])
+    return jnp.concatenate(out)
+
+
+def tokenadapt_transfer(
+    model: Model,
+    old_tok: Any,
+    new_tok: Any,
+    *,
+    temperature: float = 0.3,
+    global_weight: float = 0.3,
+    threshold: float = 0.6,
+    top_k: int = 10,
+    maxlen: int = 16,
+    seed: int = 0,
+    aux: str = "hidden",
+) -> Model:
+    """Returns ``model`` with ``new_tok``'s vocabulary initialised by TokenAdapt (tied or untied heads).
+
+    ``aux`` picks the auxiliary embedding space: ``"hidden"`` (the model's mean-pooled final hidden
+    state of the text, :func:`aux_embeddings`) or ``"embedding"`` (the old input embeddings; a new
+    token is represented by the mean of its parts' embeddings). Raises ValueError when either
+    tokenizer lacks byte tables or loses bytes, or for bad settings.
+    """
+    if aux not in ("hidden", "embedding"):
+        raise ValueError(f"aux must be 'hidden' or 'embedding', got {aux!r}")
+    if not 0.0 <= float(global_weight) <= 1.0:
+        raise ValueError(f"global_weight must be in [0, 1], got {global_weight}")
+    if not float(temperature) > 0.0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= old_tok.vocab_size:
+        raise ValueError(f"top_k must be an int in [1, {old_tok.vocab_size}], got {top_k!r}")
+    d = decompose_vocab(new_tok, old_tok, maxlen)
+    old_bytes = old_tok.id_to_bytes
+    new_bytes = new_tok.id_to_bytes
+    ratio = np.zeros(d.ids.shape, np.float32)
+    for i in range(d.ids.shape[0]):
+        whole = len(new_bytes[i])
+        for j in range(int(d.lengths[i])):
+            ratio[i, j] = len(old_bytes[d.ids[i, j]]) / whole if whole else 0.0
+    V_old = old_tok.vocab_size
+    bos = old_tok.bos_id
+    if aux == "hidden":
+        aux_new = aux_embeddings(model, d.ids, d.lengths, bos_id=bos)
+        single = np.arange(V_old, dtype=np.int32)[:, None]
+        aux_old = aux_embeddings(model, single, np.ones((V_old,), np.int32), bos_id=bos)
+    else:
+        aux_old = model.params["embed"]
+        aux_new = mean_of_parts(aux_old, jnp.asarray(d.ids), jnp.asarray(d.lengths))
+    old_mask = jnp.asarray([bool(b) and i not in old_tok.special_ids for i, b in enumerate(old_bytes)])
+    key = jax.random.key(seed)
+
+    def init(table):
+        fallback = random_embeddings(key, table, d.ids.shape[0])
+        return tokenadapt_embeddings(
+            table, jnp.asarray(d.ids), jnp.asarray(d.lengths), jnp.asarray(d.exact), jnp.asarray(ratio),
+            aux_new, aux_old, fallback, temperature=temperature, global_weight=global_weight,
+            threshold=threshold, old_mask=old_mask, top_k=int(top_k))
+
+    emb = init(model.params["embed"])
+    head = None if model.cfg.tied_embeddings else init(model.params["lm_head"].T).T
+    return with_vocab(model, emb, head)
