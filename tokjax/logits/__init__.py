@@ -4,6 +4,9 @@ from tokjax.logits._base import (
     Chain, Identity, LogitContext, LogitTransform, NamedChain, Stats, as_rows, chain, check_range, hparam,
     named_chain, sample,
 )
+from tokjax.logits.amu_tuning import (
+    UNCERTAINTY_KINDS, amu_fuse, amu_init, amu_logits, amu_loss, logit_standardize, uncertainty_factor,
+)
 from tokjax.logits._transforms import (
     BanTokens, Greedy, MinP, PresencePenalty, RepetitionPenalty, Temperature, TopK, TopP, ban_tokens, greedy,
     min_p, presence_penalty, repetition_penalty, temperature, token_counts, top_k, top_p,
@@ -14,4 +17,6 @@ __all__ = [
     "hparam", "named_chain", "sample", "BanTokens", "Greedy", "MinP", "PresencePenalty", "RepetitionPenalty",
     "Temperature", "TopK", "TopP", "ban_tokens", "greedy", "min_p", "presence_penalty", "repetition_penalty",
     "temperature", "token_counts", "top_k", "top_p",
+    # P30 AMU-Tuning
+    "UNCERTAINTY_KINDS", "amu_fuse", "amu_init", "amu_logits", "amu_loss", "logit_standardize", "uncertainty_factor",
 ]

@@ -10,7 +10,14 @@ helper :func:`shifted_completion_mask`. :func:`next_token_loss` has the train lo
 ``(params, cfg, batch, rng) -> (loss, metrics)``; :func:`make_next_token_loss` fixes its options.
 
 Papers: P29 cut cross-entropy (:mod:`tokjax.losses.cut_cross_entropy`), P78 PRIOR
-(:mod:`tokjax.losses.prior`: :func:`prior`, :func:`prior_weights`).
+(:mod:`tokjax.losses.prior`: :func:`prior`, :func:`prior_weights`), P41 Fourier head
+(:mod:`~tokjax.losses.fourier_head`), P49 self-generated tokens (:mod:`~tokjax.losses.self_generated`),
+P71 Text2Token (:mod:`~tokjax.losses.text2token`); distillation: P12 Graph-on-Logits
+(:mod:`~tokjax.losses.infigfusion`), P34 Dual-Head KD (:mod:`~tokjax.losses.dual_head_kd`), P15
+AlignDistil (:mod:`~tokjax.losses.aligndistil`), plain KD (:func:`kd_loss`).
+
+Losses as a train-config choice: :mod:`tokjax.losses.registry` (``make_loss("prior", alpha=1.0)``,
+``loss_names()``; a TrainConfig's ``loss: {name: ..., <options>}``).
 """
 
 from tokjax.losses._cross_entropy import REDUCTIONS as CE_REDUCTIONS
@@ -22,7 +29,30 @@ from tokjax.losses._stats import (
     token_weights,
 )
 from tokjax.losses.cut_cross_entropy import DEFAULT_BLOCK_SIZE, cut_cross_entropy, head_stats
+from tokjax.losses._distill import kd_loss, make_kd_loss
+from tokjax.losses.aligndistil import (
+    adaptive_weight, aligndistil_loss, aligndistil_per_token, extrapolated_logits, make_aligndistil_loss,
+)
+from tokjax.losses.dual_head_kd import (
+    binary_kl_norm, dual_head_kd, init_aux_head, make_dual_head_kd_loss, project_conflicting,
+)
+from tokjax.losses.fourier_head import (
+    FourierOutput, autocorrelate, bin_centers, fourier_head, fourier_head_init, fourier_head_loss, fourier_pdf,
+    fourier_regularizer,
+)
+from tokjax.losses.infigfusion import (
+    coactivation_graph, graph_on_logits_loss, make_gld_loss, sorted_gw, topk_features,
+)
 from tokjax.losses.prior import Prior, prior, prior_weights
+from tokjax.losses.registry import RegisteredLoss, loss_from_spec, loss_names, loss_options, make_loss, register_loss
+from tokjax.losses.self_generated import (
+    SCHEDULES, make_scheduled_sampling_loss, mix_self_generated, reference_answer_correction, scheduled_probability,
+    scheduled_sampling_loss, self_generated_tokens,
+)
+from tokjax.losses.text2token import (
+    POOLINGS, data_driven_targets, make_text2token_loss, model_derived_targets, pooled_hidden, text2token,
+    text2token_from_logits, token_idf,
+)
 
 __all__ = [
     "CE_REDUCTIONS", "DEFAULT_BLOCK_SIZE", "METHODS", "REDUCTIONS", "STATS", "Chain", "Identity", "LossTransform",
@@ -30,4 +60,20 @@ __all__ = [
     "head_stats", "make_next_token_loss", "named_chain", "next_token_loss", "per_token_nll", "prior",
     "prior_weights", "reduce_loss", "reference_logp", "sequence_count", "shifted_completion_mask",
     "sum_and_count", "token_count", "token_stats", "token_weights",
+    # registry
+    "RegisteredLoss", "loss_from_spec", "loss_names", "loss_options", "make_loss", "register_loss",
+    # distillation: KD, P12, P34, P15
+    "kd_loss", "make_kd_loss", "coactivation_graph", "graph_on_logits_loss", "make_gld_loss", "sorted_gw",
+    "topk_features", "binary_kl_norm", "dual_head_kd", "init_aux_head", "make_dual_head_kd_loss",
+    "project_conflicting", "adaptive_weight", "aligndistil_loss", "aligndistil_per_token", "extrapolated_logits",
+    "make_aligndistil_loss",
+    # P41
+    "FourierOutput", "autocorrelate", "bin_centers", "fourier_head", "fourier_head_init", "fourier_head_loss",
+    "fourier_pdf", "fourier_regularizer",
+    # P49
+    "SCHEDULES", "make_scheduled_sampling_loss", "mix_self_generated", "reference_answer_correction",
+    "scheduled_probability", "scheduled_sampling_loss", "self_generated_tokens",
+    # P71
+    "POOLINGS", "data_driven_targets", "make_text2token_loss", "model_derived_targets", "pooled_hidden", "text2token",
+    "text2token_from_logits", "token_idf",
 ]

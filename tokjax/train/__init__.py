@@ -17,10 +17,11 @@ from tokjax.train._config import (
 )
 from tokjax.train._eval import bits_per_byte, bits_per_token, evaluate, unigram_loss
 from tokjax.train._loop import train, train_batch
-from tokjax.train._loss import LossFn, check_batch, next_token_loss, next_token_sums
+from tokjax.train._loss import LossFn, check_batch, loss_fn_from_config, next_token_loss, next_token_sums
 from tokjax.train._step import TrainState, init_state, make_optimizer, make_schedule, make_train_step
 
 __all__ = [
+    "loss_fn_from_config",
     "CheckpointError", "Checkpointer", "is_complete_checkpoint", "load_params", "save_params",
     "DataSpec", "RunConfig", "TokenizerSpec", "TrainConfig", "load_config", "load_run_config",
     "run_config_from_dict", "train_config_from_dict",

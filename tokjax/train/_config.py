@@ -34,7 +34,10 @@ class TrainConfig:
     validation loss (over at most ``eval_batches`` batches; ``None`` = all), and every
     ``checkpoint_every`` steps a checkpoint is written (keeping ``keep_checkpoints``).
     ``eval_every``/``checkpoint_every`` of 0 disable periodic evaluation/checkpoints (the
-    final step is always evaluated and, with a workdir, checkpointed).
+    final step is always evaluated and, with a workdir, checkpointed). ``loss`` picks a named
+    training loss from :mod:`tokjax.losses.registry` (``{"name": "prior", "alpha": 0.5}`` or just
+    ``"prior"``; stored as sorted (key, value) pairs so the config stays hashable); ``None`` keeps
+    the default next-token loss. :func:`tokjax.train.loss_fn_from_config` builds it.
     """
 
     lr: float = 3e-3
@@ -53,9 +56,12 @@ class TrainConfig:
     eval_batches: int | None = 16
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
+    loss: Any = None  # None: the default next-token loss; else a registry loss {name: ..., <options>} (or a name)
 
     def __post_init__(self):
         _check_types(self, "TrainConfig")
+        if self.loss is not None:
+            object.__setattr__(self, "loss", _normalise_loss(self.loss))
         pos = ("total_steps", "batch_size", "seq_len", "log_every", "keep_checkpoints")
         for name in pos:
             if getattr(self, name) < 1:
@@ -86,13 +92,56 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """Returns the config as a plain dict (YAML/JSON serialisable)."""
-        return dataclasses.asdict(self)
+        """Returns the config as a plain dict (YAML/JSON serialisable); ``loss`` only when one was chosen."""
+        out = dataclasses.asdict(self)
+        # Left out when None, so the dicts of existing configs (pretrained cache keys, run.json of
+        # resumable runs) are unchanged by the loss field's existence.
+        if self.loss is None:
+            del out["loss"]
+        else:
+            out["loss"] = _loss_dict(self.loss)
+        return out
 
     @property
     def tokens_per_step(self) -> int:
         """Returns the number of predicted tokens per optimiser step (batch_size * seq_len)."""
         return self.batch_size * self.seq_len
+
+
+# ---------------------------------------------------------------------------- loss choice
+def _normalise_loss(spec: Any) -> tuple:
+    """Returns the hashable form of a loss spec after checking its name and option names against the registry."""
+    from tokjax.losses.registry import _freeze, loss_names, loss_options
+
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    elif isinstance(spec, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in spec):
+        spec = dict(spec)
+    if not isinstance(spec, Mapping) or "name" not in spec:
+        raise ValueError(f"TrainConfig.loss must be a loss name or a mapping with a 'name' key (valid losses: "
+                         f"{list(loss_names())}), got {spec!r}")
+    name = spec["name"]
+    if not isinstance(name, str) or name not in loss_names():
+        raise ValueError(f"TrainConfig.loss: unknown loss {name!r}; valid losses: {list(loss_names())}")
+    valid = list(loss_options(name))
+    unknown = sorted(str(k) for k in spec if k != "name" and k not in valid)
+    if unknown:
+        raise ValueError(f"TrainConfig.loss: unknown option(s) {unknown} for loss {name!r}; valid options: {valid}")
+    frozen = _freeze(dict(spec))
+    try:
+        hash(frozen)
+    except TypeError:
+        raise ValueError(f"TrainConfig.loss options must be plain values (numbers, strings, lists), got {spec!r}") from None
+    return frozen
+
+
+def _loss_dict(loss: tuple | None) -> dict[str, Any] | None:
+    """Returns the stored loss spec as a plain ``{"name": ..., <options>}`` dict (None stays None)."""
+    if loss is None:
+        return None
+    from tokjax.losses.registry import _thaw
+
+    return {k: _thaw(v) for k, v in loss}
 
 
 # ---------------------------------------------------------------------------- validation

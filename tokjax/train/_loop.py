@@ -204,6 +204,10 @@ def train(
         raise ValueError(f"train needs a TrainConfig, got {type(train_cfg).__name__}")
     if not callable(loss_fn):
         raise ValueError(f"loss_fn must be a function (params, cfg, batch, rng) -> (loss, metrics), got {loss_fn!r}")
+    if loss_fn is next_token_loss and getattr(train_cfg, "loss", None) is not None:
+        from tokjax.train._loss import loss_fn_from_config  # the config's named loss, unless one was passed
+
+        loss_fn = loss_fn_from_config(train_cfg)
     data = _as_data(dataset, model_cfg, train_cfg)
     tc = train_cfg
     optimizer, schedule, step_fn = _run_fns(model_cfg, tc, loss_fn)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from tokjax.model import Inputs, ModelConfig, forward
 
-__all__ = ["LossFn", "next_token_loss", "next_token_sums", "check_batch"]
+__all__ = ["LossFn", "next_token_loss", "next_token_sums", "check_batch", "loss_fn_from_config"]
 
 
 class LossFn(Protocol):
@@ -106,3 +106,15 @@ def as_loss_fn(fn: Callable) -> Callable:
     if not callable(fn):
         raise ValueError(f"loss_fn must be a function (params, cfg, batch, rng) -> (loss, metrics), got {fn!r}")
     return fn
+
+
+def loss_fn_from_config(train_cfg: Any) -> Callable:
+    """Returns the loss a TrainConfig asks for: :func:`next_token_loss` when ``train_cfg.loss`` is None, else the
+    registry loss built from it (:func:`tokjax.losses.registry.loss_from_spec`; equal specs give the same object,
+    so runs of one config share compiled steps). Raises ValueError for an unknown loss or option."""
+    spec = getattr(train_cfg, "loss", None)
+    if spec is None:
+        return next_token_loss
+    from tokjax.losses.registry import loss_from_spec
+
+    return loss_from_spec(spec)
