@@ -1,6 +1,23 @@
-"""Decode loops and strategies: generate, streaming, and (later) speculative/routed strategies."""
+"""Decode loops and strategies: generate, streaming, and speculative decoding.
 
+* :func:`generate` / :func:`stream` -- one jitted while_loop; ``strategy=`` decides what a step does.
+* :func:`speculative` (``draft source x verifier``) -- :mod:`~tokjax.decoding.drafts`
+  (``model``, ``prompt_lookup``, ``ngram_memory`` P22, ``recycling`` P45, ``early_exit`` P44,
+  ``nested`` P59) and :mod:`~tokjax.decoding.verify` (``greedy``, ``rejection``, ``tree``), plus
+  :func:`~tokjax.decoding.spectr.spectr` (P23).
+* :func:`~tokjax.decoding.skipdecode.skipdecode` (P16): a layer-skipping strategy.
+"""
+
+from tokjax.decoding import drafts, spectr, verify
 from tokjax.decoding._state import DecodeState, DecodeStats, Strategy, commit
+from tokjax.decoding.skipdecode import SkipDecode, skipdecode, skipdecode_loss
 from tokjax.decoding.generate import TRACE_COUNTS, GenerateOutput, Sampling, generate, stream
+from tokjax.decoding.speculative import Draft, DraftSource, Speculative, Verdict, Verifier, speculative
+from tokjax.decoding.stand import NgramTables
+from tokjax.decoding.token_recycling import RecyclingTable, generate_with_table
 
-__all__ = ["DecodeState", "DecodeStats", "Strategy", "commit", "TRACE_COUNTS", "GenerateOutput", "Sampling", "generate", "stream"]
+__all__ = [
+    "DecodeState", "DecodeStats", "Strategy", "commit", "TRACE_COUNTS", "GenerateOutput", "Sampling", "generate",
+    "stream", "Draft", "DraftSource", "Speculative", "Verdict", "Verifier", "speculative", "drafts", "verify", "spectr",
+    "NgramTables", "RecyclingTable", "generate_with_table", "SkipDecode", "skipdecode", "skipdecode_loss",
+]

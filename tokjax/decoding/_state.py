@@ -25,13 +25,18 @@ class DecodeStats:
     ``forward_calls``: target-model calls after the prefill. ``accepted``: int [max_accept]
     histogram of tokens committed per call (index n = calls that committed n+1 tokens, over
     live rows). ``draft_layer_evals``: layers evaluated by draft sources. ``masked_rows``:
-    rows stopped because every logit was masked.
+    rows stopped because every logit was masked. Speculative strategies also fill, over
+    live row-steps, ``position_accepted`` [max_accept - 1] (draft depth d was accepted) and
+    ``position_reached`` [max_accept - 1] (depths < d were all accepted, so depth d was
+    tried); their ratio is the per-position conditional acceptance rate.
     """
 
     forward_calls: jax.Array
     accepted: jax.Array
     draft_layer_evals: jax.Array
     masked_rows: jax.Array
+    position_accepted: jax.Array = None
+    position_reached: jax.Array = None
 
     @classmethod
     def init(cls, batch: int, max_accept: int = 1) -> "DecodeStats":
@@ -40,6 +45,8 @@ class DecodeStats:
             accepted=jnp.zeros((max_accept,), jnp.int32),
             draft_layer_evals=jnp.zeros((), jnp.int32),
             masked_rows=jnp.zeros((batch,), bool),
+            position_accepted=jnp.zeros((max(max_accept - 1, 0),), jnp.int32),
+            position_reached=jnp.zeros((max(max_accept - 1, 0),), jnp.int32),
         )
 
 

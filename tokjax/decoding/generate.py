@@ -224,12 +224,23 @@ def _output(state: DecodeState, pad_id: int) -> GenerateOutput:
     stats = {
         "forward_calls": calls,
         "generated_tokens": generated,
-        # per row and call: how many tokens one target call committed on average
-        "tokens_per_call": generated / max(calls * tokens.shape[0], 1),
+        # per live row and call: how many tokens one target call committed for a row on average
+        # (rows that already stopped are not counted, so ragged batches are not penalised)
+        "tokens_per_call": generated / max(int(np.asarray(state.stats.accepted).sum()), 1),
+        "tokens_per_batch_call": generated / max(calls * tokens.shape[0], 1),
         "accepted_histogram": np.asarray(state.stats.accepted).tolist(),
         "draft_layer_evals": int(state.stats.draft_layer_evals),
         "masked_rows": np.asarray(state.stats.masked_rows).tolist(),
     }
+    if state.stats.position_accepted is not None and state.stats.position_accepted.shape[0]:
+        acc = np.asarray(state.stats.position_accepted)
+        reached = np.asarray(state.stats.position_reached)
+        row_steps = max(int(np.asarray(state.stats.accepted).sum()), 1)
+        # conditional: P(depth d accepted | depths < d accepted); marginal: over all live row-steps
+        stats["position_accepted"] = acc.tolist()
+        stats["position_acceptance"] = (acc / np.maximum(reached, 1)).tolist()
+        stats["position_acceptance_marginal"] = (acc / row_steps).tolist()
+        stats["mean_accepted_drafts"] = float(acc.sum() / row_steps)
     return GenerateOutput(tokens=tokens, lengths=lengths, prompt_lengths=prompt_lengths, stats=stats)
 
 

@@ -1,0 +1,142 @@
+"""P44 Kangaroo: early-exit self-drafts with an adapter; lossless greedy output, double early exit, adapter training."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.model._models import small_cfg
+from tokjax.decoding import generate, verify
+from tokjax.decoding.kangaroo import (
+    adapter_distill_loss, adapter_config, distill_metrics, early_exit, init_adapter, shallow_and_target, train_adapter,
+)
+from tokjax.decoding.speculative import speculative
+from tokjax.logits import greedy
+from tokjax.model import Model, forward, lm_head
+
+PROMPTS = [[3, 14, 15, 9, 2, 6], [5], [8, 9, 7, 9, 3, 2, 3, 8, 4]]  # ragged, one of length 1
+NEW = 12
+
+
+@pytest.fixture(scope="module")
+def model():
+    cfg = small_cfg(n_layers=4, init_scale=0.3)
+    return jax.jit(lambda k: Model.init(cfg, k))(jax.random.key(1))
+
+
+@pytest.fixture(scope="module")
+def plain(model):
+    return [c.tolist() for c in generate(model, PROMPTS, max_new_tokens=NEW, logits=greedy()).completions()]
+
+
+def _run(model, src):
+    return generate(model, PROMPTS, max_new_tokens=NEW, logits=greedy(), strategy=speculative(src, verify.greedy()))
+
+
+@pytest.mark.parametrize("layer,num_draft,threshold", [(1, 4, 0.3), (3, 5, 0.0)])
+def test_greedy_kangaroo_equals_plain_greedy(model, plain, layer, num_draft, threshold):
+    ad = init_adapter(model, layer, jax.random.key(layer), warm_start=layer != 1)
+    out = _run(model, early_exit(layer, ad, num_draft, threshold))
+    assert [c.tolist() for c in out.completions()] == plain
+    assert out.stats["forward_calls"] <= NEW
+
+
+def _identity_tail(model, layer):
+    """Returns a model whose layers >= layer add nothing (so the shallow exit IS the full model)."""
+
+    def zero(path, a):
+        name = getattr(path[-1], "key", None)
+        if name in ("wo", "w_down") and any(getattr(k, "key", None) == "layers" for k in path):
+            return a.at[layer:].set(0.0)
+        return a
+
+    return Model(params=jax.tree_util.tree_map_with_path(zero, model.params), cfg=model.cfg)
+
+
+def test_perfect_draft_is_fully_accepted(model):
+    # Layers >= 2 are identities and the adapter (warm-started from layer 2, whose attention output is
+    # zero) adds nothing: the draft equals the target, so every step must accept all num_draft tokens.
+    # Any error in the draft's positions, shared shallow KV or adapter cache would break this.
+    m = _identity_tail(model, 2)
+    ad = init_adapter(m, 2, jax.random.key(0), warm_start=True)
+    ref = generate(m, PROMPTS, max_new_tokens=NEW, logits=greedy())
+    out = _run(m, early_exit(2, ad, num_draft=3, threshold=0.0))
+    assert [c.tolist() for c in out.completions()] == [c.tolist() for c in ref.completions()]
+    assert out.stats["forward_calls"] == NEW // 4  # 3 drafts + 1 bonus per call, every call
+    assert out.stats["tokens_per_call"] == 4.0
+
+
+def test_second_early_exit_stops_drafting_at_low_confidence(model):
+    m = _identity_tail(model, 2)
+    ad = init_adapter(m, 2, jax.random.key(0), warm_start=True)
+    never = _run(m, early_exit(2, ad, num_draft=3, threshold=1.0))  # no token is that confident: 1 draft per step
+    assert never.stats["tokens_per_call"] == 2.0
+    # one fed token (the catch-up) per step: (layer + adapter) layer evaluations per call
+    assert never.stats["draft_layer_evals"] == never.stats["forward_calls"] * 3
+    always = _run(m, early_exit(2, ad, num_draft=3, threshold=0.0))
+    assert always.stats["draft_layer_evals"] == always.stats["forward_calls"] * 3 * 3
+    # runtime threshold: a new value reuses the compiled decode loop
+    from tokjax.decoding.generate import TRACE_COUNTS
+
+    before = TRACE_COUNTS["decode_loop"]
+    _run(m, early_exit(2, ad, num_draft=3, threshold=0.5))
+    assert TRACE_COUNTS["decode_loop"] == before
+
+
+def test_adapter_training_reduces_distillation_loss(model):
+    windows = np.asarray(jax.random.randint(jax.random.key(5), (64, 16), 0, model.cfg.vocab_size))
+    ad0 = init_adapter(model, 1, jax.random.key(0), warm_start=False)
+    before = distill_metrics(model, ad0, 1, windows[:16])
+    ad, hist = train_adapter(model, 1, windows, steps=40, batch_size=8, lr=3e-3, adapter=ad0)
+    after = distill_metrics(model, ad, 1, windows[:16])
+    assert after["loss"] < before["loss"] - 0.05
+    assert after["prob_acc"] > before["prob_acc"]
+    assert hist[-1]["step"] == 40
+    # the base stays frozen: only adapter params come back, with the adapter's shapes
+    assert jax.tree.map(jnp.shape, ad) == jax.tree.map(jnp.shape, ad0)
+
+
+def test_distillation_loss_is_soft_cross_entropy_and_gradient_only_reaches_adapter(model):
+    cfg = model.cfg
+    toks = jax.random.randint(jax.random.key(2), (2, 8), 0, cfg.vocab_size)
+    ad = init_adapter(model, 2, jax.random.key(0), warm_start=False)
+
+    @jax.jit
+    def run(params, ad, toks):
+        e, tl = shallow_and_target(params, cfg, toks, 2)
+        ref_tl = forward(params, cfg, toks).logits
+        ref_e = forward(params, cfg, toks, layers=(0, 2), compute_logits=False).hidden
+        batch = {"hidden": e, "target_logits": tl, "head": lm_head(params, cfg)}
+        loss_fn = adapter_distill_loss()
+        (loss, m), g = jax.value_and_grad(lambda a: loss_fn(a, adapter_config(cfg), batch), has_aux=True)(ad)
+        p = jax.nn.softmax(tl, -1)
+        entropy = -(p * jax.nn.log_softmax(tl, -1)).sum(-1).mean()
+        return e, tl, ref_e, ref_tl, loss, m["prob_acc"], entropy, g
+
+    e, tl, ref_e, ref_tl, loss, acc, entropy, g = run(model.params, ad, toks)
+    np.testing.assert_allclose(tl, ref_tl, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(e, ref_e, rtol=1e-5, atol=1e-5)
+    # the soft CE is at least the target entropy, with equality only when q = p
+    assert float(loss) >= float(entropy) - 1e-4 and 0.0 <= float(acc) <= 1.0
+    assert float(jnp.abs(g["layers"]["wq"]).sum()) > 0
+    assert float(jnp.abs(g["layers"]["w_up"]).sum()) == 0.0  # no MLP in the official adapter
+
+
+def test_bad_inputs_raise(model):
+    ad = init_adapter(model, 2, jax.random.key(0))
+    with pytest.raises(ValueError, match="early-exit layer"):
+        init_adapter(model, 4, jax.random.key(0))  # exiting after the last layer is no early exit
+    with pytest.raises(ValueError, match="early-exit layer"):
+        early_exit(0, ad)
+    with pytest.raises(ValueError, match="early-exit layer"):
+        _run(model, early_exit(7, ad))
+    with pytest.raises(ValueError, match="threshold"):
+        early_exit(2, ad, threshold=1.5)
+    with pytest.raises(ValueError, match="num_draft"):
+        early_exit(2, ad, num_draft=0)
+    with pytest.raises(ValueError, match="adapter"):
+        early_exit(2, {"wq": 1})
+    with pytest.raises(ValueError, match="adapter params do not fit"):  # an MLP adapter used as an MLP-free one
+        _run(model, early_exit(2, init_adapter(model, 2, jax.random.key(0), mlp=True)))
+    with pytest.raises(ValueError, match="windows"):
+        train_adapter(model, 2, np.zeros((4,), np.int32))
