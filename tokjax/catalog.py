@@ -143,8 +143,11 @@ _ENTRIES: tuple[Entry, ...] = (
        'tokenizers', 'tokjax.tokenizers.exact_byte_probs', ('byte_logprobs',),
        'byte-level probabilities from a token LM via cover enumeration'),
     _e(12, 'InfiGFusion: Graph-on-Logits Distillation via Efficient Gromov-Wasserstein for Model Fusion',
-       'losses', 'tokjax.losses.infigfusion', ('graph_on_logits_loss',),
-       'Gromov-Wasserstein graph-on-logits distillation'),
+       'losses', 'tokjax.losses.infigfusion', ('graph_on_logits_loss', 'coactivation_graph', 'sorted_gw', 'topk_features', 'make_gld_loss'),
+       'top-k co-activation graphs compared by sorted-degree Gromov-Wasserstein bounds (the exact '
+       'statistic, k and lambda are unverified: no criterion code); KD + GLD 1.802 vs KD 1.785 '
+       'bits/byte distilling tiny-pydocs',
+       status='not-reproduced'),
     _e(13, 'Next Block Prediction: Video Generation via Semi-Autoregressive Modeling',
        'vision', 'tokjax.vision.nbp', ('nbp',),
        'semi-autoregressive next-block prediction'),
@@ -152,11 +155,16 @@ _ENTRIES: tuple[Entry, ...] = (
        'decoding', 'tokjax.decoding.insertion', ('insertion',),
        'insertion LM: joint (position, token) decoding'),
     _e(15, 'AlignDistil: Token-Level Language Model Alignment as Adaptive Policy Distillation',
-       'losses', 'tokjax.losses.aligndistil', ('aligndistil',),
-       'token-level alignment as adaptive policy distillation'),
+       'losses', 'tokjax.losses.aligndistil', ('aligndistil_loss', 'aligndistil_per_token', 'adaptive_weight', 'extrapolated_logits', 'make_aligndistil_loss'),
+       'reverse KL to the token-adaptively extrapolated DPO / reverse-DPO teacher (matches the '
+       'official trainer); slower to suppress the bad word than DPO on a toy preference task whose '
+       'reverse-DPO model drifts far',
+       status='not-reproduced'),
     _e(16, 'SkipDecode: Autoregressive Skip Decoding with Batching and Caching for Efficient LLM Inference',
-       'decoding', 'tokjax.decoding.skipdecode', ('skipdecode',),
-       'per-position monotone layer-skip schedule, batch- and cache-safe'),
+       'decoding', 'tokjax.decoding.skipdecode', ('skipdecode', 'SkipDecode', 'skipdecode_loss', 'layer_mask', 'skip_hooks', 'active_layers', 'linear_schedule', 'mean_active_layers'),
+       'batched, KV-safe layer skipping with a non-increasing schedule and the matching training '
+       'transform; 31% fewer layers cost +9% bits/byte, no wall-clock gain on a 4-layer CPU model',
+       status='not-reproduced'),
     _e(17, "Critical Tokens Matter: Token-Level Contrastive Estimation Enhence LLM's Reasoning Capability",
        'losses', 'tokjax.losses.critical_tokens', ('cdpo',),
        'contrastive estimation of critical tokens, token-weighted DPO'),
@@ -173,20 +181,32 @@ _ENTRIES: tuple[Entry, ...] = (
        'analysis', 'tokjax.analysis.pawn', ('pawn',),
        'perplexity-attention weighted detector of generated text'),
     _e(22, 'Accelerated Test-Time Scaling with Model-Free Speculative Sampling',
-       'decoding', 'tokjax.decoding.stand', ('stand',),
-       'model-free (n-gram) multi-draft speculative sampling'),
+       'decoding', 'tokjax.decoding.stand', ('ngram_memory', 'NgramMemory', 'NgramTables', 'ngram_lookup', 'ngram_update', 'ngram_hash'),
+       'shared stochastic n-gram memory of verified target distributions with Gumbel-top-k tree '
+       'drafts (update rule unverified: no official code); lossless by chi-square, 1.14 vs 1.00 '
+       'tokens per call over prompt lookup when sampling, no wall-clock gain on CPU',
+       status='not-reproduced'),
     _e(23, 'SpecTr: Fast Speculative Decoding via Optimal Transport',
-       'decoding', 'tokjax.decoding.spectr', ('spectr',),
-       'multi-draft speculative decoding via optimal transport'),
+       'decoding', 'tokjax.decoding.spectr', ('spectr', 'SpecTr', 'kseq_select', 'solve_rho', 'kseq_residual', 'kseq_beta', 'kseq_accept_prob'),
+       'k i.i.d. drafts with K-SEQ selection (rho by bisection), lossless by chi-square; k=4 raises '
+       'tokens per target call from 1.60 to 2.07 on tiny-pydocs; no wall-clock gain on CPU, where a '
+       '9-token forward costs ~3.5x a 1-token one',
+       status='reproduced'),
     _e(24, 'Achieving Tokenizer Flexibility in Language Models through Heuristic Adaptation and Supertoken Learning',
-       'tokenizers', 'tokjax.tokenizers.tokenadapt', ('tokenadapt',),
-       'heuristic embedding init for a new tokenizer + supertokens'),
+       'tokenizers', 'tokjax.tokenizers.tokenadapt', ('tokenadapt_transfer', 'tokenadapt_embeddings', 'aux_embeddings'),
+       'local + global heuristic init of a new vocabulary (official defaults; auxiliary space = the '
+       "model's hidden states): 2.036 vs 2.0 bits/byte for mean-of-subtokens on tiny-pydocs; "
+       'supertokens not implemented',
+       status='not-reproduced'),
     _e(25, 'One-Token Rollout: Guiding Supervised Fine-Tuning of LLMs with Policy Gradient',
        'losses', 'tokjax.losses.one_token_rollout', ('one_token_rollout',),
        'SFT as one-token policy-gradient rollouts'),
     _e(26, 'Zero-Shot Tokenizer Transfer',
-       'tokenizers', 'tokjax.tokenizers.zett', ('zett',),
-       'hypernetwork predicts embeddings for an unseen tokenizer'),
+       'tokenizers', 'tokjax.tokenizers.zett', ('transfer', 'train_hypernet', 'hypernet_embeddings', 'zett_loss', 'init_hypernet', 'HypernetConfig', 'pretrained_hypernet'),
+       'hypernetwork over old-token decompositions trained on a BPE tokenizer pool against the '
+       'frozen LM; our residual-on-mean-of-subtokens variant beats mean-of-subtokens by 8.7% '
+       'bits/byte (the plain ZeTT head did worse than it)',
+       status='reproduced'),
     _e(27, 'Memory Retrieval and Consolidation in Large Language Models through Function Tokens',
        'analysis', 'tokjax.analysis.function_tokens', ('function_tokens',),
        'function-token share of activated features and loss'),
@@ -200,8 +220,11 @@ _ENTRIES: tuple[Entry, ...] = (
        status='reproduced', test='tests/losses/test_losses_cut_cross_entropy.py',
        experiment='experiments/p29_cut_cross_entropy.py'),
     _e(30, 'AMU-Tuning: Effective Logit Bias for CLIP-based Few-shot Learning',
-       'logits', 'tokjax.logits.amu_tuning', ('amu_tuning',),
-       'confidence-gated auxiliary logit bias'),
+       'logits', 'tokjax.logits.amu_tuning', ('amu_init', 'amu_logits', 'amu_fuse', 'amu_loss', 'uncertainty_factor', 'logit_standardize'),
+       'auxiliary-feature logit bias with kurtosis-gated fusion and multi-branch training (official '
+       'formulas); 0.694 vs 0.667 accuracy at 4 shots on a synthetic two-view stand-in for CLIP '
+       'features; the gain comes from the gate',
+       status='reproduced'),
     _e(31, 'Neighboring Autoregressive Modeling for Efficient Visual Generation',
        'vision', 'tokjax.vision.nar', ('nar',),
        'neighbouring AR: diagonal decode with two dimension heads'),
@@ -212,29 +235,42 @@ _ENTRIES: tuple[Entry, ...] = (
        'vision', 'tokjax.vision.d_ar', ('d_ar',),
        'diffusion as AR over grouped tokenizer tokens, streaming previews'),
     _e(34, 'Dual-Head Knowledge Distillation: Enhancing Logits Utilization with an Auxiliary Head',
-       'losses', 'tokjax.losses.dual_head_kd', ('dual_head_kd',),
-       'KD through an auxiliary head to use logits fully'),
+       'losses', 'tokjax.losses.dual_head_kd', ('dual_head_kd', 'binary_kl_norm', 'project_conflicting', 'init_aux_head', 'make_dual_head_kd_loss'),
+       'auxiliary head trained with the normalised binary KL and optional gradient projection '
+       '(matches the official code); beats CE but not plain KD on a synthetic 20-class task (0.571 '
+       'vs 0.613)',
+       status='not-reproduced'),
     _e(35, 'Position Auctions in AI-Generated Content',
        'analysis', 'tokjax.analysis.position_auctions', ('position_auctions',),
        'optimal position auctions for AI-generated content'),
     _e(36, 'StochasTok: Improving Fine-Grained Subword Understanding in LLMs',
-       'tokenizers', 'tokjax.tokenizers.stochastok', ('stochastok',),
-       'random token splits that keep detokenization exact'),
+       'tokenizers', 'tokjax.tokenizers.stochastok', ('stochastok', 'stochastok_split', 'expansion_table', 'stochastok_loss'),
+       'random token splits that keep the text byte-exact: host transform plus a jitted split op '
+       'with runtime p; the tiny-model addition check is inconclusive (neither tokenization learned '
+       'addition in 600 steps)',
+       status='implemented'),
     _e(37, 'Soft Tokens, Hard Truths',
        'losses', 'tokjax.losses.soft_tokens', ('soft_tokens',),
        'RL with noisy soft/fuzzy chain-of-thought tokens'),
     _e(38, 'Toward a Theory of Tokenization in LLMs',
-       'analysis', 'tokjax.analysis.tokenization_theory', ('tokenization_theory',),
-       'unigram-over-tokens entropy vs Markov source, as |V| grows'),
+       'analysis', 'tokjax.analysis.tokenization_theory', ('switching_source', 'unigram_bits_per_char', 'unigram_curve', 'unigram_token_bits', 'model_bits_per_byte', 'binary_entropy'),
+       'unigram over BPE tokens falls from 1.0 to 0.52 bits/char towards the entropy rate 0.469 as '
+       'the vocabulary grows; the character-vs-token transformer part did not reproduce at this '
+       'scale',
+       status='reproduced'),
     _e(39, 'Retrofitting (Large) Language Models with Dynamic Tokenization',
-       'tokenizers', 'tokjax.tokenizers.dynamic_tokenization', ('dynamic_tokenization',),
-       'batch-level dynamic BPE merges with predicted embeddings'),
+       'tokenizers', 'tokjax.tokenizers.dynamic_tokenization', ('dynamic_merges', 'joinable_mask', 'apply_merges', 'dynamic_embeddings', 'hypernet_dynamic_embeddings', 'expand_ids', 'new_token_bias'),
+       'jitted batch-level BPE merges within pretokens with mean-of-parts or ZeTT embeddings; '
+       'leave-one-out scoring costs +7.2% bits/byte at 17% shorter sequences (paper: <2%)',
+       status='not-reproduced'),
     _e(40, 'Improving large language models with concept-aware fine-tuning',
        'losses', 'tokjax.losses.caft', ('caft',),
        'concept-aware multi-token fine-tuning heads'),
     _e(41, 'Fourier Head: Helping Large Language Models Learn Complex Probability Distributions',
-       'losses', 'tokjax.losses.fourier_head', ('fourier_head',),
-       'Fourier-series head over ordered bins'),
+       'losses', 'tokjax.losses.fourier_head', ('fourier_head', 'fourier_head_init', 'fourier_head_loss', 'fourier_pdf', 'fourier_regularizer'),
+       'Fourier-series density head over ordered bins with its regulariser (matches the official '
+       'head); KL to a 3-Gaussian mixture 0.15 vs 3.5 for a linear head',
+       status='reproduced'),
     _e(42, 'Language Model Cascades: Token-level uncertainty and beyond',
        'decoding', 'tokjax.decoding.cascades', ('cascades',),
        'token-level uncertainty deferral rules for small/large cascades'),
@@ -242,11 +278,17 @@ _ENTRIES: tuple[Entry, ...] = (
        'analysis', 'tokjax.analysis.magic_words', ('magic_words',),
        'k-epsilon controllability: shortest prompts that force an output'),
     _e(44, 'Kangaroo: Lossless Self-Speculative Decoding via Double Early Exiting',
-       'decoding', 'tokjax.decoding.kangaroo', ('kangaroo',),
-       'self-speculative decoding from a shallow sub-network + adapter'),
+       'decoding', 'tokjax.decoding.kangaroo', ('early_exit', 'EarlyExit', 'init_adapter', 'train_adapter', 'adapter_distill_loss', 'distill_metrics', 'adapter_logits'),
+       'shallow sub-network + adapter draft with a confidence exit, adapter distilled from the '
+       'frozen model; lossless, 1.5-2.0 tokens per target call, but 0.36x wall-clock on CPU '
+       '(shallow-KV reuse not implemented)',
+       status='not-reproduced'),
     _e(45, 'Turning Trash into Treasure: Accelerating Inference of Large Language Models with Token Recycling',
-       'decoding', 'tokjax.decoding.token_recycling', ('token_recycling',),
-       'adjacency matrix of candidate tokens as a draft tree'),
+       'decoding', 'tokjax.decoding.token_recycling', ('recycling', 'Recycling', 'RecyclingTable', 'TEMPLATES', 'draft_tree', 'update_table', 'generate_with_table'),
+       'adjacency table of top-k successors updated from every tree node, static 80-node tree, hot '
+       'start across calls; greedy-lossless with 2.41 tokens per target call on code, but slower '
+       'than plain decoding on CPU at 0.87M params',
+       status='not-reproduced'),
     _e(46, 'R2R: Efficiently Navigating Divergent Reasoning Paths with Small-Large Model Token Routing',
        'decoding', 'tokjax.decoding.r2r', ('r2r',),
        'router sends divergent tokens to the large model'),
@@ -257,8 +299,11 @@ _ENTRIES: tuple[Entry, ...] = (
        'losses', 'tokjax.losses.tgdpo', ('tgdpo',),
        'DPO with token-level reward guidance'),
     _e(49, 'Bridging the Training-Inference Gap in LLMs by Leveraging Self-Generated Tokens',
-       'losses', 'tokjax.losses.self_generated', ('self_generated',),
-       'train on inputs with model-generated token replacements'),
+       'losses', 'tokjax.losses.self_generated', ('scheduled_sampling_loss', 'make_scheduled_sampling_loss', 'mix_self_generated', 'self_generated_tokens', 'scheduled_probability', 'reference_answer_correction'),
+       "batch-scheduled sampling with the model's own tokens and reference-answer correction batches "
+       '(schedule and layout unverified: paper body unavailable); the copy-task check is '
+       'inconclusive (too easy: both reach 100%)',
+       status='implemented'),
     _e(50, 'Token-Supervised Value Models for Enhancing Mathematical Reasoning Capabilities of Large Language Models',
        'losses', 'tokjax.losses.token_value_model', ('token_value_model',),
        'token-supervised value head for tree search'),
@@ -275,8 +320,11 @@ _ENTRIES: tuple[Entry, ...] = (
        'analysis', 'tokjax.analysis.successor_heads', ('successor_heads',),
        'find attention heads that increment ordinal tokens'),
     _e(55, 'Order-agnostic Identifier for Large Language Model-based Generative Recommendation',
-       'tokenizers', 'tokjax.tokenizers.setrec', ('setrec',),
-       'order-agnostic set identifiers for generative recommendation'),
+       'tokenizers', 'tokjax.tokenizers.setrec', ('init_setrec', 'item_tokens', 'setrec_layout', 'setrec_query_states', 'setrec_scores', 'setrec_loss'),
+       'order-agnostic set identifiers under a sparse mask, decoded in one forward (invariant to '
+       'in-item order to 1e-6); recall@10 0.961 vs 0.944 for 2-token codes with 1 vs 2 sequential '
+       'passes',
+       status='reproduced'),
     _e(56, 'Learning More with Less: A Dynamic Dual-Level Down-Sampling Framework for Efficient Policy Optimization',
        'losses', 'tokjax.losses.d3s', ('d3s',),
        'dual-level (sample, token) down-sampling for GRPO'),
@@ -287,8 +335,10 @@ _ENTRIES: tuple[Entry, ...] = (
        'decoding', 'tokjax.decoding.think_at_hard', ('think_at_hard',),
        'selective latent iterations on hard tokens'),
     _e(59, 'S2D: Sorted Speculative Decoding For More Efficient Deployment of Nested Large Language Models',
-       'decoding', 'tokjax.decoding.s2d', ('s2d',),
-       'sorted speculative decoding with nested sub-model drafts'),
+       'decoding', 'tokjax.decoding.s2d', ('nested', 'Nested', 'sorted_loss', 'sorted_finetune', 'truncate', 'exit_logits', 'exit_metrics'),
+       'sorted fine-tuning of nested exits and a confidence-exit nested draft; lossless with 2.2 '
+       'tokens per target call, but 0.32x wall-clock on CPU',
+       status='not-reproduced'),
     _e(60, 'Imitating Language via Scalable Inverse Reinforcement Learning',
        'losses', 'tokjax.losses.inverse_rl', ('inverse_rl',),
        'IQLearn-style inverse RL as TD-regularised MLE'),
@@ -320,11 +370,17 @@ _ENTRIES: tuple[Entry, ...] = (
        'losses', 'tokjax.losses.token_hidden_reward', ('token_hidden_reward',),
        'token hidden reward reweighting in GRPO'),
     _e(70, 'Tokenization counts: the impact of tokenization on arithmetic in frontier LLMs',
-       'tokenizers', 'tokjax.tokenizers.right_to_left_digits', ('right_to_left_digits',),
-       'right-to-left digit grouping for arithmetic'),
+       'tokenizers', 'tokjax.tokenizers.right_to_left_digits', ('right_to_left_digits', 'group_digits', 'encode_arithmetic'),
+       'right-to-left, left-to-right and single-digit grouping as tokenizer transforms over one '
+       'vocabulary; the tiny-model addition check is inconclusive (no policy learned addition in 500 '
+       'steps)',
+       status='implemented'),
     _e(71, 'Text2Token: Unsupervised Text Representation Learning with Token Target Prediction',
-       'losses', 'tokjax.losses.text2token', ('text2token',),
-       "sentence embeddings trained to predict the text's tokens"),
+       'losses', 'tokjax.losses.text2token', ('text2token', 'make_text2token_loss', 'data_driven_targets', 'model_derived_targets', 'pooled_hidden'),
+       'pooled embedding through the LM head, KL to text-derived token targets (construction '
+       'unverified: paper body unavailable); 1-NN topic accuracy 0.219 vs 0.163 for mean-pooled NTP '
+       'on a synthetic corpus',
+       status='reproduced'),
     _e(72, 'Soft Thinking: Unlocking the Reasoning Potential of LLMs in Continuous Concept Space',
        'decoding', 'tokjax.decoding.soft_thinking', ('soft_thinking',),
        'probability-weighted embedding mixtures as reasoning steps'),
