@@ -260,7 +260,7 @@ def generate_with_table(model, prompt, *, strategy, table=None, table_type=Recyc
 
     Hot start across requests: pass the returned table to the next call. ``table=None`` starts
     cold. ``table_type``: the table class to swap (RecyclingTable here; STAND's NgramTables too).
-    Private stand-in until generate grows ``strategy_state=`` (see /work/spec_interface.md Requests).
+    A stand-in until generate itself accepts and returns a strategy state.
     """
     import importlib
 
