@@ -164,3 +164,31 @@ def test_embedding_auxiliary_space_runs_and_bad_aux_is_rejected(setup):
     assert out.cfg.vocab_size == new.vocab_size and np.isfinite(np.asarray(out.params["embed"])).all()
     with pytest.raises(ValueError, match="aux"):
         tokenadapt_transfer(model, old, new, aux="external")
+
+
+def test_supertokens_cross_word_boundaries_keep_text_exact_and_transfer():
+    """max_words=2 pre-tokenization learns multi-word tokens; decoding stays exact; TokenAdapt initialises them."""
+    import jax
+
+    from tokjax import Model, ModelConfig
+    from tokjax.tokenizers import BPETokenizer
+    from tokjax.tokenizers.tokenadapt import tokenadapt_transfer
+
+    texts = ["the cat sat on the mat and the dog sat on the log, 42 times!"] * 30 + ["of the sea in the sky"] * 30
+    sup = BPETokenizer.train(texts, 330, max_words=2)
+    words = BPETokenizer.train(texts, 330)
+    multi = [b for b in sup.id_to_bytes if b" " in b.strip(b" ")]
+    assert multi, "no multi-word token learned"
+    assert not [b for b in words.id_to_bytes if b" " in b.strip(b" ") and b.strip(b" ").replace(b" ", b"").isalpha()]
+    for t in texts[:1] + texts[-1:] + ["  odd\tspacing\n\nand 12345 digits ."]:
+        assert sup.decode(sup.encode(t)) == t
+    assert len(sup.encode(texts[0])) < len(words.encode(texts[0]))
+    cfg = ModelConfig(vocab_size=words.vocab_size, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_len=32)
+    model = Model.init(cfg, jax.random.key(0))
+    moved = tokenadapt_transfer(model, words, sup)
+    assert moved.cfg.vocab_size == sup.vocab_size
+    assert bool(jax.numpy.isfinite(moved.params["embed"]).all())
+    with pytest.raises(ValueError, match="max_words"):
+        BPETokenizer.train(texts, 330, max_words=0)
+    with pytest.raises(ValueError, match="digits"):
+        BPETokenizer.train(texts, 330, max_words=2, digits="r2l3")

@@ -224,6 +224,7 @@ class BPETokenizer(SpecialIdsMixin):
         special_tokens: Sequence[str] = DEFAULT_SPECIAL_TOKENS,
         digits: DigitPolicy = "none",
         min_frequency: int = 2,
+        max_words: int | None = None,
         bos_token: Any = INFER,
         eos_token: Any = INFER,
         pad_token: Any = INFER,
@@ -234,6 +235,9 @@ class BPETokenizer(SpecialIdsMixin):
         Ids are laid out as: special tokens (in the order given), the 256
         byte tokens, then merges. ``digits`` cuts digit runs before BPE (see
         :func:`split_digits`), at training and at encode time alike.
+        ``max_words``: pre-tokenize into runs of up to that many words (each with its leading
+        space) instead of single words, so merges may cross word boundaries and multi-word
+        *supertokens* can be learned (TokenAdapt, P24); incompatible with a digit policy.
         ``bos_token``/``eos_token``/``pad_token`` pick the roles among
         ``special_tokens`` (default: by well-known names such as ``<|bos|>``).
         The vocabulary may come out smaller than ``vocab_size`` when the corpus
@@ -258,9 +262,23 @@ class BPETokenizer(SpecialIdsMixin):
         except TypeError:
             raise ValueError(f"texts must be an iterable of str, got {type(texts).__name__}") from None
 
+        if max_words is not None:
+            if isinstance(max_words, bool) or not isinstance(max_words, (int, np.integer)) or max_words < 1:
+                raise ValueError(f"max_words must be an int >= 1 or None, got {max_words!r}")
+            if digits != "none":
+                raise ValueError(f"max_words (multi-word tokens) cannot be combined with digits={digits!r}")
+
         hf = hf_tokenizers.Tokenizer(models.BPE())
         byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-        if digits == "none":
+        if max_words is not None:
+            # Runs of up to max_words words (letters only, each with one leading space); digits,
+            # punctuation and other whitespace stay separate pieces. "isolated" keeps every
+            # character, so decoding stays exact.
+            runs = pre_tokenizers.Split(Regex(rf"(?: ?\p{{L}}+){{1,{int(max_words)}}}"), behavior="isolated")
+            hf.pre_tokenizer = pre_tokenizers.Sequence(
+                [runs, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+            )
+        elif digits == "none":
             hf.pre_tokenizer = byte_level
         else:
             # Digit groups are cut first so that neither the GPT-2 regex nor
