@@ -36,9 +36,11 @@ CASES = {
 }
 
 
-def random_model(case: str, seed: int = 0):
-    """Returns a transformers model of ``case`` with every parameter random (norm weights near 1)."""
-    conf_cls, model_cls, kw = CASES[case]
+def random_hf_model(conf_cls: str, model_cls: str, kw: dict, seed: int = 0, dtype=None):
+    """Returns a transformers ``model_cls`` with every parameter random (norm weights near 1), eval mode.
+
+    Shared by the fixtures and the torch parity tests, so both build models the same way.
+    """
     conf = getattr(transformers, conf_cls)(**kw, bos_token_id=None, eos_token_id=None, pad_token_id=None)
     model = getattr(transformers, model_cls)(conf).eval()
     g = torch.Generator().manual_seed(seed)
@@ -46,7 +48,7 @@ def random_model(case: str, seed: int = 0):
         for name, p in model.named_parameters():
             is_norm = name.endswith("norm.weight") or (".ln_" in name and name.endswith(".weight"))
             p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g) if is_norm else 0.3 * torch.randn(p.shape, generator=g))
-    return model
+    return model.to(dtype) if dtype is not None else model
 
 
 def reference(model, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -81,7 +83,7 @@ def main() -> None:
     for case in CASES:
         out = FIXTURES / case
         shutil.rmtree(out, ignore_errors=True)
-        model = random_model(case)
+        model = random_hf_model(*CASES[case])
         model.save_pretrained(out)
         np.savez_compressed(out / "reference.npz", **reference(model, model.config.vocab_size),
                             transformers_version=np.array(transformers.__version__))

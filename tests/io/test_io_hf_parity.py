@@ -20,6 +20,8 @@ import jax.numpy as jnp  # noqa: E402
 from tokjax.io import load_hf, save_hf  # noqa: E402
 from tokjax.model import Model, ModelConfig, forward, param_shapes  # noqa: E402
 
+from tests.io.make_hf_fixtures import random_hf_model  # noqa: E402
+
 torch.set_num_threads(1)
 TOL = 1e-4
 
@@ -55,15 +57,7 @@ CASES = {
 
 def hf_model(case: str, seed: int = 0, dtype=None):
     """Returns a transformers model of ``case`` with every parameter random (norms near 1)."""
-    conf_cls, model_cls, kw = CASES[case]
-    conf = getattr(transformers, conf_cls)(**kw, bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    model = getattr(transformers, model_cls)(conf).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            is_norm = name.endswith("norm.weight") or (".ln_" in name and name.endswith(".weight"))
-            p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g) if is_norm else 0.3 * torch.randn(p.shape, generator=g))
-    return model.to(dtype) if dtype is not None else model
+    return random_hf_model(*CASES[case], seed=seed, dtype=dtype)
 
 
 def batch(vocab: int, seed: int = 0):
