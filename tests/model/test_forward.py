@@ -214,3 +214,30 @@ def test_concrete_inputs_captured_inside_jit_and_vocab_overrides():
     assert forward(m.params, m.cfg, big, embedding=table, head=table.T).logits.shape == (1, 3, m.cfg.vocab_size + 5)
     with pytest.raises(ValueError, match=r"token ids must lie in \[0, %d\)" % (m.cfg.vocab_size + 5)):
         forward(m.params, m.cfg, big + 10, embedding=table, head=table.T)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("fuse", [False, True])
+def test_unstacked_and_fused_decode_weights_compute_the_same_forward(variant, fuse):
+    """unstack_layers (with fused q/k/v and gate/up when fuse=True) changes the layout, not the values.
+
+    Checked without a cache, with a cache (prefill + one decode token), and stacked again
+    (the fused dicts also run under the lax.scan training path)."""
+    m = small_model(**VARIANTS[variant])
+    toks = jax.random.randint(jax.random.key(1), (2, 7), 0, m.cfg.vocab_size)
+    ref = forward(m.params, m.cfg, toks).logits
+    up = tokjax.model.unstack_layers(m.params, fuse=fuse)
+    assert isinstance(up["layers"], tuple)
+    assert ("wqkv" in up["layers"][0]) == fuse and ("wq" in up["layers"][0]) != fuse
+    np.testing.assert_allclose(forward(up, m.cfg, toks).logits, ref, atol=1e-5)
+    restacked = tokjax.model.stack_layers(up)
+    np.testing.assert_allclose(forward(restacked, m.cfg, toks).logits, ref, atol=1e-5)
+    cache = KVCache.init(m.cfg, 2, 16)
+    out = forward(up, m.cfg, toks[:, :6], cache=cache)
+    last = forward(up, m.cfg, toks[:, 6:], cache=out.cache).logits
+    np.testing.assert_allclose(jnp.concatenate([out.logits, last], 1), ref, atol=1e-4)
+    # unstacking an already unstacked tree fuses it, and fusing twice is a no-op
+    again = tokjax.model.unstack_layers(tokjax.model.unstack_layers(m.params), fuse=fuse)
+    assert jax.tree.structure(again) == jax.tree.structure(up)
+    assert jax.tree.structure(tokjax.model.unstack_layers(up, fuse=True)) == jax.tree.structure(
+        tokjax.model.unstack_layers(m.params, fuse=True))

@@ -160,7 +160,7 @@ def _ends_greedy(t) -> bool:
     return False
 
 
-def _setup(model, prompt, *, key, max_new_tokens, prompt_lengths, logits, strategy, eos_id, pad_id):
+def _setup(model, prompt, *, key, max_new_tokens, prompt_lengths, logits, strategy, eos_id, pad_id, fuse=False):
     if not isinstance(model, Model):
         raise ValueError(f"generate expects a tokjax Model (params + cfg), got {type(model).__name__}")
     cfg = model.cfg
@@ -195,7 +195,8 @@ def _setup(model, prompt, *, key, max_new_tokens, prompt_lengths, logits, strate
     capacity = total + strategy.slack
     buf = np.full((B, total), pad_id, np.int32)
     buf[:, :P] = tokens
-    cache = _prefill_jit(unstack_layers(model.params), cfg, jnp.asarray(tokens), jnp.asarray(lens), capacity)
+    params = unstack_layers(model.params, fuse=fuse)
+    cache = _prefill_jit(params, cfg, jnp.asarray(tokens), jnp.asarray(lens), capacity)
     # Separate device buffers: the state is donated, and a buffer may be donated only once.
     state = DecodeState(
         tokens=jnp.asarray(buf),
@@ -211,7 +212,7 @@ def _setup(model, prompt, *, key, max_new_tokens, prompt_lengths, logits, strate
         stats=DecodeStats.init(B, strategy.max_accept),
     )
     state = state.replace(extra=strategy.init(model.params, cfg, state))
-    return cfg, transform, strategy, (None if eos_id is None else int(eos_id)), state
+    return cfg, transform, strategy, (None if eos_id is None else int(eos_id)), state, params
 
 
 def _output(state: DecodeState, pad_id: int) -> GenerateOutput:
@@ -264,12 +265,13 @@ def generate(
     how a step proposes and commits tokens (default plain sampling). Rows stop at ``eos_id``
     (included in the output) or at their token budget; the loop stops when every row is done.
     """
-    cfg, transform, strategy, eos, state = _setup(
+    # params: per-layer (and fused q/k/v, gate/up) weight buffers, read in place by prefill and
+    # the decode loop (see tokjax.model.unstack_layers).
+    cfg, transform, strategy, eos, state, params = _setup(
         model, prompt, key=key, max_new_tokens=max_new_tokens, prompt_lengths=prompt_lengths,
-        logits=logits, strategy=strategy, eos_id=eos_id, pad_id=pad_id,
+        logits=logits, strategy=strategy, eos_id=eos_id, pad_id=pad_id, fuse=True,
     )
-    # Per-layer weight buffers, read in place by the decode loop (see tokjax.model.unstack_layers).
-    state = _loop_jit(unstack_layers(model.params), state, cfg=cfg, strategy=strategy, transform=transform, max_steps=max_new_tokens, eos_id=eos)
+    state = _loop_jit(params, state, cfg=cfg, strategy=strategy, transform=transform, max_steps=max_new_tokens, eos_id=eos)
     return _output(state, pad_id)
 
 
@@ -290,11 +292,10 @@ def stream(
     Runs the same jitted step as :func:`generate`, one call per step from Python, so its output
     equals generate's for the same arguments and key.
     """
-    cfg, transform, strategy, eos, state = _setup(
+    cfg, transform, strategy, eos, state, params = _setup(
         model, prompt, key=key, max_new_tokens=max_new_tokens, prompt_lengths=prompt_lengths,
-        logits=logits, strategy=strategy, eos_id=eos_id, pad_id=pad_id,
+        logits=logits, strategy=strategy, eos_id=eos_id, pad_id=pad_id, fuse=True,
     )
-    params = unstack_layers(model.params)
     for _ in range(max_new_tokens):
         if bool(jnp.all(state.done)):
             return

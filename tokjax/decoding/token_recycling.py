@@ -272,10 +272,10 @@ def generate_with_table(model, prompt, *, strategy, table=None, table_type=Recyc
     if "max_new_tokens" not in kwargs:
         raise ValueError("generate_with_table needs max_new_tokens=")
     pad_id = kwargs.get("pad_id", 0)
-    cfg, transform, strategy, eos, state = gen._setup(
+    cfg, transform, strategy, eos, state, params = gen._setup(
         model, prompt, key=kwargs.get("key"), max_new_tokens=kwargs["max_new_tokens"],
         prompt_lengths=kwargs.get("prompt_lengths"), logits=kwargs.get("logits"),
-        strategy=strategy, eos_id=kwargs.get("eos_id"), pad_id=pad_id,
+        strategy=strategy, eos_id=kwargs.get("eos_id"), pad_id=pad_id, fuse=True,
     )
     fresh = _find_tables(state.extra, table_type)
     if not fresh:
@@ -288,9 +288,6 @@ def generate_with_table(model, prompt, *, strategy, table=None, table_type=Recyc
         if not same:
             raise ValueError(f"table must be a {table_type.__name__} shaped like the draft source's own table")
         state = state.replace(extra=_swap_tables(state.extra, table_type, jax.tree.map(jnp.copy, table)))
-    params = model.params
-    if hasattr(gen, "unstack_layers"):  # generate's decode loop reads per-layer weight buffers
-        params = gen.unstack_layers(params)
     state = gen._loop_jit(params, state, cfg=cfg, strategy=strategy, transform=transform,
                           max_steps=int(kwargs["max_new_tokens"]), eos_id=eos)
     return gen._output(state, pad_id), _find_tables(state.extra, table_type)[0]

@@ -198,18 +198,22 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array, *, head
     float32. A query with no visible key returns zeros instead of NaN.
     """
     B, T, H, hd = q.shape
-    KV = k.shape[1] if head_major else k.shape[2]
+    if not head_major:
+        k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+    KV, S = k.shape[1], k.shape[2]
     G = H // KV
-    kv_spec = "bksd" if head_major else "bskd"
-    qg = q.reshape(B, T, KV, G, hd)
-    scores = jnp.einsum(f"btkgd,{kv_spec}->bkgts", qg, k, preferred_element_type=jnp.float32)
+    # Batch dims first, one free dim per operand: XLA CPU then emits one batched matmul per
+    # einsum instead of a transposed-operand dot (measured 2.5x faster decode attention).
+    M = G * T
+    qm = q.reshape(B, T, KV, G, hd).transpose(0, 2, 3, 1, 4).reshape(B, KV, M, hd)
+    scores = jnp.einsum("bkmd,bksd->bkms", qm, k, preferred_element_type=jnp.float32)
     scores = scores * (1.0 / jnp.sqrt(jnp.float32(hd)))
-    vis = visible[:, None, None, :, :]
+    vis = jnp.broadcast_to(visible[:, None, None], (B, KV, G, T, S)).reshape(B, KV, M, S)
     scores = jnp.where(vis, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1)
     probs = jnp.where(vis, probs, 0.0)  # rows with nothing visible become all-zero, not uniform
-    out = jnp.einsum(f"bkgts,{kv_spec}->btkgd", probs.astype(v.dtype), v)
-    return out.reshape(B, T, H, hd)
+    out = jnp.einsum("bkms,bksd->bkmd", probs.astype(v.dtype), v)
+    return out.reshape(B, KV, G, T, hd).transpose(0, 3, 1, 2, 4).reshape(B, T, H, hd)
 
 
 def mask_spec_name(spec) -> str:

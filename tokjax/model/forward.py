@@ -172,9 +172,14 @@ def _layer(p, cfg, x, positions, mask_spec, segment_ids, layer, kv, hooks):
     x = _apply_hooks(hooks["resid_pre"], x, layer)
     sites["resid_pre"] = x
     h = norm(x, p["attn_norm"], cfg)
-    q = jnp.einsum("btd,dhk->bthk", h, p["wq"].astype(dt))
-    k = jnp.einsum("btd,dhk->bthk", h, p["wk"].astype(dt))
-    v = jnp.einsum("btd,dhk->bthk", h, p["wv"].astype(dt))
+    if "wqkv" in p:  # fused by unstack_layers(fuse=True): one matmul instead of three
+        qkv = jnp.einsum("btd,dhk->bthk", h, p["wqkv"].astype(dt))
+        H, KVh = cfg.n_heads, cfg.kv_heads
+        q, k, v = qkv[:, :, :H], qkv[:, :, H:H + KVh], qkv[:, :, H + KVh:]
+    else:
+        q = jnp.einsum("btd,dhk->bthk", h, p["wq"].astype(dt))
+        k = jnp.einsum("btd,dhk->bthk", h, p["wk"].astype(dt))
+        v = jnp.einsum("btd,dhk->bthk", h, p["wv"].astype(dt))
     if cfg.qkv_bias:
         q, k, v = q + p["bq"].astype(dt), k + p["bk"].astype(dt), v + p["bv"].astype(dt)
     if cfg.positions == "rope":
@@ -196,11 +201,15 @@ def _layer(p, cfg, x, positions, mask_spec, segment_ids, layer, kv, hooks):
     sites["attn_out"] = a
     x = x + a
     h = norm(x, p["mlp_norm"], cfg)
-    up = jnp.einsum("btd,df->btf", h, p["w_up"].astype(dt))
+    if "w_gate_up" in p:
+        gu = jnp.einsum("btd,df->btf", h, p["w_gate_up"].astype(dt))
+        gate, up = jnp.split(gu, 2, axis=-1)
+    else:
+        up = jnp.einsum("btd,df->btf", h, p["w_up"].astype(dt))
+        gate = jnp.einsum("btd,df->btf", h, p["w_gate"].astype(dt)) if cfg.activation == "swiglu" else None
     if cfg.bias:
         up = up + p["b_up"].astype(dt)
     if cfg.activation == "swiglu":
-        gate = jnp.einsum("btd,df->btf", h, p["w_gate"].astype(dt))
         act = jax.nn.silu(gate) * up
     else:
         act = jax.nn.gelu(up, approximate=True)  # GPT-2's "gelu_new" (tanh approximation)
@@ -290,19 +299,34 @@ def layer_weights(params: Params, i: int) -> Params:
     return jax.tree.map(lambda a: a[i], layers)
 
 
-def unstack_layers(params: Params) -> Params:
+def unstack_layers(params: Params, *, fuse: bool = False) -> Params:
     """Returns params with ``layers`` as a tuple of per-layer dicts (separate buffers) instead of stacked arrays.
 
     forward/blocks accept either form and compute the same values. The unstacked form is for
     memory-bound decoding: each layer's weights are read in place, whereas slicing stacked
     weights inside a jitted step copies them on CPU. Unstack once, outside the jitted step
     (``generate`` does), and pass the result as a jit argument.
+
+    ``fuse``: also concatenate each layer's q/k/v projections into one ``wqkv`` [D, H+2KV, hd]
+    and SwiGLU's gate/up into one ``w_gate_up`` [D, 2F], so a decode step runs one matmul
+    where it ran three (two): fewer, larger weight reads (measured ~10% faster batch-1 decoding
+    on CPU). The fused dicts are a decode-time layout: forward reads them, but sharding rules,
+    checkpoints and ``save_hf`` expect the unfused names.
     """
     layers = params["layers"]
     if isinstance(layers, (tuple, list)):
-        return params
+        return {**params, "layers": tuple(_fuse_layer(p) for p in layers)} if fuse else params
     n = jax.tree.leaves(layers)[0].shape[0]
-    return {**params, "layers": _unstack_jit(layers, n)}
+    return {**params, "layers": _unstack_jit(layers, n, fuse)}
+
+
+def _fuse_layer(p: Params) -> Params:
+    p = dict(p)
+    if "wq" in p:
+        p["wqkv"] = jnp.concatenate([p.pop("wq"), p.pop("wk"), p.pop("wv")], axis=-2)
+    if "w_gate" in p:
+        p["w_gate_up"] = jnp.concatenate([p.pop("w_gate"), p.pop("w_up")], axis=-1)
+    return p
 
 
 def stack_layers(params: Params) -> Params:
@@ -313,9 +337,10 @@ def stack_layers(params: Params) -> Params:
     return {**params, "layers": jax.tree.map(lambda *a: jnp.stack(a), *layers)}
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _unstack_jit(layers, n):
-    return tuple(jax.tree.map(lambda a: a[i], layers) for i in range(n))
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _unstack_jit(layers, n, fuse):
+    out = tuple(jax.tree.map(lambda a: a[i], layers) for i in range(n))
+    return tuple(_fuse_layer(p) for p in out) if fuse else out
 
 
 # ------------------------------------------------------------------------------- forward

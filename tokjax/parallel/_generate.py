@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from tokjax.model import KVCache, Model, unstack_layers
+from tokjax.model import KVCache, Model
 from tokjax.parallel._rules import DEFAULT_RULES, ShardingRules, logical_sharding
 from tokjax.parallel._shard import cache_shardings, shard_model
 
@@ -69,12 +69,13 @@ def generate_sharded(
         raise ValueError(f"generate_sharded expects a tokjax Model (params + cfg), got {type(model).__name__}")
     if not _on_mesh(model.params, mesh):
         model = shard_model(model, mesh, rules)
-    cfg, transform, strategy, eos, state = _gen._setup(
+    cfg, transform, strategy, eos, state, params = _gen._setup(
         model, prompt, key=key, max_new_tokens=max_new_tokens, prompt_lengths=prompt_lengths,
         logits=logits, strategy=strategy, eos_id=eos_id, pad_id=pad_id,
     )
     state = jax.device_put(state, state_shardings(state, state.tokens.shape[0], mesh, rules))
+    # unfused: fusing q/k/v would concatenate head-sharded weights and force a reshard
     state = _gen._loop_jit(
-        unstack_layers(model.params), state, cfg=cfg, strategy=strategy, transform=transform, max_steps=max_new_tokens, eos_id=eos
+        params, state, cfg=cfg, strategy=strategy, transform=transform, max_steps=max_new_tokens, eos_id=eos
     )
     return _gen._output(state, pad_id)
