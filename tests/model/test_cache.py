@@ -107,3 +107,29 @@ def test_per_layer_lengths_mask_unwritten_slots():
     h = forward(m.params, cfg, toks[:, 4:5], cache=c, layers=(0, 1), compute_logits=False).hidden
     b = forward(m.params, cfg, Inputs(hidden=h), cache=poisoned, layers=(1, 3))
     np.testing.assert_allclose(a.logits, b.logits, atol=1e-4)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="checks XLA CPU's compiled decode step")
+@pytest.mark.parametrize("batch,block", [(1, 1), (1, 3), (2, 1)])
+def test_decode_step_updates_cache_buffers_in_place(batch, block):
+    """A jitted decode step with a donated cache compiles to no copy of any cache buffer.
+
+    Regression: a batch-1 one-token write was rewritten by XLA into a dynamic-update-slice that
+    got duplicated into the attention read, copying every buffer several times per layer."""
+    from tokjax.model import unstack_layers
+
+    m = small_model()
+    cfg = m.cfg
+    S = 40
+    params = unstack_layers(m.params, fuse=True)
+
+    def step(params, cache, toks):
+        out = forward(params, cfg, toks, cache=cache)
+        return out.logits, out.cache
+
+    cache = KVCache.init(cfg, batch, S)
+    toks = jnp.zeros((batch, block), jnp.int32)
+    hlo = jax.jit(step, donate_argnums=1).lower(params, cache, toks).compile().as_text()
+    buf = f"f32[{batch},{cfg.kv_heads},{S},{cfg.head_size}]"
+    copies = [line for line in hlo.splitlines() if " copy(" in line and line.split("=", 1)[-1].strip().startswith(buf)]
+    assert not copies, f"{len(copies)} cache-buffer copies in the compiled step, e.g. {copies[0][:160]}"
