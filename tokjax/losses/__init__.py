@@ -14,7 +14,9 @@ Papers: P29 cut cross-entropy (:mod:`tokjax.losses.cut_cross_entropy`), P78 PRIO
 (:mod:`~tokjax.losses.fourier_head`), P49 self-generated tokens (:mod:`~tokjax.losses.self_generated`),
 P71 Text2Token (:mod:`~tokjax.losses.text2token`); distillation: P12 Graph-on-Logits
 (:mod:`~tokjax.losses.infigfusion`), P34 Dual-Head KD (:mod:`~tokjax.losses.dual_head_kd`), P15
-AlignDistil (:mod:`~tokjax.losses.aligndistil`), plain KD (:func:`kd_loss`).
+AlignDistil (:mod:`~tokjax.losses.aligndistil`), plain KD (:func:`kd_loss`); preferences and RL:
+sequence DPO with P65 implicit token rewards (:mod:`~tokjax.losses.dpo`), DAPO with P63's top-entropy
+token mask (:mod:`~tokjax.losses.high_entropy_tokens`).
 
 Losses as a train-config choice: :mod:`tokjax.losses.registry` (``make_loss("prior", alpha=1.0)``,
 ``loss_names()``; a TrainConfig's ``loss: {name: ..., <options>}``).
@@ -32,6 +34,12 @@ from tokjax.losses.cut_cross_entropy import DEFAULT_BLOCK_SIZE, cut_cross_entrop
 from tokjax.losses._distill import kd_loss, make_kd_loss
 from tokjax.losses.aligndistil import (
     adaptive_weight, aligndistil_loss, aligndistil_per_token, extrapolated_logits, make_aligndistil_loss,
+)
+from tokjax.losses.dpo import (
+    bradley_terry_loss, dpo_loss, dpo_per_pair, implicit_token_rewards, make_dpo_loss, sequence_implicit_reward,
+)
+from tokjax.losses.high_entropy_tokens import (
+    DAPO_EPS_HIGH, DAPO_EPS_LOW, dapo_loss, dapo_token_objective, group_advantages, token_entropy, top_entropy_mask,
 )
 from tokjax.losses.dual_head_kd import (
     binary_kl_norm, dual_head_kd, init_aux_head, make_dual_head_kd_loss, project_conflicting,
@@ -55,6 +63,9 @@ from tokjax.losses.text2token import (
 )
 
 __all__ = [
+    "bradley_terry_loss", "dpo_loss", "dpo_per_pair", "implicit_token_rewards", "make_dpo_loss",
+    "sequence_implicit_reward", "DAPO_EPS_HIGH", "DAPO_EPS_LOW", "dapo_loss", "dapo_token_objective",
+    "group_advantages", "token_entropy", "top_entropy_mask",
     "CE_REDUCTIONS", "DEFAULT_BLOCK_SIZE", "METHODS", "REDUCTIONS", "STATS", "Chain", "Identity", "LossTransform",
     "NamedChain", "Prior", "TokenStats", "TokenWeights", "chain", "cross_entropy", "cut_cross_entropy",
     "head_stats", "make_next_token_loss", "named_chain", "next_token_loss", "per_token_nll", "prior",

@@ -229,6 +229,12 @@ def _aligndistil_factory(dpo, reverse, beta, beta2, temperature, adaptive, reduc
                                  reduction=reduction)
 
 
+def _dpo_factory(beta, reference, method, block_size):
+    from tokjax.losses.dpo import make_dpo_loss
+
+    return make_dpo_loss(beta=float(beta), ref=_reference(reference), method=method, block_size=int(block_size))
+
+
 def _register_builtins() -> None:
     from tokjax.losses.cut_cross_entropy import DEFAULT_BLOCK_SIZE
 
@@ -267,6 +273,12 @@ def _register_builtins() -> None:
                    "adaptive": True, "reduction": "seq_mean"},
                   doc="P15 AlignDistil: KL to the token-adaptively extrapolated DPO / reverse-DPO teacher; "
                       "dpo and reverse are 'pretrained:NAME' references")
+    # --- preferences ------------------------------------------------------------------------------
+    register_loss("dpo", _dpo_factory,
+                  {"beta": 0.1, "reference": "batch", "method": "cut", "block_size": DEFAULT_BLOCK_SIZE},
+                  doc="sequence DPO (TRL sigmoid form; P65 implicit token rewards in tokjax.losses.dpo); tokens "
+                      "[2B, T+1] = B chosen rows then B rejected rows; reference 'batch' (batch['ref_logp'] "
+                      "[2B, T]) or 'pretrained:NAME'")
 
 
 _register_builtins()

@@ -1,0 +1,159 @@
+"""Sequence DPO and its implicit token rewards (P65: *From r to Q*: Your Language Model is Secretly a Q-Function*).
+
+Rafailov et al. (arXiv 2404.12358) show that under the token-level MDP the DPO policy's per-token
+log-ratio is an implicit token reward (a Q-function advantage)::
+
+    r_t = beta * (log pi(y_t | s_t) - log pi_ref(y_t | s_t))                    (P65, implicit token reward)
+    R(y) = sum_t r_t                                                               (sequence implicit reward)
+    L_DPO = -log sigmoid( R(y_chosen) - R(y_rejected) )                            (DPO, TRL ``sigmoid`` loss)
+
+i.e. sequence DPO *is* Bradley-Terry on summed token rewards, so a DPO-trained model assigns credit
+token by token (argmin_t r_t points at the token that made a response bad). This module computes
+these quantities from per-token log-probs (e.g. :func:`tokjax.losses.token_stats` ``logp`` /
+``ref_logp``) and boolean target masks; nothing here depends on how the log-probs were produced.
+
+Conventions (TRL ``DPOTrainer``, ``loss_type="sigmoid"``, ``f_divergence_type="reverse_kl"``,
+``label_smoothing=0``): masked-out targets contribute 0 to the sums; the loss is the mean over
+pairs. A pair whose chosen *or* rejected row has no unmasked target (padding) contributes zero
+loss and zero gradient and is left out of the mean. ``beta`` > 0 may be a traced runtime array.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from tokjax.logits._base import check_range
+from tokjax.losses._distill import hparam_value
+from tokjax.losses.cut_cross_entropy import DEFAULT_BLOCK_SIZE
+
+__all__ = [
+    "bradley_terry_loss", "dpo_loss", "dpo_per_pair", "implicit_token_rewards", "make_dpo_loss",
+    "sequence_implicit_reward",
+]
+
+_F32 = jnp.float32
+
+
+def _check_beta(beta) -> jax.Array:
+    check_range(beta, "beta", lo=0.0, lo_open=True)
+    beta = jnp.asarray(beta, _F32)
+    if beta.ndim != 0:
+        raise ValueError(f"beta must be a scalar, got shape {tuple(beta.shape)}")
+    return beta
+
+
+def _check_triple(policy_logp, ref_logp, mask, what: str) -> tuple[jax.Array, jax.Array, jax.Array]:
+    pl, rl, m = jnp.asarray(policy_logp), jnp.asarray(ref_logp), jnp.asarray(mask)
+    if pl.ndim != 2:
+        raise ValueError(f"{what}policy_logp must be [batch, seq], got shape {tuple(pl.shape)}")
+    if rl.shape != pl.shape or m.shape != pl.shape:
+        raise ValueError(f"{what}policy_logp, ref_logp and mask must have the same [batch, seq] shape, got "
+                         f"{tuple(pl.shape)}, {tuple(rl.shape)} and {tuple(m.shape)}")
+    for name, arr in (("policy_logp", pl), ("ref_logp", rl)):
+        if not jnp.issubdtype(arr.dtype, jnp.floating):
+            raise ValueError(f"{what}{name} must be floating point log-probabilities, got dtype {arr.dtype}")
+    if not (m.dtype == jnp.bool_ or jnp.issubdtype(m.dtype, jnp.integer)):
+        raise ValueError(f"{what}mask must be bool (or 0/1 integers), got dtype {m.dtype}")
+    m = m.astype(bool)
+    # Masked entries are zeroed before any arithmetic so padding holding -inf/NaN cannot leak into values or grads.
+    pl = jnp.where(m, pl.astype(_F32), 0.0)
+    rl = jnp.where(m, jax.lax.stop_gradient(rl.astype(_F32)), 0.0)
+    return pl, rl, m
+
+
+def implicit_token_rewards(policy_logp, ref_logp, mask, beta) -> jax.Array:
+    """Returns float32 [B, T] P65 implicit token rewards ``beta * (log pi - log pi_ref)``, 0 where ``mask`` is False.
+
+    ``policy_logp`` / ``ref_logp`` float [B, T] log-probs of the same targets (the reference gets no
+    gradient); ``mask`` bool [B, T]; ``beta`` > 0, a scalar that may be traced.
+    """
+    beta = _check_beta(beta)
+    pl, rl, m = _check_triple(policy_logp, ref_logp, mask, "")
+    return jnp.where(m, beta * (pl - rl), 0.0)
+
+
+def sequence_implicit_reward(policy_logp, ref_logp, mask, beta) -> jax.Array:
+    """Returns float32 [B] DPO sequence implicit rewards ``beta * sum_t mask_t (log pi - log pi_ref)`` (P65's
+    sum of :func:`implicit_token_rewards`)."""
+    return jnp.sum(implicit_token_rewards(policy_logp, ref_logp, mask, beta), axis=-1)
+
+
+def bradley_terry_loss(chosen_reward, rejected_reward) -> jax.Array:
+    """Returns float32 [...] ``-log sigmoid(chosen_reward - rejected_reward)``, the Bradley-Terry negative
+    log-likelihood (DPO when the rewards are :func:`sequence_implicit_reward`)."""
+    c, r = jnp.asarray(chosen_reward, _F32), jnp.asarray(rejected_reward, _F32)
+    if c.shape != r.shape:
+        raise ValueError(f"chosen_reward and rejected_reward must have the same shape, got {c.shape} and {r.shape}")
+    return -jax.nn.log_sigmoid(c - r)
+
+
+def dpo_per_pair(chosen_logp, chosen_ref_logp, chosen_mask, rejected_logp, rejected_ref_logp, rejected_mask,
+                 beta) -> tuple[jax.Array, jax.Array]:
+    """Returns (float32 [B] per-pair DPO losses, bool [B] valid) -- TRL ``sigmoid`` DPO (P65 eq.: BT on summed
+    token rewards). Chosen arrays are [B, T], rejected [B, T'] (lengths may differ). Invalid pairs
+    (a side with no unmasked target) have loss 0 and no gradient."""
+    beta = _check_beta(beta)
+    cp, cr, cm = _check_triple(chosen_logp, chosen_ref_logp, chosen_mask, "chosen ")
+    rp, rr, rm = _check_triple(rejected_logp, rejected_ref_logp, rejected_mask, "rejected ")
+    if cp.shape[0] != rp.shape[0]:
+        raise ValueError(f"chosen and rejected must have the same number of pairs, got {cp.shape[0]} and {rp.shape[0]}")
+    valid = jnp.any(cm, -1) & jnp.any(rm, -1)
+    rc = jnp.sum(jnp.where(cm, beta * (cp - cr), 0.0), -1)
+    rj = jnp.sum(jnp.where(rm, beta * (rp - rr), 0.0), -1)
+    margin = jnp.where(valid, rc - rj, 0.0)
+    return jnp.where(valid, -jax.nn.log_sigmoid(margin), 0.0), valid
+
+
+def dpo_loss(chosen_logp, chosen_ref_logp, chosen_mask, rejected_logp, rejected_ref_logp, rejected_mask,
+             beta) -> jax.Array:
+    """Returns the float32 scalar sequence DPO loss (TRL ``sigmoid``), the mean of :func:`dpo_per_pair` over valid
+    pairs (0 when none is valid):
+    ``mean_b -log sigmoid(beta * [(log pi - log pi_ref)(y_c) - (log pi - log pi_ref)(y_r)])``.
+    """
+    per, valid = dpo_per_pair(chosen_logp, chosen_ref_logp, chosen_mask, rejected_logp, rejected_ref_logp,
+                              rejected_mask, beta)
+    return jnp.sum(per) / jnp.maximum(jnp.sum(valid), 1).astype(_F32)
+
+
+def make_dpo_loss(*, beta: float = 0.1, ref: tuple | None = None, method: str = "cut",
+                  block_size: int = DEFAULT_BLOCK_SIZE) -> Callable:
+    """Returns ``loss_fn(params, cfg, batch, rng) -> (loss, metrics)``: sequence DPO in the train-loss signature.
+
+    Batch (TRL layout, see :mod:`tokjax.losses._next_token` for the keys): ``tokens`` [2B, T+1] with
+    the B chosen rows first and the B matching rejected rows after them; ``prompt_lengths`` /
+    ``lengths`` / ``mask`` select the response targets; ``ref_logp`` [2B, T] or ``ref=(params, cfg)``
+    gives the reference log-probs. ``batch["hparams"]["beta"]`` overrides ``beta`` at run time.
+    Metrics: ``loss``, ``reward_margin`` (mean R(y_c) - R(y_r) over valid pairs), ``reward_accuracy``
+    (fraction of valid pairs with a positive margin), ``pair_count``.
+    """
+    from tokjax.losses._next_token import METHODS, token_stats
+
+    check_range(beta, "beta", lo=0.0, lo_open=True)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+    def loss_fn(params, cfg, batch, rng=None):
+        del rng
+        stats = token_stats(params, cfg, batch, method=method, block_size=block_size, ref=ref)
+        if stats.ref_logp is None:
+            raise ValueError("DPO needs reference log-probs: batch['ref_logp'] [2B, T] or "
+                             "make_dpo_loss(ref=(params, cfg))")
+        n = stats.logp.shape[0]
+        if n % 2:
+            raise ValueError(f"batch['tokens'] must hold 2B rows (B chosen then B rejected), got {n} rows")
+        b = hparam_value(batch, "beta", beta)
+        h = n // 2
+        lp, rl, m = stats.logp, stats.ref_logp, stats.mask
+        per, valid = dpo_per_pair(lp[:h], rl[:h], m[:h], lp[h:], rl[h:], m[h:], b)
+        count = jnp.maximum(jnp.sum(valid), 1).astype(_F32)
+        loss = jnp.sum(per) / count
+        sg = jax.lax.stop_gradient
+        margin = sequence_implicit_reward(sg(lp[:h]), rl[:h], m[:h], b) - sequence_implicit_reward(sg(lp[h:]), rl[h:],
+                                                                                                   m[h:], b)
+        return loss, {"loss": loss, "reward_margin": jnp.sum(jnp.where(valid, margin, 0.0)) / count,
+                      "reward_accuracy": jnp.sum(valid & (margin > 0)) / count, "pair_count": jnp.sum(valid)}
+
+    return loss_fn
