@@ -6,11 +6,16 @@
   ``nested`` P59) and :mod:`~tokjax.decoding.verify` (``greedy``, ``rejection``, ``tree``), plus
   :func:`~tokjax.decoding.spectr.spectr` (P23).
 * :func:`~tokjax.decoding.skipdecode.skipdecode` (P16): a layer-skipping strategy.
+* :func:`~tokjax.decoding.cautious.cautious` (P6): forked trials to punctuation, min-perplexity commit.
+* :func:`~tokjax.decoding.entropy_adaptive.entropy_adaptive_generate` (P62): small/large model switching.
+* :mod:`~tokjax.decoding.cascades` (P42): token-level deferral scores for small -> large model cascades.
 """
 
-from tokjax.decoding import drafts, spectr, verify
+from tokjax.decoding import cascades, drafts, spectr, verify
 from tokjax.decoding._state import DecodeState, DecodeStats, Strategy, commit
 from tokjax.decoding.skipdecode import SkipDecode, skipdecode, skipdecode_loss
+from tokjax.decoding.cautious import Cautious, cautious, cautious_generate
+from tokjax.decoding.entropy_adaptive import EADOutput, entropy_adaptive_generate, entropy_bits
 from tokjax.decoding.generate import TRACE_COUNTS, GenerateOutput, Sampling, generate, stream
 from tokjax.decoding.speculative import Draft, DraftSource, Speculative, Verdict, Verifier, speculative
 from tokjax.decoding.stand import NgramTables
@@ -18,6 +23,7 @@ from tokjax.decoding.token_recycling import RecyclingTable, generate_with_table
 
 __all__ = [
     "DecodeState", "DecodeStats", "Strategy", "commit", "TRACE_COUNTS", "GenerateOutput", "Sampling", "generate",
-    "stream", "Draft", "DraftSource", "Speculative", "Verdict", "Verifier", "speculative", "drafts", "verify", "spectr",
+    "stream", "cascades", "Draft", "DraftSource", "Speculative", "Verdict", "Verifier", "speculative", "drafts", "verify", "spectr",
     "NgramTables", "RecyclingTable", "generate_with_table", "SkipDecode", "skipdecode", "skipdecode_loss",
+    "Cautious", "cautious", "cautious_generate", "EADOutput", "entropy_adaptive_generate", "entropy_bits",
 ]

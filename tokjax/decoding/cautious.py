@@ -1,0 +1,377 @@
+"""Cautious Next Token Prediction (CNTP, P6; Wang et al., Findings ACL 2025) as a decode strategy.
+
+At every step the processed next-token distribution ``p`` (after the logit transform) has
+entropy ``H = -sum p log p`` (nats). The row samples
+
+    N = floor(1 + (N_max - 1) * clip((H - H_lo) / (H_hi - H_lo), 0, 1))
+
+trials from the current position. Each trial's first token is drawn from ``p`` itself (the
+step's distribution is reused, as the official code effectively does), then the trial keeps
+sampling until it emits a stop token (punctuation ids, runtime set) or reaches the static
+``max_trial_len``. The trial with the lowest perplexity ``exp(-mean log p(y_i))`` is
+committed together with its KV cache. ``N == 1`` is plain sampling with the same PRNG stream
+as :class:`tokjax.decoding.generate.Sampling`.
+
+    strat = cautious(stop_ids=[tok.encode(",")[0], tok.encode(".")[0]], h_lo=0.01, h_hi=1.5)
+    out = tokjax.generate(model, prompts, key=key, max_new_tokens=64, strategy=strat)
+
+Batched and jitted: a step forks the KV cache of the batch into ``B * N_max`` trial rows and
+runs the trials as one masked batch in a ``lax.while_loop`` (skipped by ``lax.cond`` when no
+row has ``N > 1``); rows never wait on each other's decisions, only share the loop length.
+``h_lo``, ``h_hi`` and ``stop_ids`` are runtime values (changing them does not recompile);
+``max_trials`` (``N_max``) and ``max_trial_len`` are static shapes.
+
+Differences from the official code (github.com/wyzjack/CNTP, ``_sample_reflect_perplexity``,
+batch 1): its trials have no length cap (only punctuation / the stopping criteria end them) and
+re-run the step's forward for their first token (same distribution as reusing ``p``); here a
+trial also ends at ``max_trial_len`` or the row's token budget, and eos is a stop token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from tokjax.decoding._state import DecodeState, commit
+from tokjax.decoding.generate import _ends_greedy, _loop_jit, _output, _setup
+from tokjax.logits import LogitContext, LogitTransform, hparam, sample
+from tokjax.model import Inputs, KVCache, ModelConfig, forward
+
+__all__ = ["Cautious", "CautiousState", "TrialResult", "cautious", "cautious_generate", "num_trials", "run_trials"]
+
+
+@struct.dataclass
+class CautiousState:
+    """Returns nothing; the strategy's runtime hyperparameters and counters (``DecodeState.extra``).
+
+    ``h_lo``, ``h_hi`` [B] entropy thresholds (nats); ``stop_mask`` [V] bool, the stop-token set.
+    Counters per row: ``trial_tokens`` (tokens fed to the model inside trials, live trials
+    only), ``cautious_steps`` (steps with N > 1), ``trials`` (sum of N over those steps).
+    """
+
+    h_lo: jax.Array
+    h_hi: jax.Array
+    stop_mask: jax.Array
+    trial_tokens: jax.Array
+    cautious_steps: jax.Array
+    trials: jax.Array
+
+
+@struct.dataclass
+class TrialResult:
+    """Returns nothing; what :func:`run_trials` returns.
+
+    ``tokens`` [B, N_max, T], ``lengths`` [B, N_max] (0 for trials beyond N), ``logp_sum``
+    [B, N_max] sum of processed log-probs of each trial's tokens, ``winner`` [B] the
+    min-perplexity trial, ``cache`` / ``logit_state`` of the winning trial rows (B rows),
+    ``fed`` [B] tokens fed to the model inside live trials, ``calls`` scalar forward calls.
+    """
+
+    tokens: jax.Array
+    lengths: jax.Array
+    logp_sum: jax.Array
+    winner: jax.Array
+    cache: KVCache
+    logit_state: Any
+    fed: jax.Array
+    calls: jax.Array
+
+
+def num_trials(entropy: jax.Array, h_lo: jax.Array, h_hi: jax.Array, max_trials: int) -> jax.Array:
+    """Returns N [B] int32 = floor(1 + (max_trials - 1) * clip((H - h_lo) / (h_hi - h_lo), 0, 1)) (CNTP eq.)."""
+    frac = jnp.clip((entropy - h_lo) / (h_hi - h_lo), 0.0, 1.0)  # h_hi = inf -> 0 -> N = 1
+    return jnp.floor(1.0 + (max_trials - 1) * frac).astype(jnp.int32)
+
+
+def _processed_logp(logits: jax.Array) -> jax.Array:
+    finite = jnp.isfinite(logits)
+    return jnp.where(finite, jax.nn.log_softmax(jnp.where(finite, logits, -1e30), axis=-1), -jnp.inf)
+
+
+def _entropy(logp: jax.Array) -> jax.Array:
+    p = jnp.exp(logp)
+    return -jnp.sum(jnp.where(p > 0, p * jnp.where(jnp.isfinite(logp), logp, 0.0), 0.0), axis=-1)
+
+
+def _draw(key, logits, greedy: bool):
+    if greedy:  # same as Sampling: argmax, no Gumbel noise
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32), ~jnp.isfinite(logits).any(-1)
+    tok, st = sample(key, logits)
+    return tok, st.all_masked
+
+
+def _repeat_rows(tree, batch: int, repeats: int):
+    def rep(x):
+        x = jnp.asarray(x)
+        return jnp.repeat(x, repeats, axis=0) if x.ndim >= 1 and x.shape[0] == batch else x
+    return jax.tree.map(rep, tree)
+
+
+def _take_rows(tree, rows: jax.Array, batch: int):
+    def take(x):
+        x = jnp.asarray(x)
+        return x[rows] if x.ndim >= 1 and x.shape[0] == batch else x
+    return jax.tree.map(take, tree)
+
+
+def _where_rows(mask: jax.Array, new, old):
+    def pick(a, b):
+        a, b = jnp.asarray(a), jnp.asarray(b)
+        if a.ndim >= 1 and a.shape[0] == mask.shape[0]:
+            return jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
+        return a
+    return jax.tree.map(pick, new, old)
+
+
+def run_trials(
+    params,
+    cfg: ModelConfig,
+    transform: LogitTransform,
+    *,
+    cache: KVCache,
+    tokens: jax.Array,
+    lengths: jax.Array,
+    step_logits: jax.Array,
+    logit_state: Any,
+    first_token: jax.Array,
+    n: jax.Array,
+    limit: jax.Array,
+    stop_mask: jax.Array,
+    key: jax.Array,
+    step: jax.Array,
+    max_trials: int,
+    max_trial_len: int,
+    greedy: bool = False,
+) -> TrialResult:
+    """Returns the CNTP trials of one step and the min-perplexity winner per row.
+
+    ``cache`` holds each row's prefix through its pending token (as after the step's forward);
+    ``tokens`` [B, S] / ``lengths`` [B] the sequence buffer (the trial starts at ``lengths``);
+    ``step_logits`` [B, V] the step's processed logits; trial 0 of row b starts with
+    ``first_token[b]`` (the step's own sample), trials 1.. draw their first token from the same
+    logits. Row b runs ``n[b]`` trials of at most ``limit[b]`` (<= max_trial_len) tokens, each
+    ending at its first token in ``stop_mask``. Perplexity ties go to the lowest trial index.
+    """
+    B, V = step_logits.shape
+    R, T = max_trials, max_trial_len
+    S = tokens.shape[1]
+    flat = B * R
+    k_first, k_loop = jax.random.split(jax.random.fold_in(key, 1))
+    step_logp = _processed_logp(step_logits)
+    rep_logits = jnp.repeat(step_logits, R, axis=0)
+    others, masked0 = _draw(k_first, rep_logits, greedy)
+    trial_idx = jnp.tile(jnp.arange(R), B)
+    first = jnp.where(trial_idx == 0, jnp.repeat(first_token, R), others).reshape(B, R)
+    lp0 = jnp.take_along_axis(step_logp, first, axis=1)
+    in_use = jnp.arange(R)[None, :] < n[:, None]
+    stop = lambda t: stop_mask[t]  # noqa: E731
+    active = in_use & ~stop(first) & (limit[:, None] > 1) & ~masked0.reshape(B, R)
+    trial_toks = jnp.zeros((B, R, T), jnp.int32).at[:, :, 0].set(first)
+    trial_lens = jnp.where(in_use, 1, 0).astype(jnp.int32)
+    logp_sum = jnp.where(in_use, lp0, 0.0)
+    rows = jnp.arange(flat)
+    base_len = jnp.repeat(lengths, R)
+    buf = jnp.repeat(tokens, R, axis=0).at[rows, base_len].set(first.reshape(-1), mode="drop")
+    carry = dict(
+        t=jnp.ones((), jnp.int32), toks=trial_toks, lens=trial_lens, active=active, logp=logp_sum,
+        cache=cache.fork(R), lstate=_repeat_rows(logit_state, B, R), buf=buf,
+        fed=jnp.zeros((B,), jnp.int32), calls=jnp.zeros((), jnp.int32),
+    )
+    lim = jnp.repeat(limit, R).reshape(B, R)
+
+    def cond(c):
+        return (c["t"] < T) & jnp.any(c["active"])
+
+    def body(c):
+        t = c["t"]
+        feed = c["toks"][:, :, t - 1].reshape(flat, 1)
+        out = forward(params, cfg, Inputs(tokens=feed), cache=c["cache"])
+        act = c["active"].reshape(-1)
+        ctx = LogitContext(tokens=c["buf"], lengths=base_len + c["lens"].reshape(-1), step=step)
+        logits, lstate = transform.apply(out.logits[:, 0], c["lstate"], ctx)
+        lstate = _where_rows(act, lstate, c["lstate"])
+        y, masked = _draw(jax.random.fold_in(k_loop, t), logits, greedy)
+        lp = jnp.take_along_axis(_processed_logp(logits), y[:, None], axis=1)[:, 0]
+        grow = act & ~masked
+        y2, lp2, grow2 = y.reshape(B, R), lp.reshape(B, R), grow.reshape(B, R)
+        toks = c["toks"].at[:, :, t].set(jnp.where(grow2, y2, 0))
+        lens = c["lens"] + grow2.astype(jnp.int32)
+        logp = c["logp"] + jnp.where(grow2, lp2, 0.0)
+        slot = jnp.where(grow, base_len + t, S)
+        buf = c["buf"].at[rows, slot].set(y, mode="drop")
+        active = grow2 & ~stop(y2) & (lens < lim)
+        return dict(t=t + 1, toks=toks, lens=lens, active=active, logp=logp, cache=out.cache, lstate=lstate,
+                    buf=buf, fed=c["fed"] + c["active"].sum(-1).astype(jnp.int32), calls=c["calls"] + 1)
+
+    c = jax.lax.while_loop(cond, body, carry)
+    mean_nll = -c["logp"] / jnp.maximum(c["lens"], 1)
+    winner = jnp.argmin(jnp.where(in_use, mean_nll, jnp.inf), axis=1).astype(jnp.int32)
+    pick = jnp.arange(B) * R + winner
+    return TrialResult(
+        tokens=c["toks"], lengths=c["lens"], logp_sum=c["logp"], winner=winner,
+        cache=c["cache"].select_rows(pick), logit_state=_take_rows(c["lstate"], pick, flat),
+        fed=c["fed"], calls=c["calls"],
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Cautious:
+    """Returns nothing; the CNTP strategy (see module docstring).
+
+    Static: ``max_trials`` (N_max) and ``max_trial_len``. Runtime (excluded from the jit key):
+    ``h_lo``, ``h_hi`` (scalar or per-row, nats; ``h_hi`` may be inf = never cautious) and
+    ``stop_ids`` (the stop-token set; eos also ends a trial).
+    """
+
+    max_trials: int = 10
+    max_trial_len: int = 16
+    h_lo: Any = hparam(0.01)
+    h_hi: Any = hparam(1.5)
+    stop_ids: tuple = hparam(())
+
+    @property
+    def slack(self) -> int:  # trial rows run up to max_trial_len tokens past a row's length
+        return self.max_trial_len
+
+    @property
+    def max_accept(self) -> int:
+        return self.max_trial_len
+
+    def validate(self, cfg: ModelConfig) -> None:
+        _check_thresholds(self.h_lo, self.h_hi)
+        ids = np.asarray(self.stop_ids, np.int64).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() >= cfg.vocab_size):
+            raise ValueError(f"stop_ids must lie in [0, {cfg.vocab_size}), got {ids.tolist()}")
+
+    def init(self, params, cfg: ModelConfig, state: DecodeState) -> CautiousState:
+        B = state.tokens.shape[0]
+        h_lo = _rows(self.h_lo, B, "h_lo")
+        h_hi = _rows(self.h_hi, B, "h_hi")
+        ids = jnp.asarray(np.asarray(self.stop_ids, np.int64).reshape(-1), jnp.int32)
+        zeros = jnp.zeros((B,), jnp.int32)
+        return CautiousState(
+            h_lo=h_lo, h_hi=h_hi, stop_mask=jnp.zeros((cfg.vocab_size,), bool).at[ids].set(True),
+            trial_tokens=zeros, cautious_steps=jnp.copy(zeros), trials=jnp.copy(zeros),
+        )
+
+    def step(self, params, cfg: ModelConfig, transform: LogitTransform, state: DecodeState, eos_id=None):
+        ex: CautiousState = state.extra
+        B = state.tokens.shape[0]
+        R, T = self.max_trials, self.max_trial_len
+        greedy = _ends_greedy(transform)
+        pending = jnp.take_along_axis(state.tokens, (state.lengths - 1)[:, None], axis=1)
+        out = forward(params, cfg, Inputs(tokens=pending), cache=state.cache)
+        logits, logit_state = transform.apply(out.logits[:, 0], state.logit_state, state.context())
+        key, sub = jax.random.split(state.key)  # the same stream as Sampling: N == 1 rows match it
+        tok, all_masked = _draw(sub, logits, greedy)
+        live = ~state.done & ~all_masked
+        n = jnp.where(live, num_trials(_entropy(_processed_logp(logits)), ex.h_lo, ex.h_hi, R), 1)
+        room = state.max_lengths - state.lengths
+        limit = jnp.where(n > 1, jnp.clip(room, 1, T), 1)
+        stop_mask = ex.stop_mask if eos_id is None else ex.stop_mask.at[eos_id].set(True)
+
+        def plain(_):
+            toks = jnp.zeros((B, T), jnp.int32).at[:, 0].set(tok)
+            return toks, jnp.ones((B,), jnp.int32), out.cache, logit_state, jnp.zeros((B,), jnp.int32), jnp.int32(0)
+
+        def cautious_branch(_):
+            tr = run_trials(
+                params, cfg, transform, cache=out.cache, tokens=state.tokens, lengths=state.lengths,
+                step_logits=logits, logit_state=logit_state, first_token=tok, n=n, limit=limit,
+                stop_mask=stop_mask, key=sub, step=state.step, max_trials=R, max_trial_len=T, greedy=greedy,
+            )
+            rows = jnp.arange(B)
+            toks = tr.tokens[rows, tr.winner]
+            counts = tr.lengths[rows, tr.winner]
+            return toks, counts, tr.cache, tr.logit_state, tr.fed, tr.calls
+
+        if R == 1:
+            new, counts, cache, logit_state, fed, calls = plain(None)
+        else:
+            new, counts, cache, logit_state, fed, calls = jax.lax.cond(jnp.any(n > 1), cautious_branch, plain, None)
+        counts = jnp.where(all_masked, 0, counts)
+        stats = state.stats.replace(
+            forward_calls=state.stats.forward_calls + 1 + calls,
+            masked_rows=state.stats.masked_rows | (all_masked & ~state.done),
+        )
+        ex = ex.replace(
+            trial_tokens=ex.trial_tokens + fed,
+            cautious_steps=ex.cautious_steps + (n > 1).astype(jnp.int32),
+            trials=ex.trials + jnp.where(n > 1, n, 0),
+        )
+        state = state.replace(cache=cache, logit_state=logit_state, key=key, stats=stats, extra=ex)
+        state = commit(state, new, counts, eos_id)
+        return state.replace(done=state.done | all_masked)
+
+
+def _check_thresholds(h_lo, h_hi) -> None:
+    lo = np.asarray(h_lo, np.float64)
+    hi = np.asarray(h_hi, np.float64)
+    if not np.all(np.isfinite(lo)) or np.any(lo < 0):
+        raise ValueError(f"h_lo must be finite and >= 0 (nats), got {h_lo!r}")
+    try:
+        lo_b, hi_b = np.broadcast_arrays(lo, hi)
+    except ValueError:
+        raise ValueError(f"h_lo and h_hi must be scalars or per-row arrays of one shape, got {h_lo!r}, {h_hi!r}") from None
+    if np.any(np.isnan(hi_b)) or np.any(hi_b <= lo_b):
+        raise ValueError(f"h_hi must be > h_lo (inf switches CNTP off), got h_lo={h_lo!r}, h_hi={h_hi!r}")
+
+
+def _rows(value, batch: int, name: str) -> jax.Array:
+    arr = np.asarray(value, np.float64)
+    if arr.ndim == 0:
+        arr = np.full((batch,), float(arr))
+    if arr.shape != (batch,):
+        raise ValueError(f"{name} must be a scalar or have shape [batch={batch}], got shape {arr.shape}")
+    return jnp.asarray(arr, jnp.float32)
+
+
+def cautious(
+    *, stop_ids: Sequence[int], h_lo=0.01, h_hi=1.5, max_trials: int = 10, max_trial_len: int = 16
+) -> Cautious:
+    """Returns a :class:`Cautious` strategy after checking its arguments (official defaults: 10, 0.01, 1.5).
+
+    ``stop_ids``: token ids that end a trial (the paper uses punctuation ``. , \\n ? ! : ; ) ] }``).
+    ``h_lo`` < ``h_hi`` (nats; ``h_hi`` may be ``inf`` to switch CNTP off, scalar or per-row).
+    """
+    for name, v in (("max_trials", max_trials), ("max_trial_len", max_trial_len)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    ids = np.asarray(stop_ids)
+    if ids.size and ids.dtype.kind not in "iu":
+        raise ValueError(f"stop_ids must be integer token ids, got dtype {ids.dtype}")
+    _check_thresholds(h_lo, h_hi)
+    ids_t = tuple(int(i) for i in ids.reshape(-1))
+    return Cautious(int(max_trials), int(max_trial_len), h_lo, h_hi, ids_t)
+
+
+def cautious_generate(model, prompt, *, key=None, max_new_tokens: int, stop_ids: Sequence[int], h_lo=0.01,
+                      h_hi=1.5, max_trials: int = 10, max_trial_len: int = 16, logits=None, eos_id=None,
+                      prompt_lengths=None, pad_id: int = 0):
+    """Returns a GenerateOutput of CNTP decoding; ``stats`` adds per-row ``trial_tokens``,
+    ``cautious_steps``, ``trials`` and ``forward_tokens`` (tokens fed to the model after the
+    prefill: one per step plus every live trial token; plain sampling feeds one per generated token).
+    """
+    strategy = cautious(stop_ids=stop_ids, h_lo=h_lo, h_hi=h_hi, max_trials=max_trials, max_trial_len=max_trial_len)
+    cfg, transform, strategy, eos, state, params = _setup(
+        model, prompt, key=key, max_new_tokens=max_new_tokens, prompt_lengths=prompt_lengths,
+        logits=logits, strategy=strategy, eos_id=eos_id, pad_id=pad_id, fuse=True,
+    )
+    state = _loop_jit(params, state, cfg=cfg, strategy=strategy, transform=transform, max_steps=max_new_tokens,
+                      eos_id=eos)
+    ex = state.extra
+    out = _output(state, pad_id)
+    trial_tokens = np.asarray(ex.trial_tokens)
+    steps = np.asarray(out.stats["accepted_histogram"])  # committed steps over live rows, all rows together
+    out.stats.update(
+        trial_tokens=trial_tokens.tolist(),
+        cautious_steps=np.asarray(ex.cautious_steps).tolist(),
+        trials=np.asarray(ex.trials).tolist(),
+        forward_tokens=int(steps.sum() + trial_tokens.sum()),
+    )
+    return out
