@@ -39,7 +39,7 @@ from flax import struct
 
 from tokjax.decoding._state import DecodeState, commit
 from tokjax.decoding.generate import _ends_greedy, _loop_jit, _output, _setup
-from tokjax.logits import LogitContext, LogitTransform, hparam, sample
+from tokjax.logits import LogitContext, LogitTransform, entropy, hparam, sample
 from tokjax.model import Inputs, KVCache, ModelConfig, forward
 
 __all__ = ["Cautious", "CautiousState", "TrialResult", "cautious", "cautious_generate", "num_trials", "run_trials"]
@@ -91,11 +91,6 @@ def num_trials(entropy: jax.Array, h_lo: jax.Array, h_hi: jax.Array, max_trials:
 def _processed_logp(logits: jax.Array) -> jax.Array:
     finite = jnp.isfinite(logits)
     return jnp.where(finite, jax.nn.log_softmax(jnp.where(finite, logits, -1e30), axis=-1), -jnp.inf)
-
-
-def _entropy(logp: jax.Array) -> jax.Array:
-    p = jnp.exp(logp)
-    return -jnp.sum(jnp.where(p > 0, p * jnp.where(jnp.isfinite(logp), logp, 0.0), 0.0), axis=-1)
 
 
 def _draw(key, logits, greedy: bool):
@@ -270,7 +265,7 @@ class Cautious:
         key, sub = jax.random.split(state.key)  # the same stream as Sampling: N == 1 rows match it
         tok, all_masked = _draw(sub, logits, greedy)
         live = ~state.done & ~all_masked
-        n = jnp.where(live, num_trials(_entropy(_processed_logp(logits)), ex.h_lo, ex.h_hi, R), 1)
+        n = jnp.where(live, num_trials(entropy(_processed_logp(logits)), ex.h_lo, ex.h_hi, R), 1)
         room = state.max_lengths - state.lengths
         limit = jnp.where(n > 1, jnp.clip(room, 1, T), 1)
         stop_mask = ex.stop_mask if eos_id is None else ex.stop_mask.at[eos_id].set(True)

@@ -38,7 +38,7 @@ from flax import struct
 
 from tokjax.decoding._state import DecodeState, DecodeStats, commit
 from tokjax.decoding.generate import TRACE_COUNTS, _ends_greedy, _prefill_jit, _prepare_prompt
-from tokjax.logits import Identity, LogitTransform, sample
+from tokjax.logits import Identity, LogitTransform, entropy, sample
 from tokjax.model import Inputs, KVCache, Model, forward, unstack_layers
 
 __all__ = ["EADOutput", "entropy_adaptive_generate", "entropy_bits", "relative_cost", "rolling_mean"]
@@ -46,9 +46,7 @@ __all__ = ["EADOutput", "entropy_adaptive_generate", "entropy_bits", "relative_c
 
 def entropy_bits(logits: jax.Array) -> jax.Array:
     """Returns the Shannon entropy in bits of softmax(logits) over the last axis (float32)."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    p = jnp.exp(logp)
-    return -jnp.sum(jnp.where(p > 0, p * logp, 0.0), axis=-1) / jnp.log(2.0)
+    return entropy(logits) / jnp.log(2.0)
 
 
 def rolling_mean(history: jax.Array, count: jax.Array, window: int) -> jax.Array:

@@ -153,6 +153,17 @@ class Stats(NamedTuple):
     all_masked: jax.Array  # [B] bool: the row had no finite logit left
 
 
+def entropy(logits: jax.Array) -> jax.Array:
+    """Returns the float32 Shannon entropy H = -sum_v p_v log p_v (nats) of softmax(logits) over the last axis.
+
+    From ``log_softmax`` (stable for large logits); ``-inf`` logits (banned tokens) contribute 0.
+    Log-probabilities are valid input too (their log_softmax is themselves).
+    """
+    logp = jax.nn.log_softmax(jnp.asarray(logits).astype(jnp.float32), axis=-1)
+    p = jnp.exp(logp)
+    return jnp.maximum(-jnp.sum(jnp.where(p > 0, p * logp, 0.0), axis=-1), 0.0)
+
+
 def sample(key: jax.Array, logits: jax.Array) -> tuple[jax.Array, Stats]:
     """Returns (token ids [B] int32, Stats) drawn from softmax(logits) per row.
 

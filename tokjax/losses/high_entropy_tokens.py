@@ -29,7 +29,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from tokjax.logits._base import check_range
+from tokjax.logits._base import check_range, entropy
 
 __all__ = [
     "DAPO_EPS_HIGH", "DAPO_EPS_LOW", "dapo_loss", "dapo_token_objective", "group_advantages",
@@ -63,10 +63,7 @@ def token_entropy(logits: jax.Array, mask: jax.Array | None = None) -> jax.Array
     if logits.ndim < 1 or logits.shape[-1] < 1:
         raise ValueError(f"logits must have shape [..., V] with V >= 1, got {tuple(logits.shape)}")
     mask = _as_mask(mask, logits.shape[:-1])
-    logp = jax.nn.log_softmax(logits.astype(_F32), axis=-1)
-    p = jnp.exp(logp)
-    h = -jnp.sum(jnp.where(p > 0, p * logp, 0.0), axis=-1)
-    return jnp.where(mask, jnp.maximum(h, 0.0), 0.0)
+    return jnp.where(mask, entropy(logits), 0.0)
 
 
 def top_entropy_mask(entropy: jax.Array, mask: jax.Array | None, rho) -> jax.Array:
