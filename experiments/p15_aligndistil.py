@@ -36,29 +36,14 @@ if __package__ in (None, ""):  # run as `python experiments/p15_aligndistil.py`
 
 from experiments._harness import Row, run_cli
 
-BOS, TOPIC0, N_TOPIC, WORD0, N_WORD, BAD = 0, 1, 4, 5, 10, 15
-VOCAB, RESP = 16, 8
-SEQ = 2 + RESP
+from experiments._preference_toy import BAD, SEQ, VOCAB, make_pairs  # noqa: E402
 
 
 def make_data(n: int, seed: int, *, bad_rate: float = 0.0, follow: float = 0.6):
-    """Returns (clean [n, SEQ], with_bad [n, SEQ]) int32: the same responses, the second with one word -> BAD
-    (in every row when ``bad_rate`` is 0, which is how rejected responses are made; else in that fraction)."""
-    import numpy as np
-
-    r = np.random.default_rng(seed)
-    succ = np.random.default_rng(4321).integers(0, N_WORD, size=(N_TOPIC, N_WORD))
-    topic = r.integers(0, N_TOPIC, size=n)
-    words = np.empty((n, RESP), np.int64)
-    words[:, 0] = r.integers(0, N_WORD, size=n)
-    for j in range(1, RESP):
-        words[:, j] = np.where(r.uniform(size=n) < follow, succ[topic, words[:, j - 1]], r.integers(0, N_WORD, size=n))
-    clean = np.concatenate([np.full((n, 1), BOS), TOPIC0 + topic[:, None], WORD0 + words], axis=1)
-    bad = clean.copy()
-    pos = 2 + r.integers(0, RESP, size=n)
-    hit = np.ones(n, bool) if bad_rate == 0.0 else r.uniform(size=n) < bad_rate
-    bad[np.arange(n)[hit], pos[hit]] = BAD
-    return clean.astype(np.int32), bad.astype(np.int32)
+    """Returns (clean [n, SEQ], with_bad [n, SEQ]) int32 of the shared toy: one word -> BAD in every row when
+    ``bad_rate`` is 0 (how rejected responses are made), else in that fraction of rows."""
+    clean, with_bad, _ = make_pairs(n, seed, follow=follow, bad_rate=1.0 if bad_rate == 0.0 else bad_rate)
+    return clean, with_bad
 
 
 def run(quick: bool) -> Row:

@@ -37,30 +37,12 @@ if __package__ in (None, ""):  # run as `python experiments/p65_r_to_q.py`
 
 from experiments._harness import Row, run_cli
 
-BOS, TOPIC0, N_TOPIC, WORD0, N_WORD, BAD = 0, 1, 4, 5, 10, 15
-VOCAB, RESP, PROMPT = 16, 8, 2
-SEQ = PROMPT + RESP
+from experiments._preference_toy import BAD, PROMPT, RESP, SEQ, VOCAB, make_pairs  # noqa: E402
 
 
 def make_data(n: int, seed: int, follow: float = 0.6, bad_rate: float = 1.0):
-    """Returns (clean [n, SEQ] int32, rejected [n, SEQ] int32, bad_index [n]): rejected = clean with word
-    ``bad_index`` (0..RESP-1, uniform) replaced by BAD in a ``bad_rate`` fraction of rows (bad_index -1 elsewhere)."""
-    import numpy as np
-
-    r = np.random.default_rng(seed)
-    succ = np.random.default_rng(4321).integers(0, N_WORD, size=(N_TOPIC, N_WORD))
-    topic = r.integers(0, N_TOPIC, size=n)
-    words = np.empty((n, RESP), np.int64)
-    words[:, 0] = r.integers(0, N_WORD, size=n)
-    for j in range(1, RESP):
-        words[:, j] = np.where(r.uniform(size=n) < follow, succ[topic, words[:, j - 1]], r.integers(0, N_WORD, size=n))
-    clean = np.concatenate([np.full((n, 1), BOS), TOPIC0 + topic[:, None], WORD0 + words], axis=1).astype(np.int32)
-    bad_index = r.integers(0, RESP, size=n)
-    bad_index[r.uniform(size=n) >= bad_rate] = -1
-    rejected = clean.copy()
-    hit = bad_index >= 0
-    rejected[np.arange(n)[hit], PROMPT + bad_index[hit]] = BAD
-    return clean, rejected, bad_index
+    """Returns (clean, rejected, bad_index) of the shared toy (see experiments._preference_toy.make_pairs)."""
+    return make_pairs(n, seed, follow=follow, bad_rate=bad_rate)
 
 
 def credit_stats(scores, bad_index):
