@@ -2,7 +2,7 @@
 
 from tokjax.logits._base import (
     Chain, Identity, LogitContext, LogitTransform, NamedChain, Stats, as_rows, chain, check_range, entropy,
-    hparam, named_chain, sample,
+    hparam, masked_log_softmax, masked_softmax, named_chain, sample, target_logprobs,
 )
 from tokjax.logits.amu_tuning import (
     UNCERTAINTY_KINDS, amu_fuse, amu_init, amu_logits, amu_loss, logit_standardize, uncertainty_factor,
@@ -14,7 +14,7 @@ from tokjax.logits._transforms import (
 
 __all__ = [
     "Chain", "Identity", "LogitContext", "LogitTransform", "NamedChain", "Stats", "as_rows", "chain", "check_range",
-    "entropy", "hparam", "named_chain", "sample", "BanTokens", "Greedy", "MinP", "PresencePenalty", "RepetitionPenalty",
+    "entropy", "hparam", "masked_log_softmax", "masked_softmax", "named_chain", "sample", "target_logprobs", "BanTokens", "Greedy", "MinP", "PresencePenalty", "RepetitionPenalty",
     "Temperature", "TopK", "TopP", "ban_tokens", "greedy", "min_p", "presence_penalty", "repetition_penalty",
     "temperature", "token_counts", "top_k", "top_p",
     # P30 AMU-Tuning

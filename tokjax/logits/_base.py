@@ -164,6 +164,44 @@ def entropy(logits: jax.Array) -> jax.Array:
     return jnp.maximum(-jnp.sum(jnp.where(p > 0, p * logp, 0.0), axis=-1), 0.0)
 
 
+
+def masked_softmax(logits: jax.Array, *, empty: str = "zeros") -> jax.Array:
+    """Returns float32 softmax(logits) over the last axis where ``-inf`` entries (masked tokens) get 0.
+
+    A row with no finite logit is all zeros (``empty="zeros"``, never NaN) or uniform
+    (``empty="uniform"``: a proposal distribution that must stay a distribution).
+    """
+    if empty not in ("zeros", "uniform"):
+        raise ValueError(f"empty must be 'zeros' or 'uniform', got {empty!r}")
+    logits = jnp.asarray(logits).astype(jnp.float32)
+    finite = jnp.isfinite(logits)
+    m = jnp.max(jnp.where(finite, logits, -1e30), axis=-1, keepdims=True)
+    e = jnp.where(finite, jnp.exp(logits - m), 0.0)
+    total = e.sum(-1, keepdims=True)
+    p = e / jnp.maximum(total, 1e-30)
+    if empty == "uniform":
+        p = jnp.where(total > 0, p, 1.0 / logits.shape[-1])
+    return p
+
+
+def masked_log_softmax(logits: jax.Array) -> jax.Array:
+    """Returns float32 log_softmax(logits) over the last axis with ``-inf`` kept at masked entries
+    (and a row with no finite logit all ``-inf``), never NaN."""
+    logits = jnp.asarray(logits).astype(jnp.float32)
+    finite = jnp.isfinite(logits)
+    return jnp.where(finite, jax.nn.log_softmax(jnp.where(finite, logits, -1e30), axis=-1), -jnp.inf)
+
+
+def target_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Returns float32 log softmax(logits)[..., targets]: the log-probability of each target id.
+
+    ``logits`` [..., V], ``targets`` int [...]. For log-probs of a batch under a model use
+    ``tokjax.losses.token_stats`` (no [B, T, V] logits); this is for logits already in hand
+    (verification, draft heads, hypernetwork-built heads).
+    """
+    logp = jax.nn.log_softmax(jnp.asarray(logits).astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(logp, jnp.asarray(targets)[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
 def sample(key: jax.Array, logits: jax.Array) -> tuple[jax.Array, Stats]:
     """Returns (token ids [B] int32, Stats) drawn from softmax(logits) per row.
 

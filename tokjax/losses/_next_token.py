@@ -49,25 +49,27 @@ def _per_target(value, B: int, T: int, name: str, dtype) -> jax.Array:
     return arr.astype(dtype)
 
 
-def _head(hidden, w, labels, *, method, block_size, softcap, want_entropy):
+def _head(hidden, w, labels, *, method, block_size, softcap, want_entropy, bias=None):
     """Returns (logp, lse, entropy|None), each [N], from hidden [N, D] and the head [D, V]."""
     if method == "cut":
-        core = head_stats(hidden, w, labels, softcap=softcap, block_size=block_size,
+        core = head_stats(hidden, w, labels, bias=bias, softcap=softcap, block_size=block_size,
                           want=("entropy",) if want_entropy else ())
     else:
-        core = naive_core(hidden, w, labels, softcap=softcap, want_entropy=want_entropy)
+        core = naive_core(hidden, w, labels, bias=bias, softcap=softcap, want_entropy=want_entropy)
     return core["zy"] - core["lse"], core["lse"], core.get("entropy")
 
 
-def _model_logp(params, cfg, tokens, segment_ids, *, method, block_size, softcap, want_entropy, keep_hidden):
-    B, S = tokens.shape
-    inputs = Inputs(tokens=tokens[:, :-1], segment_ids=None if segment_ids is None else segment_ids[:, :-1])
-    hidden = forward(params, cfg, inputs, compute_logits=False).hidden  # [B, T, D], final-normed
+def _model_logp(params, cfg, inputs, targets, segment_ids, *, method, block_size, softcap, want_entropy, keep_hidden,
+                embedding=None, head=None, logit_bias=None):
+    """Returns (logp, lse, entropy, hidden) [B, T] of ``targets`` after reading ``inputs`` [B, T]."""
+    B, T = targets.shape
+    x = Inputs(tokens=inputs, segment_ids=segment_ids)
+    hidden = forward(params, cfg, x, compute_logits=False, embedding=embedding).hidden  # [B, T, D], final-normed
     D = hidden.shape[-1]
-    w = lm_head(params, cfg).astype(cfg.dtype)
-    logp, lse, ent = _head(hidden.reshape(-1, D), w, tokens[:, 1:].reshape(-1), method=method,
-                           block_size=block_size, softcap=softcap, want_entropy=want_entropy)
-    rs = lambda x: None if x is None else x.reshape(B, S - 1)  # noqa: E731
+    w = (lm_head(params, cfg) if head is None else head).astype(cfg.dtype)
+    logp, lse, ent = _head(hidden.reshape(-1, D), w, targets.reshape(-1), method=method, block_size=block_size,
+                           softcap=softcap, want_entropy=want_entropy, bias=logit_bias)
+    rs = lambda x: None if x is None else x.reshape(B, T)  # noqa: E731
     return rs(logp), rs(lse), rs(ent), (hidden if keep_hidden else None)
 
 
@@ -81,8 +83,10 @@ def reference_logp(
     tokens = jnp.asarray(tokens)
     if tokens.ndim != 2 or tokens.shape[1] < 2:
         raise ValueError(f"tokens must be [batch, seq+1] with seq+1 >= 2, got shape {tuple(tokens.shape)}")
-    logp, _, _, _ = _model_logp(jax.lax.stop_gradient(params), cfg, tokens, segment_ids, method=method,
-                                block_size=block_size, softcap=softcap, want_entropy=False, keep_hidden=False)
+    seg = None if segment_ids is None else jnp.asarray(segment_ids)[:, :-1]
+    logp, _, _, _ = _model_logp(jax.lax.stop_gradient(params), cfg, tokens[:, :-1], tokens[:, 1:], seg,
+                                method=method, block_size=block_size, softcap=softcap, want_entropy=False,
+                                keep_hidden=False)
     return jax.lax.stop_gradient(logp)
 
 
@@ -91,33 +95,64 @@ def _check_method(method):
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 
+def _split(batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Returns (inputs [B, T], targets [B, T], base mask [B, T]) of a ``tokens`` or ``inputs``/``targets`` batch."""
+    if "tokens" in batch:
+        tokens = jnp.asarray(batch["tokens"])
+        if tokens.ndim != 2 or tokens.shape[1] < 2:
+            raise ValueError(f"batch['tokens'] must be [B, T+1] with T+1 >= 2, got shape {tuple(tokens.shape)}")
+        if not jnp.issubdtype(tokens.dtype, jnp.integer):
+            raise ValueError(f"batch['tokens'] must be integer ids, got dtype {tokens.dtype}")
+        mask = shifted_completion_mask(tokens, batch.get("prompt_lengths"), batch.get("lengths"))
+        return tokens[:, :-1], tokens[:, 1:], mask
+    x, y = jnp.asarray(batch["inputs"]), jnp.asarray(batch["targets"])
+    if x.ndim != 2 or x.shape != y.shape or x.shape[1] < 1:
+        raise ValueError(f"batch['inputs'] and batch['targets'] must both be [B, T] with T >= 1, got "
+                         f"{tuple(x.shape)} and {tuple(y.shape)}")
+    for name, a in (("inputs", x), ("targets", y)):
+        if not jnp.issubdtype(a.dtype, jnp.integer):
+            raise ValueError(f"batch[{name!r}] must be integer ids, got dtype {a.dtype}")
+    B, T = y.shape
+    mask = shifted_completion_mask(jnp.zeros((B, T + 1), jnp.int32), batch.get("prompt_lengths"), batch.get("lengths"))
+    return x, y, mask
+
+
 def token_stats(
     params, cfg, batch: dict, *, method: str = "cut", block_size: int = DEFAULT_BLOCK_SIZE,
     softcap: float | None = None, entropy: bool = False, hidden: bool = False, ref: tuple | None = None,
+    embedding: jax.Array | None = None, head: jax.Array | None = None, logit_bias: jax.Array | None = None,
 ) -> TokenStats:
     """Returns the TokenStats [B, T] of ``batch`` under the model (see the module doc for batch keys).
 
-    ``entropy`` / ``hidden`` add those fields; ``ref=(ref_params, ref_cfg)`` fills ``ref_logp`` from
-    a reference model reading ``batch["ref_tokens"]`` (default ``batch["tokens"]``) when the batch
-    has no ``ref_logp``.
+    The one way tokjax computes next-token log-probs of a batch (no [B, T, V] logits with the
+    default ``method="cut"``). The batch holds ``tokens`` [B, T+1] (inputs ``tokens[:, :-1]``,
+    targets ``tokens[:, 1:]``) or, when the model reads something other than the targets' own
+    prefix (scheduled sampling, corrupted inputs), ``inputs`` and ``targets`` [B, T] with position
+    t of ``inputs`` predicting ``targets[:, t]``. ``segment_ids`` [B, T+1] (per token: attention
+    stays within a document and cross-boundary targets are masked) or [B, T] (per input position:
+    attention only). ``entropy`` / ``hidden`` add those fields; ``ref=(ref_params, ref_cfg)`` fills
+    ``ref_logp`` from a reference model reading ``batch["ref_tokens"]`` (default the batch's own
+    tokens) when the batch has no ``ref_logp``. ``embedding`` [V', D], ``head`` [D, V'] and
+    ``logit_bias`` [V'] override the vocabulary tables (tokenizer transfer), as in ``forward``.
     """
     _check_method(method)
-    if not isinstance(batch, dict) or "tokens" not in batch:
-        raise ValueError("batch must be a dict with 'tokens' int [B, T+1]")
-    tokens = jnp.asarray(batch["tokens"])
-    if tokens.ndim != 2 or tokens.shape[1] < 2:
-        raise ValueError(f"batch['tokens'] must be [B, T+1] with T+1 >= 2, got shape {tuple(tokens.shape)}")
-    B, S = tokens.shape
-    T = S - 1
+    if not isinstance(batch, dict) or not ("tokens" in batch or {"inputs", "targets"} <= set(batch)):
+        raise ValueError("batch must be a dict with 'tokens' int [B, T+1] or 'inputs' and 'targets' int [B, T]")
+    x, y, mask = _split(batch)
+    B, T = y.shape
     seg = batch.get("segment_ids")
-    mask = shifted_completion_mask(tokens, batch.get("prompt_lengths"), batch.get("lengths"))
-    if batch.get("mask") is not None:
-        mask &= _per_target(batch["mask"], B, T, "mask", bool)
+    seg_in = None
     if seg is not None:
         seg = jnp.asarray(seg)
-        if seg.shape != (B, S):
-            raise ValueError(f"batch['segment_ids'] must be [B, T+1]={B, S}, got {tuple(seg.shape)}")
-        mask &= seg[:, 1:] == seg[:, :-1]
+        if seg.shape == (B, T + 1):
+            mask &= seg[:, 1:] == seg[:, :-1]
+            seg_in = seg[:, :-1]
+        elif seg.shape == (B, T) and "tokens" not in batch:
+            seg_in = seg
+        else:
+            raise ValueError(f"batch['segment_ids'] must be [B, T+1]={B, T + 1}, got {tuple(seg.shape)}")
+    if batch.get("mask") is not None:
+        mask &= _per_target(batch["mask"], B, T, "mask", bool)
     weights = None if batch.get("weights") is None else _per_target(batch["weights"], B, T, "weights", _F32)
     ref_logp = batch.get("ref_logp")
     if ref_logp is not None:
@@ -125,14 +160,19 @@ def token_stats(
         if ref_logp.shape != (B, T):
             raise ValueError(f"batch['ref_logp'] must be [B, T]={B, T} (one per target), got {tuple(ref_logp.shape)}")
         ref_logp = jax.lax.stop_gradient(ref_logp)
-    logp, lse, ent, h = _model_logp(params, cfg, tokens, seg, method=method, block_size=block_size,
-                                    softcap=softcap, want_entropy=entropy, keep_hidden=hidden)
+    logp, lse, ent, h = _model_logp(params, cfg, x, y, seg_in, method=method, block_size=block_size,
+                                    softcap=softcap, want_entropy=entropy, keep_hidden=hidden,
+                                    embedding=embedding, head=head, logit_bias=logit_bias)
     if ref_logp is None and ref is not None:
         ref_params, ref_cfg = ref
-        ref_tokens = jnp.asarray(batch.get("ref_tokens", tokens))
-        if ref_tokens.shape != (B, S):
-            raise ValueError(f"batch['ref_tokens'] must be [B, T+1]={B, S}, got {tuple(ref_tokens.shape)}")
-        ref_logp = reference_logp(ref_params, ref_cfg, ref_tokens, segment_ids=seg, method=method,
+        if "ref_tokens" in batch or "tokens" not in batch:
+            ref_tokens = jnp.asarray(batch.get("ref_tokens", jnp.concatenate([x[:, :1], y], axis=1)))
+        else:
+            ref_tokens = jnp.asarray(batch["tokens"])
+        if ref_tokens.shape != (B, T + 1):
+            raise ValueError(f"batch['ref_tokens'] must be [B, T+1]={B, T + 1}, got {tuple(ref_tokens.shape)}")
+        ref_seg = seg if (seg is not None and seg.shape == (B, T + 1)) else None
+        ref_logp = reference_logp(ref_params, ref_cfg, ref_tokens, segment_ids=ref_seg, method=method,
                                   block_size=block_size, softcap=softcap)
     return TokenStats.create(logp, mask, weights, entropy=ent, lse=lse, ref_logp=ref_logp, hidden=h)
 

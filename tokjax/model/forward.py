@@ -444,6 +444,20 @@ def forward(
     return Output(logits=logits, hidden=hidden, taps=tapped, cache=cache)
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "capacity"))
+def prefill(params: Params, cfg: ModelConfig, tokens: jax.Array, lengths: jax.Array, capacity: int) -> KVCache:
+    """Returns a KVCache of ``capacity`` slots holding ``tokens`` [B, P] (right-padded; row b has ``lengths[b]``).
+
+    The decode convention (``tokjax.decoding``): the cache holds the first ``lengths[b] - 1``
+    tokens of each row and the last one is pending (the next step feeds it), so the cache
+    lengths are set to ``lengths - 1``. Padding past a row's length is written but never read.
+    The one prefill of every decoder and draft model (``KVCache.fork`` copies it for k chains).
+    """
+    cache = KVCache.init(cfg, tokens.shape[0], capacity)
+    out = forward(params, cfg, Inputs(tokens=tokens), cache=cache, compute_logits=False)
+    return out.cache.set_lengths(lengths - 1)
+
+
 # ----------------------------------------------------------------------------------- Model
 @struct.dataclass
 class Model:
