@@ -57,6 +57,11 @@ __all__ = [
     "load_results",
     "record",
     "render_results",
+    "Rule",
+    "Verdict",
+    "verdict",
+    "train_model",
+    "decode",
     "run_cli",
     "write_results",
 ]
@@ -64,9 +69,82 @@ __all__ = [
 RESULTS_PATH = ROOT / "experiments" / "RESULTS.md"
 FIGURES_DIR = ROOT / "experiments" / "figures"
 # "error" is written only by the harness, when an experiment raised instead of returning.
-VERDICTS: tuple[str, ...] = ("reproduced", "not-reproduced", "inconclusive", "error")
+VERDICTS: tuple[str, ...] = ("reproduced", "not-reproduced", "inconclusive", "untested-here", "error")
 
 Value = float | int | str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """The verdict rule an experiment declares in its header, before anything runs.
+
+    ``threshold``: the smallest per-seed improvement of the method over the baseline, in metric
+    units and in the direction of ``higher_is_better``, that counts as reproducing the claim (a
+    negative threshold states a non-inferiority claim: "no worse than the baseline by more than
+    |threshold|"). ``seeds``: the seeds every arm runs (>= 3 where training noise matters).
+    ``reported``: which variant is reported and how it was chosen (fixed in advance, or on a
+    validation split; never on the evaluation metric). ``quick_seeds``: the seeds of ``--quick``.
+    """
+
+    metric: str
+    higher_is_better: bool
+    threshold: float
+    seeds: tuple = (0,)
+    reported: str = "the paper's default configuration, fixed in advance"
+    quick_seeds: tuple | None = None
+
+    def __post_init__(self) -> None:
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"Rule.seeds must be distinct seeds, at least one; got {self.seeds!r}")
+        if not isinstance(self.threshold, (int, float)) or self.threshold != self.threshold:
+            raise ValueError(f"Rule.threshold must be a number, got {self.threshold!r}")
+
+    def run_seeds(self, quick: bool) -> tuple:
+        """Returns the seeds to run: ``quick_seeds`` (default the first seed) with --quick, else ``seeds``."""
+        if quick:
+            return tuple(self.quick_seeds) if self.quick_seeds else tuple(self.seeds[:1])
+        return tuple(self.seeds)
+
+    def verdict(self, method_runs, baseline_runs, *, seeds=None) -> "Verdict":
+        """Returns :func:`verdict` of the runs under this rule (``seeds`` default: all declared)."""
+        return verdict(method_runs, baseline_runs, higher_is_better=self.higher_is_better,
+                       threshold=self.threshold, seeds=self.seeds if seeds is None else seeds)
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """The harness's verdict on one claim: the status and the numbers it was computed from."""
+
+    status: str
+    threshold: float
+    seeds: tuple
+    diffs: tuple
+    mean_diff: float
+
+
+def verdict(method_runs, baseline_runs, *, higher_is_better: bool, threshold: float, seeds) -> Verdict:
+    """Returns the Verdict of a claim from per-seed metric values of the method and its baseline.
+
+    ``diff_s = (method_s - baseline_s)`` (negated when lower is better), one per seed, paired by
+    position. reproduced: every seed's diff exceeds ``threshold``; not-reproduced: no seed's diff
+    does; inconclusive: the seeds disagree. A single seed is allowed for deterministic measures
+    (token counts, exact equality); training claims should declare >= 3.
+    """
+    m = [float(x) for x in method_runs]
+    b = [float(x) for x in baseline_runs]
+    seeds = tuple(seeds)
+    if not m or len(m) != len(b) or len(m) != len(seeds):
+        raise ValueError(f"verdict needs one method and one baseline value per seed; got {len(m)} method, "
+                         f"{len(b)} baseline values for seeds {seeds}")
+    if any(x != x for x in m + b):
+        raise ValueError(f"verdict got a NaN metric value (method {m}, baseline {b}); fix the run, not the rule")
+    sign = 1.0 if higher_is_better else -1.0
+    diffs = tuple(sign * (x - y) for x, y in zip(m, b))
+    wins = [d > threshold for d in diffs]
+    status = "reproduced" if all(wins) else ("not-reproduced" if not any(wins) else "inconclusive")
+    return Verdict(status=status, threshold=float(threshold), seeds=seeds, diffs=diffs,
+                   mean_diff=sum(diffs) / len(diffs))
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,9 +163,18 @@ class Row:
     seconds: float = 0.0  # wall time; filled in by the harness
     quick: bool | None = None  # whether --quick was used; filled in by the harness
     note: str = ""  # free text; for verdict "error", the exception message
+    threshold: float | None = None  # the declared margin (see Rule); filled from a Verdict
+    seeds: tuple = ()  # the declared seeds
+    diffs: tuple = ()  # per-seed improvement of the method over the baseline (metric units, + = better)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pid", catalog.canonical_id(self.pid))
+        if isinstance(self.verdict, Verdict):
+            v = self.verdict
+            object.__setattr__(self, "verdict", v.status)
+            object.__setattr__(self, "threshold", v.threshold)
+            object.__setattr__(self, "seeds", tuple(v.seeds))
+            object.__setattr__(self, "diffs", tuple(v.diffs))
         if self.verdict not in VERDICTS:
             raise ValueError(f"{self.pid}: verdict {self.verdict!r} not in {VERDICTS}")
         if self.figure is not None:
@@ -115,20 +202,69 @@ def figure_path(pid: str | int, name: str) -> Path:
     return FIGURES_DIR / f"p{number:02d}_{name}"
 
 
+
+# ---------------------------------------------------------------------------------------
+# Training and decoding helpers: every experiment trains through tokjax.train and decodes
+# through tokjax.generate (no private optimiser loops, no uncached decode loops).
+
+def train_model(model_cfg, *, steps: int, batch_fn, loss_fn=None, params=None, lr: float = 3e-3,
+                warmup_steps: int | None = None, weight_decay: float = 0.0, grad_clip: float | None = 1.0,
+                seed: int = 0, trainable=None, batch_size: int | None = None, seq_len: int | None = None,
+                workdir=None, **train_options):
+    """Returns what ``tokjax.train.train`` returns ((Model, history), or (params, history) with
+    ``model_cfg=None``) after ``steps`` optimiser steps on ``batch_fn(step) -> dict``.
+
+    ``loss_fn``: a train loss ``(params, cfg, batch, rng) -> (loss, metrics)`` (default: the
+    stats-based next-token loss). ``batch_size``/``seq_len`` only label throughput; the batches
+    are whatever ``batch_fn`` returns. Other TrainConfig fields pass through ``train_options``.
+    """
+    from tokjax.train import TrainConfig, train
+
+    warmup = min(steps // 10, 100) if warmup_steps is None else warmup_steps
+    probe = batch_fn(0)
+    if not isinstance(probe, dict):
+        raise TypeError(f"batch_fn(step) must return a dict of arrays, got {type(probe).__name__}")
+    first = next(iter(probe.values()))
+    B = batch_size or int(first.shape[0])
+    T = seq_len or (int(first.shape[1]) - 1 if getattr(first, "ndim", 0) == 2 and first.shape[1] > 1 else 1)
+    options = dict(lr=lr, warmup_steps=warmup, total_steps=steps, weight_decay=weight_decay, grad_clip=grad_clip,
+                   batch_size=B, seq_len=T, seed=seed, eval_every=0, checkpoint_every=0, log_every=max(steps // 10, 1))
+    if trainable is not None:
+        options["trainable"] = tuple(trainable)
+    options.update(train_options)
+    return train(model_cfg, TrainConfig(**options), batch_fn, loss_fn=loss_fn, params=params,
+                 workdir=workdir, progress=False)
+
+
+def decode(model, prompts, *, max_new_tokens: int, key=None, logits=None, strategy=None, eos_id=None, **kwargs):
+    """Returns ``tokjax.generate``'s GenerateOutput (greedy when neither ``key`` nor ``logits`` is given)."""
+    import tokjax
+
+    if key is None and logits is None:
+        logits = tokjax.logits.greedy()
+    return tokjax.generate(model, prompts, key=key, max_new_tokens=max_new_tokens, logits=logits,
+                           strategy=strategy, eos_id=eos_id, **kwargs)
+
 # ---------------------------------------------------------------------------------------
 # RESULTS.md: a markdown table that is also the storage format (parsed back by
 # load_results), so a result is never lost when another experiment records its own.
 
 _COLUMNS = ("paper", "claim", "setting", "metric", "baseline", "baseline value",
-            "method value", "verdict", "mode", "seconds", "figure", "note")
+            "method value", "verdict", "threshold", "seeds", "per-seed diff", "mode", "seconds", "figure", "note")
+_OLD_COLUMNS = tuple(c for c in _COLUMNS if c not in ("threshold", "seeds", "per-seed diff"))
 _HEADER = (
     "# Experiment results\n"
     "\n"
     "<!-- generated by experiments/_harness.py (record / run_all.py); do not edit by hand -->\n"
     "\n"
     "One row per paper: the latest run of `experiments/pNN_*.py`. `mode` says whether it was the\n"
-    "`--quick` CPU version; `verdict` compares the method value against the baseline as the\n"
-    "paper's claim says it should. Regenerate with `python experiments/run_all.py [--quick]`.\n"
+    "`--quick` CPU version. `verdict` is computed by the harness from the rule each experiment\n"
+    "declares in its header before running: `threshold` (the smallest per-seed improvement over\n"
+    "the baseline, in metric units, that counts; negative = a non-inferiority margin), `seeds`, and\n"
+    "`per-seed diff` (method minus baseline, signed so + is better): reproduced when every seed\n"
+    "clears the threshold, not-reproduced when none does, inconclusive when they disagree. Rows\n"
+    "with empty rule columns predate the declared rules. Regenerate with\n"
+    "`python experiments/run_all.py [--quick]`.\n"
 )
 
 
@@ -197,7 +333,8 @@ def format_rows(rows: Iterable[Row], results_dir: Path | None = None) -> str:
         mode = "" if r.quick is None else ("quick" if r.quick else "full")
         cells = [r.pid, _escape(r.claim), _escape(r.setting), _escape(r.metric),
                  _escape(r.baseline_name), _escape(_fmt_value(r.baseline_value)),
-                 _escape(_fmt_value(r.method_value)), r.verdict, mode, f"{r.seconds:.1f}",
+                 _escape(_fmt_value(r.method_value)), r.verdict, _fmt_value(r.threshold),
+                 " ".join(str(x) for x in r.seeds), " ".join(f"{d:+.4g}" for d in r.diffs), mode, f"{r.seconds:.1f}",
                  _figure_cell(r.figure, results_dir), _escape(r.note)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -228,15 +365,16 @@ def load_results(path: str | os.PathLike | None = None) -> dict[str, Row]:
             continue
         cells = _split_cells(line)
         if not header_seen:
-            if tuple(cells) != _COLUMNS:
+            if tuple(cells) not in (_COLUMNS, _OLD_COLUMNS):
                 raise ValueError(f"{path}: unexpected table header {cells}; expected {list(_COLUMNS)}")
+            columns = tuple(cells)  # rows written before the verdict columns existed still load
             header_seen = True
             continue
         if all(set(c) <= set("-: ") for c in cells):
             continue  # the |---| separator line
-        if len(cells) != len(_COLUMNS):
-            raise ValueError(f"{path}: row has {len(cells)} cells, expected {len(_COLUMNS)}: {line!r}")
-        c = dict(zip(_COLUMNS, cells))
+        if len(cells) != len(columns):
+            raise ValueError(f"{path}: row has {len(cells)} cells, expected {len(columns)}: {line!r}")
+        c = dict(zip(columns, cells))
         row = Row(
             pid=c["paper"], claim=c["claim"], setting=c["setting"], metric=c["metric"],
             baseline_name=c["baseline"], baseline_value=c["baseline value"] or None,
@@ -244,6 +382,9 @@ def load_results(path: str | os.PathLike | None = None) -> dict[str, Row]:
             quick={"quick": True, "full": False}.get(c["mode"]),
             seconds=float(c["seconds"]) if c["seconds"] else 0.0,
             figure=_parse_figure(c["figure"], path.parent), note=c["note"],
+            threshold=float(c["threshold"]) if c.get("threshold") else None,
+            seeds=tuple(int(x) for x in c.get("seeds", "").split()),
+            diffs=tuple(float(x) for x in c.get("per-seed diff", "").split()),
         )
         rows[row.pid] = row
     return rows
