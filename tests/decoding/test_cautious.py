@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,7 +14,7 @@ from tokjax import logits as L
 from tokjax.decoding.cautious import cautious, cautious_generate, num_trials, run_trials
 from tokjax.model import Inputs, KVCache, forward
 
-gen_mod = importlib.import_module("tokjax.decoding.generate")  # the module (the package exports the function)
+from tokjax.decoding import driver as gen_mod
 
 CFG = tokjax.ModelConfig(vocab_size=16, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, max_len=48)
 R, T = 4, 6  # one static configuration for every generate-level test: one compile

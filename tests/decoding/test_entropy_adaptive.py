@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 import tokjax
 from tokjax import logits as L
 from tokjax.decoding.entropy_adaptive import entropy_adaptive_generate, entropy_bits, relative_cost, rolling_mean
-from tokjax.decoding.generate import TRACE_COUNTS
+from tokjax.decoding import TRACE_COUNTS
 from tokjax.model import forward
 
 V = 32
@@ -94,10 +94,10 @@ def test_tokens_equal_naive_uncached_reference(pair):
 
 def test_changing_tau_does_not_recompile(pair):
     entropy_adaptive_generate(*pair, PROMPTS, tau=1.0, max_new_tokens=NEW, logits=L.greedy())
-    before = TRACE_COUNTS["ead_loop"]
+    before = TRACE_COUNTS["decode_loop"]
     for tau in (0.5, 2.0, np.array([0.1, 1.0, 2.0, np.inf])):
         entropy_adaptive_generate(*pair, PROMPTS, tau=tau, max_new_tokens=NEW, logits=L.greedy())
-    assert TRACE_COUNTS["ead_loop"] == before
+    assert TRACE_COUNTS["decode_loop"] == before
 
 
 @settings(max_examples=25, deadline=None)

@@ -155,3 +155,87 @@ def test_generate_with_bfloat16_and_gpt2_style_model():
     m = small_model(seed=1, norm="layer", positions="learned", activation="gelu", bias=True, compute_dtype="bfloat16")
     out = generate(m, [[1, 2, 3]], max_new_tokens=4, logits=L.greedy())
     assert out.lengths[0] == 7 and isinstance(out, tokjax.GenerateOutput)
+
+
+# ------------------------------------------------------------------ the Strategy contract
+import dataclasses  # noqa: E402
+
+from tokjax.decoding import DecodeState, Sampling, Strategy  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class _Recording(Strategy):
+    """Plain sampling that records, in its state, how many layer dicts init saw, and counts its steps."""
+
+    def init(self, params, cfg, state):
+        layers = params["layers"]
+        # same layout as step: a tuple of per-layer dicts (unstacked, fused q/k/v)
+        return {"layers_seen": jnp.asarray(len(layers) if isinstance(layers, tuple) else -1, jnp.int32),
+                "fused": jnp.asarray("wqkv" in layers[0] if isinstance(layers, tuple) else False),
+                "steps": jnp.zeros((), jnp.int32)}
+
+    def step(self, params, cfg, transform, state: DecodeState, eos_id=None):
+        out = Sampling().step(params, cfg, transform, state, eos_id)
+        same = jnp.asarray(isinstance(params["layers"], tuple) and "wqkv" in params["layers"][0])
+        extra = {**state.extra, "steps": state.extra["steps"] + 1, "fused": state.extra["fused"] & same}
+        return out.replace(extra=extra)
+
+    def finalize(self, state):
+        return {"steps_seen": int(state.extra["steps"]), "init_layers": int(state.extra["layers_seen"]),
+                "same_layout": bool(state.extra["fused"])}
+
+
+def test_strategy_base_defaults_and_finalize_and_same_param_layout():
+    assert (Strategy.slack, Strategy.max_accept) == (0, 1)
+    s = _Recording()
+    assert s.state_axes({"a": 1}) is None and s.validate(MODEL.cfg) is None
+    plain = generate(MODEL, [[1, 2, 3]], max_new_tokens=6, logits=L.greedy())
+    out = generate(MODEL, [[1, 2, 3]], max_new_tokens=6, logits=L.greedy(), strategy=s)
+    np.testing.assert_array_equal(out.tokens, plain.tokens)
+    assert out.stats["steps_seen"] == 6 and out.stats["init_layers"] == MODEL.cfg.n_layers
+    assert out.stats["same_layout"]  # init and step both received the unstacked, fused params
+    assert set(out.strategy_state) == {"layers_seen", "fused", "steps"}  # default persistent_state: all of it
+    # hot start with the default resume: the state is checked against a fresh one, then used
+    again = generate(MODEL, [[1, 2, 3]], max_new_tokens=6, logits=L.greedy(), strategy=s, strategy_state=out.strategy_state)
+    assert again.stats["steps_seen"] == 12
+    with pytest.raises(ValueError, match="shaped like"):
+        generate(MODEL, [[1, 2, 3]], max_new_tokens=2, logits=L.greedy(), strategy=s, strategy_state={"steps": 0})
+
+
+@dataclasses.dataclass(frozen=True)
+class _Legacy:
+    """A strategy written before the base class (duck-typed): still accepted."""
+
+    slack: int = 0
+    max_accept: int = 1
+
+    def step(self, params, cfg, transform, state, eos_id=None):
+        return Sampling().step(params, cfg, transform, state, eos_id)
+
+
+def test_duck_typed_strategies_still_run_and_missing_step_is_reported():
+    plain = generate(MODEL, [[4, 5]], max_new_tokens=4, logits=L.greedy())
+    out = generate(MODEL, [[4, 5]], max_new_tokens=4, logits=L.greedy(), strategy=_Legacy())
+    np.testing.assert_array_equal(out.tokens, plain.tokens)
+    assert out.strategy_state is None
+
+    class NoStep:
+        slack, max_accept = 0, 1
+
+    with pytest.raises(ValueError, match="lacks 'step'"):
+        generate(MODEL, [[4, 5]], max_new_tokens=2, logits=L.greedy(), strategy=NoStep())
+
+
+def test_mesh_arguments_are_checked():
+    with pytest.raises(ValueError, match="mesh"):
+        generate(MODEL, [[4, 5]], max_new_tokens=2, logits=L.greedy(), mesh="cpu")
+    with pytest.raises(ValueError, match="mesh="):
+        generate(MODEL, [[4, 5]], max_new_tokens=2, logits=L.greedy(), rules=tokjax.parallel.DEFAULT_RULES)
+
+
+def test_generate_on_a_one_device_mesh_equals_plain():
+    mesh = tokjax.parallel.make_mesh(1, 1, devices=jax.devices()[:1])
+    key = jax.random.key(5)
+    plain = generate(MODEL, [[1, 2, 3], [4]], key=key, max_new_tokens=5, logits=L.temperature(0.9))
+    out = generate(MODEL, [[1, 2, 3], [4]], key=key, max_new_tokens=5, logits=L.temperature(0.9), mesh=mesh)
+    np.testing.assert_array_equal(out.tokens, plain.tokens)

@@ -285,12 +285,12 @@ def test_prompt_lookup_proposes_the_first_match_of_the_longest_ngram():
         tokens=toks, lengths=jnp.array([9]), prompt_lengths=jnp.array([9]), max_lengths=jnp.array([12]),
         done=jnp.array([False]), cache=None, logit_state=(), key=jax.random.key(0), step=jnp.int32(0), stats=None,
     )
-    d, _ = drafts.prompt_lookup(2, 6).propose(None, MODEL.cfg, state, None, None)
+    d, _ = drafts.prompt_lookup(2, 6).propose(None, MODEL.cfg, state, None, None, None)
     assert d.tokens[0, :6].tolist() == [7, 9, 5, 6, 8, 5] and d.valid[0].tolist() == [True] * 6
-    d, _ = drafts.prompt_lookup(2, 8).propose(None, MODEL.cfg, state, None, None)
+    d, _ = drafts.prompt_lookup(2, 8).propose(None, MODEL.cfg, state, None, None, None)
     assert d.valid[0].tolist() == [True] * 7 + [False]  # cut at the end of the context
     none = state.replace(tokens=jnp.asarray([[1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0]]), lengths=jnp.array([4]))
-    d, _ = drafts.prompt_lookup(2, 3).propose(None, MODEL.cfg, none, None, None)
+    d, _ = drafts.prompt_lookup(2, 3).propose(None, MODEL.cfg, none, None, None, None)
     assert not d.valid.any()
 
 

@@ -19,7 +19,7 @@ from tokjax.decoding.stand import (
     ngram_memory,
     ngram_update,
 )
-from tokjax.decoding.token_recycling import TEMPLATES, generate_with_table, template_arrays
+from tokjax.decoding.token_recycling import TEMPLATES, template_arrays
 from tests.model._models import small_model
 
 MODEL = small_model(seed=7, max_len=64)
@@ -230,11 +230,11 @@ def test_hot_start_round_trip():
     prompts, lens = _ragged_prompts(3, 2)
     prompt = [prompts[1, : lens[1]].tolist()]
     strategy = _spec("greedy", orders=(3, 2, 1))
-    cold, tables = generate_with_table(MODEL, prompt, strategy=strategy, key=jax.random.key(0), max_new_tokens=30,
-                                       logits=L.greedy(), table_type=NgramTables)
+    cold = generate(MODEL, prompt, strategy=strategy, key=jax.random.key(0), max_new_tokens=30, logits=L.greedy())
+    tables = cold.strategy_state
     assert isinstance(tables, NgramTables) and int(tables.counts.sum()) > 0
-    warm, _ = generate_with_table(MODEL, prompt, strategy=strategy, key=jax.random.key(0), max_new_tokens=30,
-                                  logits=L.greedy(), table=tables, table_type=NgramTables)
+    warm = generate(MODEL, prompt, strategy=strategy, key=jax.random.key(0), max_new_tokens=30, logits=L.greedy(),
+                    strategy_state=tables)
     np.testing.assert_array_equal(warm.tokens, cold.tokens)
     assert warm.stats["forward_calls"] < cold.stats["forward_calls"]
 
@@ -255,6 +255,6 @@ def test_bad_input_raises():
     with pytest.raises(ValueError, match="parent"):
         ngram_memory(template=[(1, 0)])
     with pytest.raises(ValueError, match="shaped like"):
-        generate_with_table(MODEL, [[1, 2]], strategy=_spec("greedy"), max_new_tokens=2, logits=L.greedy(),
-                            table=NgramTables.init((4, 3, 2), 64, 10), table_type=NgramTables)
+        generate(MODEL, [[1, 2]], strategy=_spec("greedy"), max_new_tokens=2, logits=L.greedy(),
+                 strategy_state=NgramTables.init((4, 3, 2), 64, 10))
     assert template_arrays(TEMPLATES["small"])[0][0] == -1

@@ -13,7 +13,6 @@ from tokjax.decoding.token_recycling import (
     TEMPLATES,
     RecyclingTable,
     draft_tree,
-    generate_with_table,
     recycling,
     template_arrays,
     update_table,
@@ -135,15 +134,22 @@ def test_hot_start_round_trip_makes_the_second_request_faster():
     prompts, lens = _ragged_prompts(4, 2)
     prompt = [prompts[1, : lens[1]].tolist()]
     strategy = _strategy("2.2.2")
-    cold, table = generate_with_table(MODEL, prompt, strategy=strategy, key=jax.random.key(0), max_new_tokens=30, logits=L.greedy())
+    kw = dict(strategy=strategy, key=jax.random.key(0), max_new_tokens=30, logits=L.greedy())
+    cold = generate(MODEL, prompt, **kw)
+    table = cold.strategy_state
     assert isinstance(table, RecyclingTable) and table.successors.shape == (V, 8)
     assert int(jnp.abs(table.successors).sum()) > 0
-    warm, table2 = generate_with_table(MODEL, prompt, strategy=strategy, key=jax.random.key(0), max_new_tokens=30, logits=L.greedy(), table=table)
+    warm = generate(MODEL, prompt, strategy_state=table, **kw)
+    table2 = warm.strategy_state
     np.testing.assert_array_equal(warm.tokens, cold.tokens)
     assert warm.stats["forward_calls"] < cold.stats["forward_calls"]
     # Passing the table in does not alias it: the caller's copy is unchanged by the second run.
-    again, _ = generate_with_table(MODEL, prompt, strategy=strategy, key=jax.random.key(0), max_new_tokens=30, logits=L.greedy(), table=table)
+    again = generate(MODEL, prompt, strategy_state=table, **kw)
     assert again.stats["forward_calls"] == warm.stats["forward_calls"]
+    assert not np.array_equal(np.asarray(table2.successors), np.asarray(table.successors))
+    # The table is shared by all rows, so a request of another batch size starts from it too.
+    both = generate(MODEL, [prompt[0], prompt[0]], strategy_state=table, **kw)
+    np.testing.assert_array_equal(both.tokens[1], warm.tokens[0])
 
 
 def test_bad_input_raises():
@@ -160,7 +166,10 @@ def test_bad_input_raises():
     with pytest.raises(ValueError, match="vocab_size"):
         RecyclingTable.init(0)
     with pytest.raises(ValueError, match="shaped like"):
-        generate_with_table(MODEL, [[1, 2]], strategy=_strategy(), max_new_tokens=2, key=jax.random.key(0),
-                            table=RecyclingTable.init(V + 1))
-    with pytest.raises(ValueError, match="unexpected"):
-        generate_with_table(MODEL, [[1, 2]], strategy=_strategy(), max_new_tokens=2, temperature=3)
+        generate(MODEL, [[1, 2]], strategy=_strategy(), max_new_tokens=2, key=jax.random.key(0),
+                 strategy_state=RecyclingTable.init(V + 1))
+    with pytest.raises(ValueError, match="RecyclingTable"):
+        generate(MODEL, [[1, 2]], strategy=_strategy(), max_new_tokens=2, key=jax.random.key(0),
+                 strategy_state={"successors": RecyclingTable.init(V).successors})
+    with pytest.raises(TypeError, match="unexpected"):
+        generate(MODEL, [[1, 2]], strategy=_strategy(), max_new_tokens=2, temperature=3)

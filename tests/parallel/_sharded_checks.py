@@ -28,7 +28,8 @@ import optax  # noqa: E402
 
 import tokjax  # noqa: E402
 from tokjax import parallel as par  # noqa: E402
-from tokjax.logits import greedy  # noqa: E402
+from tokjax.decoding import drafts, speculative, verify  # noqa: E402
+from tokjax.logits import greedy, temperature  # noqa: E402
 
 MESHES = ((2, 4), (8, 1))
 # init_scale 0.3 makes logits far from uniform, so greedy argmax ties (which rounding could flip) are improbable.
@@ -115,6 +116,19 @@ def compare_train(new_state, ref_state) -> dict:
     }
 
 
+SPEC_LOGITS = {"draft_model": temperature(0.8), "recycling": greedy()}
+
+
+def speculative_strategies() -> dict:
+    """Returns speculative strategies whose state declares its sharding: a draft model (weights + KV cache) with
+    rejection sampling, and Token Recycling (a shared table plus per-row fields) with greedy verification."""
+    draft = tokjax.Model.init(CFG.replace(n_layers=1, d_model=32, n_heads=2, n_kv_heads=2), jax.random.key(3))
+    return {
+        "draft_model": speculative(drafts.model(draft, num_draft=3), verify.rejection()),
+        "recycling": speculative(drafts.recycling(template="small"), verify.greedy()),
+    }
+
+
 def references() -> dict:
     """Returns single-device results: params committed to one device, the same jitted functions."""
     dev = jax.devices()[0]
@@ -123,6 +137,10 @@ def references() -> dict:
     ref = {"logits": FWD(params, CFG, toks).logits}
     model = MODEL.replace(params=params)
     ref["generate"] = tokjax.generate(model, PROMPT, max_new_tokens=NEW_TOKENS, logits=greedy()).tokens
+    for name, strat in speculative_strategies().items():  # the same jitted driver, strategy state on one device
+        out = tokjax.generate(model, PROMPT, key=jax.random.key(2), max_new_tokens=NEW_TOKENS, strategy=strat,
+                              logits=SPEC_LOGITS[name])
+        ref[f"spec_{name}"] = (out.tokens, out.stats["forward_calls"])
     return ref
 
 
@@ -167,8 +185,34 @@ def check_mesh(data: int, model: int, ref: dict) -> dict:
         if model > 1:  # unchanged tokjax.generate on tensor-parallel params
             plain = tokjax.generate(sm, PROMPT, max_new_tokens=NEW_TOKENS, logits=greedy()).tokens
             r["plain_equal"] = bool(np.array_equal(plain, ref["generate"]))
-        out = par.generate_sharded(sm, PROMPT, mesh, max_new_tokens=NEW_TOKENS, logits=greedy())
+        out = tokjax.generate(sm, PROMPT, mesh=mesh, max_new_tokens=NEW_TOKENS, logits=greedy())
         r["sharded_equal"] = bool(np.array_equal(out.tokens, ref["generate"]))
+        # Unsharded params too: generate shards them by the rules itself.
+        out = tokjax.generate(MODEL, PROMPT, mesh=mesh, max_new_tokens=NEW_TOKENS, logits=greedy())
+        r["sharded_unplaced_equal"] = bool(np.array_equal(out.tokens, ref["generate"]))
+        return r
+
+    def speculative_generate():
+        r = {}
+        for name, strat in speculative_strategies().items():
+            out = tokjax.generate(sm, PROMPT, key=jax.random.key(2), mesh=mesh, max_new_tokens=NEW_TOKENS,
+                                  strategy=strat, logits=SPEC_LOGITS[name])
+            tokens, calls = ref[f"spec_{name}"]
+            r[name] = {"equal": bool(np.array_equal(out.tokens, tokens)), "calls_equal": out.stats["forward_calls"] == calls,
+                       "multi_token_steps": out.stats["tokens_per_call"] > 1.0}
+        # The strategy state was placed as declared: the draft cache's batch over "data", the table replicated.
+        strat = speculative_strategies()["draft_model"]
+        _, _, _, _, state, _ = tokjax.decoding.driver._setup(
+            sm, PROMPT, key=jax.random.key(2), max_new_tokens=NEW_TOKENS, prompt_lengths=None, logits=temperature(0.8),
+            strategy=strat, eos_id=None, pad_id=0, mesh=mesh)
+        r["draft_cache_spec"] = spec_list(state.extra.cache.k[0].sharding)
+        r["tokens_spec"] = spec_list(state.tokens.sharding)
+        strat = speculative_strategies()["recycling"]
+        _, _, _, _, state, _ = tokjax.decoding.driver._setup(
+            sm, PROMPT, key=None, max_new_tokens=NEW_TOKENS, prompt_lengths=None, logits=greedy(),
+            strategy=strat, eos_id=None, pad_id=0, mesh=mesh)
+        r["table_spec"] = spec_list(state.extra.table.successors.sharding)
+        r["pending_spec"] = spec_list(state.extra.pending.sharding)
         return r
 
     def train():
@@ -227,7 +271,8 @@ def check_mesh(data: int, model: int, ref: dict) -> dict:
             res[name] = {"error": traceback.format_exc()}
         res["seconds"][name] = round(time.time() - t, 2)
 
-    for name, fn in [("placement", placement), ("forward", forward), ("generate", generate), ("train_module", train_module)]:
+    for name, fn in [("placement", placement), ("forward", forward), ("generate", generate),
+                     ("speculative_generate", speculative_generate), ("train_module", train_module)]:
         run(name, fn)
     # The brief's fallback: without tokjax.train, a local optax step (also covering opt_state_shardings).
     if "skipped" in res["train_module"] or os.environ.get("TOKJAX_CHECK_OPTAX_STEP"):

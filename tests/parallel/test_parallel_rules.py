@@ -278,3 +278,20 @@ def test_shard_batch_pytree():
     out = par.shard_batch(batch, mesh)
     assert set(out) == {"tokens", "mask"} and out["tokens"].sharding.mesh == mesh
     np.testing.assert_array_equal(np.asarray(out["mask"]), batch["mask"])
+
+
+def test_axes_shardings_follow_the_declaration_not_shapes():
+    # a [4, 3] table whose first dim equals the batch: declared replicated, so it stays replicated
+    state = {"table": np.zeros((4, 3)), "rows": np.zeros((4, 2)), "cache": tokjax.KVCache.init(CFG, 4, 8),
+             "sub": {"a": np.zeros(4), "b": np.zeros((4, 4))}}
+    axes = {"table": None, "rows": ("batch", None), "cache": par.KV_CACHE, "sub": None}
+    sh = par.axes_shardings(state, axes, MESH_2x4)
+    assert sh["table"].spec == P() and sh["rows"].spec == P("data")
+    assert sh["cache"].k[0].spec == P("data") and sh["sub"]["b"].spec == P()
+    assert jax.tree.map(lambda s: s.spec, par.axes_shardings(state, None, MESH_2x4))["rows"] == P()
+    with pytest.raises(ValueError, match="one name"):
+        par.axes_shardings(state, {**axes, "rows": ("batch",)}, MESH_2x4)
+    with pytest.raises(ValueError, match="KVCache"):
+        par.axes_shardings(state, {**axes, "rows": par.KV_CACHE}, MESH_2x4)
+    with pytest.raises(ValueError, match="structure"):
+        par.axes_shardings(state, {"table": None}, MESH_2x4)

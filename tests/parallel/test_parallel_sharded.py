@@ -105,7 +105,30 @@ def test_sharded_greedy_generate_equals_single_device(results, mesh):
     r = check(results, mesh, "generate")
     assert r["sharded_equal"]
     if mesh == "2x4":
-        assert r["plain_equal"]  # tokjax.generate unchanged, params sharded
+        assert r["plain_equal"]  # tokjax.generate without mesh=, params sharded
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+def test_sharded_generate_shards_unplaced_params_itself(results, mesh):
+    assert check(results, mesh, "generate")["sharded_unplaced_equal"]
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+@pytest.mark.parametrize("strategy", ["draft_model", "recycling"])
+def test_sharded_speculative_generate_equals_single_device(results, mesh, strategy):
+    """generate(..., mesh=) with a speculative strategy: same tokens and target calls as one device."""
+    r = check(results, mesh, "speculative_generate")[strategy]
+    assert r["equal"] and r["calls_equal"]
+    assert r["multi_token_steps"]  # drafts were accepted, so verification really ran on the mesh
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+def test_strategy_state_is_placed_as_declared(results, mesh):
+    r = check(results, mesh, "speculative_generate")
+    assert r["tokens_spec"] == ["data"]
+    assert r["draft_cache_spec"][0] == "data"  # ModelDraft declares its cache a KV cache
+    assert r["pending_spec"] == ["data"]  # Recycling's per-row roots follow the batch
+    assert r["table_spec"] == []  # ... and its table, shared by all rows, is replicated
 
 
 def assert_train_matches(r):

@@ -1,4 +1,4 @@
-"""DecodeState and the Strategy protocol shared by every decode strategy.
+"""DecodeState, the Strategy base class and ``commit``, shared by every decode strategy.
 
 Convention: a row's sequence is ``tokens[b, :lengths[b]]``; the cache holds the first
 ``lengths[b] - 1`` of them. The last token is *pending*: the next step feeds it (plus any
@@ -8,19 +8,30 @@ rejected draft is undone by a per-row length write.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Generic, TypeVar
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-from tokjax.logits import LogitContext, LogitTransform
-from tokjax.model import KVCache, ModelConfig
+from tokjax.logits import Chain, Greedy, LogitContext, LogitTransform, NamedChain
+from tokjax.model import KVCache, ModelConfig, param_specs
+from tokjax.model.params import ParamSpec
+# KV_CACHE marks a KVCache in a ``Strategy.state_axes`` declaration (placed batch on "data",
+# kv_heads on "model", as ``tokjax.parallel.cache_shardings`` says).
+from tokjax.model.sharding import KV_CACHE
+
+__all__ = [
+    "DecodeState", "DecodeStats", "Strategy", "KV_CACHE", "commit", "check_like", "ends_greedy", "unstacked_param_axes",
+]
+
+
+Extra = TypeVar("Extra")
 
 
 @struct.dataclass
 class DecodeStats:
-    """Returns nothing; counters accumulated by the decode loop.
+    """Counters accumulated by the decode loop.
 
     ``forward_calls``: target-model calls after the prefill. ``accepted``: int [max_accept]
     histogram of tokens committed per call (index n = calls that committed n+1 tokens, over
@@ -51,8 +62,8 @@ class DecodeStats:
 
 
 @struct.dataclass
-class DecodeState:
-    """Returns nothing; the carry of the jitted decode loop (fixed-size buffers only)."""
+class DecodeState(Generic[Extra]):
+    """The carry of the jitted decode loop (fixed-size buffers only); ``extra`` is the strategy's own state."""
 
     tokens: jax.Array  # [B, S] int32
     lengths: jax.Array  # [B] int32
@@ -64,30 +75,115 @@ class DecodeState:
     key: jax.Array
     step: jax.Array  # scalar int32
     stats: DecodeStats
-    extra: Any = None  # strategy-specific state (draft caches, n-gram tables, ...)
+    extra: Extra = None  # strategy-specific state (draft caches, n-gram tables, a second model, ...)
 
     def context(self) -> LogitContext:
         """Returns the LogitContext the logit transforms see."""
         return LogitContext(tokens=self.tokens, lengths=self.lengths, step=self.step)
 
 
-class Strategy(Protocol):
-    """A decode strategy: a frozen, hashable dataclass (it is a static jit argument).
+def ends_greedy(transform: LogitTransform) -> bool:
+    """Returns whether ``transform`` ends in ``tokjax.logits.greedy()`` (so a step may take the argmax directly)."""
+    if isinstance(transform, Greedy):
+        return True
+    if isinstance(transform, Chain) and transform.transforms:
+        return ends_greedy(transform.transforms[-1])
+    if isinstance(transform, NamedChain) and transform.named:
+        return ends_greedy(transform.named[-1][1])
+    return False
 
-    ``slack``: extra cache slots it needs beyond the final sequence length (draft tokens).
-    ``max_accept``: most tokens one step can commit per row.
+
+def check_like(saved: Any, fresh: Any, what: str) -> Any:
+    """Returns a copy of ``saved`` after checking it has ``fresh``'s tree structure, shapes and dtypes.
+
+    A copy because the decode state is donated to the loop and the caller keeps its own.
+    """
+    same = jax.tree.structure(saved) == jax.tree.structure(fresh) and all(
+        jnp.shape(a) == jnp.shape(b) and jnp.result_type(a) == jnp.result_type(b)
+        for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(fresh))
+    )
+    if not same:
+        raise ValueError(
+            f"{what} must be shaped like the strategy's own state ({type(fresh).__name__} with leaf shapes "
+            f"{[tuple(jnp.shape(x)) for x in jax.tree.leaves(fresh)]}), got {type(saved).__name__} with "
+            f"{[tuple(jnp.shape(x)) for x in jax.tree.leaves(saved)]}; pass the strategy_state of a previous "
+            "generate call with the same strategy and model"
+        )
+    return jax.tree.map(jnp.copy, saved)
+
+
+class Strategy(Generic[Extra]):
+    """Base class of decode strategies: what one step of ``tokjax.generate`` does, with defaults for the rest.
+
+    A subclass is a frozen, hashable dataclass (it is a static jit argument; runtime
+    hyperparameters are ``tokjax.logits.hparam`` fields, excluded from the hash, and reach the
+    loop through the state ``init`` builds). It must define ``step``; everything else has a
+    default here:
+
+    * ``slack`` (0): extra cache slots needed beyond the final sequence length (draft tokens).
+    * ``max_accept`` (1): most tokens one step can commit per row.
+    * ``validate(cfg)``: raise ValueError for a target model the strategy cannot run on.
+    * ``init(params, cfg, state) -> extra``: the strategy's own state (``DecodeState.extra``),
+      built once before the loop from the same ``params`` layout that ``step`` receives.
+    * ``state_axes(extra)``: how ``extra`` is laid out on a mesh (see the method).
+    * ``persistent_state(extra)`` / ``resume(extra, saved)``: what ``generate`` returns as
+      ``GenerateOutput.strategy_state`` and how a later call starts from it (hot start).
+    * ``finalize(state) -> dict``: statistics added to ``GenerateOutput.stats``.
     """
 
-    slack: int
-    max_accept: int
+    slack: int = 0
+    max_accept: int = 1
 
-    def validate(self, cfg: ModelConfig) -> None: ...
+    def validate(self, cfg: ModelConfig) -> None:
+        return None
 
-    def init(self, params, cfg: ModelConfig, state: DecodeState) -> Any: ...
+    def init(self, params, cfg: ModelConfig, state: DecodeState) -> Extra:
+        return None
 
     def step(
         self, params, cfg: ModelConfig, transform: LogitTransform, state: DecodeState, eos_id: int | None = None
-    ) -> DecodeState: ...
+    ) -> DecodeState:
+        raise NotImplementedError(f"{type(self).__name__} must define step(params, cfg, transform, state, eos_id)")
+
+    def state_axes(self, extra: Extra) -> Any:
+        """Returns the logical axes of ``extra`` for sharded decoding (``generate(..., mesh=)``).
+
+        A pytree shaped like ``extra`` down to its arrays, with at each array a tuple of logical
+        axis names (``("batch", None)``; see ``tokjax.parallel.LOGICAL_AXES``) or None
+        (replicated), and :data:`KV_CACHE` at each KVCache. None for the whole tree (the
+        default) replicates everything: always correct, since placement never changes values.
+        """
+        return None
+
+    def persistent_state(self, extra: Extra) -> Any:
+        """Returns the part of the final state a later ``generate`` call may start from (default: all of it)."""
+        return extra
+
+    def resume(self, extra: Extra, saved: Any) -> Extra:
+        """Returns the fresh state ``extra`` with ``saved`` (a previous ``persistent_state``) swapped in."""
+        return check_like(saved, extra, "strategy_state")
+
+    def finalize(self, state: DecodeState) -> dict:
+        """Returns statistics of the finished decode (host values), merged into ``GenerateOutput.stats``."""
+        return {}
+
+
+def unstacked_param_axes(cfg: ModelConfig, *, fused: bool = False) -> Any:
+    """Returns the logical axes of ``unstack_layers(params, fuse=fused)`` (a tuple of per-layer dicts): a
+    ``Strategy.state_axes`` entry for a second model's weights. Fused q/k/v and gate/up concatenate
+    head- and mlp-split weights, so those two are replicated over heads and mlp."""
+    specs = param_specs(cfg)
+    axes = jax.tree.map(lambda s: s.axes, specs, is_leaf=lambda x: isinstance(x, ParamSpec))
+    is_axes = lambda x: isinstance(x, tuple) and all(isinstance(a, str) for a in x)  # noqa: E731
+    layer = dict(jax.tree.map(lambda a: a[1:], axes["layers"], is_leaf=is_axes))
+    if fused and "wq" in layer:
+        for name in ("wq", "wk", "wv"):
+            del layer[name]
+        layer["wqkv"] = ("embed", None, "head_dim")
+    if fused and "w_gate" in layer:
+        del layer["w_gate"], layer["w_up"]
+        layer["w_gate_up"] = ("embed", None)
+    return {**axes, "layers": tuple(dict(layer) for _ in range(cfg.n_layers))}
 
 
 def commit(state: DecodeState, new_tokens: jax.Array, counts: jax.Array, eos_id: int | None) -> DecodeState:

@@ -10,7 +10,7 @@ step's distribution is reused, as the official code effectively does), then the 
 sampling until it emits a stop token (punctuation ids, runtime set) or reaches the static
 ``max_trial_len``. The trial with the lowest perplexity ``exp(-mean log p(y_i))`` is
 committed together with its KV cache. ``N == 1`` is plain sampling with the same PRNG stream
-as :class:`tokjax.decoding.generate.Sampling`.
+as :class:`tokjax.decoding.Sampling`.
 
     strat = cautious(stop_ids=[tok.encode(",")[0], tok.encode(".")[0]], h_lo=0.01, h_hi=1.5)
     out = tokjax.generate(model, prompts, key=key, max_new_tokens=64, strategy=strat)
@@ -37,17 +37,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from tokjax.decoding._state import DecodeState, commit
-from tokjax.decoding.generate import _ends_greedy, _loop_jit, _output, _setup
-from tokjax.logits import LogitContext, LogitTransform, entropy, hparam, sample
-from tokjax.model import Inputs, KVCache, ModelConfig, forward
+from tokjax.decoding._state import DecodeState, Strategy, commit, ends_greedy
+from tokjax.decoding.driver import GenerateOutput, generate
+from tokjax.logits import LogitContext, LogitTransform, entropy, hparam, masked_log_softmax, sample
+from tokjax.model import Inputs, KVCache, ModelConfig, forward, repeat_rows, take_rows, where_rows
 
 __all__ = ["Cautious", "CautiousState", "TrialResult", "cautious", "cautious_generate", "num_trials", "run_trials"]
 
 
 @struct.dataclass
 class CautiousState:
-    """Returns nothing; the strategy's runtime hyperparameters and counters (``DecodeState.extra``).
+    """CNTP's decode state (``DecodeState.extra``): runtime hyperparameters and per-row counters.
 
     ``h_lo``, ``h_hi`` [B] entropy thresholds (nats); ``stop_mask`` [V] bool, the stop-token set.
     Counters per row: ``trial_tokens`` (tokens fed to the model inside trials, live trials
@@ -64,7 +64,7 @@ class CautiousState:
 
 @struct.dataclass
 class TrialResult:
-    """Returns nothing; what :func:`run_trials` returns.
+    """The trials of one CNTP step and their min-perplexity winner (what :func:`run_trials` returns).
 
     ``tokens`` [B, N_max, T], ``lengths`` [B, N_max] (0 for trials beyond N), ``logp_sum``
     [B, N_max] sum of processed log-probs of each trial's tokens, ``winner`` [B] the
@@ -88,39 +88,9 @@ def num_trials(entropy: jax.Array, h_lo: jax.Array, h_hi: jax.Array, max_trials:
     return jnp.floor(1.0 + (max_trials - 1) * frac).astype(jnp.int32)
 
 
-def _processed_logp(logits: jax.Array) -> jax.Array:
-    finite = jnp.isfinite(logits)
-    return jnp.where(finite, jax.nn.log_softmax(jnp.where(finite, logits, -1e30), axis=-1), -jnp.inf)
-
-
 def _draw(key, logits, greedy: bool):
-    if greedy:  # same as Sampling: argmax, no Gumbel noise
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32), ~jnp.isfinite(logits).any(-1)
-    tok, st = sample(key, logits)
+    tok, st = sample(key, logits, greedy=greedy)  # greedy: argmax, no Gumbel noise (as Sampling)
     return tok, st.all_masked
-
-
-def _repeat_rows(tree, batch: int, repeats: int):
-    def rep(x):
-        x = jnp.asarray(x)
-        return jnp.repeat(x, repeats, axis=0) if x.ndim >= 1 and x.shape[0] == batch else x
-    return jax.tree.map(rep, tree)
-
-
-def _take_rows(tree, rows: jax.Array, batch: int):
-    def take(x):
-        x = jnp.asarray(x)
-        return x[rows] if x.ndim >= 1 and x.shape[0] == batch else x
-    return jax.tree.map(take, tree)
-
-
-def _where_rows(mask: jax.Array, new, old):
-    def pick(a, b):
-        a, b = jnp.asarray(a), jnp.asarray(b)
-        if a.ndim >= 1 and a.shape[0] == mask.shape[0]:
-            return jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
-        return a
-    return jax.tree.map(pick, new, old)
 
 
 def run_trials(
@@ -157,7 +127,7 @@ def run_trials(
     S = tokens.shape[1]
     flat = B * R
     k_first, k_loop = jax.random.split(jax.random.fold_in(key, 1))
-    step_logp = _processed_logp(step_logits)
+    step_logp = masked_log_softmax(step_logits)
     rep_logits = jnp.repeat(step_logits, R, axis=0)
     others, masked0 = _draw(k_first, rep_logits, greedy)
     trial_idx = jnp.tile(jnp.arange(R), B)
@@ -174,7 +144,7 @@ def run_trials(
     buf = jnp.repeat(tokens, R, axis=0).at[rows, base_len].set(first.reshape(-1), mode="drop")
     carry = dict(
         t=jnp.ones((), jnp.int32), toks=trial_toks, lens=trial_lens, active=active, logp=logp_sum,
-        cache=cache.fork(R), lstate=_repeat_rows(logit_state, B, R), buf=buf,
+        cache=cache.fork(R), lstate=repeat_rows(logit_state, B, R), buf=buf,
         fed=jnp.zeros((B,), jnp.int32), calls=jnp.zeros((), jnp.int32),
     )
     lim = jnp.repeat(limit, R).reshape(B, R)
@@ -189,9 +159,9 @@ def run_trials(
         act = c["active"].reshape(-1)
         ctx = LogitContext(tokens=c["buf"], lengths=base_len + c["lens"].reshape(-1), step=step)
         logits, lstate = transform.apply(out.logits[:, 0], c["lstate"], ctx)
-        lstate = _where_rows(act, lstate, c["lstate"])
+        lstate = where_rows(act, lstate, c["lstate"])
         y, masked = _draw(jax.random.fold_in(k_loop, t), logits, greedy)
-        lp = jnp.take_along_axis(_processed_logp(logits), y[:, None], axis=1)[:, 0]
+        lp = jnp.take_along_axis(masked_log_softmax(logits), y[:, None], axis=1)[:, 0]
         grow = act & ~masked
         y2, lp2, grow2 = y.reshape(B, R), lp.reshape(B, R), grow.reshape(B, R)
         toks = c["toks"].at[:, :, t].set(jnp.where(grow2, y2, 0))
@@ -203,20 +173,22 @@ def run_trials(
         return dict(t=t + 1, toks=toks, lens=lens, active=active, logp=logp, cache=out.cache, lstate=lstate,
                     buf=buf, fed=c["fed"] + c["active"].sum(-1).astype(jnp.int32), calls=c["calls"] + 1)
 
+    # Inner loop inherent to CNTP: each trial runs to its next stop token (a data-dependent
+    # length) inside one step of the shared driver; the driver's loop is not duplicated.
     c = jax.lax.while_loop(cond, body, carry)
     mean_nll = -c["logp"] / jnp.maximum(c["lens"], 1)
     winner = jnp.argmin(jnp.where(in_use, mean_nll, jnp.inf), axis=1).astype(jnp.int32)
     pick = jnp.arange(B) * R + winner
     return TrialResult(
         tokens=c["toks"], lengths=c["lens"], logp_sum=c["logp"], winner=winner,
-        cache=c["cache"].select_rows(pick), logit_state=_take_rows(c["lstate"], pick, flat),
+        cache=c["cache"].select_rows(pick), logit_state=take_rows(c["lstate"], pick, flat),
         fed=c["fed"], calls=c["calls"],
     )
 
 
 @dataclasses.dataclass(frozen=True)
-class Cautious:
-    """Returns nothing; the CNTP strategy (see module docstring).
+class Cautious(Strategy):
+    """The CNTP strategy: forks up to N_max trials to the next stop token and commits the min-perplexity one.
 
     Static: ``max_trials`` (N_max) and ``max_trial_len``. Runtime (excluded from the jit key):
     ``h_lo``, ``h_hi`` (scalar or per-row, nats; ``h_hi`` may be inf = never cautious) and
@@ -254,18 +226,37 @@ class Cautious:
             trial_tokens=zeros, cautious_steps=jnp.copy(zeros), trials=jnp.copy(zeros),
         )
 
+    def state_axes(self, extra: CautiousState) -> CautiousState:
+        row = ("batch",)
+        return CautiousState(h_lo=row, h_hi=row, stop_mask=None, trial_tokens=row, cautious_steps=row, trials=row)
+
+    def finalize(self, state: DecodeState) -> dict:
+        """Returns per-row ``trial_tokens``, ``cautious_steps``, ``trials`` and the total ``forward_tokens``
+        (tokens fed to the model after the prefill: one per live row-step plus every live trial token)."""
+        ex: CautiousState = state.extra
+        trial_tokens = np.asarray(ex.trial_tokens)
+        steps = int(np.asarray(state.stats.accepted).sum())  # committed row-steps over live rows
+        return {
+            "trial_tokens": trial_tokens.tolist(),
+            "cautious_steps": np.asarray(ex.cautious_steps).tolist(),
+            "trials": np.asarray(ex.trials).tolist(),
+            "forward_tokens": int(steps + trial_tokens.sum()),
+        }
+
     def step(self, params, cfg: ModelConfig, transform: LogitTransform, state: DecodeState, eos_id=None):
         ex: CautiousState = state.extra
         B = state.tokens.shape[0]
         R, T = self.max_trials, self.max_trial_len
-        greedy = _ends_greedy(transform)
+        # The trial loop inside a step (run_trials) is inherent to CNTP: one committed chunk needs
+        # N sampled continuations of up to max_trial_len tokens, whose count depends on the data.
+        greedy = ends_greedy(transform)
         pending = jnp.take_along_axis(state.tokens, (state.lengths - 1)[:, None], axis=1)
         out = forward(params, cfg, Inputs(tokens=pending), cache=state.cache)
         logits, logit_state = transform.apply(out.logits[:, 0], state.logit_state, state.context())
         key, sub = jax.random.split(state.key)  # the same stream as Sampling: N == 1 rows match it
         tok, all_masked = _draw(sub, logits, greedy)
         live = ~state.done & ~all_masked
-        n = jnp.where(live, num_trials(entropy(_processed_logp(logits)), ex.h_lo, ex.h_hi, R), 1)
+        n = jnp.where(live, num_trials(entropy(masked_log_softmax(logits)), ex.h_lo, ex.h_hi, R), 1)
         room = state.max_lengths - state.lengths
         limit = jnp.where(n > 1, jnp.clip(room, 1, T), 1)
         stop_mask = ex.stop_mask if eos_id is None else ex.stop_mask.at[eos_id].set(True)
@@ -347,26 +338,11 @@ def cautious(
 
 def cautious_generate(model, prompt, *, key=None, max_new_tokens: int, stop_ids: Sequence[int], h_lo=0.01,
                       h_hi=1.5, max_trials: int = 10, max_trial_len: int = 16, logits=None, eos_id=None,
-                      prompt_lengths=None, pad_id: int = 0):
-    """Returns a GenerateOutput of CNTP decoding; ``stats`` adds per-row ``trial_tokens``,
-    ``cautious_steps``, ``trials`` and ``forward_tokens`` (tokens fed to the model after the
-    prefill: one per step plus every live trial token; plain sampling feeds one per generated token).
+                      prompt_lengths=None, pad_id: int = 0) -> GenerateOutput:
+    """Returns ``tokjax.generate(model, prompt, strategy=cautious(...))``: a GenerateOutput of CNTP decoding
+    whose ``stats`` add per-row ``trial_tokens``, ``cautious_steps``, ``trials`` and ``forward_tokens``
+    (tokens fed to the model after the prefill; plain sampling feeds one per generated token).
     """
     strategy = cautious(stop_ids=stop_ids, h_lo=h_lo, h_hi=h_hi, max_trials=max_trials, max_trial_len=max_trial_len)
-    cfg, transform, strategy, eos, state, params = _setup(
-        model, prompt, key=key, max_new_tokens=max_new_tokens, prompt_lengths=prompt_lengths,
-        logits=logits, strategy=strategy, eos_id=eos_id, pad_id=pad_id, fuse=True,
-    )
-    state = _loop_jit(params, state, cfg=cfg, strategy=strategy, transform=transform, max_steps=max_new_tokens,
-                      eos_id=eos)
-    ex = state.extra
-    out = _output(state, pad_id)
-    trial_tokens = np.asarray(ex.trial_tokens)
-    steps = np.asarray(out.stats["accepted_histogram"])  # committed steps over live rows, all rows together
-    out.stats.update(
-        trial_tokens=trial_tokens.tolist(),
-        cautious_steps=np.asarray(ex.cautious_steps).tolist(),
-        trials=np.asarray(ex.trials).tolist(),
-        forward_tokens=int(steps.sum() + trial_tokens.sum()),
-    )
-    return out
+    return generate(model, prompt, key=key, max_new_tokens=max_new_tokens, prompt_lengths=prompt_lengths,
+                    logits=logits, strategy=strategy, eos_id=eos_id, pad_id=pad_id)

@@ -17,20 +17,20 @@ Other helpers' sources (STAND ``ngram_memory``, ``recycling``, Kangaroo ``early_
 from __future__ import annotations
 
 import dataclasses
-import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
-from tokjax.decoding._state import DecodeState
-from tokjax.decoding.speculative import Draft, Verdict
-from tokjax.decoding.verify import sample_probs
-from tokjax.logits import LogitContext
-from tokjax.model import Inputs, KVCache, Model, ModelConfig, forward, unstack_layers
+from tokjax.decoding._state import KV_CACHE, DecodeState, unstacked_param_axes
+from tokjax.decoding.speculative import Draft, DraftSource, Verdict
+from tokjax.logits import LogitContext, masked_softmax, sample
+from tokjax.model import Inputs, KVCache, Model, ModelConfig, forward, prefill, repeat_rows, unstack_layers
 
 __all__ = [
-    "ModelDraft", "PromptLookup", "model", "prompt_lookup", "chain_parents",
+    "ModelDraft", "ModelDraftState", "PromptLookup", "model", "prompt_lookup", "chain_parents",
     "ngram_memory", "recycling", "early_exit", "nested",  # re-exported from their papers' modules
 ]
 
@@ -42,38 +42,26 @@ def chain_parents(num_chains: int, length: int) -> np.ndarray:
     return np.concatenate([one + np.where(one >= 0, j * length, 0) for j in range(num_chains)]).astype(np.int32)
 
 
-def _repeat_rows(tree, batch: int, k: int):
-    if k == 1:
-        return tree
-    return jax.tree.map(lambda x: jnp.repeat(x, k, axis=0) if getattr(x, "ndim", 0) and x.shape[0] == batch else x, tree)
+def _draw(key, probs):
+    return sample(key, probs=probs)[0]
 
 
-def _softmax0(logits):
-    finite = jnp.isfinite(logits)
-    m = jnp.max(jnp.where(finite, logits, -1e30), axis=-1, keepdims=True)
-    e = jnp.where(finite, jnp.exp(logits - m), 0.0)
-    total = e.sum(-1, keepdims=True)
-    # An all-masked draft row falls back to uniform (the draft is only a proposal).
-    return jnp.where(total > 0, e / jnp.maximum(total, 1e-30), 1.0 / logits.shape[-1])
+@struct.dataclass
+class ModelDraftState:
+    """A draft model's decode state: its unstacked weights and its KV cache (``num_chains`` rows per target row)."""
 
-
-@functools.partial(jax.jit, static_argnames=("cfg", "capacity", "k"))
-def _draft_prefill(params, cfg, tokens, lengths, capacity, k):
-    cache = KVCache.init(cfg, tokens.shape[0], capacity)
-    out = forward(params, cfg, Inputs(tokens=tokens), cache=cache, compute_logits=False)
-    cache = out.cache.set_lengths(lengths - 1)
-    return cache.fork(k) if k > 1 else cache
+    params: Any
+    cache: KVCache
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelDraft:
-    """Returns nothing; a smaller-model draft source (build it with :func:`model`)."""
+class ModelDraft(DraftSource):
+    """A smaller model of the target's vocabulary drafting ``num_chains`` chains of ``num_draft`` tokens (see :func:`model`)."""
 
     draft_params: object = dataclasses.field(compare=False, hash=False, repr=False)
     draft_cfg: ModelConfig
     num_draft: int
     num_chains: int = 1
-    uses_transform: bool = True
 
     @property
     def num_nodes(self) -> int:
@@ -92,27 +80,30 @@ class ModelDraft:
         if self.draft_cfg.max_len < cfg.max_len and self.draft_cfg.positions == "learned":
             raise ValueError(f"draft model max_len {self.draft_cfg.max_len} < target max_len {cfg.max_len}")
 
-    def init(self, params, cfg, state: DecodeState):
+    def init(self, params, cfg, state: DecodeState) -> ModelDraftState:
         P = int(np.max(np.asarray(state.prompt_lengths)))
         capacity = state.tokens.shape[1] + self.num_draft + 2
         # A copy: the decode state is donated to the loop, and these may be the caller's (or the target's) buffers.
         dparams = jax.tree.map(jnp.copy, unstack_layers(self.draft_params))
-        cache = _draft_prefill(dparams, self.draft_cfg, state.tokens[:, :P], state.prompt_lengths, capacity, self.num_chains)
-        return {"params": dparams, "cache": cache}
+        cache = prefill(dparams, self.draft_cfg, state.tokens[:, :P], state.prompt_lengths, capacity)
+        return ModelDraftState(params=dparams, cache=cache.fork(self.num_chains) if self.num_chains > 1 else cache)
 
-    def propose(self, params, cfg, state: DecodeState, dstate, key, transform=None):
+    def state_axes(self, dstate: ModelDraftState):
+        return ModelDraftState(params=unstacked_param_axes(self.draft_cfg), cache=KV_CACHE)
+
+    def propose(self, params, cfg, state: DecodeState, dstate: ModelDraftState, key, transform):
         B, S = state.tokens.shape
         k, N, dcfg = self.num_chains, self.num_draft, self.draft_cfg
-        dparams, cache = dstate["params"], dstate["cache"]
+        dparams, cache = dstate.params, dstate.cache
         lengths = jnp.repeat(state.lengths, k)
         tokens = jnp.repeat(state.tokens, k, axis=0)
         ctx = LogitContext(tokens=tokens, lengths=lengths, step=state.step)
-        lstate = _repeat_rows(state.logit_state, B, k)
+        lstate = repeat_rows(state.logit_state, B, k)
 
-        def dist(logits):
-            if transform is not None:
-                logits, _ = transform.apply(logits.astype(jnp.float32), lstate, ctx)
-            return _softmax0(logits.astype(jnp.float32))
+        def dist(logits):  # q is drawn from the target's transform of the draft logits, as p is processed
+            logits, _ = transform.apply(logits.astype(jnp.float32), lstate, ctx)
+            # An all-masked draft row falls back to uniform (the draft is only a proposal).
+            return masked_softmax(logits, empty="uniform")
 
         # The draft cache holds lengths-2 or lengths-1 tokens (one behind after a fully accepted
         # step); feeding the two slots from its length catches up and yields the pending token's logits.
@@ -125,14 +116,14 @@ class ModelDraft:
         def step(carry, sub):
             cache, logits = carry
             q = dist(logits)
-            x = sample_probs(sub, q)
+            x = _draw(sub, q)
             out = forward(dparams, dcfg, Inputs(tokens=x[:, None]), cache=cache)
             return (out.cache, out.logits[:, 0]), (x, q)
 
         keys = jax.random.split(key, N)
         (cache, last), (xs, qs) = jax.lax.scan(step, (cache, first), keys[:-1])
         q_last = dist(last)
-        x_last = sample_probs(keys[-1], q_last)
+        x_last = _draw(keys[-1], q_last)
         xs = jnp.concatenate([xs, x_last[None]], axis=0)  # [N, R]
         qs = jnp.concatenate([qs, q_last[None]], axis=0)  # [N, R, V]
         V = qs.shape[-1]
@@ -143,16 +134,17 @@ class ModelDraft:
             tokens=toks, parents=parents, probs=probs, valid=jnp.ones((B, k * N), bool),
             layer_evals=jnp.asarray(N * k * dcfg.n_layers, jnp.int32),
         )
-        return draft, {"params": dparams, "cache": cache}
+        return draft, ModelDraftState(params=dparams, cache=cache)
 
-    def observe(self, params, cfg, state: DecodeState, dstate, draft: Draft, target_logits, accepted: Verdict):
-        cache = dstate["cache"]
+    def observe(self, params, cfg, state: DecodeState, dstate: ModelDraftState, draft: Draft, target_logits,
+                accepted: Verdict, raw_logits):
+        cache = dstate.cache
         k, N = self.num_chains, self.num_draft
         if k > 1:
             B = state.tokens.shape[0]
             chain = jnp.where(accepted.count > 0, accepted.path[:, 0] // N, 0)
             cache = cache.select_rows(jnp.repeat(jnp.arange(B) * k + chain, k))
-        return {"params": dstate["params"], "cache": cache.rollback(jnp.repeat(state.lengths - 1, k))}
+        return dstate.replace(cache=cache.rollback(jnp.repeat(state.lengths - 1, k)))
 
 
 def model(draft_model, draft_cfg: ModelConfig | None = None, num_draft: int = 4, *, num_chains: int = 1) -> ModelDraft:
@@ -176,8 +168,8 @@ def model(draft_model, draft_cfg: ModelConfig | None = None, num_draft: int = 4,
 
 
 @dataclasses.dataclass(frozen=True)
-class PromptLookup:
-    """Returns nothing; the n-gram prompt-lookup draft source (build it with :func:`prompt_lookup`)."""
+class PromptLookup(DraftSource):
+    """Prompt lookup: drafts the tokens that followed the first earlier match of a row's last n-gram (see :func:`prompt_lookup`)."""
 
     max_ngram: int = 2
     num_draft: int = 10
@@ -186,13 +178,7 @@ class PromptLookup:
     def num_nodes(self) -> int:
         return self.num_draft
 
-    def validate(self, cfg) -> None:
-        return None
-
-    def init(self, params, cfg, state):
-        return None
-
-    def propose(self, params, cfg, state: DecodeState, dstate, key):
+    def propose(self, params, cfg, state: DecodeState, dstate, key, transform):
         tokens, L = state.tokens, state.lengths
         B, S = tokens.shape
         idx = jnp.arange(S)
@@ -213,9 +199,6 @@ class PromptLookup:
         toks = jnp.where(valid, jnp.take_along_axis(tokens, jnp.clip(pos, 0, S - 1), axis=1), 0)
         parents = jnp.broadcast_to(jnp.arange(self.num_draft, dtype=jnp.int32) - 1, (B, self.num_draft))
         return Draft(tokens=toks, parents=parents, probs=None, valid=valid, layer_evals=jnp.zeros((), jnp.int32)), None
-
-    def observe(self, params, cfg, state, dstate, draft, target_logits, accepted):
-        return dstate
 
 
 def prompt_lookup(max_ngram: int = 2, num_draft: int = 10) -> PromptLookup:

@@ -24,6 +24,10 @@ not pin down:
   caches in lockstep in a fixed-shape batched loop; no lazy catch-up prefill). What a real
   implementation spends is reported instead: ``large_fraction`` (tokens emitted by M_L per
   row) and :func:`relative_cost`.
+
+Built as a decode strategy (:class:`EntropyAdaptive`) of ``tokjax.generate``: the small model
+is the target the driver runs, the large model's weights and KV cache live in the strategy
+state, so the loop, stopping, hot start and sharding are the driver's.
 """
 
 from __future__ import annotations
@@ -36,12 +40,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from tokjax.decoding._state import DecodeState, DecodeStats, commit
-from tokjax.decoding.generate import TRACE_COUNTS, _ends_greedy, _prefill_jit, _prepare_prompt
-from tokjax.logits import Identity, LogitTransform, entropy, sample
-from tokjax.model import Inputs, KVCache, Model, forward, unstack_layers
+from tokjax.decoding._state import KV_CACHE, DecodeState, Strategy, commit, ends_greedy, unstacked_param_axes
+from tokjax.decoding.driver import generate
+from tokjax.logits import LogitTransform, entropy, hparam, sample
+from tokjax.model import Inputs, KVCache, Model, ModelConfig, forward, prefill, unstack_layers
 
-__all__ = ["EADOutput", "entropy_adaptive_generate", "entropy_bits", "relative_cost", "rolling_mean"]
+__all__ = [
+    "EADOutput", "EADState", "EntropyAdaptive", "entropy_adaptive", "entropy_adaptive_generate", "entropy_bits",
+    "relative_cost", "rolling_mean",
+]
 
 
 def entropy_bits(logits: jax.Array) -> jax.Array:
@@ -61,75 +68,160 @@ def rolling_mean(history: jax.Array, count: jax.Array, window: int) -> jax.Array
 
 
 @struct.dataclass
-class _EADExtra:
+class EADState:
+    """EAD's decode state: the large model (weights, KV cache in lockstep with the small one) and the switching record."""
+
+    large_params: Any  # unstack_layers(large.params, fuse=True)
     large_cache: KVCache
     history: jax.Array  # [B, w] float32 ring buffer of active-model entropies (bits)
     count: jax.Array  # [B] int32 entropies pushed so far
     use_large: jax.Array  # [B] bool: which model emits the next token
     tau: jax.Array  # [B] float32 threshold (runtime: sweeping it does not recompile)
     large_tokens: jax.Array  # [B] int32 tokens emitted by M_L
-    used_large: jax.Array  # [B, max_new] bool per generated position
-    entropy: jax.Array  # [B, max_new] float32 active-model entropy per generated position
+    used_large: jax.Array  # [B, S] bool per generated position (first max_new_tokens columns used)
+    entropy: jax.Array  # [B, S] float32 active-model entropy per generated position
 
 
-def _step(ps, pl, s: DecodeState, *, cfg_s, cfg_l, transform, window, eos_id):
-    ex: _EADExtra = s.extra
-    pending = jnp.take_along_axis(s.tokens, (s.lengths - 1)[:, None], axis=1)
-    out_s = forward(ps, cfg_s, Inputs(tokens=pending), cache=s.cache)
-    out_l = forward(pl, cfg_l, Inputs(tokens=pending), cache=ex.large_cache)
-    raw_s, raw_l = out_s.logits[:, 0].astype(jnp.float32), out_l.logits[:, 0].astype(jnp.float32)
-    h_s, h_l = entropy_bits(raw_s), entropy_bits(raw_l)
-    first = ex.count == 0
-    # No history before the first token: M_S's entropy there decides (see module docstring).
-    use_large = jnp.where(first, h_s > ex.tau, ex.use_large)
-    raw = jnp.where(use_large[:, None], raw_l, raw_s)
-    h = jnp.where(use_large, h_l, h_s)
+def _threshold(tau, batch: int) -> np.ndarray:
+    t = np.asarray(tau, np.float32)
+    if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != batch):
+        raise ValueError(f"tau must be a scalar or one value per prompt row ({batch}), got shape {t.shape}")
+    if np.isnan(t).any():
+        raise ValueError("tau must not be NaN (use +inf for always-small, -inf for always-large)")
+    return np.broadcast_to(t, (batch,)).copy()
 
-    logits, logit_state = transform.apply(raw, s.logit_state, s.context())
-    key, sub = jax.random.split(s.key)
-    if _ends_greedy(transform):
-        tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        all_masked = ~jnp.isfinite(logits).any(-1)
-    else:
-        tok, sst = sample(sub, logits)
+
+@dataclasses.dataclass(frozen=True)
+class EntropyAdaptive(Strategy):
+    """P62 EAD: each step emits from the small (target) or the large model, by the rolling entropy vs ``tau``.
+
+    Build it with :func:`entropy_adaptive`. Static: ``large_cfg``, ``window``. Runtime (not part
+    of the jit key): ``large_params`` and ``tau`` (scalar or per-row; checked at ``init``).
+    """
+
+    large_cfg: ModelConfig
+    window: int = 5
+    large_params: Any = dataclasses.field(default=None, compare=False, hash=False, repr=False)
+    tau: Any = hparam(0.0)
+
+    def validate(self, cfg: ModelConfig) -> None:
+        if cfg.vocab_size != self.large_cfg.vocab_size:
+            raise ValueError(
+                f"small and large models must share a vocabulary; got vocab sizes {cfg.vocab_size} and "
+                f"{self.large_cfg.vocab_size}"
+            )
+
+    def init(self, params, cfg: ModelConfig, state: DecodeState) -> EADState:
+        B, S = state.tokens.shape
+        if S > self.large_cfg.max_len:
+            raise ValueError(f"prompt + max_new_tokens ({S} slots) exceeds the large model's max_len "
+                             f"({self.large_cfg.max_len}); shorten one of them")
+        tau = _threshold(self.tau, B)
+        P = int(np.max(np.asarray(state.prompt_lengths)))
+        # A copy: the decode state is donated to the loop and these are the caller's buffers.
+        large = jax.tree.map(jnp.copy, unstack_layers(self.large_params, fuse=True))
+        return EADState(
+            large_params=large,
+            large_cache=prefill(large, self.large_cfg, state.tokens[:, :P], state.prompt_lengths, S),
+            history=jnp.zeros((B, self.window), jnp.float32),
+            count=jnp.zeros((B,), jnp.int32),
+            use_large=jnp.zeros((B,), bool),
+            tau=jnp.asarray(tau),
+            large_tokens=jnp.zeros((B,), jnp.int32),
+            used_large=jnp.zeros((B, S), bool),
+            entropy=jnp.zeros((B, S), jnp.float32),
+        )
+
+    def state_axes(self, extra: EADState) -> EADState:
+        row, rows2 = ("batch",), ("batch", None)
+        return EADState(
+            large_params=unstacked_param_axes(self.large_cfg, fused=True), large_cache=KV_CACHE, history=rows2,
+            count=row, use_large=row, tau=row, large_tokens=row, used_large=rows2, entropy=rows2,
+        )
+
+    def step(self, params, cfg: ModelConfig, transform: LogitTransform, s: DecodeState, eos_id=None) -> DecodeState:
+        ex: EADState = s.extra
+        pending = jnp.take_along_axis(s.tokens, (s.lengths - 1)[:, None], axis=1)
+        out_s = forward(params, cfg, Inputs(tokens=pending), cache=s.cache)
+        out_l = forward(ex.large_params, self.large_cfg, Inputs(tokens=pending), cache=ex.large_cache)
+        raw_s, raw_l = out_s.logits[:, 0].astype(jnp.float32), out_l.logits[:, 0].astype(jnp.float32)
+        h_s, h_l = entropy_bits(raw_s), entropy_bits(raw_l)
+        first = ex.count == 0
+        # No history before the first token: M_S's entropy there decides (see module docstring).
+        use_large = jnp.where(first, h_s > ex.tau, ex.use_large)
+        raw = jnp.where(use_large[:, None], raw_l, raw_s)
+        h = jnp.where(use_large, h_l, h_s)
+
+        logits, logit_state = transform.apply(raw, s.logit_state, s.context())
+        key, sub = jax.random.split(s.key)
+        tok, sst = sample(sub, logits, greedy=ends_greedy(transform))
         all_masked = sst.all_masked
 
-    live = ~s.done
-    B, w = ex.history.shape
-    slot = ex.count % window
-    history = jnp.where(live[:, None] & (jnp.arange(w)[None, :] == slot[:, None]), h[:, None], ex.history)
-    count = ex.count + live.astype(jnp.int32)
-    hbar = rolling_mean(history, count, window)
-    pos = jnp.clip(s.lengths - s.prompt_lengths, 0, ex.used_large.shape[1] - 1)
-    rows = jnp.arange(B)
-    used = ex.used_large.at[rows, pos].set(jnp.where(live, use_large, ex.used_large[rows, pos]))
-    ent = ex.entropy.at[rows, pos].set(jnp.where(live, h, ex.entropy[rows, pos]))
-    extra = ex.replace(
-        history=history, count=count, use_large=hbar > ex.tau, used_large=used, entropy=ent,
-        large_tokens=ex.large_tokens + (live & use_large).astype(jnp.int32),
-    )
-    counts = jnp.where(all_masked, 0, 1).astype(jnp.int32)
-    stats = s.stats.replace(forward_calls=s.stats.forward_calls + 1,
-                            masked_rows=s.stats.masked_rows | (all_masked & live))
-    s = s.replace(cache=out_s.cache, logit_state=logit_state, key=key, stats=stats, extra=extra)
-    s = commit(s, tok[:, None], counts, eos_id)
-    extra = s.extra.replace(large_cache=out_l.cache.set_lengths(s.lengths - 1))
-    return s.replace(extra=extra, done=s.done | all_masked, step=s.step + 1)
+        live = ~s.done
+        B, w = ex.history.shape
+        slot = ex.count % self.window
+        history = jnp.where(live[:, None] & (jnp.arange(w)[None, :] == slot[:, None]), h[:, None], ex.history)
+        count = ex.count + live.astype(jnp.int32)
+        hbar = rolling_mean(history, count, self.window)
+        pos = jnp.clip(s.lengths - s.prompt_lengths, 0, ex.used_large.shape[1] - 1)
+        rows = jnp.arange(B)
+        used = ex.used_large.at[rows, pos].set(jnp.where(live, use_large, ex.used_large[rows, pos]))
+        ent = ex.entropy.at[rows, pos].set(jnp.where(live, h, ex.entropy[rows, pos]))
+        extra = ex.replace(
+            history=history, count=count, use_large=hbar > ex.tau, used_large=used, entropy=ent,
+            large_tokens=ex.large_tokens + (live & use_large).astype(jnp.int32),
+        )
+        counts = jnp.where(all_masked, 0, 1).astype(jnp.int32)
+        stats = s.stats.replace(forward_calls=s.stats.forward_calls + 1,
+                                masked_rows=s.stats.masked_rows | (all_masked & live))
+        s = s.replace(cache=out_s.cache, logit_state=logit_state, key=key, stats=stats, extra=extra)
+        s = commit(s, tok[:, None], counts, eos_id)
+        # Both models consumed the pending token: the large cache follows the committed length.
+        extra = s.extra.replace(large_cache=out_l.cache.set_lengths(s.lengths - 1))
+        return s.replace(extra=extra, done=s.done | all_masked)
+
+    def persistent_state(self, extra: EADState) -> None:
+        return None  # nothing carries over between requests (the caches belong to this prompt)
+
+    def resume(self, extra: EADState, saved) -> EADState:
+        raise ValueError("entropy-adaptive decoding keeps no state across requests; pass strategy_state=None")
+
+    def finalize(self, state: DecodeState) -> dict:
+        """Returns ``large_fraction`` [B], ``used_large`` / ``entropy`` [B, max_new_tokens] (numpy) and ``large_tokens``."""
+        ex: EADState = state.extra
+        prompt = np.asarray(state.prompt_lengths)
+        new = int(np.asarray(state.max_lengths)[0] - prompt[0])  # every row has the same budget
+        gen = np.asarray(state.lengths) - prompt
+        large_tokens = np.asarray(ex.large_tokens)
+        return {
+            "large_fraction": large_tokens / np.maximum(gen, 1),
+            "used_large": np.asarray(ex.used_large)[:, :new],
+            "entropy": np.asarray(ex.entropy)[:, :new],
+            "large_tokens": int(large_tokens.sum()),
+        }
 
 
-def _loop(ps, pl, state, *, cfg_s, cfg_l, transform, window, max_steps, eos_id):
-    TRACE_COUNTS["ead_loop"] += 1
-    step = lambda s: _step(ps, pl, s, cfg_s=cfg_s, cfg_l=cfg_l, transform=transform, window=window, eos_id=eos_id)  # noqa: E731
-    return jax.lax.while_loop(lambda s: (s.step < max_steps) & ~jnp.all(s.done), step, state)
+def entropy_adaptive(large: Model, *, tau, window: int = 5) -> EntropyAdaptive:
+    """Returns the P62 EAD strategy switching to ``large`` when the rolling entropy of the last ``window`` steps exceeds ``tau``.
 
-
-_loop_jit = jax.jit(_loop, static_argnames=("cfg_s", "cfg_l", "transform", "window", "max_steps", "eos_id"),
-                    donate_argnames=("state",))
+    Use it as ``tokjax.generate(small, prompts, strategy=entropy_adaptive(large, tau=2.0))``; the
+    output's ``stats`` then hold ``large_fraction``, ``used_large`` and ``entropy``.
+    """
+    if not isinstance(large, Model):
+        raise ValueError(f"large must be a tokjax Model (params + cfg), got {type(large).__name__}")
+    if not isinstance(window, (int, np.integer)) or isinstance(window, bool) or window < 1:
+        raise ValueError(f"window must be an int >= 1, got {window!r}")
+    t = np.asarray(tau, np.float32)
+    if np.isnan(t).any():
+        raise ValueError("tau must not be NaN (use +inf for always-small, -inf for always-large)")
+    if t.ndim > 1:
+        raise ValueError(f"tau must be a scalar or one value per prompt row, got shape {t.shape}")
+    return EntropyAdaptive(large_cfg=large.cfg, window=int(window), large_params=large.params, tau=tau)
 
 
 @dataclasses.dataclass(frozen=True)
 class EADOutput:
-    """Returns nothing; what entropy_adaptive_generate returns (host numpy arrays).
+    """What entropy_adaptive_generate returns (host numpy arrays): tokens plus which model emitted each one.
 
     ``tokens`` [B, S]: prompt then generated tokens (``pad_id`` after ``lengths[b]``).
     ``large_fraction`` [B]: fraction of each row's generated tokens emitted by M_L.
@@ -160,15 +252,6 @@ def relative_cost(large_fraction, small_params: int, large_params: int) -> np.nd
     return ((1 - f) * small_params + f * large_params) / large_params
 
 
-def _threshold(tau, batch: int) -> np.ndarray:
-    t = np.asarray(tau, np.float32)
-    if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != batch):
-        raise ValueError(f"tau must be a scalar or one value per prompt row ({batch}), got shape {t.shape}")
-    if np.isnan(t).any():
-        raise ValueError("tau must not be NaN (use +inf for always-small, -inf for always-large)")
-    return np.broadcast_to(t, (batch,)).copy()
-
-
 def entropy_adaptive_generate(
     small: Model,
     large: Model,
@@ -189,67 +272,18 @@ def entropy_adaptive_generate(
     model's raw-logit entropy in bits. ``tau``: scalar or per-row [B] (a runtime value: changing
     it does not recompile); +inf = always M_S, -inf = always M_L. ``window``: w (static, >= 1).
     ``logits``: a LogitTransform (greedy, temperature, ...) applied to the active model's logits
-    *after* the entropy is taken. Prompt and stopping conventions are those of tokjax.generate.
+    *after* the entropy is taken. Prompt and stopping conventions are those of tokjax.generate;
+    this is ``generate(small, ..., strategy=entropy_adaptive(large, tau=tau, window=window))``.
     """
-    for name, m in (("small", small), ("large", large)):
-        if not isinstance(m, Model):
-            raise ValueError(f"{name} must be a tokjax Model (params + cfg), got {type(m).__name__}")
-    cs, cl = small.cfg, large.cfg
-    if cs.vocab_size != cl.vocab_size:
-        raise ValueError(f"small and large models must share a vocabulary; got vocab sizes {cs.vocab_size} and {cl.vocab_size}")
-    if not isinstance(window, (int, np.integer)) or isinstance(window, bool) or window < 1:
-        raise ValueError(f"window must be an int >= 1, got {window!r}")
-    if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-    transform = Identity() if logits is None else logits
-    if not isinstance(transform, LogitTransform):
-        raise ValueError(f"logits must be a LogitTransform (e.g. tokjax.logits.greedy()), got {type(logits).__name__}")
-    if eos_id is not None and not (0 <= int(eos_id) < cs.vocab_size):
-        raise ValueError(f"eos_id must lie in [0, {cs.vocab_size}), got {eos_id}")
-    if key is None:
-        if not _ends_greedy(transform):
-            raise ValueError("entropy_adaptive_generate needs key= for sampling; pass logits=greedy() for greedy")
-        key = jax.random.key(0)
-    tokens, lens = _prepare_prompt(prompt, prompt_lengths, cs, pad_id)
-    B, P = tokens.shape
-    tau_arr = _threshold(tau, B)
-    max_len = min(cs.max_len, cl.max_len)
-    if int(lens.max()) + max_new_tokens > max_len:
-        raise ValueError(f"prompt ({int(lens.max())} tokens) + max_new_tokens ({max_new_tokens}) exceeds the smaller "
-                         f"max_len of the two models ({max_len}); shorten one of them")
-    total = P + max_new_tokens
-    buf = np.full((B, total), pad_id, np.int32)
-    buf[:, :P] = tokens
-    ps, pl = unstack_layers(small.params, fuse=True), unstack_layers(large.params, fuse=True)
-    jt, jl = jnp.asarray(tokens), jnp.asarray(lens)
-    extra = _EADExtra(
-        large_cache=_prefill_jit(pl, cl, jt, jl, total),
-        history=jnp.zeros((B, window), jnp.float32),
-        count=jnp.zeros((B,), jnp.int32),
-        use_large=jnp.zeros((B,), bool),
-        tau=jnp.asarray(tau_arr),
-        large_tokens=jnp.zeros((B,), jnp.int32),
-        used_large=jnp.zeros((B, max_new_tokens), bool),
-        entropy=jnp.zeros((B, max_new_tokens), jnp.float32),
-    )
-    state = DecodeState(
-        tokens=jnp.asarray(buf), lengths=jnp.array(lens), prompt_lengths=jnp.array(lens),
-        max_lengths=jnp.array(lens + max_new_tokens), done=jnp.zeros((B,), bool),
-        cache=_prefill_jit(ps, cs, jt, jl, total),
-        logit_state=jax.tree.map(jnp.copy, transform.init(B)), key=jnp.copy(key),
-        step=jnp.zeros((), jnp.int32), stats=DecodeStats.init(B, 1), extra=extra,
-    )
-    eos = None if eos_id is None else int(eos_id)
-    state = _loop_jit(ps, pl, state, cfg_s=cs, cfg_l=cl, transform=transform, window=int(window),
-                      max_steps=int(max_new_tokens), eos_id=eos)
-    out_tokens, lengths = np.asarray(state.tokens), np.asarray(state.lengths)
-    out_tokens = np.where(np.arange(total)[None, :] < lengths[:, None], out_tokens, pad_id)
-    gen = lengths - lens
-    large_tokens = np.asarray(state.extra.large_tokens)
+    if not isinstance(small, Model):
+        raise ValueError(f"small must be a tokjax Model (params + cfg), got {type(small).__name__}")
+    strategy = entropy_adaptive(large, tau=tau, window=window)
+    out = generate(small, prompt, key=key, max_new_tokens=max_new_tokens, prompt_lengths=prompt_lengths,
+                   logits=logits, strategy=strategy, eos_id=eos_id, pad_id=pad_id)
+    st = out.stats
     return EADOutput(
-        tokens=out_tokens, lengths=lengths, prompt_lengths=lens,
-        large_fraction=large_tokens / np.maximum(gen, 1),
-        used_large=np.asarray(state.extra.used_large), entropy=np.asarray(state.extra.entropy),
-        stats={"steps": int(state.step), "generated_tokens": int(gen.sum()), "large_tokens": int(large_tokens.sum()),
-               "masked_rows": np.asarray(state.stats.masked_rows).tolist()},
+        tokens=out.tokens, lengths=out.lengths, prompt_lengths=out.prompt_lengths,
+        large_fraction=st["large_fraction"], used_large=st["used_large"], entropy=st["entropy"],
+        stats={"steps": st["forward_calls"], "generated_tokens": st["generated_tokens"],
+               "large_tokens": st["large_tokens"], "masked_rows": st["masked_rows"]},
     )

@@ -32,8 +32,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from tokjax.decoding.speculative import Draft, Verdict
-from tokjax.decoding.verify import _sample, safe_probs
+from tokjax.decoding.speculative import Draft, Verdict, Verifier
+from tokjax.logits import masked_softmax, sample
 
 __all__ = ["SpecTr", "spectr", "kseq_beta", "solve_rho", "kseq_residual", "kseq_select", "kseq_accept_prob"]
 
@@ -109,11 +109,10 @@ def kseq_select(key, p, q, candidates, alive):
 
 
 @dataclasses.dataclass(frozen=True)
-class SpecTr:
-    """Returns nothing; the SpecTr verifier over k chains (see :func:`spectr`)."""
+class SpecTr(Verifier):
+    """The SpecTr K-SEQ verifier: selects among k i.i.d. draft chains depth by depth (see :func:`spectr`)."""
 
     num_drafts: int
-    lossless: bool = True
 
     def validate(self, draft_source) -> None:
         chains = getattr(draft_source, "num_chains", None)
@@ -133,7 +132,7 @@ class SpecTr:
         k = self.num_drafts
         N = T - 1
         Ld = N // k
-        p_all = safe_probs(target_logits.astype(jnp.float32))  # [B, T, V]
+        p_all = masked_softmax(target_logits)  # [B, T, V]
         masked_all = ~jnp.isfinite(target_logits).any(-1)
         q_all = jax.nn.one_hot(draft.tokens, V) if draft.probs is None else draft.probs.astype(jnp.float32)
         toks = draft.tokens.reshape(B, k, Ld).astype(jnp.int32)
@@ -163,7 +162,7 @@ class SpecTr:
             alive = alive & (toks[:, :, d] == x[:, None])
             going = acc
         r = jnp.where(going[:, None], p_all[rows, cur], r)
-        bonus = _sample(keys[-1], r)
+        bonus = sample(keys[-1], probs=r)[0]
         path = chain[:, None] * Ld + jnp.arange(Ld)[None, :]
         return Verdict(
             path=path.astype(jnp.int32), count=count, bonus=bonus,

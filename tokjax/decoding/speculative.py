@@ -25,22 +25,22 @@ Rows of a batch accept different numbers of tokens; nothing is restricted to bat
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-from tokjax.decoding._state import DecodeState, commit
+from tokjax.decoding._state import DecodeState, Strategy, check_like, commit
 from tokjax.logits import LogitContext, LogitTransform
-from tokjax.model import Inputs, ModelConfig, Tree, forward, tree_ancestors
+from tokjax.model import Inputs, ModelConfig, Tree, forward, repeat_rows, tree_ancestors
 
 __all__ = ["Draft", "Verdict", "DraftSource", "Verifier", "Speculative", "speculative", "node_logits", "block_tree"]
 
 
 @struct.dataclass
 class Draft:
-    """Returns nothing; one step's draft token tree for every row.
+    """One step's draft token tree for every row.
 
     ``tokens`` [B, N] int32 node tokens. ``parents`` [B, N] int32: parent node index (< n) or
     -1 (child of the pending token); a chain is -1, 0, 1, ... ``probs`` [B, N, V] float32 or
@@ -61,7 +61,7 @@ class Draft:
 
 @struct.dataclass
 class Verdict:
-    """Returns nothing; a verifier's decision for every row.
+    """A verifier's decision for every row.
 
     ``path`` [B, A] node indices of the accepted path (root first; entries >= count ignored).
     ``count`` [B] int32 accepted draft nodes. ``bonus`` [B] int32 the token sampled (or
@@ -77,36 +77,70 @@ class Verdict:
     masked: jax.Array | None = None
 
 
-class DraftSource(Protocol):
-    """A draft proposer: a frozen hashable dataclass (static jit argument).
+class DraftSource:
+    """Base class of draft proposers: a frozen hashable dataclass (a static jit argument) with defaults.
 
-    ``num_nodes``: N (static). Optional attributes: ``max_depth`` (static bound on the depth of
-    an accepted path, default N), ``uses_transform`` (True: ``propose`` also receives
-    ``transform=`` the target's LogitTransform, to draft from transformed logits),
-    ``uses_raw_logits`` (True: ``observe`` also receives ``raw_logits=`` the untransformed
-    target logits [B, 1+N, V]).
+    A subclass defines ``num_nodes`` (N, static) and ``propose``; the rest has defaults here:
+    ``max_depth`` (static bound on an accepted path's depth; default N), ``validate(cfg)``,
+    ``init(params, cfg, state) -> dstate`` (None), ``observe(...) -> dstate`` (unchanged),
+    ``state_axes(dstate)`` (None: replicated; see ``Strategy.state_axes``) and, for hot start,
+    ``persistent_state(dstate)`` / ``resume(dstate, saved)``.
+
+    ``propose`` receives the target's LogitTransform (to draft from transformed logits) and
+    ``observe`` the untransformed target logits ``raw_logits`` [B, 1+N, V] besides the
+    transformed ones; a source that needs neither ignores them. Sources that do not subclass
+    this (written before it) are called without those two arguments.
     """
 
     num_nodes: int
 
-    def validate(self, cfg: ModelConfig) -> None: ...
+    @property
+    def max_depth(self) -> int:
+        return self.num_nodes
 
-    def init(self, params, cfg: ModelConfig, state: DecodeState) -> Any: ...
+    def validate(self, cfg: ModelConfig) -> None:
+        return None
 
-    def propose(self, params, cfg: ModelConfig, state: DecodeState, dstate, key) -> tuple[Draft, Any]: ...
+    def init(self, params, cfg: ModelConfig, state: DecodeState) -> Any:
+        return None
+
+    def propose(self, params, cfg: ModelConfig, state: DecodeState, dstate, key, transform: LogitTransform) -> tuple[Draft, Any]:
+        raise NotImplementedError(f"{type(self).__name__} must define propose")
 
     def observe(
         self, params, cfg: ModelConfig, state: DecodeState, dstate, draft: Draft, target_logits: jax.Array,
-        accepted: Verdict,
-    ) -> Any: ...
+        accepted: Verdict, raw_logits: jax.Array,
+    ) -> Any:
+        return dstate
+
+    def state_axes(self, dstate) -> Any:
+        return None
+
+    def persistent_state(self, dstate) -> Any:
+        return dstate
+
+    def resume(self, dstate, saved) -> Any:
+        return check_like(saved, dstate, "strategy_state")
 
 
-class Verifier(Protocol):
-    """A verifier: a frozen hashable dataclass. ``lossless``: output follows the target's sampling distribution."""
+class Verifier:
+    """Base class of verifiers: a frozen hashable dataclass; ``lossless``: output follows the target's distribution.
 
-    lossless: bool
+    A subclass defines ``verify(key, draft, target_logits) -> Verdict``; ``validate(draft_source)``
+    and ``check_transform(transform)`` (raise ValueError for a pairing it cannot verify exactly)
+    default to accepting everything.
+    """
 
-    def verify(self, key: jax.Array, draft: Draft, target_logits: jax.Array) -> Verdict: ...
+    lossless: bool = True
+
+    def validate(self, draft_source) -> None:
+        return None
+
+    def check_transform(self, transform: LogitTransform) -> None:
+        return None
+
+    def verify(self, key: jax.Array, draft: Draft, target_logits: jax.Array) -> Verdict:
+        raise NotImplementedError(f"{type(self).__name__} must define verify")
 
 
 def block_tree(draft: Draft) -> jax.Array:
@@ -143,7 +177,7 @@ def node_logits(
         lengths=jnp.minimum(state.lengths[:, None] + depth, S).reshape(B * T),
         step=state.step,
     )
-    rep = jax.tree.map(lambda x: jnp.repeat(x, T, axis=0) if getattr(x, "ndim", 0) and x.shape[0] == B else x, logit_state)
+    rep = repeat_rows(logit_state, B, T)
     out, new_state = transform.apply(logits.reshape(B * T, V).astype(jnp.float32), rep, ctx)
     for a, b in zip(jax.tree.leaves(rep), jax.tree.leaves(new_state)):
         if a is not b:
@@ -158,9 +192,18 @@ def _max_depth(draft: DraftSource) -> int:
     return int(getattr(draft, "max_depth", draft.num_nodes))
 
 
+def _legacy(obj, base) -> bool:
+    """True for a draft source / verifier written before the base classes (duck-typed protocol)."""
+    return not isinstance(obj, base)
+
+
 @dataclasses.dataclass(frozen=True)
-class Speculative:
-    """Returns nothing; the speculative decode strategy (see the module docstring). Build it with :func:`speculative`."""
+class Speculative(Strategy):
+    """The speculative decode strategy: a draft source's tree verified in one target call (module docstring).
+
+    Build it with :func:`speculative`. Its state is the draft source's state; sharding
+    declaration and hot start are delegated to the draft source.
+    """
 
     draft: Any
     verifier: Any
@@ -182,17 +225,26 @@ class Speculative:
     def init(self, params, cfg, state):
         return self.draft.init(params, cfg, state)
 
+    def state_axes(self, extra) -> Any:
+        return None if _legacy(self.draft, DraftSource) else self.draft.state_axes(extra)
+
+    def persistent_state(self, extra) -> Any:
+        return extra if _legacy(self.draft, DraftSource) else self.draft.persistent_state(extra)
+
+    def resume(self, extra, saved) -> Any:
+        return check_like(saved, extra, "strategy_state") if _legacy(self.draft, DraftSource) else self.draft.resume(extra, saved)
+
     def step(self, params, cfg: ModelConfig, transform: LogitTransform, state: DecodeState, eos_id=None) -> DecodeState:
-        if hasattr(self.verifier, "check_transform"):
+        if not _legacy(self.verifier, Verifier):
             self.verifier.check_transform(transform)
         B = state.tokens.shape[0]
         N = self.draft.num_nodes
         A = _max_depth(self.draft)
         key, k_draft, k_verify = jax.random.split(state.key, 3)
-        if getattr(self.draft, "uses_transform", False):
-            draft, dstate = self.draft.propose(params, cfg, state, state.extra, k_draft, transform=transform)
-        else:
+        if _legacy(self.draft, DraftSource):
             draft, dstate = self.draft.propose(params, cfg, state, state.extra, k_draft)
+        else:
+            draft, dstate = self.draft.propose(params, cfg, state, state.extra, k_draft, transform)
         if draft.tokens.shape != (B, N) or draft.parents.shape != (B, N) or draft.valid.shape != (B, N):
             raise ValueError(
                 f"draft source {type(self.draft).__name__} returned tokens {draft.tokens.shape}, parents "
@@ -239,10 +291,10 @@ class Speculative:
         state = state.replace(cache=cache, key=key, stats=stats)
         new_state = commit(state, new_tokens, n_commit, eos_id)
         new_state = new_state.replace(done=new_state.done | masked)
-        if getattr(self.draft, "uses_raw_logits", False):
-            dstate = self.draft.observe(params, cfg, new_state, dstate, draft, logits, verdict, raw_logits=out.logits)
-        else:
+        if _legacy(self.draft, DraftSource):
             dstate = self.draft.observe(params, cfg, new_state, dstate, draft, logits, verdict)
+        else:
+            dstate = self.draft.observe(params, cfg, new_state, dstate, draft, logits, verdict, out.logits)
         return new_state.replace(extra=dstate)
 
 

@@ -21,7 +21,7 @@ which keeps multi-candidate rejection verification lossless).
 
 Under greedy decoding the (transformed) target distribution is a point mass; the memory then
 stores the model's untransformed distribution (``raw_logits``, which the speculative step passes
-to drafts with ``uses_raw_logits``), so a key keeps alternatives. Drafts only affect speed:
+to every draft source's ``observe``), so a key keeps alternatives. Drafts only affect speed:
 greedy and ``tree()`` verification stay exact. ``prime_prompt=True`` (our addition, off by
 default) also stores the prompt's own n-grams as one-hot observations at ``init``.
 
@@ -35,13 +35,15 @@ key of the last observation in (row, position) order takes the slot and the othe
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from tokjax.decoding._state import check_like
+from tokjax.decoding.speculative import Draft, DraftSource
 from tokjax.decoding.token_recycling import TEMPLATES, template_arrays
 
 __all__ = [
@@ -63,7 +65,7 @@ _EMPTY = -1
 
 @struct.dataclass
 class NgramTables:
-    """Returns nothing; the STAND memory: per order o, ``capacity`` slots.
+    """The STAND memory, shared by all rows: per n-gram order o, ``capacity`` hash slots of sparse next-token distributions.
 
     ``keys`` [O, C, n_max] int32 (first n_o columns hold the key, rest -1), ``tokens`` [O, C, K]
     int32, ``weights`` [O, C, K] f32 (the stored probabilities, 0 = no candidate), ``counts``
@@ -224,7 +226,7 @@ def _tree_context_index(parents: np.ndarray, n_max: int) -> np.ndarray:
 
 @struct.dataclass
 class StandState:
-    """Returns nothing; draft-private carry: the shared tables and what propose saw (for observe)."""
+    """STAND's draft state: the shared tables and what propose saw (each row's last tokens and liveness, for observe)."""
 
     tables: NgramTables
     tail: jax.Array  # [B, n_max] last tokens up to the pending one at propose time
@@ -233,10 +235,11 @@ class StandState:
 
 
 @dataclasses.dataclass(frozen=True)
-class NgramMemory:
-    """Returns nothing; STAND (P22) as a DraftSource for ``speculative(draft, verifier)``.
+class NgramMemory(DraftSource):
+    """STAND (P22) as a draft source for ``speculative(draft, verifier)``: a Gumbel-top-k tree from the n-gram memory.
 
-    See :func:`ngram_memory` for the fields.
+    See :func:`ngram_memory` for the fields. Hot start: its ``persistent_state`` is the
+    :class:`NgramTables` (any batch size may resume them).
     """
 
     template: tuple[tuple[int, ...], ...] = STAND_TEMPLATE
@@ -244,9 +247,6 @@ class NgramMemory:
     top_k: int = 10
     capacity: int = 1 << 12
     prime_prompt: bool = False
-    # observe also gets the untransformed logits: under greedy decoding the target distribution is
-    # a point mass, and the memory then stores the model's own distribution to keep alternatives.
-    uses_raw_logits: ClassVar[bool] = True
 
     @property
     def num_nodes(self) -> int:
@@ -289,9 +289,19 @@ class NgramMemory:
             live=jnp.zeros((B,), bool),
         )
 
-    def propose(self, params, cfg, state, dstate: StandState, key):
-        from tokjax.decoding.speculative import Draft
+    def state_axes(self, dstate: StandState):
+        # The tables are shared by every row (replicated); what propose saw follows the batch.
+        return StandState(tables=None, tail=("batch", None), tail_ok=("batch", None), live=("batch",))
 
+    def persistent_state(self, dstate: StandState) -> NgramTables:
+        return dstate.tables
+
+    def resume(self, dstate: StandState, saved) -> StandState:
+        if not isinstance(saved, NgramTables):
+            raise ValueError(f"strategy_state must be the NgramTables of an earlier output, got {type(saved).__name__}")
+        return dstate.replace(tables=check_like(saved, dstate.tables, "strategy_state"))
+
+    def propose(self, params, cfg, state, dstate: StandState, key, transform):
         tokens, valid, probs, tail, tail_ok = draft_stand_tree(
             dstate.tables, self.orders, self.template, state.tokens, state.lengths, key, cfg.vocab_size
         )
@@ -306,7 +316,7 @@ class NgramMemory:
         )
         return draft, dstate.replace(tail=tail, tail_ok=tail_ok, live=~state.done)
 
-    def observe(self, params, cfg, state, dstate: StandState, draft, target_logits, accepted, raw_logits=None):
+    def observe(self, params, cfg, state, dstate: StandState, draft, target_logits, accepted, raw_logits):
         tables = observe_stand(
             dstate.tables, self.orders, self.top_k, dstate.tail, dstate.tail_ok, dstate.live, draft.tokens,
             target_logits, accepted.path, accepted.count, cfg.vocab_size, raw_logits=raw_logits,

@@ -17,24 +17,28 @@ t. Each step (paper Sec. 3, "BFS" retrieval + "update"):
   candidate tokens a plain decoder would throw away become the next drafts.
 
 ``A`` starts at zeros (as in the official code) and is shared by all rows of a batch; it can be
-passed from one generate call to the next ("hot start", :func:`generate_with_table`).
+passed from one generate call to the next (hot start: ``out.strategy_state`` is the table, and
+``generate(..., strategy_state=table)`` starts from it).
 
 Duplicate writes (one token at several nodes / rows in a step) are resolved deterministically:
 the last node in (row, BFS node) order wins, which is what a sequential write would leave. The
 official code's batched ``index_put`` leaves the winner unspecified. When the logits are masked
 (``-inf``, e.g. top-k/greedy transforms), masked candidates keep the entry from before the step;
-the speculative step passes the untransformed logits to drafts that ask (``uses_raw_logits``).
+the update reads the untransformed logits (``raw_logits``) the speculative step passes to ``observe``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+
+from tokjax.decoding._state import check_like
+from tokjax.decoding.speculative import Draft, DraftSource
 
 __all__ = [
     "TEMPLATES",
@@ -44,7 +48,6 @@ __all__ = [
     "template_arrays",
     "draft_tree",
     "update_table",
-    "generate_with_table",
 ]
 
 # Static draft trees, as paths of child indices in BFS order (parents before children, siblings in
@@ -101,7 +104,7 @@ def template_arrays(template: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.n
 
 @struct.dataclass
 class RecyclingTable:
-    """Returns nothing; the Token Recycling adjacency matrix ``successors`` [V, k] int32 (shared by all rows)."""
+    """The Token Recycling adjacency matrix ``successors`` [V, k] int32: k candidate successors per token, shared by all rows."""
 
     successors: jax.Array
 
@@ -153,7 +156,7 @@ def update_table(successors: jax.Array, node_tokens: jax.Array, logits: jax.Arra
 
 @struct.dataclass
 class RecyclingState:
-    """Returns nothing; draft-private carry: the table plus what propose saw (for observe)."""
+    """Token Recycling's draft state: the table plus what propose saw (the tree roots and live rows, for observe)."""
 
     table: RecyclingTable
     pending: jax.Array  # [B] root token of the last proposed tree
@@ -161,18 +164,16 @@ class RecyclingState:
 
 
 @dataclasses.dataclass(frozen=True)
-class Recycling:
-    """Returns nothing; Token Recycling (P45) as a DraftSource for ``speculative(draft, verifier)``.
+class Recycling(DraftSource):
+    """Token Recycling (P45) as a draft source for ``speculative(draft, verifier)``: BFS over a static tree in the table.
 
     ``template``: static tree (paths of child indices, BFS order); ``k``: successors kept per
     token. Deterministic draft (``probs=None``): under sampling verifiers each node is a point mass.
+    Hot start: its ``persistent_state`` is the :class:`RecyclingTable` (any batch size may resume it).
     """
 
     template: tuple[tuple[int, ...], ...] = TEMPLATES["2.2.2"]
     k: int = 8
-    # Ask the speculative step for the untransformed logits in observe (a greedy transform
-    # leaves only the argmax finite, which would leave k - 1 successors stale).
-    uses_raw_logits: ClassVar[bool] = True
 
     @property
     def num_nodes(self) -> int:
@@ -199,9 +200,19 @@ class Recycling:
             live=jnp.zeros((B,), bool),
         )
 
-    def propose(self, params, cfg, state, dstate: RecyclingState, key):
-        from tokjax.decoding.speculative import Draft
+    def state_axes(self, dstate: RecyclingState):
+        # The table is shared by every row (replicated); the per-row roots follow the batch.
+        return RecyclingState(table=None, pending=("batch",), live=("batch",))
 
+    def persistent_state(self, dstate: RecyclingState) -> RecyclingTable:
+        return dstate.table
+
+    def resume(self, dstate: RecyclingState, saved) -> RecyclingState:
+        if not isinstance(saved, RecyclingTable):
+            raise ValueError(f"strategy_state must be the RecyclingTable of an earlier output, got {type(saved).__name__}")
+        return dstate.replace(table=check_like(saved, dstate.table, "strategy_state"))
+
+    def propose(self, params, cfg, state, dstate: RecyclingState, key, transform):
         parents, child, depth = template_arrays(self.template)
         pending = jnp.take_along_axis(state.tokens, (state.lengths - 1)[:, None], axis=1)[:, 0]
         tokens = draft_tree(dstate.table.successors, pending, parents, child, depth)
@@ -215,8 +226,10 @@ class Recycling:
         )
         return draft, dstate.replace(pending=pending, live=~state.done)
 
-    def observe(self, params, cfg, state, dstate: RecyclingState, draft, target_logits, accepted, raw_logits=None):
-        logits = target_logits if raw_logits is None else raw_logits
+    def observe(self, params, cfg, state, dstate: RecyclingState, draft, target_logits, accepted, raw_logits):
+        # Untransformed logits: a greedy transform leaves only the argmax finite, which would
+        # leave k - 1 successors stale.
+        logits = raw_logits
         nodes = jnp.concatenate([dstate.pending[:, None], draft.tokens], axis=1)
         valid = jnp.concatenate([jnp.ones_like(draft.valid[:, :1]), draft.valid], axis=1) & dstate.live[:, None]
         succ = update_table(dstate.table.successors, nodes, logits, valid)
@@ -243,51 +256,3 @@ def recycling(k: int = 8, template: str | Sequence[Sequence[int]] = "2.2.2") -> 
     if int(child.max()) >= src.k:
         raise ValueError(f"tree template uses child index {int(child.max())} but only k={src.k} successors are stored")
     return src
-
-
-def _find_tables(tree: Any, cls) -> list:
-    found = []
-    jax.tree.map(lambda x: found.append(x) if isinstance(x, cls) else None, tree, is_leaf=lambda x: isinstance(x, cls))
-    return found
-
-
-def _swap_tables(tree: Any, cls, table) -> Any:
-    return jax.tree.map(lambda x: table if isinstance(x, cls) else x, tree, is_leaf=lambda x: isinstance(x, cls))
-
-
-def generate_with_table(model, prompt, *, strategy, table=None, table_type=RecyclingTable, **kwargs):
-    """Returns (GenerateOutput, table): ``generate`` whose draft table starts from ``table`` and is returned.
-
-    Hot start across requests: pass the returned table to the next call. ``table=None`` starts
-    cold. ``table_type``: the table class to swap (RecyclingTable here; STAND's NgramTables too).
-    A stand-in until generate itself accepts and returns a strategy state.
-    """
-    import importlib
-
-    gen = importlib.import_module("tokjax.decoding.generate")  # the module (the package exports a function of that name)
-
-    known = {"key", "max_new_tokens", "prompt_lengths", "logits", "eos_id", "pad_id"}
-    if set(kwargs) - known:
-        raise ValueError(f"generate_with_table got unexpected arguments {sorted(set(kwargs) - known)}")
-    if "max_new_tokens" not in kwargs:
-        raise ValueError("generate_with_table needs max_new_tokens=")
-    pad_id = kwargs.get("pad_id", 0)
-    cfg, transform, strategy, eos, state, params = gen._setup(
-        model, prompt, key=kwargs.get("key"), max_new_tokens=kwargs["max_new_tokens"],
-        prompt_lengths=kwargs.get("prompt_lengths"), logits=kwargs.get("logits"),
-        strategy=strategy, eos_id=kwargs.get("eos_id"), pad_id=pad_id, fuse=True,
-    )
-    fresh = _find_tables(state.extra, table_type)
-    if not fresh:
-        raise ValueError(f"the strategy's draft state holds no {table_type.__name__}; is the draft source the right one?")
-    if table is not None:
-        same = isinstance(table, table_type) and (
-            jax.tree.structure(table) == jax.tree.structure(fresh[0])
-            and all(a.shape == b.shape for a, b in zip(jax.tree.leaves(table), jax.tree.leaves(fresh[0])))
-        )
-        if not same:
-            raise ValueError(f"table must be a {table_type.__name__} shaped like the draft source's own table")
-        state = state.replace(extra=_swap_tables(state.extra, table_type, jax.tree.map(jnp.copy, table)))
-    state = gen._loop_jit(params, state, cfg=cfg, strategy=strategy, transform=transform,
-                          max_steps=int(kwargs["max_new_tokens"]), eos_id=eos)
-    return gen._output(state, pad_id), _find_tables(state.extra, table_type)[0]

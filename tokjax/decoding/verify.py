@@ -15,7 +15,8 @@ a :class:`~tokjax.decoding.speculative.Verdict`.
   residual (p at first), and a rejection sets r <- norm(max(0, r - q_i)). Lossless when q_i
   is the distribution x_i was drawn from given the earlier siblings (``Draft.probs``);
   deterministic drafts use point masses (a rejected token is removed from r).
-* ``greedy()`` - argmax verification, for greedy decoding (checks that the transform ends in
+* ``greedy()`` (:class:`GreedyMatch`, not to be confused with the logit transform
+  ``tokjax.logits.Greedy``) - argmax verification, for greedy decoding (checks that the transform ends in
   ``greedy()``).
 
 On a chain ``rejection()`` and ``tree()`` agree exactly (same uniforms, same decisions).
@@ -28,34 +29,17 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from tokjax.decoding.speculative import Draft, Verdict
+from tokjax.decoding._state import ends_greedy
+from tokjax.decoding.speculative import Draft, Verdict, Verifier
+from tokjax.logits import masked_softmax, sample
 
-__all__ = ["greedy", "rejection", "tree", "Greedy", "Rejection", "TreeRejection", "recursive_rejection", "safe_probs", "sample_probs"]
-
-
-def safe_probs(logits: jax.Array) -> jax.Array:
-    """Returns softmax(logits) over the last axis with all -inf rows mapped to zeros (never NaN)."""
-    finite = jnp.isfinite(logits)
-    m = jnp.max(jnp.where(finite, logits, -1e30), axis=-1, keepdims=True)
-    e = jnp.where(finite, jnp.exp(logits - m), 0.0)
-    return e / jnp.maximum(e.sum(-1, keepdims=True), 1e-30)
+__all__ = [
+    "greedy", "rejection", "tree", "GreedyMatch", "Rejection", "TreeRejection", "recursive_rejection", "greedy_walk",
+]
 
 
-def sample_probs(key: jax.Array, probs: jax.Array) -> jax.Array:
-    """Returns int32 [...] draws from the rows of ``probs`` [..., V] (need not be normalised) by inverse CDF.
-
-    One uniform per row instead of V Gumbel draws (categorical sampling's cost on CPU is mostly
-    the random bits). Zero-probability tokens are never drawn; an all-zero row yields 0.
-    """
-    cdf = jnp.cumsum(probs.astype(jnp.float32), axis=-1)
-    u = jax.random.uniform(key, probs.shape[:-1]) * cdf[..., -1:].squeeze(-1)
-    idx = (cdf <= u[..., None]).sum(-1)
-    # float rounding could step past the last positive entry: clamp to it
-    last = probs.shape[-1] - 1 - jnp.argmax((probs > 0)[..., ::-1], axis=-1)
-    return jnp.minimum(idx, last).astype(jnp.int32)
-
-
-_sample = sample_probs
+def _draw(key: jax.Array, probs: jax.Array) -> jax.Array:
+    return sample(key, probs=probs)[0]
 
 
 def _draft_q(draft: Draft, V: int) -> jax.Array:
@@ -83,7 +67,7 @@ def recursive_rejection(
     """
     B, T, V = logits.shape
     N = T - 1
-    p = safe_probs(logits.astype(jnp.float32))  # [B, T, V]
+    p = masked_softmax(logits)  # [B, T, V]; an all-masked row is zeros (never NaN)
     masked = ~jnp.isfinite(logits).any(-1)  # [B, T]
     q = _draft_q(draft, V)
     k_u, k_bonus = jax.random.split(key)
@@ -125,7 +109,7 @@ def recursive_rejection(
         jnp.swapaxes(q, 0, 1), u.T,
     )
     (cur, r, count, path, _), _ = jax.lax.scan(body, init, xs)
-    bonus = _sample(k_bonus, r)
+    bonus = _draw(k_bonus, r)
     return Verdict(
         path=path, count=count, bonus=bonus, accept_at=jnp.arange(N)[None, :] < count[:, None],
         masked=masked[rows, cur],
@@ -157,20 +141,12 @@ def greedy_walk(draft: Draft, logits: jax.Array) -> Verdict:
     )
 
 
-def _transform_is_greedy(t) -> bool:
-    from tokjax.decoding.generate import _ends_greedy
-
-    return _ends_greedy(t)
-
-
 @dataclasses.dataclass(frozen=True)
-class Greedy:
-    """Returns nothing; argmax verification (exact for greedy decoding; see :func:`greedy`)."""
-
-    lossless: bool = True
+class GreedyMatch(Verifier):
+    """The argmax verifier: accepts draft tokens equal to the target's argmax (exact for greedy decoding)."""
 
     def check_transform(self, transform) -> None:
-        if not _transform_is_greedy(transform):
+        if not ends_greedy(transform):
             raise ValueError(
                 "verify.greedy() accepts draft tokens equal to the target's argmax, which equals plain decoding only "
                 "for greedy logits (logits=...greedy()); use verify.rejection() or verify.tree() for sampling"
@@ -181,32 +157,28 @@ class Greedy:
 
 
 @dataclasses.dataclass(frozen=True)
-class Rejection:
-    """Returns nothing; chain speculative sampling (see :func:`rejection`)."""
-
-    lossless: bool = True
+class Rejection(Verifier):
+    """Chain speculative sampling: rejection-samples the first child of each node (see :func:`rejection`)."""
 
     def verify(self, key, draft: Draft, target_logits: jax.Array) -> Verdict:
         return recursive_rejection(key, draft, target_logits, first_child_only=True)
 
 
 @dataclasses.dataclass(frozen=True)
-class TreeRejection:
-    """Returns nothing; recursive rejection sampling over a draft tree (see :func:`tree`)."""
-
-    lossless: bool = True
+class TreeRejection(Verifier):
+    """Recursive rejection sampling over every sibling of a draft tree (see :func:`tree`)."""
 
     def verify(self, key, draft: Draft, target_logits: jax.Array) -> Verdict:
         return recursive_rejection(key, draft, target_logits)
 
 
-def greedy() -> Greedy:
+def greedy() -> GreedyMatch:
     """Returns the argmax verifier: accept a child whose token is the target argmax; bonus = argmax.
 
     Output equals plain greedy decoding; raises ValueError (at generate) when the logit
     transform does not end in ``tokjax.logits.greedy()``.
     """
-    return Greedy()
+    return GreedyMatch()
 
 
 def rejection() -> Rejection:

@@ -17,12 +17,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from tokjax._transform import (
+    IdentityBehaviour, NamedComposition, SequentialComposition, checked_members, checked_named_members,
+)
+
 NEG_INF = -jnp.inf
 
 
 @struct.dataclass
 class LogitContext:
-    """Returns nothing; what a transform may read besides the logits.
+    """What a logit transform may read besides the logits.
 
     ``tokens`` [B, S] the sequence buffer (prompt + generated so far), ``lengths`` [B] the valid
     length of each row, ``step`` the decode step (scalar int32).
@@ -66,8 +70,25 @@ def check_range(value, name: str, lo=None, hi=None, lo_open=False, hi_open=False
         raise ValueError(f"{name} must lie in {lb}, {ub}, got {value!r}")
 
 
+def check_int_option(value, name: str, lo: int | None = None, hi: int | None = None) -> int:
+    """Returns ``value`` as a Python int; raises ValueError unless it is an int (a numpy integer counts, a
+    bool does not) in [``lo``, ``hi``] (either bound may be None). For static, shape-setting options."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, np.integer))
+    if ok and ((lo is not None and value < lo) or (hi is not None and value > hi)):
+        ok = False
+    if not ok:
+        if lo is not None and hi is not None:
+            want = f"an int in [{lo}, {hi}]"
+        elif lo == 1:
+            want = "a positive int (>= 1)"
+        else:
+            want = "an int" + ("" if lo is None else f" >= {lo}") + ("" if hi is None else f" <= {hi}")
+        raise ValueError(f"{name} must be {want}, got {value!r}")
+    return int(value)
+
+
 class LogitTransform:
-    """Returns nothing; base class. Subclasses define ``init(batch) -> state`` and
+    """Base class of the logit-transform family. Subclasses define ``init(batch) -> state`` and
     ``apply(logits [B, V] float32, state, ctx) -> (logits, state)``.
     """
 
@@ -83,72 +104,36 @@ class LogitTransform:
 
 
 @dataclasses.dataclass(frozen=True)
-class Chain(LogitTransform):
-    """Returns nothing; applies transforms in order (state is a tuple of their states)."""
+class Chain(SequentialComposition, LogitTransform):
+    """A logit transform applying ``transforms`` left to right; its state is the tuple of their states."""
 
     transforms: tuple
 
-    def init(self, batch):
-        return tuple(t.init(batch) for t in self.transforms)
-
-    def apply(self, logits, state, ctx):
-        new = []
-        for t, s in zip(self.transforms, state):
-            logits, s = t.apply(logits, s, ctx)
-            new.append(s)
-        return logits, tuple(new)
-
 
 @dataclasses.dataclass(frozen=True)
-class NamedChain(LogitTransform):
-    """Returns nothing; like Chain, but the state is a dict keyed by name (addressable hyperparameters)."""
+class NamedChain(NamedComposition, LogitTransform):
+    """A logit transform applying ``(name, transform)`` pairs in order; its state is a dict keyed by name
+    (addressable hyperparameters)."""
 
     named: tuple  # ((name, transform), ...)
-
-    def init(self, batch):
-        return {n: t.init(batch) for n, t in self.named}
-
-    def apply(self, logits, state, ctx):
-        new = {}
-        for n, t in self.named:
-            logits, new[n] = t.apply(logits, state[n], ctx)
-        return logits, new
 
 
 def chain(*transforms: LogitTransform) -> Chain:
     """Returns the composition applying ``transforms`` left to right."""
-    for t in transforms:
-        if not isinstance(t, LogitTransform):
-            raise ValueError(f"chain expects LogitTransform objects, got {type(t).__name__}")
-    return Chain(tuple(transforms))
+    return Chain(checked_members(transforms, LogitTransform))
 
 
 def named_chain(*named: tuple[str, LogitTransform]) -> NamedChain:
     """Returns the composition of ``(name, transform)`` pairs with a name-keyed state."""
-    names = [n for n, _ in named]
-    if len(set(names)) != len(names):
-        raise ValueError(f"named_chain names must be unique, got {names}")
-    for n, t in named:
-        if not isinstance(t, LogitTransform):
-            raise ValueError(f"named_chain entry {n!r} is not a LogitTransform: {type(t).__name__}")
-    return NamedChain(tuple(named))
+    return NamedChain(checked_named_members(named, LogitTransform))
 
 
-class Identity(LogitTransform):
-    """Returns nothing; the transform that changes nothing."""
-
-    def __eq__(self, other):
-        return type(other) is Identity
-
-    def __hash__(self):
-        return hash(Identity)
-
-    def apply(self, logits, state, ctx):
-        return logits, state
+class Identity(IdentityBehaviour, LogitTransform):
+    """The logit transform that changes nothing."""
 
 
 class Stats(NamedTuple):
-    """Returns nothing; diagnostics of one sampled step."""
+    """Diagnostics of one sampled step."""
 
     all_masked: jax.Array  # [B] bool: the row had no finite logit left
 
@@ -202,15 +187,41 @@ def target_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:
     logp = jax.nn.log_softmax(jnp.asarray(logits).astype(jnp.float32), axis=-1)
     return jnp.take_along_axis(logp, jnp.asarray(targets)[..., None].astype(jnp.int32), axis=-1)[..., 0]
 
-def sample(key: jax.Array, logits: jax.Array) -> tuple[jax.Array, Stats]:
-    """Returns (token ids [B] int32, Stats) drawn from softmax(logits) per row.
+def sample(key: jax.Array, logits: jax.Array | None = None, *, probs: jax.Array | None = None,
+           greedy: bool = False) -> tuple[jax.Array, Stats]:
+    """Returns (token ids [...] int32, Stats): one draw per row from softmax(``logits``) or from ``probs``.
 
-    A row whose logits are all -inf yields token 0 and ``all_masked`` True (never NaN); the
-    decode loop ends such a row rather than emitting a meaningless token silently.
+    The one sampler of tokjax (decode steps, draft models, verifiers' residual and bonus draws).
+    Give exactly one of ``logits`` [..., V] (``-inf`` = masked) or ``probs`` [..., V]
+    (non-negative, need not be normalised). ``greedy``: the argmax instead (no randomness).
+
+    * logits: Gumbel-max (``jax.random.categorical``): exact down to the smallest probabilities.
+    * probs: inverse CDF, one uniform per row instead of V Gumbel draws (on CPU categorical's cost
+      is mostly the random bits); exact up to float32 rounding of the cumulative sum, and a
+      zero-probability token is never drawn. Verifiers and draft models, which already hold
+      probabilities, use this form on every step.
+
+    A row with no finite logit (or all-zero probs) yields token 0 and ``all_masked`` True (never
+    NaN); the decode loop ends such a row rather than emitting a meaningless token silently.
     """
-    finite = jnp.isfinite(logits)
-    any_finite = finite.any(-1)
-    safe = jnp.where(finite, logits, -1e30)
-    tok = jax.random.categorical(key, safe, axis=-1).astype(jnp.int32)
-    tok = jnp.where(any_finite, tok, 0)
-    return tok, Stats(all_masked=~any_finite)
+    if (logits is None) == (probs is None):
+        raise ValueError("sample takes exactly one of logits= or probs=")
+    if logits is not None:
+        finite = jnp.isfinite(logits)
+        any_finite = finite.any(-1)
+        if greedy:
+            tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        else:
+            tok = jax.random.categorical(key, jnp.where(finite, logits, -1e30), axis=-1).astype(jnp.int32)
+        return jnp.where(any_finite, tok, 0), Stats(all_masked=~any_finite)
+    probs = probs.astype(jnp.float32)
+    positive = probs > 0
+    empty = ~positive.any(-1)
+    if greedy:
+        return jnp.argmax(probs, axis=-1).astype(jnp.int32), Stats(all_masked=empty)
+    cdf = jnp.cumsum(probs, axis=-1)
+    u = jax.random.uniform(key, probs.shape[:-1]) * cdf[..., -1]
+    idx = (cdf <= u[..., None]).sum(-1)
+    # float rounding could step past the last positive entry: clamp to it (0 for an empty row)
+    last = jnp.where(empty, 0, probs.shape[-1] - 1 - jnp.argmax(positive[..., ::-1], axis=-1))
+    return jnp.minimum(idx, last).astype(jnp.int32), Stats(all_masked=empty)

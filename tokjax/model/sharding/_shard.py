@@ -9,7 +9,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from tokjax.model import KVCache, Model, ModelConfig
 from tokjax.model.params import Params, ParamSpec, check_params, param_specs
-from tokjax.parallel._rules import DEFAULT_RULES, ShardingRules, logical_sharding
+from tokjax.model.sharding._rules import DEFAULT_RULES, ShardingRules, logical_sharding
 
 # Logical axes of the KVCache fields (layout documented in tokjax.model.cache): k and v are
 # tuples of per-layer head-major buffers, each with these axes.
@@ -183,3 +183,60 @@ def shard_train_state(state: Any, cfg: ModelConfig, mesh: Mesh, rules: ShardingR
     step's output layout equal to its input layout, so the second step reuses the first's executable.
     """
     return _put(state, train_state_shardings(state, cfg, mesh, rules))
+
+
+# In a logical-axes declaration (``axes_shardings``, ``Strategy.state_axes``): "this subtree is a KVCache".
+KV_CACHE = "kv_cache"
+
+
+def _is_axes(x: Any) -> bool:
+    return x is None or x == KV_CACHE or (isinstance(x, tuple) and all(a is None or isinstance(a, str) for a in x))
+
+
+def axes_shardings(tree: Any, axes: Any, mesh: Mesh, rules: ShardingRules = DEFAULT_RULES) -> Any:
+    """Returns a pytree like ``tree`` of NamedShardings from a declaration ``axes`` of its logical axes.
+
+    ``axes`` is a prefix of ``tree`` whose leaves are: a tuple of logical axis names, one per
+    dimension of the array at that place (``("batch", None)``); :data:`KV_CACHE` at a KVCache
+    (placed by ``cache_shardings``); or None, which replicates the whole subtree there (``axes``
+    = None replicates everything). Dimensions the mesh cannot split evenly are replicated.
+    """
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def place(ax, sub):
+        if ax is None:
+            return jax.tree.map(lambda _: replicated, sub)
+        if ax == KV_CACHE:
+            if not isinstance(sub, KVCache):
+                raise ValueError(f"axes declare a KVCache ({KV_CACHE!r}) where the state holds {type(sub).__name__}")
+            return cache_shardings(sub, mesh, rules)
+        shape = jax.numpy.shape(sub)
+        if len(shape) != len(ax):
+            raise ValueError(f"logical axes {ax} declared for an array of shape {shape}: one name (or None) per dimension")
+        return logical_sharding(shape, ax, mesh, rules)
+
+    try:
+        return jax.tree.map(place, axes, tree, is_leaf=_is_axes)
+    except ValueError as e:
+        if "axes declare" in str(e) or "logical axes" in str(e):
+            raise
+        raise ValueError(f"the axes declaration does not match the state's tree structure: {e}") from None
+
+
+def state_shardings(state: Any, batch: int, mesh: Mesh, rules: ShardingRules = DEFAULT_RULES) -> Any:
+    """Returns a pytree like ``state`` of NamedShardings: KV caches per ``cache_shardings``, leaves with a
+    leading dimension of size ``batch`` split over "data" (replicated when not divisible), the rest replicated.
+
+    A guess from shapes, for state whose layout nobody declared (logit-transform state); decode
+    strategies declare theirs (``Strategy.state_axes``, placed by ``axes_shardings``).
+    """
+
+    def one(x):
+        if isinstance(x, KVCache):
+            return cache_shardings(x, mesh, rules)
+        shape = jax.numpy.shape(x)
+        if len(shape) >= 1 and shape[0] == batch:
+            return logical_sharding(shape, ("batch",) + (None,) * (len(shape) - 1), mesh, rules)
+        return NamedSharding(mesh, PartitionSpec())
+
+    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, KVCache))

@@ -27,7 +27,7 @@ def _as_tuple(m: MeshAxes) -> tuple[str, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class ShardingRules:
-    """Returns nothing; a frozen table mapping each logical axis to a mesh axis (or None: replicated).
+    """A frozen table mapping each logical axis to a mesh axis (or None: replicated).
 
     The defaults are Megatron-style tensor parallelism on ``model`` (heads, kv_heads, mlp and
     vocab split; each layer then needs one all-reduce after attention and one after the MLP)

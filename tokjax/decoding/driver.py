@@ -1,55 +1,49 @@
-"""generate: one jitted ``lax.while_loop`` over fixed-size buffers, batched prompts of any lengths.
+"""The one decode driver: ``generate`` / ``stream``, a jitted ``lax.while_loop`` over fixed-size buffers.
 
     out = generate(model, prompt, key=key, max_new_tokens=64, logits=chain(top_p(0.9), temperature(0.7)))
 
 The strategy (plain sampling by default) decides what one step does; the loop, the buffers,
-stopping, statistics and the pending-token cache convention (see ``_state``) are shared by
-every strategy, speculative ones included.
+stopping, statistics, the pending-token cache convention (see ``_state``), hot start
+(``strategy_state=``) and sharded decoding (``mesh=``) are shared by every strategy,
+speculative and two-model ones included.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 from typing import Any, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from tokjax.decoding._state import DecodeState, DecodeStats, Strategy, commit
-from tokjax.logits import Chain, Greedy, Identity, LogitTransform, NamedChain, sample
-from tokjax.logits import Stats as SampleStats
-from tokjax.model import Inputs, KVCache, Model, ModelConfig, forward, unstack_layers
+from tokjax.decoding._state import DecodeState, DecodeStats, Strategy, commit, ends_greedy
+from tokjax.logits import Identity, LogitTransform, sample
+from tokjax.model import Inputs, Model, ModelConfig, forward, prefill, unstack_layers
+from tokjax.model.sharding import (
+    DEFAULT_RULES, ShardingRules, axes_shardings, cache_shardings, logical_sharding, shard_model, state_shardings,
+)
+
+__all__ = ["TRACE_COUNTS", "GenerateOutput", "Sampling", "generate", "stream", "prepare_prompt", "decode_state_shardings"]
 
 # How many times each jitted function has been traced; tests use it to prove that changing a
-# runtime hyperparameter (temperature, top-p, ...) does not recompile.
+# runtime hyperparameter (temperature, top-p, tau, ...) does not recompile.
 TRACE_COUNTS: collections.Counter = collections.Counter()
 
 
 @dataclasses.dataclass(frozen=True)
-class Sampling:
-    """Returns nothing; the default strategy: one target call per step, one sampled token per row."""
-
-    slack: int = 0
-    max_accept: int = 1
-
-    def validate(self, cfg: ModelConfig) -> None:
-        return None
-
-    def init(self, params, cfg, state):
-        return None
+class Sampling(Strategy):
+    """The default strategy: one target call per step, one sampled (or argmax) token per row."""
 
     def step(self, params, cfg: ModelConfig, transform: LogitTransform, state: DecodeState, eos_id=None) -> DecodeState:
         pending = jnp.take_along_axis(state.tokens, (state.lengths - 1)[:, None], axis=1)
         out = forward(params, cfg, Inputs(tokens=pending), cache=state.cache)
         logits, logit_state = transform.apply(out.logits[:, 0], state.logit_state, state.context())
         key, sub = jax.random.split(state.key)
-        if _ends_greedy(transform):  # argmax directly: no Gumbel noise over the vocabulary
-            tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-            sstats = SampleStats(all_masked=~jnp.isfinite(logits).any(-1))
-        else:
-            tok, sstats = sample(sub, logits)
+        tok, sstats = sample(sub, logits, greedy=ends_greedy(transform))
         counts = jnp.where(sstats.all_masked, 0, 1).astype(jnp.int32)
         stats = state.stats.replace(
             forward_calls=state.stats.forward_calls + 1,
@@ -62,23 +56,28 @@ class Sampling:
 
 @dataclasses.dataclass(frozen=True)
 class GenerateOutput:
-    """Returns nothing; what generate returns (host numpy arrays).
+    """What generate returns: host numpy token buffers, statistics, and the strategy's state for hot start.
 
     ``tokens`` [B, S]: prompt then generated tokens, contiguous per row, ``pad_id`` after
-    ``lengths[b]``. ``stats``: forward_calls, tokens_per_call, accepted histogram, masked rows.
+    ``lengths[b]``. ``stats``: forward_calls, tokens_per_call, accepted histogram, masked rows,
+    plus the strategy's ``finalize`` statistics. ``strategy_state``: the strategy's
+    ``persistent_state`` (device arrays; e.g. Token Recycling's table), to pass as
+    ``generate(..., strategy_state=)`` to a later call.
     """
 
     tokens: np.ndarray
     lengths: np.ndarray
     prompt_lengths: np.ndarray
     stats: dict
+    strategy_state: Any = None
 
     def completions(self) -> list[np.ndarray]:
         """Returns each row's generated tokens (without the prompt)."""
         return [self.tokens[b, p:n] for b, (p, n) in enumerate(zip(self.prompt_lengths, self.lengths))]
 
 
-def _prepare_prompt(prompt, prompt_lengths, cfg: ModelConfig, pad_id: int):
+def prepare_prompt(prompt, prompt_lengths, cfg: ModelConfig, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (tokens int32 [B, P] padded with ``pad_id``, lengths int32 [B]) after checking the prompt."""
     if isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], (list, tuple, np.ndarray)):
         rows = [np.asarray(r, np.int64).reshape(-1) for r in prompt]
         if prompt_lengths is not None:
@@ -119,13 +118,6 @@ def _prepare_prompt(prompt, prompt_lengths, cfg: ModelConfig, pad_id: int):
     return arr, lens
 
 
-def _prefill(params, cfg, tokens, lengths, capacity):
-    B, P = tokens.shape
-    cache = KVCache.init(cfg, B, capacity)
-    out = forward(params, cfg, Inputs(tokens=tokens), cache=cache, compute_logits=False)
-    return out.cache.set_lengths(lengths - 1)
-
-
 def _loop(params, state, *, cfg, strategy, transform, max_steps, eos_id):
     TRACE_COUNTS["decode_loop"] += 1
 
@@ -145,22 +137,40 @@ def _one_step(params, state, *, cfg, strategy, transform, eos_id):
     return s.replace(step=s.step + 1)
 
 
-_prefill_jit = jax.jit(_prefill, static_argnames=("cfg", "capacity"))
 _loop_jit = jax.jit(_loop, static_argnames=("cfg", "strategy", "transform", "max_steps", "eos_id"), donate_argnames=("state",))
 _step_jit = jax.jit(_one_step, static_argnames=("cfg", "strategy", "transform", "eos_id"), donate_argnames=("state",))
 
 
-def _ends_greedy(t) -> bool:
-    if isinstance(t, Greedy):
-        return True
-    if isinstance(t, Chain) and t.transforms:
-        return _ends_greedy(t.transforms[-1])
-    if isinstance(t, NamedChain) and t.named:
-        return _ends_greedy(t.named[-1][1])
-    return False
+def _base(strategy, name: str):
+    """Returns ``strategy.<name>``, or the Strategy default for strategies written before the base class existed."""
+    fn = getattr(strategy, name, None)
+    return functools.partial(getattr(Strategy, name), strategy) if fn is None else fn
 
 
-def _setup(model, prompt, *, key, max_new_tokens, prompt_lengths, logits, strategy, eos_id, pad_id, fuse=False):
+def decode_state_shardings(state: DecodeState, strategy, mesh: Mesh, rules: ShardingRules = DEFAULT_RULES):
+    """Returns a DecodeState of NamedShardings: per-row buffers batch on "data", the cache by ``cache_shardings``,
+    the strategy state as its ``state_axes`` declares, logit-transform state by its leading batch dimension.
+    """
+    B = state.tokens.shape[0]
+    rep = NamedSharding(mesh, PartitionSpec())
+    row = lambda x: logical_sharding(x.shape, ("batch",) + (None,) * (x.ndim - 1), mesh, rules)  # noqa: E731
+    stats = jax.tree.map(lambda _: rep, state.stats).replace(masked_rows=row(state.stats.masked_rows))
+    return state.replace(
+        tokens=row(state.tokens), lengths=row(state.lengths), prompt_lengths=row(state.prompt_lengths),
+        max_lengths=row(state.max_lengths), done=row(state.done), cache=cache_shardings(state.cache, mesh, rules),
+        # Logit transforms keep per-row state with the batch first (their only layout convention).
+        logit_state=state_shardings(state.logit_state, B, mesh, rules),
+        key=rep, step=rep, stats=stats,
+        extra=axes_shardings(state.extra, _base(strategy, "state_axes")(state.extra), mesh, rules),
+    )
+
+
+def _on_mesh(params, mesh: Mesh) -> bool:
+    return all(isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh for x in jax.tree.leaves(params))
+
+
+def _setup(model, prompt, *, key, max_new_tokens, prompt_lengths, logits, strategy, eos_id, pad_id,
+           strategy_state=None, mesh=None, rules=None):
     if not isinstance(model, Model):
         raise ValueError(f"generate expects a tokjax Model (params + cfg), got {type(model).__name__}")
     cfg = model.cfg
@@ -170,14 +180,19 @@ def _setup(model, prompt, *, key, max_new_tokens, prompt_lengths, logits, strate
     if not isinstance(transform, LogitTransform):
         raise ValueError(f"logits must be a LogitTransform (e.g. tokjax.logits.temperature(0.7)), got {type(logits).__name__}")
     strategy = Sampling() if strategy is None else strategy
-    for attr in ("slack", "max_accept", "step"):
-        if not hasattr(strategy, attr):
-            raise ValueError(f"strategy {type(strategy).__name__} lacks {attr!r}; see tokjax.decoding.Strategy")
-    if hasattr(strategy, "validate"):
-        strategy.validate(cfg)
+    if not isinstance(strategy, Strategy):  # written before the base class: the core attributes must exist
+        for attr in ("slack", "max_accept", "step"):
+            if not hasattr(strategy, attr):
+                raise ValueError(f"strategy {type(strategy).__name__} lacks {attr!r}; subclass tokjax.decoding.Strategy")
+    _base(strategy, "validate")(cfg)
     if eos_id is not None and not (0 <= int(eos_id) < cfg.vocab_size):
         raise ValueError(f"eos_id must lie in [0, {cfg.vocab_size}), got {eos_id}")
-    tokens, lens = _prepare_prompt(prompt, prompt_lengths, cfg, pad_id)
+    if rules is not None and mesh is None:
+        raise ValueError("rules= applies to sharded decoding; pass mesh= too")
+    if mesh is not None and not isinstance(mesh, Mesh):
+        raise ValueError(f"mesh must be a jax.sharding.Mesh (see tokjax.parallel.make_mesh), got {type(mesh).__name__}")
+    rules = DEFAULT_RULES if rules is None else rules
+    tokens, lens = prepare_prompt(prompt, prompt_lengths, cfg, pad_id)
     B, P = tokens.shape
     if int(lens.max()) > cfg.max_len:
         raise ValueError(f"prompt of {int(lens.max())} tokens is longer than the model's max_len={cfg.max_len}")
@@ -186,18 +201,21 @@ def _setup(model, prompt, *, key, max_new_tokens, prompt_lengths, logits, strate
             f"prompt ({int(lens.max())} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
             f"max_len={cfg.max_len}; shorten one of them"
         )
-    greedy_only = _ends_greedy(transform)
     if key is None:
-        if not greedy_only:
+        if not ends_greedy(transform):
             raise ValueError("generate needs key= (a jax.random key) for sampling; pass logits=greedy() for greedy")
         key = jax.random.key(0)
     total = P + max_new_tokens
     capacity = total + strategy.slack
     buf = np.full((B, total), pad_id, np.int32)
     buf[:, :P] = tokens
-    params = unstack_layers(model.params, fuse=fuse)
-    cache = _prefill_jit(params, cfg, jnp.asarray(tokens), jnp.asarray(lens), capacity)
-    # Separate device buffers: the state is donated, and a buffer may be donated only once.
+    if mesh is not None and not _on_mesh(model.params, mesh):
+        model = shard_model(model, mesh, rules)
+    # Per-layer weight buffers read in place (see tokjax.model.unstack_layers); q/k/v and gate/up
+    # fused into one matmul each, except on a mesh, where fusing would concatenate head-sharded
+    # weights and force a reshard every step. init and step both receive exactly these params.
+    params = unstack_layers(model.params, fuse=mesh is None)
+    cache = prefill(params, cfg, jnp.asarray(tokens), jnp.asarray(lens), capacity)
     state = DecodeState(
         tokens=jnp.asarray(buf),
         lengths=jnp.array(lens),
@@ -211,11 +229,17 @@ def _setup(model, prompt, *, key, max_new_tokens, prompt_lengths, logits, strate
         step=jnp.zeros((), jnp.int32),
         stats=DecodeStats.init(B, strategy.max_accept),
     )
-    state = state.replace(extra=strategy.init(model.params, cfg, state))
+    extra = _base(strategy, "init")(params, cfg, state)
+    if strategy_state is not None:
+        extra = _base(strategy, "resume")(extra, strategy_state)
+    state = state.replace(extra=extra)
+    if mesh is not None:
+        state = jax.device_put(state, decode_state_shardings(state, strategy, mesh, rules))
     return cfg, transform, strategy, (None if eos_id is None else int(eos_id)), state, params
 
 
-def _output(state: DecodeState, pad_id: int) -> GenerateOutput:
+def _output(state: DecodeState, strategy, pad_id: int) -> GenerateOutput:
+    # Single process: np.asarray gathers sharded arrays; multi-host would need process_allgather.
     tokens = np.asarray(state.tokens)
     lengths = np.asarray(state.lengths)
     tokens = np.where(np.arange(tokens.shape[1])[None, :] < lengths[:, None], tokens, pad_id)
@@ -242,7 +266,11 @@ def _output(state: DecodeState, pad_id: int) -> GenerateOutput:
         stats["position_acceptance"] = (acc / np.maximum(reached, 1)).tolist()
         stats["position_acceptance_marginal"] = (acc / row_steps).tolist()
         stats["mean_accepted_drafts"] = float(acc.sum() / row_steps)
-    return GenerateOutput(tokens=tokens, lengths=lengths, prompt_lengths=prompt_lengths, stats=stats)
+    stats.update(_base(strategy, "finalize")(state))
+    return GenerateOutput(
+        tokens=tokens, lengths=lengths, prompt_lengths=prompt_lengths, stats=stats,
+        strategy_state=_base(strategy, "persistent_state")(state.extra),
+    )
 
 
 def generate(
@@ -256,6 +284,9 @@ def generate(
     strategy: Strategy | None = None,
     eos_id: int | None = None,
     pad_id: int = 0,
+    strategy_state: Any = None,
+    mesh: Mesh | None = None,
+    rules: ShardingRules | None = None,
 ) -> GenerateOutput:
     """Returns a GenerateOutput with each row's prompt followed by up to ``max_new_tokens`` new tokens.
 
@@ -264,15 +295,20 @@ def generate(
     (temperature, top-p, ...; changing its hyperparameters does not recompile). ``strategy``:
     how a step proposes and commits tokens (default plain sampling). Rows stop at ``eos_id``
     (included in the output) or at their token budget; the loop stops when every row is done.
+
+    ``strategy_state``: the ``strategy_state`` of an earlier output with the same strategy
+    (hot start: e.g. Token Recycling's table or STAND's n-gram tables carry over; not aliased,
+    the caller's copy is left intact). ``mesh`` (and ``rules``, default
+    ``tokjax.parallel.DEFAULT_RULES``): decode sharded over a ("data", "model") mesh: params
+    are sharded by ``rules`` unless already on ``mesh``, rows split over "data", caches' kv
+    heads over "model", strategy state as its ``state_axes`` declares. Same tokens as one device.
     """
-    # params: per-layer (and fused q/k/v, gate/up) weight buffers, read in place by prefill and
-    # the decode loop (see tokjax.model.unstack_layers).
     cfg, transform, strategy, eos, state, params = _setup(
-        model, prompt, key=key, max_new_tokens=max_new_tokens, prompt_lengths=prompt_lengths,
-        logits=logits, strategy=strategy, eos_id=eos_id, pad_id=pad_id, fuse=True,
+        model, prompt, key=key, max_new_tokens=max_new_tokens, prompt_lengths=prompt_lengths, logits=logits,
+        strategy=strategy, eos_id=eos_id, pad_id=pad_id, strategy_state=strategy_state, mesh=mesh, rules=rules,
     )
     state = _loop_jit(params, state, cfg=cfg, strategy=strategy, transform=transform, max_steps=max_new_tokens, eos_id=eos)
-    return _output(state, pad_id)
+    return _output(state, strategy, pad_id)
 
 
 def stream(
@@ -286,6 +322,9 @@ def stream(
     strategy: Strategy | None = None,
     eos_id: int | None = None,
     pad_id: int = 0,
+    strategy_state: Any = None,
+    mesh: Mesh | None = None,
+    rules: ShardingRules | None = None,
 ) -> Iterator[list[np.ndarray]]:
     """Yields, after every decode step, the tokens each row committed in that step (a list of B arrays).
 
@@ -293,8 +332,8 @@ def stream(
     equals generate's for the same arguments and key.
     """
     cfg, transform, strategy, eos, state, params = _setup(
-        model, prompt, key=key, max_new_tokens=max_new_tokens, prompt_lengths=prompt_lengths,
-        logits=logits, strategy=strategy, eos_id=eos_id, pad_id=pad_id, fuse=True,
+        model, prompt, key=key, max_new_tokens=max_new_tokens, prompt_lengths=prompt_lengths, logits=logits,
+        strategy=strategy, eos_id=eos_id, pad_id=pad_id, strategy_state=strategy_state, mesh=mesh, rules=rules,
     )
     for _ in range(max_new_tokens):
         if bool(jnp.all(state.done)):
