@@ -10,7 +10,11 @@ import numpy as np
 import pytest
 
 import tokjax
-from tokjax.losses.registry import RegisteredLoss, loss_from_spec, loss_names, loss_options, make_loss, register_loss
+import tokjax.losses
+from tokjax.losses.registry import (
+    RegisteredLoss, loss_from_spec, loss_names, loss_options, make_loss, model_sources, register_loss,
+    register_model_source,
+)
 from tokjax.train import TrainConfig, init_state, load_config, make_optimizer, make_train_step, train
 from tokjax.train._loss import loss_fn_from_config, next_token_loss
 
@@ -107,3 +111,63 @@ def test_train_loop_uses_the_configured_loss(tmp_path):
     assert len(hist["train"]) == 2 and "replaced_frac" in hist["train"][0]
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert "scheduled_sampling" in record["loss_fn"] and record["train"]["loss"]["prob"] == 0.5
+
+
+# ------------------------------------------------------------------------------ models as loss options
+def test_registry_imports_nothing_above_the_losses():
+    # A loss needing a reference or teacher takes a model (or ref_logp in the batch); only layers
+    # above (tokjax.pretrained) turn a name into a model, by registering a model source.
+    import ast
+    from pathlib import Path
+
+    import tokjax.losses.registry as reg
+
+    tree = ast.parse(Path(reg.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):  # function-level imports included
+        if isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add(node.module or "")
+    upward = sorted(m for m in imported if m == "tokjax" or m.split(".")[:2] in (
+        ["tokjax", "pretrained"], ["tokjax", "train"], ["tokjax", "catalog"], ["tokjax", "cli"]))
+    assert not upward, upward
+
+
+def test_model_options_take_models_and_registered_sources():
+    teacher = tokjax.Model.init(CFG, jax.random.PRNGKey(3))
+    kd = make_loss("kd", teacher=teacher, temperature=2.0)
+    assert kd == make_loss("kd", temperature=2.0, teacher=teacher) and hash(kd) == hash(make_loss("kd", teacher=teacher,
+                                                                                                   temperature=2.0))
+    twin = tokjax.Model(params=jax.tree.map(jnp.array, teacher.params), cfg=CFG)
+    assert make_loss("kd", teacher=twin, temperature=2.0) != kd  # another object: its own loss
+    # ... but the same description, so a resumed run (a new process, a reloaded teacher) is accepted
+    assert make_loss("kd", teacher=twin, temperature=2.0).__qualname__ == kd.__qualname__
+    assert "sha256:" in kd.__qualname__ and loss_from_spec(kd.spec()) == kd
+    pair = make_loss("prior", reference=(teacher.params, CFG))
+    batch = {"tokens": np.random.default_rng(0).integers(0, 31, (2, 9)).astype(np.int32)}
+    loss, _ = jax.jit(pair, static_argnums=1)(teacher.params, CFG, batch, None)  # ref_logp from the model
+    assert np.isfinite(float(loss))
+    with pytest.raises(ValueError, match="no model source 'nosuch' is registered"):
+        make_loss("kd", teacher="nosuch:x")
+    with pytest.raises(ValueError, match="teacher must be a Model or \\(params, cfg\\) pair"):
+        make_loss("gld", teacher="batch")
+    with pytest.raises(ValueError, match="loss_fn="):
+        TrainConfig(loss={"name": "kd", "teacher": teacher})
+    register_model_source("_test_src", {"t": teacher}.__getitem__, overwrite=True)
+    named = make_loss("kd", teacher="_test_src:t")
+    assert named is loss_from_spec({"name": "kd", "teacher": "_test_src:t"})
+    assert "pretrained" in model_sources()  # import tokjax registers tokjax.pretrained's source
+
+
+def test_fourier_head_is_registered():
+    assert "fourier_head" in loss_names() and loss_options("fourier_head")["gamma"] == 0.0
+    with pytest.raises(ValueError, match="num_bins must be an int"):
+        make_loss("fourier_head")
+    fh = make_loss("fourier_head", num_bins=5)
+    with pytest.raises(ValueError, match="params has no 'fourier_head' entry"):
+        fh({}, CFG, {"labels": np.zeros((1, 2), np.int32), "inputs": np.zeros((1, 2), np.int32)}, None)
+    head = tokjax.losses.fourier_head_init(jax.random.PRNGKey(0), 4, 2)
+    loss, m = fh({"fourier_head": head}, None, {"features": np.ones((3, 4), np.float32),
+                                                  "labels": np.array([0, 2, 4], np.int32)}, None)
+    assert float(loss) == pytest.approx(float(m["nll"]))  # gamma 0

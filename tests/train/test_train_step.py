@@ -7,15 +7,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tokjax.model import ModelConfig
+import tokjax.losses
+from tokjax.model import Inputs, ModelConfig, forward
 from tokjax.train import (
-    TrainConfig, bits_per_byte, bits_per_token, evaluate, init_state, make_optimizer, make_schedule, make_train_step,
-    next_token_loss, next_token_sums, unigram_loss,
+    TrainConfig, bits_per_byte, bits_per_token, check_batch, eval_sums, evaluate, init_state, make_optimizer,
+    make_schedule, make_train_step, next_token_loss, unigram_loss,
 )
 
 # Jitted once per batch structure: eager forwards would compile every op separately.
 loss_jit = jax.jit(next_token_loss, static_argnums=1)
-sums_jit = jax.jit(next_token_sums, static_argnums=1)
+sums_jit = jax.jit(eval_sums, static_argnums=1)
 
 CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, max_len=32)
 TC = TrainConfig(lr=1e-2, warmup_steps=0, total_steps=100, batch_size=4, seq_len=16)
@@ -48,7 +49,7 @@ def test_train_step_decreases_loss_on_a_fixed_batch():
         losses.append(float(m["loss"]))
     assert int(state.step) == 15
     assert losses[-1] < losses[0] - 0.5, losses
-    assert set(m) >= {"loss", "grad_norm", "lr", "nll_sum", "token_count", "accuracy"}
+    assert set(m) >= {"loss", "grad_norm", "lr", "nll_sum", "token_count", "nll"}
     assert float(m["token_count"]) == 4 * 16
 
 
@@ -97,12 +98,19 @@ def test_mask_and_weights_normalise_explicitly(params):
     assert float(c_all) == 64 and float(c_m) == 32
     loss_m, met = loss_jit(params, CFG, _full(batch, mask=mask))
     assert float(loss_m) == pytest.approx(float(s_m) / 32, rel=1e-6)
-    # weights 2 everywhere: same mean, doubled sum and count
-    loss_w, met_w = loss_jit(params, CFG, _full(batch, weights=np.full((4, 16), 2.0, np.float32)))
+    # weights 2 everywhere: the default loss (token_mean, tokjax.losses.next_token_loss) divides the
+    # weighted sum by the number of targets, so the loss doubles; the weighted mean stays the same
+    # with reduction="weighted_mean" and in evaluation (sum(w m nll) / sum(w m)).
+    w2 = _full(batch, weights=np.full((4, 16), 2.0, np.float32))
+    loss_w, met_w = loss_jit(params, CFG, w2)
     loss_1, met_1 = loss_jit(params, CFG, _full(batch))
-    assert float(loss_w) == pytest.approx(float(loss_1), rel=1e-6)
+    assert float(loss_w) == pytest.approx(2 * float(loss_1), rel=1e-6)
     assert float(met_w["nll_sum"]) == pytest.approx(2 * float(met_1["nll_sum"]), rel=1e-6)
-    assert float(met_w["token_count"]) == 128
+    assert float(met_w["token_count"]) == 64
+    wmean = jax.jit(tokjax.losses.make_next_token_loss(reduction="weighted_mean"), static_argnums=1)
+    assert float(wmean(params, CFG, w2)[0]) == pytest.approx(float(loss_1), rel=1e-6)
+    s_w, c_w, _ = sums_jit(params, CFG, w2)
+    assert float(c_w) == 128 and float(s_w) / float(c_w) == pytest.approx(float(s_all) / float(c_all), rel=1e-6)
     # everything masked: 0, not NaN
     loss_0, _ = loss_jit(params, CFG, _full(batch, mask=np.zeros((4, 16), np.float32)))
     assert float(loss_0) == 0.0
@@ -113,15 +121,43 @@ def test_mask_and_weights_normalise_explicitly(params):
     [
         ({"tokens": np.zeros((4,), np.int32)}, r"\[B, T\+1\]"),
         ({"tokens": np.zeros((4, 17), np.float32)}, "integers"),
-        ({"tokens": np.zeros((4, 17), np.int32), "mask": np.ones((4, 17))}, "aligned with the targets"),
-        ({"tokens": np.zeros((4, 17), np.int32), "extra": 1}, "unknown batch entries"),
+        ({"tokens": np.zeros((4, 17), np.int32), "mask": np.ones((4, 5))}, "aligned with the targets"),
+        ({"tokens": np.zeros((4, 17), np.int32), "prompt_lengths": np.ones((3,), np.int32)}, r"\[B\]"),
+        ({"tokens": np.zeros((4, 17), np.int32), "ref_logp": np.ones((4, 17))}, "one per target"),
+        ({"targets": np.zeros((4, 16), np.int32)}, r"needs the model inputs"),
+        ({"inputs": np.zeros((4, 16), np.int32)}, r"needs batch\['targets'\]"),
         ({"tokens": np.zeros((1, 40), np.int32)}, "max_len"),
+        ({"rewards": np.zeros(4)}, "needs batch\['tokens'\]"),
         (np.zeros((4, 17), np.int32), "mapping"),
     ],
 )
-def test_bad_batches_raise_clear_errors(params, batch, msg):
+def test_bad_batches_raise_clear_errors(batch, msg):
     with pytest.raises(ValueError, match=msg):
-        loss_jit(params, CFG, batch)
+        check_batch(batch, CFG, require_tokens=True)
+
+
+def test_check_batch_lets_extra_keys_and_per_token_masks_through():
+    tok = np.zeros((4, 17), np.int32)
+    extra = {"tokens": tok, "mask": np.ones((4, 17), bool), "weights": np.ones((4, 16)), "rewards": np.zeros(4),
+             "prompt_lengths": np.full(4, 3, np.int32), "ref_logp": np.zeros((4, 16)), "anything": {"x": 1}}
+    assert check_batch(extra, CFG) == (4, 16)
+    assert check_batch({"inputs": tok[:, :-1], "targets": tok[:, 1:]}, CFG) == (4, 16)
+    assert check_batch({"rewards": np.zeros(4)}, CFG) is None  # no tokens: fine unless the loss needs them
+
+
+def test_default_loss_is_the_stats_based_loss_and_equals_naive_cross_entropy(params):
+    assert next_token_loss is tokjax.losses.next_token_loss
+    batch = _full(_batch(4))
+    loss, m = loss_jit(params, CFG, batch)
+    tok = batch["tokens"]
+    logits = forward(params, CFG, Inputs(tokens=jnp.asarray(tok[:, :-1]))).logits.astype(jnp.float32)
+    logp = jax.nn.log_softmax(logits, -1)  # the naive reference the cut cross-entropy must equal
+    naive = -jnp.take_along_axis(logp, jnp.asarray(tok[:, 1:])[..., None], -1)[..., 0]
+    assert float(loss) == pytest.approx(float(jnp.mean(naive)), rel=1e-5)
+    s, c, k = sums_jit(params, CFG, batch)
+    assert float(s) == pytest.approx(float(jnp.sum(naive)), rel=1e-5) and float(c) == 64
+    hits = jnp.sum(jnp.argmax(logits, -1) == jnp.asarray(tok[:, 1:]))
+    assert float(k) == float(hits)  # the accuracy numerator: argmax from the streamed head
 
 
 def test_optimizer_schedule_and_clipping():

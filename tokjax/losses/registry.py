@@ -8,7 +8,15 @@ A YAML run config picks its loss by name (``tokjax.train.TrainConfig.loss``)::
 :func:`make_loss` validates the name and the options (ValueError listing the valid ones) and
 returns a :class:`RegisteredLoss`: a callable with the train signature that compares and hashes by
 (name, options), so two runs of the same config share compiled train steps and a resumed run sees
-the same loss. :func:`register_loss` adds a loss; each entry declares its options and defaults.
+the same loss. :func:`register_loss` adds a loss; each entry declares its options and defaults,
+and which options are *models* (a reference, a teacher).
+
+A model option takes a Model or ``(params, cfg)`` pair (``make_loss("kd", teacher=model)``), a
+reference option also ``"batch"`` (the batch carries ``ref_logp`` [B, T]), and either a
+``"SOURCE:NAME"`` string, which is how a YAML config names a model. This module never loads a
+model itself (it sits below ``tokjax.pretrained`` and ``tokjax.train``): layers above register a
+loader per source with :func:`register_model_source`; importing :mod:`tokjax.pretrained` (which
+``import tokjax`` does) registers ``pretrained:NAME`` -> ``tokjax.pretrained(NAME)``.
 """
 
 from __future__ import annotations
@@ -17,21 +25,60 @@ import dataclasses
 from typing import Any, Callable, Mapping
 
 __all__ = ["LossEntry", "RegisteredLoss", "loss_names", "loss_options", "loss_from_spec", "make_loss",
-           "register_loss"]
+           "model_sources", "register_loss", "register_model_source", "resolve_model"]
 
 
 @dataclasses.dataclass(frozen=True)
 class LossEntry:
-    """Returns nothing; a registered loss: ``factory(**options) -> loss_fn`` and its options' defaults."""
+    """A registered loss: ``factory(**options) -> loss_fn``, its options' defaults and which options are models."""
 
     name: str
     factory: Callable[..., Callable]
     defaults: tuple  # ((option, default), ...)
     doc: str = ""
+    models: tuple[str, ...] = ()  # options that take a model (Model, (params, cfg) or "SOURCE:NAME")
 
 
 _REGISTRY: dict[str, LossEntry] = {}
 _BUILT: dict[tuple, "RegisteredLoss"] = {}
+_MODEL_SOURCES: dict[str, Callable[[str], Any]] = {}
+
+
+class _ModelArg:
+    """A model passed as a loss option: hashed and compared by identity, shown by a content fingerprint.
+
+    Identity keeps hashing cheap (equal objects share compiled train steps); the fingerprint (a hash
+    of the config and the parameter bytes, computed when first shown) makes the loss's description
+    in a run record the same across processes, so a resumed run with the same teacher is accepted.
+    """
+
+    __slots__ = ("model", "_shown")
+
+    def __init__(self, model):
+        self.model = model
+        self._shown = None
+
+    def __eq__(self, other):
+        return isinstance(other, _ModelArg) and other.model is self.model
+
+    def __hash__(self):
+        return id(self.model)
+
+    def __repr__(self):
+        if self._shown is None:
+            import hashlib
+
+            import jax
+            import numpy as np
+
+            params, cfg = _pair(self.model, "model")
+            h = hashlib.sha256(repr(cfg).encode())
+            for leaf in jax.tree.leaves(jax.device_get(params)):
+                a = np.ascontiguousarray(np.asarray(leaf))
+                h.update(f"{a.dtype.str}{a.shape}".encode())
+                h.update(a.tobytes())
+            self._shown = f"<model sha256:{h.hexdigest()[:16]}>"
+        return self._shown
 
 
 def _freeze(value: Any) -> Any:
@@ -44,14 +91,75 @@ def _freeze(value: Any) -> Any:
 
 
 def _thaw(value: Any) -> Any:
+    if isinstance(value, _ModelArg):
+        return value.model
     if isinstance(value, tuple):
         return [_thaw(v) for v in value]
     return value
 
 
+# ------------------------------------------------------------------------------ model options
+def register_model_source(prefix: str, loader: Callable[[str], Any], *, overwrite: bool = False) -> None:
+    """Returns None after making ``"PREFIX:NAME"`` model options resolve to ``loader(NAME)`` (a Model or
+    ``(params, cfg)``). Layers above the losses (``tokjax.pretrained``) register their sources here."""
+    if not isinstance(prefix, str) or not prefix.isidentifier():
+        raise ValueError(f"a model source prefix must be an identifier such as 'pretrained', got {prefix!r}")
+    if not callable(loader):
+        raise ValueError(f"loader must be callable name -> Model, got {loader!r}")
+    if prefix in _MODEL_SOURCES and _MODEL_SOURCES[prefix] is not loader and not overwrite:
+        raise ValueError(f"a model source {prefix!r} is already registered (pass overwrite=True to replace it)")
+    _MODEL_SOURCES[prefix] = loader
+    for key in [k for k in _BUILT if any(isinstance(v, str) and v.startswith(prefix + ":") for _, v in k[1])]:
+        del _BUILT[key]  # losses built from the old loader's models
+
+
+def model_sources() -> tuple[str, ...]:
+    """Returns the registered model source prefixes (``"pretrained"`` once tokjax.pretrained is imported)."""
+    return tuple(sorted(_MODEL_SOURCES))
+
+
+def _pair(model: Any, option: str) -> tuple[Any, Any] | None:
+    """Returns (params, cfg) of a Model or a ``(params, cfg)`` pair, else None."""
+    if hasattr(model, "params") and hasattr(model, "cfg"):
+        return model.params, model.cfg
+    if isinstance(model, tuple) and len(model) == 2 and hasattr(model[1], "vocab_size"):
+        return model
+    return None
+
+
+def resolve_model(value: Any, option: str, *, allow_batch: bool = False) -> tuple[Any, Any] | None:
+    """Returns the ``(params, cfg)`` a model option names, or None for ``"batch"`` (when ``allow_batch``).
+
+    ``value`` is a Model, a ``(params, cfg)`` pair, or ``"SOURCE:NAME"`` for a source registered with
+    :func:`register_model_source`. Raises ValueError naming ``option`` and the accepted forms.
+    """
+    if isinstance(value, _ModelArg):
+        value = value.model
+    if allow_batch and value == "batch":
+        return None
+    pair = _pair(value, option)
+    if pair is not None:
+        return pair
+    if isinstance(value, str) and ":" in value:
+        prefix, name = value.split(":", 1)
+        if prefix not in _MODEL_SOURCES:
+            raise ValueError(f"{option} {value!r}: no model source {prefix!r} is registered (registered: "
+                             f"{list(model_sources())}); `import tokjax.pretrained` registers 'pretrained', or pass "
+                             "the model itself")
+        loaded = _MODEL_SOURCES[prefix](name)
+        pair = _pair(loaded, option)
+        if pair is None:
+            raise ValueError(f"{option} {value!r}: the {prefix!r} source returned {type(loaded).__name__}, not a "
+                             "Model or (params, cfg)")
+        return pair
+    batch = "'batch' (batch['ref_logp'] [B, T]), " if allow_batch else ""
+    raise ValueError(f"{option} must be {batch}a Model or (params, cfg) pair, or a 'SOURCE:NAME' model reference "
+                     f"such as 'pretrained:tiny-pydocs'; got {value!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class RegisteredLoss:
-    """Returns nothing; a loss built from the registry, callable as ``(params, cfg, batch, rng) -> (loss, metrics)``.
+    """A loss built from the registry, callable as ``(params, cfg, batch, rng) -> (loss, metrics)``.
 
     Equality and hashing use (name, options) only. ``__qualname__`` is a stable description,
     which is what the train loop records in ``run.json`` to refuse resuming with another loss.
@@ -61,9 +169,14 @@ class RegisteredLoss:
     options: tuple  # sorted ((option, frozen value), ...) as given (defaults not filled in)
     fn: Callable = dataclasses.field(compare=False, hash=False, repr=False)
 
-    def __post_init__(self):
+    def __getattr__(self, attr):
+        # Built on first use: showing a model option hashes its parameters, which only a run record needs.
+        if attr != "__qualname__":
+            raise AttributeError(attr)
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options)
-        object.__setattr__(self, "__qualname__", f"RegisteredLoss[{self.name}]({opts})")
+        qualname = f"RegisteredLoss[{self.name}]({opts})"
+        object.__setattr__(self, "__qualname__", qualname)
+        return qualname
 
     def __call__(self, params, cfg, batch, rng=None):
         return self.fn(params, cfg, batch, rng)
@@ -74,8 +187,9 @@ class RegisteredLoss:
 
 
 def register_loss(name: str, factory: Callable[..., Callable], defaults: Mapping[str, Any], *, doc: str = "",
-                  overwrite: bool = False) -> None:
-    """Returns None after registering ``factory`` under ``name``; ``defaults`` lists every option it accepts."""
+                  overwrite: bool = False, models: tuple[str, ...] = ()) -> None:
+    """Returns None after registering ``factory`` under ``name``; ``defaults`` lists every option it accepts and
+    ``models`` those that take a model (the factory resolves them with :func:`resolve_model`)."""
     if not isinstance(name, str) or not name or name != name.strip():
         raise ValueError(f"a loss name must be a non-empty string without surrounding spaces, got {name!r}")
     if name in _REGISTRY and not overwrite:
@@ -84,7 +198,10 @@ def register_loss(name: str, factory: Callable[..., Callable], defaults: Mapping
         raise ValueError(f"factory must be callable, got {factory!r}")
     if "name" in defaults:
         raise ValueError("'name' is reserved and cannot be a loss option")
-    _REGISTRY[name] = LossEntry(name, factory, tuple(defaults.items()), doc)
+    models = (models,) if isinstance(models, str) else tuple(models)
+    if set(models) - set(defaults):
+        raise ValueError(f"models {sorted(set(models) - set(defaults))} must be options of {name!r}")
+    _REGISTRY[name] = LossEntry(name, factory, tuple(defaults.items()), doc, models)
     for key in [k for k in _BUILT if k[0] == name]:
         del _BUILT[key]
 
@@ -110,27 +227,34 @@ def make_loss(name: str, **options) -> RegisteredLoss:
 
     Raises ValueError naming the valid losses for an unknown ``name``, the valid options for an
     unknown option, and the factory's message for a bad option value. Equal (name, options)
-    return the same object.
+    return equal objects (the same object when every option is a plain value). A model option given
+    as a Model or ``(params, cfg)`` compares by identity.
     """
     entry = _entry(name)
     valid = [k for k, _ in entry.defaults]
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for loss {name!r}; valid options: {valid}")
-    frozen = tuple(sorted((k, _freeze(v)) for k, v in options.items()))
+    models = {k for k in entry.models if not isinstance(options.get(k), (str, type(None), _ModelArg))}
+    frozen = tuple(sorted((k, _ModelArg(v) if k in models else v if isinstance(v, _ModelArg) else _freeze(v))
+                          for k, v in options.items()))
     key = (name, frozen)
     try:
         hash(key)
     except TypeError:
-        raise ValueError(f"options of loss {name!r} must be plain values (numbers, strings, lists), got "
-                         f"{options!r}") from None
-    if key not in _BUILT:
-        kwargs = {**dict(entry.defaults), **options}
+        raise ValueError(f"options of loss {name!r} must be plain values (numbers, strings, lists; models for "
+                         f"{list(entry.models)}), got {options!r}") from None
+    cache = not any(isinstance(v, _ModelArg) for _, v in frozen)  # do not keep passed-in models alive
+    if not cache or key not in _BUILT:
+        kwargs = {**dict(entry.defaults), **{k: _thaw(v) if isinstance(v, _ModelArg) else v for k, v in options.items()}}
         try:
             fn = entry.factory(**kwargs)
         except (TypeError, ValueError) as e:
             raise ValueError(f"loss {name!r}: {e}") from None
-        _BUILT[key] = RegisteredLoss(name, frozen, fn)
+        built = RegisteredLoss(name, frozen, fn)
+        if not cache:
+            return built
+        _BUILT[key] = built
     return _BUILT[key]
 
 
@@ -155,16 +279,9 @@ def _next_token_factory(method, block_size, reduction, z_loss, softcap):
                                 z_loss=float(z_loss), softcap=None if softcap is None else float(softcap))
 
 
-def _reference(reference: str):
-    """Returns (ref_params, ref_cfg) or None for ``reference`` = "batch" | "pretrained:NAME"."""
-    if reference == "batch":
-        return None
-    if isinstance(reference, str) and reference.startswith("pretrained:"):
-        import tokjax
-
-        model, _ = tokjax.pretrained(reference.split(":", 1)[1], progress=False)
-        return (model.params, model.cfg)
-    raise ValueError(f"reference must be 'batch' (batch['ref_logp'] [B, T]) or 'pretrained:NAME', got {reference!r}")
+def _reference(reference: Any):
+    """Returns (ref_params, ref_cfg), or None for ``"batch"`` (the batch carries ``ref_logp``)."""
+    return resolve_model(reference, "reference", allow_batch=True)
 
 
 def _prior_factory(alpha, normalize, reference, method, block_size, reduction):
@@ -194,9 +311,7 @@ def _self_generated_factory(prob, sample, temperature, method, block_size):
 
 
 def _teacher(reference: Any, option: str):
-    if not (isinstance(reference, str) and reference.startswith("pretrained:")):
-        raise ValueError(f"{option} must be a 'pretrained:NAME' reference, got {reference!r}")
-    return _reference(reference)
+    return resolve_model(reference, option)
 
 
 def _kd_factory(teacher, ce_weight, kd_weight, temperature, reduction):
@@ -235,6 +350,37 @@ def _dpo_factory(beta, reference, method, block_size):
     return make_dpo_loss(beta=float(beta), ref=_reference(reference), method=method, block_size=int(block_size))
 
 
+def _fourier_head_factory(num_bins, gamma, key):
+    from tokjax.losses.fourier_head import fourier_head_loss
+
+    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
+        raise ValueError(f"num_bins must be an int >= 1 (the number of ordered bins the head predicts), got {num_bins!r}")
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"key must be the params entry holding the head, got {key!r}")
+    gamma = float(gamma)
+
+    def loss_fn(params, cfg, batch, rng=None):
+        """P41: CE of batch['labels'] (bin ids) under the Fourier head on the model's final hidden states."""
+        del rng
+        if not isinstance(params, dict) or key not in params:
+            raise ValueError(f"params has no {key!r} entry: add the head, e.g. params[{key!r}] = "
+                             "tokjax.losses.fourier_head_init(rng, cfg.d_model, num_frequencies)")
+        if not isinstance(batch, dict) or "labels" not in batch:
+            raise ValueError("the fourier_head loss needs batch['labels'] int [B, T] (bin ids) and the model input "
+                             "batch['inputs'] int [B, T] or batch['embeds'] [B, T, D] (batch['features'] [..., D] "
+                             "with cfg=None)")
+        if cfg is None:  # a plain pytree: the features are the head's input
+            hidden = batch["features"]
+        else:
+            from tokjax.model.forward import Inputs, forward
+
+            x = Inputs(embeds=batch["embeds"]) if "embeds" in batch else Inputs(tokens=batch["inputs"])
+            hidden = forward(params, cfg, x, compute_logits=False).hidden
+        return fourier_head_loss(params[key], hidden, batch["labels"], num_bins, gamma=gamma, mask=batch.get("mask"))
+
+    return loss_fn
+
+
 def _register_builtins() -> None:
     from tokjax.losses.cut_cross_entropy import DEFAULT_BLOCK_SIZE
 
@@ -245,7 +391,8 @@ def _register_builtins() -> None:
     register_loss("prior", _prior_factory,
                   {"alpha": 1.0, "normalize": "sequence", "reference": "batch", "method": "cut",
                    "block_size": DEFAULT_BLOCK_SIZE, "reduction": "token_mean"},
-                  doc="P78 PRIOR token weights (1 - P_ref)^alpha; reference 'batch' or 'pretrained:NAME'")
+                  doc="P78 PRIOR token weights (1 - P_ref)^alpha; reference 'batch' (batch['ref_logp']) or a model",
+                  models=("reference",))
     register_loss("text2token", _text2token_factory,
                   {"pooling": "mean", "stop_ids": [], "min_count": 1, "method": "data"},
                   doc="P71 Text2Token: KL(target token distribution || LM head of the pooled hidden state)")
@@ -253,32 +400,40 @@ def _register_builtins() -> None:
                   {"prob": 0.25, "sample": False, "temperature": 1.0, "method": "cut", "block_size": DEFAULT_BLOCK_SIZE},
                   doc="P49 batch-scheduled sampling: inputs mixed with the model's own tokens with probability prob "
                       "(batch['ss_prob'] overrides it per step)")
-    # --- distillation (teachers are "pretrained:NAME" references, loaded once per spec) --------------
+    register_loss("fourier_head", _fourier_head_factory, {"num_bins": None, "gamma": 0.0, "key": "fourier_head"},
+                  doc="P41 Fourier head over num_bins ordered bins: CE of batch['labels'] + gamma * the Fourier "
+                      "regulariser; params[key] from tokjax.losses.fourier_head_init")
+    # --- distillation (teachers are models: a Model, (params, cfg) or "SOURCE:NAME", loaded once per spec) ----
     register_loss("kd", _kd_factory,
                   {"teacher": "pretrained:tiny-pydocs", "ce_weight": 1.0, "kd_weight": 1.0, "temperature": 1.0,
                    "reduction": "token_mean"},
-                  doc="plain logit distillation: ce_weight * CE + kd_weight * KL(teacher || student)")
+                  doc="plain logit distillation: ce_weight * CE + kd_weight * KL(teacher || student)",
+                  models=("teacher",))
     register_loss("gld", _gld_factory,
                   {"teacher": "pretrained:tiny-pydocs", "k": 10, "gld_weight": 1.0, "kd_weight": 1.0,
                    "ce_weight": 1.0, "temperature": 1.0, "values": "logits", "method": "aligned",
                    "reduction": "token_mean"},
-                  doc="P12 InfiGFusion: CE + KD + Graph-on-Logits distillation (sorted Gromov-Wasserstein)")
+                  doc="P12 InfiGFusion: CE + KD + Graph-on-Logits distillation (sorted Gromov-Wasserstein)",
+                  models=("teacher",))
     register_loss("dual_head_kd", _dual_head_kd_factory,
                   {"teacher": "pretrained:tiny-pydocs", "gamma": 1.0, "alpha": 1.0, "temperature": 2.0,
                    "grad": "sum", "reduction": "token_mean"},
                   doc="P34 Dual-Head KD; params need the auxiliary head first "
-                      "(tokjax.losses.dual_head_kd.init_aux_head)")
+                      "(tokjax.losses.dual_head_kd.init_aux_head)",
+                  models=("teacher",))
     register_loss("aligndistil", _aligndistil_factory,
                   {"dpo": None, "reverse": None, "beta": 0.1, "beta2": 10.0, "temperature": 1.0,
                    "adaptive": True, "reduction": "seq_mean"},
                   doc="P15 AlignDistil: KL to the token-adaptively extrapolated DPO / reverse-DPO teacher; "
-                      "dpo and reverse are 'pretrained:NAME' references")
+                      "dpo and reverse are models",
+                  models=("dpo", "reverse"))
     # --- preferences ------------------------------------------------------------------------------
     register_loss("dpo", _dpo_factory,
                   {"beta": 0.1, "reference": "batch", "method": "cut", "block_size": DEFAULT_BLOCK_SIZE},
                   doc="sequence DPO (TRL sigmoid form; P65 implicit token rewards in tokjax.losses.dpo); tokens "
                       "[2B, T+1] = B chosen rows then B rejected rows; reference 'batch' (batch['ref_logp'] "
-                      "[2B, T]) or 'pretrained:NAME'")
+                      "[2B, T]) or a model",
+                  models=("reference",))
 
 
 _register_builtins()

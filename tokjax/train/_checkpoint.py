@@ -25,6 +25,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from tokjax.model.ops import path_tokens
+
 __all__ = ["Checkpointer", "CheckpointError", "save_params", "load_params", "is_complete_checkpoint"]
 
 
@@ -82,19 +84,6 @@ def _collect_quietly() -> None:
         sys.unraisablehook = hook
 
 
-def _path_tokens(path) -> tuple[str, ...]:
-    """Returns a tree path as plain strings (orbax's metadata spells attributes as dict keys)."""
-    out = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                out.append(str(getattr(k, attr)))
-                break
-        else:
-            out.append(str(k))
-    return tuple(out)
-
-
 def _precheck(stored: Any, abstract: Any, where: Path) -> None:
     """Returns None; raises CheckpointError when the checkpoint's metadata shows other arrays than requested.
 
@@ -104,10 +93,10 @@ def _precheck(stored: Any, abstract: Any, where: Path) -> None:
     if stored is None:
         return
     try:
-        got = {_path_tokens(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(stored)[0]}
+        got = {path_tokens(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(stored)[0]}
     except Exception:
         return
-    want = {_path_tokens(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+    want = {path_tokens(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]}
     if not all(hasattr(v, "shape") for v in got.values()):
         return  # metadata of a kind we do not understand: rely on the restore itself
     missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
@@ -141,7 +130,7 @@ def _check_like(restored: Any, abstract: Any, where: Path) -> None:
 
 
 class Checkpointer:
-    """Returns nothing; step checkpoints of a pytree (a TrainState) in one directory, via orbax CheckpointManager.
+    """Step checkpoints of a pytree (a TrainState) in one directory, via orbax CheckpointManager.
 
     ``save(step, state)`` writes ``<directory>/<step>/`` atomically and keeps the newest
     ``max_to_keep``; ``restore(target)`` reads the newest committed step into the structure of

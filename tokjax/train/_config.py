@@ -23,7 +23,7 @@ __all__ = ["TrainConfig", "RunConfig", "load_config", "load_run_config", "train_
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Returns nothing; the frozen hyperparameters of one training run.
+    """The frozen hyperparameters of one training run (hashable, so jitted code can close over it).
 
     Optimiser: AdamW (``b1``, ``b2``, ``weight_decay`` on matrices only) with global-norm
     gradient clipping at ``grad_clip`` (``None`` or 0 turns it off) and a learning rate that
@@ -38,6 +38,10 @@ class TrainConfig:
     training loss from :mod:`tokjax.losses.registry` (``{"name": "prior", "alpha": 0.5}`` or just
     ``"prior"``; stored as sorted (key, value) pairs so the config stays hashable); ``None`` keeps
     the default next-token loss. :func:`tokjax.train.loss_fn_from_config` builds it.
+    ``trainable`` (None = every parameter) lists the parameters the optimiser updates, as top-level
+    keys (``"adapter"``) or ``"a/b"`` path prefixes of the params tree (``"layers/wq"``); every other
+    leaf stays bit-for-bit frozen and gets no optimiser state. ``batch_size`` and ``seq_len`` shape
+    the batches cut from token windows; a ``batch_fn`` or an iterable of batches brings its own.
     """
 
     lr: float = 3e-3
@@ -57,11 +61,14 @@ class TrainConfig:
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
     loss: Any = None  # None: the default next-token loss; else a registry loss {name: ..., <options>} (or a name)
+    trainable: tuple[str, ...] | None = None  # None: all params; else top-level keys / "a/b" path prefixes
 
     def __post_init__(self):
         _check_types(self, "TrainConfig")
         if self.loss is not None:
             object.__setattr__(self, "loss", _normalise_loss(self.loss))
+        if self.trainable is not None:
+            object.__setattr__(self, "trainable", _normalise_trainable(self.trainable))
         pos = ("total_steps", "batch_size", "seq_len", "log_every", "keep_checkpoints")
         for name in pos:
             if getattr(self, name) < 1:
@@ -100,12 +107,35 @@ class TrainConfig:
             del out["loss"]
         else:
             out["loss"] = _loss_dict(self.loss)
+        if self.trainable is None:  # same reason: absent unless chosen
+            del out["trainable"]
+        else:
+            out["trainable"] = list(self.trainable)
         return out
 
     @property
     def tokens_per_step(self) -> int:
         """Returns the number of predicted tokens per optimiser step (batch_size * seq_len)."""
         return self.batch_size * self.seq_len
+
+
+# ---------------------------------------------------------------------------- trainable subset
+def _normalise_trainable(spec: Any) -> tuple[str, ...]:
+    """Returns ``spec`` (a path prefix or a list of them) as a tuple of "a/b" prefixes without empty parts."""
+    items = (spec,) if isinstance(spec, str) else spec
+    if not isinstance(items, (list, tuple)) or not items:
+        raise ValueError(f"TrainConfig.trainable must be None or a non-empty list of parameter keys / 'a/b' path "
+                         f"prefixes, got {spec!r}")
+    out = []
+    for item in items:
+        parts = item.strip("/").split("/") if isinstance(item, str) else []
+        if not parts or any(not p.strip() for p in parts):
+            raise ValueError(f"TrainConfig.trainable entries must be non-empty 'key' or 'a/b' path strings, "
+                             f"got {item!r}")
+        out.append("/".join(parts))
+    if len(set(out)) != len(out):
+        raise ValueError(f"TrainConfig.trainable lists a path twice: {out}")
+    return tuple(out)
 
 
 # ---------------------------------------------------------------------------- loss choice
@@ -131,7 +161,9 @@ def _normalise_loss(spec: Any) -> tuple:
     try:
         hash(frozen)
     except TypeError:
-        raise ValueError(f"TrainConfig.loss options must be plain values (numbers, strings, lists), got {spec!r}") from None
+        raise ValueError(f"TrainConfig.loss options must be plain values (numbers, strings, lists; a model as a "
+                         f"'SOURCE:NAME' string such as 'pretrained:tiny-pydocs'), got {spec!r}; to use a model "
+                         "object pass loss_fn=tokjax.losses.make_loss(name, teacher=model) to train()") from None
     return frozen
 
 
@@ -254,7 +286,7 @@ RUN_SECTIONS = ("name", "description", "tokenizer", "data", "model", "train")
 
 @dataclasses.dataclass(frozen=True)
 class TokenizerSpec:
-    """Returns nothing; how a run's tokenizer is built: byte-level BPE with ``vocab_size`` ids at most."""
+    """How a run's tokenizer is built: byte-level BPE with ``vocab_size`` ids at most."""
 
     kind: typing.Literal["bpe"] = "bpe"
     vocab_size: int = 1024
@@ -271,7 +303,7 @@ class TokenizerSpec:
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
-    """Returns nothing; which bundled corpus a run trains on and how it is split."""
+    """Which bundled corpus a run trains on and how it is split."""
 
     corpus: str = "pydocs"
     val_fraction: float = 0.05
@@ -288,7 +320,7 @@ class DataSpec:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """Returns nothing; a whole named run: tokenizer, data, model (without vocab_size) and training config.
+    """A whole named run: tokenizer, data, model (without vocab_size) and training config.
 
     ``model`` holds ModelConfig keyword arguments; ``vocab_size`` comes from the trained
     tokenizer, so :meth:`model_config` needs it.

@@ -7,21 +7,24 @@ so models with different tokenizers are compared per byte of text:
 
 where ``bytes_per_token`` is the UTF-8 bytes of the evaluated text over its token count (the
 datasets of :mod:`tokjax.data` record it as ``TokenDataset.bytes_per_token``).
+
+The per-token log-probs come from :func:`tokjax.losses.token_stats` (the one way tokjax scores a
+batch), summed exactly: ``loss = sum(w m (-log p)) / sum(w m)`` over every evaluated token.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Iterable, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from tokjax.model import ModelConfig
-from tokjax.train._loss import next_token_sums
+from tokjax.losses import head_stats, token_stats
+from tokjax.model import ModelConfig, lm_head
 
-__all__ = ["evaluate", "bits_per_token", "bits_per_byte", "unigram_loss"]
+__all__ = ["evaluate", "eval_sums", "bits_per_token", "bits_per_byte", "unigram_loss"]
 
 _LN2 = math.log(2.0)
 
@@ -45,14 +48,31 @@ def bits_per_byte(loss_nats: float, bytes_per_token: float) -> float:
     return bits_per_token(loss_nats) / bpt
 
 
-@functools.partial(jax.jit, static_argnums=(1,))
-def _sums(params, cfg, batch):
-    return next_token_sums(params, cfg, batch)
+def eval_sums(params: Any, cfg: ModelConfig, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Returns (nll_sum, token_weight, correct) of a batch, float32 scalars (jit-traceable).
+
+    ``nll_sum = sum_t w_t m_t (-log p(y_t))`` from :func:`tokjax.losses.token_stats` (mask
+    ``m`` and weights ``w`` after every batch convention: ``mask``, ``weights``,
+    ``prompt_lengths``/``lengths``, ``segment_ids``), ``token_weight = sum_t w_t m_t`` and
+    ``correct`` the weighted count of targets that are the model's argmax (a second
+    vocabulary-streaming pass over the same hidden states; no [B, T, V] logits).
+    """
+    stats = token_stats(params, cfg, batch, hidden=True)
+    w = jnp.where(stats.mask, stats.weights, 0.0)
+    targets = jnp.asarray(batch["tokens"])[:, 1:] if "tokens" in batch else jnp.asarray(batch["targets"])
+    h = stats.hidden
+    top = head_stats(h.reshape(-1, h.shape[-1]), lm_head(params, cfg).astype(cfg.dtype), targets.reshape(-1),
+                     want=("argmax",))["argmax"].reshape(targets.shape)
+    hit = (top == targets).astype(jnp.float32)
+    return jnp.sum(w * -stats.logp), jnp.sum(w), jnp.sum(w * hit)
 
 
-def _as_batch(b: Any) -> Mapping[str, Any]:
+_sums = jax.jit(eval_sums, static_argnums=(1,))
+
+
+def _as_batch(b: Any) -> dict[str, Any]:
     if isinstance(b, Mapping):
-        return b
+        return dict(b)
     return {"tokens": np.asarray(b)}
 
 
@@ -65,10 +85,11 @@ def evaluate(
 ) -> dict[str, float]:
     """Returns {"loss", "bits_per_token", "bits_per_byte", "accuracy", "tokens"} over every batch.
 
-    ``batches`` yields batches like training (``{"tokens": [B, T+1], "mask"?, "weights"?}``) or
-    bare [B, T+1] token arrays. The loss is the token-weighted mean next-token cross-entropy
-    in nats over *all* batches (sum of per-token losses over the sum of token weights, not a
-    mean of batch means). ``bits_per_byte`` is NaN when ``bytes_per_token`` is not given.
+    ``batches`` yields batches like training (``{"tokens": [B, T+1], "mask"?, "weights"?, ...}``
+    or ``{"inputs", "targets"}``; any key :func:`tokjax.losses.token_stats` reads) or bare
+    [B, T+1] token arrays. The loss is the token-weighted mean next-token cross-entropy in nats
+    over *all* batches (sum of per-token losses over the sum of token weights, not a mean of
+    batch means; see :func:`eval_sums`). ``bits_per_byte`` is NaN when ``bytes_per_token`` is not given.
     Raises ValueError when there is no batch or no token to evaluate.
     """
     if not isinstance(cfg, ModelConfig):

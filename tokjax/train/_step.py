@@ -1,4 +1,11 @@
-"""TrainState, the optimiser, and the jitted pure train step."""
+"""TrainState, the optimiser (with an optional trainable subset), and the jitted pure train step.
+
+The trainable subset (``TrainConfig.trainable``) is enforced twice, on purpose: the optimiser
+gives frozen leaves ``set_to_zero`` updates and no state (no Adam moments for a frozen base
+model), and the train step takes the old value of every frozen leaf instead of ``p + 0`` (which
+would turn a ``-0.0`` into ``+0.0``), so frozen parameters stay bit-for-bit what they were. The
+loss also sees frozen leaves through ``stop_gradient``, which lets XLA drop their weight gradients.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +17,21 @@ import optax
 from flax import struct
 
 from tokjax.model import ModelConfig, init_params
+from tokjax.model.ops import path_tokens
 from tokjax.train._config import TrainConfig
 from tokjax.train._loss import as_loss_fn, next_token_loss
 
-__all__ = ["TrainState", "init_state", "make_optimizer", "make_schedule", "make_train_step"]
+_SEP = "/"
+
+__all__ = ["TrainState", "init_state", "make_optimizer", "make_schedule", "make_train_step", "trainable_mask"]
 
 
 @struct.dataclass
 class TrainState:
-    """Returns nothing; everything a training run needs to continue bitwise-exactly from a step.
+    """Everything a training run needs to continue bitwise-exactly from a step.
 
-    ``step``: int32 scalar, optimiser steps taken. ``params``: the model's parameter pytree.
+    ``step``: int32 scalar, optimiser steps taken. ``params``: the parameter pytree (a model's,
+    possibly with extra top-level entries such as an adapter or a head, or any pytree).
     ``opt_state``: the optax state. ``rng``: the run's base PRNG key (raw uint32 [2] key data,
     so checkpoints can store it); the loss at step s gets ``fold_in(rng, s)``, which makes the
     randomness a pure function of (seed, step), like the data order.
@@ -67,29 +78,73 @@ def _decay_mask(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
+def _path_str(path) -> str:
+    return _SEP.join(path_tokens(path))
+
+
+def trainable_mask(params: Any, trainable: tuple[str, ...] | None) -> Any:
+    """Returns a pytree of Python bools like ``params``: True for the leaves the optimiser updates.
+
+    ``trainable`` is None (every leaf) or a tuple of top-level keys / ``"a/b"`` path prefixes
+    (``TrainConfig.trainable``); a prefix matches whole path components (``"layers/w"`` does not
+    match ``layers/wq``). Raises ValueError naming the entries that match no parameter, with the
+    valid top-level keys.
+    """
+    if trainable is None:
+        return jax.tree.map(lambda _: True, params)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    paths = [_path_str(p) for p, _ in flat]
+
+    def hit(path: str, prefix: str) -> bool:
+        return path == prefix or path.startswith(prefix + _SEP)
+
+    unused = [t for t in trainable if not any(hit(p, t) for p in paths)]
+    if unused:
+        top = sorted({p.split(_SEP, 1)[0] for p in paths})
+        raise ValueError(f"TrainConfig.trainable entries {unused} match no parameter; valid top-level keys: {top} "
+                         "(deeper paths as 'key/sub')")
+    return jax.tree_util.tree_unflatten(treedef, [any(hit(p, t) for t in trainable) for p in paths])
+
+
 def make_optimizer(train_cfg: TrainConfig) -> optax.GradientTransformation:
-    """Returns optax AdamW with the warmup-cosine schedule, preceded by global-norm gradient clipping."""
+    """Returns optax AdamW with the warmup-cosine schedule, preceded by global-norm gradient clipping.
+
+    With ``train_cfg.trainable`` only those leaves are optimised (clipping uses their gradient norm);
+    the rest get zero updates and no optimiser state. The labels are computed from the params tree at
+    ``init``, so an unknown trainable key raises ValueError there.
+    """
     if not isinstance(train_cfg, TrainConfig):
         raise ValueError(f"make_optimizer needs a TrainConfig, got {type(train_cfg).__name__}")
-    adamw = optax.adamw(
+    opt = optax.adamw(
         make_schedule(train_cfg), b1=train_cfg.b1, b2=train_cfg.b2, weight_decay=train_cfg.weight_decay,
         mask=_decay_mask,
     )
     if train_cfg.grad_clip:
-        return optax.chain(optax.clip_by_global_norm(train_cfg.grad_clip), adamw)
-    return adamw
+        opt = optax.chain(optax.clip_by_global_norm(train_cfg.grad_clip), opt)
+    if train_cfg.trainable is None:
+        return opt
+    trainable = train_cfg.trainable
+
+    def labels(params):
+        return jax.tree.map(lambda t: "train" if t else "freeze", trainable_mask(params, trainable))
+
+    return optax.multi_transform({"train": opt, "freeze": optax.set_to_zero()}, labels)
 
 
 def init_state(
-    cfg: ModelConfig, optimizer: optax.GradientTransformation, seed: int | jax.Array = 0, params: Any = None
+    cfg: ModelConfig | None, optimizer: optax.GradientTransformation, seed: int | jax.Array = 0, params: Any = None
 ) -> TrainState:
     """Returns the TrainState at step 0: params initialised from ``seed`` (unless given) and a fresh opt_state.
 
     ``seed`` is an int or a PRNG key; the params come from one half of its split and the
-    run's ``rng`` from the other, so the two never share randomness.
+    run's ``rng`` from the other, so the two never share randomness. With ``cfg=None`` the
+    params (any pytree) must be given.
     """
-    if not isinstance(cfg, ModelConfig):
-        raise ValueError(f"init_state needs a ModelConfig, got {type(cfg).__name__}")
+    if cfg is None:
+        if params is None:
+            raise ValueError("init_state(None, ...) trains a plain pytree: pass its starting params")
+    elif not isinstance(cfg, ModelConfig):
+        raise ValueError(f"init_state needs a ModelConfig (or None with params), got {type(cfg).__name__}")
     if isinstance(seed, (int,)) and not isinstance(seed, bool):
         key = jax.random.PRNGKey(seed)
     else:
@@ -107,23 +162,26 @@ def init_state(
 
 
 def make_train_step(
-    cfg: ModelConfig,
+    cfg: ModelConfig | None,
     optimizer: optax.GradientTransformation,
     loss_fn: Callable = next_token_loss,
     *,
     schedule: optax.Schedule | None = None,
     donate: bool = True,
+    trainable: tuple[str, ...] | None = None,
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """Returns the jitted pure ``train_step(state, batch) -> (state, metrics)``.
 
     One step: ``value_and_grad`` of ``loss_fn(params, cfg, batch, fold_in(state.rng, step))``,
     the optimiser update, ``step + 1``. Metrics are the loss's own metrics plus ``loss``,
-    ``grad_norm`` (before clipping) and ``lr`` when a ``schedule`` is given. The input state is
-    donated (its buffers are reused for the output), so do not use it after the call; pass
-    ``donate=False`` to keep it.
+    ``grad_norm`` (before clipping; of the trainable leaves) and ``lr`` when a ``schedule`` is
+    given. ``trainable`` (``TrainConfig.trainable``; pair it with ``make_optimizer`` of the same
+    config) keeps every other leaf bit-for-bit frozen. ``cfg`` may be None for a loss over a
+    plain pytree. The input state is donated (its buffers are reused for the output), so do not
+    use it after the call; pass ``donate=False`` to keep it.
     """
-    if not isinstance(cfg, ModelConfig):
-        raise ValueError(f"make_train_step needs a ModelConfig, got {type(cfg).__name__}")
+    if cfg is not None and not isinstance(cfg, ModelConfig):
+        raise ValueError(f"make_train_step needs a ModelConfig or None, got {type(cfg).__name__}")
     if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
         raise ValueError(f"optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}")
     loss_fn = as_loss_fn(loss_fn)
@@ -141,9 +199,17 @@ def make_train_step(
 
     def train_step(state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
-        (loss, metrics), grads = jax.value_and_grad(checked_loss, has_aux=True)(state.params, batch, rng)
+        mask = trainable_mask(state.params, trainable)  # static: computed from the tree structure at trace time
+
+        def masked_loss(params, batch, rng):
+            params = jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, mask)
+            return checked_loss(params, batch, rng)
+
+        (loss, metrics), grads = jax.value_and_grad(masked_loss, has_aux=True)(state.params, batch, rng)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        # Frozen leaves keep their exact old value (p + 0 would flip -0.0 to +0.0).
+        params = jax.tree.map(lambda new, old, t: new if t else old, params, state.params, mask)
         metrics = dict(metrics)
         metrics["loss"] = loss
         metrics["grad_norm"] = optax.global_norm(grads)
