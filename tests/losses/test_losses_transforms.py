@@ -154,6 +154,34 @@ def test_token_weights_transform_and_chain():
         token_weights().key = "x"
 
 
+def test_one_composition_for_loss_and_logit_transforms():
+    # Both families' Chain / NamedChain / Identity are the shared tokjax._transform compositions; each keeps
+    # its own base class (a loss chain rejects logit transforms and vice versa) and its own init arity.
+    from tokjax import _transform, logits as L
+    from tokjax.losses import Identity, LossTransform, Prior
+
+    for fam_chain, fam_named, fam_identity in ((chain, named_chain, Identity), (L.chain, L.named_chain, L.Identity)):
+        assert isinstance(fam_chain(), _transform.SequentialComposition)
+        assert isinstance(fam_named(), _transform.NamedComposition)
+        assert isinstance(fam_identity(), _transform.IdentityBehaviour)
+    assert Identity() == Identity() and Identity() != L.Identity() and hash(Identity()) == hash(Identity())
+    with pytest.raises(ValueError, match="chain expects LossTransform objects, got TopK"):
+        chain(token_weights(), L.top_k(2))
+    with pytest.raises(ValueError, match="is not a LogitTransform: TokenWeights"):
+        L.named_chain(("w", token_weights()))
+    with pytest.raises(ValueError, match=r"\(name: str, transform\) pairs"):
+        named_chain(token_weights())
+    # requires: the union over members, in order, through both compositions (and nesting)
+    nested = chain(token_weights(), named_chain(("p", Prior()), ("w", token_weights())))
+    assert nested.requires == ("ref_logp",) and isinstance(nested, LossTransform)
+    assert named_chain(("p", Prior())).requires == ("ref_logp",) and chain().requires == ()
+    s, _, _, _ = _stats()
+    out, state = Identity()(s, (), None)
+    assert out is s and state == ()
+    assert len(L.chain(L.temperature(2.0), L.top_k(3)).init(4)) == 2  # logit init(batch), loss init()
+    assert set(named_chain(("a", token_weights()), ("b", Identity())).init()) == {"a", "b"}
+
+
 # ------------------------------------------------------------------------ next_token_loss
 def test_next_token_loss_cut_equals_naive_equals_logits(model):
     tokens = _tokens()

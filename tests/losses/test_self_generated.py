@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -100,6 +102,49 @@ def test_loss_equals_teacher_forcing_at_zero_and_generated_inputs_at_one():
     np.testing.assert_allclose(ss1, nll[mask].mean(), rtol=1e-4)
 
 
+_RECORDED = Path(__file__).with_name("scheduled_sampling_recorded.npz")
+
+
+def test_loss_matches_outputs_recorded_before_it_went_through_token_stats():
+    # Recorded with the pre-issue-12 implementation (its own forward + head_stats/naive_core copy of
+    # token_stats); scheduled_sampling_loss must give the same loss and metrics bit for bit.
+    params = _params(0)
+    toks = jnp.asarray(np.random.default_rng(1).integers(0, 29, size=(3, 11)), jnp.int32)
+    batch = {"tokens": toks, "prompt_lengths": jnp.array([2, 0, 4]), "lengths": jnp.array([11, 9, 7]),
+             "weights": jnp.asarray(np.random.default_rng(2).uniform(0.5, 1.5, size=(3, 10)), jnp.float32)}
+    rec = np.load(_RECORDED)
+    for method in ("cut", "naive"):
+        for sample in (False, True):
+            for red in ("token_mean", "seq_mean"):
+                loss, m = scheduled_sampling_loss(params, CFG, batch, jax.random.key(3), prob=0.5, sample=sample,
+                                                  method=method, reduction=red)
+                key = f"{method}_{int(sample)}_{red}"
+                np.testing.assert_allclose(loss, rec[key + "_loss"], rtol=1e-6, err_msg=key)
+                for name, value in m.items():
+                    np.testing.assert_allclose(value, rec[f"{key}_{name}"], rtol=1e-6, err_msg=f"{key} {name}")
+
+
+def test_packed_documents_score_like_separate_rows():
+    # Two 6-token documents packed into one row with segment_ids: the self-generated pass and the scored
+    # pass must both stay inside each document, the first token of document 2 is never replaced and the
+    # cross-boundary target is masked, so the packed loss equals the loss of the two documents as rows.
+    params = _params(4)
+    docs = jnp.asarray(np.random.default_rng(5).integers(0, 29, size=(2, 6)), jnp.int32)
+    packed = {"tokens": docs.reshape(1, 12), "segment_ids": jnp.asarray([[0] * 6 + [1] * 6], jnp.int32)}
+    key = jax.random.key(0)
+    lp, mp = scheduled_sampling_loss(params, CFG, packed, key, prob=1.0)
+    ls, ms = scheduled_sampling_loss(params, CFG, {"tokens": docs}, key, prob=1.0)
+    assert float(mp["token_count"]) == float(ms["token_count"]) == 10.0
+    np.testing.assert_allclose(lp, ls, rtol=1e-5)
+    np.testing.assert_allclose(mp["gen_match"], ms["gen_match"], rtol=1e-6)
+    gen = self_generated_tokens(params, CFG, packed["tokens"], segment_ids=packed["segment_ids"])
+    _, rep = mix_self_generated(packed["tokens"], gen, 1.0, key, segment_ids=packed["segment_ids"])
+    np.testing.assert_array_equal(np.asarray(rep)[0], [False] + [True] * 5 + [False] + [True] * 5)
+    # prob 0 with segments is the plain next-token loss with segments
+    l0, _ = scheduled_sampling_loss(params, CFG, packed, key, prob=0.0)
+    np.testing.assert_allclose(l0, next_token_loss(params, CFG, packed)[0], rtol=1e-6)
+
+
 def test_reference_answer_correction_layout():
     prompt = jnp.asarray([[5, 6, 0], [7, 0, 0]])
     gen = jnp.asarray([[8, 9], [10, 0]])
@@ -130,6 +175,9 @@ def test_reference_answer_correction_layout():
                                            jnp.zeros((2, 2), jnp.int32), jnp.asarray([1, 1]),
                                            jnp.zeros((2, 2), jnp.int32), jnp.asarray([1, 1]), [1]), "prompt_lengths"),
     (lambda p: make_scheduled_sampling_loss(method="fast"), "method"),
+    (lambda p: scheduled_sampling_loss(p, CFG, {"tokens": jnp.zeros((2, 4), jnp.int32),
+                                                "segment_ids": jnp.zeros((2, 3), jnp.int32)}, jax.random.key(0),
+                                       prob=0.5), "segment_ids"),
 ])
 def test_bad_inputs(call, msg):
     with pytest.raises(ValueError, match=msg):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import tokjax
 from tokjax.losses.text2token import (
-    data_driven_targets, make_text2token_loss, model_derived_targets, pooled_hidden, text2token,
+    data_driven_targets, make_text2token_loss, model_derived_targets, text_embedding, text2token,
     text2token_from_logits, token_idf,
 )
 
@@ -86,7 +86,7 @@ def test_text2token_through_the_model_and_train_signature():
     def run(p, t, q, n):
         loss, _ = text2token(p, CFG, t, q, lengths=n)
         h = tokjax.forward(p, CFG, t, compute_logits=False).hidden
-        last = pooled_hidden(p, CFG, t, lengths=n, pooling="last")
+        last = text_embedding(p, CFG, t, lengths=n, pooling="last")
         l2, _ = fn(p, CFG, {"tokens": t, "lengths": n}, None)
         g = jax.grad(lambda p: fn(p, CFG, {"tokens": t, "t2t_targets": q}, None)[0])(p)
         return loss, h, last, l2, g
@@ -107,7 +107,7 @@ def test_text2token_through_the_model_and_train_signature():
     (lambda: data_driven_targets(jnp.asarray([[0, 1]]), 37, min_count=0), "min_count"),
     (lambda: model_derived_targets(jnp.zeros((2, 5)), 6), "top_k"),
     (lambda: text2token_from_logits(jnp.zeros((2, 5)), jnp.zeros((2, 4))), "same shape"),
-    (lambda: pooled_hidden(_params(), CFG, jnp.zeros((2, 3), jnp.int32), pooling="max"), "pooling"),
+    (lambda: text_embedding(_params(), CFG, jnp.zeros((2, 3), jnp.int32), pooling="max"), "pooling"),
     (lambda: make_text2token_loss(method="model"), "method"),
 ])
 def test_bad_inputs(call, msg):

@@ -7,6 +7,8 @@ import operator
 
 import numpy as np
 
+from tokjax.data._packing import check_int
+
 __all__ = ["ArithmeticExample", "arithmetic", "extract_answer", "digit_steps"]
 
 ANSWER_MARK = " => "
@@ -138,12 +140,7 @@ def arithmetic(
       ValueError: ``n < 0``, digits < 1, unknown op, carry_fraction outside
         [0, 1], or a carry_fraction the digit ranges cannot satisfy.
     """
-    try:
-        n = operator.index(n)
-    except TypeError:
-        raise ValueError(f"n must be an int, got {n!r}") from None
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+    n = check_int("n", n, 0)
     if op not in ("+", "-"):
         raise ValueError(f"op must be '+' or '-', got {op!r}")
     ra = _digit_range("digits", digits)

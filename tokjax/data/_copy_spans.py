@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import operator
 
 import numpy as np
+
+from tokjax.data._packing import check_int
 
 __all__ = ["CopySpans", "copy_spans"]
 
@@ -43,14 +44,6 @@ class CopySpans:
         return mask
 
 
-def _int(name: str, v, minimum: int) -> int:
-    try:
-        v = operator.index(v)
-    except TypeError:
-        raise ValueError(f"{name} must be an int, got {v!r}") from None
-    if v < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {v}")
-    return v
 
 
 def copy_spans(
@@ -73,11 +66,11 @@ def copy_spans(
       ValueError: ``n < 0``, ``vocab < 1``, ``span_len < 1``, ``repeats < 0``
         or ``length < 2 * repeats * span_len``.
     """
-    n = _int("n", n, 0)
-    length = _int("length", length, 1)
-    vocab = _int("vocab", vocab, 1)
-    span_len = _int("span_len", span_len, 1)
-    repeats = _int("repeats", repeats, 0)
+    n = check_int("n", n, 0)
+    length = check_int("length", length, 1)
+    vocab = check_int("vocab", vocab, 1)
+    span_len = check_int("span_len", span_len, 1)
+    repeats = check_int("repeats", repeats, 0)
     if vocab - 1 > np.iinfo(np.int32).max:
         raise ValueError(f"vocab must fit int32, got {vocab}")
     need = 2 * repeats * span_len

@@ -8,6 +8,8 @@ import string
 
 import numpy as np
 
+from tokjax.data._packing import check_int
+
 __all__ = ["MarkovSource", "markov_source", "empirical_conditional_entropy"]
 
 _LETTERS = string.ascii_lowercase
@@ -37,9 +39,7 @@ class MarkovSource:
 
     def __init__(self, transitions: np.ndarray, order: int):
         t = np.asarray(transitions, dtype=np.float64)
-        order = operator.index(order)
-        if order < 0:
-            raise ValueError(f"order must be >= 0, got {order}")
+        order = check_int("order", order, 0)
         if t.ndim != 2:
             raise ValueError(f"transitions must be 2-D, got shape {t.shape}")
         a = t.shape[1]
@@ -104,9 +104,7 @@ class MarkovSource:
         of contexts, the rest from the transitions.  ``rng`` is a
         ``np.random.Generator`` or a seed.
         """
-        n_chars = operator.index(n_chars)
-        if n_chars < 0:
-            raise ValueError(f"n_chars must be >= 0, got {n_chars}")
+        n_chars = check_int("n_chars", n_chars, 0)
         rng = _as_rng(rng)
         a, k = self.alphabet_size, self.order
         if n_chars == 0:

@@ -18,24 +18,25 @@ __all__ = [
 _INT32_MAX = int(np.iinfo(np.int32).max)
 
 
-def _check_pos_int(name: str, value) -> int:
+def check_int(name: str, value, lo: int = 0) -> int:
+    """Returns ``value`` as a Python int; raises ValueError unless it is an integer (bools and floats are
+    not, numpy integers are) that is >= ``lo``."""
     try:
         v = operator.index(value)
     except TypeError:
-        raise ValueError(f"{name} must be a positive int, got {value!r}") from None
-    if v < 1:
-        raise ValueError(f"{name} must be >= 1, got {v}")
+        kind = "a positive int" if lo == 1 else ("a non-negative int" if lo == 0 else f"an int >= {lo}")
+        raise ValueError(f"{name} must be {kind}, got {value!r}") from None
+    if v < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {v}")
     return v
+
+
+def _check_pos_int(name: str, value) -> int:
+    return check_int(name, value, 1)
 
 
 def _check_nonneg_int(name: str, value) -> int:
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be a non-negative int, got {value!r}") from None
-    if v < 0:
-        raise ValueError(f"{name} must be >= 0, got {v}")
-    return v
+    return check_int(name, value, 0)
 
 
 def _check_token_id(name: str, value) -> int | None:

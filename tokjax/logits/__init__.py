@@ -1,8 +1,8 @@
 """LogitTransform family: optax-shaped init/apply transforms over next-token logits, composed with chain."""
 
 from tokjax.logits._base import (
-    Chain, Identity, LogitContext, LogitTransform, NamedChain, Stats, as_rows, chain, check_range, entropy,
-    hparam, masked_log_softmax, masked_softmax, named_chain, sample, target_logprobs,
+    Chain, Identity, LogitContext, LogitTransform, NamedChain, Stats, as_rows, chain, check_int_option, check_range,
+    entropy, hparam, masked_log_softmax, masked_softmax, named_chain, sample, target_logprobs,
 )
 from tokjax.logits.amu_tuning import (
     UNCERTAINTY_KINDS, amu_fuse, amu_init, amu_logits, amu_loss, logit_standardize, uncertainty_factor,
@@ -13,7 +13,8 @@ from tokjax.logits._transforms import (
 )
 
 __all__ = [
-    "Chain", "Identity", "LogitContext", "LogitTransform", "NamedChain", "Stats", "as_rows", "chain", "check_range",
+    "Chain", "Identity", "LogitContext", "LogitTransform", "NamedChain", "Stats", "as_rows", "chain",
+    "check_int_option", "check_range",
     "entropy", "hparam", "masked_log_softmax", "masked_softmax", "named_chain", "sample", "target_logprobs", "BanTokens", "Greedy", "MinP", "PresencePenalty", "RepetitionPenalty",
     "Temperature", "TopK", "TopP", "ban_tokens", "greedy", "min_p", "presence_penalty", "repetition_penalty",
     "temperature", "token_counts", "top_k", "top_p",

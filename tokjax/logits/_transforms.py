@@ -11,7 +11,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from tokjax.logits._base import NEG_INF, LogitTransform, as_rows, check_range, hparam
+from tokjax.logits._base import NEG_INF, LogitTransform, as_rows, check_range, hparam, masked_softmax
 
 
 def _rank_desc(logits: jax.Array) -> jax.Array:
@@ -22,7 +22,7 @@ def _rank_desc(logits: jax.Array) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class Temperature(LogitTransform):
-    """Returns nothing; logits / t per row (t > 0; t = 1 is the identity)."""
+    """Temperature scaling: logits / t per row (t > 0; t = 1 is the identity)."""
 
     temperature: object = hparam(1.0)
 
@@ -38,7 +38,7 @@ class Temperature(LogitTransform):
 
 @dataclasses.dataclass(frozen=True)
 class TopK(LogitTransform):
-    """Returns nothing; keeps the k largest logits of each row (exactly k when there are no -inf; ties by index)."""
+    """Top-k filtering: keeps the k largest logits of each row (exactly k when there are no -inf; ties by index)."""
 
     k: object = hparam(50)
 
@@ -55,7 +55,7 @@ class TopK(LogitTransform):
 
 @dataclasses.dataclass(frozen=True)
 class TopP(LogitTransform):
-    """Returns nothing; nucleus filtering: keeps the smallest highest-probability set whose mass reaches p."""
+    """Nucleus (top-p) filtering: keeps the smallest highest-probability set whose mass reaches p."""
 
     p: object = hparam(0.9)
 
@@ -68,7 +68,7 @@ class TopP(LogitTransform):
     def apply(self, logits, state, ctx):
         order = jnp.argsort(-logits, axis=-1, stable=True)
         sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
-        probs = _softmax_safe(sorted_logits)
+        probs = masked_softmax(sorted_logits)
         mass_before = jnp.cumsum(probs, axis=-1) - probs
         # The top token has mass_before 0 < p, so a row is never emptied.
         keep_sorted = mass_before < state[:, None]
@@ -78,7 +78,7 @@ class TopP(LogitTransform):
 
 @dataclasses.dataclass(frozen=True)
 class MinP(LogitTransform):
-    """Returns nothing; keeps tokens with probability >= p * (the row's top probability)."""
+    """Min-p filtering: keeps tokens with probability >= p * (the row's top probability)."""
 
     p: object = hparam(0.05)
 
@@ -96,13 +96,6 @@ class MinP(LogitTransform):
         return jnp.where(keep, logits, NEG_INF), state
 
 
-def _softmax_safe(logits):
-    finite = jnp.isfinite(logits)
-    m = jnp.max(jnp.where(finite, logits, -1e30), axis=-1, keepdims=True)
-    e = jnp.where(finite, jnp.exp(logits - m), 0.0)
-    return e / jnp.maximum(e.sum(-1, keepdims=True), 1e-30)
-
-
 def token_counts(ctx, vocab: int) -> jax.Array:
     """Returns int32 [B, V]: how often each token occurs in the valid part of ctx.tokens."""
     if ctx is None:
@@ -115,7 +108,7 @@ def token_counts(ctx, vocab: int) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class RepetitionPenalty(LogitTransform):
-    """Returns nothing; CTRL's repetition penalty: seen tokens' positive logits / r, negative logits * r (r >= 1 penalises)."""
+    """CTRL's repetition penalty: seen tokens' positive logits / r, negative logits * r (r >= 1 penalises)."""
 
     penalty: object = hparam(1.1)
 
@@ -134,7 +127,7 @@ class RepetitionPenalty(LogitTransform):
 
 @dataclasses.dataclass(frozen=True)
 class PresencePenalty(LogitTransform):
-    """Returns nothing; OpenAI-style penalties: logit - presence * [count > 0] - frequency * count."""
+    """OpenAI-style presence and frequency penalties: logit - presence * [count > 0] - frequency * count."""
 
     presence: object = hparam(0.0)
     frequency: object = hparam(0.0)
@@ -154,7 +147,7 @@ class PresencePenalty(LogitTransform):
 
 @dataclasses.dataclass(frozen=True)
 class BanTokens(LogitTransform):
-    """Returns nothing; sets the logits of the given token ids to -inf (ids are runtime values of static count)."""
+    """Token banning: sets the logits of the given token ids to -inf (ids are runtime values of static count)."""
 
     ids: object = hparam(())
 
@@ -184,7 +177,7 @@ class BanTokens(LogitTransform):
 
 @dataclasses.dataclass(frozen=True)
 class Greedy(LogitTransform):
-    """Returns nothing; keeps only each row's argmax (lowest index on ties), so sampling becomes greedy."""
+    """Greedy filtering: keeps only each row's argmax (lowest index on ties), so sampling becomes greedy."""
 
     def apply(self, logits, state, ctx):
         keep = jnp.arange(logits.shape[-1])[None, :] == jnp.argmax(logits, axis=-1)[:, None]

@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from tokjax.logits._base import check_range
+from tokjax.logits._base import check_int_option, check_range, target_logprobs
+from tokjax.model.ops import check_int_values
 
 __all__ = ["UNCERTAINTY_KINDS", "amu_fuse", "amu_init", "amu_logits", "amu_loss", "logit_standardize",
            "uncertainty_factor"]
@@ -111,12 +111,8 @@ def amu_init(aux_features: jax.Array, labels: jax.Array, num_classes: int) -> ja
         raise ValueError(f"aux_features must be [N, D], got shape {tuple(f.shape)}")
     if labels.shape != (f.shape[0],) or not jnp.issubdtype(labels.dtype, jnp.integer):
         raise ValueError(f"labels must be int [N={f.shape[0]}], got shape {tuple(labels.shape)} dtype {labels.dtype}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
-    if not isinstance(labels, jax.core.Tracer) and labels.size:
-        lab = np.asarray(labels)
-        if lab.min() < 0 or lab.max() >= num_classes:
-            raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{lab.min()}, {lab.max()}]")
+    check_int_option(num_classes, "num_classes", lo=2)
+    check_int_values(labels, "labels", 0, num_classes)
     f = f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), _TINY)
     onehot = jax.nn.one_hot(labels, num_classes, dtype=_F32)
     return f.T @ onehot / (f.shape[0] / num_classes)
@@ -148,7 +144,7 @@ def amu_fuse(base_logits: jax.Array, aux_logits: jax.Array, alpha=0.5, *, kind: 
 
 
 def _ce(z, labels):
-    return -jnp.take_along_axis(jax.nn.log_softmax(z, axis=-1), labels[..., None], axis=-1)[..., 0]
+    return -target_logprobs(z, labels)
 
 
 def amu_loss(
@@ -164,10 +160,7 @@ def amu_loss(
     if labels.shape != z0.shape[:-1] or not jnp.issubdtype(labels.dtype, jnp.integer):
         raise ValueError(f"labels must be int {tuple(z0.shape[:-1])}, got shape {tuple(labels.shape)} dtype "
                          f"{labels.dtype}")
-    if not isinstance(labels, jax.core.Tracer) and labels.size:
-        lab = np.asarray(labels)
-        if lab.min() < 0 or lab.max() >= z0.shape[-1]:
-            raise ValueError(f"labels must lie in [0, {z0.shape[-1]}), got values in [{lab.min()}, {lab.max()}]")
+    check_int_values(labels, "labels", 0, z0.shape[-1])
     za = amu_logits(w_aux, aux_features)
     if za.shape != z0.shape:
         raise ValueError(f"aux logits {tuple(za.shape)} must match base_logits {tuple(z0.shape)}")

@@ -22,11 +22,11 @@ Losses as a train-config choice: :mod:`tokjax.losses.registry` (``make_loss("pri
 ``loss_names()``; a TrainConfig's ``loss: {name: ..., <options>}``).
 """
 
-from tokjax.losses._cross_entropy import REDUCTIONS as CE_REDUCTIONS
-from tokjax.losses._cross_entropy import STATS, cross_entropy
+from tokjax.losses._cross_entropy import CE_REDUCTIONS, STATS, cross_entropy
 from tokjax.losses._next_token import METHODS, make_next_token_loss, next_token_loss, reference_logp, token_stats
 from tokjax.losses._stats import (
-    REDUCTIONS, Chain, Identity, LossTransform, NamedChain, TokenStats, TokenWeights, chain, named_chain,
+    REDUCTIONS, Chain, Identity, LossTransform, NamedChain, TokenStats, TokenWeights, chain, check_reduction,
+    check_token_ids, named_chain,
     per_token_nll, reduce_loss, sequence_count, shifted_completion_mask, sum_and_count, token_count,
     token_weights,
 )
@@ -58,8 +58,8 @@ from tokjax.losses.self_generated import (
     scheduled_sampling_loss, self_generated_tokens,
 )
 from tokjax.losses.text2token import (
-    POOLINGS, data_driven_targets, make_text2token_loss, model_derived_targets, pooled_hidden, text2token,
-    text2token_from_logits, token_idf,
+    POOLINGS, data_driven_targets, make_text2token_loss, model_derived_targets, text2token, text2token_from_logits,
+    text_embedding, token_idf,
 )
 
 __all__ = [
@@ -70,7 +70,7 @@ __all__ = [
     "NamedChain", "Prior", "TokenStats", "TokenWeights", "chain", "cross_entropy", "cut_cross_entropy",
     "head_stats", "make_next_token_loss", "named_chain", "next_token_loss", "per_token_nll", "prior",
     "prior_weights", "reduce_loss", "reference_logp", "sequence_count", "shifted_completion_mask",
-    "sum_and_count", "token_count", "token_stats", "token_weights",
+    "sum_and_count", "token_count", "token_stats", "token_weights", "check_reduction", "check_token_ids",
     # registry
     "RegisteredLoss", "loss_from_spec", "loss_names", "loss_options", "make_loss", "register_loss",
     # distillation: KD, P12, P34, P15
@@ -85,6 +85,6 @@ __all__ = [
     "SCHEDULES", "make_scheduled_sampling_loss", "mix_self_generated", "reference_answer_correction",
     "scheduled_probability", "scheduled_sampling_loss", "self_generated_tokens",
     # P71
-    "POOLINGS", "data_driven_targets", "make_text2token_loss", "model_derived_targets", "pooled_hidden", "text2token",
-    "text2token_from_logits", "token_idf",
+    "POOLINGS", "data_driven_targets", "make_text2token_loss", "model_derived_targets", "text2token",
+    "text2token_from_logits", "text_embedding", "token_idf",
 ]

@@ -21,7 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-REDUCTIONS = ("mean", "sum", "none")
+# The reductions of cross_entropy / cut_cross_entropy (torchs names); the TokenStats reductions of
+# reduce_loss / next_token_loss are tokjax.losses.REDUCTIONS (token_mean, seq_mean, ...).
+CE_REDUCTIONS = ("mean", "sum", "none")
 STATS = ("logp", "lse", "entropy", "argmax")
 
 
@@ -84,8 +86,8 @@ def validate(
         raise ValueError(f"weights shape {tuple(jnp.shape(weights))} must equal labels shape {tuple(labels.shape)}")
     if bias is not None and tuple(jnp.shape(bias)) != (V,):
         raise ValueError(f"bias must have shape [V={V}], got {tuple(jnp.shape(bias))}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if reduction not in CE_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {CE_REDUCTIONS}, got {reduction!r}")
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
         raise ValueError(f"ignore_index must be an int, got {ignore_index!r}")
     if softcap is not None:

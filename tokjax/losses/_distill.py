@@ -12,19 +12,21 @@ recompile); the factories read overrides from ``batch["hparams"][name]`` for the
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from tokjax.logits._base import check_range
+from tokjax.logits._base import check_range, target_logprobs
 from tokjax.losses._next_token import _per_target
-from tokjax.losses._stats import REDUCTIONS, TokenStats, reduce_loss, shifted_completion_mask, token_count
+from tokjax.losses._stats import (
+    TokenStats, check_reduction, check_token_ids, reduce_loss, shifted_completion_mask, token_count,
+)
 from tokjax.model.forward import Inputs, forward
 
 __all__ = [
-    "batch_mask", "check_logits", "check_temperature", "hparam_value", "kd_loss", "kl_from_logits",
-    "make_kd_loss", "model_logits", "reduce_per_token", "token_ce",
+    "DistillBatch", "batch_mask", "check_distill_factory", "check_logits", "check_temperature", "hparam_value",
+    "kd_loss", "kl_from_logits", "make_kd_loss", "model_logits", "read_distill_batch", "reduce_per_token", "token_ce",
 ]
 
 _F32 = jnp.float32
@@ -73,16 +75,13 @@ def kl_from_logits(p_logits: jax.Array, q_logits: jax.Array) -> jax.Array:
 
 def token_ce(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Returns float32 [B, T] -log softmax(logits)[labels] (labels clipped into the vocabulary)."""
-    lp = jax.nn.log_softmax(logits.astype(_F32), axis=-1)
-    idx = jnp.clip(jnp.asarray(labels, jnp.int32), 0, logits.shape[-1] - 1)
-    return -jnp.take_along_axis(lp, idx[..., None], axis=-1)[..., 0]
+    return -target_logprobs(logits, jnp.clip(jnp.asarray(labels, jnp.int32), 0, logits.shape[-1] - 1))
 
 
 def reduce_per_token(per_token: jax.Array, mask: jax.Array, reduction: str = "token_mean",
                      normalizer=None) -> jax.Array:
     """Returns the scalar :func:`reduce_loss` of a per-token loss [B, T] under ``mask`` (0 when empty)."""
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    check_reduction(reduction)
     per_token = jnp.where(mask, per_token, 0.0)  # masked entries never reach the sum nor its gradient
     stats = TokenStats.create(jnp.zeros(per_token.shape, _F32), mask)
     return reduce_loss(stats, reduction, per_token=per_token, normalizer=normalizer)
@@ -113,10 +112,7 @@ def batch_mask(batch: dict) -> tuple[jax.Array, jax.Array]:
     """
     if not isinstance(batch, dict) or "tokens" not in batch:
         raise ValueError("batch must be a dict with 'tokens' int [B, T+1]")
-    tokens = jnp.asarray(batch["tokens"])
-    if tokens.ndim != 2 or tokens.shape[1] < 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
-        raise ValueError(f"batch['tokens'] must be int [B, T+1] with T+1 >= 2, "
-                         f"got {tokens.dtype} {tuple(tokens.shape)}")
+    tokens = check_token_ids(batch["tokens"], "batch['tokens']", next_token=True)
     B, S = tokens.shape
     mask = shifted_completion_mask(tokens, batch.get("prompt_lengths"), batch.get("lengths"))
     if batch.get("mask") is not None:
@@ -158,6 +154,46 @@ def check_model_pair(model, name: str) -> tuple[Any, Any]:
     raise ValueError(f"{name} must be a (params, cfg) pair or a tokjax.Model, got {type(model).__name__}")
 
 
+class DistillBatch(NamedTuple):
+    """A next-token batch as the distillation factories read it, with the fixed models' logits.
+
+    ``tokens`` int32 [B, T+1], ``mask`` bool [B, T] (see :func:`batch_mask`), ``segment_ids`` [B, T+1]
+    or None, ``normalizer`` the batch's global denominator or None, ``fixed`` the float32 logits
+    [B, T, V] of each fixed model (teacher, DPO / reverse model) in the order given, without gradient.
+    """
+
+    tokens: jax.Array
+    mask: jax.Array
+    segment_ids: Any
+    normalizer: Any
+    fixed: tuple
+
+    def student_logits(self, params, cfg) -> tuple[jax.Array, jax.Array]:
+        """Returns (float32 logits [B, T, V], final-normed hidden [B, T, D]) of the trained model."""
+        return model_logits(params, cfg, self.tokens, self.segment_ids)
+
+    def ce(self, logits: jax.Array, reduction: str) -> jax.Array:
+        """Returns the reduced next-token cross-entropy of ``logits`` [B, T, V] against the batch's targets."""
+        return reduce_per_token(token_ce(logits, self.tokens[:, 1:]), self.mask, reduction, self.normalizer)
+
+
+def read_distill_batch(batch: dict, fixed_models=()) -> DistillBatch:
+    """Returns the :class:`DistillBatch` of ``batch`` with the logits of each ``(params, cfg)`` in ``fixed_models``."""
+    tokens, mask = batch_mask(batch)
+    seg = batch.get("segment_ids")
+    fixed = tuple(model_logits(p, c, tokens, seg, stop_gradient=True)[0] for p, c in fixed_models)
+    return DistillBatch(tokens, mask, seg, batch.get("normalizer"), fixed)
+
+
+def check_distill_factory(*, reduction: str, temperature, **models) -> list[tuple[Any, Any]]:
+    """Returns the ``(params, cfg)`` of each keyword model (a pair or a tokjax.Model), in order, after checking
+    what every distillation factory takes: the models, ``temperature`` > 0 and ``reduction``."""
+    pairs = [check_model_pair(m, name) for name, m in models.items()]
+    check_temperature(temperature)
+    check_reduction(reduction)
+    return pairs
+
+
 def make_kd_loss(teacher, *, ce_weight: float = 1.0, kd_weight: float = 1.0, temperature: float = 1.0,
                  reduction: str = "token_mean") -> Callable:
     """Returns ``loss_fn(params, cfg, batch, rng) -> (loss, metrics)``: ``ce_weight * CE + kd_weight * KD``.
@@ -167,23 +203,19 @@ def make_kd_loss(teacher, *, ce_weight: float = 1.0, kd_weight: float = 1.0, tem
     Metrics: ``loss``, ``ce``, ``kd``, ``token_count``, ``teacher_agreement`` (student argmax
     equals teacher argmax).
     """
-    t_params, t_cfg = check_model_pair(teacher, "teacher")
-    check_temperature(temperature)
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    fixed = check_distill_factory(reduction=reduction, temperature=temperature, teacher=teacher)
 
     def loss_fn(params, cfg, batch, rng=None):
         del rng
-        tokens, mask = batch_mask(batch)
-        s_logits, _ = model_logits(params, cfg, tokens, batch.get("segment_ids"))
-        t_logits, _ = model_logits(t_params, t_cfg, tokens, batch.get("segment_ids"), stop_gradient=True)
-        normalizer = batch.get("normalizer")
-        ce = reduce_per_token(token_ce(s_logits, tokens[:, 1:]), mask, reduction, normalizer)
-        kd = kd_loss(s_logits, t_logits, mask, temperature=hparam_value(batch, "temperature", temperature),
-                     reduction=reduction, normalizer=normalizer)
+        b = read_distill_batch(batch, fixed)
+        (t_logits,) = b.fixed
+        s_logits, _ = b.student_logits(params, cfg)
+        ce = b.ce(s_logits, reduction)
+        kd = kd_loss(s_logits, t_logits, b.mask, temperature=hparam_value(batch, "temperature", temperature),
+                     reduction=reduction, normalizer=b.normalizer)
         loss = hparam_value(batch, "ce_weight", ce_weight) * ce + hparam_value(batch, "kd_weight", kd_weight) * kd
         return loss, {"loss": loss, "ce": jax.lax.stop_gradient(ce), "kd": jax.lax.stop_gradient(kd),
-                      "token_count": token_count(mask), "teacher_agreement": agreement(s_logits, t_logits, mask)}
+                      "token_count": token_count(b.mask), "teacher_agreement": agreement(s_logits, t_logits, b.mask)}
 
     return loss_fn
 

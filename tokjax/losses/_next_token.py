@@ -27,7 +27,8 @@ import jax.numpy as jnp
 
 from tokjax.losses._cross_entropy import naive_core
 from tokjax.losses._stats import (
-    REDUCTIONS, LossTransform, TokenStats, chain, per_token_nll, reduce_loss, shifted_completion_mask, token_count,
+    LossTransform, TokenStats, chain, check_reduction, check_token_ids, per_token_nll, reduce_loss,
+    shifted_completion_mask, token_count,
 )
 from tokjax.losses.cut_cross_entropy import DEFAULT_BLOCK_SIZE, head_stats
 from tokjax.model.forward import Inputs, forward, lm_head
@@ -98,20 +99,13 @@ def _check_method(method):
 def _split(batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Returns (inputs [B, T], targets [B, T], base mask [B, T]) of a ``tokens`` or ``inputs``/``targets`` batch."""
     if "tokens" in batch:
-        tokens = jnp.asarray(batch["tokens"])
-        if tokens.ndim != 2 or tokens.shape[1] < 2:
-            raise ValueError(f"batch['tokens'] must be [B, T+1] with T+1 >= 2, got shape {tuple(tokens.shape)}")
-        if not jnp.issubdtype(tokens.dtype, jnp.integer):
-            raise ValueError(f"batch['tokens'] must be integer ids, got dtype {tokens.dtype}")
+        tokens = check_token_ids(batch["tokens"], "batch['tokens']", next_token=True)
         mask = shifted_completion_mask(tokens, batch.get("prompt_lengths"), batch.get("lengths"))
         return tokens[:, :-1], tokens[:, 1:], mask
-    x, y = jnp.asarray(batch["inputs"]), jnp.asarray(batch["targets"])
-    if x.ndim != 2 or x.shape != y.shape or x.shape[1] < 1:
-        raise ValueError(f"batch['inputs'] and batch['targets'] must both be [B, T] with T >= 1, got "
-                         f"{tuple(x.shape)} and {tuple(y.shape)}")
-    for name, a in (("inputs", x), ("targets", y)):
-        if not jnp.issubdtype(a.dtype, jnp.integer):
-            raise ValueError(f"batch[{name!r}] must be integer ids, got dtype {a.dtype}")
+    x, y = check_token_ids(batch["inputs"], "batch['inputs']"), check_token_ids(batch["targets"], "batch['targets']")
+    if x.shape != y.shape:
+        raise ValueError(f"batch['inputs'] and batch['targets'] must both be [B, T], got {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}")
     B, T = y.shape
     mask = shifted_completion_mask(jnp.zeros((B, T + 1), jnp.int32), batch.get("prompt_lengths"), batch.get("lengths"))
     return x, y, mask
@@ -211,8 +205,7 @@ def next_token_loss(
     else:
         tf = chain(*transforms)
     needs = set(tf.requires)
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    check_reduction(reduction)
     if "ref_logp" in needs and ref is None and (not isinstance(batch, dict) or batch.get("ref_logp") is None):
         raise ValueError("a loss transform needs reference log-probs: put batch['ref_logp'] [B, T] or pass "
                          "ref=(ref_params, ref_cfg)")

@@ -29,10 +29,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from tokjax._transform import (
+    IdentityBehaviour, NamedComposition, SequentialComposition, checked_members, checked_named_members,
+)
 from tokjax.logits._base import check_range, hparam
+from tokjax.model.ops import check_int_values
 
 __all__ = [
-    "Chain", "Identity", "LossTransform", "NamedChain", "REDUCTIONS", "TokenStats", "TokenWeights", "chain",
+    "Chain", "Identity", "LossTransform", "NamedChain", "REDUCTIONS", "check_reduction", "check_token_ids",
+    "TokenStats", "TokenWeights", "chain",
     "named_chain", "per_token_nll", "reduce_loss", "sequence_count", "shifted_completion_mask", "sum_and_count",
     "token_count", "token_weights",
 ]
@@ -43,7 +48,7 @@ _F32 = jnp.float32
 # --------------------------------------------------------------------------------- TokenStats
 @struct.dataclass
 class TokenStats:
-    """Returns nothing; per-target statistics [B, T] of one batch, position t scoring token t+1.
+    """Per-target statistics [B, T] of one batch, position t scoring token t+1.
 
     ``logp`` float32 log p_theta(y_t); ``mask`` bool (targets that count); ``weights`` float32
     multipliers (1 = plain NLL). Optional: ``entropy`` and ``lse`` of the model's next-token
@@ -77,7 +82,7 @@ class TokenStats:
 
 # ------------------------------------------------------------------------------ transforms
 class LossTransform:
-    """Returns nothing; base class. Subclasses define ``init() -> state`` and
+    """Base class of the loss-transform family. Subclasses define ``init() -> state`` and
     ``apply(stats, state, batch) -> (stats, state)``; ``requires`` names the optional TokenStats
     fields they read (e.g. ``("ref_logp",)``) so a loss knows what to compute.
     """
@@ -95,82 +100,47 @@ class LossTransform:
         return self.apply(stats, state, batch)
 
 
-class Identity(LossTransform):
-    """Returns nothing; the transform that changes nothing."""
+class Identity(IdentityBehaviour, LossTransform):
+    """The loss transform that changes nothing."""
 
-    def __eq__(self, other):
-        return type(other) is Identity
 
-    def __hash__(self):
-        return hash(Identity)
+class _UnionOfRequires:
+    """Mixin: a composition requires every TokenStats field any of its members requires (in order)."""
 
-    def apply(self, stats, state, batch):
-        return stats, state
+    @property
+    def requires(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(r for t in self.members() for r in t.requires))
 
 
 @dataclasses.dataclass(frozen=True)
-class Chain(LossTransform):
-    """Returns nothing; applies transforms left to right (the state is the tuple of their states)."""
+class Chain(_UnionOfRequires, SequentialComposition, LossTransform):
+    """A loss transform applying ``transforms`` left to right; its state is the tuple of their states and
+    its ``requires`` the union of theirs."""
 
     transforms: tuple
 
-    @property
-    def requires(self) -> tuple[str, ...]:  # type: ignore[override]
-        return tuple(dict.fromkeys(r for t in self.transforms for r in t.requires))
-
-    def init(self):
-        return tuple(t.init() for t in self.transforms)
-
-    def apply(self, stats, state, batch):
-        new = []
-        for t, s in zip(self.transforms, state):
-            stats, s = t.apply(stats, s, batch)
-            new.append(s)
-        return stats, tuple(new)
-
 
 @dataclasses.dataclass(frozen=True)
-class NamedChain(LossTransform):
-    """Returns nothing; like Chain with a name-keyed state dict (addressable hyperparameters)."""
+class NamedChain(_UnionOfRequires, NamedComposition, LossTransform):
+    """A loss transform applying ``(name, transform)`` pairs in order; its state is a dict keyed by name
+    (addressable hyperparameters) and its ``requires`` the union of theirs."""
 
     named: tuple  # ((name, transform), ...)
-
-    @property
-    def requires(self) -> tuple[str, ...]:  # type: ignore[override]
-        return tuple(dict.fromkeys(r for _, t in self.named for r in t.requires))
-
-    def init(self):
-        return {n: t.init() for n, t in self.named}
-
-    def apply(self, stats, state, batch):
-        new = {}
-        for n, t in self.named:
-            stats, new[n] = t.apply(stats, state[n], batch)
-        return stats, new
 
 
 def chain(*transforms: LossTransform) -> Chain:
     """Returns the composition applying ``transforms`` left to right."""
-    for t in transforms:
-        if not isinstance(t, LossTransform):
-            raise ValueError(f"chain expects LossTransform objects, got {type(t).__name__}")
-    return Chain(tuple(transforms))
+    return Chain(checked_members(transforms, LossTransform))
 
 
 def named_chain(*named: tuple[str, LossTransform]) -> NamedChain:
     """Returns the composition of ``(name, transform)`` pairs with a name-keyed state."""
-    names = [n for n, _ in named]
-    if len(set(names)) != len(names):
-        raise ValueError(f"named_chain names must be unique, got {names}")
-    for n, t in named:
-        if not isinstance(t, LossTransform):
-            raise ValueError(f"named_chain entry {n!r} is not a LossTransform: {type(t).__name__}")
-    return NamedChain(tuple(named))
+    return NamedChain(checked_named_members(named, LossTransform))
 
 
 @dataclasses.dataclass(frozen=True)
 class TokenWeights(LossTransform):
-    """Returns nothing; multiplies the weights by ``batch[key]`` [B, T] (and by ``scale``, a runtime scalar)."""
+    """A loss transform multiplying the weights by ``batch[key]`` [B, T] (and by ``scale``, a runtime scalar)."""
 
     key: str = "token_weights"
     scale: object = hparam(1.0)
@@ -200,6 +170,18 @@ def _concrete(x) -> bool:
     return x is not None and not isinstance(x, jax.core.Tracer)
 
 
+def check_token_ids(tokens, name: str = "tokens", *, next_token: bool = False) -> jax.Array:
+    """Returns ``tokens`` as an array; raises ValueError unless it is integer [B, L] with L >= 1, or, with
+    ``next_token``, [B, T+1] with T+1 >= 2 (inputs ``[:, :-1]`` and targets ``[:, 1:]`` come from one row)."""
+    tokens = jnp.asarray(tokens)
+    shape = "[B, T+1] with T+1 >= 2" if next_token else "[B, L] with L >= 1"
+    if tokens.ndim != 2 or tokens.shape[1] < (2 if next_token else 1):
+        raise ValueError(f"{name} must be int {shape}, got shape {tuple(tokens.shape)}")
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(f"{name} must be integer token ids {shape}, got dtype {tokens.dtype}")
+    return tokens
+
+
 def shifted_completion_mask(
     tokens: jax.Array, prompt_lengths: jax.Array | None = None, lengths: jax.Array | None = None
 ) -> jax.Array:
@@ -225,11 +207,7 @@ def shifted_completion_mask(
             raise ValueError(f"{name} must have shape [batch={B}], got {tuple(a.shape)}")
         if not jnp.issubdtype(a.dtype, jnp.integer):
             raise ValueError(f"{name} must be integers, got dtype {a.dtype}")
-        if _concrete(arr) and a.size:
-            host = np.asarray(arr)
-            lo, hi = int(host.min()), int(host.max())
-            if lo < 0 or hi > S:
-                raise ValueError(f"{name} must lie in [0, {S}], got values in [{lo}, {hi}]")
+        check_int_values(arr, name, 0, S, hi_closed=True)
     if prompt_lengths is not None:
         mask &= pos >= jnp.broadcast_to(jnp.asarray(prompt_lengths), (B,))[:, None]
     if lengths is not None:
@@ -238,7 +216,17 @@ def shifted_completion_mask(
 
 
 # ------------------------------------------------------------------------------- reductions
+# How reduce_loss turns per-token losses into a scalar (see there). Not to be confused with
+# CE_REDUCTIONS, the torch-style "mean"/"sum"/"none" of cross_entropy.
 REDUCTIONS = ("token_mean", "weighted_mean", "sum", "seq_mean", "const")
+
+
+def check_reduction(how) -> str:
+    """Returns ``how``; raises ValueError unless it is one of :data:`REDUCTIONS` (checked when a loss is built,
+    not first inside a traced step)."""
+    if how not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {how!r}")
+    return how
 
 
 def per_token_nll(stats: TokenStats) -> jax.Array:
@@ -284,8 +272,7 @@ def reduce_loss(
     the global weight total for weighted_mean, any constant for sum. With a global normaliser, micro-batch losses *add up* to the full-batch
     loss, which is what gradient accumulation and data parallelism need. An empty mask gives 0.
     """
-    if how not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {how!r}")
+    check_reduction(how)
     if normalizer is not None and _concrete(normalizer):
         n = np.asarray(normalizer, np.float64)
         if n.ndim or not np.isfinite(n) or n < 0:

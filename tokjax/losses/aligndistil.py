@@ -30,10 +30,10 @@ import jax.numpy as jnp
 
 from tokjax.logits._base import check_range
 from tokjax.losses._distill import (
-    agreement, batch_mask, check_logits, check_model_pair, check_temperature, hparam_value, kl_from_logits,
-    model_logits, reduce_per_token,
+    agreement, check_distill_factory, check_logits, check_temperature, hparam_value, kl_from_logits,
+    read_distill_batch, reduce_per_token,
 )
-from tokjax.losses._stats import REDUCTIONS, token_count
+from tokjax.losses._stats import token_count
 
 __all__ = [
     "DIVERGENCES", "adaptive_weight", "aligndistil_loss", "aligndistil_per_token", "extrapolated_logits",
@@ -122,27 +122,23 @@ def make_aligndistil_loss(
     Metrics: ``loss``, ``mean_weight`` (mean w_t), ``kl_to_dpo`` (token-mean reverse KL to the
     DPO model), ``token_count``, ``dpo_agreement``.
     """
-    d_params, d_cfg = check_model_pair(dpo_model, "dpo_model")
-    r_params, r_cfg = check_model_pair(reverse_model, "reverse_model")
+    fixed = check_distill_factory(reduction=reduction, temperature=temperature, dpo_model=dpo_model,
+                                  reverse_model=reverse_model)
     check_range(beta, "beta", lo=0.0, lo_open=True)
-    check_temperature(temperature)
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
 
     def loss_fn(params, cfg, batch, rng=None):
         del rng
-        tokens, mask = batch_mask(batch)
-        seg = batch.get("segment_ids")
-        s_logits, _ = model_logits(params, cfg, tokens, seg)
-        zd, _ = model_logits(d_params, d_cfg, tokens, seg, stop_gradient=True)
-        zr, _ = model_logits(r_params, r_cfg, tokens, seg, stop_gradient=True)
+        b = read_distill_batch(batch, fixed)
+        zd, zr = b.fixed
+        mask = b.mask
+        s_logits, _ = b.student_logits(params, cfg)
         per_tok, w = aligndistil_per_token(
             s_logits, zd, zr, beta=hparam_value(batch, "beta", beta), beta2=hparam_value(batch, "beta2", beta2),
             temperature=hparam_value(batch, "temperature", temperature), eps=eps, adaptive=adaptive,
             divergence=divergence)
-        loss = reduce_per_token(per_tok, mask, reduction, batch.get("normalizer"))
+        loss = reduce_per_token(per_tok, mask, reduction, b.normalizer)
         n = jnp.maximum(token_count(mask), 1.0)
         sg = jax.lax.stop_gradient
         kl_d = jnp.sum(jnp.where(mask, kl_from_logits(sg(s_logits), zd), 0.0)) / n

@@ -35,10 +35,10 @@ import jax
 import jax.numpy as jnp
 
 from tokjax.losses._distill import (
-    agreement, batch_mask, check_logits, check_model_pair, check_temperature, hparam_value, model_logits,
+    agreement, check_distill_factory, check_logits, check_temperature, hparam_value, read_distill_batch,
     reduce_per_token, token_ce,
 )
-from tokjax.losses._stats import REDUCTIONS, token_count
+from tokjax.losses._stats import token_count
 
 __all__ = [
     "AUX_KEY", "GRAD_MODES", "aux_logits", "binary_kl_norm", "binary_kl_norm_per_token", "dual_head_kd",
@@ -160,29 +160,26 @@ def make_dual_head_kd_loss(
     ``bkl``, ``token_count``, ``teacher_agreement`` (main head), ``aux_agreement``, and with
     ``"project"`` ``grad_cos`` (cosine of the two gradients; < 0 means they conflicted).
     """
-    t_params, t_cfg = check_model_pair(teacher, "teacher")
-    check_temperature(temperature)
+    fixed = check_distill_factory(reduction=reduction, temperature=temperature, teacher=teacher)
     if grad not in GRAD_MODES:
         raise ValueError(f"grad must be one of {GRAD_MODES}, got {grad!r}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
     def loss_fn(params, cfg, batch, rng=None):
         del rng
         if not isinstance(params, dict) or AUX_KEY not in params:
             raise ValueError(f"params has no {AUX_KEY!r} entry: add one with init_aux_head(params, cfg, key)")
-        tokens, mask = batch_mask(batch)
-        seg, normalizer = batch.get("segment_ids"), batch.get("normalizer")
-        t_logits, _ = model_logits(t_params, t_cfg, tokens, seg, stop_gradient=True)
+        b = read_distill_batch(batch, fixed)
+        (t_logits,) = b.fixed
+        mask = b.mask
         g_w, a_w = hparam_value(batch, "gamma", gamma), hparam_value(batch, "alpha", alpha)
         tau = hparam_value(batch, "temperature", temperature)
 
         def parts(p):
-            main, hidden = model_logits(p, cfg, tokens, seg)
+            main, hidden = b.student_logits(p, cfg)
             aux = aux_logits(p, jax.lax.stop_gradient(hidden) if grad == "stop" else hidden)
-            ce = reduce_per_token(token_ce(main, tokens[:, 1:]), mask, reduction, normalizer)
+            ce = b.ce(main, reduction)
             bkl = binary_kl_norm(aux, t_logits, mask, temperature=tau, eps=eps, reduction=reduction,
-                                 normalizer=normalizer)
+                                 normalizer=b.normalizer)
             return (g_w * ce, a_w * bkl), (ce, bkl, main, aux)
 
         metrics: dict[str, Any] = {}

@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tokjax.logits._base import check_range
+from tokjax.logits._base import check_int_option, check_range
+from tokjax.model.ops import check_int_values
 
 __all__ = [
     "FourierOutput", "autocorrelate", "bin_centers", "fourier_head", "fourier_head_init", "fourier_head_loss",
@@ -38,7 +39,7 @@ INVERSE_SOFTMAX_EPS = 1e-5
 
 
 class FourierOutput(NamedTuple):
-    """Returns nothing; what :func:`fourier_head` computes.
+    """What :func:`fourier_head` computes.
 
     ``logits`` [..., m] = log(pmf + eps); ``pmf`` [..., m] (sums to 1); ``coeffs`` [..., F+1, 2]
     the autocorrelation c_k as (real, imaginary), unnormalised (the regulariser reads these).
@@ -49,17 +50,11 @@ class FourierOutput(NamedTuple):
     coeffs: jax.Array
 
 
-def _check_int(value, name: str, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
-    return int(value)
-
-
 def fourier_head_init(key: jax.Array, dim_in: int, num_frequencies: int, *, init_divisor: float = 100.0) -> dict:
     """Returns head params ``{"w": [dim_in, 2(F+1)], "b": [2(F+1)]}``: a torch-default linear init
     (uniform in +-1/sqrt(dim_in)) divided by ``init_divisor`` (100, as the official head)."""
-    dim_in = _check_int(dim_in, "dim_in", 1)
-    F = _check_int(num_frequencies, "num_frequencies", 1)
+    dim_in = check_int_option(dim_in, "dim_in", 1)
+    F = check_int_option(num_frequencies, "num_frequencies", 1)
     check_range(init_divisor, "init_divisor", lo=0.0, lo_open=True)
     kw, kb = jax.random.split(key)
     bound = 1.0 / math.sqrt(dim_in)
@@ -82,7 +77,7 @@ def autocorrelate(re: jax.Array, im: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def bin_centers(num_bins: int) -> jax.Array:
     """Returns float32 [num_bins] centres of num_bins equal bins of [-1, 1]."""
-    m = _check_int(num_bins, "num_bins", 1)
+    m = check_int_option(num_bins, "num_bins", 1)
     edges = np.linspace(-1.0, 1.0, m + 1)
     return jnp.asarray((edges[:-1] + edges[1:]) / 2, _F32)
 
@@ -115,7 +110,7 @@ def fourier_head(params: dict, hidden: jax.Array, num_bins: int, *, eps: float =
     ``params`` from :func:`fourier_head_init` (F = w.shape[1] / 2 - 1 frequencies). The pmf is the
     density evaluated at the bin centres and renormalised; ``logits = log(pmf + eps)``.
     """
-    m = _check_int(num_bins, "num_bins", 1)
+    m = check_int_option(num_bins, "num_bins", 1)
     if not isinstance(params, dict) or set(params) != {"w", "b"}:
         raise ValueError("params must be the dict {'w': [D, 2(F+1)], 'b': [2(F+1)]} from fourier_head_init")
     w, b = jnp.asarray(params["w"]), jnp.asarray(params["b"])
@@ -154,7 +149,7 @@ def fourier_head_loss(
     ``mask`` [...] (optional) excludes entries from the mean (0 when all are masked). Metrics:
     ``loss``, ``nll`` (the CE term), ``reg`` (the unscaled regulariser).
     """
-    m = _check_int(num_bins, "num_bins", 1)
+    m = check_int_option(num_bins, "num_bins", 1)
     check_range(gamma, "gamma", lo=0.0)
     labels = jnp.asarray(labels)
     if not jnp.issubdtype(labels.dtype, jnp.integer):
@@ -162,10 +157,7 @@ def fourier_head_loss(
     if labels.shape != jnp.shape(hidden)[:-1]:
         raise ValueError(f"labels shape {tuple(labels.shape)} must equal hidden's leading dims "
                          f"{tuple(jnp.shape(hidden)[:-1])}")
-    if not isinstance(labels, jax.core.Tracer) and labels.size:
-        lab = np.asarray(labels)
-        if lab.min() < 0 or lab.max() >= m:
-            raise ValueError(f"labels must lie in [0, {m}), got values in [{lab.min()}, {lab.max()}]")
+    check_int_values(labels, "labels", 0, m)
     out = fourier_head(params, hidden, m)
     nll = -jnp.take_along_axis(out.logits, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
     w = jnp.ones(nll.shape, _F32) if mask is None else jnp.asarray(mask).astype(_F32)

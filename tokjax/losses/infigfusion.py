@@ -45,12 +45,11 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from tokjax.logits._base import check_range
+from tokjax.logits._base import check_int_option, check_range
 from tokjax.losses._distill import (
-    agreement, batch_mask, check_logits, check_model_pair, check_temperature, hparam_value, kd_loss, model_logits,
-    reduce_per_token, token_ce,
+    agreement, check_distill_factory, check_logits, check_temperature, hparam_value, kd_loss, read_distill_batch,
 )
-from tokjax.losses._stats import REDUCTIONS, sequence_count, token_count
+from tokjax.losses._stats import sequence_count, token_count
 
 __all__ = [
     "DEFAULT_K", "GW_METHODS", "VALUES", "coactivation_graph", "graph_on_logits_loss", "make_gld_loss", "sorted_gw",
@@ -64,8 +63,7 @@ _F32 = jnp.float32
 
 
 def _check_k(k, *vocab_sizes) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int (the number of top logits kept), got {k!r}")
+    check_int_option(k, "k (the number of top logits kept)", lo=1)
     for v in vocab_sizes:
         if k > v:
             raise ValueError(f"k={k} must not exceed the vocabulary size {v}")
@@ -171,26 +169,22 @@ def make_gld_loss(
     ``gld_weight``, ``temperature`` at run time. Metrics: ``loss``, ``ce``, ``kd``, ``gld``,
     ``token_count``, ``teacher_agreement``.
     """
-    t_params, t_cfg = check_model_pair(teacher, "teacher")
+    fixed = check_distill_factory(reduction=reduction, temperature=temperature, teacher=teacher)
     _check_k(k)
-    check_temperature(temperature)
     if values not in VALUES:
         raise ValueError(f"values must be one of {VALUES}, got {values!r}")
     if method not in GW_METHODS:
         raise ValueError(f"method must be one of {GW_METHODS}, got {method!r}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
     def loss_fn(params, cfg, batch, rng=None):
         del rng
-        tokens, mask = batch_mask(batch)
-        seg = batch.get("segment_ids")
-        s_logits, _ = model_logits(params, cfg, tokens, seg)
-        t_logits, _ = model_logits(t_params, t_cfg, tokens, seg, stop_gradient=True)
+        b = read_distill_batch(batch, fixed)
+        (t_logits,) = b.fixed
+        mask = b.mask
+        s_logits, _ = b.student_logits(params, cfg)
         tau = hparam_value(batch, "temperature", temperature)
-        normalizer = batch.get("normalizer")
-        ce = reduce_per_token(token_ce(s_logits, tokens[:, 1:]), mask, reduction, normalizer)
-        kd = kd_loss(s_logits, t_logits, mask, temperature=tau, reduction=reduction, normalizer=normalizer)
+        ce = b.ce(s_logits, reduction)
+        kd = kd_loss(s_logits, t_logits, mask, temperature=tau, reduction=reduction, normalizer=b.normalizer)
         gld = graph_on_logits_loss(s_logits, t_logits, mask, k=k, temperature=tau, values=values, method=method)
         loss = (hparam_value(batch, "ce_weight", ce_weight) * ce + hparam_value(batch, "kd_weight", kd_weight) * kd
                 + hparam_value(batch, "gld_weight", gld_weight) * gld)

@@ -61,7 +61,7 @@ def prior_weights(ref_logp: jax.Array, mask: jax.Array | None = None, alpha=1.0,
 
 @dataclasses.dataclass(frozen=True)
 class Prior(LossTransform):
-    """Returns nothing; the PRIOR loss transform (P78): multiplies the token weights by
+    """The PRIOR loss transform (P78): multiplies the token weights by
     :func:`prior_weights` of ``stats.ref_logp`` (alpha is a runtime hyperparameter in the state)."""
 
     alpha: object = hparam(1.0)

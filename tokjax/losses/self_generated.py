@@ -27,19 +27,17 @@ our reading, matching the project notes (NOTES-losses P49).
 
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from tokjax.logits._base import check_range
-from tokjax.losses._next_token import _per_target
-from tokjax.losses._stats import TokenStats, reduce_loss, shifted_completion_mask, token_count
-from tokjax.losses.cut_cross_entropy import DEFAULT_BLOCK_SIZE, head_stats
-from tokjax.losses._cross_entropy import naive_core
-from tokjax.model.forward import Inputs, forward, lm_head
+from tokjax.losses._next_token import METHODS, token_stats
+from tokjax.losses._stats import check_token_ids, reduce_loss, shifted_completion_mask, token_count
+from tokjax.losses.cut_cross_entropy import DEFAULT_BLOCK_SIZE
+from tokjax.model.forward import Inputs, forward
+from tokjax.model.ops import check_int_values
 
 __all__ = [
     "SCHEDULES", "make_scheduled_sampling_loss", "mix_self_generated", "reference_answer_correction",
@@ -67,27 +65,39 @@ def scheduled_probability(step, *, max_prob=0.25, total_steps: int = 1000, warmu
     return max_prob * jnp.clip(frac, 0.0, 1.0)
 
 
-def _check_tokens(tokens, name="tokens") -> jax.Array:
-    tokens = jnp.asarray(tokens)
-    if tokens.ndim != 2 or tokens.shape[1] < 2:
-        raise ValueError(f"{name} must be int [B, T+1] with T+1 >= 2, got shape {tuple(tokens.shape)}")
-    if not jnp.issubdtype(tokens.dtype, jnp.integer):
-        raise ValueError(f"{name} must be integers, got dtype {tokens.dtype}")
-    return tokens
+def _segments(segment_ids, shape) -> jax.Array | None:
+    if segment_ids is None:
+        return None
+    seg = jnp.asarray(segment_ids)
+    if seg.shape != shape:
+        raise ValueError(f"segment_ids must be [B, T+1]={shape} like tokens, got {tuple(seg.shape)}")
+    return seg
+
+
+def _replaceable(tokens, prompt_lengths, lengths, segment_ids) -> jax.Array:
+    """Returns bool [B, S]: the input positions BASH may replace, i.e. those whose token is a counted target
+    (completion, not padding, and not the first token of a packed document: its "own token" would be
+    predicted across the document boundary). Position 0 is never one."""
+    mask = shifted_completion_mask(tokens, prompt_lengths, lengths)
+    if segment_ids is not None:
+        mask &= segment_ids[:, 1:] == segment_ids[:, :-1]
+    return jnp.concatenate([jnp.zeros((tokens.shape[0], 1), bool), mask], axis=1)
 
 
 def self_generated_tokens(params, cfg, tokens: jax.Array, *, rng: jax.Array | None = None, sample: bool = False,
-                          temperature=1.0) -> jax.Array:
+                          temperature=1.0, segment_ids: jax.Array | None = None) -> jax.Array:
     """Returns int32 [B, S] the model's own tokens under teacher forcing (no gradient): position 0 copies
     ``tokens[:, 0]`` and position t+1 is argmax p(. | tokens[:, :t+1]) (or a sample at ``temperature``, a runtime
-    scalar > 0, when ``sample``; needs ``rng``)."""
-    tokens = _check_tokens(tokens)
+    scalar > 0, when ``sample``; needs ``rng``). ``segment_ids`` [B, S] keeps attention within packed documents."""
+    tokens = check_token_ids(tokens, next_token=True)
+    seg = _segments(segment_ids, tokens.shape)
     if sample:
         if rng is None:
             raise ValueError("sample=True needs an rng key")
         check_range(temperature, "temperature", lo=0.0, lo_open=True)
     p = jax.lax.stop_gradient(params)
-    logits = forward(p, cfg, Inputs(tokens=tokens[:, :-1])).logits.astype(_F32)
+    logits = forward(p, cfg, Inputs(tokens=tokens[:, :-1], segment_ids=None if seg is None else seg[:, :-1])
+                     ).logits.astype(_F32)
     if sample:
         nxt = jax.random.categorical(rng, logits / jnp.asarray(temperature, _F32), axis=-1)
     else:
@@ -96,12 +106,14 @@ def self_generated_tokens(params, cfg, tokens: jax.Array, *, rng: jax.Array | No
 
 
 def mix_self_generated(tokens: jax.Array, generated: jax.Array, prob, rng: jax.Array, *,
-                       prompt_lengths: jax.Array | None = None, lengths: jax.Array | None = None
-                       ) -> tuple[jax.Array, jax.Array]:
+                       prompt_lengths: jax.Array | None = None, lengths: jax.Array | None = None,
+                       segment_ids: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Returns (mixed int32 [B, S], replaced bool [B, S]): each completion token of ``tokens`` (position p with
     ``max(prompt_lengths, 1) <= p < lengths``) is swapped for ``generated`` with probability ``prob`` (a runtime
-    scalar or [B] array in [0, 1]); prompt, padding and position 0 are never replaced (P49, BASH)."""
-    tokens = _check_tokens(tokens)
+    scalar or [B] array in [0, 1]); prompt, padding, position 0 and, with ``segment_ids`` [B, S], the first token
+    of each packed document are never replaced (P49, BASH)."""
+    tokens = check_token_ids(tokens, next_token=True)
+    seg = _segments(segment_ids, tokens.shape)
     generated = jnp.asarray(generated)
     if generated.shape != tokens.shape:
         raise ValueError(f"generated shape {tuple(generated.shape)} must equal tokens shape {tuple(tokens.shape)}")
@@ -110,9 +122,7 @@ def mix_self_generated(tokens: jax.Array, generated: jax.Array, prob, rng: jax.A
     prob = jnp.asarray(prob, _F32)
     if prob.ndim not in (0, 1) or (prob.ndim == 1 and prob.shape != (B,)):
         raise ValueError(f"prob must be a scalar or [B={B}], got shape {tuple(prob.shape)}")
-    # targets t count where prompt_lengths <= t+1 < lengths; the same positions are the replaceable inputs
-    mask = shifted_completion_mask(tokens, prompt_lengths, lengths)
-    eligible = jnp.concatenate([jnp.zeros((B, 1), bool), mask], axis=1)
+    eligible = _replaceable(tokens, prompt_lengths, lengths, seg)
     p = prob if prob.ndim == 0 else prob[:, None]
     replaced = eligible & (jax.random.uniform(rng, (B, S)) < p)
     return jnp.where(replaced, generated.astype(tokens.dtype), tokens).astype(jnp.int32), replaced
@@ -127,13 +137,15 @@ def scheduled_sampling_loss(
     [B]), by the model's own teacher-forced tokens.
 
     ``batch`` as :func:`tokjax.losses.next_token_loss` (``tokens`` [B, T+1], optional ``prompt_lengths``,
-    ``lengths``, ``mask``, ``weights``). ``rng`` draws the replacements (required). ``prob = 0`` is exactly
-    the plain next-token loss. Metrics: ``loss``, ``nll``, ``token_count``, ``replaced_frac`` (of counted
-    targets whose input was replaced), ``gen_match`` (fraction of replaceable positions where the model's
-    own token equals the ground truth).
+    ``lengths``, ``mask``, ``weights``, ``segment_ids`` [B, T+1] for packed documents, ``normalizer``); the
+    model reads the mixed inputs and is scored on the ground-truth targets through
+    :func:`tokjax.losses.token_stats` (``inputs``/``targets`` form). ``rng`` draws the replacements
+    (required). ``prob = 0`` is exactly the plain next-token loss. Metrics: ``loss``, ``nll``,
+    ``token_count``, ``replaced_frac`` (of counted targets whose input was replaced), ``gen_match``
+    (fraction of replaceable positions where the model's own token equals the ground truth).
     """
-    if method not in ("cut", "naive"):
-        raise ValueError(f"method must be one of ('cut', 'naive'), got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not isinstance(batch, dict) or "tokens" not in batch:
         raise ValueError("batch must be a dict with 'tokens' int [B, T+1]")
     if rng is None:
@@ -142,36 +154,28 @@ def scheduled_sampling_loss(
         if batch.get("ss_prob") is None:
             raise ValueError("pass prob= or put the schedule probability in batch['ss_prob']")
         prob = batch["ss_prob"]
-    tokens = _check_tokens(batch["tokens"])
-    B, S = tokens.shape
-    T = S - 1
+    tokens = check_token_ids(batch["tokens"], "batch['tokens']", next_token=True)
+    seg = _segments(batch.get("segment_ids"), tokens.shape)
+    pl, lengths = batch.get("prompt_lengths"), batch.get("lengths")
     k_gen, k_mix = jax.random.split(rng)
-    gen = self_generated_tokens(params, cfg, tokens, rng=k_gen, sample=sample, temperature=temperature)
-    mixed, replaced = mix_self_generated(tokens, gen, prob, k_mix, prompt_lengths=batch.get("prompt_lengths"),
-                                         lengths=batch.get("lengths"))
-    mask = shifted_completion_mask(tokens, batch.get("prompt_lengths"), batch.get("lengths"))
-    if batch.get("mask") is not None:
-        mask &= _per_target(batch["mask"], B, T, "mask", bool)
-    weights = None if batch.get("weights") is None else _per_target(batch["weights"], B, T, "weights", _F32)
-    hidden = forward(params, cfg, Inputs(tokens=mixed[:, :-1]), compute_logits=False).hidden
-    D = hidden.shape[-1]
-    w = lm_head(params, cfg).astype(cfg.dtype)
-    labels = tokens[:, 1:].reshape(-1).astype(jnp.int32)
-    if method == "cut":
-        core = head_stats(hidden.reshape(-1, D), w, labels, block_size=block_size)
-    else:
-        core = naive_core(hidden.reshape(-1, D), w, labels)
-    logp = (core["zy"] - core["lse"]).reshape(B, T)
-    stats = TokenStats.create(logp, mask, weights)
+    gen = self_generated_tokens(params, cfg, tokens, rng=k_gen, sample=sample, temperature=temperature,
+                                segment_ids=seg)
+    mixed, replaced = mix_self_generated(tokens, gen, prob, k_mix, prompt_lengths=pl, lengths=lengths,
+                                         segment_ids=seg)
+    # The model reads the mixed row but is scored on the ground truth: token_stats' inputs/targets form.
+    # Masks (prompt, padding, per-token mask, document boundaries) and weights are token_stats' own.
+    scored = {"inputs": mixed[:, :-1], "targets": tokens[:, 1:]}
+    scored.update({k: batch[k] for k in ("prompt_lengths", "lengths", "mask", "weights", "segment_ids")
+                   if batch.get(k) is not None})
+    stats = token_stats(params, cfg, scored, method=method, block_size=block_size)
     loss = reduce_loss(stats, reduction, normalizer=batch.get("normalizer"))
+    mask = stats.mask
     n = token_count(mask)
     safe = jnp.maximum(n, 1.0)
-    sg = jax.lax.stop_gradient
-    elig = jnp.concatenate([jnp.zeros((B, 1), bool), shifted_completion_mask(
-        tokens, batch.get("prompt_lengths"), batch.get("lengths"))], axis=1)
+    elig = _replaceable(tokens, pl, lengths, seg)
     metrics = {
         "loss": loss,
-        "nll": sg(jnp.sum(jnp.where(mask, -logp, 0.0)) / safe),
+        "nll": jax.lax.stop_gradient(jnp.sum(jnp.where(mask, -stats.logp, 0.0)) / safe),
         "token_count": n,
         "replaced_frac": jnp.sum(replaced[:, :-1] & mask) / safe,  # input t is what target t reads
         "gen_match": jnp.sum(elig & (gen == tokens)) / jnp.maximum(jnp.sum(elig), 1.0),
@@ -185,8 +189,8 @@ def make_scheduled_sampling_loss(**options) -> Callable:
     bad = set(options) - {"prob", "sample", "temperature", "method", "block_size", "reduction"}
     if bad:
         raise ValueError(f"unknown scheduled_sampling_loss options {sorted(bad)}")
-    if options.get("method", "cut") not in ("cut", "naive"):
-        raise ValueError(f"method must be one of ('cut', 'naive'), got {options['method']!r}")
+    if options.get("method", "cut") not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {options['method']!r}")
     if "prob" in options:
         check_range(options["prob"], "prob", lo=0.0, hi=1.0)
     default_prob = options.pop("prob", None)
@@ -203,10 +207,7 @@ def _lengths(arr, B: int, W: int, name: str) -> jax.Array:
     a = jnp.asarray(arr)
     if a.shape != (B,) or not jnp.issubdtype(a.dtype, jnp.integer):
         raise ValueError(f"{name} must be int [B={B}], got shape {tuple(a.shape)} dtype {a.dtype}")
-    if not isinstance(arr, jax.core.Tracer):
-        host = np.asarray(arr)
-        if host.size and (host.min() < 0 or host.max() > W):
-            raise ValueError(f"{name} must lie in [0, {W}], got values in [{host.min()}, {host.max()}]")
+    check_int_values(arr, name, 0, W, hi_closed=True)
     return a.astype(jnp.int32)
 
 

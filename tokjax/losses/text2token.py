@@ -27,23 +27,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tokjax.logits._base import check_range
+from tokjax.logits._base import check_int_option, check_range
+from tokjax.losses._stats import check_token_ids
 from tokjax.model.forward import Inputs, forward, lm_head
+from tokjax.model.ops import check_int_values, masked_mean
 
-__all__ = ["POOLINGS", "data_driven_targets", "make_text2token_loss", "model_derived_targets", "pooled_hidden",
-           "text2token", "text2token_from_logits", "token_idf"]
+__all__ = ["POOLINGS", "data_driven_targets", "make_text2token_loss", "model_derived_targets", "text2token",
+           "text2token_from_logits", "text_embedding", "token_idf"]
 
 POOLINGS = ("mean", "last")
 _F32 = jnp.float32
-
-
-def _check_tokens(tokens, name="tokens") -> jax.Array:
-    tokens = jnp.asarray(tokens)
-    if tokens.ndim != 2 or tokens.shape[1] < 1:
-        raise ValueError(f"{name} must be int [B, L] with L >= 1, got shape {tuple(tokens.shape)}")
-    if not jnp.issubdtype(tokens.dtype, jnp.integer):
-        raise ValueError(f"{name} must be integers, got dtype {tokens.dtype}")
-    return tokens
 
 
 def _valid_mask(tokens, lengths):
@@ -53,10 +46,7 @@ def _valid_mask(tokens, lengths):
     lengths = jnp.asarray(lengths)
     if lengths.shape != (B,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
         raise ValueError(f"lengths must be int [B={B}], got shape {tuple(lengths.shape)} dtype {lengths.dtype}")
-    if not isinstance(lengths, jax.core.Tracer) and lengths.size:
-        host = np.asarray(lengths)
-        if host.min() < 1 or host.max() > L:
-            raise ValueError(f"lengths must lie in [1, {L}], got values in [{host.min()}, {host.max()}]")
+    check_int_values(lengths, "lengths", 1, L, hi_closed=True)
     return jnp.arange(L)[None, :] < lengths[:, None]
 
 
@@ -83,15 +73,10 @@ def data_driven_targets(
     """Returns float32 [B, V] data-driven targets (P71): q_b(v) proportional to count_b(v) * idf(v) over the text's
     tokens, with ``stop_ids`` and tokens seen fewer than ``min_count`` times removed (a row left empty falls back to
     its plain token counts). ``tokens`` [B, L] with optional ``lengths`` [B]; ``idf`` [V] defaults to 1."""
-    tokens = _check_tokens(tokens)
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) or vocab_size < 2:
-        raise ValueError(f"vocab_size must be an int >= 2, got {vocab_size!r}")
-    if isinstance(min_count, bool) or not isinstance(min_count, (int, np.integer)) or min_count < 1:
-        raise ValueError(f"min_count must be an int >= 1, got {min_count!r}")
-    if not isinstance(tokens, jax.core.Tracer) and tokens.size:
-        host = np.asarray(tokens)
-        if host.min() < 0 or host.max() >= vocab_size:
-            raise ValueError(f"tokens must lie in [0, {vocab_size}), got values in [{host.min()}, {host.max()}]")
+    tokens = check_token_ids(tokens)
+    check_int_option(vocab_size, "vocab_size", lo=2)
+    check_int_option(min_count, "min_count", lo=1)
+    check_int_values(tokens, "tokens", 0, vocab_size)
     stop = np.asarray(list(stop_ids), np.int64)
     if stop.size and (stop.min() < 0 or stop.max() >= vocab_size):
         raise ValueError(f"stop_ids must lie in [0, {vocab_size})")
@@ -117,8 +102,7 @@ def model_derived_targets(logits: jax.Array, top_k: int, *, temperature=1.0) -> 
     if logits.ndim < 1:
         raise ValueError("logits must be [..., V]")
     V = logits.shape[-1]
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= V:
-        raise ValueError(f"top_k must be an int in [1, V={V}], got {top_k!r}")
+    check_int_option(top_k, "top_k", lo=1, hi=V)
     check_range(temperature, "temperature", lo=0.0, lo_open=True)
     z = jax.lax.stop_gradient(logits) / jnp.asarray(temperature, _F32)
     kth = jax.lax.top_k(z, top_k)[0][..., -1:]
@@ -137,29 +121,28 @@ def text2token_from_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return ent - jnp.sum(jnp.where(q > 0, q * logp, 0.0), axis=-1)
 
 
-def pooled_hidden(params, cfg, tokens: jax.Array, *, lengths: jax.Array | None = None, pooling: str = "mean",
-                  mask=None) -> jax.Array:
-    """Returns float32 [B, D] the text embedding e: the final-normed hidden states of ``tokens`` [B, L] pooled by
+def text_embedding(params, cfg, tokens: jax.Array, *, lengths: jax.Array | None = None, pooling: str = "mean",
+                   mask=None) -> jax.Array:
+    """Returns float32 [B, D] P71's text embedding e: the final-normed hidden states of ``tokens`` [B, L] pooled by
     ``pooling`` ("mean" over the first ``lengths`` tokens, or "last" = the hidden state at ``lengths - 1``).
     ``mask`` is an attention-mask spec for the forward (default causal; ``Bidirectional()`` also works)."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-    tokens = _check_tokens(tokens)
+    tokens = check_token_ids(tokens)
     valid = _valid_mask(tokens, lengths)
     h = forward(params, cfg, Inputs(tokens=tokens), compute_logits=False, mask=mask).hidden.astype(_F32)
     if pooling == "mean":
-        v = valid.astype(_F32)[..., None]
-        return jnp.sum(h * v, axis=1) / jnp.sum(v, axis=1)
+        return masked_mean(h, valid)
     last = jnp.sum(valid, axis=1) - 1
     return jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
 
 
 def text2token(params, cfg, tokens: jax.Array, targets: jax.Array, *, lengths: jax.Array | None = None,
                pooling: str = "mean", mask=None) -> tuple[jax.Array, dict]:
-    """Returns (loss, metrics): the batch mean of KL(q || softmax(W e)) (P71) with e = :func:`pooled_hidden` of
+    """Returns (loss, metrics): the batch mean of KL(q || softmax(W e)) (P71) with e = :func:`text_embedding` of
     ``tokens`` [B, L] and q = ``targets`` [B, V] (e.g. :func:`data_driven_targets`). Metrics: ``loss``,
     ``target_ce`` (-sum q log p), ``top1_in_target`` (the argmax token has q > 0)."""
-    e = pooled_hidden(params, cfg, tokens, lengths=lengths, pooling=pooling, mask=mask)
+    e = text_embedding(params, cfg, tokens, lengths=lengths, pooling=pooling, mask=mask)
     w = lm_head(params, cfg).astype(_F32)
     logits = e @ w
     q = jnp.asarray(targets, _F32)
@@ -189,7 +172,7 @@ def make_text2token_loss(*, pooling: str = "mean", stop_ids: Sequence[int] = (),
     def loss_fn(params, cfg, batch, rng=None):
         if not isinstance(batch, dict) or "tokens" not in batch:
             raise ValueError("batch must be a dict with 'tokens' int [B, L]")
-        tokens = _check_tokens(batch["tokens"])
+        tokens = check_token_ids(batch["tokens"])
         q = batch.get("t2t_targets")
         if q is None:
             q = data_driven_targets(tokens, cfg.vocab_size, lengths=batch.get("lengths"), stop_ids=stop_ids,

@@ -20,17 +20,17 @@ from flax import struct
 
 @struct.dataclass
 class Causal:
-    """Returns nothing; mask spec: each token sees itself and earlier tokens."""
+    """Causal mask spec: each token sees itself and earlier tokens."""
 
 
 @struct.dataclass
 class Bidirectional:
-    """Returns nothing; mask spec: every token sees every (valid) token of the block."""
+    """Bidirectional mask spec: every token sees every (valid) token of the block."""
 
 
 @struct.dataclass
 class Prefix:
-    """Returns nothing; mask spec for prefix-LMs: bidirectional over the first ``lengths[b]`` tokens, causal after.
+    """Prefix-LM mask spec: bidirectional over the first ``lengths[b]`` tokens, causal after.
 
     ``lengths``: int [B] or scalar, runtime array (changing it does not recompile).
     """
@@ -40,7 +40,7 @@ class Prefix:
 
 @struct.dataclass
 class Rank:
-    """Returns nothing; mask spec by rank: token i sees j when rank[j] < rank[i], or rank[j] == rank[i] and
+    """Rank mask spec: token i sees j when rank[j] < rank[i], or rank[j] == rank[i] and
     (``bidirectional`` or j <= i). Block-causal / next-block prediction when bidirectional.
 
     ``ranks``: int [B, T] or [T].
@@ -52,7 +52,7 @@ class Rank:
 
 @struct.dataclass
 class Tree:
-    """Returns nothing; mask spec for token trees: node i sees its ancestors and itself.
+    """Token-tree mask spec: node i sees its ancestors and itself.
 
     ``parents``: int [B, T] or [T]; parents[i] < i is the index of i's parent inside the block,
     -1 for a root (whose parent is the last committed token). Decoding one root-to-leaf path
@@ -64,7 +64,7 @@ class Tree:
 
 @struct.dataclass
 class Explicit:
-    """Returns nothing; mask spec from an explicit boolean array [B, T, S] (S = key slots), True = visible."""
+    """Explicit mask spec: a boolean array [B, T, S] (S = key slots), True = visible."""
 
     visible: jax.Array
 

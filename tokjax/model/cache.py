@@ -26,7 +26,8 @@ from tokjax.model.config import ModelConfig
 
 @struct.dataclass
 class KVCache:
-    """Returns nothing; the key/value cache pytree (see module docstring)."""
+    """The key/value cache pytree: per-layer head-major buffers and per-layer, per-row lengths (see the
+    module docstring)."""
 
     k: tuple[jax.Array, ...]
     v: tuple[jax.Array, ...]

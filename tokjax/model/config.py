@@ -12,7 +12,7 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.floa
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Returns nothing; a frozen description of one decoder-only transformer.
+    """A frozen, hashable description of one decoder-only transformer.
 
     Frozen and hashable so it can be a static argument of ``jax.jit``. Dtypes are stored
     as strings ("float32", "bfloat16") so the config stays hashable and serialisable.

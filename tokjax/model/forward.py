@@ -24,7 +24,8 @@ from flax import struct
 from tokjax.model import attention as attn_lib
 from tokjax.model.cache import KVCache, write_tokens
 from tokjax.model.config import ModelConfig
-from tokjax.model.params import Params
+from tokjax.model.ops import check_int_values
+from tokjax.model.params import Params, init_params, param_axes
 
 HOOK_SITES = ("resid_pre", "attn_out", "mlp_out", "resid_post")
 _HOOK_RE = re.compile(r"^layer\.(\*|\d+)\.(resid_pre|attn_out|mlp_out|resid_post)$")
@@ -32,7 +33,7 @@ _HOOK_RE = re.compile(r"^layer\.(\*|\d+)\.(resid_pre|attn_out|mlp_out|resid_post
 
 @struct.dataclass
 class Inputs:
-    """Returns nothing; what enters the forward function.
+    """What enters the forward function.
 
     Exactly one of ``tokens`` [B, T] int, ``embeds`` [B, T, D] (soft / mixed embeddings; learned
     position embeddings are still added) or ``hidden`` [B, T, D] (a residual stream entering at
@@ -50,7 +51,7 @@ class Inputs:
 
 @dataclasses.dataclass(frozen=True)
 class Taps:
-    """Returns nothing; static request for per-layer activations (nothing is kept by default).
+    """A static request for per-layer activations (nothing is kept by default).
 
     ``layers``: None (no taps), "all", or a tuple of absolute layer indices. ``sites``: any of
     resid_pre, attn_out, mlp_out, resid_post. Output ``taps[site]`` is [n_layers_tapped, B, T, D].
@@ -73,7 +74,7 @@ class Taps:
 
 @struct.dataclass
 class Output:
-    """Returns nothing; forward's result.
+    """The result of the forward function.
 
     ``logits`` [B, T, V] float32 or None; ``hidden`` [B, T, D]: the final-normed stream when the
     last layer ran, else the raw residual after the last layer run (feed it back as
@@ -360,13 +361,7 @@ def _validate(cfg, inputs, cache, start, end, T, vocab_size=None):
             raise ValueError(f"tokens must be [batch, seq], got shape {tok.shape}")
         if not jnp.issubdtype(tok.dtype, jnp.integer):
             raise ValueError(f"tokens must be integers, got dtype {tok.dtype}")
-        if _is_concrete(tok) and tok.size:
-            # np.asarray first: numpy reductions on a jax array captured inside an outer jit would be traced
-            ids = np.asarray(tok)
-            lo, hi = int(ids.min()), int(ids.max())
-            V = cfg.vocab_size if vocab_size is None else vocab_size
-            if lo < 0 or hi >= V:
-                raise ValueError(f"token ids must lie in [0, {V}), got values in [{lo}, {hi}]")
+        check_int_values(tok, "token ids", 0, cfg.vocab_size if vocab_size is None else vocab_size)
     for name in ("embeds", "hidden"):
         arr = getattr(inputs, name)
         if arr is not None and (arr.ndim != 3 or arr.shape[-1] != cfg.d_model):
@@ -459,28 +454,53 @@ def prefill(params: Params, cfg: ModelConfig, tokens: jax.Array, lengths: jax.Ar
 
 
 # ----------------------------------------------------------------------------------- Model
+# Argument order, everywhere in tokjax: params, then cfg, then key (then the data), with any of them
+# left out when a function does not take it: Model(params, cfg), Model.init(cfg, key),
+# init_params(cfg, key), forward(params, cfg, inputs), prefill(params, cfg, tokens, ...).
+_ORDER = "tokjax's argument order is params, then cfg, then key"
+
+
+def _is_key(x) -> bool:
+    return isinstance(x, jax.Array) and (jnp.issubdtype(x.dtype, jax.dtypes.prng_key) or x.shape == (2,))
+
+
 @struct.dataclass
 class Model:
-    """Returns nothing; a pytree of a model's ``params`` with its static ``cfg``."""
+    """A model's ``params`` (a pytree leaf) together with its static ``cfg``: ``Model(params, cfg)``.
+
+    Build one with ``Model(params, cfg)`` or ``Model.init(cfg, key)`` (the order of every tokjax
+    signature: params, then cfg, then key); calling it runs :func:`forward`. Swapped arguments
+    raise ValueError rather than failing later inside a traced forward.
+    """
 
     params: Params
     cfg: ModelConfig = struct.field(pytree_node=False)
 
+    def __post_init__(self):
+        # Runs on every construction, including jax's unflattening (cfg is static there, params may be
+        # placeholders), so only the types that cannot be valid are rejected.
+        if isinstance(self.params, ModelConfig):
+            raise ValueError(f"Model(params, cfg) got a ModelConfig as params: the arguments are swapped ({_ORDER})")
+        if not isinstance(self.cfg, ModelConfig):
+            raise ValueError(f"Model(params, cfg) needs a ModelConfig as cfg, got {type(self.cfg).__name__} "
+                             f"({_ORDER})")
+
     @classmethod
     def init(cls, cfg: ModelConfig, key: jax.Array) -> "Model":
-        """Returns a freshly initialised model for ``cfg``."""
-        from tokjax.model.params import init_params
-
+        """Returns a freshly initialised model for ``cfg`` from the PRNG ``key`` (cfg first, then key)."""
+        if not isinstance(cfg, ModelConfig):
+            swapped = isinstance(key, ModelConfig) and _is_key(cfg)
+            raise ValueError(f"Model.init(cfg, key) needs a ModelConfig first, got {type(cfg).__name__}"
+                             + (": the arguments are swapped" if swapped else "") + f" ({_ORDER})")
         return cls(params=init_params(cfg, key), cfg=cfg)
 
     @property
     def axes(self):
         """Logical axis names of every parameter (same tree as params)."""
-        from tokjax.model.params import param_axes
-
         return param_axes(self.cfg)
 
     def num_params(self) -> int:
+        """Returns the total number of parameter entries."""
         return int(sum(x.size for x in jax.tree.leaves(self.params)))
 
     def __call__(self, inputs, **kw) -> Output:

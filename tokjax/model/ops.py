@@ -11,8 +11,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-__all__ = ["masked_mean", "repeat_rows", "take_rows", "where_rows"]
+__all__ = ["check_int_values", "masked_mean", "repeat_rows", "take_rows", "where_rows"]
 
 
 def _is_row_leaf(x: Any, batch: int) -> bool:
@@ -45,6 +46,23 @@ def where_rows(mask: jax.Array, new: Any, old: Any) -> Any:
     return jax.tree.map(pick, new, old)
 
 
+def check_int_values(x, name: str, lo: int, hi: int, *, hi_closed: bool = False) -> None:
+    """Returns None; raises ValueError when the concrete integer array ``x`` (token ids, labels, lengths)
+    has a value outside [lo, hi) (or [lo, hi] with ``hi_closed``), naming ``name`` and the range found.
+
+    A traced ``x`` is not checked: its values are unknown until it runs (an out-of-range id then
+    gathers a clamped row, so callers check at the boundary where arrays are still concrete).
+    """
+    if isinstance(x, jax.core.Tracer):
+        return
+    host = np.asarray(x)  # before reducing: numpy reductions on a jax array inside an outer jit would trace
+    if not host.size:
+        return
+    vmin, vmax = int(host.min()), int(host.max())
+    if vmin < lo or (vmax > hi if hi_closed else vmax >= hi):
+        raise ValueError(f"{name} must lie in [{lo}, {hi}{']' if hi_closed else ')'}, got values in [{vmin}, {vmax}]")
+
+
 def masked_mean(x: jax.Array, mask: jax.Array, axis: int = 1) -> jax.Array:
     """Returns the mean of ``x`` over ``axis`` counting only positions where ``mask`` is True.
 
@@ -54,3 +72,17 @@ def masked_mean(x: jax.Array, mask: jax.Array, axis: int = 1) -> jax.Array:
     m = jnp.asarray(mask).astype(x.dtype)
     m = m.reshape(m.shape + (1,) * (x.ndim - m.ndim))
     return jnp.sum(x * m, axis=axis) / jnp.maximum(jnp.sum(m, axis=axis), 1)
+
+
+def path_tokens(path) -> tuple[str, ...]:
+    """Returns a pytree key path (``jax.tree_util`` keys) as plain strings: dict keys, attribute
+    names and sequence indices (orbax's metadata spells attributes as dict keys, so both agree)."""
+    out = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                out.append(str(getattr(k, attr)))
+                break
+        else:
+            out.append(str(k))
+    return tuple(out)

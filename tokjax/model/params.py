@@ -21,7 +21,7 @@ Params = dict[str, Any]
 
 @dataclasses.dataclass(frozen=True)
 class ParamSpec:
-    """Returns nothing; shape, logical axes and initialiser of one parameter."""
+    """The shape, logical axis names and initialiser of one parameter."""
 
     shape: tuple[int, ...]
     axes: tuple[str, ...]
