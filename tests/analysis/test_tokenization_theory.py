@@ -104,3 +104,17 @@ def test_bad_inputs():
         token_byte_lengths(object())
     with pytest.raises(ValueError, match="chunk size"):
         chunk_text("abc", 0)
+
+
+def test_model_bits_per_byte_matches_the_values_recorded_before_issue_12():
+    """fixtures/tokenization_theory_before.npz: recorded with materialised logits; now token_stats (cut CE)."""
+    from pathlib import Path
+
+    import tokjax
+
+    z = np.load(Path(__file__).parent / "fixtures" / "tokenization_theory_before.npz")
+    cfg = tokjax.ModelConfig(vocab_size=int(z["vocab_size"]), d_model=16, n_layers=1, n_heads=2, max_len=16)
+    params = tokjax.Model.init(cfg, jax.random.PRNGKey(0)).params
+    bits, nbytes = jax.jit(model_bits_per_byte, static_argnums=1)(params, cfg, z["ids"], z["byte_lengths"])
+    assert float(bits) == pytest.approx(float(z["bits"]), rel=1e-5)
+    assert float(nbytes) == float(z["nbytes"])

@@ -1,4 +1,6 @@
-"""Tests for P42 cascade deferral scores (tokjax.decoding.cascades)."""
+"""Tests for P42 cascade deferral scores (tokjax.decoding.cascades); the MLP's fitting is in tests/train/recipes."""
+
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -9,8 +11,8 @@ from hypothesis import strategies as st
 
 import tokjax
 from tokjax.decoding.cascades import (
-    DEFAULT_GRID, chow_avg, chow_quantile, chow_sum, deferral_curve, masked_quantile, masked_quantiles,
-    pooled_hidden, posthoc_features, posthoc_score, token_scores, train_deferral_mlp,
+    DEFAULT_GRID, chow_avg, chow_quantile, chow_sum, deferral_batch, deferral_curve, deferral_mlp_loss,
+    init_deferral_mlp, masked_quantile, masked_quantiles, pooled_hidden, posthoc_features, posthoc_score, token_scores,
 )
 
 
@@ -147,13 +149,31 @@ def test_quantile_properties(B, T, alpha, seed):
     np.testing.assert_allclose(np.asarray(chow_sum(noisy, mask)), np.asarray(chow_sum(logp, mask)), rtol=1e-6)
 
 
-def test_posthoc_mlp_learns_a_separable_rule():
+def test_token_scores_match_those_recorded_before_the_shared_primitives(tiny):
+    # recorded with the pre-issue-12 code (full logits + log-softmax, a private mean-pool)
+    rec = np.load(Path(__file__).parent / "fixtures" / "methods_before_issue12.npz")
+    ts = token_scores(tiny.params, tiny.cfg, rec["casc_tokens"], rec["casc_prompt_lengths"], rec["casc_lengths"])
+    np.testing.assert_array_equal(np.asarray(ts.mask), rec["casc_mask"])
+    np.testing.assert_allclose(np.asarray(ts.logp), rec["casc_logp"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(ts.pooled), rec["casc_pooled"], rtol=1e-5, atol=1e-6)
+    for layer, name in ((1, "casc_pooled_l1"), (None, "casc_pooled_all")):
+        got = pooled_hidden(tiny.params, tiny.cfg, rec["casc_tokens"], rec["casc_lengths"], layer=layer)
+        np.testing.assert_allclose(np.asarray(got), rec[name], rtol=1e-5, atol=1e-6)
+
+
+def test_deferral_mlp_loss_is_binary_cross_entropy_of_the_standardised_rule():
     r = np.random.default_rng(7)
-    x = r.normal(size=(200, 3)).astype(np.float32)
-    y = (x[:, 0] + 0.5 * x[:, 2] > 0).astype(np.float32)
-    mlp = train_deferral_mlp(x, y, key=jax.random.key(0), steps=300)
-    s = np.asarray(posthoc_score(mlp, x))
-    assert ((s < 0) == (y == 1)).mean() > 0.9  # low confidence where the large model wins
+    x = r.normal(size=(20, 3)).astype(np.float32) * 5 + 2
+    y = (r.uniform(size=20) < 0.5).astype(np.float32)
+    batch = deferral_batch(x, y)
+    np.testing.assert_allclose(batch["mean"], x.mean(0), rtol=1e-5)
+    mlp = init_deferral_mlp(jax.random.key(0), 3)
+    params = {"w1": mlp.w1, "b1": mlp.b1, "w2": mlp.w2, "b2": mlp.b2}
+    loss, m = jax.jit(deferral_mlp_loss)(params, None, batch)
+    g = np.asarray(-posthoc_score(mlp._replace(mean=batch["mean"], std=batch["std"]), x))  # logits of P(large wins)
+    bce = np.mean(np.logaddexp(0, g) - y * g)
+    np.testing.assert_allclose(float(loss), bce, rtol=1e-5)
+    np.testing.assert_allclose(float(m["accuracy"]), np.mean((g > 0) == (y > 0.5)))
 
 
 def test_bad_inputs(tiny):
@@ -184,4 +204,8 @@ def test_bad_inputs(tiny):
     with pytest.raises(ValueError, match="shape"):
         token_scores(tiny.params, tiny.cfg, tokens, np.array([1]), np.array([2, 6]))
     with pytest.raises(ValueError, match="targets"):
-        train_deferral_mlp(np.zeros((3, 2)), np.array([0.0, 2.0, 1.0]), key=jax.random.key(0))
+        deferral_batch(np.zeros((3, 2)), np.array([0.0, 2.0, 1.0]))
+    with pytest.raises(ValueError, match="finite"):
+        deferral_batch(np.full((3, 2), np.nan), np.zeros(3))
+    with pytest.raises(ValueError, match=r"features \[N, F\]"):
+        deferral_batch(np.zeros((3,)), np.zeros(3))

@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -75,7 +76,7 @@ def test_all_layers_schedule_equals_plain_greedy(model):
 
 
 def test_skipping_changes_output_and_runtime_hparams_do_not_recompile(model):
-    from tokjax.decoding.generate import TRACE_COUNTS
+    from tokjax.decoding.driver import TRACE_COUNTS
 
     plain = generate(model, PROMPTS, max_new_tokens=12, logits=greedy())
     a = generate(model, PROMPTS, max_new_tokens=12, logits=greedy(), strategy=skipdecode(1, 4, 4))
@@ -242,6 +243,20 @@ def test_skipdecode_loss_with_all_layers_equals_plain_next_token_loss(model):
     np.testing.assert_allclose(float(full), float(ref), rtol=1e-5)
     assert abs(float(skip) - float(ref)) > 1e-3 and np.isfinite(float(skip)) and 0 <= float(acc) <= 1
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(g))
+
+
+def test_outputs_match_those_recorded_before_the_shared_primitives(model):
+    # recorded with the pre-issue-12 code (hand-written log-softmax in skipdecode_loss)
+    rec = np.load(Path(__file__).parent / "fixtures" / "methods_before_issue12.npz")
+    prompts = [[3, 14, 15, 9, 2, 6], [5], [8, 9, 7, 9, 3, 2, 3, 8, 4]]
+    out = generate(model, prompts, max_new_tokens=12, logits=greedy(), strategy=skipdecode(1, 4, 5, warmup=1))
+    np.testing.assert_array_equal(np.asarray(out.tokens), rec["skip_tokens"])
+    np.testing.assert_array_equal(np.asarray(out.lengths), rec["skip_lengths"])
+    loss_fn = skipdecode_loss(skipdecode(1, 4, 4), prompt_length=3)
+    toks = jnp.asarray(rec["skip_loss_tokens"])
+    _, m = jax.jit(lambda p, t: loss_fn(p, model.cfg, {"tokens": t}))(model.params, toks)
+    for k, v in m.items():
+        np.testing.assert_allclose(float(v), float(rec[f"skip_loss_{k}"]), rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------- bad inputs

@@ -147,3 +147,20 @@ def test_bad_inputs(setup):
         setrec_layout(3, 2, item_valid=jnp.ones((1, 4), bool))
     with pytest.raises(ValueError, match="n_sem"):
         init_setrec(jax.random.PRNGKey(0), d_cf=2, d_feat=2, d_model=8, n_sem=-1)
+
+
+def test_loss_and_scores_match_the_values_recorded_before_issue_12(setup):
+    """fixtures/setrec_before.npz: recorded with the hand-written log_softmax; now target_logprobs."""
+    from pathlib import Path
+
+    cfg, params, sp, cf, feats = setup
+    z = np.load(Path(__file__).parent / "fixtures" / "setrec_before.npz")
+    hist, tgt = jnp.asarray(z["hist"]), jnp.asarray(z["tgt"])
+    for causal in (0, 1):
+        loss, m = setrec_loss(params, cfg, sp, cf, feats, hist, tgt, 0.1, causal=bool(causal))
+        np.testing.assert_allclose(float(loss), float(z[f"loss_{causal}"]), rtol=1e-5)
+        np.testing.assert_allclose(float(m["ce"]), float(z[f"ce_{causal}"]), rtol=1e-5)
+        np.testing.assert_allclose(float(m["recon_mse"]), float(z[f"mse_{causal}"]), rtol=1e-5)
+    toks, _ = item_tokens(sp, cf, feats)
+    h = setrec_query_states(params, cfg, sp, toks[jnp.maximum(hist, 0)], item_valid=hist >= 0)
+    np.testing.assert_allclose(setrec_scores(h, toks)[0], z["scores"], rtol=1e-5, atol=1e-5)

@@ -203,7 +203,7 @@ def test_split_op_jits_with_traced_p(tok, table):
 
 def test_stochastok_loss_in_a_train_step(tok, table):
     import tokjax
-    from tokjax.train import next_token_loss
+    from tokjax.losses import next_token_loss
 
     cfg = tokjax.ModelConfig(vocab_size=tok.vocab_size, d_model=16, n_layers=1, n_heads=2, max_len=32)
     params = tokjax.Model.init(cfg, jax.random.PRNGKey(0)).params
@@ -218,3 +218,33 @@ def test_stochastok_loss_in_a_train_step(tok, table):
     with pytest.raises(ValueError, match="mask"):
         stochastok_loss(table, 0.1, max_splits=2)(params, cfg, {**batch, "mask": jnp.ones((4, 32))}, key)
     assert isinstance(table, ExpansionTable) and table.vocab_size == tok.vocab_size
+
+
+def test_train_recipe_with_p_zero_equals_plain_training(tok, table):
+    """tokjax.train.recipes.stochastok: p=0 changes nothing, so the params equal a plain train() run's."""
+    import tokjax
+    from tokjax.train import TrainConfig, train
+    from tokjax.train.recipes.stochastok import train_stochastok
+
+    cfg = tokjax.ModelConfig(vocab_size=tok.vocab_size, d_model=16, n_layers=1, n_heads=2, max_len=32)
+    windows = np.resize(np.asarray(tok.encode(TEXT * 6), np.int32), (8, 17))
+    tc = TrainConfig(total_steps=3, warmup_steps=1, batch_size=4, seq_len=16, eval_every=0, log_every=1)
+    plain, _ = train(cfg, tc, windows, progress=False)
+    same, _ = train_stochastok(cfg, tc, windows, table, 0.0, max_splits=4, progress=False)
+    split, hist = train_stochastok(cfg, tc, windows, tok, 1.0, max_splits=4, progress=False)
+    for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(same.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert np.isfinite(hist["train"][-1]["loss"])
+    assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(split.params)))
+    with pytest.raises(ValueError, match="vocab_size"):
+        train_stochastok(cfg.replace(vocab_size=tok.vocab_size + 1), tc, windows, table, 0.1, max_splits=2)
+
+
+def test_transforms_share_the_wrapped_tokenizer_base(tok):
+    from tokjax.tokenizers import WrappedTokenizer, right_to_left_digits
+
+    for t in (stochastok(tok, 0.5), right_to_left_digits(tok)):
+        assert isinstance(t, WrappedTokenizer) and t.vocab_size == tok.vocab_size  # delegated to the base
+        assert t.decode(t.encode("12345 + 678")) == "12345 + 678"
+        with pytest.raises(ValueError, match="single str"):
+            t.encode_batch("abc")

@@ -192,3 +192,18 @@ def test_supertokens_cross_word_boundaries_keep_text_exact_and_transfer():
         BPETokenizer.train(texts, 330, max_words=0)
     with pytest.raises(ValueError, match="digits"):
         BPETokenizer.train(texts, 330, max_words=2, digits="r2l3")
+
+
+def test_aux_embeddings_match_the_values_recorded_before_issue_12():
+    """fixtures/vocab_transfer_before.npz: the pooled hidden states, recorded before the pool used masked_mean."""
+    from pathlib import Path
+
+    from tokjax.tokenizers.tokenadapt import aux_embeddings
+
+    z = np.load(Path(__file__).parent / "fixtures" / "vocab_transfer_before.npz")
+    old = BPETokenizer.train([TEXT], 290)
+    cfg = tokjax.ModelConfig(vocab_size=old.vocab_size, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, max_len=32)
+    model = tokjax.Model.init(cfg, jax.random.key(0))
+    got = aux_embeddings(model, z["ta_ids"], z["ta_lengths"], bos_id=old.bos_id, batch_size=16)
+    np.testing.assert_allclose(got, z["ta_aux"], rtol=1e-5, atol=1e-6)
+    assert np.all(np.asarray(got)[z["ta_lengths"] == 0] == 0)  # empty rows pool to zeros

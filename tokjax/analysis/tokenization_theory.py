@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tokjax.data import MarkovSource
+from tokjax.losses import token_stats
 
 __all__ = [
     "binary_entropy",
@@ -182,11 +183,6 @@ def model_bits_per_byte(
     ``-log2 p(y)`` and ``byte_lengths[y]`` bytes, so a character model and a BPE model evaluated
     on the same text are directly comparable. Jittable (``cfg`` static).
     """
-    from tokjax.model import Inputs, forward
-
     windows = jnp.asarray(windows)
-    x, y = windows[:, :-1], windows[:, 1:]
-    logits = forward(params, cfg, Inputs(tokens=x)).logits.astype(jnp.float32)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(logp, y[..., None], axis=-1)[..., 0]
-    return jnp.sum(nll) / jnp.log(2.0), jnp.sum(jnp.asarray(byte_lengths)[y]).astype(jnp.float32)
+    logp = token_stats(params, cfg, {"tokens": windows}).logp
+    return -jnp.sum(logp) / jnp.log(2.0), jnp.sum(jnp.asarray(byte_lengths)[windows[:, 1:]]).astype(jnp.float32)

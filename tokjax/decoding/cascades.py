@@ -31,12 +31,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tokjax.model import ModelConfig, forward
+from tokjax.losses import token_stats
+from tokjax.model import ModelConfig, forward, masked_mean
 
 __all__ = [
     "DEFAULT_GRID", "DeferralCurve", "DeferralMLP", "TokenScores", "chow_avg", "chow_quantile", "chow_sum",
-    "deferral_curve", "deferral_mlp_logits", "init_deferral_mlp", "masked_quantile", "masked_quantiles", "pooled_hidden",
-    "posthoc_features", "posthoc_score", "token_scores", "train_deferral_mlp",
+    "deferral_batch", "deferral_curve", "deferral_mlp_logits", "deferral_mlp_loss", "init_deferral_mlp",
+    "masked_quantile", "masked_quantiles", "pooled_hidden", "posthoc_features", "posthoc_score", "token_scores",
 ]
 
 DEFAULT_GRID = tuple(np.round(np.linspace(0.0, 1.0, 11), 4).tolist())
@@ -47,7 +48,7 @@ def _concrete(x) -> bool:
 
 
 class TokenScores(NamedTuple):
-    """Returns nothing; per-token scores of a continuation.
+    """Per-token log-probs of each row's continuation under one model, with their mask and a pooled embedding.
 
     ``logp`` [B, T-1]: log P(tokens[:, t+1] | tokens[:, :t+1]) where ``mask`` is True, 0 elsewhere;
     ``mask`` [B, T-1]: True for continuation targets (prompt_lengths <= t+1 < lengths);
@@ -85,18 +86,18 @@ def token_scores(params, cfg: ModelConfig, tokens, prompt_lengths, lengths) -> T
     prompt_lengths = jnp.asarray(prompt_lengths, jnp.int32)
     lengths = jnp.asarray(lengths, jnp.int32)
     _check_lengths(tokens, prompt_lengths, lengths)
-    out = forward(params, cfg, tokens)
-    logp_all = jax.nn.log_softmax(out.logits[:, :-1].astype(jnp.float32), axis=-1)
-    logp = jnp.take_along_axis(logp_all, tokens[:, 1:, None], axis=-1)[..., 0]
-    target_pos = jnp.arange(1, tokens.shape[1])[None, :]
-    mask = (target_pos >= prompt_lengths[:, None]) & (target_pos < lengths[:, None])
-    return TokenScores(jnp.where(mask, logp, 0.0), mask, _masked_mean_pool(out.hidden, lengths))
+    # The model reads all T tokens (the pooled embedding includes the last one), so the batch uses
+    # the inputs/targets split with a dummy last target; lengths <= T masks it out.
+    targets = jnp.concatenate([tokens[:, 1:], tokens[:, -1:]], axis=1)
+    stats = token_stats(params, cfg, {"inputs": tokens, "targets": targets, "prompt_lengths": prompt_lengths,
+                                      "lengths": lengths}, hidden=True)
+    mask = stats.mask[:, :-1]
+    return TokenScores(jnp.where(mask, stats.logp[:, :-1], 0.0), mask, _pool(stats.hidden, lengths))
 
 
-def _masked_mean_pool(hidden, lengths):
-    valid = (jnp.arange(hidden.shape[1])[None, :] < lengths[:, None]).astype(jnp.float32)
-    total = jnp.einsum("btd,bt->bd", hidden.astype(jnp.float32), valid)
-    return total / jnp.maximum(valid.sum(1, keepdims=True), 1.0)
+def _pool(hidden, lengths):
+    valid = jnp.arange(hidden.shape[1])[None, :] < lengths[:, None]
+    return masked_mean(hidden.astype(jnp.float32), valid)
 
 
 def pooled_hidden(params, cfg: ModelConfig, tokens, lengths, *, layer: int | None = None) -> jax.Array:
@@ -109,7 +110,7 @@ def pooled_hidden(params, cfg: ModelConfig, tokens, lengths, *, layer: int | Non
     if not 1 <= end <= cfg.n_layers:
         raise ValueError(f"layer must lie in [1, n_layers={cfg.n_layers}], got {layer}")
     out = forward(params, cfg, tokens, layers=(0, end), compute_logits=False)
-    return _masked_mean_pool(out.hidden, lengths)
+    return _pool(out.hidden, lengths)
 
 
 def _check_scores(logp, mask):
@@ -205,7 +206,10 @@ def posthoc_features(logp, mask, grid=DEFAULT_GRID, pooled=None) -> jax.Array:
 
 # ------------------------------------------------------------------------------ post-hoc MLP
 class DeferralMLP(NamedTuple):
-    """Returns nothing; the post-hoc deferral rule g: feature standardisation + a 1-hidden-layer MLP."""
+    """The post-hoc deferral rule g: feature standardisation followed by a 1-hidden-layer GELU MLP (P42).
+
+    Fit it with ``tokjax.train.recipes.cascades.train_deferral_mlp`` (loss: :func:`deferral_mlp_loss`).
+    """
 
     mean: jax.Array
     std: jax.Array
@@ -241,11 +245,12 @@ def posthoc_score(mlp: DeferralMLP, features) -> jax.Array:
     return -deferral_mlp_logits(mlp, features)
 
 
-def train_deferral_mlp(features, targets, *, key, steps: int = 500, learning_rate: float = 1e-2,
-                       hidden: int = 32, weight_decay: float = 1e-3) -> DeferralMLP:
-    """Returns a DeferralMLP fit by full-batch AdamW on binary cross-entropy to ``targets`` in [0, 1].
+def deferral_batch(features, targets) -> dict:
+    """Returns the full-batch training dict of the post-hoc rule: ``features`` [N, F], ``labels`` [N] (the
+    ``targets``) and the feature standardisation ``mean``/``std`` [F] (fixed from the data, not trained).
 
-    ``targets`` is P42's 1[quality(M_l) > quality(M_s)] (soft targets are allowed).
+    ``targets`` is P42's 1[quality(M_l) > quality(M_s)] (soft targets in [0, 1] are allowed). The key
+    is ``labels`` because ``targets`` means next-token ids in a tokjax.train batch.
     """
     features = jnp.asarray(features, jnp.float32)
     targets = jnp.asarray(targets, jnp.float32)
@@ -256,34 +261,29 @@ def train_deferral_mlp(features, targets, *, key, steps: int = 500, learning_rat
         raise ValueError("targets must lie in [0, 1]")
     if not np.isfinite(np.asarray(features)).all():
         raise ValueError("features must be finite")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    mlp = init_deferral_mlp(key, features.shape[1], hidden)
-    mlp = mlp._replace(mean=features.mean(0), std=features.std(0) + 1e-6)
-    opt = optax.adamw(learning_rate, weight_decay=weight_decay)
-    trainable = mlp[2:]
+    return {"features": features, "labels": targets, "mean": features.mean(0), "std": features.std(0) + 1e-6}
 
-    def loss(tr):
-        logits = deferral_mlp_logits(DeferralMLP(mlp.mean, mlp.std, *tr), features)
-        return optax.sigmoid_binary_cross_entropy(logits, targets).mean()
 
-    @jax.jit
-    def fit(tr):
-        def step(carry, _):
-            tr, s = carry
-            g = jax.grad(loss)(tr)
-            u, s = opt.update(g, s, tr)
-            return (optax.apply_updates(tr, u), s), None
-        (tr, _), _ = jax.lax.scan(step, (tr, opt.init(tr)), None, length=steps)
-        return tr
+def deferral_mlp_loss(params, cfg, batch, rng=None):
+    """Returns (loss, metrics): binary cross-entropy of the post-hoc rule on a :func:`deferral_batch`.
 
-    return DeferralMLP(mlp.mean, mlp.std, *fit(tuple(trainable)))
+    The train-loss signature with ``params`` the trainable part of a DeferralMLP, a dict
+    ``{"w1", "b1", "w2", "b2"}`` (the standardisation comes from the batch); ``cfg`` is unused
+    (None: the MLP is no transformer). Metrics: ``loss`` and ``accuracy`` (sign of g vs label > 0.5).
+    """
+    del cfg, rng
+    mlp = DeferralMLP(batch["mean"], batch["std"], params["w1"], params["b1"], params["w2"], params["b2"])
+    logits = deferral_mlp_logits(mlp, batch["features"])
+    labels = batch["labels"]
+    loss = optax.sigmoid_binary_cross_entropy(logits, labels).mean()
+    accuracy = jnp.mean((logits > 0) == (labels > 0.5))
+    return loss, {"loss": loss, "accuracy": accuracy}
 
 
 # ------------------------------------------------------------------------------ deferral curve
 class DeferralCurve(NamedTuple):
-    """Returns nothing; ``rates`` [N+1] = k/N, ``quality`` [N+1] mean cascade quality when the k least
-    confident inputs go to the large model, ``auc`` the trapezoid area under quality(rate)."""
+    """A deferral (cost-quality) curve: ``rates`` [N+1] = k/N, ``quality`` [N+1] the mean cascade quality when
+    the k least confident inputs go to the large model, ``auc`` the trapezoid area under quality(rate)."""
 
     rates: jax.Array
     quality: jax.Array

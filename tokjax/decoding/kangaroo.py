@@ -13,6 +13,9 @@ The adapter is trained by soft-label distillation with the base frozen (official
 
     L = - sum_v p_target(v | x_<=t) log q_t(v)              p_target: the full model, stop-gradient
 
+(:func:`adapter_distill_loss` on :func:`distill_batch` batches; ``tokjax.train.recipes.kangaroo.fit_adapter``
+runs it through ``tokjax.train`` with the adapter as a standalone params pytree.)
+
 Verification is standard speculative decoding (``tokjax.decoding.speculative`` with any verifier;
 greedy verification makes the output identical to plain greedy decoding). Batched and ragged: each
 row stops drafting at its own confidence drop (its later nodes are marked invalid); the draft loop
@@ -26,16 +29,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tokjax.decoding._state import DecodeState
-from tokjax.decoding.speculative import Draft, Verdict
-from tokjax.logits import hparam
+from tokjax.decoding._state import KV_CACHE, DecodeState
+from tokjax.decoding.speculative import Draft, DraftSource, Verdict
+from tokjax.logits import hparam, masked_log_softmax, masked_softmax
 from tokjax.model import (
     Inputs, KVCache, Model, ModelConfig, Taps, blocks, final_norm, forward, init_params, lm_head, stack_layers, unembed,
     unstack_layers,
@@ -43,7 +45,7 @@ from tokjax.model import (
 
 __all__ = [
     "EarlyExit", "early_exit", "adapter_config", "init_adapter", "adapter_logits", "shallow_and_target",
-    "adapter_distill_loss", "train_adapter", "distill_metrics",
+    "adapter_distill_loss", "distill_batch", "distill_metrics",
 ]
 
 
@@ -102,24 +104,33 @@ def shallow_and_target(params, cfg: ModelConfig, tokens: jax.Array, layer: int) 
     return out.taps["resid_post"][0], out.logits
 
 
-def adapter_distill_loss(mlp: bool = False):
-    """Returns a tokjax loss ``fn(adapter, acfg, batch, rng) -> (loss, metrics)``: P44's soft-label distillation.
+def adapter_distill_loss(mlp: bool = False, *, acfg: ModelConfig | None = None):
+    """Returns a tokjax loss ``fn(adapter, cfg, batch, rng) -> (loss, metrics)``: P44's soft-label distillation.
 
-    ``batch``: ``hidden`` [B, T, D] exited states (frozen base), ``target_logits`` [B, T, V] of the
-    full model, ``head`` [D, V] the shared LM head, optional ``mask`` [B, T]. Loss: mean over tokens
-    of -sum_v p_target(v) log q(v). Metrics: ``prob_acc`` = mean sum_v min(p, q) (the official
+    ``adapter`` is the adapter params pytree alone (the base is frozen and not an argument);
+    ``cfg`` its config (:func:`adapter_config`), or None when ``acfg`` is given (``tokjax.train``
+    passes None for a standalone params pytree). ``batch`` (see :func:`distill_batch`): ``hidden``
+    [B, T, D] exited states of the base, ``target_logits`` [B, T, V] of the full model, ``head``
+    [D, V] the shared LM head, optional ``mask`` [B, T]. Loss: mean over tokens of
+    -sum_v p_target(v) log q(v). Metrics: ``prob_acc`` = mean sum_v min(p, q) (the official
     "Accept" log, the expected acceptance of sampling verification) and ``top1`` agreement.
     """
 
-    def loss_fn(adapter, acfg: ModelConfig, batch: Mapping[str, jax.Array], rng=None):
+    def loss_fn(adapter, cfg: ModelConfig | None, batch: Mapping[str, jax.Array], rng=None):
         del rng
+        a_cfg = acfg if cfg is None else cfg
+        if not isinstance(a_cfg, ModelConfig):
+            raise ValueError("adapter_distill_loss needs the adapter config: pass cfg or build it with acfg=")
+        for key in ("hidden", "target_logits", "head"):
+            if key not in batch:
+                raise ValueError(f"the distillation batch needs {key!r} (build it with kangaroo.distill_batch)")
         hidden = batch["hidden"]
         B, T, _ = hidden.shape
         pos = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-        h, _, _ = blocks(adapter, acfg, hidden.astype(acfg.dtype), pos, hooks=None if mlp else _NO_MLP_HOOKS)
-        logits = unembed(adapter, acfg, final_norm(adapter, acfg, h), head=batch["head"])
-        logq = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
-        p = jax.lax.stop_gradient(jax.nn.softmax(batch["target_logits"].astype(jnp.float32), -1))
+        h, _, _ = blocks(adapter, a_cfg, hidden.astype(a_cfg.dtype), pos, hooks=None if mlp else _NO_MLP_HOOKS)
+        logits = unembed(adapter, a_cfg, final_norm(adapter, a_cfg, h), head=batch["head"])
+        logq = masked_log_softmax(logits)  # a full distribution is compared, so no target gather here
+        p = jax.lax.stop_gradient(masked_softmax(batch["target_logits"]))
         w = jnp.ones((B, T), jnp.float32) if batch.get("mask") is None else jnp.asarray(batch["mask"], jnp.float32)
         denom = jnp.maximum(w.sum(), 1e-9)
         ce = -jnp.sum(p * logq, -1)
@@ -134,7 +145,21 @@ def adapter_distill_loss(mlp: bool = False):
 @functools.partial(jax.jit, static_argnames=("cfg", "layer"))
 def _teacher(params, cfg, tokens, layer):
     e, logits = shallow_and_target(params, cfg, tokens, layer)
-    return e, logits
+    return {"hidden": e, "target_logits": logits, "head": lm_head(params, cfg)}
+
+
+def distill_batch(model: Model, layer: int, tokens) -> dict:
+    """Returns the distillation batch of token windows ``tokens`` [B, T] for an adapter exiting after ``layer``.
+
+    ``{"hidden": [B, T, D], "target_logits": [B, T, V], "head": [D, V]}``: the frozen base's
+    exited states and full-model logits from one forward, and its LM head (what
+    :func:`adapter_distill_loss` reads).
+    """
+    _check_layer(layer, model.cfg)
+    tokens = jnp.asarray(tokens)
+    if tokens.ndim != 2 or tokens.shape[1] < 1 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(f"tokens must be int token windows [B, T], got {tokens.dtype} {tuple(tokens.shape)}")
+    return _teacher(model.params, model.cfg, tokens, int(layer))
 
 
 def distill_metrics(model: Model, adapter, layer: int, windows: np.ndarray, *, mlp: bool = False,
@@ -142,61 +167,15 @@ def distill_metrics(model: Model, adapter, layer: int, windows: np.ndarray, *, m
     """Returns the mean distillation loss, prob_acc and top-1 agreement of ``adapter`` on token ``windows`` [N, T]."""
     acfg = adapter_config(model.cfg, mlp=mlp)
     loss_fn = jax.jit(adapter_distill_loss(mlp), static_argnums=1)
-    head = lm_head(model.params, model.cfg)
     sums, n = {}, 0
     for i in range(0, len(windows), batch_size):
         toks = jnp.asarray(windows[i:i + batch_size])
-        e, tl = _teacher(model.params, model.cfg, toks, layer)
-        _, m = loss_fn(adapter, acfg, {"hidden": e, "target_logits": tl, "head": head})
+        _, m = loss_fn(adapter, acfg, distill_batch(model, layer, toks))
         k = toks.shape[0]
         for name, v in m.items():
             sums[name] = sums.get(name, 0.0) + float(v) * k
         n += k
     return {name: v / max(n, 1) for name, v in sums.items()}
-
-
-def train_adapter(
-    model: Model, layer: int, windows: np.ndarray, *, steps: int = 300, batch_size: int = 16, lr: float = 3e-3,
-    seed: int = 0, mlp: bool = False, warm_start: bool = True, adapter=None, progress: bool = False,
-) -> tuple[dict, list[dict]]:
-    """Returns (adapter params, history) after distilling ``model`` into an early-exit adapter at ``layer``.
-
-    ``windows`` [N, T] int token windows (e.g. ``TokenDataset.train[:, :-1]``). The base model is
-    frozen (only the adapter's params are optimised: AdamW from :func:`tokjax.train.make_optimizer`
-    with warmup-cosine, clipping); the target's hidden states and logits come from one forward
-    per batch. ``history``: the loss metrics every 25 steps.
-    """
-    from tokjax.train import TrainConfig, init_state, make_optimizer, make_train_step
-
-    cfg = model.cfg
-    _check_layer(layer, cfg)
-    windows = np.asarray(windows)
-    if windows.ndim != 2 or windows.shape[0] < 1 or windows.shape[1] < 2:
-        raise ValueError(f"windows must be [N, T] token ids with N >= 1, T >= 2, got shape {windows.shape}")
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    acfg = adapter_config(cfg, mlp=mlp)
-    if adapter is None:
-        adapter = init_adapter(model, layer, jax.random.key(seed), mlp=mlp, warm_start=warm_start)
-    adapter = jax.tree.map(jnp.array, adapter)  # a copy: the train step donates its input state
-    tcfg = TrainConfig(lr=lr, warmup_steps=max(1, steps // 10), total_steps=steps, weight_decay=0.0, grad_clip=1.0,
-                       batch_size=batch_size, seq_len=windows.shape[1], seed=seed)
-    opt = make_optimizer(tcfg)
-    state = init_state(acfg, opt, seed, params=adapter)
-    step = make_train_step(acfg, opt, adapter_distill_loss(mlp))
-    head = lm_head(model.params, cfg)
-    rng = np.random.default_rng(seed)
-    history, t0 = [], time.perf_counter()
-    for s in range(1, steps + 1):
-        toks = jnp.asarray(windows[rng.integers(0, len(windows), size=batch_size)])
-        e, tl = _teacher(model.params, cfg, toks, layer)
-        state, m = step(state, {"hidden": e, "target_logits": tl, "head": head})
-        if s % 25 == 0 or s == steps:
-            rec = {"step": s, **{k: float(v) for k, v in m.items() if k in ("loss", "prob_acc", "top1")}}
-            history.append(rec)
-            if progress:
-                print(f"kangaroo adapter step {s}: {rec} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    return state.params, history
 
 
 # ---------------------------------------------------------------------------- draft source
@@ -211,8 +190,12 @@ def _adapter_prefill(params, adapter, tokens, lengths, *, cfg, acfg, layer, capa
 
 
 @dataclasses.dataclass(frozen=True)
-class EarlyExit:
-    """Returns nothing; the P44 Kangaroo draft source (build it with :func:`early_exit`)."""
+class EarlyExit(DraftSource):
+    """The P44 Kangaroo draft source: the target's first ``layer`` layers plus a trained adapter, with a
+    confidence-based second exit.
+
+    Build it with :func:`early_exit`; use it as ``speculative(early_exit(...), verifier)``.
+    """
 
     layer: int
     adapter: Any = dataclasses.field(compare=False, hash=False, repr=False)
@@ -233,7 +216,7 @@ class EarlyExit:
         if want != got:
             raise ValueError(
                 f"adapter params do not fit this model (mlp={self.mlp}): expected shapes {want}, got {got}; "
-                "build them with kangaroo.init_adapter / train_adapter for the same model"
+                "build them with kangaroo.init_adapter / recipes.kangaroo.fit_adapter for the same model"
             )
 
     def init(self, params, cfg: ModelConfig, state: DecodeState):
@@ -245,6 +228,10 @@ class EarlyExit:
                                  layer=self.layer, capacity=capacity, mlp=self.mlp)
         return {"adapter": adapter, "cache": cache, "threshold": jnp.asarray(self.threshold, jnp.float32)}
 
+    def state_axes(self, dstate):
+        # the adapter is one small block: replicated; its cache is laid out like the target's
+        return {"adapter": None, "cache": KV_CACHE, "threshold": None}
+
     def _feed(self, params, cfg, adapter, tcache, acache, tokens, positions):
         """Returns (adapter logits, target cache copy, adapter cache) after the shallow layers and the adapter."""
         acfg = adapter_config(cfg, mlp=self.mlp)
@@ -253,7 +240,7 @@ class EarlyExit:
         logits, acache = adapter_logits(adapter, acfg, params, cfg, sh.hidden, positions, cache=acache, mlp=self.mlp)
         return logits, sh.cache, acache
 
-    def propose(self, params, cfg: ModelConfig, state: DecodeState, dstate, key):
+    def propose(self, params, cfg: ModelConfig, state: DecodeState, dstate, key, transform):
         B, S = state.tokens.shape
         N = self.num_draft
         adapter, thr = dstate["adapter"], dstate["threshold"]
@@ -292,13 +279,16 @@ class EarlyExit:
 
         init = (jnp.zeros((), jnp.int32), tcache, acache, logits, jnp.zeros((B, N), jnp.int32),
                 jnp.zeros((B, N), bool), ~state.done, jnp.ones((), jnp.int32))
+        # Inner loop inherent to Kangaroo: the adapter drafts token by token until its confidence
+        # drops below the threshold (the paper's early exit), inside one step of the shared driver.
         _, _, acache, _, toks, valid, _, fed = jax.lax.while_loop(cond, body, init)
         parents = jnp.broadcast_to(jnp.arange(N, dtype=jnp.int32) - 1, (B, N))
         draft = Draft(tokens=toks, parents=parents, probs=None, valid=valid,
                       layer_evals=(fed * (self.layer + 1)).astype(jnp.int32))
         return draft, {**dstate, "cache": acache}
 
-    def observe(self, params, cfg, state: DecodeState, dstate, draft: Draft, target_logits, accepted: Verdict):
+    def observe(self, params, cfg, state: DecodeState, dstate, draft: Draft, target_logits, accepted: Verdict,
+                raw_logits):
         return {**dstate, "cache": dstate["cache"].rollback(state.lengths - 1)}
 
 
@@ -312,7 +302,8 @@ def _adapter_shapes(acfg: ModelConfig):
 def early_exit(layer: int, adapter, num_draft: int = 6, threshold: float = 0.6, *, mlp: bool = False) -> EarlyExit:
     """Returns the Kangaroo (P44) self-draft source: the target's first ``layer`` layers + ``adapter`` + shared head.
 
-    ``adapter``: params from :func:`train_adapter` / :func:`init_adapter` (``mlp`` must match).
+    ``adapter``: params from ``tokjax.train.recipes.kangaroo.fit_adapter`` / :func:`init_adapter`
+    (``mlp`` must match).
     Drafts up to ``num_draft`` tokens per step and stops a row after the first token whose draft
     confidence (max softmax) is below ``threshold`` (official defaults: layer 2, 6 steps, 0.6;
     ``threshold`` is a runtime value). Use with ``speculative(early_exit(...), verify.greedy())``.
@@ -325,5 +316,5 @@ def early_exit(layer: int, adapter, num_draft: int = 6, threshold: float = 0.6, 
     if not 0.0 <= thr <= 1.0:
         raise ValueError(f"threshold must lie in [0, 1] (a max-softmax confidence), got {threshold!r}")
     if not isinstance(adapter, Mapping) or "layers" not in adapter or "final_norm" not in adapter:
-        raise ValueError("adapter must be the params dict from kangaroo.init_adapter / train_adapter")
+        raise ValueError("adapter must be the params dict from kangaroo.init_adapter / recipes.kangaroo.fit_adapter")
     return EarlyExit(layer=int(layer), adapter=adapter, num_draft=int(num_draft), threshold=thr, mlp=bool(mlp))

@@ -7,6 +7,9 @@ exits 6, 9, 12). Sorted fine-tuning (SoFT) trains all exits at once::
 
     L_SoFT = sum_{k in exits} w_k * CE(head(norm(h_k)), y)                  (P59, shared head)
 
+:func:`sorted_loss` is that loss; ``tokjax.train.recipes.s2d.sorted_finetune`` runs it through
+``tokjax.train`` (training sits above decoding, so the fitting function lives there).
+
 Drafting one token picks the sub-model by confidence (official ``inference/model/sd2/decoding.py``)::
 
     run layers up to exit k_1; p = softmax(head(norm(h))); if max p > theta_1: emit argmax p
@@ -33,15 +36,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tokjax.decoding._state import DecodeState
-from tokjax.decoding.speculative import Draft, Verdict
-from tokjax.logits import hparam
+from tokjax.decoding._state import KV_CACHE, DecodeState, unstacked_param_axes
+from tokjax.decoding.speculative import Draft, DraftSource, Verdict
+from tokjax.logits import hparam, masked_softmax, target_logprobs
 from tokjax.model import (
-    Inputs, KVCache, Model, ModelConfig, Taps, final_norm, forward, stack_layers, unembed, unstack_layers,
+    Inputs, Model, ModelConfig, Taps, final_norm, forward, prefill, stack_layers, unembed, unstack_layers,
 )
 
 __all__ = [
-    "Nested", "nested", "sorted_loss", "truncate", "sorted_finetune", "exit_logits", "exit_metrics", "check_exits",
+    "Nested", "nested", "sorted_loss", "truncate", "exit_logits", "exit_metrics", "check_exits",
 ]
 
 
@@ -81,9 +84,8 @@ def sorted_loss(exits: Sequence[int], weights: Sequence[float] | None = None):
         check_exits(ex, cfg.n_layers)
         tokens = jnp.asarray(batch["tokens"], jnp.int32)
         x, y = tokens[:, :-1], tokens[:, 1:]
-        logits = exit_logits(params, cfg, x, ex)
-        logp = jax.nn.log_softmax(logits, -1)
-        nll = -jnp.take_along_axis(logp, jnp.broadcast_to(y[None, ..., None], logp.shape[:-1] + (1,)), -1)[..., 0]
+        logits = exit_logits(params, cfg, x, ex)  # one head per exit: the logits are in hand
+        nll = -target_logprobs(logits, jnp.broadcast_to(y[None], logits.shape[:-1]))
         m = jnp.ones(y.shape, jnp.float32) if batch.get("mask") is None else jnp.asarray(batch["mask"], jnp.float32)
         denom = jnp.maximum(m.sum(), 1e-9)
         ces = jnp.sum(nll * m[None], axis=(1, 2)) / denom
@@ -107,27 +109,14 @@ def truncate(model: Model, n_layers: int) -> Model:
     return Model(params=params, cfg=model.cfg.replace(n_layers=n_layers))
 
 
-def sorted_finetune(draft: Model, exits: Sequence[int], windows: np.ndarray, *, steps: int = 300, batch_size: int = 16,
-                    lr: float = 1e-3, seed: int = 0, weights: Sequence[float] | None = None, progress: bool = False):
-    """Returns (Model, history) after SoFT fine-tuning ``draft`` on token ``windows`` [N, T+1] with losses at ``exits``."""
-    from tokjax.train import TrainConfig, train
-
-    check_exits(exits, draft.cfg.n_layers)
-    windows = np.asarray(windows)
-    tcfg = TrainConfig(lr=lr, warmup_steps=max(1, steps // 10), total_steps=steps, weight_decay=0.0, batch_size=batch_size,
-                       seq_len=windows.shape[1] - 1, seed=seed, log_every=25, eval_every=0)
-    return train(draft.cfg, tcfg, {"train": windows}, loss_fn=sorted_loss(exits, weights), params=draft.params,
-                 progress=progress)
-
-
 @functools.partial(jax.jit, static_argnames=("cfg", "exits"))
 def _exit_stats(params, cfg, tokens, target_argmax, exits):
     logits = exit_logits(params, cfg, tokens[:, :-1], exits)
     y = tokens[:, 1:]
-    logp = jax.nn.log_softmax(logits, -1)
-    nll = -jnp.take_along_axis(logp, jnp.broadcast_to(y[None, ..., None], logp.shape[:-1] + (1,)), -1)[..., 0]
+    nll = -target_logprobs(logits, jnp.broadcast_to(y[None], logits.shape[:-1]))
     pred = jnp.argmax(logits, -1)
-    return nll.mean((1, 2)), (pred == target_argmax[None]).mean((1, 2)), jnp.exp(logp).max(-1).mean((1, 2))
+    conf = masked_softmax(logits).max(-1)
+    return nll.mean((1, 2)), (pred == target_argmax[None]).mean((1, 2)), conf.mean((1, 2))
 
 
 def exit_metrics(draft: Model, exits: Sequence[int], target: Model, windows: np.ndarray, *, batch_size: int = 16) -> dict:
@@ -148,13 +137,6 @@ def exit_metrics(draft: Model, exits: Sequence[int], target: Model, windows: np.
 
 
 # ---------------------------------------------------------------------------- draft source
-@functools.partial(jax.jit, static_argnames=("cfg", "capacity"))
-def _draft_prefill(params, cfg, tokens, lengths, capacity):
-    cache = KVCache.init(cfg, tokens.shape[0], capacity)
-    out = forward(params, cfg, Inputs(tokens=tokens), cache=cache, compute_logits=False)
-    return out.cache.set_lengths(lengths - 1)
-
-
 def _take_rows(x: jax.Array, start: jax.Array, size: int) -> jax.Array:
     """Returns x[b, start[b] : start[b] + size] for every row (indices clipped into range)."""
     idx = jnp.clip(start[:, None] + jnp.arange(size)[None, :], 0, x.shape[1] - 1)
@@ -162,8 +144,11 @@ def _take_rows(x: jax.Array, start: jax.Array, size: int) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class Nested:
-    """Returns nothing; the P59 S2D nested draft source (build it with :func:`nested`)."""
+class Nested(DraftSource):
+    """The P59 S2D nested draft source: a sorted draft's sub-models, each token exiting at the first confident one.
+
+    Build it with :func:`nested`; use it as ``speculative(nested(...), verifier)``.
+    """
 
     draft_params: Any = dataclasses.field(compare=False, hash=False, repr=False)
     draft_cfg: ModelConfig
@@ -193,13 +178,18 @@ class Nested:
         dparams = stack_layers(self.draft_params)
         dparams = {**dparams, "layers": jax.tree.map(lambda a: a[: dcfg.n_layers], dparams["layers"])}
         dparams = jax.tree.map(jnp.copy, unstack_layers(dparams))  # the decode state is donated
-        cache = _draft_prefill(dparams, dcfg, state.tokens[:, :P], state.prompt_lengths, capacity)
+        cache = prefill(dparams, dcfg, state.tokens[:, :P], state.prompt_lengths, capacity)
         thr = np.zeros(len(self.exits), np.float32) if self.thresholds is None else np.asarray(self.thresholds, np.float32)
         return {"params": dparams, "cache": cache, "thresholds": jnp.asarray(thr),
                 "exit_counts": jnp.zeros((len(self.exits),), jnp.int32),
                 "last_exits": jnp.zeros((state.tokens.shape[0], self.num_draft), jnp.int32)}
 
-    def propose(self, params, cfg: ModelConfig, state: DecodeState, dstate, key):
+    def state_axes(self, dstate):
+        # the draft's weights like a second model's (up to the deepest exit), its cache like the target's
+        return {"params": unstacked_param_axes(self._cfg()), "cache": KV_CACHE, "thresholds": None,
+                "exit_counts": None, "last_exits": ("batch", None)}
+
+    def propose(self, params, cfg: ModelConfig, state: DecodeState, dstate, key, transform):
         dcfg = self._cfg()
         dparams, cache, thr = dstate["params"], dstate["cache"], dstate["thresholds"]
         B, S = state.tokens.shape
@@ -287,7 +277,8 @@ class Nested:
         used = (jax.nn.one_hot(exit_used, K, dtype=jnp.int32) * live[:, None, None]).sum((0, 1))
         return draft, {**dstate, "cache": cache, "exit_counts": dstate["exit_counts"] + used, "last_exits": exit_used}
 
-    def observe(self, params, cfg, state: DecodeState, dstate, draft: Draft, target_logits, accepted: Verdict):
+    def observe(self, params, cfg, state: DecodeState, dstate, draft: Draft, target_logits, accepted: Verdict,
+                raw_logits):
         return {**dstate, "cache": dstate["cache"].rollback(state.lengths - 1)}
 
 

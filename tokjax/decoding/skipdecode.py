@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tokjax.decoding._state import DecodeState, commit
-from tokjax.logits import LogitTransform, hparam, sample
+from tokjax.decoding._state import DecodeState, Strategy, commit
+from tokjax.logits import LogitTransform, hparam, sample, target_logprobs
 from tokjax.model import Inputs, ModelConfig, blocks, embed, final_norm, forward, position_embed, unembed
 
 __all__ = [
@@ -83,8 +83,8 @@ def _check_schedule(counts: np.ndarray, warmup: int, n_layers: int | None) -> No
 
 # ------------------------------------------------------------------------------ strategy
 @dataclasses.dataclass(frozen=True)
-class SkipDecode:
-    """Returns nothing; the P16 SkipDecode strategy (one target call per step, lower-middle layers skipped).
+class SkipDecode(Strategy):
+    """The P16 SkipDecode strategy: one target call per step that skips the lower-middle layers.
 
     ``min_layers``, ``max_layers``, ``horizon`` (linear decay, see module docstring), ``warmup`` (the
     always-run bottom layers) and an explicit ``schedule`` (active-layer counts per decode step,
@@ -244,9 +244,9 @@ def skipdecode_loss(strategy: SkipDecode, *, prompt_length: int = 1):
         P = batch.get("prompt_lengths")
         P = jnp.full((B,), prompt_length, jnp.int32) if P is None else jnp.asarray(P, jnp.int32)
         mask = layer_mask(strategy.counts(cfg, T), strategy.warmup, cfg.n_layers, T, P)
+        # the skip hooks act inside forward, so the logits are in hand (token_stats runs no hooks)
         logits = forward(params, cfg, Inputs(tokens=x), hooks=skip_hooks(mask)).logits
-        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-        nll = -jnp.take_along_axis(logp, y[..., None], axis=-1)[..., 0]
+        nll = -target_logprobs(logits, y)
         w = jnp.ones(y.shape, jnp.float32) if batch.get("mask") is None else jnp.asarray(batch["mask"], jnp.float32)
         denom = jnp.maximum(w.sum(), 1e-9)
         loss = jnp.sum(w * nll) / denom

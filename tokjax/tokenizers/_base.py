@@ -19,7 +19,7 @@ _ROLE_NAMES: dict[str, tuple[str, ...]] = {
 
 
 class SpecialIdsMixin:
-    """Returns nothing; the special-id properties every tokjax tokenizer shares (set ``_bos_id`` etc.)."""
+    """Mixin with the special-id properties every tokjax tokenizer shares (the class sets ``_bos_id`` etc.)."""
 
     @property
     def bos_id(self) -> int | None:
@@ -36,6 +36,38 @@ class SpecialIdsMixin:
     @property
     def special_ids(self) -> frozenset[int]:
         return self._special_ids
+
+
+class WrappedTokenizer:
+    """A tokenizer transform: ``encode`` re-encodes text through ``base`` (subclasses define
+    ``_encode_text``), everything else -- decode, byte tables, special ids -- is ``base``'s."""
+
+    def __init__(self, base: Any) -> None:
+        self.base = base
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names not defined here: the rest of the base's Tokenizer protocol.
+        if name == "base":  # not set yet (copy/pickle): no infinite recursion
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    def _encode_text(self, text: str) -> list[int]:
+        raise NotImplementedError(f"{type(self).__name__} must define _encode_text(text) -> ids")
+
+    def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+        """Returns the ids of ``text`` under this transform, with the base's bos/eos when asked."""
+        ids = self._encode_text(text)
+        if add_bos or add_eos:
+            # Reuse the base's bos/eos handling (and its errors) on an empty text.
+            wrap = self.base.encode("", add_bos=add_bos, add_eos=add_eos)
+            ids = wrap[: int(add_bos)] + ids + wrap[int(add_bos) :]
+        return ids
+
+    def encode_batch(self, texts: Iterable[str], *, add_bos: bool = False, add_eos: bool = False) -> list[list[int]]:
+        """Returns ``[encode(t) for t in texts]``."""
+        if isinstance(texts, (str, bytes)):
+            raise ValueError("encode_batch expects an iterable of str, got a single str; use encode()")
+        return [self.encode(t, add_bos=add_bos, add_eos=add_eos) for t in texts]
 
 
 class _Infer:

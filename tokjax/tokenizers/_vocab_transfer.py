@@ -20,14 +20,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tokjax.model import Model, ModelConfig, forward
+from tokjax.losses import token_stats
+from tokjax.model import Model, ModelConfig, masked_mean
 
 _LN2 = math.log(2.0)
 
 
 @dataclasses.dataclass(frozen=True)
 class Decomposition:
-    """Returns nothing; each new token written as old ids (ZeTT's "surface form matrix").
+    """Each token of a new vocabulary written as old ids (ZeTT's "surface form matrix").
 
     ``ids`` int32 [V_new, maxlen] (``-1`` past ``lengths``), ``lengths`` int32 [V_new] (0 for rows with no
     decomposition: unused ids and special tokens with no counterpart), ``truncated`` bool [V_new],
@@ -196,10 +197,9 @@ def mean_of_parts(old_table: jax.Array, ids: jax.Array, lengths: jax.Array) -> j
     """
     valid = jnp.arange(ids.shape[1])[None, :] < lengths[:, None]
     rows = jnp.take(old_table, jnp.clip(ids, 0, old_table.shape[0] - 1), axis=0).astype(jnp.float32)
-    total = jnp.sum(jnp.where(valid[..., None], rows, 0.0), axis=1)
-    count = jnp.sum(valid, axis=1, keepdims=True).astype(jnp.float32)
     fallback = jnp.mean(old_table.astype(jnp.float32), axis=0)
-    return jnp.where(count > 0, total / jnp.maximum(count, 1.0), fallback).astype(old_table.dtype)
+    empty = (lengths <= 0)[:, None]
+    return jnp.where(empty, fallback, masked_mean(rows, valid, axis=1)).astype(old_table.dtype)
 
 
 def random_embeddings(key: jax.Array, old_table: jax.Array, n: int) -> jax.Array:
@@ -229,7 +229,8 @@ def with_vocab(model: Model, embedding: jax.Array, head: jax.Array | None = None
 # ------------------------------------------------------------------------ bits per byte
 @dataclasses.dataclass(frozen=True)
 class EvalWindows:
-    """Returns nothing; ``tokens`` int32 [N, T+1] (bos + text, pad after), ``mask`` float32 [N, T] over targets, ``num_bytes``."""
+    """Evaluation windows of a text: ``tokens`` int32 [N, T+1] (bos + text, pad after), ``mask`` float32 [N, T]
+    over the targets, and ``num_bytes``, the UTF-8 bytes of the text they cover (the bits-per-byte denominator)."""
 
     tokens: np.ndarray
     mask: np.ndarray
@@ -268,10 +269,9 @@ def eval_windows(tokenizer: Any, docs: Sequence[str], seq_len: int) -> EvalWindo
 
 @functools.partial(jax.jit, static_argnums=(1,))
 def _nll_sum(params, cfg, tokens, mask, embedding, head, logit_bias):
-    logits = forward(params, cfg, tokens[:, :-1], embedding=embedding, head=head, logit_bias=logit_bias).logits
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    tgt = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
-    return -jnp.sum(tgt * mask)
+    stats = token_stats(params, cfg, {"tokens": tokens, "mask": mask}, embedding=embedding, head=head,
+                        logit_bias=logit_bias)
+    return -jnp.sum(jnp.where(stats.mask, stats.logp, 0.0))
 
 
 def nll_sum(

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tokjax.tokenizers._vocab_transfer import check_byte_tables
+from tokjax.tokenizers._zett_hypernet import hypernet_embeddings
 
 __all__ = [
     "DynamicBatch",
@@ -59,7 +60,7 @@ _NEG = -1e9  # finite "minus infinity": unused vocabulary slots must not turn th
 
 
 class DynamicBatch(NamedTuple):
-    """Returns nothing; a dynamically tokenized batch (a pytree).
+    """A dynamically tokenized batch (a pytree): its ids and the merges that made the new ones.
 
     ``ids`` int32 [B, T] (positions past ``lengths`` hold ``pad_id``), ``lengths`` int32 [B],
     ``joinable`` bool [B, T] (position i may merge with i + 1), ``parts`` int32 [K, 2] (merge k made
@@ -288,6 +289,7 @@ def _dynamic_merges(ids, lengths, joinable, num_merges, target_reduction, pad_id
         ids, join, lens, parts, found = _merge_step(ids, join, lens, n, parts, vocab_size, pad_id)
         return ids, join, lens, parts, n + found.astype(jnp.int32), found
 
+    # Not a decode loop: BPE-style merging runs until no merge applies (data-dependent count).
     ids, join, lens, parts, n, _ = jax.lax.while_loop(
         cond, body, (ids, joinable, lengths, parts, jnp.int32(0), jnp.array(True)))
     return DynamicBatch(ids=ids, lengths=lens, joinable=join, parts=parts, num_new=n)
@@ -391,8 +393,6 @@ def hypernet_dynamic_embeddings(hypernet: Any, old_table: jax.Array, parts: jax.
     ``maxlen``) and embedded by :func:`tokjax.tokenizers.zett.hypernet_embeddings`; unused slots are
     zero. Jit-compatible (``hypernet`` is a pytree).
     """
-    from tokjax.tokenizers.zett import hypernet_embeddings
-
     V = old_table.shape[0]
     K = parts.shape[0]
     dec, lens = new_token_decompositions(parts, V, hypernet.cfg.maxlen)

@@ -20,51 +20,36 @@ by place value and improves addition. With a digit run ``d_1..d_n`` the cut poin
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from tokjax.tokenizers._base import WrappedTokenizer
 from tokjax.tokenizers._digits import DigitPolicy, check_digit_policy, split_digits
 
 __all__ = ["DigitGroupedTokenizer", "encode_arithmetic", "group_digits", "right_to_left_digits"]
 
 
-class DigitGroupedTokenizer:
+class DigitGroupedTokenizer(WrappedTokenizer):
     """Tokenizer that cuts digit runs by ``policy`` before ``base.encode``; everything else is ``base``'s."""
 
     def __init__(self, base: Any, policy: DigitPolicy = "r2l3") -> None:
         if not callable(getattr(base, "encode", None)):
             raise ValueError(f"right_to_left_digits needs a tokenizer with encode(), got {type(base).__name__}")
-        self.base = base
+        super().__init__(base)
         self.policy = check_digit_policy(policy)
 
     def __repr__(self) -> str:
         return f"DigitGroupedTokenizer(policy={self.policy!r}, base={self.base!r})"
 
-    def __getattr__(self, name: str) -> Any:
-        # Only reached for names not defined here: the rest of the base's Tokenizer protocol.
-        if name == "base":
-            raise AttributeError(name)
-        return getattr(self.base, name)
-
-    def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]:
-        """Returns the ids of ``text`` with every digit group encoded on its own."""
+    def _encode_text(self, text: str) -> list[int]:
         if not isinstance(text, str):
             raise ValueError(f"text must be a str, got {type(text).__name__}")
         ids: list[int] = []
-        for piece in split_digits(text, self.policy):
+        for piece in split_digits(text, self.policy):  # every digit group encoded on its own
             ids.extend(self.base.encode(piece))
-        if add_bos or add_eos:
-            wrap = self.base.encode("", add_bos=add_bos, add_eos=add_eos)
-            ids = wrap[: int(add_bos)] + ids + wrap[int(add_bos) :]
         return ids
-
-    def encode_batch(self, texts: Iterable[str], *, add_bos: bool = False, add_eos: bool = False) -> list[list[int]]:
-        """Returns ``[encode(t) for t in texts]``."""
-        if isinstance(texts, (str, bytes)):
-            raise ValueError("encode_batch expects an iterable of str, got a single str; use encode()")
-        return [self.encode(t, add_bos=add_bos, add_eos=add_eos) for t in texts]
 
 
 def right_to_left_digits(tokenizer: Any, policy: DigitPolicy = "r2l3") -> DigitGroupedTokenizer:

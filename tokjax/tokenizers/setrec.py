@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from tokjax.logits import target_logprobs
 from tokjax.model import Explicit, Inputs, ModelConfig, forward
 
 __all__ = [
@@ -43,7 +44,7 @@ __all__ = [
 
 @struct.dataclass
 class SetRecParams:
-    """Returns nothing; SETRec's parameters besides the backbone.
+    """SETRec's parameters besides the backbone (a pytree): the CF projection, the semantic autoencoder, the query slots.
 
     ``cf_proj`` [d_cf, D], ``cf_bias`` [D]: CF embedding -> CF token. ``enc1`` [F, H], ``enc2``
     [H, n_sem * D]: semantic encoder; ``dec1`` [n_sem * D, H], ``dec2`` [H, F]: its decoder (the
@@ -192,8 +193,8 @@ def setrec_loss(
     hist = tokens[jnp.maximum(history_ids, 0)]
     h = setrec_query_states(params, cfg, sp, hist, item_valid=valid, causal=causal)
     _, slot = setrec_scores(h, tokens)
-    logp = jax.nn.log_softmax(slot, axis=-1)
-    ce = -jnp.mean(jnp.take_along_axis(logp, target_ids[None, :, None], axis=-1))
+    targets = jnp.broadcast_to(jnp.asarray(target_ids)[None, :], slot.shape[:2])  # every slot scores the same item
+    ce = -jnp.mean(target_logprobs(slot, targets))
     mse = jnp.mean(jnp.square(recon - features))
     loss = ce + alpha * mse
     return loss, {"loss": loss, "ce": ce, "recon_mse": mse}

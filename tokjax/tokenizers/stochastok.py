@@ -15,7 +15,8 @@ Two forms, same algorithm:
   exactly the reference loop.
 * :func:`stochastok_split` -- a jitted op on padded id arrays ``[B, T]`` with a static cap on the
   number of split attempts and a runtime ``p``; :func:`stochastok_loss` wraps it around a
-  training loss so ``tokjax.train`` pipelines expand every batch on the fly.
+  training loss so ``tokjax.train`` pipelines expand every batch on the fly
+  (:func:`tokjax.train.recipes.stochastok.train_stochastok` is the one call that does it).
 
 The reference implementation caches the table as JSON, which turns its int keys into strings so
 that ``token_id in expansions`` never hits again and nothing is ever split; the table here is
@@ -26,13 +27,16 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+
+from tokjax.losses import next_token_loss
+from tokjax.tokenizers._base import WrappedTokenizer
 
 __all__ = [
     "ExpansionTable",
@@ -135,7 +139,7 @@ def expand_ids(
     return out
 
 
-class StochasTokTokenizer:
+class StochasTokTokenizer(WrappedTokenizer):
     """Tokenizer whose ``encode`` applies StochasTok splits to ``base.encode``; everything else is ``base``'s.
 
     Decoding is unchanged, so ``decode(encode(s)) == s`` whenever it holds for ``base``.
@@ -144,7 +148,7 @@ class StochasTokTokenizer:
 
     def __init__(self, base: Any, p: float, *, seed: int | np.random.Generator | None = 0,
                  max_splits: int | None = None) -> None:
-        self.base = base
+        super().__init__(base)
         self.p = _check_p(p)
         self.max_splits = _check_max_splits(max_splits, allow_none=True)
         self.expansions = build_expansions(base)
@@ -153,26 +157,9 @@ class StochasTokTokenizer:
     def __repr__(self) -> str:
         return f"StochasTokTokenizer(p={self.p}, base={self.base!r})"
 
-    def __getattr__(self, name: str) -> Any:
-        # Only reached for names not defined here: the whole Tokenizer protocol of the base.
-        if name == "base":
-            raise AttributeError(name)
-        return getattr(self.base, name)
-
-    def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]:
-        """Returns the StochasTok-expanded ids of ``text`` (fresh randomness on every call)."""
-        ids = expand_ids(self.base.encode(text), self.expansions, self.p, self.rng, max_splits=self.max_splits)
-        if add_bos or add_eos:
-            # Reuse the base's bos/eos handling (and its errors) on an empty text.
-            wrap = self.base.encode("", add_bos=add_bos, add_eos=add_eos)
-            ids = wrap[: int(add_bos)] + ids + wrap[int(add_bos) :]
-        return ids
-
-    def encode_batch(self, texts: Iterable[str], *, add_bos: bool = False, add_eos: bool = False) -> list[list[int]]:
-        """Returns ``[encode(t) for t in texts]``."""
-        if isinstance(texts, (str, bytes)):
-            raise ValueError("encode_batch expects an iterable of str, got a single str; use encode()")
-        return [self.encode(t, add_bos=add_bos, add_eos=add_eos) for t in texts]
+    def _encode_text(self, text: str) -> list[int]:
+        # fresh randomness on every call
+        return expand_ids(self.base.encode(text), self.expansions, self.p, self.rng, max_splits=self.max_splits)
 
 
 def stochastok(tokenizer: Any, p: float, *, seed: int | np.random.Generator | None = 0,
@@ -190,7 +177,7 @@ def stochastok(tokenizer: Any, p: float, *, seed: int | np.random.Generator | No
 # ------------------------------------------------------------------------- device side
 @struct.dataclass
 class ExpansionTable:
-    """Returns nothing; the expansion table as arrays for jitted splitting.
+    """StochasTok's expansion table as device arrays, for jitted splitting.
 
     ``pairs`` int32 [V, K, 2]: the first ``counts[t]`` rows of ``pairs[t]`` are token t's
     expansions (the rest are zeros); ``counts`` int32 [V].
@@ -316,7 +303,7 @@ def stochastok_loss(
     _check_p(p)
     max_splits = _check_max_splits(max_splits, allow_none=False)
     if loss_fn is None:
-        from tokjax.train import next_token_loss as loss_fn
+        loss_fn = next_token_loss
     p_arr = jnp.asarray(p, jnp.float32)
 
     def wrapped(params, cfg, batch, rng):

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tokjax.model import Model, forward
+from tokjax.model import Model, forward, masked_mean
 from tokjax.tokenizers._vocab_transfer import (
     decompose_vocab,
     mean_of_parts,
@@ -123,8 +123,7 @@ def aux_embeddings(model: Model, ids: np.ndarray, lengths: np.ndarray, *, bos_id
     @jax.jit
     def pooled(t, lens):
         h = forward(model.params, model.cfg, t, compute_logits=False).hidden[:, pre:].astype(jnp.float32)
-        m = (jnp.arange(L)[None, :] < lens[:, None]).astype(jnp.float32)
-        return jnp.sum(h * m[..., None], 1) / jnp.maximum(jnp.sum(m, 1, keepdims=True), 1.0)
+        return masked_mean(h, jnp.arange(L)[None, :] < lens[:, None], axis=1)
 
     out = []
     for s in range(0, N, batch_size):

@@ -1,0 +1,16 @@
+"""One-call fitting functions for methods whose artefact must be trained, each through :func:`tokjax.train.train`.
+
+The family modules (``tokjax.decoding``, ``tokjax.tokenizers``, ...) define the pure loss
+``(params, cfg, batch, rng) -> (loss, metrics)`` and the batch construction; the recipe here runs
+the training (training sits above the families in the import order, so it cannot live there).
+
+* :func:`kangaroo.fit_adapter` -- P44 Kangaroo's early-exit adapter (distillation, base frozen).
+* :func:`s2d.sorted_finetune` -- P59 S2D's sorted fine-tuning (SoFT) of a nested draft model.
+* :func:`cascades.train_deferral_mlp` -- P42's post-hoc deferral MLP.
+* :func:`zett.train_hypernet` -- P26 ZeTT's hypernetwork (the LM frozen through ``trainable``).
+* :func:`stochastok.train_stochastok` -- P36 StochasTok's training with stochastic splits.
+"""
+
+from tokjax.train.recipes import cascades, kangaroo, s2d, stochastok, zett
+
+__all__ = ["cascades", "kangaroo", "s2d", "stochastok", "zett"]
