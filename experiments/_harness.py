@@ -24,8 +24,16 @@ Convention for an experiment ``experiments/pNN_name.py`` (the catalog entry's
 
 ``run_cli`` parses ``--quick``, times ``run``, prints the row and calls :func:`record`,
 which merges the row into ``experiments/RESULTS.md`` (one row per paper, sorted by paper
-number, other papers' rows kept). ``experiments/run_all.py`` runs many experiments the
-same way in one process.
+number, other papers' rows kept); ``--quick`` rows go to ``experiments/RESULTS-quick.md``
+(same format), so a quick run never overwrites a full run's row. ``experiments/run_all.py``
+runs many experiments the same way in one process.
+
+Every experiment declares its verdict rule in its header, before anything runs::
+
+    RULE = Rule(metric="held-out bits per byte", higher_is_better=False, threshold=0.003,
+                seeds=(0, 1, 2), reported="kd+gld[logprobs, 0.01], fixed in advance")
+
+and returns ``Row(..., verdict=RULE.verdict(method_per_seed, baseline_per_seed))``.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ from tokjax import catalog  # noqa: E402
 __all__ = [
     "FIGURES_DIR",
     "RESULTS_PATH",
+    "RESULTS_QUICK_PATH",
     "ROOT",
     "Row",
     "VERDICTS",
@@ -57,6 +66,7 @@ __all__ = [
     "load_results",
     "record",
     "render_results",
+    "results_file",
     "Rule",
     "Verdict",
     "verdict",
@@ -67,6 +77,7 @@ __all__ = [
 ]
 
 RESULTS_PATH = ROOT / "experiments" / "RESULTS.md"
+RESULTS_QUICK_PATH = ROOT / "experiments" / "RESULTS-quick.md"  # --quick rows: never mixed with full runs
 FIGURES_DIR = ROOT / "experiments" / "figures"
 # "error" is written only by the harness, when an experiment raised instead of returning.
 VERDICTS: tuple[str, ...] = ("reproduced", "not-reproduced", "inconclusive", "untested-here", "error")
@@ -195,11 +206,32 @@ def _repo_relative(path: str | os.PathLike) -> str:
     return p.as_posix()
 
 
+_QUICK_RUN = False  # set by run_cli / run_all while a --quick run is in progress
+
+
+@contextlib.contextmanager
+def _run_mode(quick: bool) -> Iterator[None]:
+    """Yields with figure_path pointing at the quick figures while a --quick run is in progress."""
+    global _QUICK_RUN
+    before, _QUICK_RUN = _QUICK_RUN, bool(quick)
+    try:
+        yield
+    finally:
+        _QUICK_RUN = before
+
+
 def figure_path(pid: str | int, name: str) -> Path:
-    """Returns experiments/figures/pNN_<name> (absolute), creating the folder."""
+    """Returns experiments/figures/pNN_<name> (absolute), creating the folder; under
+    experiments/figures/quick/ during a --quick run, so a quick run never replaces a full run's figure."""
     number = int(catalog.canonical_id(pid)[1:])
-    FIGURES_DIR.mkdir(parents=True, exist_ok=True)
-    return FIGURES_DIR / f"p{number:02d}_{name}"
+    folder = FIGURES_DIR / "quick" if _QUICK_RUN else FIGURES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"p{number:02d}_{name}"
+
+
+def results_file(quick: bool) -> Path:
+    """Returns the results file a run records into: RESULTS-quick.md for --quick, else RESULTS.md."""
+    return RESULTS_QUICK_PATH if quick else RESULTS_PATH
 
 
 
@@ -210,30 +242,45 @@ def figure_path(pid: str | int, name: str) -> Path:
 def train_model(model_cfg, *, steps: int, batch_fn, loss_fn=None, params=None, lr: float = 3e-3,
                 warmup_steps: int | None = None, weight_decay: float = 0.0, grad_clip: float | None = 1.0,
                 seed: int = 0, trainable=None, batch_size: int | None = None, seq_len: int | None = None,
-                workdir=None, **train_options):
+                workdir=None, callback=None, **train_options):
     """Returns what ``tokjax.train.train`` returns ((Model, history), or (params, history) with
-    ``model_cfg=None``) after ``steps`` optimiser steps on ``batch_fn(step) -> dict``.
+    ``model_cfg=None``) after ``steps`` optimiser steps.
 
-    ``loss_fn``: a train loss ``(params, cfg, batch, rng) -> (loss, metrics)`` (default: the
-    stats-based next-token loss). ``batch_size``/``seq_len`` only label throughput; the batches
-    are whatever ``batch_fn`` returns. Other TrainConfig fields pass through ``train_options``.
+    ``batch_fn``: ``batch_fn(step) -> dict`` of arrays (a pure function of the step), or int token
+    windows [N, T+1], from which ``train`` draws ``batch_size`` windows per step in an order fixed
+    by ``seed``. ``loss_fn``: a train loss ``(params, cfg, batch, rng) -> (loss, metrics)``
+    (default: the stats-based next-token loss). With a ``batch_fn``, ``batch_size``/``seq_len``
+    only label throughput. ``callback(step, state, metrics)`` runs after every step (evaluation
+    curves). Other TrainConfig fields (``b2``, ``min_lr_ratio``, ``log_every``, ...) pass through
+    ``train_options``.
     """
+    import numpy as np
+
     from tokjax.train import TrainConfig, train
 
     warmup = min(steps // 10, 100) if warmup_steps is None else warmup_steps
-    probe = batch_fn(0)
-    if not isinstance(probe, dict):
-        raise TypeError(f"batch_fn(step) must return a dict of arrays, got {type(probe).__name__}")
-    first = next(iter(probe.values()))
-    B = batch_size or int(first.shape[0])
-    T = seq_len or (int(first.shape[1]) - 1 if getattr(first, "ndim", 0) == 2 and first.shape[1] > 1 else 1)
+    if callable(batch_fn):
+        probe = batch_fn(0)
+        if not isinstance(probe, dict):
+            raise TypeError(f"batch_fn(step) must return a dict of arrays, got {type(probe).__name__}")
+        first = next(iter(probe.values()))
+        B = batch_size or int(first.shape[0])
+        T = seq_len or (int(first.shape[1]) - 1 if getattr(first, "ndim", 0) == 2 and first.shape[1] > 1 else 1)
+    else:
+        batch_fn = np.asarray(batch_fn)
+        if batch_fn.ndim != 2 or batch_fn.shape[1] < 2 or not np.issubdtype(batch_fn.dtype, np.integer):
+            raise ValueError(f"batch_fn must be a function of the step or int windows [N, T+1], got "
+                             f"{batch_fn.dtype} {batch_fn.shape}")
+        if batch_size is None:
+            raise ValueError("training on token windows needs batch_size")
+        B, T = batch_size, batch_fn.shape[1] - 1
     options = dict(lr=lr, warmup_steps=warmup, total_steps=steps, weight_decay=weight_decay, grad_clip=grad_clip,
                    batch_size=B, seq_len=T, seed=seed, eval_every=0, checkpoint_every=0, log_every=max(steps // 10, 1))
     if trainable is not None:
         options["trainable"] = tuple(trainable)
     options.update(train_options)
     return train(model_cfg, TrainConfig(**options), batch_fn, loss_fn=loss_fn, params=params,
-                 workdir=workdir, progress=False)
+                 workdir=workdir, progress=False, callback=callback)
 
 
 def decode(model, prompts, *, max_new_tokens: int, key=None, logits=None, strategy=None, eos_id=None, **kwargs):
@@ -263,7 +310,8 @@ _HEADER = (
     "the baseline, in metric units, that counts; negative = a non-inferiority margin), `seeds`, and\n"
     "`per-seed diff` (method minus baseline, signed so + is better): reproduced when every seed\n"
     "clears the threshold, not-reproduced when none does, inconclusive when they disagree. Rows\n"
-    "with empty rule columns predate the declared rules. Regenerate with\n"
+    "with empty rule columns predate the declared rules. Full runs are recorded in RESULTS.md,\n"
+    "`--quick` runs in RESULTS-quick.md (same format). Regenerate with\n"
     "`python experiments/run_all.py [--quick]`.\n"
 )
 
@@ -436,6 +484,11 @@ def write_results(rows: Iterable[Row] = (), path: str | os.PathLike | None = Non
     with _locked(path.parent):
         merged = load_results(path)
         for r in rows:
+            old = merged.get(r.pid)
+            if r.quick and old is not None and old.quick is False:
+                # A CPU-minutes run must never erase a full run's result; quick rows have their own file.
+                raise ValueError(f"{path}: refusing to replace the full-run row of {r.pid} with a --quick row; "
+                                 f"record quick runs in {RESULTS_QUICK_PATH.name} (results_file(quick=True))")
             merged[r.pid] = r
         text = render_results(merged.values(), path.parent)
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
@@ -455,19 +508,22 @@ def run_cli(run: Callable[[bool], Row], argv: list[str] | None = None, *,
     """Returns 0 after running one experiment from the command line and recording its row.
 
     Parses ``--quick`` (and ``--no-record`` to only print), times ``run(quick)``, fills in
-    ``seconds`` and ``quick``, prints the row as a table and records it in RESULTS.md.
+    ``seconds`` and ``quick``, prints the row as a table and records it in RESULTS.md (full
+    runs) or RESULTS-quick.md (``--quick``), unless ``results_path`` names the file.
     """
     parser = argparse.ArgumentParser(description="Run one tokjax paper experiment.")
     parser.add_argument("--quick", action="store_true", help="small CPU version (minutes)")
-    parser.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md alone")
+    parser.add_argument("--no-record", action="store_true", help="print only; leave the results files alone")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
-    row = run(args.quick)
+    with _run_mode(args.quick):
+        row = run(args.quick)
     if not isinstance(row, Row):
         raise TypeError(f"run() must return experiments._harness.Row, got {type(row).__name__}")
     row = dataclasses.replace(row, seconds=time.perf_counter() - t0, quick=args.quick)
     print(format_rows([row]))
     if not args.no_record:
-        record(row, results_path)
-        print(f"recorded {row.pid} in {results_path or RESULTS_PATH}")
+        path = results_file(args.quick) if results_path is None else Path(results_path)
+        record(row, path)
+        print(f"recorded {row.pid} in {path}")
     return 0

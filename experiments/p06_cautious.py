@@ -15,10 +15,12 @@ prompted with ``a+b=`` and decoded at T = 1:
   stop tokens ``,`` and ``.``, trials of at most 8 tokens).
 
 Metric: fraction of chains whose every clause is correct (and the clause error rate); cost:
-tokens fed to the model after the prefill (plain = generated tokens). Verdict ``reproduced``
-when CNTP beats plain sampling by more than two standard errors (paired over prompts),
-``not-reproduced`` when it is worse by that much. Self-consistency is not run: an open chain
-has no single answer to vote on.
+tokens fed to the model after the prefill (plain = generated tokens). The verdict rule is
+declared below, before anything runs: with every decode key (a "seed": the same key drives both
+arms on the same prompts), CNTP's all-clauses-correct rate must beat plain sampling's by more
+than 0.01 (about two standard errors of one key's paired difference over 500 prompts).
+Self-consistency is not run: an open chain has no single answer to vote on. The model trains
+through ``tokjax.train``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,13 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python experiments/p06_cautious.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments._harness import Row, run_cli  # noqa: E402
+from experiments._common import sample_rows  # noqa: E402
+from experiments._harness import Row, Rule, run_cli, train_model  # noqa: E402
+
+RULE = Rule(metric="fraction of sampled chains with every clause correct, per decode key", higher_is_better=True,
+            threshold=0.01, seeds=(0, 1, 2), quick_seeds=(0,),
+            reported="CNTP with the official defaults (N_max 10, H_lo 0.01, H_hi 1.5 nats, stops ',' '.'), "
+                     "fixed in advance")
 
 CHARS = "0123456789+=:,."
 PAD, BOS = 0, 1
@@ -87,39 +95,26 @@ def chain_errors(tokens) -> tuple[int, int]:
 
 def run(quick: bool) -> Row:
     import jax
-    import jax.numpy as jnp
     import numpy as np
-    import optax
 
     import tokjax
     from tokjax import logits as L
     from tokjax.decoding.cautious import cautious_generate
-    from tokjax.losses import next_token_loss
 
     steps = 500 if quick else 1000
     n_test = 200 if quick else 500
-    keys = (0,) if quick else (0, 1, 2)
+    keys = RULE.run_seeds(quick)
     B, lr = 64, 3e-3
     _, train_full = make_chains(20000, seed=1)
     test_prompts, _ = make_chains(n_test, seed=2)
     P, S = test_prompts.shape[1], train_full.shape[1]
     new = S - P + 2  # a little room past the training length: a chain must close itself with '.'
     cfg = tokjax.ModelConfig(vocab_size=VOCAB, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_len=S + 4)
-    opt = optax.adam(lr)
-
-    @jax.jit
-    def train_step(p, s, toks):
-        batch = {"tokens": toks, "prompt_lengths": jnp.ones((toks.shape[0],), jnp.int32)}
-        (loss, _), g = jax.value_and_grad(lambda p: next_token_loss(p, cfg, batch, None), has_aux=True)(p)
-        u, s = opt.update(g, s, p)
-        return optax.apply_updates(p, u), s, loss
-
-    params = tokjax.Model.init(cfg, jax.random.key(0)).params
-    state = opt.init(params)
-    rng = np.random.default_rng(0)
-    for _ in range(steps):
-        params, state, loss = train_step(params, state, jnp.asarray(train_full[rng.integers(0, len(train_full), B)]))
-    model = tokjax.Model(params=params, cfg=cfg)
+    # B random chains per step; BOS is a prompt token (no loss on it). Adam at a constant rate, as before.
+    batch_fn = sample_rows({"tokens": train_full, "prompt_lengths": np.ones(len(train_full), np.int32)}, B, 0)
+    model, hist = train_model(cfg, steps=steps, batch_fn=batch_fn, lr=lr, warmup_steps=0, min_lr_ratio=1.0,
+                              b2=0.999, weight_decay=0.0, grad_clip=None, seed=0)
+    loss = hist["train"][-1]["loss"]
     stop = [STOI[","], STOI["."]]
     eos = STOI["."]
 
@@ -154,14 +149,15 @@ def run(quick: bool) -> Row:
     diff = np.concatenate(res["cntp"]) - np.concatenate(res["plain"])
     se = float(np.std(diff) / np.sqrt(len(diff)))
     gain = float(np.mean(diff))
-    verdict = "reproduced" if gain > 2 * se else ("not-reproduced" if gain < -2 * se else "inconclusive")
+    verdict = RULE.verdict([float(np.mean(r)) for r in res["cntp"]], [float(np.mean(r)) for r in res["plain"]],
+                           seeds=keys)
     tr, cs = map(sum, zip(*n_trials))
     note = (f"all-clauses-correct rate: greedy {float(greedy.mean()):.3f}, plain T=1 {a['plain']:.3f}, CNTP "
             f"{a['cntp']:.3f} (gain {gain:+.3f} +- {se:.3f} s.e.); clause error rate greedy {greedy_ce:.3f}, plain "
             f"{ce['plain']:.3f}, CNTP {ce['cntp']:.3f}. Forward tokens per chain: plain "
             f"{cost['plain'] / len(keys) / n_test:.1f}, CNTP {cost['cntp'] / len(keys) / n_test:.1f} (x{ratio:.2f}). "
             f"CNTP forked at {cs} row-steps with {tr / max(cs, 1):.1f} trials on average. Model: d=64 x2 layers, "
-            f"{steps} Adam steps (lr {lr}, batch {B}), final train loss {float(loss):.3f}; {n_test} held-out prompts "
+            f"{steps} tokjax.train Adam steps (lr {lr}, batch {B}), final train loss {float(loss):.3f}; {n_test} held-out prompts "
             f"x {len(keys)} decode keys; N_max 10, H_lo 0.01, H_hi 1.5 nats (official defaults), stop tokens ',' "
             f"'.', trial length <= 8. Caveat: trials start at the free operand too, so CNTP also steers which chain "
             f"is written (share of '+0' operands: plain {np.mean(plus0['plain']):.2f}, CNTP "

@@ -14,8 +14,9 @@ code: temperature 0.3, top-k 10, global weight 0.3, similarity threshold 0.6. Me
 of the held-out pydocs split (per byte, because the tokenizers differ). Baselines: FVT (mean of the
 subtoken embeddings) and random Normal(mean, std) rows; the original tokenizer is the reference.
 
-Verdict: ``reproduced`` when the hybrid beats FVT by more than 1% relative on every target,
-``not-reproduced`` when it is worse than FVT by more than 1% on any, else ``inconclusive``.
+The verdict rule is declared below, before anything runs: the hybrid must beat FVT by more than
+0.02 bits per byte (1% of FVT's ~2 bpb) on pydocs-2048; the other targets get the same rule in
+the note. Deterministic given the cached model, so one seed.
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python experiments/p24_tokenadapt.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments._harness import Row, run_cli  # noqa: E402
+from experiments._harness import Row, Rule, run_cli  # noqa: E402
+
+RULE = Rule(metric="zero-shot bits per byte on pydocs-2048", higher_is_better=False, threshold=0.02, seeds=(0,),
+            reported="'hybrid' (official defaults: temperature 0.3, top-k 10, global weight 0.3), fixed in "
+                     "advance; the other variants are ablations")
 
 
 def run(quick: bool) -> Row:
@@ -75,12 +80,7 @@ def run(quick: bool) -> Row:
             r[v] = bits_per_byte(tm.params, tm.cfg, w)
         res[name] = r
     gains = {n: 1 - r["hybrid"] / r["fvt"] for n, r in res.items()}
-    if all(g > 0.01 for g in gains.values()):
-        verdict = "reproduced"
-    elif any(g < -0.01 for g in gains.values()):
-        verdict = "not-reproduced"
-    else:
-        verdict = "inconclusive"
+    verdicts = {n: RULE.verdict([r["hybrid"]], [r["fvt"]]) for n, r in res.items()}
     first = next(iter(res))
     detail = "; ".join(
         f"{n} ({r['unique']} unique tokens, {r['bytes_per_token']:.2f} bytes/token): " + ", ".join(f"{v} {r[v]:.4f}" for v in variants)
@@ -100,8 +100,8 @@ def run(quick: bool) -> Row:
         baseline_value=round(res[first]["fvt"], 4),
         method_value=round(res[first]["hybrid"], 4),
         metric=f"zero-shot bits per byte on {first} (lower is better)",
-        verdict=verdict,
-        note=note,
+        verdict=verdicts[first],
+        note=note + " Same rule per target: " + ", ".join(f"{n} {v.status}" for n, v in verdicts.items()) + ".",
     )
 
 

@@ -15,8 +15,9 @@ reversed (as in the paper). A tiny tokjax transformer is trained with the same s
 
 and evaluated on unseen problems with deterministic prompts and *greedy generation*, the
 decoded answer string compared with the true one (a StochasTok model may emit any tokenization).
-Verdict ``reproduced`` when StochasTok's exact match beats the baseline by more than 2 points
-(and the seed spread), ``not-reproduced`` when it is worse by that margin, else ``inconclusive``.
+The verdict rule is declared below, before anything runs: StochasTok's exact match must beat the
+deterministic baseline by more than 2 points with every training seed. Greedy answers come from
+``tokjax.generate`` (KV-cached), the models from ``experiments/_common.py``'s completion trainer.
 """
 
 from __future__ import annotations
@@ -28,39 +29,25 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python experiments/p36_stochastok.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments._harness import Row, run_cli  # noqa: E402
-from experiments.p70_right_to_left_digits import pad_to, train_completion_model  # noqa: E402
+from experiments._common import pad_to, train_completion_model  # noqa: E402
+from experiments._harness import Row, Rule, decode, run_cli  # noqa: E402
+
+RULE = Rule(metric="held-out exact-match accuracy of greedy answers", higher_is_better=True, threshold=0.02,
+            seeds=(0, 1), quick_seeds=(0,), reported="StochasTok p=1.0 (the paper's p for addition), 3 copies of the "
+            "training set, fixed in advance")
 
 
 def greedy_answers(params, cfg, tok, prompts, max_new):
-    """Returns the greedy completions (decoded text, up to eos) of ``prompts`` (no KV cache; short answers)."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
+    """Returns the greedy completions (decoded text, up to eos) of ``prompts``, through ``tokjax.generate``."""
     import tokjax
 
-    rows = [tok.encode(p) for p in prompts]
-    W = max(len(r) for r in rows) + max_new
-    buf = np.full((len(rows), W), tok.pad_id, np.int32)
-    for i, r in enumerate(rows):
-        buf[i, : len(r)] = r
-    lengths = np.asarray([len(r) for r in rows], np.int32)
-
-    @jax.jit
-    def step(buf, lengths):
-        logits = tokjax.forward(params, cfg, buf).logits
-        nxt = jnp.argmax(logits[jnp.arange(buf.shape[0]), lengths - 1], -1).astype(jnp.int32)
-        return buf.at[jnp.arange(buf.shape[0]), lengths].set(nxt), nxt
-
-    buf_j, len_j = jnp.asarray(buf), jnp.asarray(lengths)
-    done = np.zeros(len(rows), bool)
-    for _ in range(max_new):
-        buf_j, nxt = step(buf_j, len_j)
-        done |= np.asarray(nxt) == tok.eos_id
-        len_j = len_j + jnp.asarray(~done, jnp.int32)
-    out, ends = np.asarray(buf_j), np.asarray(len_j)
-    return [tok.decode(out[i, len(r):ends[i]]) for i, r in enumerate(rows)]
+    out = decode(tokjax.Model(params=params, cfg=cfg), [tok.encode(p) for p in prompts], max_new_tokens=max_new,
+                 eos_id=tok.eos_id, pad_id=tok.pad_id)
+    answers = []
+    for c in out.completions():
+        c = c[:-1] if len(c) and c[-1] == tok.eos_id else c  # the answer ends before eos
+        answers.append(tok.decode(c))
+    return answers
 
 
 def run(quick: bool) -> Row:
@@ -72,7 +59,7 @@ def run(quick: bool) -> Row:
     from tokjax.tokenizers.stochastok import stochastok
 
     steps = 600 if quick else 3000
-    seeds = (0,) if quick else (0, 1)
+    seeds = RULE.run_seeds(quick)
     digits = (1, 3)
 
     def reversed_answers(exs):
@@ -98,13 +85,10 @@ def run(quick: bool) -> Row:
             outs = greedy_answers(params, cfg, tok, [e.prompt for e in test_ex], max_new=8)
             acc[name].append(float(np.mean([o == e.completion for o, e in zip(outs, test_ex)])))
 
-    gain = np.asarray(acc["stochastok"]) - np.asarray(acc["deterministic"])
-    margin = max(float(np.std(gain)) if len(gain) > 1 else 0.0, 0.02)
-    g = float(np.mean(gain))
-    verdict = "reproduced" if g > margin else ("not-reproduced" if g < -margin else "inconclusive")
+    verdict = RULE.verdict(acc["stochastok"], acc["deterministic"], seeds=seeds)
     single = sum(1 for e in test_ex if len(tok.encode(str(e.a))) == 1 and len(tok.encode(str(e.b))) == 1)
     note = (f"exact match (greedy, answer string): deterministic {', '.join(f'{a:.3f}' for a in acc['deterministic'])}; "
-            f"StochasTok p=1.0 {', '.join(f'{a:.3f}' for a in acc['stochastok'])} per seed (margin {margin:.3f}). "
+            f"StochasTok p=1.0 {', '.join(f'{a:.3f}' for a in acc['stochastok'])} per seed. "
             f"BPE {tok.vocab_size} ids, digits='none': {single}/{len(test_ex)} test problems have both operands as "
             f"single tokens. StochasTok completions are {ratio:.2f}x longer in tokens. {steps} AdamW steps, batch 64, "
             f"{len(train_ex)} train problems (StochasTok: 3 random tokenizations of each), {len(test_ex)} unseen test "

@@ -16,10 +16,12 @@ the same text (per byte, never per token).
 The in-batch vocabulary is chosen from the scored text itself, so scoring with it leaks (the
 softmax knows which long tokens occur); the verdict therefore uses leave-one-out scoring: each row
 is tokenized with the merges computed on the other rows of its batch (``apply_merges``). Both are
-reported. Verdict (leave-one-out, best embedding method, at the smallest target reaching >= 17%
-shorter sequences, else the largest reduction reached): ``reproduced`` if within 2% of static bits
-per byte at >= 17% reduction; ``not-reproduced`` if already >= 2% worse at >= 10% reduction;
-otherwise ``inconclusive``.
+reported. The verdict rule is declared below, before anything runs: leave-one-out bits per byte at
+the operating point (the smallest target reaching >= 17% shorter sequences, else the largest
+reduction reached; chosen on length, never on bits per byte) must stay within 0.03 bpb (2% of the
+~1.52 bpb static baseline) of static tokenization -- a non-inferiority margin. The embedding
+method is fixed in advance (the paper's hypernetwork when one is cached); whether the operating
+point reached 17% shorter sequences is a second rule, reported in the note.
 """
 
 from __future__ import annotations
@@ -31,7 +33,14 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python experiments/p39_dynamic_tokenization.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments._harness import Row, figure_path, run_cli  # noqa: E402
+from experiments._harness import Row, Rule, figure_path, run_cli  # noqa: E402
+
+RULE = Rule(metric="leave-one-out bits per byte at the operating point vs static", higher_is_better=False,
+            threshold=-0.03, seeds=(0,),
+            reported="ZeTT hypernetwork embeddings when p26's hypernetwork is cached (the paper's method), else "
+                     "mean-of-parts; fixed in advance (the other method is reported in the note)")
+RULE_SHORTER = Rule(metric="sequence length reduction at the operating point", higher_is_better=True, threshold=0.17,
+                    seeds=(0,))
 
 
 def run(quick: bool) -> Row:
@@ -41,6 +50,7 @@ def run(quick: bool) -> Row:
 
     import tokjax
     from tokjax.data import load_corpus, split_corpus
+    from tokjax.losses import token_stats
     from tokjax.pretrained import pretrained_config
     from tokjax.tokenizers._vocab_transfer import eval_windows
     from tokjax.tokenizers.dynamic_tokenization import (
@@ -64,10 +74,11 @@ def run(quick: bool) -> Row:
     reductions = (0.0, 0.2, 0.4) if quick else (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 
     # the hypernet p26_zett.py caches: the fully trained one, else the --quick one, else none
-    from tokjax.tokenizers.zett import pretrained_hypernet
+    from tokjax.pretrained import cache_root
+    from tokjax.train.recipes.zett import cached_hypernet
 
-    got = pretrained_hypernet("tiny-pydocs", train_if_missing=False) or pretrained_hypernet(
-        "tiny-pydocs", steps=60, train_if_missing=False)
+    cached = dict(cache_dir=cache_root() / "zett", name="tiny-pydocs", train_if_missing=False)
+    got = cached_hypernet(model, tok, steps=600, **cached) or cached_hypernet(model, tok, steps=60, **cached)
     hypernet, hn_meta = got if got is not None else (None, {})
 
     source = model.params["embed"]
@@ -82,8 +93,7 @@ def run(quick: bool) -> Row:
         return out
 
     def row_nll(ids, length, table, bias):
-        logits = tokjax.forward(params, cfg, ids[None, :-1], embedding=table, head=table.T, logit_bias=bias).logits[0]
-        lp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), ids[1:, None], -1)[:, 0]
+        lp = token_stats(params, cfg, {"tokens": ids[None]}, embedding=table, head=table.T, logit_bias=bias).logp[0]
         return -jnp.sum(jnp.where(jnp.arange(seq_len) < length - 1, lp, 0.0))
 
     @jax.jit
@@ -143,15 +153,10 @@ def run(quick: bool) -> Row:
     reached = [r for r in results if results[r][md]["reduction"] >= 0.17]
     at = (min(reached, key=lambda r: results[r][md]["reduction"]) if reached
           else max(results, key=lambda r: results[r][md]["reduction"]))
-    best_m = min(methods, key=lambda m: results[at][md][m])
+    chosen = methods[-1]  # the hypernet when cached (the paper's method), fixed before scoring
     red_at = results[at][md]["reduction"]
-    degr = results[at][md][best_m] / base_bpb - 1
-    if degr >= 0.02 and red_at >= 0.10:
-        verdict = "not-reproduced"  # already more than 2% worse at a smaller reduction than the paper's
-    elif degr < 0.02 and red_at >= 0.17:
-        verdict = "reproduced"
-    else:
-        verdict = "inconclusive"
+    verdict = RULE.verdict([results[at][md][chosen]], [base_bpb])
+    shorter = RULE_SHORTER.verdict([red_at], [0.0])
 
     fig = None
     try:
@@ -189,7 +194,8 @@ def run(quick: bool) -> Row:
                f"residual variant)." if hypernet is not None
                else "No cached ZeTT hypernetwork: only mean-of-parts embeddings were measured.")
             + " The dynamic token sequence is scored as one segmentation (no marginalisation), which favours "
-              "static tokenization; the paper's <2% is with large models and downstream tasks.")
+              "static tokenization; the paper's <2% is with large models and downstream tasks."
+            + f" Operating point reaches >= 17% shorter sequences: {shorter.status} ({100 * red_at:.1f}%).")
     return Row(
         pid="P39",
         claim=">20% shorter sequences from batch-level BPE merges cost <2% (ZeTT-embedded new tokens)",
@@ -197,8 +203,8 @@ def run(quick: bool) -> Row:
                 f"batch-level merges within pretokens, leave-one-out scoring",
         baseline_name="static tokenization (bits per byte)",
         baseline_value=round(base_bpb, 4),
-        method_value=round(results[at][md][best_m], 4),
-        metric=f"bits per byte at {100 * red_at:.1f}% shorter sequences ({best_m} embeddings; lower is better)",
+        method_value=round(results[at][md][chosen], 4),
+        metric=f"bits per byte at {100 * red_at:.1f}% shorter sequences ({chosen} embeddings; lower is better)",
         verdict=verdict,
         figure=fig,
         note=note,

@@ -13,9 +13,10 @@ vs Kangaroo vs the core's prompt-lookup draft, all through ``generate`` (batch 1
 Metrics: tokens per target call and wall-clock speedup (min over interleaved repeats; the shared
 CPU is noisy).
 
-Verdict: ``reproduced`` when Kangaroo's mean wall-clock speedup over plain decoding is >= 1.3x
-(the issue's target) with identical outputs, ``not-reproduced`` when it is <= 1.0x (or an output
-differs), else ``inconclusive``.
+Verdict (``RULE``, declared before anything runs): Kangaroo with the adapter at layer 1 (fixed in
+advance; layer 2 is reported in the note of full runs) must beat plain decoding's 1.0x by more
+than 0.3 (>= 1.3x, the issue's target) in mean wall-clock speedup; losslessness (every output
+equal to plain greedy) is ``RULE_LOSSLESS``, its verdict in the note.
 """
 
 from __future__ import annotations
@@ -27,97 +28,21 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python experiments/p44_kangaroo.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments._harness import Row, run_cli  # noqa: E402
+from experiments._common import PROMPT_LEN, cached, compare_speed, load_setup, load_tree, make_prompts, same_tokens, save_tree  # noqa: E402
+from experiments._harness import Row, Rule, run_cli  # noqa: E402
 
-PROMPT_LEN = 48
-
-
-# ------------------------------------------------------------------ shared with p59 / p16
-def load_setup(seq_len: int = 64):
-    """Returns (model, tokenizer, TokenDataset of pydocs with the pretrained model's split)."""
-    import tokjax
-    from tokjax.data import TokenDataset, load_corpus, split_corpus
-
-    model, tok = tokjax.pretrained("tiny-pydocs", progress=False)
-    train_docs, val_docs = split_corpus(load_corpus("pydocs"), val_fraction=0.1, seed=0)
-    return model, tok, TokenDataset.from_texts(train_docs, val_docs, tok, seq_len, name="pydocs")
+RULE = Rule(metric="mean wall-clock speedup over plain greedy decoding", higher_is_better=True, threshold=0.3,
+            seeds=(0,), reported="kangaroo-l1 (adapter after layer 1), num_draft 6, eta 0.6, fixed in advance")
+RULE_LOSSLESS = Rule(metric="speculative outputs that differ from plain greedy", higher_is_better=False,
+                     threshold=-0.5, seeds=(0,), reported="every Kangaroo and prompt-lookup output")
 
 
-def make_prompts(tok, kind: str, n: int, seed: int = 0, length: int = PROMPT_LEN) -> list[list[int]]:
-    """Returns ``n`` prompts of about ``length`` tokens (ragged: lengths vary by up to 25%) of prose or code."""
-    import numpy as np
-
-    from tokjax.data import load_corpus, split_corpus
-
-    if kind == "prose":
-        _, docs = split_corpus(load_corpus("pydocs"), val_fraction=0.1, seed=0)
-    else:
-        docs = load_corpus("stdlib", max_bytes=400_000).documents
-    rng = np.random.default_rng(seed)
-    ids = [tok.encode(d) for d in docs]
-    ids = [x for x in ids if len(x) > 2 * length]
-    out = []
-    for i in range(n):
-        x = ids[rng.integers(len(ids))]
-        cut = length - int(rng.integers(0, length // 4 + 1)) if n > 1 else length
-        start = int(rng.integers(0, len(x) - length))
-        out.append([int(t) for t in x[start:start + cut]])
-    return out
-
-
-def cached(name: str):
-    """Returns the path of an experiment artefact under the TOKJAX cache (directory created)."""
-    from tokjax.pretrained import cache_root
-
-    d = cache_root() / "experiments"
-    d.mkdir(parents=True, exist_ok=True)
-    return d / name
-
-
-def save_tree(path, tree) -> None:
-    import jax
-    import numpy as np
-
-    np.savez(path, *[np.asarray(x) for x in jax.tree.leaves(tree)])
-
-
-def load_tree(path, like):
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    with np.load(path) as f:
-        leaves = [jnp.asarray(f[f"arr_{i}"]) for i in range(len(f.files))]
-    return jax.tree.unflatten(jax.tree.structure(like), leaves)
-
-
-def compare_speed(model, prompts, strategies: dict, new_tokens: int, reps: int):
-    """Returns {name: (seconds per generate (min over reps), GenerateOutput)}; every strategy runs interleaved."""
-    from tokjax.decoding import generate
-    from tokjax.logits import greedy
-
-    outs, best = {}, {}
-    for name, strat in strategies.items():  # compile
-        outs[name] = generate(model, prompts, max_new_tokens=new_tokens, logits=greedy(), strategy=strat)
-        best[name] = float("inf")
-    for _ in range(reps):
-        for name, strat in strategies.items():
-            t0 = time.perf_counter()
-            generate(model, prompts, max_new_tokens=new_tokens, logits=greedy(), strategy=strat)
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return {name: (best[name], outs[name]) for name in strategies}
-
-
-def same_tokens(a, b) -> bool:
-    return [c.tolist() for c in a.completions()] == [c.tolist() for c in b.completions()]
-
-
-# ------------------------------------------------------------------------------ experiment
 def get_adapter(model, dataset, layer: int, steps: int, *, progress: bool = True):
     """Returns (adapter params, metrics before/after) trained once and cached."""
     import jax
 
-    from tokjax.decoding.kangaroo import distill_metrics, init_adapter, train_adapter
+    from tokjax.decoding.kangaroo import distill_metrics, init_adapter
+    from tokjax.train.recipes.kangaroo import fit_adapter
 
     path = cached(f"p44_adapter_l{layer}_s{steps}.npz")
     like = init_adapter(model, layer, jax.random.key(0))
@@ -126,8 +51,8 @@ def get_adapter(model, dataset, layer: int, steps: int, *, progress: bool = True
         adapter = load_tree(path, like)
     else:
         t0 = time.perf_counter()
-        adapter, _ = train_adapter(model, layer, dataset.train[:, :-1], steps=steps, batch_size=16, lr=3e-3,
-                                   adapter=like)
+        adapter, _ = fit_adapter(model, layer, dataset.train[:, :-1], steps=steps, batch_size=16, lr=3e-3,
+                                 adapter=like)
         save_tree(path, adapter)
         if progress:
             print(f"p44: trained the layer-{layer} adapter in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -173,13 +98,12 @@ def run(quick: bool) -> Row:
                     model_speed = tpc * L / (L + evals)
                     results.append((kind, B, name, t_plain / t, tpc, same_tokens(out, ref), model_speed))
 
-    best_layer = max(layers, key=lambda l: np.mean([r[3] for r in results if r[2] == f"kangaroo-l{l}"]))
-    kname = f"kangaroo-l{best_layer}"
+    kname = "kangaroo-l1"
     k_speed = float(np.mean([r[3] for r in results if r[2] == kname]))
     pld_speed = float(np.mean([r[3] for r in results if r[2] == "pld"]))
     lossless = all(r[5] for r in results)
-    verdict = "reproduced" if lossless and k_speed >= 1.3 else ("not-reproduced" if (not lossless or k_speed <= 1.0)
-                                                                 else "inconclusive")
+    verdict = RULE.verdict([k_speed], [1.0])
+    v_lossless = RULE_LOSSLESS.verdict([sum(not r[5] for r in results)], [0])
     detail = "; ".join(f"{kind} B={B} {name}: {sp:.2f}x, {tpc:.2f} tok/call, layer-cost model {ms:.2f}x"
                        for kind, B, name, sp, tpc, _, ms in results)
     k_model = float(np.mean([r[6] for r in results if r[2] == kname]))
@@ -188,7 +112,7 @@ def run(quick: bool) -> Row:
         f"{fit[l + 0.0]['prob_acc']:.2f}->{fit[l + 0.5]['prob_acc']:.2f}, top-1 agreement {fit[l + 0.5]['top1']:.2f}"
         for l in layers)
     note = (f"Greedy, {new} new tokens, {PROMPT_LEN}-token prompts, num_draft {num_draft}, eta {eta}; all speculative "
-            f"outputs identical to plain greedy: {lossless}. Adapter ({steps} AdamW steps on pydocs train windows, "
+            f"outputs identical to plain greedy: {lossless} (lossless verdict: {v_lossless.status}). Adapter ({steps} AdamW steps on pydocs train windows, "
             f"held-out val): {fit_s}. Speedup (min wall-clock over {reps} interleaved repeats) per setting: {detail}. "
             f"Mean over settings: {kname} {k_speed:.2f}x wall-clock ({k_model:.2f}x under the layer-cost model: a "
             f"target call = {L} layer reads, a draft step = layer + 1 adapter layer), prompt lookup {pld_speed:.2f}x. A 4-layer d=128 target "

@@ -1,8 +1,9 @@
-"""Runs every paper experiment that exists and writes experiments/RESULTS.md.
+"""Runs every paper experiment that exists and writes experiments/RESULTS.md (RESULTS-quick.md with --quick).
 
 Which experiments run comes from the catalog: every entry whose status is not
 ``planned`` (or the ids given with ``--only``). Each one is imported and run in this
-process, timed, and recorded in RESULTS.md as soon as it finishes; an experiment that
+process, timed, and recorded as soon as it finishes (full runs in RESULTS.md, ``--quick``
+runs in RESULTS-quick.md, so a quick run never replaces a full result); an experiment that
 raises becomes a row with verdict ``error`` and the rest still run.
 
     python experiments/run_all.py --quick
@@ -27,7 +28,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python experiments/run_all.py`: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments._harness import RESULTS_PATH, ROOT, Row, format_rows, write_results  # noqa: E402
+from experiments._harness import (  # noqa: E402
+    RESULTS_PATH, ROOT, Row, _run_mode, format_rows, results_file, write_results,
+)
 from tokjax import catalog  # noqa: E402
 
 __all__ = ["Experiment", "discover", "main", "parse_only", "run_all"]
@@ -106,7 +109,8 @@ def _run_one(exp: Experiment, quick: bool) -> Row:
     t0 = time.perf_counter()
     try:
         module = importlib.import_module(exp.module)
-        row = module.run(quick)
+        with _run_mode(quick):  # figures of a --quick run go to experiments/figures/quick/
+            row = module.run(quick)
         if not isinstance(row, Row) and type(row).__name__ == "Row" and dataclasses.is_dataclass(row):
             # Same class loaded twice (`import _harness` vs `experiments._harness`): convert.
             row = Row(**dataclasses.asdict(row))
@@ -137,12 +141,13 @@ def run_all(quick: bool = True, only: str | Iterable[str | int] | None = None,
     `setup` is one callable or a sequence of callables, each called as ``step(quick)``
     before any experiment (e.g. training the shared tiny model); they always run, and an
     exception in one propagates, since every experiment after it would fail anyway.
-    Each experiment's row is written to RESULTS.md (`results_path`) as soon as it
-    finishes, keeping rows of papers not run now; an experiment that raises gives a
-    verdict-"error" row. Unknown ids in `only` raise ValueError before anything runs.
+    Each experiment's row is written to `results_path` (default: RESULTS.md, or
+    RESULTS-quick.md when `quick`) as soon as it finishes, keeping rows of papers not
+    run now; an experiment that raises gives a verdict-"error" row. Unknown ids in `only` raise ValueError before anything runs.
     """
     ids = parse_only(only)
     experiments = discover(ids)
+    results_path = results_file(quick) if results_path is None else Path(results_path)
     say = print if progress else (lambda *a, **k: None)
 
     steps = [] if setup is None else ([setup] if callable(setup) else list(setup))
@@ -170,8 +175,8 @@ def run_all(quick: bool = True, only: str | Iterable[str | int] | None = None,
 
     write_results([], results_path)  # creates/normalises the file even when nothing ran
     say("")
-    say(format_rows(rows, Path(results_path or RESULTS_PATH).parent))
-    say(f"\nresults written to {results_path or RESULTS_PATH}")
+    say(format_rows(rows, results_path.parent))
+    say(f"\nresults written to {results_path}")
     return rows
 
 
@@ -182,7 +187,8 @@ def main(argv: list[str] | None = None, *, setup: Setup | Sequence[Setup] | None
     parser.add_argument("--quick", action="store_true", help="small CPU versions (minutes each)")
     parser.add_argument("--only", metavar="IDS", help="comma-separated paper ids, e.g. P29,P44")
     parser.add_argument("--results", metavar="PATH", default=None,
-                        help=f"results file (default: {RESULTS_PATH.relative_to(ROOT)})")
+                        help=f"results file (default: {RESULTS_PATH.relative_to(ROOT)}, "
+                             f"{results_file(True).relative_to(ROOT)} with --quick)")
     parser.add_argument("--dry-run", action="store_true", help="list what would run, run nothing")
     parser.add_argument("-q", "--no-progress", action="store_true", help="no per-experiment lines")
     args = parser.parse_args(argv)

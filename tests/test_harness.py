@@ -245,3 +245,171 @@ def test_script_rejects_bad_ids(tmp_path):
     res = _script("--only", "P29,P999", "--dry-run", cwd=tmp_path)
     assert res.returncode == 2
     assert "unknown paper id(s): P999" in res.stderr
+
+
+# ---------------------------------------------------------------- verdict / Rule
+
+
+def test_verdict_statuses_and_direction():
+    v = h.verdict([0.5, 0.6, 0.7], [0.4, 0.4, 0.4], higher_is_better=True, threshold=0.05, seeds=(0, 1, 2))
+    assert v.status == "reproduced" and v.seeds == (0, 1, 2) and v.threshold == 0.05
+    assert v.diffs == pytest.approx((0.1, 0.2, 0.3)) and v.mean_diff == pytest.approx(0.2)
+    # lower is better: diffs are negated so + still means "method better"
+    v = h.verdict([1.0, 1.1], [1.2, 1.2], higher_is_better=False, threshold=0.05, seeds=(0, 1))
+    assert v.status == "reproduced" and v.diffs == pytest.approx((0.2, 0.1))
+    v = h.verdict([1.3, 1.25], [1.2, 1.2], higher_is_better=False, threshold=0.0, seeds=(0, 1))
+    assert v.status == "not-reproduced" and all(d < 0 for d in v.diffs)
+    v = h.verdict([0.5, 0.41], [0.4, 0.4], higher_is_better=True, threshold=0.05, seeds=(3, 4))
+    assert v.status == "inconclusive"  # one seed clears the margin, the other does not
+    # a positive gain below the threshold is not a reproduction
+    assert h.verdict([0.42], [0.4], higher_is_better=True, threshold=0.05, seeds=(0,)).status == "not-reproduced"
+
+
+def test_verdict_non_inferiority_with_negative_threshold():
+    # "no worse than the baseline by more than 0.05": a 0.03 loss still reproduces, a 0.08 loss does not
+    rule = dict(higher_is_better=True, threshold=-0.05, seeds=(0, 1))
+    assert h.verdict([0.97, 1.0], [1.0, 1.0], **rule).status == "reproduced"
+    assert h.verdict([0.92, 0.9], [1.0, 1.0], **rule).status == "not-reproduced"
+    assert h.verdict([0.92, 0.99], [1.0, 1.0], **rule).status == "inconclusive"
+    low = dict(higher_is_better=False, threshold=-1e-5, seeds=(0,))
+    assert h.verdict([3e-6], [0.0], **low).status == "reproduced"  # an equivalence check: |rel diff| < 1e-5
+    assert h.verdict([3e-5], [0.0], **low).status == "not-reproduced"
+
+
+def test_verdict_rejects_nan_and_mismatched_lengths():
+    with pytest.raises(ValueError, match="NaN"):
+        h.verdict([float("nan")], [1.0], higher_is_better=True, threshold=0.0, seeds=(0,))
+    with pytest.raises(ValueError, match="NaN"):
+        h.verdict([1.0], [float("nan")], higher_is_better=True, threshold=0.0, seeds=(0,))
+    with pytest.raises(ValueError, match="one method and one baseline value per seed"):
+        h.verdict([1.0, 2.0], [1.0], higher_is_better=True, threshold=0.0, seeds=(0, 1))
+    with pytest.raises(ValueError, match="per seed"):
+        h.verdict([1.0, 2.0], [1.0, 1.0], higher_is_better=True, threshold=0.0, seeds=(0,))
+    with pytest.raises(ValueError, match="per seed"):
+        h.verdict([], [], higher_is_better=True, threshold=0.0, seeds=())
+
+
+def test_rule_validates_and_picks_seeds():
+    rule = h.Rule(metric="acc", higher_is_better=True, threshold=0.01, seeds=(0, 1, 2), reported="x")
+    assert rule.run_seeds(False) == (0, 1, 2) and rule.run_seeds(True) == (0,)
+    quick = h.Rule(metric="acc", higher_is_better=True, threshold=0.01, seeds=(0, 1, 2), quick_seeds=(0, 1))
+    assert quick.run_seeds(True) == (0, 1)
+    v = rule.verdict([0.6, 0.6, 0.6], [0.5, 0.5, 0.5])
+    assert v.status == "reproduced" and v.seeds == (0, 1, 2)
+    v = quick.verdict([0.6, 0.5], [0.5, 0.5], seeds=quick.run_seeds(True))
+    assert v.status == "inconclusive" and v.seeds == (0, 1)
+    with pytest.raises(ValueError, match="per seed"):  # quick runs must pass the seeds they ran
+        quick.verdict([0.6, 0.5], [0.5, 0.5])
+    for bad in (dict(seeds=()), dict(seeds=(1, 1)), dict(threshold=float("nan")), dict(threshold="0.1")):
+        with pytest.raises(ValueError):
+            h.Rule(**{**dict(metric="m", higher_is_better=True, threshold=0.0, seeds=(0,)), **bad})
+
+
+def test_row_takes_a_verdict_and_round_trips_its_columns(tmp_path):
+    v = h.verdict([0.5, 0.7], [0.4, 0.4], higher_is_better=True, threshold=0.05, seeds=(0, 7))
+    row = make_row(verdict=v, quick=False)
+    assert row.verdict == "reproduced" and row.threshold == 0.05
+    assert row.seeds == (0, 7) and row.diffs == pytest.approx((0.1, 0.3))
+    path = tmp_path / "RESULTS.md"
+    h.record(row, path)
+    text = path.read_text()
+    assert "| threshold | seeds | per-seed diff |" in text and "| 0.05 | 0 7 | +0.1 +0.3 |" in text
+    back = h.load_results(path)["P29"]
+    assert (back.verdict, back.threshold, back.seeds, back.diffs) == ("reproduced", 0.05, (0, 7), (0.1, 0.3))
+    h.write_results([], path)
+    assert path.read_text() == text  # exact round trip with the rule columns
+
+
+def test_old_header_results_still_load_and_rerender(tmp_path):
+    path = tmp_path / "RESULTS.md"
+    old = "| " + " | ".join(h._OLD_COLUMNS) + " |\n|" + "---|" * len(h._OLD_COLUMNS) + "\n"
+    old += "| P6 | c | s | m (higher is better) | plain | 0.988 | 0.992 | inconclusive | full | 80.1 |  | n \\| x |\n"
+    path.write_text("# Experiment results\n\n" + old)
+    row = h.load_results(path)["P6"]
+    assert row.verdict == "inconclusive" and row.quick is False and row.note == "n | x"
+    assert row.threshold is None and row.seeds == () and row.diffs == ()
+    h.write_results([], path)  # re-rendered with the new columns, values kept
+    text = path.read_text()
+    assert "| per-seed diff |" in text
+    again = h.load_results(path)["P6"]
+    assert again == row
+
+
+def test_quick_rows_go_to_the_quick_file_and_never_replace_full_rows(tmp_path, monkeypatch):
+    full, quick = tmp_path / "RESULTS.md", tmp_path / "RESULTS-quick.md"
+    monkeypatch.setattr(h, "RESULTS_PATH", full)
+    monkeypatch.setattr(h, "RESULTS_QUICK_PATH", quick)
+    assert h.results_file(True) == quick and h.results_file(False) == full
+
+    def run(q):
+        return make_row("P44", quick=None, seconds=0.0, verdict="reproduced" if q else "not-reproduced")
+
+    h.run_cli(run, [])
+    h.run_cli(run, ["--quick"])
+    assert h.load_results(full)["P44"].verdict == "not-reproduced"  # the full row survives the quick run
+    assert h.load_results(full)["P44"].quick is False
+    assert h.load_results(quick)["P44"].verdict == "reproduced" and h.load_results(quick)["P44"].quick is True
+    with pytest.raises(ValueError, match="--quick row"):  # even when pointed at the full file
+        h.record(make_row("P44", quick=True), full)
+    assert h.load_results(full)["P44"].quick is False
+
+
+def test_run_all_quick_writes_the_quick_file(fake_experiments, monkeypatch):
+    full, quick = fake_experiments, fake_experiments.parent / "RESULTS-quick.md"
+    monkeypatch.setattr(h, "RESULTS_PATH", full)
+    monkeypatch.setattr(h, "RESULTS_QUICK_PATH", quick)
+    ra.run_all(quick=True, progress=False)
+    assert set(h.load_results(quick)) == {"P29", "P44", "P45"} and not full.exists()
+
+
+# ---------------------------------------------------------------- experiment files (static checks)
+
+
+EXPERIMENTS = sorted((ROOT / "experiments").glob("p[0-9]*.py"))
+
+
+def _module_ast(path):
+    import ast
+
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_every_experiment_declares_a_rule_in_its_header(path):
+    import ast
+
+    rules = [node for node in _module_ast(path).body
+             if isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, ast.Call)
+             and getattr(node.value.func, "id", getattr(node.value.func, "attr", None)) == "Rule"]
+    assert rules, f"{path.name} declares no module-level `RULE = Rule(...)` (see experiments/_harness.py)"
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_no_experiment_imports_another_experiment(path):
+    import ast
+    import re
+
+    bad = []
+    for node in ast.walk(_module_ast(path)):  # function-level imports included
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            mod = node.module or ""
+            names = [mod] + ([f"{mod}.{a.name}" for a in node.names] if mod == "experiments" else [])
+        bad += [n for n in names if re.fullmatch(r"(experiments\.)?p\d+\w*", n)]
+    assert not bad, f"{path.name} imports another experiment: {bad}; shared setup belongs in experiments/_common.py"
+
+
+def test_quick_runs_write_figures_to_their_own_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(h, "FIGURES_DIR", tmp_path / "figures")
+    seen = []
+
+    def run(q):
+        seen.append(h.figure_path("P38", "curve.png"))
+        return make_row("P38", quick=None)
+
+    h.run_cli(run, ["--quick", "--no-record"])
+    h.run_cli(run, ["--no-record"])
+    assert seen == [tmp_path / "figures" / "quick" / "p38_curve.png", tmp_path / "figures" / "p38_curve.png"]
+    assert h.figure_path("P38", "x.png").parent == tmp_path / "figures"  # reset after the run

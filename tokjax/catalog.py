@@ -208,7 +208,7 @@ _ENTRIES: tuple[Entry, ...] = (
        'losses', 'tokjax.losses.one_token_rollout', ('one_token_rollout',),
        'SFT as one-token policy-gradient rollouts'),
     _e(26, 'Zero-Shot Tokenizer Transfer',
-       'tokenizers', 'tokjax.tokenizers.zett', ('transfer', 'train_hypernet', 'hypernet_embeddings', 'zett_loss', 'init_hypernet', 'HypernetConfig', 'pretrained_hypernet'),
+       'tokenizers', 'tokjax.tokenizers.zett', ('transfer', 'hypernet_embeddings', 'zett_loss', 'zett_batch_fn', 'init_hypernet', 'HypernetConfig', 'make_tokenizer_pool'),
        'hypernetwork over old-token decompositions trained on a BPE tokenizer pool against the '
        'frozen LM; our residual-on-mean-of-subtokens variant beats mean-of-subtokens by 8.7% '
        'bits/byte (the plain ZeTT head did worse than it)',
@@ -278,7 +278,7 @@ _ENTRIES: tuple[Entry, ...] = (
        'head); KL to a 3-Gaussian mixture 0.15 vs 3.5 for a linear head',
        status='reproduced'),
     _e(42, 'Language Model Cascades: Token-level uncertainty and beyond',
-       'decoding', 'tokjax.decoding.cascades', ('token_scores', 'chow_sum', 'chow_avg', 'chow_quantile', 'posthoc_features', 'train_deferral_mlp', 'posthoc_score', 'deferral_curve'),
+       'decoding', 'tokjax.decoding.cascades', ('token_scores', 'chow_sum', 'chow_avg', 'chow_quantile', 'posthoc_features', 'deferral_mlp_loss', 'posthoc_score', 'deferral_curve'),
        'token-level cascade deferral: Chow-Sum/Avg/Quantile(alpha runtime), post-hoc MLP on '
        'token-logprob quantiles + length (+ pooled embedding), deferral-curve AUC; on a 1-layer vs '
        '4-layer addition cascade post-hoc beats Chow-Sum/Avg (held-out AUC 0.9971 vs 0.9950) and '
@@ -289,13 +289,13 @@ _ENTRIES: tuple[Entry, ...] = (
        'analysis', 'tokjax.analysis.magic_words', ('magic_words',),
        'k-epsilon controllability: shortest prompts that force an output'),
     _e(44, 'Kangaroo: Lossless Self-Speculative Decoding via Double Early Exiting',
-       'decoding', 'tokjax.decoding.kangaroo', ('early_exit', 'EarlyExit', 'init_adapter', 'train_adapter', 'adapter_distill_loss', 'distill_metrics', 'adapter_logits'),
+       'decoding', 'tokjax.decoding.kangaroo', ('early_exit', 'EarlyExit', 'init_adapter', 'distill_batch', 'adapter_distill_loss', 'distill_metrics', 'adapter_logits'),
        'shallow sub-network + adapter draft with a confidence exit, adapter distilled from the '
        'frozen model; lossless, 1.5-2.0 tokens per target call, but 0.36x wall-clock on CPU '
        '(shallow-KV reuse not implemented)',
        status='not-reproduced'),
     _e(45, 'Turning Trash into Treasure: Accelerating Inference of Large Language Models with Token Recycling',
-       'decoding', 'tokjax.decoding.token_recycling', ('recycling', 'Recycling', 'RecyclingTable', 'TEMPLATES', 'draft_tree', 'update_table', 'generate_with_table'),
+       'decoding', 'tokjax.decoding.token_recycling', ('recycling', 'Recycling', 'RecyclingTable', 'TEMPLATES', 'draft_tree', 'update_table'),
        'adjacency table of top-k successors updated from every tree node, static 80-node tree, hot '
        'start across calls; greedy-lossless with 2.41 tokens per target call on code, but slower '
        'than plain decoding on CPU at 0.87M params',
@@ -346,7 +346,7 @@ _ENTRIES: tuple[Entry, ...] = (
        'decoding', 'tokjax.decoding.think_at_hard', ('think_at_hard',),
        'selective latent iterations on hard tokens'),
     _e(59, 'S2D: Sorted Speculative Decoding For More Efficient Deployment of Nested Large Language Models',
-       'decoding', 'tokjax.decoding.s2d', ('nested', 'Nested', 'sorted_loss', 'sorted_finetune', 'truncate', 'exit_logits', 'exit_metrics'),
+       'decoding', 'tokjax.decoding.s2d', ('nested', 'Nested', 'sorted_loss', 'truncate', 'exit_logits', 'exit_metrics'),
        'sorted fine-tuning of nested exits and a confidence-exit nested draft; lossless with 2.2 '
        'tokens per target call, but 0.32x wall-clock on CPU',
        status='not-reproduced'),
@@ -357,7 +357,7 @@ _ENTRIES: tuple[Entry, ...] = (
        'vision', 'tokjax.vision.tokenflex', ('tokenflex',),
        'random visual-token counts in training, flexible at inference'),
     _e(62, 'Entropy Adaptive Decoding: Dynamic Model Switching for Efficient Inference',
-       'decoding', 'tokjax.decoding.entropy_adaptive', ('entropy_adaptive_generate', 'EADOutput', 'entropy_bits', 'rolling_mean', 'relative_cost'),
+       'decoding', 'tokjax.decoding.entropy_adaptive', ('entropy_adaptive', 'EntropyAdaptive', 'entropy_adaptive_generate', 'EADOutput', 'entropy_bits', 'rolling_mean', 'relative_cost'),
        'EAD per-row rolling-entropy switching between a small and a large model (tau runtime, both '
        'caches kept in step; both models run every step, large-model fraction and relative cost '
        "reported); the paper's switching stability condition is unread and not implemented; on "
@@ -401,7 +401,7 @@ _ENTRIES: tuple[Entry, ...] = (
        'steps)',
        status='implemented'),
     _e(71, 'Text2Token: Unsupervised Text Representation Learning with Token Target Prediction',
-       'losses', 'tokjax.losses.text2token', ('text2token', 'make_text2token_loss', 'data_driven_targets', 'model_derived_targets', 'pooled_hidden'),
+       'losses', 'tokjax.losses.text2token', ('text2token', 'make_text2token_loss', 'data_driven_targets', 'model_derived_targets', 'text_embedding'),
        'pooled embedding through the LM head, KL to text-derived token targets (construction '
        'unverified: paper body unavailable); 1-NN topic accuracy 0.219 vs 0.163 for mean-pooled NTP '
        'on a synthetic corpus',
