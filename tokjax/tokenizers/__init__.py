@@ -9,12 +9,14 @@
 Tokenizer transforms (one module per paper): :mod:`~tokjax.tokenizers.stochastok` (P36),
 :mod:`~tokjax.tokenizers.right_to_left_digits` (P70), :mod:`~tokjax.tokenizers.setrec` (P55),
 :mod:`~tokjax.tokenizers.dynamic_tokenization` (P39), :mod:`~tokjax.tokenizers.zett` (P26,
-``zett_transfer``), :mod:`~tokjax.tokenizers.tokenadapt` (P24).
+``zett_transfer``; fitting in :mod:`tokjax.train.recipes.zett`), :mod:`~tokjax.tokenizers.tokenadapt` (P24).
+:class:`WrappedTokenizer` is the base of the ``Tokenizer -> Tokenizer`` transforms.
 """
 
-from ._base import DEFAULT_SPECIAL_TOKENS, INFER, Tokenizer, pad_batch
+from ._base import DEFAULT_SPECIAL_TOKENS, INFER, Tokenizer, WrappedTokenizer, pad_batch
 from ._bpe import BPETokenizer, TokenizerFileNotFoundError
 from ._bytes import ByteTokenizer
+from ._streamer import TextStreamer, stream_text
 from ._digits import DIGIT_PATTERNS, DIGIT_POLICIES, DigitPolicy, split_digits
 from ._vocab_transfer import decompose_vocab, mean_of_parts
 from .dynamic_tokenization import (
@@ -31,8 +33,8 @@ from .stochastok import (
 )
 from .tokenadapt import tokenadapt_embeddings, tokenadapt_transfer
 from .zett import (
-    Hypernet, HypernetConfig, hypernet_embeddings, init_hypernet, load_hypernet, make_tokenizer_pool,
-    pretrained_hypernet, save_hypernet, train_hypernet, zett_loss,
+    Hypernet, HypernetConfig, TokenizerPool, hypernet_embeddings, init_hypernet, make_tokenizer_pool, zett_batch_fn,
+    zett_loss, zett_warmup_batch_fn, zett_warmup_loss,
 )
 from .zett import transfer as zett_transfer
 
@@ -46,7 +48,9 @@ __all__ = [
     "INFER",
     "Tokenizer",
     "TokenizerFileNotFoundError",
+    "WrappedTokenizer",
     "pad_batch",
+    "TextStreamer", "stream_text",
     "split_digits",
     # P70
     "DigitGroupedTokenizer", "encode_arithmetic", "group_digits", "right_to_left_digits",
@@ -60,7 +64,7 @@ __all__ = [
     "decompose_vocab", "mean_of_parts",
     "DynamicBatch", "apply_merges", "dynamic_embeddings", "dynamic_merges", "dynamic_tokenize",
     "hypernet_dynamic_embeddings", "joinable_mask", "new_token_bias",
-    "Hypernet", "HypernetConfig", "hypernet_embeddings", "init_hypernet", "load_hypernet", "make_tokenizer_pool",
-    "pretrained_hypernet", "save_hypernet", "train_hypernet", "zett_loss", "zett_transfer",
+    "Hypernet", "HypernetConfig", "TokenizerPool", "hypernet_embeddings", "init_hypernet", "make_tokenizer_pool",
+    "zett_batch_fn", "zett_loss", "zett_warmup_batch_fn", "zett_warmup_loss", "zett_transfer",
     "tokenadapt_embeddings", "tokenadapt_transfer",
 ]
