@@ -16,11 +16,8 @@ Convention for an experiment ``experiments/pNN_name.py`` (the catalog entry's
         return Row(pid="P29", claim=..., setting=..., baseline_name=..., baseline_value=...,
                    method_value=..., metric=..., verdict="reproduced")
 
-    def main(argv=None) -> int:
-        return run_cli(run, argv)
-
     if __name__ == "__main__":
-        raise SystemExit(main())
+        raise SystemExit(run_cli(run))
 
 ``run_cli`` parses ``--quick``, times ``run``, prints the row and calls :func:`record`,
 which merges the row into ``experiments/RESULTS.md`` (one row per paper, sorted by paper

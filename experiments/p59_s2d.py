@@ -133,9 +133,5 @@ def run(quick: bool) -> Row:
     )
 
 
-def main(argv=None) -> int:
-    return run_cli(run, argv)
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(run))
