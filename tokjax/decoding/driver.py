@@ -128,6 +128,8 @@ def _loop(params, state, *, cfg, strategy, transform, max_steps, eos_id):
         s = strategy.step(params, cfg, transform, s, eos_id=eos_id)
         return s.replace(step=s.step + 1)
 
+    # The library's one decode loop (this module was tokjax/decoding/generate.py before the function
+    # stopped shadowing it); every decoder is a Strategy stepped here.
     return jax.lax.while_loop(cond, body, state)
 
 
