@@ -16,7 +16,7 @@ from tokjax.model import (
     blocks, embed, final_norm, forward, lm_head, unembed,
 )
 
-from tokjax import io, logits, losses, metrics
+from tokjax import io, logits, losses, metrics, parallel
 from tokjax.decoding import GenerateOutput, generate, stream
 from tokjax.pretrained import available_pretrained, pretrained
 from tokjax import decoding
@@ -38,7 +38,7 @@ def __dir__():
 
 
 __all__ = [
-    "available_pretrained", "pretrained", "decoding", "io", "logits", "losses", "metrics", "train",
+    "available_pretrained", "pretrained", "decoding", "io", "logits", "losses", "metrics", "parallel", "train",
     "GenerateOutput", "generate", "stream", "Bidirectional", "Causal", "Explicit", "Inputs", "KVCache", "Model",
     "ModelConfig", "Output", "Prefix", "Rank", "Taps", "Tree", "blocks", "embed", "final_norm", "forward", "lm_head",
     "unembed",
