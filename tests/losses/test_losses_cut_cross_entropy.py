@@ -365,3 +365,47 @@ def test_traced_labels_are_not_checked_but_stay_finite():
     h, w, y, _, _ = _problem(16, 4, 3, 8)
     out = jax.jit(lambda y: cut_cross_entropy(h, w, y, reduction="none", block_size=3))(y.at[0].set(99))
     assert np.all(np.isfinite(np.asarray(out)))
+
+
+@pytest.mark.parametrize("tail", [0, 5])
+@pytest.mark.parametrize("softcap", [None, 4.0])
+def test_vd_head_layout_equals_dv(tail, softcap):
+    """A tied embedding read in place ([V, D]) gives the same stats and gradients as its transpose."""
+    N, D, V = 12, 8, 32 + tail
+    k = jax.random.split(jax.random.key(3), 3)
+    h = jax.random.normal(k[0], (N, D))
+    e = jax.random.normal(k[1], (V, D))
+    y = jax.random.randint(k[2], (N,), 0, V)
+
+    def f(h, w, layout):
+        s = head_stats(h, w, y, block_size=8, softcap=softcap, want=("entropy",), head_layout=layout)
+        return jnp.sum(s["lse"] - s["zy"]) + 0.3 * jnp.sum(s["entropy"])
+
+    v_dv, (gh_dv, gw_dv) = jax.value_and_grad(f, argnums=(0, 1))(h, e.T, "dv")
+    v_vd, (gh_vd, gw_vd) = jax.value_and_grad(f, argnums=(0, 1))(h, e, "vd")
+    np.testing.assert_allclose(v_vd, v_dv, rtol=1e-6)
+    np.testing.assert_allclose(gh_vd, gh_dv, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gw_vd, gw_dv.T, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="head_layout"):
+        head_stats(h, e, y, head_layout="transposed")
+
+
+def test_tied_model_loss_does_not_copy_the_embedding():
+    """token_stats on a tied model: same loss as the naive head, and the compiled step keeps no
+    transposed [D, V] copy of the embedding (its temp memory is below one embedding's size)."""
+    from tokjax.losses import make_next_token_loss
+    from tokjax.model import ModelConfig, init_params
+
+    cfg = ModelConfig(vocab_size=8192, d_model=64, n_layers=1, n_heads=2, n_kv_heads=1, max_len=32, tied_embeddings=True)
+    params = init_params(cfg, jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 17), 0, cfg.vocab_size)
+    cut = make_next_token_loss(method="cut", block_size=1024)
+    naive = make_next_token_loss(method="naive")
+    lc, gc = jax.value_and_grad(lambda p: cut(p, cfg, {"tokens": tokens}, None)[0])(params)
+    ln, gn = jax.value_and_grad(lambda p: naive(p, cfg, {"tokens": tokens}, None)[0])(params)
+    np.testing.assert_allclose(lc, ln, rtol=1e-5)
+    np.testing.assert_allclose(gc["embed"], gn["embed"], rtol=1e-4, atol=1e-6)
+    compiled = jax.jit(jax.grad(lambda p: cut(p, cfg, {"tokens": tokens}, None)[0])).lower(params).compile()
+    temp = compiled.memory_analysis().temp_size_in_bytes
+    embed_bytes = cfg.vocab_size * cfg.d_model * 4
+    assert temp < embed_bytes, (temp, embed_bytes)

@@ -31,7 +31,7 @@ from tokjax.losses._stats import (
     shifted_completion_mask, token_count,
 )
 from tokjax.losses.cut_cross_entropy import DEFAULT_BLOCK_SIZE, head_stats
-from tokjax.model.forward import Inputs, forward, lm_head
+from tokjax.model.forward import Inputs, forward, head_matrix
 
 __all__ = ["METHODS", "make_next_token_loss", "next_token_loss", "reference_logp", "token_stats"]
 
@@ -50,13 +50,14 @@ def _per_target(value, B: int, T: int, name: str, dtype) -> jax.Array:
     return arr.astype(dtype)
 
 
-def _head(hidden, w, labels, *, method, block_size, softcap, want_entropy, bias=None):
-    """Returns (logp, lse, entropy|None), each [N], from hidden [N, D] and the head [D, V]."""
+def _head(hidden, w, labels, *, method, block_size, softcap, want_entropy, bias=None, layout="dv"):
+    """Returns (logp, lse, entropy|None), each [N], from hidden [N, D] and the head [D, V] ([V, D] if layout="vd")."""
     if method == "cut":
         core = head_stats(hidden, w, labels, bias=bias, softcap=softcap, block_size=block_size,
-                          want=("entropy",) if want_entropy else ())
+                          want=("entropy",) if want_entropy else (), head_layout=layout)
     else:
-        core = naive_core(hidden, w, labels, bias=bias, softcap=softcap, want_entropy=want_entropy)
+        core = naive_core(hidden, w.T if layout == "vd" else w, labels, bias=bias, softcap=softcap,
+                          want_entropy=want_entropy)
     return core["zy"] - core["lse"], core["lse"], core.get("entropy")
 
 
@@ -67,9 +68,10 @@ def _model_logp(params, cfg, inputs, targets, segment_ids, *, method, block_size
     x = Inputs(tokens=inputs, segment_ids=segment_ids)
     hidden = forward(params, cfg, x, compute_logits=False, embedding=embedding).hidden  # [B, T, D], final-normed
     D = hidden.shape[-1]
-    w = (lm_head(params, cfg) if head is None else head).astype(cfg.dtype)
-    logp, lse, ent = _head(hidden.reshape(-1, D), w, targets.reshape(-1), method=method, block_size=block_size,
-                           softcap=softcap, want_entropy=want_entropy, bias=logit_bias)
+    w, layout = head_matrix(params, cfg) if head is None else (head, "dv")
+    logp, lse, ent = _head(hidden.reshape(-1, D), w.astype(cfg.dtype), targets.reshape(-1), method=method,
+                           block_size=block_size, softcap=softcap, want_entropy=want_entropy, bias=logit_bias,
+                           layout=layout)
     rs = lambda x: None if x is None else x.reshape(B, T)  # noqa: E731
     return rs(logp), rs(lse), rs(ent), (hidden if keep_hidden else None)
 

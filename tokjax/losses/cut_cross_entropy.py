@@ -48,9 +48,9 @@ def _block_geometry(V: int, block_size: int) -> tuple[int, int, int]:
     return bs, V // bs, V % bs
 
 
-def _logits(h, w_blk, b_blk, softcap):
-    """Returns float32 (softcapped) logits of one vocabulary block."""
-    z = jnp.einsum("nd,dv->nv", h, w_blk, preferred_element_type=_F32)
+def _logits(h, w_blk, b_blk, softcap, vd):
+    """Returns float32 (softcapped) logits of one vocabulary block ([D, bs] block, or [bs, D] when ``vd``)."""
+    z = jnp.einsum("nd,vd->nv" if vd else "nd,dv->nv", h, w_blk, preferred_element_type=_F32)
     if b_blk is not None:
         z = z + b_blk.astype(_F32)[None, :]
     if softcap is not None:
@@ -58,29 +58,30 @@ def _logits(h, w_blk, b_blk, softcap):
     return z
 
 
-def _blocks(w, bias, bs, nfull, tail):
+def _blocks(w, bias, bs, nfull, tail, vd):
     """Returns (read(i) -> (w_blk, b_blk) for full block i, (w_tail, b_tail) or None)."""
+    axis = 0 if vd else 1
 
     def read(i):
-        w_blk = jax.lax.dynamic_slice_in_dim(w, i * bs, bs, axis=1)
+        w_blk = jax.lax.dynamic_slice_in_dim(w, i * bs, bs, axis=axis)
         b_blk = None if bias is None else jax.lax.dynamic_slice_in_dim(bias, i * bs, bs)
         return w_blk, b_blk
 
     if not tail:
         return read, None
     lo = nfull * bs
-    return read, (w[:, lo:], None if bias is None else bias[lo:])
+    return read, (w[lo:] if vd else w[:, lo:], None if bias is None else bias[lo:])
 
 
-def _target_logit(h, w, bias, labels, softcap):
+def _target_logit(h, w, bias, labels, softcap, vd):
     """Returns (zy [N] float32 (softcapped) target logits, in_range [N] bool, W[:, y] as [N, D]).
 
     An indexed dot (P29's ``indexed_neg_dot``): only the N label columns of W are read.
     """
-    V = w.shape[1]
+    V = w.shape[0 if vd else 1]
     in_range = (labels >= 0) & (labels < V)
     safe = jnp.where(in_range, labels, 0)
-    wy = jnp.take(w, safe, axis=1).T  # [N, D]
+    wy = jnp.take(w, safe, axis=0) if vd else jnp.take(w, safe, axis=1).T  # [N, D]
     zy = jnp.einsum("nd,nd->n", h, wy, preferred_element_type=_F32)
     if bias is not None:
         zy = zy + jnp.take(bias, safe).astype(_F32)
@@ -89,12 +90,12 @@ def _target_logit(h, w, bias, labels, softcap):
     return jnp.where(in_range, zy, 0.0), in_range, wy
 
 
-def _forward(h, w, bias, labels, bs, softcap, want):
+def _forward(h, w, bias, labels, bs, softcap, want, vd):
     want_zsum, want_entropy, want_argmax = want
     N = h.shape[0]
-    V = w.shape[1]
+    V = w.shape[0 if vd else 1]
     bs, nfull, tail = _block_geometry(V, bs)
-    read, tail_blk = _blocks(w, bias, bs, nfull, tail)
+    read, tail_blk = _blocks(w, bias, bs, nfull, tail, vd)
     carry = {"m": jnp.full((N,), -jnp.inf, _F32), "s": jnp.zeros((N,), _F32)}
     if want_zsum:
         carry["zsum"] = jnp.zeros((N,), _F32)
@@ -125,13 +126,13 @@ def _forward(h, w, bias, labels, bs, softcap, want):
 
     def body(i, c):
         w_blk, b_blk = read(i)
-        return step(c, _logits(h, w_blk, b_blk, softcap), i * bs)
+        return step(c, _logits(h, w_blk, b_blk, softcap, vd), i * bs)
 
     c = jax.lax.fori_loop(0, nfull, body, carry)
     if tail_blk is not None:
-        c = step(c, _logits(h, *tail_blk, softcap), nfull * bs)
+        c = step(c, _logits(h, *tail_blk, softcap, vd), nfull * bs)
     lse = c["m"] + jnp.log(c["s"])
-    zy, _, _ = _target_logit(h, w, bias, labels, softcap)
+    zy, _, _ = _target_logit(h, w, bias, labels, softcap, vd)
     out = {"lse": lse, "zy": zy}
     ez = None
     if want_zsum:
@@ -144,24 +145,25 @@ def _forward(h, w, bias, labels, bs, softcap, want):
     return out, ez
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
-def _cce_core(h, w, bias, labels, bs, softcap, filter_eps, want):
-    out, _ = _forward(h, w, bias, labels, bs, softcap, want)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
+def _cce_core(h, w, bias, labels, bs, softcap, filter_eps, want, vd):
+    out, _ = _forward(h, w, bias, labels, bs, softcap, want, vd)
     return out
 
 
-def _cce_fwd(h, w, bias, labels, bs, softcap, filter_eps, want):
-    out, ez = _forward(h, w, bias, labels, bs, softcap, want)
+def _cce_fwd(h, w, bias, labels, bs, softcap, filter_eps, want, vd):
+    out, ez = _forward(h, w, bias, labels, bs, softcap, want, vd)
     return out, (h, w, bias, labels, out["lse"], ez)
 
 
-def _cce_bwd(bs, softcap, filter_eps, want, res, g):
+def _cce_bwd(bs, softcap, filter_eps, want, vd, res, g):
     h, w, bias, labels, lse, ez = res
     want_zsum, want_entropy, _ = want
     N, D = h.shape
-    V = w.shape[1]
+    V = w.shape[0 if vd else 1]
+    vaxis = 0 if vd else 1
     bs, nfull, tail = _block_geometry(V, bs)
-    read, tail_blk = _blocks(w, bias, bs, nfull, tail)
+    read, tail_blk = _blocks(w, bias, bs, nfull, tail, vd)
     cdt = jnp.result_type(h.dtype, w.dtype)
     g_lse = g["lse"].astype(_F32)[:, None]
     g_zsum = g["zsum"].astype(_F32)[:, None] if want_zsum else None
@@ -188,26 +190,26 @@ def _cce_bwd(bs, softcap, filter_eps, want, res, g):
 
     def contrib(dz, w_blk):
         dzc = dz.astype(cdt)
-        dh = jnp.einsum("nv,dv->nd", dzc, w_blk, preferred_element_type=_F32)
-        dw = jnp.einsum("nd,nv->dv", h, dzc, preferred_element_type=_F32)
+        dh = jnp.einsum("nv,vd->nd" if vd else "nv,dv->nd", dzc, w_blk, preferred_element_type=_F32)
+        dw = jnp.einsum("nd,nv->vd" if vd else "nd,nv->dv", h, dzc, preferred_element_type=_F32)
         db = None if bias is None else jnp.sum(dz, axis=0)
         return dh, dw, db
 
-    carry = {"dh": jnp.zeros((N, D), _F32), "dw": jnp.zeros((D, V), _F32)}
+    carry = {"dh": jnp.zeros((N, D), _F32), "dw": jnp.zeros(w.shape, _F32)}
     if bias is not None:
         carry["db"] = jnp.zeros((V,), _F32)
 
     def write(c, dh, dw, db, start):
         out = dict(c)
         out["dh"] = c["dh"] + dh
-        out["dw"] = jax.lax.dynamic_update_slice_in_dim(c["dw"], dw, start, axis=1)
+        out["dw"] = jax.lax.dynamic_update_slice_in_dim(c["dw"], dw, start, axis=vaxis)
         if bias is not None:
             out["db"] = jax.lax.dynamic_update_slice_in_dim(c["db"], db, start, axis=0)
         return out
 
     def body(i, c):
         w_blk, b_blk = read(i)
-        dz, active = grad_block(_logits(h, w_blk, b_blk, softcap))
+        dz, active = grad_block(_logits(h, w_blk, b_blk, softcap, vd))
         if active is None:
             return write(c, *contrib(dz, w_blk), i * bs)
         # Filtered block: its dW columns stay zero, dh gets nothing.
@@ -216,17 +218,18 @@ def _cce_bwd(bs, softcap, filter_eps, want, res, g):
     c = jax.lax.fori_loop(0, nfull, body, carry)
     if tail_blk is not None:
         w_t, b_t = tail_blk
-        dz, _ = grad_block(_logits(h, w_t, b_t, softcap))
+        dz, _ = grad_block(_logits(h, w_t, b_t, softcap, vd))
         c = write(c, *contrib(dz, w_t), nfull * bs)
 
     # The target term dL/dz_{i, y_i} += g_zy_i, applied with the N label columns only.
-    zy, in_range, wy = _target_logit(h, w, bias, labels, softcap)
+    zy, in_range, wy = _target_logit(h, w, bias, labels, softcap, vd)
     gy = jnp.where(in_range, g["zy"].astype(_F32), 0.0)
     if softcap is not None:
         gy = gy * (1.0 - jnp.square(zy / softcap))
     dh = c["dh"] + gy[:, None] * wy.astype(_F32)
     safe = jnp.where(in_range, labels, 0)
-    dw = c["dw"].at[:, safe].add((gy[:, None] * h.astype(_F32)).T)
+    row = gy[:, None] * h.astype(_F32)
+    dw = c["dw"].at[safe].add(row) if vd else c["dw"].at[:, safe].add(row.T)
     db = None if bias is None else c["db"].at[safe].add(gy).astype(bias.dtype)
     dlabels = np.zeros(labels.shape, dtype=jax.dtypes.float0)
     return dh.astype(h.dtype), dw.astype(w.dtype), db, dlabels
@@ -253,19 +256,25 @@ def head_stats(
     block_size: int = DEFAULT_BLOCK_SIZE,
     filter_eps: float | str | None = None,
     want: tuple[str, ...] = (),
+    head_layout: str = "dv",
 ) -> dict[str, jax.Array]:
     """Returns flat [N] per-token head quantities ``lse``, ``zy`` (target logit) and any of ``zsum``,
     ``entropy``, ``argmax`` from one vocabulary-streaming pass (the two terms of the P29 loss); differentiable.
 
-    ``hidden`` is [N, D] and ``labels`` [N] (any label outside [0, V) gets ``zy = 0``). This is the
-    unchecked kernel under :func:`cut_cross_entropy`; most users want that function.
+    ``hidden`` is [N, D] and ``labels`` [N] (any label outside [0, V) gets ``zy = 0``). ``lm_head``
+    is [D, V], or [V, D] with ``head_layout="vd"``: a tied embedding is passed as it is stored,
+    because ``embed.T`` would materialise a transposed [D, V] copy (plus its gradient) per step.
+    This is the unchecked kernel under :func:`cut_cross_entropy`; most users want that function.
     """
-    V = lm_head.shape[1]
+    if head_layout not in ("dv", "vd"):
+        raise ValueError(f"head_layout must be 'dv' ([D, V]) or 'vd' ([V, D]), got {head_layout!r}")
+    vd = head_layout == "vd"
+    V = lm_head.shape[0 if vd else 1]
     bs, _, _ = _block_geometry(V, block_size)
     flags = ("zsum" in want, "entropy" in want, "argmax" in want)
     eps = _resolve_eps(filter_eps, jnp.result_type(hidden.dtype, lm_head.dtype))
     cap = None if softcap is None else float(softcap)
-    return _cce_core(hidden, lm_head, bias, labels.astype(jnp.int32), bs, cap, eps, flags)
+    return _cce_core(hidden, lm_head, bias, labels.astype(jnp.int32), bs, cap, eps, flags, vd)
 
 
 def cut_cross_entropy(

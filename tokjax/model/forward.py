@@ -126,6 +126,13 @@ def lm_head(params: Params, cfg: ModelConfig) -> jax.Array:
     return params["embed"].T if cfg.tied_embeddings else params["lm_head"]
 
 
+def head_matrix(params: Params, cfg: ModelConfig) -> tuple[jax.Array, str]:
+    """Returns (the output matrix as stored, its layout): (embed [V, D], "vd") when tied, else
+    (lm_head [D, V], "dv"). Streaming heads read the tied embedding in place, where ``lm_head``'s
+    transpose would be a [D, V] copy (and a second gradient buffer) per training step."""
+    return (params["embed"], "vd") if cfg.tied_embeddings else (params["lm_head"], "dv")
+
+
 def unembed(
     params: Params, cfg: ModelConfig, hidden: jax.Array, *, head: jax.Array | None = None, bias: jax.Array | None = None
 ) -> jax.Array:

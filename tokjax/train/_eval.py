@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tokjax.losses import head_stats, token_stats
-from tokjax.model import ModelConfig, lm_head
+from tokjax.model import ModelConfig, head_matrix
 
 __all__ = ["evaluate", "eval_sums", "bits_per_token", "bits_per_byte", "unigram_loss"]
 
@@ -61,8 +61,9 @@ def eval_sums(params: Any, cfg: ModelConfig, batch: dict) -> tuple[jax.Array, ja
     w = jnp.where(stats.mask, stats.weights, 0.0)
     targets = jnp.asarray(batch["tokens"])[:, 1:] if "tokens" in batch else jnp.asarray(batch["targets"])
     h = stats.hidden
-    top = head_stats(h.reshape(-1, h.shape[-1]), lm_head(params, cfg).astype(cfg.dtype), targets.reshape(-1),
-                     want=("argmax",))["argmax"].reshape(targets.shape)
+    w, layout = head_matrix(params, cfg)
+    top = head_stats(h.reshape(-1, h.shape[-1]), w.astype(cfg.dtype), targets.reshape(-1),
+                     want=("argmax",), head_layout=layout)["argmax"].reshape(targets.shape)
     hit = (top == targets).astype(jnp.float32)
     return jnp.sum(w * -stats.logp), jnp.sum(w), jnp.sum(w * hit)
 
