@@ -61,8 +61,8 @@ def eval_sums(params: Any, cfg: ModelConfig, batch: dict) -> tuple[jax.Array, ja
     w = jnp.where(stats.mask, stats.weights, 0.0)
     targets = jnp.asarray(batch["tokens"])[:, 1:] if "tokens" in batch else jnp.asarray(batch["targets"])
     h = stats.hidden
-    w, layout = head_matrix(params, cfg)
-    top = head_stats(h.reshape(-1, h.shape[-1]), w.astype(cfg.dtype), targets.reshape(-1),
+    head, layout = head_matrix(params, cfg)
+    top = head_stats(h.reshape(-1, h.shape[-1]), head.astype(cfg.dtype), targets.reshape(-1),
                      want=("argmax",), head_layout=layout)["argmax"].reshape(targets.shape)
     hit = (top == targets).astype(jnp.float32)
     return jnp.sum(w * -stats.logp), jnp.sum(w), jnp.sum(w * hit)
