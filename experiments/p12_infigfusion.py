@@ -38,9 +38,6 @@ REPORTED = ("logprobs", 0.01)
 
 
 def run(quick: bool) -> Row:
-    import os
-
-    os.environ.setdefault("TOKJAX_CACHE", str(Path(__file__).resolve().parents[1] / ".cache" / "tokjax"))
     import jax
     import jax.numpy as jnp
     import numpy as np

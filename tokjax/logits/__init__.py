@@ -11,6 +11,10 @@ from tokjax.logits._transforms import (
     BanTokens, Greedy, MinP, PresencePenalty, RepetitionPenalty, Temperature, TopK, TopP, ban_tokens, greedy,
     min_p, presence_penalty, repetition_penalty, temperature, token_counts, top_k, top_p,
 )
+from tokjax.logits._hf import (
+    AllowedTokens, EpsilonCutoff, EtaCutoff, HFMinP, HFTopK, HFTopP, NoRepeatNGram, TypicalP, allowed_tokens,
+    epsilon_cutoff, eta_cutoff, hf_sampling, no_repeat_ngram, typical_p,
+)
 
 __all__ = [
     "Chain", "Identity", "LogitContext", "LogitTransform", "NamedChain", "Stats", "as_rows", "chain",
@@ -18,6 +22,9 @@ __all__ = [
     "entropy", "hparam", "masked_log_softmax", "masked_softmax", "named_chain", "sample", "target_logprobs", "BanTokens", "Greedy", "MinP", "PresencePenalty", "RepetitionPenalty",
     "Temperature", "TopK", "TopP", "ban_tokens", "greedy", "min_p", "presence_penalty", "repetition_penalty",
     "temperature", "token_counts", "top_k", "top_p",
+    # transformers' semantics and processor order
+    "AllowedTokens", "EpsilonCutoff", "EtaCutoff", "HFMinP", "HFTopK", "HFTopP", "NoRepeatNGram", "TypicalP",
+    "allowed_tokens", "epsilon_cutoff", "eta_cutoff", "hf_sampling", "no_repeat_ngram", "typical_p",
     # P30 AMU-Tuning
     "UNCERTAINTY_KINDS", "amu_fuse", "amu_init", "amu_logits", "amu_loss", "logit_standardize", "uncertainty_factor",
 ]
