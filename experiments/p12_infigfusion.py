@@ -7,18 +7,29 @@ at 14B; GLD "consistently improves fusion quality").
 
 Small-scale check: teacher = ``tokjax.pretrained("tiny-pydocs")`` (d=128, 4 layers, 1024-id BPE);
 student = a tokjax transformer (d=64, 2 layers), first trained with plain CE (the paper fuses into
-an already trained pivot; from a fresh student GLD hurt at every weight tried), then distilled on
+an already trained pivot; from a fresh student the earlier rank-slot GLD hurt at every weight tried),
+then distilled on
 the teacher's own training split of the Python-docs corpus with
 
 * baseline: ``CE + KD`` (``make_kd_loss``: Hinton KD at T=1, weight 1),
-* method:   ``CE + KD + lambda * GLD`` (``make_gld_loss``: top-k=10 co-activation graphs, sorted GW,
-  log-probability features, lambda = 0.01, fixed in advance; full mode also trains raw-logit /
-  log-prob features at other lambdas as ablations, reported in the note, never selected),
+* method:   ``CE + KD + lambda * GLD`` (``make_gld_loss``: top-k=10 co-activation graphs over vocabulary
+  channels, compared node by node on the union of both models' kept token ids, ``method="shared_vocab"``
+  (teacher and student share the vocabulary), log-probability features, lambda = 1),
 
 same seeds, start checkpoint, batches, optimiser (tokjax.train AdamW + warmup-cosine) and steps. Metrics on held-out
 windows of the teacher's validation split: bits per byte (lower is better; the headline) and
 top-1 agreement with the teacher. The verdict rule is declared below, before anything runs: GLD
 must lower held-out bits per byte by more than 0.003 with every seed.
+
+History (issue 15). The first version built its graphs over rank slots (the sorted top-k values),
+so a student whose logits were a vocabulary permutation of the teacher's had GLD = 0; it reported
+kd+gld[logprobs, 0.01] (1.802 vs KD 1.785 bpb, not-reproduced). The graphs are now over vocabulary
+channels, as the paper states, and their scale changed with them: at a CE-pretrained start (80
+steps, seed 0), on 16 training windows, the new GLD is 0.23 against KD 3.04 (old lambda 0.01 would
+make GLD 0.1% of the KD gradient). lambda was therefore re-fixed once, from that training-batch measurement and before
+any evaluation run of the new loss, to 1 (GLD about 8% of the KD value and 14% of its gradient
+norm); threshold and seeds are unchanged. The old sweep of ablations is not re-run (it tripled
+the cost); the reported variant is the only GLD arm.
 """
 
 from __future__ import annotations
@@ -32,9 +43,10 @@ if __package__ in (None, ""):  # run as `python experiments/p12_infigfusion.py`
 from experiments._harness import Row, Rule, run_cli, train_model
 
 RULE = Rule(metric="held-out bits per byte", higher_is_better=False, threshold=0.003, seeds=(0, 1, 2),
-            quick_seeds=(0, 1), reported="kd+gld[logprobs,0.01] (log-prob features, lambda 0.01), fixed in advance "
-            "(before: the best of the full-mode sweep on the evaluation windows)")
-REPORTED = ("logprobs", 0.01)
+            quick_seeds=(0, 1), reported="kd+gld[logprobs,1] (vocabulary-channel graphs compared by token id, "
+            "log-prob features, lambda 1), fixed in advance from the GLD/KD scale on a training batch (issue 15: "
+            "lambda 0.01 was fixed for the old rank-slot graphs, on another scale)")
+REPORTED = ("logprobs", 1.0)
 
 
 def run(quick: bool) -> Row:
@@ -54,8 +66,7 @@ def run(quick: bool) -> Row:
     data = TokenDataset.from_corpus("pydocs", tok, seq_len=seq, val_fraction=0.1, seed=0)
     warm_steps, steps = (80, 80) if quick else (300, 400)
     seeds = RULE.run_seeds(quick)
-    # (values, lambda): the reported variant first; full mode adds ablations (reported, never selected)
-    variants = (REPORTED,) if quick else (REPORTED, ("logits", 0.001), ("logits", 0.01), ("logprobs", 0.1))
+    variants = (REPORTED,)
     B, k = 16, 10
     n_eval = 48 if quick else 256
     s_cfg = tokjax.ModelConfig(vocab_size=teacher.cfg.vocab_size, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
@@ -79,7 +90,8 @@ def run(quick: bool) -> Row:
 
     methods = {"kd": make_kd_loss(t_pair, ce_weight=1.0, kd_weight=1.0)}
     for values, lam in variants:
-        methods[f"kd+gld[{values},{lam:g}]"] = make_gld_loss(t_pair, k=k, values=values, gld_weight=lam)
+        methods[f"kd+gld[{values},{lam:g}]"] = make_gld_loss(t_pair, k=k, values=values, gld_weight=lam,
+                                                              method="shared_vocab")
     # AdamW 3e-3, 20 warm-up steps, cosine decay; batches of B windows of the train split in an order fixed by seed
     opt = dict(lr=3e-3, warmup_steps=20, weight_decay=0.1, batch_size=B)
 
@@ -105,12 +117,16 @@ def run(quick: bool) -> Row:
     note = (f"{detail}. Teacher bpb {data.bits_per_byte(t_nll):.4f}; CE-pretrained start "
             f"{np.mean(warm_bpb):.4f} ({warm_steps} steps). Final train GLD: "
             f"{', '.join(f'{m} {v:.3g}' for m, v in gld_seen.items())}. {steps} distillation steps x {B}x{seq} tokens, "
-            f"AdamW 3e-3 warmup-cosine, {n_eval} held-out windows; top-k={k} graphs, 'aligned' sorted GW (the paper's "
-            f"exact sorted statistic, k and lambda unverified). From a fresh student GLD hurt badly at every weight "
-            f"tried (raw logits, lambda 0.01: +0.25 bpb), so students start from a CE-pretrained checkpoint.")
+            f"AdamW 3e-3 warmup-cosine, {n_eval} held-out windows; top-k={k} co-activation graphs over vocabulary "
+            f"channels, compared by token id on the union of kept ids ('shared_vocab'; k and lambda unverified: "
+            f"no criterion code). Per-seed bpb, kd: {', '.join(f'{r[0]:.4f}' for r in res['kd'])}; {best}: "
+            f"{', '.join(f'{r[0]:.4f}' for r in res[best])}. Students start from a CE-pretrained checkpoint (the "
+            f"paper fuses into a trained pivot). Rerun for issue 15 after the rank-slot graph fix (the old graphs "
+            f"gave a vocabulary-permuted student GLD = 0).")
     return Row(
         pid="P12",
-        claim="adding Graph-on-Logits Distillation (top-k co-activation graphs, sorted GW) to logit KD improves the student",
+        claim=("adding Graph-on-Logits Distillation (top-k co-activation graphs over vocabulary channels) to logit KD "
+               "improves the student"),
         setting=(f"teacher tiny-pydocs (d=128x4, V=1024) -> CE-pretrained student d=64x2 on the pydocs train split, "
                  f"{len(seeds)} seeds, {steps} distillation steps"),
         baseline_name="CE + KD (T=1)",

@@ -411,9 +411,10 @@ def _register_builtins() -> None:
                   models=("teacher",))
     register_loss("gld", _gld_factory,
                   {"teacher": "pretrained:tiny-pydocs", "k": 10, "gld_weight": 1.0, "kd_weight": 1.0,
-                   "ce_weight": 1.0, "temperature": 1.0, "values": "logits", "method": "aligned",
+                   "ce_weight": 1.0, "temperature": 1.0, "values": "logits", "method": "shared_vocab",
                    "reduction": "token_mean"},
-                  doc="P12 InfiGFusion: CE + KD + Graph-on-Logits distillation (sorted Gromov-Wasserstein)",
+                  doc="P12 InfiGFusion: CE + KD + Graph-on-Logits distillation (co-activation graphs over "
+                      "vocabulary channels)",
                   models=("teacher",))
     register_loss("dual_head_kd", _dual_head_kd_factory,
                   {"teacher": "pretrained:tiny-pydocs", "gamma": 1.0, "alpha": 1.0, "temperature": 2.0,
