@@ -18,8 +18,8 @@ PROMPT_LEN = 48
 
 # ---------------------------------------------------------------------------- artefact cache
 def cached(name: str):
-    """Returns the path of an experiment artefact under the TOKJAX cache (directory created)."""
-    from tokjax.pretrained import cache_root
+    """Returns the path of an experiment artefact under ``$TOKJAX_CACHE/experiments`` (directory created)."""
+    from tokjax._paths import cache_root
 
     d = cache_root() / "experiments"
     d.mkdir(parents=True, exist_ok=True)

@@ -1,32 +1,41 @@
-"""P16 SkipDecode: a shared, non-increasing per-position layer budget (lower-middle layers skipped) saves compute.
+"""P16 SkipDecode on SmolLM2-135M-Instruct: a shared, non-increasing per-position layer budget (lower-middle
+layers skipped) speeds up decoding with negligible regression.
 
 Paper claim (Del Corro et al., arXiv 2307.02628): skipping lower-middle layers with one exit point
 per sequence position, monotonically decreasing (so batching and the KV cache keep working),
 after fine-tuning with the same schedule, gives 2-5x speedups with negligible regression (OPT
 1.3B/6.7B).
 
-Small-scale check on the cached ``tiny-pydocs`` model (4 layers): linear schedule from 4 to 2
-active layers over the generated positions (warm-up layer 0 always runs, then the top layers).
+Setting: the real model, ``tokjax.pretrained("smollm2-135m-instruct")`` (30 layers, d=576, fp32,
+CPU). Schedule fixed in advance: linear from 30 to 15 active layers over the first 32 generated
+tokens, then 15 (warm-up layer 0 always runs, then the top layers), i.e. a 2x layer budget at the
+tail.
 
-* Quality: bits per byte and top-1 agreement with the full model on the pydocs validation
-  windows (16-token prompt at full depth, the schedule over the next 48 positions), for the
-  original model run under the schedule and for a copy fine-tuned with the same schedule
-  (``skipdecode_loss``; cached under the TOKJAX cache), against full-depth decoding.
-  A control gets the same extra fine-tuning with the plain loss (the pretrained model is
-  under-trained, so any extra training helps); the regression is measured against it.
-* Compute and speed: mean active layers per generated token, and wall-clock of ``generate`` with
-  the SkipDecode strategy vs plain decoding (batch 1 and 8, min over interleaved repeats).
+* Fine-tuning with the schedule (``skipdecode_loss`` through ``tokjax.train.train``), cut to the
+  CPU budget: the paper fine-tunes the whole model; here a trainable subset (the RMSNorm gains and
+  the two projections that write into the residual stream, ``wo`` and ``w_down``, of every layer:
+  36M of 135M parameters) for ``STEPS`` (40) AdamW steps of 2 windows x 64 tokens of the bundled pydocs +
+  stdlib training documents (16-token prefix at full depth, the schedule over the next 48
+  positions). Cached under the TOKJAX cache; ``--quick`` reuses it, or fine-tunes 5 steps when
+  it is missing.
+* Quality: next-token loss (nats/token) and top-1 agreement with the unskipped original model on
+  held-out windows (the same prefix/schedule layout), for the original model under the schedule
+  and the fine-tuned one under the schedule.
+* Speed: layers evaluated per generated token, and wall-clock of ``generate`` with the SkipDecode
+  strategy vs plain tokjax greedy decoding on chat-template prompts (code edit, summarise, open
+  chat; batch 1; fixed number of new tokens), arms interleaved A/B/A/B, median per prompt, with
+  the load average of the shared machine.
 
-The verdict rules are declared below, before anything runs. The row's verdict is the quality
-claim: the skip-tuned model under the schedule within 5% of the control's full-depth bits per byte
-(a non-inferiority margin on their ratio). The speed claim -- ``generate`` with the SkipDecode
-strategy faster in wall-clock than plain decoding (mean speedup over batch 1 and 8 above 1.0x) --
-has its own rule, reported in the note with the layers saved (on CPU the timing is noisy at the
-1-2% level, so the quality rule carries the row).
+Verdict (declared before anything runs): the claim is a speedup *with* negligible regression, so
+both rules must hold: ``RULE_QUALITY`` (fine-tuned model under the schedule within 5% of the
+original full-depth held-out loss) and ``RULE`` (mean wall-clock speedup above 1.2x). The row
+shows the first rule that fails (quality first), or the speed rule when both pass.
 """
 
 from __future__ import annotations
 
+import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -34,48 +43,75 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python experiments/p16_skipdecode.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments._common import cached, compare_speed, load_setup, load_tree, make_prompts, save_tree  # noqa: E402
+from experiments._common import cached, load_tree, save_tree  # noqa: E402
 from experiments._harness import Row, Rule, run_cli  # noqa: E402
 
-# Non-inferiority on the ratio to the control (baseline 1.0): "diff > -0.05" means within 5%.
-RULE = Rule(metric="bits per byte, skip-tuned under the schedule / control at full depth", higher_is_better=False,
-            threshold=-0.05, seeds=(0,),
-            reported="the skip-tuned model under the linear 4->2 schedule (horizon 24, warm-up 1), fixed in advance")
-# Baseline 1.0 = plain decoding against itself: "diff > 0" means faster.
-RULE_SPEED = Rule(metric="wall-clock speedup of generate over plain decoding (mean of batch 1 and 8)",
-                  higher_is_better=True, threshold=0.0, seeds=(0,))
+# Baseline 1.0 = plain decoding against itself: "diff > 0.2" means more than 1.2x faster.
+RULE = Rule(metric="mean wall-clock speedup of generate with SkipDecode over plain greedy (batch 1)",
+            higher_is_better=True, threshold=0.2, seeds=(0,),
+            reported="the schedule-fine-tuned model, linear 30->15 layers over 32 tokens, warm-up 1, fixed in advance")
+# Non-inferiority on the ratio to the original full-depth loss (baseline 1.0): "diff > -0.05" = within 5%.
+RULE_QUALITY = Rule(metric="held-out loss, fine-tuned under the schedule / original at full depth",
+                    higher_is_better=False, threshold=-0.05, seeds=(0,),
+                    reported="the schedule-fine-tuned model under the same schedule, fixed in advance")
 
-PROMPT, HORIZON, NEW = 16, 24, 48  # the decay reaches 2 layers half-way through the 48 generated tokens
+MODEL = "smollm2-135m-instruct"
+MIN_LAYERS, MAX_LAYERS, HORIZON, WARMUP = 15, 30, 32, 1
+PREFIX, WINDOW = 16, 64  # training/eval windows: 16 tokens at full depth, the schedule over the next 48
+STEPS, BATCH, LR = 40, 2, 2e-4
+TRAINABLE = ("layers/attn_norm", "layers/mlp_norm", "layers/wo", "layers/w_down", "final_norm")
+WIDTH = 384  # prompts are right-padded to this width so every prompt reuses one compiled decode
+CHAT = ("What are some good ways to stay focused while studying?", "Write a short poem about the sea.",
+        "Explain how a bicycle stays upright when it moves.")
 
 
 def schedule():
     from tokjax.decoding.skipdecode import skipdecode
 
-    return skipdecode(min_layers=2, max_layers=4, horizon=HORIZON, warmup=1)
+    return skipdecode(min_layers=MIN_LAYERS, max_layers=MAX_LAYERS, horizon=HORIZON, warmup=WARMUP)
 
 
-def get_finetuned(model, dataset, steps: int, *, skip: bool):
-    """Returns the model fine-tuned for ``steps`` with the skip schedule (``skip``) or the plain loss (control); cached."""
+def corpus_windows(tok):
+    """Returns (train windows, held-out windows), int32 [N, WINDOW + 1] of pydocs + stdlib (fixed document split)."""
+    import numpy as np
+
+    from tokjax.data import load_corpus, pack_sequences, split_corpus
+
+    splits = [split_corpus(load_corpus("pydocs"), val_fraction=0.1, seed=0),
+              split_corpus(load_corpus("stdlib", max_bytes=600_000).documents, val_fraction=0.2, seed=0)]
+    out = []
+    for part in (0, 1):
+        out.append(np.concatenate([pack_sequences([tok.encode(d) for d in s[part]], WINDOW) for s in splits]))
+    return out[0].astype(np.int32), out[1].astype(np.int32), splits
+
+
+def get_finetuned(model, windows, steps: int):
+    """Returns (model fine-tuned with the skip schedule for ``steps`` on the TRAINABLE subset, how); cached."""
     from tokjax.decoding.skipdecode import skipdecode_loss
     from tokjax.model import Model
-    from tokjax.train import TrainConfig, next_token_loss, train
+    from tokjax.train import TrainConfig, train
 
-    tag = f"skipft_n2-4_h{HORIZON}_p{PROMPT}" if skip else "plainft"
-    path = cached(f"p16_{tag}_s{steps}.npz")
+    tag = f"n{MIN_LAYERS}-{MAX_LAYERS}_h{HORIZON}_w{WARMUP}_p{PREFIX}_t{WINDOW}_b{BATCH}_lr{LR:g}_norms-wo-wdown"
+    path = cached(f"p16_smollm2_skipft_{tag}_s{steps}.npz")
     if path.is_file():
-        return Model(params=load_tree(path, model.params), cfg=model.cfg)
+        return Model(params=load_tree(path, model.params), cfg=model.cfg), f"{steps} steps (cached)"
     t0 = time.perf_counter()
-    tcfg = TrainConfig(lr=1e-3, warmup_steps=max(1, steps // 10), total_steps=steps, weight_decay=0.0, batch_size=16,
-                       seq_len=dataset.train.shape[1] - 1, log_every=25, eval_every=0)
-    loss = skipdecode_loss(schedule(), prompt_length=PROMPT) if skip else next_token_loss
-    tuned, _ = train(model.cfg, tcfg, {"train": dataset.train}, loss_fn=loss, params=model.params, progress=False)
+    tcfg = TrainConfig(lr=LR, warmup_steps=max(1, steps // 10), total_steps=steps, weight_decay=0.0, grad_clip=1.0,
+                       batch_size=BATCH, seq_len=WINDOW, log_every=max(1, steps // 6), eval_every=0,
+                       checkpoint_every=0, trainable=TRAINABLE)
+    tuned, _ = train(model.cfg, tcfg, {"train": windows}, loss_fn=skipdecode_loss(schedule(), prompt_length=PREFIX),
+                     params=model.params, progress=False)
     save_tree(path, tuned.params)
-    print(f"p16: fine-tuned ({tag}) in {time.perf_counter() - t0:.0f} s", flush=True)
-    return tuned
+    secs = time.perf_counter() - t0
+    print(f"p16: fine-tuned with the schedule ({steps} steps) in {secs:.0f} s", flush=True)
+    return tuned, f"{steps} steps (trained now, {secs:.0f} s)"
 
 
-def evaluate(model, windows, strat, full_model) -> dict:
-    """Returns mean nats/token and top-1 agreement with ``full_model`` on positions >= PROMPT - 1 under ``strat``."""
+def evaluate(cfg, arms: dict, windows, batch: int = 8) -> dict:
+    """Returns {arm: {"nll", "agree"}} on positions >= PREFIX - 1 of ``windows``; ``arms`` = {name: (params, strategy)}.
+
+    ``agree``: top-1 agreement with the first arm (the reference, run at full depth).
+    """
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -84,86 +120,148 @@ def evaluate(model, windows, strat, full_model) -> dict:
     from tokjax.logits import target_logprobs
     from tokjax.model import Inputs, forward
 
-    cfg = model.cfg
-
     @jax.jit
-    def stats(params, full_params, toks):
-        x, y = toks[:, :-1], toks[:, 1:]
+    def fwd(params, counts, warmup, x):
         B, T = x.shape
-        mask = layer_mask(strat.counts(cfg, T), strat.warmup, cfg.n_layers, T, jnp.full((B,), PROMPT, jnp.int32))
-        logits = forward(params, cfg, Inputs(tokens=x), hooks=skip_hooks(mask)).logits
-        ref = forward(full_params, cfg, Inputs(tokens=x)).logits
-        nll = -target_logprobs(logits, y)  # logits in hand: the skip hooks are not a token_stats option
-        keep = (jnp.arange(T) >= PROMPT - 1)[None, :]
-        agree = jnp.argmax(logits, -1) == jnp.argmax(ref, -1)
-        return jnp.sum(nll * keep), jnp.sum(agree * keep), jnp.sum(keep * jnp.ones_like(nll))
+        mask = layer_mask(counts, warmup, cfg.n_layers, T, jnp.full((B,), PREFIX, jnp.int32))
+        return forward(params, cfg, Inputs(tokens=x), hooks=skip_hooks(mask)).logits
 
-    tot = np.zeros(3)
-    for i in range(0, len(windows), 32):
-        tot += np.array([float(v) for v in stats(model.params, full_model.params, jnp.asarray(windows[i:i + 32]))])
-    return {"nll": tot[0] / tot[2], "agree": tot[1] / tot[2]}
+    sums = {a: np.zeros(3) for a in arms}
+    for i in range(0, len(windows), batch):
+        toks = jnp.asarray(windows[i:i + batch])
+        x, y = toks[:, :-1], toks[:, 1:]
+        keep = np.arange(x.shape[1]) >= PREFIX - 1
+        ref = None
+        for a, (params, strat) in arms.items():
+            logits = fwd(params, strat.counts(cfg, x.shape[1]), jnp.asarray(strat.warmup, jnp.int32), x)
+            top = np.asarray(jnp.argmax(logits, -1))
+            ref = top if ref is None else ref
+            nll = np.asarray(-target_logprobs(logits, y))
+            sums[a] += [nll[:, keep].sum(), (top == ref)[:, keep].sum(), keep.sum() * x.shape[0]]
+    return {a: {"nll": s[0] / s[2], "agree": s[1] / s[2]} for a, s in sums.items()}
 
 
-def run(quick: bool) -> Row:
-    import math
+def chat_prompts(tok, splits, n: int, seed: int = 0) -> dict:
+    """Returns {kind: [prompt ids]}: ``n`` chat-template prompts each of code editing, summarisation, open chat."""
+    import re
+    import textwrap
 
     import numpy as np
 
+    rng = np.random.default_rng(seed)
+    funcs = []
+    for d in splits[1][1]:
+        lines = d.splitlines()
+        for i, line in enumerate(lines):
+            m = re.match(r"( *)def \w+\(", line)
+            if m:
+                j = i + 1
+                while j < len(lines) and (not lines[j].strip() or len(lines[j]) - len(lines[j].lstrip()) > len(m.group(1))):
+                    j += 1
+                if 8 <= j - i <= 30:
+                    funcs.append(textwrap.dedent("\n".join(lines[i:j]).rstrip()))
+    paras = [p for d in splits[0][1] for p in d.split("\n\n") if 500 <= len(p) <= 1400]
+    texts = {"code": [f"Add type hints and a short docstring to this Python function. Keep the rest of the code "
+                      f"unchanged.\n\n```python\n{funcs[i]}\n```" for i in rng.permutation(len(funcs))],
+             "summarise": [f"Summarise the following text in two or three sentences.\n\n{paras[i]}"
+                           for i in rng.permutation(len(paras))],
+             "chat": list(CHAT)}
+    out = {}
+    for kind, cands in texts.items():
+        ids = (tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True) for t in cands)
+        out[kind] = [[int(i) for i in x] for x in ids if len(x) <= WIDTH][:n]
+    return out
+
+
+def run(quick: bool) -> Row:
+    import numpy as np
+
+    import tokjax
+    from tokjax import logits as Lg
     from tokjax.decoding.skipdecode import mean_active_layers, skipdecode
 
-    model, tok, ds = load_setup()
+    model, tok = tokjax.pretrained(MODEL)
     L = model.cfg.n_layers
-    steps = 150 if quick else 800
-    reps = 5 if quick else 9
-    batches = (1, 8)
-    val = ds.val if not quick else ds.val[:128]
-    bpt = ds.bytes_per_token
-    to_bpb = lambda nll: nll / math.log(2) / bpt  # noqa: E731
+    new = 64 if quick else 128
+    reps = 2 if quick else 3
+    train_w, val_w, splits = corpus_windows(tok)
+    val_w = val_w[:: max(1, len(val_w) // (8 if quick else 24))][: 8 if quick else 24]
+    have_full = cached("x").parent.joinpath(f"p16_smollm2_skipft_n{MIN_LAYERS}-{MAX_LAYERS}_h{HORIZON}_w{WARMUP}_p{PREFIX}"
+                                           f"_t{WINDOW}_b{BATCH}_lr{LR:g}_norms-wo-wdown_s{STEPS}.npz").is_file()
+    tuned, how = get_finetuned(model, train_w, STEPS if (not quick or have_full) else 5)
 
     strat, full = schedule(), skipdecode()  # full: every layer at every position
-    tuned = get_finetuned(model, ds, steps, skip=True)
-    control = get_finetuned(model, ds, steps, skip=False)  # same extra training, plain loss, full depth
-    q_full = evaluate(model, val, full, model)
-    q_control = evaluate(control, val, full, model)
-    q_skip = evaluate(model, val, strat, model)
-    q_tuned = evaluate(tuned, val, strat, model)
-    q_tuned_full = evaluate(tuned, val, full, model)
-    layers = mean_active_layers(strat, model.cfg, NEW)
+    q = evaluate(model.cfg, {"full": (model.params, full), "skip": (model.params, strat),
+                             "tuned_skip": (tuned.params, strat)}, val_w)
+    layers = mean_active_layers(strat, model.cfg, new)
 
-    speeds = []
-    for B in batches:
-        prompts = make_prompts(tok, "prose", B, seed=B)
-        res = compare_speed(tuned, prompts, {"plain": None, "skipdecode": strat}, NEW, reps)
-        speeds.append((B, res["plain"][0] / res["skipdecode"][0], res["skipdecode"][1].stats["forward_calls"]))
-    wall = float(np.mean([s for _, s, _ in speeds]))
+    prompts = chat_prompts(tok, splits, 1 if quick else 2)
 
-    reg = to_bpb(q_tuned["nll"]) / to_bpb(q_control["nll"]) - 1
-    saved = 1 - layers / L
-    speed = RULE_SPEED.verdict([wall], [1.0])
+    def go(m, ids, strategy):
+        buf = np.zeros((1, WIDTH), np.int32)
+        buf[0, :len(ids)] = ids
+        return tokjax.generate(m, buf, prompt_lengths=[len(ids)], max_new_tokens=new, logits=Lg.greedy(),
+                               strategy=strategy)  # no eos: every arm decodes the same number of tokens
+
+    arms = {"plain": (model, None), "skipdecode": (tuned, strat)}
+    if not quick:  # the strategy at full depth: its own overhead, apart from the layers it skips
+        arms["skipdecode-all-layers"] = (model, full)
+    first = next(iter(prompts.values()))[0]
+    for m, s in arms.values():  # compile, untimed
+        go(m, first, s)
+    load0 = os.getloadavg()
+    speeds, match, overhead = {}, [], []
+    for kind, ps in prompts.items():
+        for ids in ps:
+            times, outs = {a: [] for a in arms}, {}
+            for _ in range(reps):
+                for a, (m, s) in arms.items():
+                    t0 = time.perf_counter()
+                    outs[a] = go(m, ids, s)
+                    times[a].append(time.perf_counter() - t0)
+            speeds.setdefault(kind, []).append(statistics.median(times["plain"]) / statistics.median(times["skipdecode"]))
+            if "skipdecode-all-layers" in times:
+                overhead.append(statistics.median(times["plain"]) / statistics.median(times["skipdecode-all-layers"]))
+            a, b = outs["plain"].completions()[0], outs["skipdecode"].completions()[0]
+            match.append(float(np.mean(a == b)))
+    load1 = os.getloadavg()
+    wall = float(np.mean([s for v in speeds.values() for s in v]))
+
+    ratio = q["tuned_skip"]["nll"] / q["full"]["nll"]
+    v_quality = RULE_QUALITY.verdict([ratio], [1.0])
+    v_speed = RULE.verdict([wall], [1.0])
+    verdict = v_quality if v_quality.status != "reproduced" else v_speed
     note = (
-        f"Schedule n(s) = max(2, 4 - floor(2 s / {HORIZON})), warm-up layer 0, top layers kept: {layers:.2f} of {L} "
-        f"layers per token over {NEW} generated tokens ({saved:.0%} fewer). Bits/byte on {len(val)} pydocs val windows "
-        f"(positions >= {PROMPT - 1}): original full model {to_bpb(q_full['nll']):.3f}; control fine-tuned "
-        f"{steps} steps with the plain loss, full depth {to_bpb(q_control['nll']):.3f}; original model under the schedule "
-        f"{to_bpb(q_skip['nll']):.3f} (top-1 agreement with full {q_skip['agree']:.2f}); fine-tuned with the schedule "
-        f"({steps} AdamW steps) {to_bpb(q_tuned['nll']):.3f} (agreement {q_tuned['agree']:.2f}; the same fine-tuned "
-        f"model at full depth {to_bpb(q_tuned_full['nll']):.3f}). Regression of the skip-tuned model under the schedule vs the control at full depth: "
-        f"{reg:+.1%}. Wall-clock speedup of generate (SkipDecode strategy vs plain, {NEW} new tokens, min over "
-        f"{reps} interleaved repeats): " + ", ".join(f"B={B}: {s:.2f}x" for B, s, _ in speeds) + f" (faster: {speed.status})" +
-        ". On CPU a 4-layer d=128 step is dominated by fixed per-step overhead, so skipping a layer saves less than "
-        "its share of FLOPs; the 2-5x of the paper needs deep models (24-32 layers) and more aggressive budgets.")
+        f"Schedule n(s) = max({MIN_LAYERS}, {MAX_LAYERS} - floor({MAX_LAYERS - MIN_LAYERS} s / {HORIZON})), warm-up "
+        f"layer 0, then the top n-1 layers: {layers:.2f} of {L} layers per token over {new} generated tokens "
+        f"({L / layers:.2f}x fewer layer evaluations). Fine-tuning actually run (the paper fine-tunes the whole "
+        f"model; this is what fits 2 shared CPU cores): {how} of tokjax.train with skipdecode_loss, trainable subset "
+        f"{', '.join(TRAINABLE)} (36M of 135M parameters), AdamW lr {LR:g} warmup-cosine, batch {BATCH} x {WINDOW} "
+        f"tokens of pydocs+stdlib training windows, first {PREFIX} tokens at full depth. Held-out loss (nats/token, "
+        f"{len(val_w)} windows, positions >= {PREFIX - 1}): original full depth {q['full']['nll']:.3f}; original under "
+        f"the schedule {q['skip']['nll']:.3f} (top-1 agreement with the unskipped model {q['skip']['agree']:.2f}); "
+        f"fine-tuned under the schedule {q['tuned_skip']['nll']:.3f} (agreement {q['tuned_skip']['agree']:.2f}). Loss ratio fine-tuned-skipped / original {ratio:.3f} "
+        f"(quality verdict: {v_quality.status}). Wall-clock speedup of generate (SkipDecode vs plain greedy, "
+        f"{new} new tokens, batch 1, median of {reps} interleaved repeats per prompt): "
+        + ", ".join(f"{k} {np.mean(v):.2f}x" for k, v in speeds.items())
+        + f"; mean {wall:.2f}x (speed verdict: {v_speed.status}). Generated tokens equal to plain greedy's, by "
+        f"position: {np.mean(match):.0%}." + (f" The SkipDecode strategy running all {L} layers: {np.mean(overhead):.2f}x "
+        f"plain (its per-layer lax.cond overhead)." if overhead else "") + f" Load average before/after timing: {load0[0]:.2f}/{load1[0]:.2f} (1 min), "
+        f"{load0[1]:.2f}/{load1[1]:.2f} (5 min) on 2 shared cores."
+    )
     return Row(
         pid="P16",
         claim="SkipDecode: per-position non-increasing layer skipping (batch- and KV-cache-compatible) speeds up "
               "decoding with negligible regression",
-        setting=f"tiny-pydocs (4 layers, d=128) on CPU, linear 4->2 active layers over {HORIZON} positions, warm-up 1, "
-                f"fine-tuned with the schedule ({steps} steps)",
-        baseline_name="full depth, same extra fine-tuning with the plain loss (bits per byte)",
-        baseline_value=round(to_bpb(q_control["nll"]), 4),
-        method_value=round(to_bpb(q_tuned["nll"]), 4),
-        metric=f"bits per byte on scheduled positions (lower is better; verdict on the ratio); wall-clock speedup "
-               f"{wall:.2f}x at {layers:.2f}/{L} layers",
-        verdict=RULE.verdict([1 + reg], [1.0]),
+        setting=f"SmolLM2-135M-Instruct (30 layers, d=576, fp32) on 2 CPU cores, linear {MAX_LAYERS}->{MIN_LAYERS} "
+                f"active layers over {HORIZON} tokens, warm-up {WARMUP}, schedule fine-tuning of a trainable subset "
+                f"({how})",
+        baseline_name="plain tokjax greedy decoding, original model at full depth",
+        baseline_value=round(q["full"]["nll"], 4),
+        method_value=round(q["tuned_skip"]["nll"], 4),
+        metric=f"held-out loss nats/token (lower is better; verdict on the ratio and the speed); wall-clock speedup "
+               f"{wall:.2f}x at {layers:.2f}/{L} layers per token",
+        verdict=verdict,
         note=note,
     )
 

@@ -2,25 +2,30 @@
 
 Paper claim (Luo et al., ACL 2025): storing the top-8 candidates of every decoded position in a
 [V, 8] matrix, drafting an 80-node static tree from it by BFS and verifying in one call gives
-~2x wall-clock speedup (Spec-Bench, 7B-33B, greedy), above prompt-lookup style train-free drafts.
+~2x wall-clock speedup (Spec-Bench, 7B-33B, greedy, GPU), above prompt-lookup style drafts.
 
-Small-scale check: target = ``tokjax.pretrained("tiny-pydocs")`` (0.87M params), greedy decoding.
+Real-model check: target = ``tokjax.pretrained("smollm2-135m-instruct")`` (SmolLM2-135M-Instruct,
+fp32, 30 layers, d=576, V=49152), greedy decoding, batch 1, on CPU.
 
-* tasks: "code" -- prompts cut from the Python standard library sources (``tokjax.data``
-  corpus "stdlib"), repetitive; "prose" -- prompts from the Python docs topics (the model's own
-  training distribution), less repetitive;
-* methods: plain greedy ``generate``; ``speculative(prompt_lookup(3, 8), greedy())`` (the core's
-  PLD baseline); ``speculative(recycling(), greedy())`` with the paper's "2.2.2" tree and with a
-  14-node "small" tree (cheaper verification on CPU);
-* metrics: tokens per target call (per row), wall-clock speedup over plain greedy (compile
-  excluded; best of a few repeats), at batch 1 (prompts one by one) and batch 8; in full mode
-  also the hot-start effect (a second prompt set decoded with the table left by the first).
+* prompts (``tok.apply_chat_template``): "code" -- code editing (the answer copies the prompt's
+  code; the ``make demo`` prompt first), "summary" -- summarising CPython's bundled help text
+  (``pydoc_data.topics``), both repetitive; "chat" -- open questions (not repetitive). --quick:
+  one prompt per task, 48 new tokens; full: two per task, 96 new tokens. Every prompt is padded to
+  one width (one compiled loop per method) and stops at the chat template's end-of-turn token;
+* methods: plain greedy ``generate``; ``speculative(recycling(), greedy())`` with the paper's
+  "2.2.2" 80-node tree (cold table per request); full mode adds the 14-node "small" tree (the
+  ``make demo`` choice for CPU) and the core's prompt lookup ``prompt_lookup(3, 8)`` as the
+  train-free baseline, plus the hot-start effect (table carried from request to request);
+* timing: per prompt the arms run interleaved A/B/A/B (other jobs share the 2 cores), each arm's
+  median counts, a task's speed-up is total plain time / total method time; compile is excluded
+  (one untimed pass first); ``os.getloadavg()`` is reported with the row. Tokens per target call
+  (load-independent) and identical tokens to plain greedy are reported for every arm.
 
 Verdict (``RULE``, declared before anything runs): Token Recycling with the paper's "2.2.2" tree
-(fixed in advance) must beat plain decoding's 1.0x wall-clock at batch 1 on code by more than 0.5
-(>= 1.5x, the issue's target). The other targets are ``RULE_TPC`` (>= 2 tokens per call at batch
-1 on code: more than 1.0 above plain's 1.0) and ``RULE_B8`` (faster than plain at batch 8 on
-code); their verdicts are in the note.
+(fixed in advance) must beat plain decoding's 1.0x wall-clock on code editing at batch 1 by more
+than 0.5 (>= 1.5x, the issue's target). ``RULE_TPC``: more than 2 tokens per target call on code
+editing (1.0 above plain's 1); ``RULE_LOSSLESS``: every output equal to plain greedy; their
+verdicts are in the note.
 """
 
 from __future__ import annotations
@@ -31,87 +36,75 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python experiments/p45_token_recycling.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments._common import bench, fmt, load_target, summarize, task_prompts  # noqa: E402
 from experiments._harness import Row, Rule, run_cli  # noqa: E402
+from experiments._realmodel import ab_bench, fmt, real_prompts, summarize  # noqa: E402
 
-RULE = Rule(metric="wall-clock speedup over plain greedy, batch 1, code", higher_is_better=True, threshold=0.5,
-            seeds=(0,), reported="speculative(recycling(), greedy) with the paper's 2.2.2 tree, fixed in advance")
-RULE_TPC = Rule(metric="tokens per target call, batch 1, code", higher_is_better=True, threshold=1.0, seeds=(0,),
-                reported="the 2.2.2 tree vs plain decoding's 1 token per call")
-RULE_B8 = Rule(metric="wall-clock speedup over plain greedy, batch 8, code", higher_is_better=True, threshold=0.0,
-               seeds=(0,), reported="the 2.2.2 tree")
+RULE = Rule(metric="wall-clock speedup over plain greedy, batch 1, code editing, SmolLM2-135M", higher_is_better=True,
+            threshold=0.5, seeds=(0,),
+            reported="speculative(recycling(), greedy) with the paper's 2.2.2 tree, cold table, fixed in advance")
+RULE_TPC = Rule(metric="tokens per target call, batch 1, code editing", higher_is_better=True, threshold=1.0,
+                seeds=(0,), reported="the 2.2.2 tree vs plain decoding's 1 token per call")
+RULE_LOSSLESS = Rule(metric="outputs that differ from plain greedy", higher_is_better=False, threshold=-0.5,
+                     seeds=(0,), reported="every speculative arm")
 
-
+# ---------------------------------------------------------------- the experiment
 def run(quick: bool) -> Row:
     import jax
 
+    import tokjax
+    from tokjax import logits as L
     from tokjax.decoding import drafts, verify
     from tokjax.decoding.speculative import speculative
-    from tokjax.decoding import generate
     from tokjax.decoding.token_recycling import recycling
 
-    model, tok = load_target()
-    P, NEW = (64, 64) if quick else (96, 128)
-    n1, n8 = (3, 8) if quick else (8, 16)
+    model, tok = tokjax.pretrained("smollm2-135m-instruct", progress=False)
+    per_task, NEW, reps = (1, 48, 2) if quick else (2, 96, 2)
+    prompts = real_prompts(tok, per_task)
     g = verify.greedy()
-    methods = {
-        "plain": None,
-        "pld": speculative(drafts.prompt_lookup(max_ngram=3, num_draft=8), g),
-        "tr-2.2.2": speculative(recycling(), g),
-    }
+    methods = {"plain": None, "tr-2.2.2": speculative(recycling(), g)}
     if not quick:
         methods["tr-small"] = speculative(recycling(template="small"), g)
-    out = {}
-    for task in ("code",) if quick else ("code", "prose"):
-        prompts = task_prompts(tok, task, max(n1, n8), P, seed=1)
-        for B, n in ((1, n1), (8, n8)):
-            res = bench(model, methods, prompts[:n], B, NEW, reps=2 if quick else 3)
-            out[(task, B)] = summarize(res)
-            if (task, B) == ("code", 1):
-                pos_acc = [round(x, 2) for x in (res["tr-2.2.2"]["pos_acc"] or [])]
-            print(task, B, fmt(out[(task, B)]), flush=True)
-    hot = ""
-    if not quick:
-        from tokjax import logits as L
+        methods["pld"] = speculative(drafts.prompt_lookup(max_ngram=3, num_draft=8), g)
+    res, loads = ab_bench(model, tok, prompts, methods, NEW, reps)
+    summary = summarize(res)
+    print(fmt(summary), flush=True)
 
-        first = task_prompts(tok, "code", 8, P, seed=2)
-        second = task_prompts(tok, "code", 8, P, seed=3)
-        strat = methods["tr-2.2.2"]
-        table = None
-        for row in first:  # warm the table request by request
-            table = generate(model, [row.tolist()], strategy=strat, max_new_tokens=NEW, logits=L.greedy(),
-                             key=jax.random.key(0), strategy_state=table).strategy_state
-        cold = warm = 0.0
-        for row in second:
-            c = generate(model, [row.tolist()], strategy=strat, max_new_tokens=NEW, logits=L.greedy(),
-                         key=jax.random.key(0))
-            w = generate(model, [row.tolist()], strategy=strat, max_new_tokens=NEW, logits=L.greedy(),
-                         key=jax.random.key(0), strategy_state=table)
+    hot = ""
+    if not quick:  # hot start: the table left by earlier requests drafts the next one (tokens/call only)
+        order = [ids for ps in prompts.values() for ids in ps]
+        strat, table, cold, warm = methods["tr-2.2.2"], None, [], []
+        for ids in order:
+            kw = dict(max_new_tokens=NEW, logits=L.greedy(), key=jax.random.key(0), strategy=strat, eos_id=tok.eos_id)
+            c = tokjax.generate(model, [ids], **kw)
+            w = tokjax.generate(model, [ids], strategy_state=table, **kw)
             table = w.strategy_state
-            cold += c.stats["tokens_per_call"] / len(second)
-            warm += w.stats["tokens_per_call"] / len(second)
-        hot = f"; hot start (code, b=1): cold {cold:.2f} -> warm {warm:.2f} tok/call"
-        print(hot, flush=True)
-    tpc1, sp1, same1 = out[("code", 1)]["tr-2.2.2"]
-    _, sp8, _ = out[("code", 8)]["tr-2.2.2"]
-    verdict = RULE.verdict([sp1], [1.0])
-    v_tpc, v_b8 = RULE_TPC.verdict([tpc1], [1.0]), RULE_B8.verdict([sp8], [1.0])
-    note = f"{RULE_TPC.metric}: {v_tpc.status}; {RULE_B8.metric}: {v_b8.status}; "
-    note += "; ".join(f"{t} b={b}: {fmt(s)}" for (t, b), s in out.items()) + hot
-    note += ("; outputs equal plain greedy" if all(x[2] for s in out.values() for x in s.values()) else "; MISMATCH")
-    note += f"; per-depth acceptance (code b=1, conditional) {pos_acc}"
-    note += ("; CPU (2 cores, shared): plain greedy is ~0.3 ms/token, a verification call over an 81-token tree costs "
-             "several plain steps, so acceptance gains do not turn into wall-clock gains at this model size")
+            cold.append(c.stats["tokens_per_call"])
+            warm.append(w.stats["tokens_per_call"])
+        hot = (f"; hot start (2.2.2, table carried over the {len(order)} prompts in order code, summary, chat): "
+               f"tokens/call cold {' '.join(f'{x:.2f}' for x in cold)} -> warm {' '.join(f'{x:.2f}' for x in warm)}")
+
+    tpc, speed, _ = summary["code"]["tr-2.2.2"]
+    mismatches = sum(not same for s in summary.values() for m, (_, _, same) in s.items() if m != "plain")
+    v_tpc = RULE_TPC.verdict([tpc], [1.0])
+    v_loss = RULE_LOSSLESS.verdict([mismatches], [0])
+    load = f"load average (1 min) {min(loads):.1f}-{max(loads):.1f} on 2 cores"
+    note = (f"TR 2.2.2 code editing: {tpc:.2f} tokens/call ({RULE_TPC.metric} > 2: {v_tpc.status}), {speed:.2f}x "
+            f"wall-clock; lossless ({mismatches} outputs differ from plain greedy): {v_loss.status}; {fmt(summary)}{hot}; "
+            f"{load}; arms interleaved A/B x{reps} per prompt, medians, compile excluded. On this CPU a target call "
+            "over an 81-token tree costs several 1-token calls (weights are re-read once per call but the tree's "
+            "matmuls are compute-bound on 2 cores), so tokens per call must exceed that ratio to pay")
     return Row(
         pid="P45",
         claim="Token Recycling (adjacency-matrix tree drafts) gives ~2x decoding speedup, lossless (greedy)",
-        setting=f"tiny-pydocs 0.87M target, greedy, stdlib-code prompts {P} tok + {NEW} new, batch 1 and 8, CPU",
+        setting=(f"SmolLM2-135M-Instruct fp32 target, greedy, batch 1, chat-template prompts: code editing, summary of "
+                 f"bundled pydoc text, open chat ({per_task} each, {NEW} new tokens max, stop at end of turn); "
+                 f"2.2.2 tree (80 nodes), cold table; CPU 2 cores shared ({load})"),
         baseline_name="plain greedy generate",
         baseline_value=1.0,
-        method_value=round(sp1, 3),
-        metric="wall-clock speedup at batch 1 on code (higher is better); tokens/call in note",
-        verdict=verdict,
-        note=f"TR tokens/call b=1 code {tpc1:.2f}; " + note,
+        method_value=round(speed, 3),
+        metric="wall-clock speedup at batch 1 on code editing (higher is better); tokens/call in note",
+        verdict=RULE.verdict([speed], [1.0]),
+        note=note,
     )
 
 

@@ -4,18 +4,31 @@ Paper claim (Kavehzadeh et al., arXiv 2407.01955): a draft whose nested sub-mode
 layers + shared head) are trained jointly by sorted fine-tuning (SoFT) and chosen per token by
 confidence gives ~1.55x average speedup (Spec-Bench, 7B-70B targets), better than fixed drafts.
 
-Small-scale check: target = the cached ``tiny-pydocs`` model (4 layers). Draft = a copy of its
-first 2 layers, SoFT fine-tuned with exits (1, 2) on the pydocs training windows (cached under the
-TOKJAX cache). Greedy decoding of prose (pydocs validation) and code (stdlib) prompts: plain vs
-S2D adaptive exits (thresholds 0.5, 0 as in SD2; full mode also sweeps 0.2/0.3/0.7) vs the same draft at a fixed exit 1 or 2 vs the
-un-tuned truncated draft vs the core's prompt lookup. Metrics: per-exit quality (CE, top-1
-agreement with the target) before/after SoFT, tokens per target call, wall-clock speedup (min over
-interleaved repeats) and a layer-cost model speedup (a target call = 4 layer reads).
+Real-model check: target = ``tokjax.pretrained("smollm2-135m-instruct")`` (SmolLM2-135M-Instruct,
+fp32, 30 layers). Draft = a copy of its first 12 layers with exits (6, 9, 12) and SD2's thresholds
+(0.5, 0.5, 0), 4 draft tokens per step -- SD2's layout (first 12 of Vicuna-7B's 32 layers, exits
+6/9/12) on SmolLM2. Read through the shared final norm and head, SmolLM2's layers 6-12 agree with
+its own next token only ~5-9 % of the time, so the exits need SoFT. A full SoFT of 12 layers (and
+the tied 28M-parameter head) does not fit the CPU budget; the cheap version run here trains only
+the draft's shared final-norm gain (576 parameters; layers and head frozen) with the SoFT loss (sum
+of the three exits' cross-entropies) for ``SOFT_STEPS`` Adam steps of ``SOFT_BATCH`` windows of 64
+tokens of the bundled Python docs (pydocs, SmolLM2 tokenizer), cached under the TOKJAX cache.
 
-Verdict (``RULE``, declared before anything runs): the adaptive S2D draft (thresholds (0.5, 0), fixed
-in advance; the threshold sweep is reported only) must beat plain decoding's 1.0x mean wall-clock
-speedup by more than 0.3 (>= 1.3x); losslessness (every output equal to plain greedy) is
-``RULE_LOSSLESS``, its verdict in the note.
+* prompts (``tok.apply_chat_template``): code editing (the ``make demo`` prompt first) and
+  summarising CPython's bundled help text (repetitive), open chat (not); --quick one prompt per
+  task and 48 new tokens, full two per task and 96; greedy, batch 1;
+* methods: plain ``generate``; ``speculative(nested(draft, (6, 9, 12), (0.5, 0.5, 0), 4),
+  greedy())`` with the SoFT-tuned draft; full mode adds the untuned (logit-lens) draft and the tuned
+  draft at a fixed exit 12;
+* metrics: per-exit quality (CE, top-1 agreement with the target) before/after SoFT on held-out
+  windows, tokens per target call, wall-clock speedup (per prompt arms interleaved A/B/A/B, medians,
+  compile excluded, ``os.getloadavg()`` reported), and a layer-cost model speedup (tokens/call x
+  30 / (30 + draft layers per call)).
+
+Verdict (``RULE``, declared before anything runs): the adaptive S2D draft (SoFT-tuned as above,
+thresholds (0.5, 0.5, 0), fixed in advance) must beat plain decoding's 1.0x wall-clock on the
+three tasks together (total plain time / total S2D time) by more than 0.3 (>= 1.3x);
+losslessness (every output equal to plain greedy) is ``RULE_LOSSLESS``, its verdict in the note.
 """
 
 from __future__ import annotations
@@ -27,108 +40,117 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python experiments/p59_s2d.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments._common import cached, compare_speed, load_setup, load_tree, make_prompts, same_tokens, save_tree  # noqa: E402
-from experiments._harness import Row, Rule, run_cli  # noqa: E402
+from experiments._common import adam, cached, load_tree, save_tree  # noqa: E402
+from experiments._harness import Row, Rule, run_cli, train_model  # noqa: E402
+from experiments._realmodel import ab_bench, fmt, real_prompts, summarize  # noqa: E402
 
-RULE = Rule(metric="mean wall-clock speedup over plain greedy decoding", higher_is_better=True, threshold=0.3,
-            seeds=(0,), reported="s2d-adaptive: SoFT-tuned 2-layer draft, exits (1, 2), thresholds (0.5, 0.0), "
-            "num_draft 4, fixed in advance")
+RULE = Rule(metric="wall-clock speedup over plain greedy decoding, all tasks, SmolLM2-135M", higher_is_better=True,
+            threshold=0.3, seeds=(0,),
+            reported="s2d-adaptive: first 12 layers of SmolLM2, exits (6, 9, 12), thresholds (0.5, 0.5, 0.0), num_draft "
+                     "4, shared final norm SoFT-tuned (cheap version), fixed in advance")
 RULE_LOSSLESS = Rule(metric="speculative outputs that differ from plain greedy", higher_is_better=False,
                      threshold=-0.5, seeds=(0,), reported="every speculative variant")
 
-EXITS = (1, 2)
+EXITS = (6, 9, 12)
+THRESHOLDS = (0.5, 0.5, 0.0)
+SOFT_STEPS, SOFT_BATCH, SOFT_LEN, SOFT_LR = 30, 2, 64, 1e-2
+
+# ---------------------------------------------------------------- SoFT (cheap version) and the experiment
+def soft_windows(tok, n: int, length: int, offset: int = 0):
+    """Returns int32 [n, length + 1] consecutive windows of the pydocs corpus under ``tok`` (from window ``offset``)."""
+    import numpy as np
+
+    from tokjax.data import load_corpus
+
+    ids, need = [], (offset + n) * (length + 1)
+    for doc in load_corpus("pydocs").documents:
+        ids.extend(tok.encode(doc))
+        if len(ids) >= need:
+            break
+    arr = np.asarray(ids[: need], np.int32).reshape(offset + n, length + 1)
+    return arr[offset:]
 
 
-def get_sorted_draft(model, dataset, steps: int):
-    """Returns (SoFT-tuned draft Model, truncated untuned draft Model), the tuned one trained once and cached."""
-    from tokjax.decoding.s2d import truncate
-    from tokjax.train.recipes.s2d import sorted_finetune
+def get_sorted_draft(model, tok):
+    """Returns (SoFT-tuned draft Model, untuned truncated draft Model); the tuned one trained once and cached."""
+    from tokjax.decoding.s2d import sorted_loss, truncate
     from tokjax.model import Model
 
     base = truncate(model, EXITS[-1])
-    path = cached(f"p59_soft_d{EXITS[-1]}_e{'-'.join(map(str, EXITS))}_s{steps}.npz")
+    path = cached(f"p59_smollm2_soft_norm_e{'-'.join(map(str, EXITS))}_s{SOFT_STEPS}_b{SOFT_BATCH}x{SOFT_LEN}.npz")
     if path.is_file():
         return Model(params=load_tree(path, base.params), cfg=base.cfg), base
     t0 = time.perf_counter()
-    tuned, _ = sorted_finetune(base, EXITS, dataset.train, steps=steps, batch_size=16, lr=1e-3)
+    windows = soft_windows(tok, SOFT_STEPS * SOFT_BATCH, SOFT_LEN)
+    tuned, hist = train_model(base.cfg, steps=SOFT_STEPS, batch_fn=windows, batch_size=SOFT_BATCH,
+                              loss_fn=sorted_loss(EXITS), params=base.params, trainable=("final_norm",),
+                              **adam(SOFT_LR))
     save_tree(path, tuned.params)
-    print(f"p59: SoFT fine-tuned the draft in {time.perf_counter() - t0:.0f} s", flush=True)
-    return tuned, truncate(model, EXITS[-1])
+    print(f"p59: SoFT (final norm only) {SOFT_STEPS} steps in {time.perf_counter() - t0:.0f} s, loss "
+          f"{hist['train'][0]['loss']:.2f} -> {hist['train'][-1]['loss']:.2f}", flush=True)
+    return tuned, base
 
 
 def run(quick: bool) -> Row:
-    import numpy as np
-
-    from tokjax.decoding import drafts, verify
+    import tokjax
+    from tokjax.decoding import verify
     from tokjax.decoding.s2d import exit_metrics, nested
     from tokjax.decoding.speculative import speculative
 
-    model, tok, ds = load_setup()
+    model, tok = tokjax.pretrained("smollm2-135m-instruct", progress=False)
     L = model.cfg.n_layers
-    steps = 300 if quick else 1000
-    new = 48 if quick else 96
-    reps = 3 if quick else 5
-    batches = (1,) if quick else (1, 4)
-    num_draft = 4
-    tuned, base = get_sorted_draft(model, ds, steps)
-    val = ds.val[:64]
-    q_before = exit_metrics(base, EXITS, model, val)
-    q_after = exit_metrics(tuned, EXITS, model, val)
+    per_task, NEW, reps = (1, 48, 2) if quick else (2, 96, 2)
+    tuned, base = get_sorted_draft(model, tok)
+    val = soft_windows(tok, 4, SOFT_LEN, offset=SOFT_STEPS * SOFT_BATCH)  # held out: after the training windows
+    q_before = exit_metrics(base, EXITS, model, val, batch_size=4)
+    q_after = exit_metrics(tuned, EXITS, model, val, batch_size=4)
+    quality = "; ".join(f"exit {k}: CE {q_before[k]['ce']:.2f}->{q_after[k]['ce']:.2f} nats, agreement with target "
+                        f"{q_before[k]['agree']:.2f}->{q_after[k]['agree']:.2f}" for k in EXITS)
+    print(quality, flush=True)
 
-    results = []
-    for kind in ("prose", "code"):
-        for B in batches:
-            prompts = make_prompts(tok, kind, B, seed=B)
-            strategies = {
-                "plain": None,
-                "s2d-adaptive": speculative(nested(tuned, EXITS, (0.5, 0.0), num_draft), verify.greedy()),
-                "fixed-exit1": speculative(nested(tuned, EXITS, (0.0, 0.0), num_draft), verify.greedy()),
-                "fixed-exit2": speculative(nested(tuned, EXITS, (1.0, 0.0), num_draft), verify.greedy()),
-                "untuned-adaptive": speculative(nested(base, EXITS, (0.5, 0.0), num_draft), verify.greedy()),
-                **({} if quick else {  # runtime thresholds: the sweep reuses the adaptive draft's compiled loop
-                    f"s2d-theta{t}": speculative(nested(tuned, EXITS, (t, 0.0), num_draft), verify.greedy())
-                    for t in (0.2, 0.3, 0.7)}),
-                "pld": speculative(drafts.prompt_lookup(max_ngram=2, num_draft=num_draft), verify.greedy()),
-            }
-            res = compare_speed(model, prompts, strategies, new, reps)
-            t_plain, ref = res["plain"]
-            for name, (t, out) in res.items():
-                if name == "plain":
-                    continue
-                tpc = out.stats["tokens_per_call"]
-                evals = out.stats["draft_layer_evals"] / max(out.stats["forward_calls"], 1)
-                results.append((kind, B, name, t_plain / t, tpc, same_tokens(out, ref), tpc * L / (L + evals), evals))
+    g = verify.greedy()
+    methods = {"plain": None, "s2d-adaptive": speculative(nested(tuned, EXITS, THRESHOLDS, 4), g)}
+    if not quick:
+        methods["untuned-adaptive"] = speculative(nested(base, EXITS, THRESHOLDS, 4), g)
+        methods["fixed-exit12"] = speculative(nested(tuned, EXITS, (1.0, 1.0, 0.0), 4), g)
+    res, loads = ab_bench(model, tok, real_prompts(tok, per_task), methods, NEW, reps)
+    summary = summarize(res)
+    print(fmt(summary), flush=True)
 
-    def mean(name, i):
-        return float(np.mean([r[i] for r in results if r[2] == name]))
+    def total(m, field):
+        return sum(r[m][field] for r in res.values())
 
-    speed = mean("s2d-adaptive", 3)
-    lossless = all(r[5] for r in results)
-    verdict = RULE.verdict([speed], [1.0])
-    v_lossless = RULE_LOSSLESS.verdict([sum(not r[5] for r in results)], [0])
-    names = ("s2d-adaptive", "fixed-exit1", "fixed-exit2", "untuned-adaptive", "pld") + (
-        () if quick else tuple(f"s2d-theta{t}" for t in (0.2, 0.3, 0.7)))
-    summary = "; ".join(f"{n}: {mean(n, 3):.2f}x wall-clock, {mean(n, 4):.2f} tok/call, {mean(n, 7):.1f} draft "
-                        f"layers/call, layer-cost model {mean(n, 6):.2f}x" for n in names)
-    quality = "; ".join(
-        f"exit {k}: CE {q_before[k]['ce']:.2f}->{q_after[k]['ce']:.2f} nats, agreement with target "
-        f"{q_before[k]['agree']:.2f}->{q_after[k]['agree']:.2f}" for k in EXITS)
-    note = (f"Greedy, {new} new tokens, num_draft {num_draft}, prompts of ~48 tokens, batches {batches}, prose+code "
-            f"means; all speculative outputs identical to plain greedy: {lossless} (lossless verdict: {v_lossless.status}). SoFT ({steps} AdamW steps, exits "
-            f"{EXITS} of a 2-layer copy of the target, untuned -> tuned, held-out val): {quality}. {summary}. "
-            f"The target forward is so cheap on CPU (~0.3 ms/call, mostly fixed overhead) that drafting and the "
-            f"speculative step's bookkeeping cost more than they save; the layer-cost model shows what the same "
-            f"acceptance would give if calls cost their layer reads.")
+    speed = total("plain", "seconds") / total("s2d-adaptive", "seconds")
+    mismatches = sum(not same for s in summary.values() for m, (_, _, same) in s.items() if m != "plain")
+    v_lossless = RULE_LOSSLESS.verdict([mismatches], [0])
+    overall = []
+    for m in methods:
+        if m == "plain":
+            continue
+        tpc = total(m, "generated") / total(m, "calls")
+        layers = total(m, "draft_layers") / max(total(m, "calls"), 1e-9)
+        overall.append(f"{m}: {total('plain', 'seconds') / total(m, 'seconds'):.2f}x wall-clock, {tpc:.2f} tok/call, "
+                       f"{layers:.1f} draft layers/call, layer-cost model {tpc * L / (L + layers):.2f}x")
+    load = f"load average (1 min) {min(loads):.1f}-{max(loads):.1f} on 2 cores"
+    note = (f"all tasks: {'; '.join(overall)}; per task: {fmt(summary)}; outputs identical to plain greedy: "
+            f"{mismatches == 0} (lossless verdict: {v_lossless.status}); SoFT cheap version (shared final-norm gain only, "
+            f"{SOFT_STEPS} Adam steps lr {SOFT_LR} of {SOFT_BATCH}x{SOFT_LEN} pydocs tokens, exits {EXITS}; untuned -> "
+            f"tuned on 4 held-out windows): {quality}; {load}; arms interleaved A/B x{reps} per prompt, medians, compile "
+            "excluded. A full SoFT of the 12 layers and head did not fit the CPU budget, so the exits stay weak "
+            "and few drafts are accepted; each step also runs the draft's 12-layer catch-up block and up to 3 "
+            "draft tokens, and a 5-token verification costs more than a 1-token call on this CPU")
     return Row(
         pid="P59",
         claim="S2D sorted nested draft with confidence-based exits speeds up lossless speculative decoding (~1.55x)",
-        setting=f"target tiny-pydocs (4 layers, d=128) on CPU; draft = 2-layer copy SoFT-tuned with exits {EXITS}; "
-                f"greedy, prose and code prompts",
+        setting=(f"SmolLM2-135M-Instruct fp32 target (30 layers); draft = its first 12 layers, exits {EXITS}, thresholds "
+                 f"{THRESHOLDS}, 4 drafts/step, shared final norm SoFT-tuned ({SOFT_STEPS} steps, cheap version); greedy, "
+                 f"batch 1, code editing + summary of bundled text + open chat ({per_task} each, {NEW} new tokens max); "
+                 f"CPU 2 cores shared ({load})"),
         baseline_name="plain greedy decoding (wall-clock 1.0x)",
         baseline_value=1.0,
         method_value=round(speed, 3),
-        metric="mean wall-clock speedup of S2D (adaptive exits) over plain decoding (higher is better)",
-        verdict=verdict,
+        metric="wall-clock speedup of S2D (adaptive exits) over plain decoding, all tasks (higher is better)",
+        verdict=RULE.verdict([speed], [1.0]),
         note=note,
     )
 
