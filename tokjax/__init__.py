@@ -17,7 +17,7 @@ from tokjax.model import (
 )
 
 from tokjax import io, logits, losses, metrics, parallel
-from tokjax.decoding import GenerateOutput, generate, stream
+from tokjax.decoding import GenerateOutput, NonFiniteLogitsError, generate, stream
 from tokjax.pretrained import available_pretrained, pretrained
 from tokjax import decoding
 
@@ -39,7 +39,7 @@ def __dir__():
 
 __all__ = [
     "available_pretrained", "pretrained", "decoding", "io", "logits", "losses", "metrics", "parallel", "train",
-    "GenerateOutput", "generate", "stream", "Bidirectional", "Causal", "Explicit", "Inputs", "KVCache", "Model",
+    "GenerateOutput", "NonFiniteLogitsError", "generate", "stream", "Bidirectional", "Causal", "Explicit", "Inputs", "KVCache", "Model",
     "ModelConfig", "Output", "Prefix", "Rank", "Taps", "Tree", "blocks", "embed", "final_norm", "forward", "lm_head",
     "unembed",
 ]

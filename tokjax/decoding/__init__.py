@@ -2,11 +2,13 @@
 
 * :func:`generate` / :func:`stream` (module :mod:`~tokjax.decoding.driver`) -- one jitted
   while_loop; ``strategy=`` decides what a step does (a :class:`Strategy` subclass),
-  ``strategy_state=`` hot-starts it, ``mesh=`` / ``rules=`` shard it.
+  ``strategy_state=`` hot-starts it, ``mesh=`` / ``rules=`` shard it; ``logprobs=``, ``stop=``,
+  ``min_new_tokens=``, ``n=``, ``bucket=`` and ``on_nan=`` work with every strategy (docs/generate.md).
 * :func:`speculative` (``draft source x verifier``) -- :mod:`~tokjax.decoding.drafts`
   (``model``, ``prompt_lookup``, ``ngram_memory`` P22, ``recycling`` P45, ``early_exit`` P44,
   ``nested`` P59) and :mod:`~tokjax.decoding.verify` (``greedy``, ``rejection``, ``tree``), plus
   :func:`~tokjax.decoding.spectr.spectr` (P23).
+* :func:`beam` (module :mod:`~tokjax.decoding.beam`): beam search with transformers' semantics.
 * :func:`~tokjax.decoding.skipdecode.skipdecode` (P16): a layer-skipping strategy.
 * :func:`~tokjax.decoding.cautious.cautious` (P6): forked trials to punctuation, min-perplexity commit.
 * :func:`~tokjax.decoding.entropy_adaptive.entropy_adaptive` (P62): small/large model switching,
@@ -15,9 +17,12 @@
 """
 
 from tokjax.decoding import cascades, drafts, spectr, verify
-from tokjax.decoding._state import KV_CACHE, DecodeState, DecodeStats, Strategy, commit
-from tokjax.decoding.driver import TRACE_COUNTS, GenerateOutput, Sampling, generate, stream
+from tokjax.decoding._state import KV_CACHE, DecodeState, DecodeStats, StopSequences, Strategy, TokenLogprobs, commit
+from tokjax.decoding.driver import (
+    TRACE_COUNTS, GenerateOutput, MinNewTokens, NonFiniteLogitsError, Sampling, bucket_size, generate, stream,
+)
 from tokjax.decoding.skipdecode import SkipDecode, skipdecode, skipdecode_loss
+from tokjax.decoding.beam import Beam, beam
 from tokjax.decoding.cautious import Cautious, cautious, cautious_generate
 from tokjax.decoding.entropy_adaptive import (
     EADOutput, EntropyAdaptive, entropy_adaptive, entropy_adaptive_generate, entropy_bits,
@@ -28,6 +33,7 @@ from tokjax.decoding.token_recycling import RecyclingTable
 
 __all__ = [
     "DecodeState", "DecodeStats", "Strategy", "KV_CACHE", "commit", "TRACE_COUNTS", "GenerateOutput", "Sampling",
+    "TokenLogprobs", "StopSequences", "MinNewTokens", "NonFiniteLogitsError", "bucket_size", "Beam", "beam",
     "generate", "stream", "cascades", "Draft", "DraftSource", "Speculative", "Verdict", "Verifier", "speculative",
     "drafts", "verify", "spectr", "NgramTables", "RecyclingTable", "SkipDecode", "skipdecode", "skipdecode_loss",
     "Cautious", "cautious", "cautious_generate", "EADOutput", "EntropyAdaptive", "entropy_adaptive",

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from tokjax.decoding._state import DecodeState, Strategy, commit, ends_greedy
+from tokjax.decoding._state import DecodeState, Strategy, commit, ends_greedy, eos_tuple
 from tokjax.decoding.driver import GenerateOutput, generate
 from tokjax.logits import LogitContext, LogitTransform, entropy, hparam, masked_log_softmax, sample
 from tokjax.model import Inputs, KVCache, ModelConfig, forward, repeat_rows, take_rows, where_rows
@@ -70,6 +70,8 @@ class TrialResult:
     [B, N_max] sum of processed log-probs of each trial's tokens, ``winner`` [B] the
     min-perplexity trial, ``cache`` / ``logit_state`` of the winning trial rows (B rows),
     ``fed`` [B] tokens fed to the model inside live trials, ``calls`` scalar forward calls.
+    ``logits`` [B, T, V] (only with ``run_trials(keep_logits=True)``): the processed logits the
+    winning trial's token t was drawn from (t = 0: the step's logits).
     """
 
     tokens: jax.Array
@@ -80,6 +82,7 @@ class TrialResult:
     logit_state: Any
     fed: jax.Array
     calls: jax.Array
+    logits: jax.Array | None = None
 
 
 def num_trials(entropy: jax.Array, h_lo: jax.Array, h_hi: jax.Array, max_trials: int) -> jax.Array:
@@ -112,6 +115,7 @@ def run_trials(
     max_trials: int,
     max_trial_len: int,
     greedy: bool = False,
+    keep_logits: bool = False,
 ) -> TrialResult:
     """Returns the CNTP trials of one step and the min-perplexity winner per row.
 
@@ -121,6 +125,8 @@ def run_trials(
     ``first_token[b]`` (the step's own sample), trials 1.. draw their first token from the same
     logits. Row b runs ``n[b]`` trials of at most ``limit[b]`` (<= max_trial_len) tokens, each
     ending at its first token in ``stop_mask``. Perplexity ties go to the lowest trial index.
+    ``keep_logits``: also return the winner's per-token logits (``TrialResult.logits``; for
+    ``generate(logprobs=)``, which costs a [B * max_trials, max_trial_len, V] buffer).
     """
     B, V = step_logits.shape
     R, T = max_trials, max_trial_len
@@ -147,6 +153,8 @@ def run_trials(
         cache=cache.fork(R), lstate=repeat_rows(logit_state, B, R), buf=buf,
         fed=jnp.zeros((B,), jnp.int32), calls=jnp.zeros((), jnp.int32),
     )
+    if keep_logits:
+        carry["logits"] = jnp.zeros((flat, T, V), jnp.float32).at[:, 0].set(rep_logits)
     lim = jnp.repeat(limit, R).reshape(B, R)
 
     def cond(c):
@@ -170,8 +178,11 @@ def run_trials(
         slot = jnp.where(grow, base_len + t, S)
         buf = c["buf"].at[rows, slot].set(y, mode="drop")
         active = grow2 & ~stop(y2) & (lens < lim)
-        return dict(t=t + 1, toks=toks, lens=lens, active=active, logp=logp, cache=out.cache, lstate=lstate,
-                    buf=buf, fed=c["fed"] + c["active"].sum(-1).astype(jnp.int32), calls=c["calls"] + 1)
+        new = dict(t=t + 1, toks=toks, lens=lens, active=active, logp=logp, cache=out.cache, lstate=lstate,
+                   buf=buf, fed=c["fed"] + c["active"].sum(-1).astype(jnp.int32), calls=c["calls"] + 1)
+        if keep_logits:
+            new["logits"] = c["logits"].at[:, t].set(logits)
+        return new
 
     # Inner loop inherent to CNTP: each trial runs to its next stop token (a data-dependent
     # length) inside one step of the shared driver; the driver's loop is not duplicated.
@@ -182,7 +193,7 @@ def run_trials(
     return TrialResult(
         tokens=c["toks"], lengths=c["lens"], logp_sum=c["logp"], winner=winner,
         cache=c["cache"].select_rows(pick), logit_state=take_rows(c["lstate"], pick, flat),
-        fed=c["fed"], calls=c["calls"],
+        fed=c["fed"], calls=c["calls"], logits=c["logits"][pick] if keep_logits else None,
     )
 
 
@@ -259,27 +270,33 @@ class Cautious(Strategy):
         n = jnp.where(live, num_trials(entropy(masked_log_softmax(logits)), ex.h_lo, ex.h_hi, R), 1)
         room = state.max_lengths - state.lengths
         limit = jnp.where(n > 1, jnp.clip(room, 1, T), 1)
-        stop_mask = ex.stop_mask if eos_id is None else ex.stop_mask.at[eos_id].set(True)
+        stop_mask = ex.stop_mask if not eos_id else ex.stop_mask.at[jnp.asarray(eos_tuple(eos_id))].set(True)
+        keep = state.logprobs is not None  # generate(logprobs=): commit needs every trial token's logits
 
         def plain(_):
             toks = jnp.zeros((B, T), jnp.int32).at[:, 0].set(tok)
-            return toks, jnp.ones((B,), jnp.int32), out.cache, logit_state, jnp.zeros((B,), jnp.int32), jnp.int32(0)
+            lg = jnp.zeros((B, T) + logits.shape[1:], jnp.float32).at[:, 0].set(logits) if keep else None
+            return toks, jnp.ones((B,), jnp.int32), out.cache, logit_state, jnp.zeros((B,), jnp.int32), jnp.int32(0), lg
 
         def cautious_branch(_):
             tr = run_trials(
                 params, cfg, transform, cache=out.cache, tokens=state.tokens, lengths=state.lengths,
                 step_logits=logits, logit_state=logit_state, first_token=tok, n=n, limit=limit,
                 stop_mask=stop_mask, key=sub, step=state.step, max_trials=R, max_trial_len=T, greedy=greedy,
+                keep_logits=keep,
             )
             rows = jnp.arange(B)
             toks = tr.tokens[rows, tr.winner]
             counts = tr.lengths[rows, tr.winner]
-            return toks, counts, tr.cache, tr.logit_state, tr.fed, tr.calls
+            return toks, counts, tr.cache, tr.logit_state, tr.fed, tr.calls, tr.logits
 
         if R == 1:
-            new, counts, cache, logit_state, fed, calls = plain(None)
+            new, counts, cache, logit_state, fed, calls, new_logits = plain(None)
         else:
-            new, counts, cache, logit_state, fed, calls = jax.lax.cond(jnp.any(n > 1), cautious_branch, plain, None)
+            new, counts, cache, logit_state, fed, calls, new_logits = jax.lax.cond(
+                jnp.any(n > 1), cautious_branch, plain, None)
+        if new_logits is None:  # no log-probabilities asked: the step's logits suffice for commit's NaN check
+            new_logits = jnp.broadcast_to(logits[:, None], (B, T) + logits.shape[1:])
         counts = jnp.where(all_masked, 0, counts)
         stats = state.stats.replace(
             forward_calls=state.stats.forward_calls + 1 + calls,
@@ -291,7 +308,7 @@ class Cautious(Strategy):
             trials=ex.trials + jnp.where(n > 1, n, 0),
         )
         state = state.replace(cache=cache, logit_state=logit_state, key=key, stats=stats, extra=ex)
-        state = commit(state, new, counts, eos_id)
+        state = commit(state, new, counts, eos_id, logits=new_logits)
         return state.replace(done=state.done | all_masked)
 
 

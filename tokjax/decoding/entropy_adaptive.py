@@ -175,7 +175,7 @@ class EntropyAdaptive(Strategy):
         stats = s.stats.replace(forward_calls=s.stats.forward_calls + 1,
                                 masked_rows=s.stats.masked_rows | (all_masked & live))
         s = s.replace(cache=out_s.cache, logit_state=logit_state, key=key, stats=stats, extra=extra)
-        s = commit(s, tok[:, None], counts, eos_id)
+        s = commit(s, tok[:, None], counts, eos_id, logits=logits[:, None])
         # Both models consumed the pending token: the large cache follows the committed length.
         extra = s.extra.replace(large_cache=out_l.cache.set_lengths(s.lengths - 1))
         return s.replace(extra=extra, done=s.done | all_masked)

@@ -158,7 +158,7 @@ class SkipDecode(Strategy):
         live = jnp.sum(~state.done).astype(jnp.int32)
         extra = {**ex, "layer_evals": ex["layer_evals"] + live * jnp.sum(run).astype(jnp.int32)}
         state = state.replace(logit_state=logit_state, key=key, stats=stats, extra=extra)
-        state = commit(state, tok[:, None], counts, eos_id)
+        state = commit(state, tok[:, None], counts, eos_id, logits=logits[:, None])
         # commit sets every layer's length to lengths - 1; a skipped layer must keep its shorter
         # length (its slot for this position was never written), so only lower the written layers.
         state = state.replace(cache=cache.rollback(state.lengths - 1))

@@ -16,7 +16,8 @@ SpecInfer/SpecTr):
    context-dependent transforms such as repetition penalties stay exact;
 4. the verifier returns each row's accepted path and a bonus token (ragged per row);
 5. the accepted path's keys/values are compacted in the cache with ``KVCache.gather``,
-   and path + bonus are committed (``_state.commit``: eos, budgets, rollback);
+   and path + bonus are committed (``_state.commit``: eos, budgets, rollback, log-probabilities
+   under the transformed target distribution at each committed position);
 6. the draft source observes the verified step (rolls back its own cache, updates tables).
 
 Rows of a batch accept different numbers of tokens; nothing is restricted to batch 1.
@@ -35,7 +36,8 @@ from tokjax.decoding._state import DecodeState, Strategy, check_like, commit
 from tokjax.logits import LogitContext, LogitTransform
 from tokjax.model import Inputs, ModelConfig, Tree, forward, repeat_rows, tree_ancestors
 
-__all__ = ["Draft", "Verdict", "DraftSource", "Verifier", "Speculative", "speculative", "node_logits", "block_tree"]
+__all__ = ["Draft", "Verdict", "DraftSource", "Verifier", "Speculative", "speculative", "node_logits", "block_tree",
+           "follows_commits"]
 
 
 @struct.dataclass
@@ -149,17 +151,30 @@ def block_tree(draft: Draft) -> jax.Array:
     return jnp.concatenate([jnp.full((p.shape[0], 1), -1, jnp.int32), jnp.where(p >= 0, p + 1, 0)], axis=1)
 
 
+def follows_commits(transform: LogitTransform) -> bool:
+    """Returns whether ``transform``, or a member of its chain, declares ``state_follows_commits``: a state
+    that is a function of the committed sequence (``tokjax.logits.grammar``'s automaton state)."""
+    if getattr(transform, "state_follows_commits", False):
+        return True
+    members = getattr(transform, "members", None)
+    return callable(members) and any(follows_commits(t) for t in members())
+
+
 def node_logits(
     transform: LogitTransform, logits: jax.Array, logit_state, state: DecodeState, block_tokens: jax.Array,
-    block_parents: jax.Array,
-) -> jax.Array:
+    block_parents: jax.Array, *, return_state: bool = False,
+):
     """Returns float32 [B, T, V]: ``transform`` applied to each block node's logits in that node's own context.
 
     Node t's context is the committed sequence (pending token included) followed by the
     tokens of t's ancestors and t itself, so penalties that count earlier tokens see exactly
     what plain decoding would see at that point. The transform's per-row state is shared by
     all nodes of a row; a transform that changes its state raises ValueError (a speculative
-    step may commit several tokens, so a per-step state update has no single meaning).
+    step may commit several tokens, so a per-step state update has no single meaning), unless
+    its state follows the committed sequence (:func:`follows_commits`): then it is applied to
+    the root (the committed context) first, every node starts from that state, and the root's
+    state is the step's new state, so rejected draft tails never reach it.
+    ``return_state``: return ``(logits, new logit state)`` instead of the logits.
     """
     B, T, V = logits.shape
     S = state.tokens.shape[1]
@@ -177,15 +192,19 @@ def node_logits(
         lengths=jnp.minimum(state.lengths[:, None] + depth, S).reshape(B * T),
         step=state.step,
     )
+    follows = follows_commits(transform)
+    if follows:
+        _, logit_state = transform.apply(logits[:, 0].astype(jnp.float32), logit_state, state.context())
     rep = repeat_rows(logit_state, B, T)
     out, new_state = transform.apply(logits.reshape(B * T, V).astype(jnp.float32), rep, ctx)
     for a, b in zip(jax.tree.leaves(rep), jax.tree.leaves(new_state)):
-        if a is not b:
+        if a is not b and not follows:
             raise ValueError(
                 f"speculative decoding needs logit transforms whose state is constant during decoding; "
                 f"{type(transform).__name__} updates its state"
             )
-    return out.reshape(B, T, V)
+    out = out.reshape(B, T, V)
+    return (out, logit_state) if return_state else out
 
 
 def _max_depth(draft: DraftSource) -> int:
@@ -262,13 +281,20 @@ class Speculative(Strategy):
         # inside the learned position table (an out-of-range take would write NaN keys to the cache).
         positions = jnp.minimum(base[:, None] + depth, cfg.max_len - 1)
         out = forward(params, cfg, Inputs(tokens=block_tokens, positions=positions), cache=state.cache, mask=Tree(parents))
-        logits = node_logits(transform, out.logits, state.logit_state, state, block_tokens, parents)
+        logits, logit_state = node_logits(
+            transform, out.logits, state.logit_state, state, block_tokens, parents, return_state=True
+        )
 
         verdict = self.verifier.verify(k_verify, draft, logits)
         path = verdict.path[:, :A].astype(jnp.int32)
         count = jnp.minimum(verdict.count.astype(jnp.int32), A)
-        masked = jnp.zeros((B,), bool) if verdict.masked is None else verdict.masked
         src = jnp.concatenate([jnp.zeros((B, 1), jnp.int32), path + 1], axis=1)
+        # Committed token a was chosen under the transformed target logits of its parent block node src[a].
+        chosen_logits = jnp.take_along_axis(logits, src[:, :, None], axis=1)
+        masked = jnp.zeros((B,), bool) if verdict.masked is None else verdict.masked
+        # NaN / +inf logits at the bonus position are a broken model, not a ban: commit sees and reports them.
+        at_bonus = jnp.take_along_axis(chosen_logits, count[:, None, None], axis=1)[:, 0]
+        masked = masked & ~(jnp.isnan(at_bonus) | (at_bonus == jnp.inf)).any(-1)
         cache = out.cache.gather(base, src, 1 + count)
 
         path_tokens = jnp.take_along_axis(draft.tokens.astype(jnp.int32), jnp.clip(path, 0, N - 1), axis=1)
@@ -288,8 +314,8 @@ class Speculative(Strategy):
             position_accepted=stats.position_accepted + (accept_at & live[:, None]).sum(0).astype(jnp.int32),
             position_reached=stats.position_reached + (reached & live[:, None]).sum(0).astype(jnp.int32),
         )
-        state = state.replace(cache=cache, key=key, stats=stats)
-        new_state = commit(state, new_tokens, n_commit, eos_id)
+        state = state.replace(cache=cache, key=key, stats=stats, logit_state=logit_state)
+        new_state = commit(state, new_tokens, n_commit, eos_id, logits=chosen_logits)
         new_state = new_state.replace(done=new_state.done | masked)
         if _legacy(self.draft, DraftSource):
             dstate = self.draft.observe(params, cfg, new_state, dstate, draft, logits, verdict)

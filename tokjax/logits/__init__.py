@@ -15,6 +15,9 @@ from tokjax.logits._hf import (
     AllowedTokens, EpsilonCutoff, EtaCutoff, HFMinP, HFTopK, HFTopP, NoRepeatNGram, TypicalP, allowed_tokens,
     epsilon_cutoff, eta_cutoff, hf_sampling, no_repeat_ngram, typical_p,
 )
+from tokjax.logits.grammar import (
+    Grammar, GrammarShape, GrammarState, json_constraint, json_schema_regex, regex_constraint,
+)
 
 __all__ = [
     "Chain", "Identity", "LogitContext", "LogitTransform", "NamedChain", "Stats", "as_rows", "chain",
@@ -25,6 +28,8 @@ __all__ = [
     # transformers' semantics and processor order
     "AllowedTokens", "EpsilonCutoff", "EtaCutoff", "HFMinP", "HFTopK", "HFTopP", "NoRepeatNGram", "TypicalP",
     "allowed_tokens", "epsilon_cutoff", "eta_cutoff", "hf_sampling", "no_repeat_ngram", "typical_p",
+    # grammar-constrained decoding (regex / JSON schema through outlines-core)
+    "Grammar", "GrammarShape", "GrammarState", "json_constraint", "json_schema_regex", "regex_constraint",
     # P30 AMU-Tuning
     "UNCERTAINTY_KINDS", "amu_fuse", "amu_init", "amu_logits", "amu_loss", "logit_standardize", "uncertainty_factor",
 ]

@@ -135,7 +135,8 @@ class Identity(IdentityBehaviour, LogitTransform):
 class Stats(NamedTuple):
     """Diagnostics of one sampled step."""
 
-    all_masked: jax.Array  # [B] bool: the row had no finite logit left
+    all_masked: jax.Array  # [B] bool: every token was banned (all logits -inf, or all probs 0)
+    nan_rows: jax.Array | None = None  # [B] bool: the row held NaN or +inf (a broken model, not a ban)
 
 
 def entropy(logits: jax.Array) -> jax.Array:
@@ -201,27 +202,37 @@ def sample(key: jax.Array, logits: jax.Array | None = None, *, probs: jax.Array 
       zero-probability token is never drawn. Verifiers and draft models, which already hold
       probabilities, use this form on every step.
 
-    A row with no finite logit (or all-zero probs) yields token 0 and ``all_masked`` True (never
-    NaN); the decode loop ends such a row rather than emitting a meaningless token silently.
+    Two kinds of row are reported rather than sampled silently (never NaN tokens):
+
+    * ``Stats.all_masked``: every token is banned (all logits ``-inf``, or all probs 0); the row
+      yields token 0 and the decode loop ends it (``stats["masked_rows"]``).
+    * ``Stats.nan_rows``: the row holds NaN or ``+inf`` (logits) or NaN / inf / negative
+      entries (probs): the model or a transform is broken, which is a different thing from a ban.
+      Sampling ignores those entries (token 0 when nothing else is left); ``generate`` raises,
+      or stops the row with ``on_nan="stop"`` (``stats["nan_rows"]``).
     """
     if (logits is None) == (probs is None):
         raise ValueError("sample takes exactly one of logits= or probs=")
     if logits is not None:
         finite = jnp.isfinite(logits)
+        nan_rows = (jnp.isnan(logits) | (logits == jnp.inf)).any(-1)
         any_finite = finite.any(-1)
         if greedy:
             tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         else:
             tok = jax.random.categorical(key, jnp.where(finite, logits, -1e30), axis=-1).astype(jnp.int32)
-        return jnp.where(any_finite, tok, 0), Stats(all_masked=~any_finite)
+        return jnp.where(any_finite, tok, 0), Stats(all_masked=~any_finite & ~nan_rows, nan_rows=nan_rows)
     probs = probs.astype(jnp.float32)
+    nan_rows = (~jnp.isfinite(probs) | (probs < 0)).any(-1)
+    probs = jnp.where(jnp.isfinite(probs) & (probs > 0), probs, 0.0)
     positive = probs > 0
     empty = ~positive.any(-1)
+    stats = Stats(all_masked=empty & ~nan_rows, nan_rows=nan_rows)
     if greedy:
-        return jnp.argmax(probs, axis=-1).astype(jnp.int32), Stats(all_masked=empty)
+        return jnp.argmax(probs, axis=-1).astype(jnp.int32), stats
     cdf = jnp.cumsum(probs, axis=-1)
     u = jax.random.uniform(key, probs.shape[:-1]) * cdf[..., -1]
     idx = (cdf <= u[..., None]).sum(-1)
     # float rounding could step past the last positive entry: clamp to it (0 for an empty row)
     last = jnp.where(empty, 0, probs.shape[-1] - 1 - jnp.argmax(positive[..., ::-1], axis=-1))
-    return jnp.minimum(idx, last).astype(jnp.int32), Stats(all_masked=empty)
+    return jnp.minimum(idx, last).astype(jnp.int32), stats
