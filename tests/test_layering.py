@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1] / "tokjax"
 # rank. A new top-level module must be added here (the test fails until it is). train includes
 # tokjax/train/recipes/, where one-call fitting functions of the family modules live.
 RANKS = {
-    "model": 0, "_transform": 0,
+    "model": 0, "_transform": 0, "_paths": 0,
     "logits": 1, "metrics": 1, "data": 1,
     "losses": 2, "decoding": 2, "tokenizers": 2, "analysis": 2, "io": 2, "vision": 2,
     # parallel is the public name of tokjax.model.sharding (rank 0), which the decode driver uses

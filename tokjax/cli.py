@@ -1,13 +1,23 @@
-"""The ``tokjax`` command line: demo, chat, catalog, reproduce, train, generate, bench."""
+"""The tokjax command line: demo, chat, catalog, reproduce, train, generate, bench."""
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Shown before a named model is trained on first use. Measured wall times of the whole first
+# use (tokenizer, data, training, saving): tiny-pydocs 230 s on a quiet 2-core CPU, 762 s while
+# other jobs shared the cores; tiny-test 27 s on the shared machine.
+_TRAIN_TIME = {
+    "tiny-pydocs": "about 4 minutes on a quiet 2-core CPU (up to 13 on a busy one)",
+    "tiny-test": "about 30 seconds",
+}
 
 
 def _repo_path(sub: str) -> Path:
@@ -18,6 +28,55 @@ def _repo_path(sub: str) -> Path:
             "Run this command from a clone (pip install -e .)."
         )
     return path
+
+
+def _resolve_config(spec: str) -> Path:
+    """Returns the YAML file ``spec`` names: a path (from the current directory, then the project root)
+    or a config name (``tiny-test`` -> ``<project>/configs/tiny-test.yaml``); FileNotFoundError listing where it looked.
+    """
+    given = Path(spec).expanduser()
+    bases = [given] if given.is_absolute() else [Path.cwd() / given, REPO / given, REPO / "configs" / given]
+    tried = []
+    for base in bases:
+        for cand in (base,) if base.suffix else (base, base.with_suffix(".yaml")):
+            tried.append(cand)
+            if cand.is_file():
+                return cand
+    known = sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
+    raise FileNotFoundError(
+        f"config {spec!r} not found (looked for {', '.join(str(t) for t in tried)})"
+        + (f"; the project's configs: {', '.join(known)}" if known else "")
+    )
+
+
+def _needs_training(name: str) -> bool:
+    """Returns whether ``tokjax.pretrained(name)`` would train before returning (no usable cache entry)."""
+    import importlib
+    import json
+
+    from tokjax._paths import cache_root
+
+    P = importlib.import_module("tokjax.pretrained")  # the module; `tokjax.pretrained` the attribute is the function
+    if name not in P._BUILTIN:  # GGUF wheel models announce nothing (nothing is trained); drafts announce themselves
+        return False
+    try:
+        meta = json.loads((cache_root() / name / P.METADATA_FILE).read_text())
+    except (OSError, ValueError):
+        return True
+    # The same test tokjax.pretrained applies before it decides to (re)train.
+    key = getattr(P, "_cache_key", lambda config: config)
+    return not (isinstance(meta, dict) and meta.get("format") == P.FORMAT and meta.get("version") == P.FORMAT_VERSION
+                and key(meta.get("config")) == key(P.pretrained_config(name).to_dict()))
+
+
+def _announce_training(name: str) -> None:
+    """Returns None after saying (on stderr) that ``name`` is trained now, how long that takes and where it goes."""
+    if _needs_training(name):
+        from tokjax._paths import cache_root
+
+        took = _TRAIN_TIME.get(name, "a few minutes")
+        print(f"tokjax: first use of {name!r}: training it now, once ({took}); later runs load it from "
+              f"{cache_root() / name} in seconds", file=sys.stderr, flush=True)
 
 
 def cmd_catalog(args) -> int:
@@ -39,8 +98,10 @@ def _train_tiny_model(quick: bool) -> None:
     import tokjax
 
     print("== tokjax: tiny model `tiny-pydocs` (trained once, then cached) ==", flush=True)
+    _announce_training("tiny-pydocs")
     model, _tok = tokjax.pretrained("tiny-pydocs", progress=True)
-    from tokjax.pretrained import cache_root, pretrained_metadata
+    from tokjax._paths import cache_root
+    from tokjax.pretrained import pretrained_metadata
 
     metrics = pretrained_metadata("tiny-pydocs").get("metrics", {})
     bpb = metrics.get("val_bits_per_byte", metrics.get("bits_per_byte"))
@@ -67,7 +128,7 @@ def cmd_train(args) -> int:
     from tokjax.pretrained import _build
     from tokjax.train import load_run_config
 
-    run = load_run_config(args.config)
+    run = load_run_config(_resolve_config(args.config))
     if args.steps is not None:
         run = dataclasses.replace(run, train=run.train.replace(total_steps=args.steps))
     workdir = _P(args.workdir or f"runs/{run.name}")
@@ -82,7 +143,7 @@ def _load_model(spec: str):
     """Returns (Model, tokenizer) for a pretrained name, a Hugging Face checkpoint directory or a .gguf file."""
     import tokjax
 
-    path = Path(spec)
+    path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
         if not path.is_file():
             raise ValueError(f"GGUF file {spec} not found")
@@ -96,47 +157,31 @@ def _load_model(spec: str):
         if tok is None:
             raise ValueError(f"{spec} has no tokenizer.json; tokjax needs the checkpoint's tokenizer to generate text")
         return model, tok
-    if "/" in spec or spec.startswith("."):
-        raise ValueError(f"--model {spec!r} is neither a pretrained name, a checkpoint directory nor a .gguf file")
+    names = tokjax.available_pretrained()
+    if spec not in names:
+        raise ValueError(f"--model {spec!r} is neither a pretrained name (choose from {', '.join(names)}), an "
+                         "existing checkpoint directory nor a .gguf file")
+    _announce_training(spec)
     return tokjax.pretrained(spec, progress=True)
+
+
+def _sampling_transform(args):
+    """Returns the LogitTransform the sampling flags ask for, built as transformers orders it (``hf_sampling``).
+
+    The flags were range-checked when parsed (never clipped); ``--top-k 0`` and ``--min-p 0`` are off.
+    """
+    from tokjax import logits as L
+
+    return L.hf_sampling(
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        min_p=args.min_p if args.min_p > 0.0 else None, repetition_penalty=args.repetition_penalty,
+        do_sample=not args.greedy,
+    )
 
 
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
-
-
-def _sampling_transform(args):
-    """Returns the LogitTransform the sampling flags ask for; ValueError for a flag out of range (never clipped)."""
-    import math
-
-    from tokjax import logits as L
-
-    _check(args.max_new_tokens >= 1, f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    _check(math.isfinite(args.temperature) and args.temperature > 0,
-           f"--temperature must be a finite number > 0, got {args.temperature} (use --greedy for greedy decoding)")
-    _check(0.0 < args.top_p <= 1.0, f"--top-p must be in (0, 1], got {args.top_p}")
-    top_k = getattr(args, "top_k", 0)
-    min_p = getattr(args, "min_p", 0.0)
-    penalty = getattr(args, "repetition_penalty", 1.0)
-    _check(top_k >= 0, f"--top-k must be >= 0 (0 = off), got {top_k}")
-    _check(0.0 <= min_p <= 1.0, f"--min-p must be in [0, 1], got {min_p}")
-    _check(math.isfinite(penalty) and penalty > 0, f"--repetition-penalty must be a finite number > 0, got {penalty}")
-    if args.greedy:
-        return L.greedy() if penalty == 1.0 else L.chain(L.repetition_penalty(penalty), L.greedy())
-    parts = []
-    if penalty != 1.0:
-        parts.append(L.repetition_penalty(penalty))
-    # Temperature first, then the truncations (the order transformers uses), so --top-p keeps
-    # the nucleus of the distribution that is actually sampled.
-    parts.append(L.temperature(args.temperature))
-    if top_k:
-        parts.append(L.top_k(top_k))
-    if args.top_p < 1.0:
-        parts.append(L.top_p(args.top_p))
-    if min_p > 0.0:
-        parts.append(L.min_p(min_p))
-    return L.chain(*parts)
 
 
 def cmd_generate(args) -> int:
@@ -148,7 +193,7 @@ def cmd_generate(args) -> int:
     model, tok = _load_model(args.model)
     ids = tok.encode(args.prompt)
     if not ids:
-        raise SystemExit("tokjax generate: the prompt is empty; give some text with --prompt")
+        raise ValueError("the prompt is empty; give some text with --prompt")
     _check(len(ids) + args.max_new_tokens <= model.cfg.max_len,
            f"the prompt ({len(ids)} tokens) + --max-new-tokens {args.max_new_tokens} exceeds the model's context of "
            f"{model.cfg.max_len} tokens; lower --max-new-tokens to at most {max(model.cfg.max_len - len(ids), 0)}")
@@ -197,7 +242,12 @@ def cmd_bench(args) -> int:
     bench_dir = _repo_path("benchmarks")
     scripts = sorted(p for p in bench_dir.glob("*.py") if not p.name.startswith("_"))
     if args.only:
-        scripts = [p for p in scripts if p.stem in args.only.split(",")]
+        wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+        unknown = sorted(set(wanted) - {p.stem for p in scripts})
+        if unknown:
+            raise ValueError(f"--only: no benchmark named {', '.join(unknown)}; the benchmarks: "
+                             f"{', '.join(p.stem for p in scripts)}")
+        scripts = [p for p in scripts if p.stem in wanted]
     failed = 0
     for script in scripts:
         print(f"== {script.name} ==", flush=True)
@@ -206,68 +256,140 @@ def cmd_bench(args) -> int:
     return 1 if failed else 0
 
 
+# ------------------------------------------------------------------------ flag types
+# argparse calls these on the raw string; an ArgumentTypeError becomes "argument --x: <message>"
+# and exit status 2, before any model is loaded. Values are never clipped into range.
+def _number(kind, text: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"needs {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+
+
+def _int_at_least(low: int, note: str = ""):
+    def parse(text: str) -> int:
+        v = _number(int, text)
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}{note}, got {v}")
+        return v
+
+    return parse
+
+
+def _float_in(ok, expect: str):
+    def parse(text: str) -> float:
+        v = _number(float, text)
+        if not (math.isfinite(v) and ok(v)):
+            raise argparse.ArgumentTypeError(f"must be {expect}, got {text}")
+        return v
+
+    return parse
+
+
+def _add_sampling(p: argparse.ArgumentParser, *, max_new_tokens: int, temperature: float, top_p: float) -> None:
+    p.add_argument("--max-new-tokens", type=_int_at_least(1), default=max_new_tokens, metavar="N",
+                   help=f"most new tokens (>= 1; prompt + N must fit the model's context; default {max_new_tokens})")
+    p.add_argument("--temperature", type=_float_in(lambda v: v > 0, "a finite number > 0 "
+                   "(for greedy decoding use --greedy)"), default=temperature, metavar="T",
+                   help=f"softmax temperature, > 0 (default {temperature})")
+    p.add_argument("--top-k", type=_int_at_least(0, " (0 = off)"), default=0, metavar="K",
+                   help="keep the K most likely tokens; 0 = off (default 0; transformers' default is 50)")
+    p.add_argument("--top-p", type=_float_in(lambda v: 0 < v <= 1, "in (0, 1] (1 = off)"), default=top_p,
+                   metavar="P", help=f"nucleus sampling: keep the smallest set with probability >= P, in (0, 1]; "
+                   f"1 = off (default {top_p})")
+    p.add_argument("--min-p", type=_float_in(lambda v: 0 <= v <= 1, "in [0, 1] (0 = off)"), default=0.0,
+                   metavar="P", help="drop tokens less likely than P times the top one, in [0, 1]; 0 = off (default)")
+    p.add_argument("--repetition-penalty", type=_float_in(lambda v: v > 0,
+                   "a finite number > 0 (1 = off)"), default=1.0, metavar="R",
+                   help="CTRL repetition penalty on tokens already in the context, > 0; 1 = off (default)")
+    p.add_argument("--greedy", action="store_true",
+                   help="greedy decoding (ignores --temperature, --top-k, --top-p and --min-p)")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="sampling seed, >= 0 (default 0)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tokjax", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    from tokjax._paths import CACHE_ENV, DEFAULT_CACHE
+    from tokjax.catalog import FAMILIES, STATUSES
+    from tokjax.pretrained import available_pretrained
+
+    names = available_pretrained()
+    model_help = (f"NAME, HF-DIR or FILE.gguf; NAME is one of {', '.join(names)} (the ones tokjax trains itself "
+                  "are trained on first use, then cached)")
+    p = argparse.ArgumentParser(
+        prog="tokjax",
+        description="The tokjax command line: demo, chat, catalog, reproduce, train, generate, bench.",
+        epilog=f"Models trained on first use are cached in ${CACHE_ENV} (default {DEFAULT_CACHE}).",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser("catalog", help="print the paper catalog with statuses")
-    c.add_argument("--status", choices=["planned", "implemented", "reproduced", "not-reproduced"])
-    c.add_argument("--family")
-    c.add_argument("--markdown", action="store_true")
+    c.add_argument("--status", choices=STATUSES, help="only papers with this status")
+    c.add_argument("--family", choices=FAMILIES, help="only papers of this family")
+    c.add_argument("--markdown", action="store_true", help="print a markdown table")
     c.set_defaults(fn=cmd_catalog)
 
     r = sub.add_parser("reproduce", help="train the tiny model and run every implemented method's experiment")
     r.add_argument("--quick", action="store_true",
-                   help="CPU-sized versions (what `make reproduce` runs), recorded in experiments/RESULTS-quick.md")
-    r.add_argument("--only", help="comma-separated paper ids, e.g. P29,P44")
+                   help="CPU-sized versions (what make reproduce runs), recorded in experiments/RESULTS-quick.md")
+    r.add_argument("--only", metavar="IDS", help="comma-separated paper ids, e.g. P29,P44")
     r.add_argument("--no-train", action="store_true", help="skip the tiny-model setup step")
     r.set_defaults(fn=cmd_reproduce)
 
     t = sub.add_parser("train", help="train a model from a YAML config (configs/*.yaml)")
-    t.add_argument("config")
+    t.add_argument("config", help="a YAML file (relative to the current directory or the project root) or a "
+                   "config name such as tiny-test")
     t.add_argument("--workdir", help="checkpoint directory (default runs/<name>; an existing run resumes)")
-    t.add_argument("--steps", type=int)
+    t.add_argument("--steps", type=_int_at_least(1), metavar="N", help="override train.total_steps (>= 1)")
     t.set_defaults(fn=cmd_train)
 
     g = sub.add_parser("generate", help="continue a prompt with a pretrained model, a HF checkpoint or a GGUF file")
-    g.add_argument("--model", default="tiny-pydocs", help="NAME (tokjax.pretrained), HF-DIR or FILE.gguf")
-    g.add_argument("--prompt", required=True)
-    g.add_argument("--max-new-tokens", type=int, default=64)
-    g.add_argument("--temperature", type=float, default=0.8)
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--min-p", type=float, default=0.0)
-    g.add_argument("--repetition-penalty", type=float, default=1.0)
-    g.add_argument("--greedy", action="store_true")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--model", default="tiny-pydocs", metavar="MODEL", help=model_help + " (default tiny-pydocs)")
+    g.add_argument("--prompt", required=True, help="the text to continue")
+    _add_sampling(g, max_new_tokens=64, temperature=0.8, top_p=1.0)
     g.set_defaults(fn=cmd_generate)
 
     ch = sub.add_parser("chat", help="multi-turn chat on stdin, replies streamed as they are generated")
-    ch.add_argument("--model", default="smollm2-135m-instruct",
-                    help="NAME, HF-DIR or FILE.gguf of a model whose tokenizer has a chat template")
+    ch.add_argument("--model", default="smollm2-135m-instruct", metavar="MODEL",
+                    help=model_help + "; its tokenizer needs a chat template (default smollm2-135m-instruct)")
     ch.add_argument("--system", help="system message (default: the chat template's own)")
-    ch.add_argument("--max-new-tokens", type=int, default=256, help="most tokens per reply")
-    ch.add_argument("--temperature", type=float, default=0.7)
-    ch.add_argument("--top-p", type=float, default=0.9)
-    ch.add_argument("--greedy", action="store_true", help="greedy decoding (ignores --temperature and --top-p)")
-    ch.add_argument("--seed", type=int, default=0)
+    _add_sampling(ch, max_new_tokens=256, temperature=0.7, top_p=0.9)
     ch.set_defaults(fn=cmd_chat)
 
-    d = sub.add_parser("demo", help="the five-minute tour on SmolLM2-135M-Instruct (what `make demo` runs)")
+    d = sub.add_parser("demo", help="the five-minute tour on SmolLM2-135M-Instruct (what make demo runs)")
     d.add_argument("--quick", action="store_true", help="fewer new tokens per section (for tests)")
     d.set_defaults(fn=cmd_demo)
 
     b = sub.add_parser("bench", help="run the benchmarks (side by side with the usual alternative)")
-    b.add_argument("--quick", action="store_true")
-    b.add_argument("--only", help="comma-separated benchmark names, e.g. train_throughput")
+    b.add_argument("--quick", action="store_true", help="small versions")
+    b.add_argument("--only", metavar="NAMES", help="comma-separated benchmark names, e.g. train_throughput")
     b.set_defaults(fn=cmd_bench)
     return p
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def _silence_stdout() -> None:
+    """Returns None after pointing stdout at /dev/null, so the interpreter's final flush cannot fail again."""
     try:
-        return args.fn(args)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout replaced by an object without a file descriptor
+        pass
+
+
+def main(argv=None) -> int:
+    """Returns the exit status: 0 on success (and for --help), 2 for a usage error or a bad input."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse has printed the help or the usage error; callers get a status, not an exit
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        code = args.fn(args)
+        sys.stdout.flush()  # a closed pipe shows up here rather than at interpreter exit
+        return code
+    except BrokenPipeError:
+        # The reader stopped reading (`tokjax catalog | head -1`): it has what it wanted; leave
+        # quietly, as cat or grep do, without a traceback.
+        _silence_stdout()
+        return 0
     except (ValueError, FileNotFoundError) as e:  # user errors: one clear line, no traceback from deep inside jax
         print(f"tokjax {args.command}: error: {e}", file=sys.stderr)
         return 2

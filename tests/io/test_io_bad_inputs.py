@@ -255,3 +255,59 @@ def test_bad_tokenizer_file_is_named(tmp_path, llama_dir):
     with pytest.raises(CheckpointError, match=r"tokenizer\.json: tokenizers could not load it"):
         load_hf(d)
     load_hf(d, tokenizer=False)  # the weights still load on their own
+
+
+# ------------------------------------------------------------------ non-finite weights, ~ in paths
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_tensor_is_named(tmp_path, llama_dir, bad):
+    # Before: NaN/inf weights loaded silently and every forward produced NaN logits.
+    d = _copy(llama_dir, tmp_path)
+    name = "model.layers.1.mlp.up_proj.weight"
+
+    def poison(t):
+        t[name] = t[name].copy()
+        t[name][2, 5] = bad
+
+    _edit_tensors(d, poison)
+    msg = rf"model\.safetensors: tensor '{name}' \(F32\) holds 1 non-finite values.*check_finite=False"
+    with pytest.raises(CheckpointError, match=msg):
+        load_hf(d)
+    model, _ = load_hf(d, check_finite=False)  # the opt-out loads it as stored
+    up = np.asarray(model.params["layers"]["w_up"][1])
+    assert np.sum(~np.isfinite(up)) == 1
+
+
+def test_cast_overflow_is_named(tmp_path, llama_dir):
+    d = _copy(llama_dir, tmp_path)
+    name = "model.layers.0.self_attn.o_proj.weight"
+    _edit_tensors(d, lambda t: t.__setitem__(name, np.full_like(t[name], 1e6)))
+    with pytest.raises(CheckpointError, match=rf"tensor '{name}' \(F32\) has \d+ values beyond the float16 range"):
+        load_hf(d, dtype="float16")
+    model, _ = load_hf(d, dtype="bfloat16")  # bfloat16 has float32's range
+    assert np.isfinite(np.asarray(model.params["layers"]["wo"], np.float32)).all()
+
+
+def test_load_hf_expands_home(tmp_path, monkeypatch, llama_dir):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "ckpt").mkdir()
+    _copy(llama_dir, tmp_path / "ckpt")
+    model, _ = load_hf("~/ckpt", tokenizer=False)
+    assert model.cfg.vocab_size == LLAMA.vocab_size
+    with pytest.raises(CheckpointError, match=str(tmp_path / "nowhere")):
+        load_hf("~/nowhere")
+
+
+def test_load_gguf_expands_home(tmp_path, monkeypatch):
+    pytest.importorskip("gguf")
+    from tests.io.test_gguf_files import make_model, write_gguf
+    from tokjax.io import load_gguf
+
+    model = make_model(64, tied=True)
+    write_gguf(tmp_path / "m.gguf", model, None)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    loaded, tok = load_gguf("~/m.gguf", tokenizer=False)
+    assert tok is None
+    np.testing.assert_array_equal(np.asarray(loaded.params["final_norm"]["scale"]),
+                                  np.asarray(model.params["final_norm"]["scale"]))
+    with pytest.raises(ValueError, match=str(tmp_path / "nowhere.gguf")):
+        load_gguf("~/nowhere.gguf")

@@ -271,10 +271,10 @@ def load_gguf(
     Tensors stored as F32, F16, BF16, Q8_0, Q4_0 or Q4_1 are dequantised to float32 (then cast to
     ``dtype``: float32, bfloat16 or float16). The tokenizer is rebuilt from the file's metadata as
     a byte-level BPE with its special tokens, bos/eos/pad ids and Jinja chat template (see
-    :func:`tokenizer_from_gguf`). ``check_finite`` rejects tensors holding NaN/inf. Raises
-    ValueError naming the file (and the tensor and its type where one is at fault) for a missing,
-    truncated or corrupt file, an architecture other than llama, an unsupported GGML type or
-    option, or a tensor whose shape disagrees with the metadata.
+    :func:`tokenizer_from_gguf`). ``check_finite`` rejects tensors holding NaN/inf; ``~`` in
+    ``path`` is expanded. Raises ValueError naming the file (and the tensor and its type where
+    one is at fault) for a missing, truncated or corrupt file, an architecture other than llama,
+    an unsupported GGML type or option, or a tensor whose shape disagrees with the metadata.
     """
     f = GGUFFile(path)
     hf_config = _hf_config(f)

@@ -103,7 +103,10 @@ def _stored_dtype(weights: _Weights, name: str) -> str:
 
 
 def _convert(arr: np.ndarray, dtype: str) -> np.ndarray:
-    return np.asarray(arr).astype(jnp.dtype(dtype), copy=False)
+    # Values beyond the target range become inf; check_finite reports that by tensor name, so
+    # numpy's anonymous overflow warning would only repeat it.
+    with np.errstate(over="ignore"):
+        return np.asarray(arr).astype(jnp.dtype(dtype), copy=False)
 
 
 def config_from_hf(hf_config: dict, *, source: str = CONFIG_FILE) -> tuple[ModelConfig, Architecture]:
@@ -125,7 +128,13 @@ def config_from_hf(hf_config: dict, *, source: str = CONFIG_FILE) -> tuple[Model
     return cfg, arch
 
 
-def load_hf(path: str | os.PathLike[str], dtype: Any = None, *, tokenizer: bool = True):
+def _non_finite(arr: np.ndarray) -> int:
+    """Returns how many entries of ``arr`` are NaN or inf."""
+    finite = np.isfinite(arr)
+    return int(finite.size - np.count_nonzero(finite))
+
+
+def load_hf(path: str | os.PathLike[str], dtype: Any = None, *, tokenizer: bool = True, check_finite: bool = True):
     """Returns (Model, BPETokenizer or None) read from a Hugging Face checkpoint directory.
 
     Supports model_type gpt2, llama and qwen2 with weights in ``model.safetensors`` or in shards
@@ -133,11 +142,15 @@ def load_hf(path: str | os.PathLike[str], dtype: Any = None, *, tokenizer: bool 
     the parameter and compute dtype; default: the dtype the checkpoint stores. The tokenizer is
     ``tokenizer.json`` when present (bos/eos/pad from a tokjax sidecar, ``tokenizer_config.json``
     or ``config.json``), a :class:`~tokjax.io.ChatBPETokenizer` when the directory has a chat
-    template (``chat_template`` in ``tokenizer_config.json``, or ``chat_template.jinja``). Raises ValueError (CheckpointError for file problems) naming the file
-    and tensor: missing files, unsupported model types or options, shape or dtype mismatches,
-    truncated or corrupt safetensors, unexpected tensors.
+    template (``chat_template`` in ``tokenizer_config.json``, or ``chat_template.jinja``). ``~`` in
+    ``path`` is expanded. ``check_finite`` (default on) rejects a tensor holding NaN or inf, as
+    stored (a corrupt or diverged checkpoint) or after the cast to ``dtype`` (a float32 value
+    beyond float16's range); it costs one pass over the weights. Raises ValueError
+    (CheckpointError for file problems) naming the file and tensor: missing files, unsupported
+    model types or options, shape or dtype mismatches, truncated or corrupt safetensors,
+    unexpected tensors, non-finite values.
     """
-    root = Path(path)
+    root = Path(path).expanduser()
     if not root.is_dir():
         raise CheckpointError(f"{root}: not a directory (expected a Hugging Face checkpoint directory)")
     cfg_path = root / CONFIG_FILE
@@ -183,9 +196,21 @@ def load_hf(path: str | os.PathLike[str], dtype: Any = None, *, tokenizer: bool 
                     f"{f.path}: tensor {name!r} has dtype {tag}; weights must be floating point "
                     f"({', '.join(FLOAT_TAGS)})"
                 )
-            parts = from_hf(rule, f.get(name), per_layer_shapes)
+            raw = f.get(name)
+            if check_finite and (bad := _non_finite(raw)):
+                raise CheckpointError(
+                    f"{f.path}: tensor {name!r} ({tag}) holds {bad} non-finite values (NaN/inf; a corrupt or "
+                    "diverged checkpoint?); pass check_finite=False to load it anyway"
+                )
+            parts = from_hf(rule, raw, per_layer_shapes)
             for k, part in enumerate(parts):
-                stacks[k].append(_convert(part, dname))
+                part = _convert(part, dname)
+                if check_finite and (bad := _non_finite(part)):
+                    raise CheckpointError(
+                        f"{f.path}: tensor {name!r} ({tag}) has {bad} values beyond the {dname} range (inf after "
+                        f"the cast); load it with dtype='float32' or 'bfloat16', or pass check_finite=False"
+                    )
+                stacks[k].append(part)
             used.add(name)
         for o, stack in zip(rule.ours, stacks):
             flat[o] = np.stack(stack) if rule.per_layer else stack[0]

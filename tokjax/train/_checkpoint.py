@@ -92,6 +92,7 @@ def _precheck(stored: Any, abstract: Any, where: Path) -> None:
     """
     if stored is None:
         return
+    stored = getattr(stored, "tree", stored)  # orbax >= 0.11 wraps the tree in a TreeMetadata
     try:
         got = {path_tokens(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(stored)[0]}
     except Exception:
@@ -163,7 +164,13 @@ class Checkpointer:
             read_only=not create,
         )
         try:
-            self._manager = ocp.CheckpointManager(self.directory, options=options)
+            # One item saved with the standard handler, declared up front: without it orbax cannot
+            # read a step's metadata before a restore names the handler, and logs 'Item "default"
+            # was found in the checkpoint, but could not be restored' on every resume (harmless:
+            # the restore below names it, but the structure precheck saw no metadata).
+            self._manager = ocp.CheckpointManager(
+                self.directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
+            )
         except Exception as e:  # orbax raises a zoo of types for unreadable directories
             raise CheckpointError(f"cannot open checkpoint directory {self.directory}: {_short(e)}") from None
 
