@@ -89,7 +89,9 @@ def _devices(example: list[Block]) -> int | None:
     return int(found[0].split(":", 1)[1]) if found else None
 
 
-def _run(example: list[Block], namespace: dict) -> None:
+def _run(example: list[Block], namespace: dict) -> int:
+    """Runs the example's blocks in order in ``namespace``; returns how many ran (fails the test on an error)."""
+    ran = 0
     for b in example:
         # Pad with newlines so the code's line numbers are the markdown file's.
         code = compile("\n" * (b.line - 1) + b.source, str(b.path), "exec")
@@ -98,8 +100,10 @@ def _run(example: list[Block], namespace: dict) -> None:
         except Exception as e:  # pytest's own report would print the whole page above the failing line
             tb = "".join(traceback.format_exception(e))
         else:
+            ran += 1
             continue
         pytest.fail(f"{_rel(example[0])}: the block at line {b.line} raised\n{tb}", pytrace=False)
+    return ran
 
 
 _CHILD = """
@@ -143,7 +147,7 @@ def test_example_runs(example, tmp_path, monkeypatch):
         return
     module = types.ModuleType("docs_example")
     try:
-        _run(example, module.__dict__)
+        assert _run(example, module.__dict__) == len(example)
     finally:
         module.__dict__.clear()  # a loaded model is ~0.5 GB; free it before the next test
         gc.collect()

@@ -214,6 +214,11 @@ def _next_state(t: dict, shape: GrammarShape, fsm: jax.Array, tok: jax.Array) ->
 
 
 def _advance(t, shape, fsm, pos, tokens, lengths):
+    """Returns (fsm, pos) after feeding each row the tokens committed since its last apply.
+
+    An inner loop inherent to the constraint, not a decode loop: a speculative step commits a
+    variable number of tokens per row, so the automaton advances until every row has caught up.
+    """
     S = tokens.shape[1]
 
     def cond(c):
