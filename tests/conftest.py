@@ -12,3 +12,23 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 settings.load_profile("tokjax")
+
+
+import gc  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drops every jit cache after each test module.
+
+    Each compiled XLA CPU program holds memory mappings of its own; a pytest worker that runs
+    hundreds of modules otherwise reaches the kernel's vm.max_map_count (65530) and LLVM
+    segfaults inside the next compile (seen at ~62k mappings in one worker of `make test`).
+    """
+    yield
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
