@@ -326,9 +326,12 @@ def _setup(model, prompt, *, key, max_new_tokens, prompt_lengths, logits, strate
         if _has_output(strategy):
             raise ValueError(f"logprobs are recorded per decode row; {type(strategy).__name__} returns other rows "
                              "(Strategy.output), so generate(logprobs=) is not supported with it")
-    if _has_output(strategy) and (strings or n > 1):
+    if _has_output(strategy) and strings:
         raise ValueError(f"{type(strategy).__name__} returns its own rows (Strategy.output): stop strings and n > 1 "
-                         "are not supported with it (n > 1 would repeat the same deterministic search)")
+                         "are not supported with it (stop strings are matched on decode rows)")
+    if n > 1 and not getattr(strategy, "samples", True):
+        raise ValueError(f"{type(strategy).__name__} never samples: stop strings and n > 1 are not supported with it "
+                         "(n > 1 would repeat the same deterministic search)")
     reps = int(getattr(strategy, "rows_per_prompt", 1)) * int(n)
     if rules is not None and mesh is None:
         raise ValueError("rules= applies to sharded decoding; pass mesh= too")
