@@ -1,6 +1,8 @@
 """STAND (P22): n-gram memory update/lookup vs a dict reference, Gumbel-top-k tree drafts, greedy equality,
 lossless sampling (chi-square), hot start and bad input."""
 
+from types import SimpleNamespace
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -224,6 +226,40 @@ def test_sampling_with_tree_verifier_is_lossless_chi_square():
     table = table[:, table.sum(0) > 0]
     _, p, _, _ = sps.chi2_contingency(table)
     assert p > 1e-3, (p, table)
+
+
+def _full_buffer_priming(tokens, lens, orders, capacity, k, vocab):
+    """The priming as first written: every buffer position, masked past each row's prompt."""
+    B, S = tokens.shape
+    n_max = max(orders)
+    pos = np.arange(S - 1)
+    idx = pos[:, None] - n_max + 1 + np.arange(n_max)[None, :]
+    ctx = tokens[:, np.clip(idx, 0, S - 1)]
+    ok = np.broadcast_to(idx >= 0, ctx.shape)
+    mask = (pos[None, :] + 1) < lens[:, None]
+    return ngram_update(NgramTables.init(orders, capacity, k), orders, jnp.asarray(ctx.reshape(-1, n_max)),
+                        jnp.asarray(ok.reshape(-1, n_max)), jnp.asarray(tokens[:, 1:].reshape(-1, 1)),
+                        jnp.ones((B * (S - 1), 1)), jnp.asarray(mask.reshape(-1)), vocab)
+
+
+@pytest.mark.parametrize("lens", [[5, 2, 11], [1, 1, 1], [40, 3, 17]])
+def test_prime_prompt_reads_only_the_prompts_yet_equals_full_buffer_priming(lens):
+    # init stops at the longest prompt (rounded to a power of two); the tables must not change,
+    # eagerly or under an outer jit (where the lengths are unknown and the whole buffer is read).
+    rng = np.random.default_rng(sum(lens))
+    lens = np.asarray(lens, np.int32)
+    tokens = rng.integers(0, 9, (3, 48)).astype(np.int32)  # a small alphabet: many repeated keys and collisions
+    tokens[np.arange(48)[None] >= lens[:, None]] = 4
+    src = ngram_memory("small", orders=(3, 2, 1), top_k=4, capacity=32, prime_prompt=True)
+    state = SimpleNamespace(tokens=jnp.asarray(tokens), prompt_lengths=jnp.asarray(lens))
+    want = _full_buffer_priming(tokens, lens, src.orders, 32, 4, V)
+    eager = src.init(None, MODEL.cfg, state).tables
+    traced = jax.jit(lambda t, n: src.init(None, MODEL.cfg, SimpleNamespace(tokens=t, prompt_lengths=n)).tables)(
+        state.tokens, state.prompt_lengths)
+    assert (int(want.counts.sum()) > 0) == bool(np.any(lens >= 2))
+    for got in (eager, traced):
+        for f in ("keys", "tokens", "weights", "counts"):
+            np.testing.assert_array_equal(np.asarray(getattr(got, f)), np.asarray(getattr(want, f)), err_msg=f)
 
 
 def test_hot_start_round_trip():

@@ -35,6 +35,7 @@ key of the last observation in (row, position) order takes the slot and the othe
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import jax
@@ -268,20 +269,13 @@ class NgramMemory(DraftSource):
     def init(self, params, cfg, state) -> StandState:
         B, S = state.tokens.shape
         n_max = max(self.orders)
-        tables = NgramTables.init(self.orders, self.capacity, self.top_k)
         if self.prime_prompt and S > 1:
-            # One-hot observations of the prompt's own n-grams (an addition to the paper: it lets
-            # the memory draft repeats of the prompt, like prompt lookup).
-            pos = jnp.arange(S - 1)
-            idx = pos[:, None] - n_max + 1 + jnp.arange(n_max)[None, :]  # [S-1, n_max]
-            ctx = state.tokens[:, jnp.clip(idx, 0, S - 1)]  # [B, S-1, n_max]
-            ctx_ok = jnp.broadcast_to(idx >= 0, ctx.shape)
-            nxt = state.tokens[:, 1:]
-            mask = (pos[None, :] + 1) < state.prompt_lengths[:, None]
-            tables = ngram_update(
-                tables, self.orders, ctx.reshape(-1, n_max), ctx_ok.reshape(-1, n_max), nxt.reshape(-1, 1),
-                jnp.ones((B * (S - 1), 1), jnp.float32), mask.reshape(-1), cfg.vocab_size,
+            tables = _prime_tables(
+                state.tokens[:, :_prime_width(state.prompt_lengths, S)], state.prompt_lengths,
+                orders=self.orders, capacity=self.capacity, top_k=self.top_k, vocab_size=cfg.vocab_size,
             )
+        else:
+            tables = NgramTables.init(self.orders, self.capacity, self.top_k)
         return StandState(
             tables=tables,
             tail=jnp.zeros((B, n_max), jnp.int32),
@@ -322,6 +316,44 @@ class NgramMemory(DraftSource):
             target_logits, accepted.path, accepted.count, cfg.vocab_size, raw_logits=raw_logits,
         )
         return dstate.replace(tables=tables)
+
+
+def _prime_width(prompt_lengths, S: int) -> int:
+    """Returns how many leading buffer columns priming reads: the longest prompt rounded up to a power of two (<= S).
+
+    Columns past the longest prompt hold no prompt n-gram, yet each costs a dense vocabulary-wide
+    row per order in ``ngram_update`` (at V = 49152 the whole buffer cost about one prefill).
+    Rounding up to a power of two, as ``generate`` buckets prompt widths, bounds recompiles to
+    one per bucket rather than one per prompt length. Under an outer trace the lengths are not
+    known, so the whole buffer is read (same tables, more work).
+    """
+    if isinstance(prompt_lengths, jax.core.Tracer):
+        return S
+    P = int(np.max(np.asarray(prompt_lengths)))
+    return min(S, max(2, 1 << max(P - 1, 0).bit_length()))
+
+
+@functools.partial(jax.jit, static_argnames=("orders", "capacity", "top_k", "vocab_size"))
+def _prime_tables(tokens, prompt_lengths, *, orders, capacity, top_k, vocab_size) -> NgramTables:
+    """Returns fresh tables holding each prompt's own n-grams as one-hot observations (``prime_prompt``).
+
+    ``tokens`` [B, W]: the first W buffer columns (W >= every prompt length); the observation at
+    position t (t = 0..W-2) is the next token ``tokens[:, t+1]`` keyed by the n-gram ending at t,
+    counted only where t + 1 < the row's prompt length. One compiled call (rather than op by op):
+    it is the same work, with one compilation per shape instead of one per primitive.
+    """
+    B, W = tokens.shape
+    n_max = max(orders)
+    pos = jnp.arange(W - 1)
+    idx = pos[:, None] - n_max + 1 + jnp.arange(n_max)[None, :]  # [W-1, n_max]
+    ctx = tokens[:, jnp.clip(idx, 0, W - 1)]  # [B, W-1, n_max]
+    ctx_ok = jnp.broadcast_to(idx >= 0, ctx.shape)
+    nxt = tokens[:, 1:]
+    mask = (pos[None, :] + 1) < prompt_lengths[:, None]
+    return ngram_update(
+        NgramTables.init(orders, capacity, top_k), orders, ctx.reshape(-1, n_max), ctx_ok.reshape(-1, n_max),
+        nxt.reshape(-1, 1), jnp.ones((B * (W - 1), 1), jnp.float32), mask.reshape(-1), vocab_size,
+    )
 
 
 def draft_stand_tree(tables, orders, template, seq_tokens, lengths, key, vocab_size):

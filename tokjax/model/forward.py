@@ -137,8 +137,11 @@ def unembed(
     params: Params, cfg: ModelConfig, hidden: jax.Array, *, head: jax.Array | None = None, bias: jax.Array | None = None
 ) -> jax.Array:
     """Returns float32 logits [B, T, V] = hidden @ head (+ bias); ``hidden`` must already be final-normed."""
-    head = lm_head(params, cfg) if head is None else head
-    logits = jnp.einsum("btd,dv->btv", hidden, head.astype(cfg.dtype), preferred_element_type=jnp.float32)
+    # A tied embedding is contracted as stored ([V, D]): ``embed.T`` made XLA write a transposed
+    # [D, V] copy inside every decode step (113 MB per token on SmolLM2).
+    head, layout = head_matrix(params, cfg) if head is None else (head, "dv")
+    spec = "btd,vd->btv" if layout == "vd" else "btd,dv->btv"
+    logits = jnp.einsum(spec, hidden, head.astype(cfg.dtype), preferred_element_type=jnp.float32)
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
     return logits
