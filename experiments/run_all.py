@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as `python experiments/run_all.py`: make th
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments._harness import (  # noqa: E402
-    RESULTS_PATH, ROOT, Row, _run_mode, format_rows, results_file, write_results,
+    RESULTS_PATH, ROOT, Row, _run_mode, as_rows, format_rows, results_file, write_results,
 )
 from tokjax import catalog  # noqa: E402
 
@@ -99,29 +99,34 @@ def _error_row(pid: str, exc: BaseException, seconds: float, quick: bool) -> Row
     message = f"{type(exc).__name__}: {exc}".strip()
     if len(message) > 300:  # a table cell, not a log; the traceback went to stderr
         message = message[:297] + "..."
-    return Row(pid=pid, claim="", setting="", baseline_name="", baseline_value=None,
+    return Row(pid=pid, claim_id="error", claim="", setting="", baseline_name="", baseline_value=None,
                method_value=None, metric="", verdict="error", seconds=seconds, quick=quick,
                note=message)
 
 
-def _run_one(exp: Experiment, quick: bool) -> Row:
-    """Returns the experiment's row (timed), or an error row if importing or running it raised."""
+def _as_row(row):
+    if not isinstance(row, Row) and type(row).__name__ == "Row" and dataclasses.is_dataclass(row):
+        # Same class loaded twice (`import _harness` vs `experiments._harness`): convert.
+        return Row(**dataclasses.asdict(row))
+    return row
+
+
+def _run_one(exp: Experiment, quick: bool) -> list[Row]:
+    """Returns the experiment's rows (timed), or one error row if importing or running it raised."""
     t0 = time.perf_counter()
     try:
         module = importlib.import_module(exp.module)
         with _run_mode(quick):  # figures of a --quick run go to experiments/figures/quick/
-            row = module.run(quick)
-        if not isinstance(row, Row) and type(row).__name__ == "Row" and dataclasses.is_dataclass(row):
-            # Same class loaded twice (`import _harness` vs `experiments._harness`): convert.
-            row = Row(**dataclasses.asdict(row))
-        if not isinstance(row, Row):
-            raise TypeError(f"{exp.module}.run() returned {type(row).__name__}, not Row")
-        if row.pid != exp.pid:
-            raise ValueError(f"{exp.module}.run() returned a row for {row.pid}, expected {exp.pid}")
+            result = module.run(quick)
+        result = [_as_row(r) for r in result] if isinstance(result, (list, tuple)) else _as_row(result)
+        rows = as_rows(result)
+        if rows[0].pid != exp.pid:
+            raise ValueError(f"{exp.module}.run() returned rows for {rows[0].pid}, expected {exp.pid}")
     except Exception as exc:  # one broken experiment must not stop the others
         traceback.print_exc(file=sys.stderr)
-        return _error_row(exp.pid, exc, time.perf_counter() - t0, quick)
-    return dataclasses.replace(row, seconds=time.perf_counter() - t0, quick=quick)
+        return [_error_row(exp.pid, exc, time.perf_counter() - t0, quick)]
+    seconds = time.perf_counter() - t0
+    return [dataclasses.replace(r, seconds=seconds, quick=quick) for r in rows]
 
 
 def _free_memory() -> None:
@@ -166,11 +171,12 @@ def run_all(quick: bool = True, only: str | Iterable[str | int] | None = None,
     rows: list[Row] = []
     for i, exp in enumerate(experiments, 1):
         say(f"[{i}/{len(experiments)}] {exp.pid} {exp.module} ...", flush=True)
-        row = _run_one(exp, quick)
-        rows.append(row)
-        write_results([row], results_path)  # recorded now, so a later crash loses nothing
-        extra = f": {row.note}" if row.verdict == "error" else ""
-        say(f"[{i}/{len(experiments)}] {exp.pid} {row.verdict} ({row.seconds:.1f} s){extra}", flush=True)
+        got = _run_one(exp, quick)
+        rows += got
+        write_results(got, results_path)  # recorded now, so a later crash loses nothing
+        extra = f": {got[0].note}" if got[0].verdict == "error" else ""
+        verdicts = ", ".join(f"{r.claim_id} {r.verdict}" for r in got)
+        say(f"[{i}/{len(experiments)}] {exp.pid} {verdicts} ({got[0].seconds:.1f} s){extra}", flush=True)
         _free_memory()
 
     write_results([], results_path)  # creates/normalises the file even when nothing ran

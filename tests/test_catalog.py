@@ -156,16 +156,61 @@ def test_verify_catches_false_claims():
     assert len(bad_files) == 2
 
 
-def test_verdict_statuses_match_results():
-    """A reproduced / not-reproduced status must be backed by the same verdict in RESULTS.md."""
+def test_every_claim_is_tied_to_its_full_run_row():
+    """Each claim's status is the verdict of its (paper, claim id) row in RESULTS.md, and every
+    full-run row is a claim of its paper's catalog entry (no orphan or stale rows)."""
     from experiments._harness import load_results
 
-    claimed = [e for e in catalog.entries() if e.status in ("reproduced", "not-reproduced")]
-    results = load_results() if claimed else {}
-    wrong = [f"{e.pid}: catalog says {e.status}, RESULTS.md says "
-             f"{results[e.pid].verdict if e.pid in results else 'nothing'}"
-             for e in claimed if e.pid not in results or results[e.pid].verdict != e.status]
+    results = load_results()
+    wrong = []
+    for e in catalog.entries():
+        for c in e.claims:
+            row = results.get((e.pid, c.id))
+            if row is None:
+                if c.status != "untested-here":  # an untested claim may have no row; its reason says why
+                    wrong.append(f"{e.pid}/{c.id}: catalog says {c.status}, RESULTS.md has no row")
+            elif row.verdict != c.status or row.quick is not False:
+                wrong.append(f"{e.pid}/{c.id}: catalog says {c.status}, RESULTS.md says {row.verdict}"
+                             f" ({'quick' if row.quick else 'full'} run)")
+    claimed = {(e.pid, c.id) for e in catalog.entries() for c in e.claims}
+    wrong += [f"{pid}/{cid}: row in RESULTS.md ({r.verdict}) but no such claim in the catalog"
+              for (pid, cid), r in results.items() if (pid, cid) not in claimed and r.verdict != "error"]
     assert not wrong, "\n".join(wrong)
+
+
+def test_paper_status_summarises_its_claims():
+    c = catalog.Claim
+    rep, nrep = c("a", "t", "reproduced"), c("b", "t", "not-reproduced", "r")
+    inc, unt = c("c", "t", "inconclusive", "r"), c("d", "t", "untested-here", "no GPU")
+    assert catalog.paper_status([rep]) == "reproduced"
+    assert catalog.paper_status([rep, unt]) == "partial" and catalog.paper_status([rep, nrep]) == "partial"
+    assert catalog.paper_status([nrep, inc, unt]) == "not-reproduced"
+    assert catalog.paper_status([inc, unt]) == "inconclusive" and catalog.paper_status([unt]) == "untested-here"
+    with pytest.raises(ValueError):
+        catalog.paper_status([])
+    for e in catalog.entries():
+        assert (e.status == catalog.paper_status(e.claims)) if e.claims else e.status in ("planned", "implemented")
+
+
+def test_bad_claims_are_rejected():
+    es = list(catalog.entries())
+    base = next(e for e in es if e.claims)
+    i = es.index(base)
+    cases = {
+        "needs a reason": [catalog.Claim("x", "t", "not-reproduced")],
+        "duplicate claim ids": [catalog.Claim("x", "t", "reproduced"), catalog.Claim("x", "u", "reproduced")],
+        "claim status": [catalog.Claim("x", "t", "maybe", "r")],
+        "slug": [catalog.Claim("Speed Up", "t", "reproduced")],
+    }
+    for match, claims in cases.items():
+        bad = dataclasses.replace(base, claims=tuple(claims), status="reproduced")
+        with pytest.raises(ValueError, match=match):
+            catalog._validate(es[:i] + [bad] + es[i + 1:])
+    with pytest.raises(ValueError, match="summarise"):
+        catalog._validate(es[:i] + [dataclasses.replace(base, claims=(catalog.Claim("x", "t", "reproduced"),),
+                                                        status="not-reproduced")] + es[i + 1:])
+    with pytest.raises(ValueError, match="needs claims"):
+        catalog._validate(es[:i] + [dataclasses.replace(base, claims=())] + es[i + 1:])
 
 
 # ---------------------------------------------------------------- README table

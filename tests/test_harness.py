@@ -50,11 +50,11 @@ def test_record_keeps_other_rows_and_is_idempotent(tmp_path):
     h.record(make_row("P29", figure="experiments/figures/p29_mem.png"), path)
     first = path.read_text()
     rows = h.load_results(path)
-    assert list(rows) == ["P3", "P29", "P44"]  # sorted by paper number, not by id string
-    assert rows["P44"].verdict == "not-reproduced" and rows["P44"].method_value == "1.1x"
-    assert rows["P3"].baseline_value is None
-    assert rows["P29"].figure == "experiments/figures/p29_mem.png"
-    assert rows["P29"].quick is True and rows["P29"].seconds == pytest.approx(3.1)
+    assert list(rows) == [("P3", "main"), ("P29", "main"), ("P44", "main")]  # by paper number, not id string
+    assert rows[("P44", "main")].verdict == "not-reproduced" and rows[("P44", "main")].method_value == "1.1x"
+    assert rows[("P3", "main")].baseline_value is None
+    assert rows[("P29", "main")].figure == "experiments/figures/p29_mem.png"
+    assert rows[("P29", "main")].quick is True and rows[("P29", "main")].seconds == pytest.approx(3.1)
 
     h.record(make_row("P29", figure="experiments/figures/p29_mem.png"), path)
     assert path.read_text() == first  # same row again: same bytes
@@ -63,8 +63,8 @@ def test_record_keeps_other_rows_and_is_idempotent(tmp_path):
 
     h.record(make_row("P29", verdict="not-reproduced"), path)
     rows = h.load_results(path)
-    assert rows["P29"].verdict == "not-reproduced"  # replaced, not duplicated
-    assert set(rows) == {"P3", "P29", "P44"}
+    assert rows[("P29", "main")].verdict == "not-reproduced"  # replaced, not duplicated
+    assert {pid for pid, _ in rows} == {"P3", "P29", "P44"} and len(rows) == 3
     assert [p.name for p in tmp_path.iterdir()] == ["RESULTS.md"]  # no temp files left
 
 
@@ -72,7 +72,7 @@ def test_cells_with_pipes_and_newlines_round_trip(tmp_path):
     path = tmp_path / "RESULTS.md"
     row = make_row(claim="a | b \\ c", note="line1\nline2", setting="x|y")
     h.record(row, path)
-    back = h.load_results(path)["P29"]
+    back = h.load_results(path)[("P29", "main")]
     assert back.claim == "a | b \\ c" and back.setting == "x|y" and back.note == "line1 line2"
 
 
@@ -94,7 +94,7 @@ def test_run_cli_prints_and_records(tmp_path, capsys):
     assert h.run_cli(run, ["--quick"], results_path=path) == 0
     assert seen == [True]
     assert "| P44 |" in capsys.readouterr().out
-    row = h.load_results(path)["P44"]
+    row = h.load_results(path)[("P44", "main")]
     assert row.quick is True
     h.run_cli(run, ["--no-record"], results_path=tmp_path / "other.md")
     assert not (tmp_path / "other.md").exists()
@@ -157,10 +157,10 @@ def test_run_all_records_successes_and_failures(fake_experiments, capsys):
     assert tj_fake_ok.CALLS == [True]
 
     stored = h.load_results(path)
-    assert set(stored) == {"P3", "P29", "P44", "P45"}
-    assert stored["P44"].verdict == "error" and "boom" in stored["P44"].note
+    assert {pid for pid, _ in stored} == {"P3", "P29", "P44", "P45"}
+    assert stored[("P44", "error")].verdict == "error" and "boom" in stored[("P44", "error")].note
     out = capsys.readouterr()
-    assert "[1/3] P29" in out.out and "[2/3] P44 error" in out.out
+    assert "[1/3] P29" in out.out and "[2/3] P44 error error" in out.out
     assert "| P29 |" in out.out  # the final table
     assert "RuntimeError" in out.err  # traceback goes to stderr
 
@@ -185,7 +185,7 @@ def test_no_implemented_methods_prints_message_and_exits_0(tmp_path, monkeypatch
     out = capsys.readouterr().out
     planned = catalog.summary()["planned"]
     assert f"no implemented methods yet; {planned} planned" in out
-    assert "| paper | claim |" in out  # the (empty) table is still printed
+    assert "| paper | claim id | claim |" in out  # the (empty) table is still printed
     assert path.is_file()
 
 
@@ -314,7 +314,7 @@ def test_row_takes_a_verdict_and_round_trips_its_columns(tmp_path):
     h.record(row, path)
     text = path.read_text()
     assert "| threshold | seeds | per-seed diff |" in text and "| 0.05 | 0 7 | +0.1 +0.3 |" in text
-    back = h.load_results(path)["P29"]
+    back = h.load_results(path)[("P29", "main")]
     assert (back.verdict, back.threshold, back.seeds, back.diffs) == ("reproduced", 0.05, (0, 7), (0.1, 0.3))
     h.write_results([], path)
     assert path.read_text() == text  # exact round trip with the rule columns
@@ -325,13 +325,13 @@ def test_old_header_results_still_load_and_rerender(tmp_path):
     old = "| " + " | ".join(h._OLD_COLUMNS) + " |\n|" + "---|" * len(h._OLD_COLUMNS) + "\n"
     old += "| P6 | c | s | m (higher is better) | plain | 0.988 | 0.992 | inconclusive | full | 80.1 |  | n \\| x |\n"
     path.write_text("# Experiment results\n\n" + old)
-    row = h.load_results(path)["P6"]
+    row = h.load_results(path)[("P6", "main")]
     assert row.verdict == "inconclusive" and row.quick is False and row.note == "n | x"
     assert row.threshold is None and row.seeds == () and row.diffs == ()
     h.write_results([], path)  # re-rendered with the new columns, values kept
     text = path.read_text()
     assert "| per-seed diff |" in text
-    again = h.load_results(path)["P6"]
+    again = h.load_results(path)[("P6", "main")]
     assert again == row
 
 
@@ -346,12 +346,12 @@ def test_quick_rows_go_to_the_quick_file_and_never_replace_full_rows(tmp_path, m
 
     h.run_cli(run, [])
     h.run_cli(run, ["--quick"])
-    assert h.load_results(full)["P44"].verdict == "not-reproduced"  # the full row survives the quick run
-    assert h.load_results(full)["P44"].quick is False
-    assert h.load_results(quick)["P44"].verdict == "reproduced" and h.load_results(quick)["P44"].quick is True
+    assert h.load_results(full)[("P44", "main")].verdict == "not-reproduced"  # the full row survives the quick run
+    assert h.load_results(full)[("P44", "main")].quick is False
+    assert h.load_results(quick)[("P44", "main")].verdict == "reproduced" and h.load_results(quick)[("P44", "main")].quick is True
     with pytest.raises(ValueError, match="--quick row"):  # even when pointed at the full file
         h.record(make_row("P44", quick=True), full)
-    assert h.load_results(full)["P44"].quick is False
+    assert h.load_results(full)[("P44", "main")].quick is False
 
 
 def test_run_all_quick_writes_the_quick_file(fake_experiments, monkeypatch):
@@ -359,7 +359,7 @@ def test_run_all_quick_writes_the_quick_file(fake_experiments, monkeypatch):
     monkeypatch.setattr(h, "RESULTS_PATH", full)
     monkeypatch.setattr(h, "RESULTS_QUICK_PATH", quick)
     ra.run_all(quick=True, progress=False)
-    assert set(h.load_results(quick)) == {"P29", "P44", "P45"} and not full.exists()
+    assert {pid for pid, _ in h.load_results(quick)} == {"P29", "P44", "P45"} and not full.exists()
 
 
 # ---------------------------------------------------------------- experiment files (static checks)
@@ -413,3 +413,55 @@ def test_quick_runs_write_figures_to_their_own_folder(tmp_path, monkeypatch):
     h.run_cli(run, ["--no-record"])
     assert seen == [tmp_path / "figures" / "quick" / "p38_curve.png", tmp_path / "figures" / "p38_curve.png"]
     assert h.figure_path("P38", "x.png").parent == tmp_path / "figures"  # reset after the run
+
+
+# ---------------------------------------------------------------- per-claim rows
+
+
+def test_a_paper_records_one_row_per_claim_and_a_rerun_replaces_the_set(tmp_path):
+    path = tmp_path / "RESULTS.md"
+    h.record(make_row("P3", quick=False), path)
+    h.record([make_row("P45", claim_id="lossless", quick=False), make_row("P45", claim_id="speed", verdict="not-reproduced",
+                                                                         quick=False)], path)
+    rows = h.load_results(path)
+    assert list(rows) == [("P3", "main"), ("P45", "lossless"), ("P45", "speed")]  # a paper's claims keep their order
+    assert "| P45 | speed |" in path.read_text() and "3 claims of 2 papers" in path.read_text()
+    h.record([make_row("P45", claim_id="speed", quick=False)], path)  # a re-run is the paper's whole set
+    assert list(h.load_results(path)) == [("P3", "main"), ("P45", "speed")]
+
+
+def test_an_error_keeps_the_papers_earlier_rows(tmp_path):
+    path = tmp_path / "RESULTS.md"
+    h.record([make_row("P45", claim_id="speed", quick=False)], path)
+    h.record(make_row("P45", claim_id="error", verdict="error", quick=False), path)
+    assert set(h.load_results(path)) == {("P45", "speed"), ("P45", "error")}
+    h.record(make_row("P45", claim_id="speed", quick=False), path)  # a successful run clears the error
+    assert set(h.load_results(path)) == {("P45", "speed")}
+
+
+def test_claim_rows_are_validated():
+    for bad in ("Speed", "", "a b", "x" * 40, 3):
+        with pytest.raises(ValueError, match="claim_id"):
+            make_row(claim_id=bad)
+    with pytest.raises(ValueError, match="same"):
+        h.write_results([make_row(claim_id="a"), make_row(claim_id="a")], "/nonexistent/never-written.md")
+    with pytest.raises(ValueError, match="one paper"):
+        h.as_rows([make_row("P3"), make_row("P4")])
+    with pytest.raises(TypeError, match="non-empty"):
+        h.as_rows([])
+
+
+def test_run_cli_records_a_list_of_claim_rows(tmp_path):
+    path = tmp_path / "RESULTS.md"
+    h.run_cli(lambda q: [make_row("P22", claim_id="lossless", quick=None), make_row("P22", claim_id="speed", quick=None)],
+              [], results_path=path)
+    rows = h.load_results(path)
+    assert set(rows) == {("P22", "lossless"), ("P22", "speed")} and all(r.quick is False for r in rows.values())
+
+
+def test_per_paper_header_loads_as_claim_main(tmp_path):
+    path = tmp_path / "RESULTS.md"
+    cols = h._PER_PAPER_COLUMNS
+    path.write_text("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
+                    + "| P6 | c | s | m | b | 1 | 2 | reproduced | 0.1 | 0 | +1 | full | 1.0 |  | n |\n")
+    assert list(h.load_results(path)) == [("P6", "main")]

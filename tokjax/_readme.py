@@ -38,8 +38,9 @@ def _status_line(counts: dict[str, int]) -> str:
 def render_method_table() -> str:
     """Returns the README's method table (markdown, preceded by a status summary line).
 
-    Columns: id, paper, family, status, and links to the module and experiment. Links are
-    given only for entries that are not planned; planned entries show a dash.
+    Columns: id, paper, family, status (the summary of the paper's claims), its claims with
+    their verdicts (linked to their rows in experiments/RESULTS.md), and links to the module and
+    experiment. Links are given only for entries that are not planned; planned entries show a dash.
     """
     items = catalog.entries()
     counts = {s: sum(e.status == s for e in items) for s in catalog.STATUSES}
@@ -48,15 +49,16 @@ def render_method_table() -> str:
         "",
         _status_line(counts),
         "",
-        "| id | paper | family | status | code |",
-        "|---|---|---|---|---|",
+        "| id | paper | family | status | claims ([rows](experiments/RESULTS.md)) | code |",
+        "|---|---|---|---|---|---|",
     ]
     for e in items:
         if e.status == "planned":
             code = "—"
         else:
             code = f"[`{e.module}`]({e.module_path}) · [experiment]({e.experiment})"
-        lines.append(f"| {e.pid} | {catalog._md_escape(e.title)} | {e.family} | {e.status} | {code} |")
+        claims = "; ".join(f"{c.id}: {c.status}" for c in e.claims) or "—"
+        lines.append(f"| {e.pid} | {catalog._md_escape(e.title)} | {e.family} | {e.status} | {claims} | {code} |")
     return "\n".join(lines)
 
 

@@ -9,9 +9,21 @@ and a ``status``:
                     and ``names`` are the intended public names (correct them on landing).
 ``implemented``     the module, names, test and experiment all exist (checked by
                     ``tests/test_catalog.py``), but no verdict has been recorded yet.
-``reproduced``      as implemented, and ``experiments/RESULTS.md`` holds a row for the
-                    paper with verdict ``reproduced``.
-``not-reproduced``  as implemented, and the recorded verdict is ``not-reproduced``.
+and, once an experiment has run in full mode, a summary of its per-claim verdicts.
+
+Each implemented paper lists its headline claims (:class:`Claim`, usually 1-3: "lossless",
+"more tokens per target call", "faster wall-clock"), each with its own status from its row in
+``experiments/RESULTS.md`` (one row per ``(paper, claim id)``; ``tests/test_catalog.py`` ties
+every claim to its row):
+
+``reproduced``      a fair test at our scale met the declared threshold on every seed;
+``not-reproduced``  a fair test at our scale failed on every seed;
+``inconclusive``    the test lacked power (the seeds disagree); the reason says what would decide it;
+``untested-here``   the claim needs a resource we lack (a GPU, a 7B model); the reason names it.
+
+The paper's status summarises its claims: ``reproduced`` only when every claim is, ``partial``
+when some are, else ``not-reproduced`` when any claim is, else ``inconclusive`` when any is,
+else ``untested-here``. Quick runs (``RESULTS-quick.md``) never set a status.
 
 The README's method table is generated from this file (``python -m tokjax._readme``) so
 the README can never claim more than the catalog, and the catalog's claims are checked
@@ -19,7 +31,8 @@ by tests. The table below is literal data on purpose: the paper list it was tran
 from (``papers/ABSTRACTS.md``) is not shipped with the package.
 
 To land a method, edit its ``_e(...)`` line: add ``status="implemented"`` (and fix
-``names`` if they changed).
+``names`` if they changed); once its experiment has run in full, add ``claims=(_c(...), ...)``
+(the status then follows from them).
 """
 
 from __future__ import annotations
@@ -31,6 +44,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = [
+    "CLAIM_STATUSES",
+    "Claim",
     "Entry",
     "FAMILIES",
     "STATUSES",
@@ -40,12 +55,15 @@ __all__ = [
     "format_table",
     "get",
     "main",
+    "paper_status",
     "summary",
     "verify",
 ]
 
 # Ordered from least to most claimed; summary() and tables keep this order.
-STATUSES: tuple[str, ...] = ("planned", "implemented", "reproduced", "not-reproduced")
+CLAIM_STATUSES: tuple[str, ...] = ("reproduced", "not-reproduced", "inconclusive", "untested-here")
+STATUSES: tuple[str, ...] = ("planned", "implemented", "reproduced", "partial", "not-reproduced", "inconclusive",
+                             "untested-here")
 FAMILIES: tuple[str, ...] = (
     "decoding", "logits", "losses", "tokenizers", "metrics", "analysis", "vision", "training",
 )
@@ -56,6 +74,34 @@ _FAMILY_DIR = {f: f for f in FAMILIES} | {"training": "train"}
 _PID_RE = re.compile(r"^[Pp]?(\d+)$")
 _EXPERIMENT_RE = re.compile(r"^experiments/p(\d{2})_[a-z0-9_]+\.py$")
 _ROOT = Path(__file__).resolve().parents[1]
+
+
+_CLAIM_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """One headline claim of a paper and its verdict here (the row ``(pid, id)`` of RESULTS.md)."""
+
+    id: str  # slug, the experiment's Row.claim_id: "lossless", "speed", "main"
+    text: str  # the paper's claim in one line
+    status: str  # one of CLAIM_STATUSES
+    reason: str = ""  # why this verdict; required unless reproduced (what would decide / what is missing)
+
+
+def paper_status(claims: Iterable[Claim]) -> str:
+    """Returns a paper's status from its claims' statuses (see the module docstring)."""
+    got = [c.status for c in claims]
+    if not got:
+        raise ValueError("paper_status() needs at least one claim")
+    if all(s == "reproduced" for s in got):
+        return "reproduced"
+    if "reproduced" in got:
+        return "partial"
+    for s in ("not-reproduced", "inconclusive"):
+        if s in got:
+            return s
+    return "untested-here"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +115,9 @@ class Entry:
     names: tuple[str, ...]  # public names in `module`
     test: str  # test file, relative to the repository root
     experiment: str  # experiment script, relative to the repository root
-    status: str  # one of STATUSES
+    status: str  # one of STATUSES; with claims, paper_status(claims)
     note: str = ""  # one line: what the method is, or why its status is what it is
+    claims: tuple[Claim, ...] = ()  # headline claims with their verdicts (after a full run)
 
     @property
     def number(self) -> int:
@@ -88,10 +135,24 @@ class Entry:
         return self.experiment[: -len(".py")].replace("/", ".")
 
 
+def _c(id: str, status: str, text: str, reason: str = "") -> Claim:
+    """Returns a Claim (argument order as it reads in the table below)."""
+    return Claim(id=id, text=text, status=status, reason=reason)
+
+
 def _e(number: int, title: str, family: str, module: str, names: tuple[str, ...], note: str,
        *, status: str = "planned", test: str | None = None,
-       experiment: str | None = None) -> Entry:
-    """Returns an Entry whose test and experiment paths follow the layout convention."""
+       experiment: str | None = None, claims: tuple[Claim, ...] = ()) -> Entry:
+    """Returns an Entry whose test and experiment paths follow the layout convention.
+
+    With ``claims`` the status is their summary (``paper_status``); ``status`` must then be left
+    at its default or say ``implemented``.
+    """
+    claims = tuple(claims)
+    if claims:
+        if status not in ("planned", "implemented"):
+            raise ValueError(f"P{number}: give claims or a verdict status, not both (status={status!r})")
+        status = paper_status(claims)
     # Convention (DESIGN.md): tests mirror tokjax/, experiments are experiments/pNN_<leaf>.py.
     leaf = module.rsplit(".", 1)[-1]
     return Entry(
@@ -104,6 +165,7 @@ def _e(number: int, title: str, family: str, module: str, names: tuple[str, ...]
         experiment=experiment if experiment is not None else f"experiments/p{number:02d}_{leaf}.py",
         status=status,
         note=note,
+        claims=claims,
     )
 
 
@@ -131,7 +193,8 @@ _ENTRIES: tuple[Entry, ...] = (
        'arithmetic chains it beats T=1 sampling a lot for a weak tiny model (0.265 vs 0.030 chains '
        'correct) and not for a well-trained one (0.992 vs 0.988), at ~5x forward tokens; '
        'self-consistency at matched compute not run',
-       status='implemented', test='tests/decoding/test_cautious.py', experiment='experiments/p06_cautious.py'),
+       status='implemented', claims=(_c('main', 'inconclusive', 'CNTP beats plain sampling at T=1 (all-clauses-correct rate on arithmetic chains)',
+                     'per-key gains +0.004 +- 0.002 s.e. on a well-trained tiny model, seeds disagree; a weaker model or a task with errors to fix, with self-consistency at matched compute, would decide it'),), test='tests/decoding/test_cautious.py', experiment='experiments/p06_cautious.py'),
     _e(7, 'Reinforcement Mid-Training',
        'training', 'tokjax.train.rmt', ('rmt',),
        'RL mid-training: token budget, curriculum, RL + NTP mix'),
@@ -153,7 +216,8 @@ _ENTRIES: tuple[Entry, ...] = (
        'sorted GW closed forms across vocabularies (k, lambda and the sorted statistic unverified: no '
        'criterion code released); KD + GLD (lambda 1) 1.7709 vs KD 1.7709 bits/byte distilling '
        'tiny-pydocs, per-seed gains <= 0.0002 over 3 seeds (threshold 0.003)',
-       status='not-reproduced'),
+       claims=(_c('main', 'not-reproduced', 'adding Graph-on-Logits Distillation to logit KD improves the student',
+                     'per-seed gains <= 0.0002 bits/byte on 3 seeds, threshold 0.003'),)),
     _e(13, 'Next Block Prediction: Video Generation via Semi-Autoregressive Modeling',
        'vision', 'tokjax.vision.nbp', ('nbp',),
        'semi-autoregressive next-block prediction'),
@@ -165,14 +229,16 @@ _ENTRIES: tuple[Entry, ...] = (
        'reverse KL to the token-adaptively extrapolated DPO / reverse-DPO teacher (matches the '
        'official trainer); slower to suppress the bad word than DPO on a toy preference task whose '
        'reverse-DPO model drifts far',
-       status='not-reproduced'),
+       claims=(_c('main', 'not-reproduced', 'distilling the token-adaptively extrapolated DPO/reverse-DPO teacher aligns faster than DPO',
+                     'slower to suppress the bad word than DPO on all 3 seeds (toy task whose reverse-DPO model drifts far)'),)),
     _e(16, 'SkipDecode: Autoregressive Skip Decoding with Batching and Caching for Efficient LLM Inference',
        'decoding', 'tokjax.decoding.skipdecode', ('skipdecode', 'SkipDecode', 'skipdecode_loss', 'layer_mask', 'skip_hooks', 'active_layers', 'linear_schedule', 'mean_active_layers'),
        'batched, KV-safe layer skipping with a non-increasing schedule and the matching training '
        'transform; on SmolLM2-135M (30->15 layers, 1.76x fewer layer evaluations, 40-step schedule '
        'fine-tune of a 36M-parameter subset, all that fits the CPU budget) 1.15x wall-clock but 2.1x the '
        'held-out loss of the full model: not the negligible regression claimed',
-       status='not-reproduced'),
+       claims=(_c('main', 'not-reproduced', 'SkipDecode speeds up decoding with negligible quality regression',
+                     '1.15x wall-clock but 2.1x the held-out loss after the 40-step schedule fine-tune the CPU budget allows (the paper fine-tunes the whole model)'),)),
     _e(17, "Critical Tokens Matter: Token-Level Contrastive Estimation Enhence LLM's Reasoning Capability",
        'losses', 'tokjax.losses.critical_tokens', ('cdpo',),
        'contrastive estimation of critical tokens, token-weighted DPO'),
@@ -196,21 +262,23 @@ _ENTRIES: tuple[Entry, ...] = (
        'code editing (prompt priming and [nodes, V] scatters cost seconds at V=49152), 0.60x on '
        'summaries, 0.46x on chat; sampling T=0.8 on code 2.53 vs prompt lookup 1.33 tokens per call, '
        '0.86x wall-clock; below the 1.5x target',
-       status='not-reproduced'),
+       status='implemented'),
     _e(23, 'SpecTr: Fast Speculative Decoding via Optimal Transport',
        'decoding', 'tokjax.decoding.spectr', ('spectr', 'SpecTr', 'kseq_select', 'solve_rho', 'kseq_residual', 'kseq_beta', 'kseq_accept_prob'),
        'k i.i.d. drafts with K-SEQ selection (rho by bisection), lossless by chi-square; on SmolLM2-135M '
        'with smollm2-draft (T=1, batch 1, CPU) k=4 raises tokens per target call over k=1 (1.36 vs 1.22 '
        'on code editing + summarisation; 1.60 -> 2.07 on tiny-pydocs) but runs at 0.42x plain sampling: '
        'the CPU-trained draft accepts too little to pay for drafting and verification',
-       status='not-reproduced'),
+       claims=(_c('main', 'not-reproduced', 'k i.i.d. drafts with K-SEQ selection accept more tokens per target call and cut wall-clock time',
+                     'more tokens per call than k=1 but 0.42x plain sampling wall-clock with the CPU-trained smollm2-draft'),)),
     _e(24, 'Achieving Tokenizer Flexibility in Language Models through Heuristic Adaptation and Supertoken Learning',
        'tokenizers', 'tokjax.tokenizers.tokenadapt', ('tokenadapt_transfer', 'tokenadapt_embeddings', 'aux_embeddings'),
        'local + global heuristic init of a new vocabulary (official defaults; auxiliary space = the '
        "model's hidden states) and supertokens (BPETokenizer.train(max_words=2)); 2.036 vs 1.978 "
        'bits/byte for mean-of-subtokens on tiny-pydocs, 2.178 vs 2.126 with supertokens (5% fewer '
        'tokens)',
-       status='not-reproduced'),
+       claims=(_c('main', 'not-reproduced', "TokenAdapt's hybrid init gives lower zero-shot loss on a new tokenizer than mean-of-subtokens (FVT)",
+                     '2.036 vs 1.978 bits/byte on pydocs-2048 (FVT better on all three targets)'),)),
     _e(25, 'One-Token Rollout: Guiding Supervised Fine-Tuning of LLMs with Policy Gradient',
        'losses', 'tokjax.losses.one_token_rollout', ('one_token_rollout',),
        'SFT as one-token policy-gradient rollouts'),
@@ -219,7 +287,7 @@ _ENTRIES: tuple[Entry, ...] = (
        'hypernetwork over old-token decompositions trained on a BPE tokenizer pool against the '
        'frozen LM; our residual-on-mean-of-subtokens variant beats mean-of-subtokens by 8.7% '
        'bits/byte (the plain ZeTT head did worse than it)',
-       status='reproduced'),
+       claims=(_c('main', 'reproduced', 'a ZeTT hypernetwork transfers a frozen LM to an unseen tokenizer better than mean-of-subtokens'),)),
     _e(27, 'Memory Retrieval and Consolidation in Large Language Models through Function Tokens',
        'analysis', 'tokjax.analysis.function_tokens', ('function_tokens',),
        'function-token share of activated features and loss'),
@@ -230,14 +298,14 @@ _ENTRIES: tuple[Entry, ...] = (
        'losses', 'tokjax.losses.cut_cross_entropy', ('cut_cross_entropy', 'head_stats'),
        'cross-entropy from hidden states and W without [N, V] logits; equal loss/grads, 12.6x less '
        'loss-head memory on a tiny model (V=6704), 70x less compiled temp memory at V=128k',
-       status='reproduced', test='tests/losses/test_losses_cut_cross_entropy.py',
+       status='implemented', test='tests/losses/test_losses_cut_cross_entropy.py',
        experiment='experiments/p29_cut_cross_entropy.py'),
     _e(30, 'AMU-Tuning: Effective Logit Bias for CLIP-based Few-shot Learning',
        'logits', 'tokjax.logits.amu_tuning', ('amu_init', 'amu_logits', 'amu_fuse', 'amu_loss', 'uncertainty_factor', 'logit_standardize'),
        'auxiliary-feature logit bias with kurtosis-gated fusion and multi-branch training (official '
        'formulas); 0.694 vs 0.667 accuracy at 4 shots on a synthetic two-view stand-in for CLIP '
        'features; the gain comes from the gate',
-       status='reproduced'),
+       status='implemented'),
     _e(31, 'Neighboring Autoregressive Modeling for Efficient Visual Generation',
        'vision', 'tokjax.vision.nar', ('nar',),
        'neighbouring AR: diagonal decode with two dimension heads'),
@@ -252,7 +320,8 @@ _ENTRIES: tuple[Entry, ...] = (
        'auxiliary head trained with the normalised binary KL and optional gradient projection '
        '(matches the official code); beats CE but not plain KD on a synthetic 20-class task (0.571 '
        'vs 0.613)',
-       status='not-reproduced'),
+       claims=(_c('main', 'not-reproduced', 'KD through an auxiliary head with the normalised binary KL (DHKD) beats plain KD on the main head',
+                     'below plain KD on all 5 seeds (0.571 vs 0.613) on a synthetic 20-class task'),)),
     _e(35, 'Position Auctions in AI-Generated Content',
        'analysis', 'tokjax.analysis.position_auctions', ('position_auctions',),
        'optimal position auctions for AI-generated content'),
@@ -270,12 +339,13 @@ _ENTRIES: tuple[Entry, ...] = (
        'unigram over BPE tokens falls from 1.0 to 0.52 bits/char towards the entropy rate 0.469 as '
        'the vocabulary grows; the character-vs-token transformer part did not reproduce at this '
        'scale',
-       status='reproduced'),
+       status='implemented'),
     _e(39, 'Retrofitting (Large) Language Models with Dynamic Tokenization',
        'tokenizers', 'tokjax.tokenizers.dynamic_tokenization', ('dynamic_merges', 'joinable_mask', 'apply_merges', 'dynamic_embeddings', 'hypernet_dynamic_embeddings', 'expand_ids', 'new_token_bias'),
        'jitted batch-level BPE merges within pretokens with mean-of-parts or ZeTT embeddings; '
        'leave-one-out scoring costs +7.2% bits/byte at 17% shorter sequences (paper: <2%)',
-       status='not-reproduced'),
+       claims=(_c('main', 'not-reproduced', '>20% shorter sequences from batch-level merges cost <2% (ZeTT-embedded new tokens)',
+                     '+7.2% bits/byte at 17% shorter sequences, leave-one-out (paper: <2% with large models)'),)),
     _e(40, 'Improving large language models with concept-aware fine-tuning',
        'losses', 'tokjax.losses.caft', ('caft',),
        'concept-aware multi-token fine-tuning heads'),
@@ -283,7 +353,7 @@ _ENTRIES: tuple[Entry, ...] = (
        'losses', 'tokjax.losses.fourier_head', ('fourier_head', 'fourier_head_init', 'fourier_head_loss', 'fourier_pdf', 'fourier_regularizer'),
        'Fourier-series density head over ordered bins with its regulariser (matches the official '
        'head); KL to a 3-Gaussian mixture 0.15 vs 3.5 for a linear head',
-       status='reproduced'),
+       status='implemented'),
     _e(42, 'Language Model Cascades: Token-level uncertainty and beyond',
        'decoding', 'tokjax.decoding.cascades', ('token_scores', 'chow_sum', 'chow_avg', 'chow_quantile', 'posthoc_features', 'deferral_mlp_loss', 'posthoc_score', 'deferral_curve'),
        'token-level cascade deferral: Chow-Sum/Avg/Quantile(alpha runtime), post-hoc MLP on '
@@ -291,7 +361,8 @@ _ENTRIES: tuple[Entry, ...] = (
        '4-layer addition cascade post-hoc beats Chow-Sum/Avg (held-out AUC 0.9971 vs 0.9950) and '
        'Chow-Sum shows the length bias (corr -0.52 to -0.93), but Chow-Quantile-0 does not beat '
        'Chow-Sum/Avg (full run: not reproduced); the feature set is unverified (no official code)',
-       status='implemented', test='tests/decoding/test_cascades.py', experiment='experiments/p42_cascades.py'),
+       status='implemented', claims=(_c('main', 'not-reproduced', 'post-hoc deferral >= Chow-Quantile >= Chow-Sum/Avg (deferral-curve AUC)',
+                     'post-hoc beats Chow-Sum/Avg, but Chow-Quantile-0 does not beat Chow-Avg (held-out AUC 0.9910 vs 0.9950)'),), test='tests/decoding/test_cascades.py', experiment='experiments/p42_cascades.py'),
     _e(43, "What's the Magic Word? A Control Theory of LLM Prompting",
        'analysis', 'tokjax.analysis.magic_words', ('magic_words',),
        'k-epsilon controllability: shortest prompts that force an output'),
@@ -301,14 +372,16 @@ _ENTRIES: tuple[Entry, ...] = (
        'frozen model; on SmolLM2-135M (exit after layer 2, adapter distilled 80 steps, all the CPU '
        'budget allowed: top-1 agreement 0.11) lossless but 1.07 tokens per target call and 0.54x '
        'wall-clock (shallow-KV reuse not implemented)',
-       status='not-reproduced'),
+       claims=(_c('main', 'not-reproduced', "Kangaroo's double early exiting speeds up lossless decoding (up to 1.68x)",
+                     'lossless but 1.07 tokens per target call and 0.54x wall-clock with an 80-step CPU-distilled adapter'),)),
     _e(45, 'Turning Trash into Treasure: Accelerating Inference of Large Language Models with Token Recycling',
        'decoding', 'tokjax.decoding.token_recycling', ('recycling', 'Recycling', 'RecyclingTable', 'TEMPLATES', 'draft_tree', 'update_table'),
        'adjacency table of top-k successors updated from every tree node, static 80-node tree, hot '
        'start across calls; greedy-lossless; on SmolLM2-135M (--quick, 48 tokens, cold table, 2-core '
        'CPU) 1.45 tokens per target call and 0.25x wall-clock on code editing, since an 81-token '
        'verification call costs several 1-token calls there; 2.41 tokens per call on tiny-pydocs code',
-       status='not-reproduced'),
+       claims=(_c('main', 'not-reproduced', 'Token Recycling gives ~2x decoding speedup, lossless (greedy)',
+                     'measured on tiny-pydocs in full mode: 2.41 tokens per call but 0.15x wall-clock (a tree call costs several plain steps)'),)),
     _e(46, 'R2R: Efficiently Navigating Divergent Reasoning Paths with Small-Large Model Token Routing',
        'decoding', 'tokjax.decoding.r2r', ('r2r',),
        'router sends divergent tokens to the large model'),
@@ -344,7 +417,7 @@ _ENTRIES: tuple[Entry, ...] = (
        'order-agnostic set identifiers under a sparse mask, decoded in one forward (invariant to '
        'in-item order to 1e-6); recall@10 0.961 vs 0.944 for 2-token codes with 1 vs 2 sequential '
        'passes',
-       status='reproduced'),
+       status='implemented'),
     _e(56, 'Learning More with Less: A Dynamic Dual-Level Down-Sampling Framework for Efficient Policy Optimization',
        'losses', 'tokjax.losses.d3s', ('d3s',),
        'dual-level (sample, token) down-sampling for GRPO'),
@@ -360,7 +433,8 @@ _ENTRIES: tuple[Entry, ...] = (
        '(--quick, first 12 layers, exits 6/9/12, only the shared final norm SoFT-tuned: the full SoFT did '
        'not fit the CPU budget) exit agreement with the target is 5-14%, 1.06 tokens per call, 0.25x '
        'wall-clock; 2.2 tokens per call, 0.32x on tiny-pydocs',
-       status='not-reproduced'),
+       claims=(_c('main', 'not-reproduced', "S2D's sorted nested draft speeds up lossless speculative decoding (~1.55x)",
+                     'measured on tiny-pydocs in full mode: lossless, 2.19 tokens per call but 0.32x wall-clock'),)),
     _e(60, 'Imitating Language via Scalable Inverse Reinforcement Learning',
        'losses', 'tokjax.losses.inverse_rl', ('inverse_rl',),
        'IQLearn-style inverse RL as TD-regularised MLE'),
@@ -374,14 +448,16 @@ _ENTRIES: tuple[Entry, ...] = (
        "reported); the paper's switching stability condition is unread and not implemented; on "
        'tiny-pydocs w=5 ties random switching at matched fractions, w=1 beats it by 0.08-0.19 '
        'bits/token',
-       status='implemented', test='tests/decoding/test_entropy_adaptive.py', experiment='experiments/p62_entropy_adaptive.py'),
+       status='implemented', claims=(_c('main', 'inconclusive', "EAD's quality-vs-large-token-fraction curve dominates random switching",
+                     '+0.020 bits/token mean advantage vs 2 SE 0.040 of random switching; more prompts or a task metric would decide it'),), test='tests/decoding/test_entropy_adaptive.py', experiment='experiments/p62_entropy_adaptive.py'),
     _e(63, 'Beyond the 80/20 Rule: High-Entropy Minority Tokens Drive Effective Reinforcement Learning for LLM Reasoning',
        'losses', 'tokjax.losses.high_entropy_tokens', ('token_entropy', 'top_entropy_mask', 'group_advantages', 'dapo_token_objective', 'dapo_loss'),
        'DAPO (clip-higher, token-sum normalisation) with a top-rho batch-entropy token mask '
        '(ceil(rho n) tokens, pads never kept; rho=1 is exact full DAPO); toy RLVR: updating only the '
        'top-20% entropy tokens collapses (greedy reward 0.00 vs 0.30 for all tokens, 3 seeds) '
        'because the untouched low-entropy format tokens drift',
-       status='not-reproduced', test='tests/losses/test_high_entropy_tokens.py', experiment='experiments/p63_high_entropy_tokens.py'),
+       claims=(_c('main', 'not-reproduced', 'DAPO on the top-20% entropy tokens is comparable to or better than all-token DAPO',
+                     'the toy RL run collapsed for both arms (all groups scored 0 from a format-only warm start)'),), test='tests/losses/test_high_entropy_tokens.py', experiment='experiments/p63_high_entropy_tokens.py'),
     _e(64, 'Token-Shuffle: Towards High-Resolution Image Generation with Autoregressive Models',
        'vision', 'tokjax.vision.token_shuffle', ('token_shuffle',),
        'merge s x s neighbouring tokens per AR step'),
@@ -392,7 +468,8 @@ _ENTRIES: tuple[Entry, ...] = (
        "responses early in DPO (25-50 steps, reference SFT'd with bad tokens) but only 41% after 300 "
        "steps (blame spreads to later tokens) and <= 63% with a clean-only reference; the notes' "
        '6-19% / 81-94% split is not seen (about 50/50)',
-       status='implemented', test='tests/losses/test_dpo.py', experiment='experiments/p65_r_to_q.py'),
+       status='implemented', claims=(_c('main', 'not-reproduced', 'after sequence DPO, argmin_t of the implicit token reward lands on the bad token or the one after it',
+                     '83-100% early in DPO but 41% after 300 steps (blame spreads to later tokens)'),), test='tests/losses/test_dpo.py', experiment='experiments/p65_r_to_q.py'),
     _e(66, 'Future Token Prediction -- Causal Language Modelling with Per-Token Semantic State Vector for Multi-Token Prediction',
        'losses', 'tokjax.losses.future_token_prediction', ('future_token_prediction',),
        'per-token semantic state predicting several future tokens'),
@@ -416,7 +493,7 @@ _ENTRIES: tuple[Entry, ...] = (
        'pooled embedding through the LM head, KL to text-derived token targets (construction '
        'unverified: paper body unavailable); 1-NN topic accuracy 0.219 vs 0.163 for mean-pooled NTP '
        'on a synthetic corpus',
-       status='reproduced'),
+       status='implemented'),
     _e(72, 'Soft Thinking: Unlocking the Reasoning Potential of LLMs in Continuous Concept Space',
        'decoding', 'tokjax.decoding.soft_thinking', ('soft_thinking',),
        'probability-weighted embedding mixtures as reasoning steps'),
@@ -431,7 +508,7 @@ _ENTRIES: tuple[Entry, ...] = (
        'token-id BLEU from sorted compact (sentence, n-gram) ids, jitted and batched; equals NLTK '
        'sentence/corpus BLEU (smoothing methods 0-3) within 1e-7; 1.6-5.4x faster than NLTK on a '
        "2-core CPU (the paper's >13x is a T4 GPU figure, not measured here)",
-       status='reproduced', test='tests/metrics/test_tensorbleu.py', experiment='experiments/p75_tensorbleu.py'),
+       claims=(_c('main', 'reproduced', 'TensorBLEU per-sentence BLEU on token ids matches NLTK and is faster than NLTK'),), test='tests/metrics/test_tensorbleu.py', experiment='experiments/p75_tensorbleu.py'),
     _e(76, 'Bidirectional Language Models Are Also Few-shot Learners',
        'decoding', 'tokjax.decoding.sap', ('sap',),
        'sequential autoregressive prompting of a bidirectional model'),
@@ -443,7 +520,7 @@ _ENTRIES: tuple[Entry, ...] = (
        'up-weight image-related tokens by reference-LM surprisal; faster learning of the '
        'image-dependent word on a synthetic caption task (alpha and normalisation unverified: '
        'no official code released)',
-       status='reproduced', test='tests/losses/test_losses_prior.py', experiment='experiments/p78_prior.py'),
+       status='implemented', test='tests/losses/test_losses_prior.py', experiment='experiments/p78_prior.py'),
 )
 # fmt: on
 
@@ -463,6 +540,7 @@ def _validate(items: Iterable[Entry]) -> None:
             errors.append(f"{e.pid}: empty title")
         if e.status not in STATUSES:
             errors.append(f"{e.pid}: status {e.status!r} not in {STATUSES}")
+        errors += _claim_errors(e)
         if e.family not in FAMILIES:
             errors.append(f"{e.pid}: family {e.family!r} not in {FAMILIES}")
         if not re.fullmatch(r"tokjax(\.[a-z_][a-z0-9_]*)+", e.module):
@@ -487,6 +565,30 @@ def _validate(items: Iterable[Entry]) -> None:
         errors.append(f"ids outside P1..P{N_PAPERS}: {extra}")
     if errors:
         raise ValueError("invalid tokjax catalog:\n  " + "\n  ".join(errors))
+
+
+def _claim_errors(e: Entry) -> list[str]:
+    """Returns what is wrong with an entry's claims (empty list if nothing)."""
+    errors: list[str] = []
+    ids = [c.id for c in e.claims]
+    if len(set(ids)) != len(ids):
+        errors.append(f"{e.pid}: duplicate claim ids {ids}")
+    for c in e.claims:
+        if not _CLAIM_ID_RE.match(c.id):
+            errors.append(f"{e.pid}: claim id {c.id!r} must be a short lowercase slug")
+        if c.status not in CLAIM_STATUSES:
+            errors.append(f"{e.pid}/{c.id}: claim status {c.status!r} not in {CLAIM_STATUSES}")
+        if not c.text.strip():
+            errors.append(f"{e.pid}/{c.id}: empty claim text")
+        if c.status != "reproduced" and not c.reason.strip():
+            errors.append(f"{e.pid}/{c.id}: a {c.status} claim needs a reason (what failed, what would decide it, "
+                          "or which resource is missing)")
+    if e.claims and e.status != paper_status(e.claims):
+        errors.append(f"{e.pid}: status {e.status!r} but its claims summarise to {paper_status(e.claims)!r}")
+    if not e.claims and e.status not in ("planned", "implemented"):
+        errors.append(f"{e.pid}: status {e.status!r} needs claims (one per headline claim, each tied to a "
+                      "RESULTS.md row)")
+    return errors
 
 
 _validate(_ENTRIES)
