@@ -14,7 +14,18 @@ decoding's exact match for a deterministic tokenization. Also reported: accuracy
 length-mismatch problems (answer longer than both operands).
 
 Verdict (``RULE``, declared before anything runs): per seed, R2L's exact match minus L2R's must
-exceed 0.02 (2 points) on every seed for ``reproduced``, on none for ``not-reproduced``.
+exceed 0.02 (2 points) on every seed for ``reproduced``, on none for ``not-reproduced``. The
+comparison only means something on a model that learns addition: ``RULE_LEARNED`` (the best of
+the three policies reaches more than ``LEARNED_ACC`` = 0.5 exact match) is checked first, and the
+row is ``inconclusive`` unless it holds on every seed.
+
+Status: inconclusive at this scale (the quick run's models reach < 1% exact match under every
+policy: a d=64 two-layer model cannot learn a 1000-way group-addition table from 10^4-10^5 problems
+on CPU). What would decide it: (a) a model that learns addition under each policy (> 50% exact
+match), e.g. a ~10M-parameter transformer trained ~10^5 steps (GPU), then the per-seed R2L - L2R
+difference on the same vocabulary; or (b) the paper's own protocol: few-shot addition on a
+pretrained LLM whose tokenizer has 3-digit number tokens (cl100k-style L2R), with and without
+commas (:func:`group_digits`).
 """
 
 from __future__ import annotations
@@ -28,8 +39,12 @@ if __package__ in (None, ""):  # run as `python experiments/p70_right_to_left_di
 from experiments._common import pad_to, train_completion_model  # noqa: E402
 from experiments._harness import Row, Rule, run_cli  # noqa: E402
 
-RULE = Rule(metric="held-out exact-match accuracy", higher_is_better=True, threshold=0.02, seeds=(0, 1),
-            reported="r2l3 vs l2r3, fixed in advance (the 'single' policy is reported in the note only)")
+RULE = Rule(metric="held-out exact-match accuracy", higher_is_better=True, threshold=0.02, seeds=(0, 1, 2),
+            quick_seeds=(0,), reported="r2l3 vs l2r3, fixed in advance (the 'single' policy is reported in the note "
+            "only)")
+LEARNED_ACC = 0.5  # exact match a policy must reach for the model to count as one that learns addition
+RULE_LEARNED = Rule(metric="held-out exact-match accuracy", higher_is_better=True, threshold=LEARNED_ACC,
+                    seeds=(0, 1, 2), quick_seeds=(0,), reported="the best policy vs 0 (did any model learn addition)")
 
 
 def exact_match(params, cfg, enc):
@@ -52,7 +67,9 @@ def exact_match(params, cfg, enc):
     return np.concatenate(out)
 
 
-def run(quick: bool) -> Row:
+def run(quick: bool) -> list[Row]:
+    import dataclasses
+
     import numpy as np
 
     from tokjax.data import arithmetic
@@ -87,15 +104,22 @@ def run(quick: bool) -> Row:
         acc_mis[policy] = float(hits[:, mismatch].mean())
 
     verdict = RULE.verdict(acc["r2l3"], acc["l2r3"], seeds=seeds)
+    best = np.max(np.stack([acc[p] for p in acc]), axis=0)
+    learned = RULE_LEARNED.verdict(best, [0.0] * len(seeds), seeds=seeds)
+    if learned.status != "reproduced":  # some model never learned addition: the grouping comparison says nothing
+        verdict = dataclasses.replace(verdict, status="inconclusive")
     note = "; ".join(
-        f"{p}: exact {float(np.mean(acc[p])):.3f} (length-mismatch {acc_mis[p]:.3f}, final train loss "
+        f"{p}: exact {float(np.mean(acc[p])):.3f} (per seed {'/'.join(f'{x:.3f}' for x in acc[p])}; length-mismatch {acc_mis[p]:.3f}, final train loss "
         f"{final_loss[p]:.3f})" for p in acc
     ) + (f". Same BPE vocabulary ({base.vocab_size} ids, all 1-3 digit groups) for every policy; "
          f"{steps} AdamW steps (tokjax.train), batch 64, {len(train_ex)} train / {len(test_ex)} unseen test problems, "
          f"{int(mismatch.sum())} with a longer answer. Models trained from scratch, unlike the paper's "
-         f"inference-time comma trick on GPT-3.5/4.")
-    return Row(
-        pid="P70",
+         f"inference-time comma trick on GPT-3.5/4. A model learned addition (best policy > {LEARNED_ACC} exact "
+         f"match on every seed): {learned.status}. What would decide the claim: a model that learns addition under "
+         f"each policy (e.g. ~10M parameters, ~1e5 steps, GPU), or few-shot addition on a pretrained LLM with "
+         f"3-digit number tokens, with and without commas (group_digits), as the paper does.")
+    return [Row(
+        pid="P70", claim_id="grouping",
         claim="right-to-left 3-digit grouping beats left-to-right grouping on multi-digit addition",
         setting=f"a+b=c, {digits[0]}-{digits[1]} digit operands, tiny tokjax transformer d=64 x2, "
                 f"{len(seeds)} seed(s), same vocabulary, policies via right_to_left_digits",
@@ -105,7 +129,7 @@ def run(quick: bool) -> Row:
         metric="held-out exact-match accuracy (higher is better)",
         verdict=verdict,
         note=note,
-    )
+    )]
 
 
 if __name__ == "__main__":

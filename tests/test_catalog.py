@@ -260,3 +260,38 @@ def test_readme_method_table_is_up_to_date():
                     "add them to enable the README staleness check")
     assert _readme.update_readme(readme, check=True), (
         "README.md method table is stale; run `python -m tokjax._readme`")
+
+
+# ---------------------------------------------------------------- notes quote recorded numbers
+
+_DECIMAL = __import__("re").compile(r"(?<![\w.])\d+\.\d+")
+
+
+def _recorded(number: str, recorded: list[str]) -> bool:
+    """Returns whether `number` (as written in a note) is a recorded value or one rounded to its decimals."""
+    places = len(number.split(".")[1])
+    return any(r == number or f"{float(r):.{places}f}" == number for r in recorded)
+
+
+def test_catalog_notes_quote_only_recorded_numbers():
+    """Every decimal number in a catalog note or claim reason appears (possibly rounded) in that
+    paper's rows of RESULTS.md or RESULTS-quick.md, so the catalog never cites a run nobody recorded."""
+    from experiments._harness import RESULTS_PATH, RESULTS_QUICK_PATH, load_results
+
+    rows = list(load_results(RESULTS_PATH).values()) + list(load_results(RESULTS_QUICK_PATH).values())
+    wrong = []
+    for e in catalog.entries():
+        if e.status == "planned":
+            continue
+        mine = [r for r in rows if r.pid == e.pid]
+        text = " ".join(str(x) for r in mine for x in (r.claim, r.setting, r.metric, r.baseline_name, r.baseline_value,
+                                                        r.method_value, r.threshold, " ".join(map(str, r.diffs)), r.note))
+        recorded = _DECIMAL.findall(text)
+        for field in [e.note] + [c.reason for c in e.claims]:
+            wrong += [f"{e.pid}: {n} (in {field[:60]!r}...)" for n in _DECIMAL.findall(field) if not _recorded(n, recorded)]
+    assert not wrong, "catalog numbers absent from the recorded rows:\n" + "\n".join(wrong)
+
+
+def test_recorded_number_matching_is_strict():
+    assert _recorded("2.1", ["2.095"]) and _recorded("0.54", ["0.542"]) and _recorded("0.003", ["0.003"])
+    assert not _recorded("0.265", ["0.992", "0.988"]) and not _recorded("2.2", ["2.095"])

@@ -45,6 +45,23 @@ def test_uncertainty_gates_match_official_formulas(seed, scale):
     assert k[0] < k[1]
 
 
+@settings(max_examples=20, deadline=None)
+@given(C=st.integers(3, 200), height=st.floats(0.5, 30.0), sign=st.sampled_from([-1.0, 1.0]))
+def test_kurtosis_gate_is_constant_on_one_spike_rows(C, height, sign):
+    # Why the first P30 experiment was void (issue 15): when softmax(z_0) is one spike over a flat rest,
+    # the kurtosis (unbiased std, as torch.std) is (C^2 - 3C + 3)(C - 1) / C^2 whatever the spike's height,
+    # so the gate is one constant; it only varies when the probability mass spreads over several classes.
+    z = np.zeros((1, C))
+    z[0, 0] = sign * height
+    kurt = (C * C - 3 * C + 3) * (C - 1) / C**2
+    got = float(np.asarray(uncertainty_factor(jnp.asarray(z, jnp.float32), "moment", 0.4))[0, 0])
+    np.testing.assert_allclose(got, (kurt / 250.0) ** -0.4, rtol=2e-3)
+    if C >= 10:  # two equal spikes: lower kurtosis, so a larger gate than any single spike
+        z[0, 1] = z[0, 0]
+        two = float(np.asarray(uncertainty_factor(jnp.asarray(z, jnp.float32), "moment", 0.4))[0, 0])
+        assert two > got
+
+
 def test_init_is_class_mean_of_normalised_features_and_logits_are_standardised():
     r = np.random.default_rng(0)
     f = r.normal(size=(12, 5))

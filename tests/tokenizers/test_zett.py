@@ -30,12 +30,15 @@ from tokjax.tokenizers.zett import (
     Hypernet,
     HypernetConfig,
     hypernet_embeddings,
+    identity_pool,
     init_hypernet,
     make_tokenizer_pool,
     transfer,
+    vocab_overlap,
     zett_batch_fn,
     zett_loss,
     zett_warmup_batch_fn,
+    zett_warmup_loss,
 )
 from tokjax.train.recipes.zett import cached_hypernet, load_hypernet, save_hypernet, train_hypernet
 
@@ -116,6 +119,65 @@ def test_residual_hypernet_starts_at_mean_of_parts_and_ignores_padding(setup):
     for x, y in zip(a, b):
         np.testing.assert_allclose(x, y, atol=1e-5)
     assert a[1].shape == (new.vocab_size, 16) and a[2].shape == (new.vocab_size,)
+
+
+def test_plain_head_adds_nothing_the_residual_head_adds_exactly_fvt(setup):
+    # P26: the paper's head is e(t) = P_out(h_1); tokjax's variant is P_out(h_1) + mean of parts (FVT).
+    model, old, new = setup
+    d = decompose_vocab(new, old, maxlen=6)
+    ids, lengths = jnp.asarray(d.ids), jnp.asarray(d.lengths)
+    src = model.params["embed"]
+    plain = init_hypernet(HypernetConfig(d_model=16, hidden=16, d_ff=32, maxlen=6, residual=False), jax.random.key(7))
+    same = Hypernet(plain.params, HypernetConfig(d_model=16, hidden=16, d_ff=32, maxlen=6, residual=True))
+    e_plain = hypernet_embeddings(plain, src, ids, lengths)[0]
+    e_res = hypernet_embeddings(same, src, ids, lengths)[0]
+    np.testing.assert_allclose(e_res - e_plain, mean_of_parts(src, ids, lengths), atol=1e-5)
+    # an untrained plain head is not FVT (its last layer is not zero): it has to learn the composition
+    assert float(jnp.abs(e_plain - mean_of_parts(src, ids, lengths)).mean()) > 1e-2
+
+
+def test_identity_pool_is_the_source_vocabulary_and_its_warmup_targets_the_source_embeddings(setup):
+    model, old, _ = setup
+    pool = identity_pool(old, 6)
+    V = old.vocab_size
+    assert len(pool) == 1 and pool.ids.shape == (1, V, 6) and pool.vocab_sizes == [V]
+    used = np.array([bool(b) for b in old.id_to_bytes]) | np.isin(np.arange(V), list(old.special_ids))
+    np.testing.assert_array_equal(pool.valid[0], used)
+    np.testing.assert_array_equal(pool.ids[0, used, 0], np.flatnonzero(used))
+    assert (pool.ids[0, :, 1:] == -1).all() and (pool.lengths[0] == used).all()
+    specials = sorted(old.special_ids)
+    np.testing.assert_array_equal(pool.force[0, specials], specials)
+    # the warm-up loss is ZeTT's identity objective ||H([i]) - E_old[i]||^2: zero for a head that
+    # returns the source row (an untrained residual head), positive for an untrained plain head
+    batch = {k: jnp.asarray(v) for k, v in zett_warmup_batch_fn(pool, vocab_sample=64, seed=0)(0).items()}
+    assert batch["vocab_valid"].all()
+
+    def loss(residual):
+        cfg = HypernetConfig(d_model=16, hidden=16, d_ff=32, maxlen=6, residual=residual)
+        hn = init_hypernet(cfg, jax.random.key(8))
+        return float(zett_warmup_loss({"hypernet": hn.params, "lm": model.params}, None, batch,
+                                      hypernet_cfg=cfg, lm_cfg=model.cfg)[0])
+
+    assert loss(True) < 1e-10 and loss(False) > 1e-4
+    with pytest.raises(ValueError, match="maxlen"):
+        identity_pool(old, 0)
+    with pytest.raises(ValueError, match="byte tables"):
+        identity_pool(object(), 6)
+
+
+def test_vocab_overlap_counts_the_target_tokens_a_pool_tokenizer_has(setup):
+    _, old, new = setup
+    assert vocab_overlap(new, [new]) == 1.0
+    tokens = lambda t: {b for i, b in enumerate(t.id_to_bytes) if b and i not in t.special_ids}  # noqa: E731
+    want = len(tokens(new) & tokens(old)) / len(tokens(new))
+    assert vocab_overlap(new, [old]) == pytest.approx(want) and 0 < want < 1
+    other = BPETokenizer.train(["zzzz qqqq xxxx " * 30], 270)
+    assert vocab_overlap(new, [old, other]) >= vocab_overlap(new, [old])  # a larger pool never sees less
+    assert vocab_overlap(new, [other]) == pytest.approx(len(tokens(new) & tokens(other)) / len(tokens(new)))
+    with pytest.raises(ValueError, match="at least one"):
+        vocab_overlap(new, [])
+    with pytest.raises(ValueError, match="byte tables"):
+        vocab_overlap(object(), [old])
 
 
 def test_training_lowers_the_loss_and_transfer_builds_a_model(setup, tmp_path):

@@ -30,13 +30,25 @@ instead of RoBERTa's post-LN with exact GELU; with
 ``HypernetConfig(residual=True)`` (the default) the input embedding is predicted as a correction
 added to the mean of the parts' embeddings (FVT), with the last layer zero-initialised, so an
 untrained hypernet equals FVT -- ZeTT instead spends its first 10k "identity steps" regressing the
-source embeddings, which a few CPU minutes cannot afford (``residual=False`` is the plain ZeTT
-head; its optional warm-up regresses the mean-of-parts embeddings, which equal the source
-embeddings for single-token decompositions).
+source embeddings, which a few CPU minutes cannot afford.
+
+The paper's plain head is ``HypernetConfig(residual=False)`` -- e_in(t) = P_out(h_1), nothing added,
+as ``Hypernet.__call__`` in the official ``zett/model/__init__.py`` -- and its identity steps are
+:func:`identity_pool` + ``zett_warmup_loss``: every source token is its own one-part decomposition,
+and the hypernet regresses its source embedding (ZeTT's ``identity_train_step`` with
+``hn_surface_maxlen=1``; the mean of a one-part decomposition is that part's embedding). Not
+mirrored: ZeTT's optional ``Rescaler`` (affine layers matching the predicted embeddings' statistics
+to the source table's at init) and its UnigramLM tokenizer sampler (here: a fixed BPE pool).
+``recipes.zett.cached_hypernet`` warms a plain head up on the pool's mean-of-parts embeddings
+instead (an FVT-shaped start); experiments/p26_zett.py runs the identity steps.
+
+:func:`vocab_overlap` measures how unseen a target tokenizer is: the share of its tokens that any
+training-pool tokenizer also has (P26's "unseen tokenizer" claim is only tested where it is low).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import jax
@@ -44,7 +56,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from tokjax.model import Model
-from tokjax.tokenizers._vocab_transfer import decompose_vocab, special_counterparts, with_vocab
+from tokjax.tokenizers._vocab_transfer import (
+    check_byte_tables,
+    decompose_vocab,
+    special_counterparts,
+    with_vocab,
+)
 from tokjax.tokenizers._zett_hypernet import Hypernet, HypernetConfig, hypernet_embeddings, init_hypernet
 from tokjax.tokenizers._zett_objective import (
     TokenizerPool,
@@ -68,8 +85,62 @@ __all__ = [
     "zett_warmup_batch_fn",
     "TokenizerPool",
     "make_tokenizer_pool",
+    "identity_pool",
+    "vocab_overlap",
     "transfer",
 ]
+
+
+def identity_pool(old_tok: Any, maxlen: int) -> TokenizerPool:
+    """Returns a one-tokenizer :class:`TokenizerPool` of the source vocabulary for ZeTT's identity steps.
+
+    Row i is old token i as its own decomposition (ids [i, -1, ..], length 1), so
+    ``zett_warmup_loss`` over ``zett_warmup_batch_fn(identity_pool(...))`` is ZeTT's identity-step
+    objective, || H([i]) - E_old[i] ||^2 averaged over sampled source tokens (P26, official
+    ``train.py``: ``identity_steps`` with ``hn_surface_maxlen=1``). Special tokens are forced to
+    themselves; ids with no bytes (unused) are not ``valid``. The pool holds no text windows (the
+    identity steps never run the LM), so it is for the warm-up batches only. ValueError when
+    ``old_tok`` lacks byte tables or ``maxlen`` < 1.
+    """
+    if isinstance(maxlen, bool) or not isinstance(maxlen, (int, np.integer)) or maxlen < 1:
+        raise ValueError(f"maxlen must be a positive int, got {maxlen!r}")
+    table = check_byte_tables(old_tok, "old tokenizer")
+    V = len(table)
+    specials = np.zeros((V,), bool)
+    specials[[i for i in old_tok.special_ids if 0 <= i < V]] = True
+    valid = np.array([bool(b) for b in table]) | specials
+    ids = np.full((1, V, int(maxlen)), -1, np.int32)
+    ids[0, :, 0] = np.arange(V, dtype=np.int32)
+    lengths = valid.astype(np.int32)[None]
+    force = np.where(specials, np.arange(V), -1).astype(np.int32)[None]
+    single = np.where(valid & ~specials, np.arange(V), -1).astype(np.int32)[None]
+    ids[0, ~valid, 0] = -1
+    no_windows = (np.zeros((0, 2), np.int32), np.zeros((0, 1), np.float32))
+    return TokenizerPool(ids, lengths, force, single, valid[None], [no_windows], [V])
+
+
+def vocab_overlap(target_tok: Any, pool_toks: Iterable[Any]) -> float:
+    """Returns the share of ``target_tok``'s tokens (non-empty byte strings) that some tokenizer of
+    ``pool_toks`` also has -- 1.0 means the hypernet saw every target token in training.
+
+    Special tokens and unused ids (no bytes) are not counted; the 256 single bytes are, as every
+    byte-level vocabulary shares them. ValueError for an empty pool or a tokenizer without byte tables.
+    """
+    def tokens(tok: Any, what: str) -> list[bytes]:
+        special = getattr(tok, "special_ids", frozenset())
+        return [b for i, b in enumerate(check_byte_tables(tok, what)) if b and i not in special]
+
+    seen: set[bytes] = set()
+    n_pool = 0
+    for tok in pool_toks:
+        seen.update(tokens(tok, "pool tokenizer"))
+        n_pool += 1
+    if not n_pool:
+        raise ValueError("pool_toks must hold at least one tokenizer")
+    target = tokens(target_tok, "target tokenizer")
+    if not target:
+        raise ValueError("the target tokenizer has no tokens with bytes")
+    return sum(b in seen for b in target) / len(target)
 
 
 def transfer(model: Model, old_tok: Any, new_tok: Any, hypernet: Hypernet, *, chunk: int = 1024) -> Model:
