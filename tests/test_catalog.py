@@ -295,3 +295,26 @@ def test_catalog_notes_quote_only_recorded_numbers():
 def test_recorded_number_matching_is_strict():
     assert _recorded("2.1", ["2.095"]) and _recorded("0.54", ["0.542"]) and _recorded("0.003", ["0.003"])
     assert not _recorded("0.265", ["0.992", "0.988"]) and not _recorded("2.2", ["2.095"])
+
+
+def test_docs_before_after_table_matches_the_catalog():
+    """docs/catalog.md's before/after table lists every claim (or claimless implemented paper) with
+    the catalog's current status in its `after` column, and states the current counts."""
+    import re
+
+    text = (ROOT / "docs" / "catalog.md").read_text(encoding="utf-8")
+    table = text[text.index("<!-- before-after:start -->"):text.index("<!-- before-after:end -->")]
+    rows = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and re.fullmatch(r"P\d+", cells[0]):
+            rows[(cells[0], cells[1])] = cells[3]
+    want = {}
+    for e in catalog.entries():
+        if e.claims:
+            want.update({(e.pid, c.id): c.status for c in e.claims})
+        elif e.status != "planned":
+            want[(e.pid, "—")] = e.status
+    assert rows == want
+    after = ", ".join(f"{sum(e.status == s for e in catalog.entries())} {s}" for s in catalog.STATUSES if s != "planned")
+    assert f"Paper statuses after (per-claim verdicts, full runs only): {after}." in table
