@@ -11,7 +11,8 @@ import os
 import statistics
 import time
 
-__all__ = ["RENAME_CODE", "SUMMARY_TOPICS", "CHATS", "real_prompts", "ab_bench", "summarize", "fmt"]
+__all__ = ["RENAME_CODE", "SUMMARY_TOPICS", "CHATS", "WARMUP_CODE", "WARMUP_TOPICS", "WARMUP_CHATS", "real_prompts",
+           "warmup_prompts", "ab_bench", "summarize", "fmt"]
 
 RENAME_CODE = '''def moving_average(values, window=3):
     averages = []
@@ -27,6 +28,20 @@ RENAME_CODE = '''def moving_average(values, window=3):
 SUMMARY_TOPICS = ("while", "break")
 CHATS = ("Why is the sky blue? Answer in two sentences.",
          "What should I pack for a weekend hiking trip in the mountains?")
+# Earlier requests for hot-start draft tables (P45's adjacency matrix persists across requests):
+# same three kinds of task, never one of the evaluated prompts, so a hot table has not seen the answer.
+WARMUP_CODE = '''def clamp_all(values, low, high):
+    result = []
+    for value in values:
+        if value < low:
+            value = low
+        elif value > high:
+            value = high
+        result.append(value)
+    return result
+'''
+WARMUP_TOPICS = ("for", "if")
+WARMUP_CHATS = ("How do I make a good cup of tea?",)
 
 
 def real_prompts(tok, per_task: int) -> dict[str, list[list[int]]]:
@@ -44,13 +59,29 @@ def real_prompts(tok, per_task: int) -> dict[str, list[list[int]]]:
                    for t in ts[:per_task]] for task, ts in texts.items()}
 
 
-def ab_bench(model, tok, prompts: dict, methods: dict, new: int, reps: int, *, logits=None, key=None, rows: int = 1):
+def warmup_prompts(tok) -> list[list[int]]:
+    """Returns chat-template prompts of earlier requests (code editing, summaries, chat) that no evaluated prompt repeats.
+
+    For hot-start draft tables: decode these first and pass the resulting ``strategy_state`` to ``ab_bench(states=)``.
+    """
+    import pydoc_data.topics
+
+    texts = (["Add type hints to this function and keep its behaviour:\n\n```python\n" + WARMUP_CODE + "```"]
+             + ["Summarize the following text in two sentences.\n\n" + pydoc_data.topics.topics[k].strip()
+                for k in WARMUP_TOPICS]
+             + list(WARMUP_CHATS))
+    return [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True) for t in texts]
+
+
+def ab_bench(model, tok, prompts: dict, methods: dict, new: int, reps: int, *, logits=None, key=None, rows: int = 1,
+             states: dict | None = None):
     """Returns ({task: {method: {"seconds", "generated", "calls", "draft_layers", "outputs"}}}, [load averages]).
 
     Every prompt (padded to one width, ``rows`` copies) is decoded by every method ``reps`` times,
     interleaved A/B/A/B; ``seconds`` sums the per-prompt medians; ``calls`` counts target calls
     per row (generated / tokens per call), ``draft_layers`` the draft's layer evaluations; ``outputs``
-    are the completions of the last pass.
+    are the completions of the last pass. ``states``: {method: strategy_state} to start that
+    method from (hot start); every pass of it starts from the same state, so repetitions agree.
     One untimed pass per method compiles first.
     """
     import jax
@@ -63,18 +94,23 @@ def ab_bench(model, tok, prompts: dict, methods: dict, new: int, reps: int, *, l
     width = -(-max(len(p) for ps in prompts.values() for p in ps) // 64) * 64
     pad = tok.pad_id or 0
 
-    def gen(ids, strategy):
+    states = dict(states or {})
+    unknown = sorted(set(states) - set(methods))
+    if unknown:
+        raise ValueError(f"ab_bench states name methods that are not benchmarked: {unknown}; methods: {sorted(methods)}")
+
+    def gen(ids, strategy, state=None):
         buf = np.full((rows, width), pad, np.int32)
         buf[:, :len(ids)] = ids
         out = tokjax.generate(model, buf, prompt_lengths=[len(ids)] * rows, max_new_tokens=new, logits=transform,
                               key=jax.random.key(0) if key is None else key, strategy=strategy,
-                              eos_id=tok.eos_id, pad_id=pad)
+                              eos_id=tok.eos_id, pad_id=pad, strategy_state=state)
         jax.block_until_ready(out.tokens)
         return out
 
     first = next(iter(prompts.values()))[0]
-    for strategy in methods.values():
-        gen(first, strategy)
+    for m, strategy in methods.items():
+        gen(first, strategy, states.get(m))
     loads, res = [os.getloadavg()[0]], {}
     for task, ps in prompts.items():
         r = {m: {"seconds": 0.0, "generated": 0, "calls": 0.0, "draft_layers": 0, "outputs": []} for m in methods}
@@ -83,7 +119,7 @@ def ab_bench(model, tok, prompts: dict, methods: dict, new: int, reps: int, *, l
             for _ in range(reps):
                 for m, strategy in methods.items():
                     t0 = time.perf_counter()
-                    out = gen(ids, strategy)
+                    out = gen(ids, strategy, states.get(m))
                     times[m].append(time.perf_counter() - t0)
                     if len(times[m]) == reps:
                         g = out.stats["generated_tokens"]
