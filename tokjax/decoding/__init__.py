@@ -9,6 +9,8 @@
   ``nested`` P59) and :mod:`~tokjax.decoding.verify` (``greedy``, ``rejection``, ``tree``), plus
   :func:`~tokjax.decoding.spectr.spectr` (P23).
 * :func:`beam` (module :mod:`~tokjax.decoding.beam`): beam search with transformers' semantics.
+* :func:`~tokjax.decoding.kangaroo.kangaroo` (P44): ``early_exit`` drafts verified from the shallow exit
+  (the shallow layers' KV reused).
 * :func:`~tokjax.decoding.skipdecode.skipdecode` (P16): a layer-skipping strategy.
 * :func:`~tokjax.decoding.cautious.cautious` (P6): forked trials to punctuation, min-perplexity commit.
 * :func:`~tokjax.decoding.entropy_adaptive.entropy_adaptive` (P62): small/large model switching,
@@ -29,6 +31,7 @@ from tokjax.decoding.entropy_adaptive import (
 )
 from tokjax.decoding.speculative import Draft, DraftSource, Speculative, Verdict, Verifier, speculative
 from tokjax.decoding.stand import NgramTables
+from tokjax.decoding.kangaroo import Kangaroo, kangaroo
 from tokjax.decoding.token_recycling import RecyclingTable
 
 __all__ = [
@@ -37,5 +40,5 @@ __all__ = [
     "generate", "stream", "cascades", "Draft", "DraftSource", "Speculative", "Verdict", "Verifier", "speculative",
     "drafts", "verify", "spectr", "NgramTables", "RecyclingTable", "SkipDecode", "skipdecode", "skipdecode_loss",
     "Cautious", "cautious", "cautious_generate", "EADOutput", "EntropyAdaptive", "entropy_adaptive",
-    "entropy_adaptive_generate", "entropy_bits",
+    "entropy_adaptive_generate", "entropy_bits", "Kangaroo", "kangaroo",
 ]

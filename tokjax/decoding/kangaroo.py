@@ -16,13 +16,18 @@ The adapter is trained by soft-label distillation with the base frozen (official
 (:func:`adapter_distill_loss` on :func:`distill_batch` batches; ``tokjax.train.recipes.kangaroo.fit_adapter``
 runs it through ``tokjax.train`` with the adapter as a standalone params pytree.)
 
-Verification is standard speculative decoding (``tokjax.decoding.speculative`` with any verifier;
-greedy verification makes the output identical to plain greedy decoding). Batched and ragged: each
-row stops drafting at its own confidence drop (its later nodes are marked invalid); the draft loop
-ends when every row has stopped.
+Verification (:func:`kangaroo`, the paper's): every drafted token also goes through the shallow
+layers, so the block ``[pending, d_0 .. d_{J-1}]`` has its exited states e and its layer < ``layer``
+keys/values in the target cache when the draft ends; the target then runs only layers
+``layer .. L-1`` on e (official ``forward_draft_or_large_model(in_features_large=...)``)::
 
-Not done (the paper's optional saving): the verification pass recomputes layers 0..layer-1 for the
-drafted tokens instead of reusing the shallow hidden states and KV computed while drafting.
+    logits(block) = head(norm(layers[layer : L](e_block)))      layers < layer are not recomputed
+
+then the standard speculative verdict, compaction and commit (any verifier; greedy verification
+makes the output identical to plain greedy decoding). ``speculative(early_exit(...), verifier)``
+gives the same tokens with a full verification forward (the shallow layers recomputed), as an
+ablation. Batched and ragged: each row stops drafting at its own confidence drop (its later nodes
+are marked invalid); the draft loop ends when every row has stopped.
 """
 
 from __future__ import annotations
@@ -35,17 +40,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tokjax.decoding._state import KV_CACHE, DecodeState
-from tokjax.decoding.speculative import Draft, DraftSource, Verdict
-from tokjax.logits import hparam, masked_log_softmax, masked_softmax
+from tokjax.decoding._state import KV_CACHE, DecodeState, commit
+from tokjax.decoding.speculative import Draft, DraftSource, Speculative, Verdict, block_tree, node_logits, speculative
+from tokjax.logits import LogitTransform, hparam, masked_log_softmax, masked_softmax
 from tokjax.model import (
-    Inputs, KVCache, Model, ModelConfig, Taps, blocks, final_norm, forward, init_params, lm_head, stack_layers, unembed,
-    unstack_layers,
+    Inputs, KVCache, Model, ModelConfig, Taps, Tree, blocks, final_norm, forward, init_params, lm_head, stack_layers,
+    tree_ancestors, unembed, unstack_layers,
 )
 
 __all__ = [
-    "EarlyExit", "early_exit", "adapter_config", "init_adapter", "adapter_logits", "shallow_and_target",
-    "adapter_distill_loss", "distill_batch", "distill_metrics",
+    "EarlyExit", "early_exit", "Kangaroo", "kangaroo", "adapter_config", "init_adapter", "adapter_logits",
+    "shallow_and_target", "adapter_distill_loss", "distill_batch", "distill_metrics",
 ]
 
 
@@ -194,7 +199,15 @@ class EarlyExit(DraftSource):
     """The P44 Kangaroo draft source: the target's first ``layer`` layers plus a trained adapter, with a
     confidence-based second exit.
 
-    Build it with :func:`early_exit`; use it as ``speculative(early_exit(...), verifier)``.
+    Build it with :func:`early_exit`. ``kangaroo(early_exit(...), verifier)`` verifies from the
+    shallow layers' states and KV written while drafting (the paper); ``speculative(early_exit(...),
+    verifier)`` verifies with a full target forward that recomputes them (same tokens; an ablation).
+
+    Every drafted token, the last one included, goes through the shallow layers (official
+    ``inference_kangaroo.py`` breaks after the shallow forward, before the adapter), so the block
+    ``[pending, d_0 .. d_{J-1}]`` has its exited states ``e`` and its layer ``< layer`` KV when
+    verification starts. ``Draft.layer_evals`` = shallow calls x ``layer`` + adapter calls (one
+    adapter block each).
     """
 
     layer: int
@@ -221,75 +234,179 @@ class EarlyExit(DraftSource):
 
     def init(self, params, cfg: ModelConfig, state: DecodeState):
         acfg = adapter_config(cfg, mlp=self.mlp)
+        B = state.tokens.shape[0]
         P = int(np.max(np.asarray(state.prompt_lengths)))
         capacity = state.tokens.shape[1] + self.num_draft + 2
         adapter = jax.tree.map(jnp.copy, unstack_layers(self.adapter))  # the decode state is donated
         cache = _adapter_prefill(params, adapter, state.tokens[:, :P], state.prompt_lengths, cfg=cfg, acfg=acfg,
                                  layer=self.layer, capacity=capacity, mlp=self.mlp)
-        return {"adapter": adapter, "cache": cache, "threshold": jnp.asarray(self.threshold, jnp.float32)}
+        return {"adapter": adapter, "cache": cache, "threshold": jnp.asarray(self.threshold, jnp.float32),
+                # exited states of the last verified block, and of the last committed draft token
+                "exited": jnp.zeros((B, self.num_draft + 1, cfg.d_model), cfg.dtype),
+                "last": jnp.zeros((B, cfg.d_model), cfg.dtype)}
 
     def state_axes(self, dstate):
         # the adapter is one small block: replicated; its cache is laid out like the target's
-        return {"adapter": None, "cache": KV_CACHE, "threshold": None}
+        return {"adapter": None, "cache": KV_CACHE, "threshold": None, "exited": ("batch", None, None),
+                "last": ("batch", None)}
 
-    def _feed(self, params, cfg, adapter, tcache, acache, tokens, positions):
-        """Returns (adapter logits, target cache copy, adapter cache) after the shallow layers and the adapter."""
-        acfg = adapter_config(cfg, mlp=self.mlp)
+    def _shallow(self, params, cfg, tcache, tokens, positions):
+        """Returns (exited states [B, T, D], target cache with layers < ``layer`` written): the first exit."""
         sh = forward(params, cfg, Inputs(tokens=tokens, positions=positions), cache=tcache, layers=(0, self.layer),
                      compute_logits=False)
-        logits, acache = adapter_logits(adapter, acfg, params, cfg, sh.hidden, positions, cache=acache, mlp=self.mlp)
-        return logits, sh.cache, acache
+        return sh.hidden, sh.cache
 
-    def propose(self, params, cfg: ModelConfig, state: DecodeState, dstate, key, transform):
+    def draft(self, params, cfg: ModelConfig, state: DecodeState, dstate):
+        """Returns (Draft, dstate, target cache, exited states [B, 1+N, D] of the block [pending, d_0 ..]).
+
+        The returned target cache is ``state.cache`` with layers ``< layer`` holding the block's
+        keys/values (written while drafting) and layers ``>= layer`` untouched; block nodes past the
+        last drafted step (every row stopped) have zero states and are invalid.
+        """
         B, S = state.tokens.shape
         N = self.num_draft
+        acfg = adapter_config(cfg, mlp=self.mlp)
         adapter, thr = dstate["adapter"], dstate["threshold"]
-        p = state.lengths - 1  # position of the pending token
-        # The adapter cache is one token behind after a fully accepted step: feed the two slots from
-        # its length (shallow KV of the target cache is recomputed there in a private copy).
+        p = state.lengths - 1  # position of the pending token; the target cache holds exactly p tokens
+        # positions past the learned table only occur for nodes beyond a row's budget (never committed)
+        clip = functools.partial(jnp.minimum, cfg.max_len - 1)
+        pending = jnp.take_along_axis(state.tokens, p[:, None], axis=1)
+        e0, tcache = self._shallow(params, cfg, state.cache, pending, clip(p)[:, None])
+        # After a fully accepted step the adapter lacks the last draft token (it went through the
+        # shallow layers only): feed its exited state, kept by observe, ahead of the pending token
+        # (official: exited_hidden_states[:, -1:]). Otherwise the second slot is scratch, dropped below.
         have = dstate["cache"].lengths[0]
+        lag = (have < p)[:, None, None]
+        x2 = jnp.where(lag, jnp.stack([dstate["last"], e0[:, 0]], 1), jnp.concatenate([e0, e0], 1))
         pos2 = have[:, None] + jnp.arange(2, dtype=jnp.int32)[None, :]
-        toks2 = jnp.take_along_axis(state.tokens, jnp.clip(pos2, 0, S - 1), axis=1)
-        # the second slot may be scratch (past the pending token): clipped positions keep it finite
-        logits2, tcache, acache = self._feed(params, cfg, adapter, state.cache.rollback(have),
-                                             dstate["cache"].rollback(have), toks2, jnp.minimum(pos2, cfg.max_len - 1))
+        logits2, acache = adapter_logits(adapter, acfg, params, cfg, x2, clip(pos2), cache=dstate["cache"],
+                                         mlp=self.mlp)
         logits = jnp.take_along_axis(logits2, (p - have)[:, None, None], axis=1)[:, 0]
-        tcache, acache = tcache.rollback(p + 1), acache.rollback(p + 1)
+        acache = acache.rollback(p + 1)
+        exited = jnp.zeros((B, N + 1, cfg.d_model), e0.dtype).at[:, 0].set(e0[:, 0])
 
         def cond(c):
-            return (c[0] < N) & jnp.any(c[6])
+            return (c[0] < N) & jnp.any(c[7])
 
         def body(c):
-            j, tcache, acache, logits, toks, valid, alive, fed = c
+            j, tcache, acache, logits, exited, toks, valid, alive, n_adapter = c
             q = jax.nn.softmax(logits.astype(jnp.float32), -1)
             d = jnp.argmax(q, -1).astype(jnp.int32)
             toks = toks.at[:, j].set(d)
             valid = valid.at[:, j].set(alive)
             alive = alive & (jnp.max(q, -1) >= thr)  # second early exit: stop after a low-confidence token
+            pos = clip(p + 1 + j)[:, None]
+            # first exit for d_j, also for the last drafted token: verification reuses its KV and state
+            e, tcache = self._shallow(params, cfg, tcache, d[:, None], pos)
+            exited = jax.lax.dynamic_update_slice_in_dim(exited, e, j + 1, axis=1)
 
-            def feed(args):
-                tc, ac, _ = args
-                lg, tc, ac = self._feed(params, cfg, adapter, tc, ac, d[:, None],
-                                        jnp.minimum(p + 1 + j, cfg.max_len - 1)[:, None])
-                return tc, ac, lg[:, 0]
+            def adapt(args):
+                ac, _ = args
+                lg, ac = adapter_logits(adapter, acfg, params, cfg, e, pos, cache=ac, mlp=self.mlp)
+                return ac, lg[:, 0]
 
             need = (j + 1 < N) & jnp.any(alive)
-            tcache, acache, logits = jax.lax.cond(need, feed, lambda a: a, (tcache, acache, logits))
-            return j + 1, tcache, acache, logits, toks, valid, alive, fed + need.astype(jnp.int32)
+            acache, logits = jax.lax.cond(need, adapt, lambda a: a, (acache, logits))
+            return j + 1, tcache, acache, logits, exited, toks, valid, alive, n_adapter + need.astype(jnp.int32)
 
-        init = (jnp.zeros((), jnp.int32), tcache, acache, logits, jnp.zeros((B, N), jnp.int32),
+        init = (jnp.zeros((), jnp.int32), tcache, acache, logits, exited, jnp.zeros((B, N), jnp.int32),
                 jnp.zeros((B, N), bool), ~state.done, jnp.ones((), jnp.int32))
         # Inner loop inherent to Kangaroo: the adapter drafts token by token until its confidence
         # drops below the threshold (the paper's early exit), inside one step of the shared driver.
-        _, _, acache, _, toks, valid, _, fed = jax.lax.while_loop(cond, body, init)
+        J, tcache, acache, _, exited, toks, valid, _, n_adapter = jax.lax.while_loop(cond, body, init)
         parents = jnp.broadcast_to(jnp.arange(N, dtype=jnp.int32) - 1, (B, N))
         draft = Draft(tokens=toks, parents=parents, probs=None, valid=valid,
-                      layer_evals=(fed * (self.layer + 1)).astype(jnp.int32))
-        return draft, {**dstate, "cache": acache}
+                      layer_evals=((1 + J) * self.layer + n_adapter).astype(jnp.int32))
+        return draft, {**dstate, "cache": acache, "exited": exited}, tcache, exited
+
+    def propose(self, params, cfg: ModelConfig, state: DecodeState, dstate, key, transform):
+        draft, dstate, _, _ = self.draft(params, cfg, state, dstate)
+        return draft, dstate
 
     def observe(self, params, cfg, state: DecodeState, dstate, draft: Draft, target_logits, accepted: Verdict,
                 raw_logits):
-        return {**dstate, "cache": dstate["cache"].rollback(state.lengths - 1)}
+        # block node `count` is the last accepted draft token: the adapter may still need its state
+        count = jnp.clip(accepted.count.astype(jnp.int32), 0, self.num_draft)
+        last = jnp.take_along_axis(dstate["exited"], count[:, None, None], axis=1)[:, 0]
+        return {**dstate, "cache": dstate["cache"].rollback(state.lengths - 1), "last": last}
+
+
+@dataclasses.dataclass(frozen=True)
+class Kangaroo(Speculative):
+    """P44's decode strategy: :class:`EarlyExit` drafts, the target verifies from the shallow exit.
+
+    Verification runs only layers ``layer .. L-1`` on the block ``[pending, d_0 .. d_{N-1}]``,
+    starting from the exited states ``e`` computed while drafting and reading the layer ``< layer``
+    keys/values the draft wrote into the target cache (official ``forward_draft_or_large_model``
+    with ``in_features_large``); the rest of the step (logit transform per node, verifier, cache
+    compaction, commit, observe) is :class:`~tokjax.decoding.speculative.Speculative`'s.
+
+    Build it with :func:`kangaroo`.
+    """
+
+    def validate(self, cfg: ModelConfig) -> None:
+        if not isinstance(self.draft, EarlyExit):
+            raise ValueError(f"kangaroo() needs an early_exit(...) draft source, got {type(self.draft).__name__}")
+        super().validate(cfg)
+
+    def step(self, params, cfg: ModelConfig, transform: LogitTransform, state: DecodeState, eos_id=None) -> DecodeState:
+        # Speculative.step with one change, the verification forward: speculative.py has no hook for a
+        # draft source to supply the block's lower layers, so the shared remainder is repeated here.
+        if hasattr(self.verifier, "check_transform"):
+            self.verifier.check_transform(transform)
+        B = state.tokens.shape[0]
+        N = self.draft.num_nodes
+        A = self.draft.max_depth
+        key, _, k_verify = jax.random.split(state.key, 3)  # same keys as Speculative (rejection verifiers)
+        draft, dstate, tcache, exited = self.draft.draft(params, cfg, state, state.extra)
+
+        base = state.lengths - 1
+        pending = jnp.take_along_axis(state.tokens, base[:, None], axis=1)
+        block_tokens = jnp.concatenate([pending, draft.tokens.astype(jnp.int32)], axis=1)
+        parents = block_tree(draft)
+        depth = tree_ancestors(parents).sum(-1).astype(jnp.int32) - 1
+        positions = jnp.minimum(base[:, None] + depth, cfg.max_len - 1)
+        # the second exit's continuation: layers >= layer from the exited states; layers < layer of the
+        # block are already in tcache (their lengths run ahead of the deeper layers' until the gather)
+        out = forward(params, cfg, Inputs(hidden=exited, positions=positions), cache=tcache,
+                      layers=(self.draft.layer, cfg.n_layers), mask=Tree(parents))
+        logits, logit_state = node_logits(
+            transform, out.logits, state.logit_state, state, block_tokens, parents, return_state=True
+        )
+
+        verdict = self.verifier.verify(k_verify, draft, logits)
+        path = verdict.path[:, :A].astype(jnp.int32)
+        count = jnp.minimum(verdict.count.astype(jnp.int32), A)
+        src = jnp.concatenate([jnp.zeros((B, 1), jnp.int32), path + 1], axis=1)
+        chosen_logits = jnp.take_along_axis(logits, src[:, :, None], axis=1)
+        masked = jnp.zeros((B,), bool) if verdict.masked is None else verdict.masked
+        at_bonus = jnp.take_along_axis(chosen_logits, count[:, None, None], axis=1)[:, 0]
+        masked = masked & ~(jnp.isnan(at_bonus) | (at_bonus == jnp.inf)).any(-1)
+        cache = out.cache.gather(base, src, 1 + count)
+
+        path_tokens = jnp.take_along_axis(draft.tokens.astype(jnp.int32), jnp.clip(path, 0, N - 1), axis=1)
+        idx = jnp.arange(A + 1)[None, :]
+        padded = jnp.concatenate([path_tokens, jnp.zeros((B, 1), jnp.int32)], axis=1)
+        bonus = jnp.where(idx == count[:, None], verdict.bonus[:, None], 0)
+        new_tokens = jnp.where(idx < count[:, None], padded, bonus)
+        n_commit = count + jnp.where(masked, 0, 1)
+
+        live = ~state.done
+        accept_at = jnp.arange(A)[None, :] < count[:, None]
+        reached = jnp.arange(A)[None, :] <= count[:, None]
+        stats = state.stats
+        stats = stats.replace(
+            forward_calls=stats.forward_calls + 1,
+            draft_layer_evals=stats.draft_layer_evals + jnp.asarray(draft.layer_evals, jnp.int32),
+            masked_rows=stats.masked_rows | (masked & live),
+            position_accepted=stats.position_accepted + (accept_at & live[:, None]).sum(0).astype(jnp.int32),
+            position_reached=stats.position_reached + (reached & live[:, None]).sum(0).astype(jnp.int32),
+        )
+        state = state.replace(cache=cache, key=key, stats=stats, logit_state=logit_state)
+        new_state = commit(state, new_tokens, n_commit, eos_id, logits=chosen_logits)
+        new_state = new_state.replace(done=new_state.done | masked)
+        dstate = self.draft.observe(params, cfg, new_state, dstate, draft, logits, verdict, out.logits)
+        return new_state.replace(extra=dstate)
 
 
 def _adapter_shapes(acfg: ModelConfig):
@@ -318,3 +435,17 @@ def early_exit(layer: int, adapter, num_draft: int = 6, threshold: float = 0.6, 
     if not isinstance(adapter, Mapping) or "layers" not in adapter or "final_norm" not in adapter:
         raise ValueError("adapter must be the params dict from kangaroo.init_adapter / recipes.kangaroo.fit_adapter")
     return EarlyExit(layer=int(layer), adapter=adapter, num_draft=int(num_draft), threshold=thr, mlp=bool(mlp))
+
+
+def kangaroo(draft: EarlyExit, verify) -> Kangaroo:
+    """Returns the P44 Kangaroo decode strategy: ``draft`` (:func:`early_exit`) verified by ``verify``,
+    the verification continuing from the shallow exit (layers < ``draft.layer`` are not recomputed).
+
+        strategy = kangaroo(early_exit(2, adapter), verify.greedy())
+        out = tokjax.generate(model, prompts, max_new_tokens=64, logits=greedy(), strategy=strategy)
+
+    Same tokens as ``speculative(draft, verify)`` (greedy verification: as plain greedy decoding).
+    """
+    if not isinstance(draft, EarlyExit):
+        raise ValueError(f"kangaroo() needs an early_exit(...) draft source, got {type(draft).__name__}")
+    return Kangaroo(draft=speculative(draft, verify).draft, verifier=verify)

@@ -32,9 +32,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tokjax.decoding._state import DecodeState, Strategy, commit
+from tokjax.decoding._state import DecodeState, Strategy, commit, ends_greedy
 from tokjax.logits import LogitTransform, hparam, sample, target_logprobs
-from tokjax.model import Inputs, ModelConfig, blocks, embed, final_norm, forward, position_embed, unembed
+from tokjax.model import (
+    Inputs, ModelConfig, blocks, embed, final_norm, forward, layer_weights, position_embed, unembed,
+)
 
 __all__ = [
     "SkipDecode", "skipdecode", "active_layers", "linear_schedule", "layer_mask", "skip_hooks", "skipdecode_loss",
@@ -140,16 +142,26 @@ class SkipDecode(Strategy):
         pending = jnp.take_along_axis(state.tokens, pos, axis=1)
         x = embed(params, cfg, pending) + position_embed(params, cfg, pos)
         cache = state.cache
+        k, v = list(cache.k), list(cache.v)
         for i in range(cfg.n_layers):
-            def layer_i(xc, i=i):
-                h, c, _ = blocks(params, cfg, xc[0], pos, cache=xc[1], start=i, end=i + 1)
-                return h, c
+            # Each skip decision is a lax.cond over this layer's own weights and cache buffers only (not
+            # the whole cache through every cond), so a layer that runs updates its buffers in place
+            # and the strategy at full depth does what a plain decode step does plus L branches.
+            one = {**params, "layers": (layer_weights(params, i),)}
 
-            x, cache = jax.lax.cond(run[i], layer_i, lambda xc: xc, (x, cache))
+            def layer_i(op, i=i, one=one):
+                h, ki, vi = op
+                sub = cache.replace(k=(ki,), v=(vi,), lengths=cache.lengths[i:i + 1])
+                h, sub, _ = blocks(one, cfg, h, pos, cache=sub, start=0, end=1)
+                return h, sub.k[0], sub.v[0]
+
+            x, k[i], v[i] = jax.lax.cond(run[i], layer_i, lambda op: op, (x, k[i], v[i]))
+        # a skipped layer keeps its shorter length (its slot for this position was never written)
+        cache = cache.replace(k=tuple(k), v=tuple(v), lengths=cache.lengths + run[:, None].astype(jnp.int32))
         logits = unembed(params, cfg, final_norm(params, cfg, x))[:, 0]
         logits, logit_state = transform.apply(logits, state.logit_state, state.context())
         key, sub = jax.random.split(state.key)
-        tok, sstats = sample(sub, logits)
+        tok, sstats = sample(sub, logits, greedy=ends_greedy(transform))  # argmax, not V Gumbel draws, when greedy
         counts = jnp.where(sstats.all_masked, 0, 1).astype(jnp.int32)
         stats = state.stats.replace(
             forward_calls=state.stats.forward_calls + 1,
@@ -159,8 +171,7 @@ class SkipDecode(Strategy):
         extra = {**ex, "layer_evals": ex["layer_evals"] + live * jnp.sum(run).astype(jnp.int32)}
         state = state.replace(logit_state=logit_state, key=key, stats=stats, extra=extra)
         state = commit(state, tok[:, None], counts, eos_id, logits=logits[:, None])
-        # commit sets every layer's length to lengths - 1; a skipped layer must keep its shorter
-        # length (its slot for this position was never written), so only lower the written layers.
+        # commit sets every layer's length to lengths - 1; only lower the layers that ran
         state = state.replace(cache=cache.rollback(state.lengths - 1))
         return state.replace(done=state.done | sstats.all_masked)
 
