@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import inspect
 import os
 import re
 import sys
@@ -497,11 +498,13 @@ def _atomic_write(path: Path, text: str) -> None:
         raise
 
 
-def write_results(rows: Iterable[Row] = (), path: str | os.PathLike | None = None) -> dict[tuple[str, str], Row]:
+def write_results(rows: Iterable[Row] = (), path: str | os.PathLike | None = None, *,
+                  claims_only: bool = False) -> dict[tuple[str, str], Row]:
     """Returns the merged {(pid, claim_id): Row} after writing RESULTS.md with `rows` in it.
 
     The given rows replace every row of their papers (an experiment's run is the paper's whole
-    set of claims, so a claim id it no longer reports disappears), except that a run that raised
+    set of claims, so a claim id it no longer reports disappears); with ``claims_only`` (a run of
+    some claims, ``--only``) they replace just the rows with their own (paper, claim id). A run that raised
     (only verdict-"error" rows) keeps the paper's earlier rows next to its error row; rows of other papers already
     in the file are kept. With no rows the file is just (re)normalised, or created empty.
     Idempotent: the same rows give the same bytes.
@@ -523,7 +526,8 @@ def write_results(rows: Iterable[Row] = (), path: str | os.PathLike | None = Non
                                  f"record quick runs in {RESULTS_QUICK_PATH.name} (results_file(quick=True))")
         # A run that raised replaces nothing: its error row joins the paper's last results.
         replaced = {pid for pid in pids if any(r.verdict != "error" for r in rows if r.pid == pid)}
-        merged = {k: r for k, r in merged.items() if r.pid not in replaced}
+        if not claims_only:
+            merged = {k: r for k, r in merged.items() if r.pid not in replaced}
         for r in rows:
             merged[r.key] = r
         text = render_results(merged.values(), path.parent)
@@ -542,9 +546,10 @@ def as_rows(result) -> list[Row]:
     return rows
 
 
-def record(rows: Row | list[Row], path: str | os.PathLike | None = None) -> None:
-    """Returns None after merging one paper's rows into RESULTS.md (keeping every other paper's rows)."""
-    write_results(as_rows(rows), path)
+def record(rows: Row | list[Row], path: str | os.PathLike | None = None, *, claims_only: bool = False) -> None:
+    """Returns None after merging one paper's rows into RESULTS.md (keeping every other paper's rows;
+    with ``claims_only`` also the paper's rows for other claims)."""
+    write_results(as_rows(rows), path, claims_only=claims_only)
 
 
 def run_cli(run: Callable[[bool], Row], argv: list[str] | None = None, *,
@@ -554,19 +559,33 @@ def run_cli(run: Callable[[bool], Row], argv: list[str] | None = None, *,
     Parses ``--quick`` (and ``--no-record`` to only print), times ``run(quick)``, fills in
     ``seconds`` and ``quick``, prints the row as a table and records it in RESULTS.md (full
     runs) or RESULTS-quick.md (``--quick``), unless ``results_path`` names the file.
+    ``--only a,b`` re-runs some claims: ``run`` must take ``only=`` (a frozenset of claim ids) and
+    return rows of exactly those claims, which replace just those rows (the paper's other claims
+    keep their recorded rows).
     """
     parser = argparse.ArgumentParser(description="Run one tokjax paper experiment.")
     parser.add_argument("--quick", action="store_true", help="small CPU version (minutes)")
     parser.add_argument("--no-record", action="store_true", help="print only; leave the results files alone")
+    parser.add_argument("--only", metavar="CLAIMS", help="comma-separated claim ids to re-run (the others keep their rows)")
     args = parser.parse_args(argv)
+    only = None
+    if args.only is not None:
+        only = frozenset(c.strip() for c in args.only.split(",") if c.strip())
+        if not only:
+            parser.error("--only needs at least one claim id, e.g. --only speed,lossless")
+        if "only" not in inspect.signature(run).parameters:
+            parser.error("this experiment cannot re-run single claims (its run() takes no `only=`)")
     t0 = time.perf_counter()
     with _run_mode(args.quick):
-        rows = as_rows(run(args.quick))
+        rows = as_rows(run(args.quick) if only is None else run(args.quick, only=only))
+    if only is not None and {r.claim_id for r in rows} != only:
+        raise ValueError(f"--only {','.join(sorted(only))}: the run returned claims "
+                         f"{sorted(r.claim_id for r in rows)}")
     seconds = time.perf_counter() - t0
     rows = [dataclasses.replace(r, seconds=seconds, quick=args.quick) for r in rows]
     print(format_rows(rows))
     if not args.no_record:
         path = results_file(args.quick) if results_path is None else Path(results_path)
-        record(rows, path)
+        record(rows, path, claims_only=only is not None)
         print(f"recorded {rows[0].pid} ({', '.join(r.claim_id for r in rows)}) in {path}")
     return 0

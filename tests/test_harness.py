@@ -465,3 +465,21 @@ def test_per_paper_header_loads_as_claim_main(tmp_path):
     path.write_text("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
                     + "| P6 | c | s | m | b | 1 | 2 | reproduced | 0.1 | 0 | +1 | full | 1.0 |  | n |\n")
     assert list(h.load_results(path)) == [("P6", "main")]
+
+
+def test_run_cli_only_reruns_some_claims_and_keeps_the_others(tmp_path):
+    path = tmp_path / "RESULTS.md"
+    h.run_cli(lambda q: [make_row("P59", claim_id="lossless", quick=None, method_value=0.0),
+                         make_row("P59", claim_id="speed", quick=None, method_value=0.5)], [], results_path=path)
+
+    def run(quick, only=None):
+        return [make_row("P59", claim_id=c, quick=None, method_value=2.0) for c in sorted(only)]
+
+    h.run_cli(run, ["--only", "speed,multi-target"], results_path=path)
+    rows = h.load_results(path)
+    assert set(rows) == {("P59", "lossless"), ("P59", "speed"), ("P59", "multi-target")}
+    assert float(rows[("P59", "lossless")].method_value) == 0.0 and float(rows[("P59", "speed")].method_value) == 2.0
+    with pytest.raises(SystemExit):  # a run() without only= cannot re-run single claims
+        h.run_cli(lambda q: make_row("P59", claim_id="speed"), ["--only", "speed"], results_path=path)
+    with pytest.raises(ValueError, match="returned claims"):
+        h.run_cli(lambda q, only=None: make_row("P59", claim_id="lossless"), ["--only", "speed"], results_path=path)
