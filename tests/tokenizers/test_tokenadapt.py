@@ -207,3 +207,48 @@ def test_aux_embeddings_match_the_values_recorded_before_issue_12():
     got = aux_embeddings(model, z["ta_ids"], z["ta_lengths"], bos_id=old.bos_id, batch_size=16)
     np.testing.assert_allclose(got, z["ta_aux"], rtol=1e-5, atol=1e-6)
     assert np.all(np.asarray(got)[z["ta_lengths"] == 0] == 0)  # empty rows pool to zeros
+
+
+def test_byte_ngram_tfidf_matches_a_direct_count():
+    """tf-idf of framed byte n-grams: unit rows, shared n-grams give similarity, empty text gives zeros."""
+    from tokjax.tokenizers.tokenadapt import byte_ngram_tfidf
+
+    texts = [b"ab", b"abc", b"xyz", b""]
+    x = byte_ngram_tfidf(texts, n_max=2)
+    # direct: features of "ab" framed as ^ab$ with n <= 2: a, b, ^a, ab, b$
+    feats = [[("a",), ("b",), ("^", "a"), ("a", "b"), ("b", "$")],
+             [("a",), ("b",), ("c",), ("^", "a"), ("a", "b"), ("b", "c"), ("c", "$")],
+             [("x",), ("y",), ("z",), ("^", "x"), ("x", "y"), ("y", "z"), ("z", "$")], []]
+    allf = sorted({f for fs in feats for f in fs})
+    df = {f: sum(f in fs for fs in feats) for f in allf}
+    idf = {f: np.log(5 / (1 + df[f])) + 1 for f in allf}
+    want = np.array([[idf[f] if f in fs else 0.0 for f in allf] for fs in feats])
+    want = want / np.maximum(np.linalg.norm(want, axis=1, keepdims=True), 1e-12)
+    np.testing.assert_allclose(x @ x.T, want @ want.T, atol=1e-6)  # feature order is an implementation detail
+    assert x.shape[1] == len(allf)
+    assert np.all(x[3] == 0) and x[0] @ x[1] > 0.5 and x[0] @ x[2] == 0
+    with pytest.raises(ValueError, match="n_max"):
+        byte_ngram_tfidf(texts, n_max=0)
+    with pytest.raises(ValueError, match="bytes"):
+        byte_ngram_tfidf(["ab"])
+
+
+def test_external_aux_arrays_equal_the_built_in_space_and_bad_shapes_raise(setup):
+    """Passing tokenadapt_aux's arrays gives the same model as the named kind; tf-idf runs; shapes are checked."""
+    from tokjax.tokenizers.tokenadapt import tokenadapt_aux
+
+    model, old, new = setup
+    pair = tokenadapt_aux(model, old, new, "tfidf")
+    assert pair[0].shape[0] == new.vocab_size and pair[1].shape[0] == old.vocab_size
+    a = tokenadapt_transfer(model, old, new, aux="tfidf", top_k=5)
+    b = tokenadapt_transfer(model, old, new, aux=pair, top_k=5)
+    np.testing.assert_array_equal(np.asarray(a.params["embed"]), np.asarray(b.params["embed"]))
+    h = tokenadapt_transfer(model, old, new, aux="hidden", top_k=5, global_weight=1.0, threshold=-1.0)
+    t = tokenadapt_transfer(model, old, new, aux="tfidf", top_k=5, global_weight=1.0, threshold=-1.0)
+    assert not np.allclose(np.asarray(h.params["embed"]), np.asarray(t.params["embed"]))  # the space matters
+    with pytest.raises(ValueError, match="aux arrays"):
+        tokenadapt_transfer(model, old, new, aux=(pair[0][:-1], pair[1]))
+    with pytest.raises(ValueError, match="aux"):
+        tokenadapt_transfer(model, old, new, aux=(pair[0],))
+    with pytest.raises(ValueError, match="aux"):
+        tokenadapt_aux(model, old, new, "external")
