@@ -133,3 +133,20 @@ def test_decode_step_updates_cache_buffers_in_place(batch, block):
     buf = f"f32[{batch},{cfg.kv_heads},{S},{cfg.head_size}]"
     copies = [line for line in hlo.splitlines() if " copy(" in line and line.split("=", 1)[-1].strip().startswith(buf)]
     assert not copies, f"{len(copies)} cache-buffer copies in the compiled step, e.g. {copies[0][:160]}"
+
+
+def test_prefill_equals_writing_the_prompt_through_the_cache_path():
+    """prefill (cache-free forward + tapped keys/values) holds what a cached forward writes."""
+    from tokjax.model import prefill
+
+    m = small_model(seed=3)
+    toks = jax.random.randint(jax.random.key(1), (2, 9), 0, m.cfg.vocab_size)
+    lens = jnp.array([9, 5])
+    got = prefill(m.params, m.cfg, toks, lens, 20)
+    ref = forward(m.params, m.cfg, Inputs(tokens=toks), cache=KVCache.init(m.cfg, 2, 20), compute_logits=False).cache
+    assert got.capacity == 20 and np.array_equal(got.lengths, np.broadcast_to(lens - 1, got.lengths.shape))
+    for a, b in zip(got.k + got.v, ref.k + ref.v):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+        assert not np.asarray(a)[:, :, 9:].any()  # slots past the prompt stay empty
+    with pytest.raises(ValueError, match="capacity 8 is too small"):
+        prefill(m.params, m.cfg, toks, lens, 8)

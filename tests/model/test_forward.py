@@ -141,6 +141,12 @@ def test_taps_return_requested_layers_only():
     np.testing.assert_allclose(out.taps["resid_post"][0], low.hidden, atol=1e-5)
     allt = forward(m.params, m.cfg, toks, taps=Taps(layers="all", sites=("resid_pre",)))
     assert allt.taps["resid_pre"].shape[0] == m.cfg.n_layers
+    kv = forward(m.params, m.cfg, toks, taps=Taps(layers=(1,), sites=("keys", "values")))
+    assert kv.taps["keys"].shape == (1, 2, 5, m.cfg.kv_heads, m.cfg.head_size)
+    with pytest.raises(ValueError, match="unknown tap sites"):
+        Taps(layers="all", sites=("queries",))
+    with pytest.raises(ValueError, match="unknown hook site"):  # keys/values are taps, not hook sites
+        forward(m.params, m.cfg, toks, hooks={"layer.0.keys": lambda x, layer: x})
 
 
 def test_hooks_patch_the_named_site_only():

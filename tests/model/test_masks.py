@@ -130,3 +130,27 @@ def test_prefix_mask_changes_only_prefix_positions():
     assert not np.allclose(a[:, :2], b[:, :2], atol=1e-5)  # prefix tokens now see the future prefix
     c = forward(m.params, m.cfg, toks, mask=Bidirectional()).logits
     assert not np.allclose(a[:, 0], c[:, 0], atol=1e-5)
+
+
+@given(T=st.integers(1, 40), block=st.integers(1, 16), packed=st.booleans())
+def test_causal_attend_by_blocks_equals_the_full_mask(T, block, packed):
+    from tokjax.model.attention import attend, causal_attend
+
+    kq, kk, kv, ks = jax.random.split(jax.random.key(T * 17 + block), 4)
+    q = jax.random.normal(kq, (2, T, 4, 8))
+    k = jax.random.normal(kk, (2, T, 2, 8))
+    v = jax.random.normal(kv, (2, T, 2, 8))
+    seg = jnp.sort(jax.random.randint(ks, (2, T), 0, 3), axis=1) if packed else None
+    want = attend(q, k, v, build_mask(Causal(), 2, T, segment_ids=seg))
+    got = causal_attend(q, k, v, segment_ids=seg, block=block)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+
+
+def test_causal_attend_gradients_match_the_full_mask():
+    from tokjax.model.attention import attend, causal_attend
+
+    q, k, v = (jax.random.normal(jax.random.key(i), (1, 11, 2, 4)) for i in range(3))
+    full = jax.grad(lambda q, k, v: (attend(q, k, v, build_mask(Causal(), 1, 11)) ** 2).sum(), (0, 1, 2))(q, k, v)
+    blocked = jax.grad(lambda q, k, v: (causal_attend(q, k, v, block=4) ** 2).sum(), (0, 1, 2))(q, k, v)
+    for a, b in zip(full, blocked):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

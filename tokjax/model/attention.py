@@ -216,6 +216,33 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array, *, head
     return out.reshape(B, KV, G, T, hd).transpose(0, 3, 1, 2, 4).reshape(B, T, H, hd)
 
 
+CAUSAL_BLOCK = 256  # query block of causal_attend; blocks skip the keys every query of theirs cannot see
+
+
+def causal_attend(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: jax.Array | None = None,
+                  block: int = CAUSAL_BLOCK) -> jax.Array:
+    """Returns :func:`attend` of q [B,T,H,hd] over k, v [B,T,KV,hd] under the causal mask, by query blocks.
+
+    Query block [s, e) attends to keys [0, e) only (the keys after it are invisible to all of its
+    queries), with its [e - s, e] mask built per block: about half the work of the [T, T] scores and
+    O(T * block) memory instead of O(T^2). ``segment_ids`` [B, T] (packed documents) are applied per
+    block too. Same values as ``attend(q, k, v, build_mask(Causal(), B, T))`` up to float summation order.
+    """
+    B, T = q.shape[:2]
+    if T <= block:
+        return attend(q, k, v, build_mask(Causal(), B, T, segment_ids=segment_ids))
+    seg = None if segment_ids is None else jnp.broadcast_to(segment_ids, (B, T))
+    outs = []
+    for s in range(0, T, block):
+        e = min(s + block, T)
+        vis = jnp.arange(e)[None, :] <= jnp.arange(s, e)[:, None]
+        vis = jnp.broadcast_to(vis, (B, e - s, e))
+        if seg is not None:
+            vis = vis & (seg[:, s:e, None] == seg[:, None, :e])
+        outs.append(attend(q[:, s:e], k[:, :e], v[:, :e], vis))
+    return jnp.concatenate(outs, axis=1)
+
+
 def mask_spec_name(spec) -> str:
     """Returns a short name of a mask spec (for error messages)."""
     return type(spec).__name__ if dataclasses.is_dataclass(spec) else repr(spec)
