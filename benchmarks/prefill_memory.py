@@ -44,6 +44,7 @@ def temp_mib(cfg, T: int, explicit: bool) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lengths", default="256,512,1024,2048,4096")
+    ap.add_argument("--quick", action="store_true", help="lengths 256, 512, 1024 only")
     ap.add_argument("--figure", help="also save a plot here (needs matplotlib)")
     args = ap.parse_args(argv)
 
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
 
     cfg = ModelConfig(vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, d_ff=1536,
                       rope_theta=1e5, tied_embeddings=True, max_len=8192)
-    lengths = [int(x) for x in args.lengths.split(",")]
+    lengths = [256, 512, 1024] if args.quick else [int(x) for x in args.lengths.split(",")]
     rows = [(T, temp_mib(cfg, T, False), temp_mib(cfg, T, True)) for T in lengths]
     print(f"# prefill compiled temporary memory, SmolLM2-135M shape, batch 1, f32 (query block {CAUSAL_BLOCK})")
     print(f"{'T':>6} {'blocked MiB':>12} {'full-mask MiB':>14} {'ratio':>6}")

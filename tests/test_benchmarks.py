@@ -1,4 +1,4 @@
-"""The accelerator check (benchmarks/gpu_check.py) runs end to end at smoke sizes, so it does not rot
+"""The accelerator check (benchmarks/gpu/check.py) runs end to end at smoke sizes, so it does not rot
 between the runs on a GPU machine."""
 
 import importlib.util
@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_gpu_check_smoke_writes_every_section(tmp_path):
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu" / "check.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     out = tmp_path / "report.md"

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# One accelerator check (benchmarks/gpu_check.py): decode, cut cross-entropy, TensorBLEU, speculative
+# One accelerator check (benchmarks/gpu/check.py): decode, cut cross-entropy, TensorBLEU, speculative
 # decoding and a train step, written to benchmarks/results/gpu_check-<date>.md.
-#   bash benchmarks/gpu_check.sh            # full sizes; on a CUDA machine installs jax[cuda12] first
-#   bash benchmarks/gpu_check.sh --smoke    # tiny sizes on whatever backend is installed (CI runs this)
+#   bash benchmarks/gpu/check.sh            # full sizes; on a CUDA machine installs jax[cuda12] first
+#   bash benchmarks/gpu/check.sh --smoke    # tiny sizes on whatever backend is installed (CI runs this)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python}
 [ -x .venv/bin/python ] && PY=${PYTHON:-.venv/bin/python}
 if command -v nvidia-smi >/dev/null 2>&1 && [ "${1:-}" != "--smoke" ]; then
@@ -14,5 +14,5 @@ if command -v nvidia-smi >/dev/null 2>&1 && [ "${1:-}" != "--smoke" ]; then
 fi
 out="benchmarks/results/gpu_check-$(date +%Y%m%d-%H%M).md"
 [ "${1:-}" = "--smoke" ] && out="${GPU_CHECK_OUT:-/tmp/gpu_check-smoke.md}"
-timeout 900 "$PY" benchmarks/gpu_check.py "$@" --out "$out"
+timeout 900 "$PY" benchmarks/gpu/check.py "$@" --out "$out"
 echo "report: $out"

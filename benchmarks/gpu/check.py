@@ -1,8 +1,10 @@
 """One accelerator check: decode, cut cross-entropy, TensorBLEU, speculative decoding and a train step, one report.
 
-    bash benchmarks/gpu_check.sh                       # on a CUDA machine: installs jax[cuda12], full sizes
-    python benchmarks/gpu_check.py --out report.md     # whatever jax backend is installed
-    python benchmarks/gpu_check.py --smoke --out r.md  # tiny sizes (CPU, about a minute): CI checks it runs
+    bash benchmarks/gpu/check.sh                       # on a CUDA machine: installs jax[cuda12], full sizes
+    python benchmarks/gpu/check.py --out report.md     # whatever jax backend is installed
+    python benchmarks/gpu/check.py --smoke --out r.md  # tiny sizes (CPU, about a minute): CI checks it runs
+
+(In its own folder so ``make bench``, which runs every script in benchmarks/ on the CPU, skips it.)
 
 Sections (each timed in this process, compile excluded, best of ``repeats``):
 
@@ -32,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # train_throughput's bench_model
 
 FULL = dict(batches=(1, 8, 64), dtypes=("float32", "bfloat16"), prompt=128, new=128, ce_n=8192, ce_d=768,
             ce_v=131072, bleu=(256, 1024), spec_new=128, train_batch=16, train_seq=512, peak_n=8192, repeats=3)
