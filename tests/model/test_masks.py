@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokjax import Inputs, KVCache, forward
@@ -132,6 +132,7 @@ def test_prefix_mask_changes_only_prefix_positions():
     assert not np.allclose(a[:, 0], c[:, 0], atol=1e-5)
 
 
+@settings(max_examples=12)  # each example compiles; 12 cover T < block, T = block, ragged last blocks
 @given(T=st.integers(1, 40), block=st.integers(1, 16), packed=st.booleans())
 def test_causal_attend_by_blocks_equals_the_full_mask(T, block, packed):
     from tokjax.model.attention import attend, causal_attend
@@ -154,3 +155,15 @@ def test_causal_attend_gradients_match_the_full_mask():
     blocked = jax.grad(lambda q, k, v: (causal_attend(q, k, v, block=4) ** 2).sum(), (0, 1, 2))(q, k, v)
     for a, b in zip(full, blocked):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_causal_attend_fused_path_equals_the_blocked_one():
+    """The GPU path (jax.nn.dot_product_attention, is_causal) checked here through its XLA implementation."""
+    from tokjax.model.attention import causal_attend
+
+    q = jax.random.normal(jax.random.key(0), (2, 13, 6, 8))
+    k, v = (jax.random.normal(jax.random.key(i), (2, 13, 2, 8)) for i in (1, 2))
+    np.testing.assert_allclose(np.asarray(causal_attend(q, k, v, fused=True)),
+                               np.asarray(causal_attend(q, k, v, block=4, fused=False)), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="segment_ids"):
+        causal_attend(q, k, v, segment_ids=jnp.zeros((2, 13), jnp.int32), fused=True)

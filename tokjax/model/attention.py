@@ -219,16 +219,27 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array, *, head
 CAUSAL_BLOCK = 256  # query block of causal_attend; blocks skip the keys every query of theirs cannot see
 
 
+FUSED_ATTENTION_PLATFORMS = ("gpu",)  # where jax.nn.dot_product_attention may run a fused kernel (cuDNN)
+
+
 def causal_attend(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: jax.Array | None = None,
-                  block: int = CAUSAL_BLOCK) -> jax.Array:
+                  block: int = CAUSAL_BLOCK, fused: bool | None = None) -> jax.Array:
     """Returns :func:`attend` of q [B,T,H,hd] over k, v [B,T,KV,hd] under the causal mask, by query blocks.
 
     Query block [s, e) attends to keys [0, e) only (the keys after it are invisible to all of its
     queries), with its [e - s, e] mask built per block: about half the work of the [T, T] scores and
     O(T * block) memory instead of O(T^2). ``segment_ids`` [B, T] (packed documents) are applied per
     block too. Same values as ``attend(q, k, v, build_mask(Causal(), B, T))`` up to float summation order.
+    ``fused`` (default: on platforms in ``FUSED_ATTENTION_PLATFORMS`` when there are no segments):
+    ``jax.nn.dot_product_attention(..., is_causal=True)`` instead, which XLA/cuDNN fuse on GPU.
     """
     B, T = q.shape[:2]
+    if fused is None:
+        fused = segment_ids is None and jax.default_backend() in FUSED_ATTENTION_PLATFORMS
+    if fused:
+        if segment_ids is not None:
+            raise ValueError("causal_attend(fused=True) does not take segment_ids (packed documents): use fused=False")
+        return jax.nn.dot_product_attention(q, k, v, is_causal=True).astype(q.dtype)
     if T <= block:
         return attend(q, k, v, build_mask(Causal(), B, T, segment_ids=segment_ids))
     seg = None if segment_ids is None else jnp.broadcast_to(segment_ids, (B, T))
