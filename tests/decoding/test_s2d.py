@@ -57,6 +57,25 @@ def test_full_depth_self_draft_is_fully_accepted_and_shallow_exits_still_lossles
     assert full.stats["draft_layer_evals"] == full.stats["forward_calls"] * (4 + 2 * 4)
 
 
+
+def test_one_nested_draft_serves_two_targets_of_different_depth(model, plain):
+    # P59's deployment: ONE sorted draft, unchanged, drafts for targets of different depth sharing its vocabulary
+    # (here the 4-layer model and its own first 2 layers as a second, shallower target).
+    shallow = truncate(model, 2)
+    shallow_plain = [c.tolist() for c in generate(shallow, PROMPTS, max_new_tokens=NEW, logits=greedy()).completions()]
+    assert shallow_plain != plain  # two different targets, so the check below is not one target twice
+    deepest = nested(truncate(model, 2), exits=(1, 2), thresholds=(1.0, 0.0), num_draft=3)  # always exits at 2
+    adaptive = nested(truncate(model, 2), exits=(1, 2), thresholds=(0.3, 0.0), num_draft=3)
+    tpc = {}
+    for name, target, want in (("deep", model, plain), ("shallow", shallow, shallow_plain)):
+        for kind, src in (("deepest", deepest), ("adaptive", adaptive)):  # thresholds are runtime: one compile
+            out = _run(target, src)
+            assert [c.tolist() for c in out.completions()] == want  # each target keeps its own greedy output
+            tpc[name, kind] = out.stats["tokens_per_call"]
+    # the draft's deepest sub-model IS the shallow target: every draft token is accepted there (3 drafts + 1)
+    assert tpc["shallow", "deepest"] == 4.0
+    assert 1.0 <= tpc["deep", "deepest"] < 4.0
+
 def _state(model, prompts, steps):
     cfg, params = model.cfg, model.params
     B = len(prompts)
