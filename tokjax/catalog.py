@@ -540,9 +540,12 @@ _ENTRIES: tuple[Entry, ...] = (
     _e(71, 'Text2Token: Unsupervised Text Representation Learning with Token Target Prediction',
        'losses', 'tokjax.losses.text2token', ('text2token', 'make_text2token_loss', 'data_driven_targets', 'model_derived_targets', 'text_embedding'),
        'pooled embedding through the LM head, KL to text-derived token targets (construction '
-       'unverified: paper body unavailable); 1-NN topic accuracy 0.219 vs 0.163 for mean-pooled NTP '
-       'on a synthetic corpus',
-       status='implemented'),
+       'unverified: paper body unavailable); on a synthetic overlapping-topic corpus (tiny model, 3 '
+       'seeds) 1-NN topic accuracy 0.7706 vs 0.4967 for mean-pooled NTP and 0.66 for SimCSE at matched '
+       'steps (tf-idf 1-NN 0.747). The corpus is bag-of-words by construction, which suits Text2Token; '
+       'MTEB-scale claims are not tested',
+       claims=(_c('vs-mean-pooling', 'reproduced', 'Text2Token (pooled embedding -> LM head -> KL to text-derived token targets) gives better text representations than mean pooling an NTP-trained LM'),
+                _c('vs-contrastive', 'reproduced', 'Text2Token is competitive with contrastive (LLM2Vec/SimCSE-style) unsupervised training'),)),
     _e(72, 'Soft Thinking: Unlocking the Reasoning Potential of LLMs in Continuous Concept Space',
        'decoding', 'tokjax.decoding.soft_thinking', ('soft_thinking',),
        'probability-weighted embedding mixtures as reasoning steps'),

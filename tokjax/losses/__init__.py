@@ -61,6 +61,7 @@ from tokjax.losses.text2token import (
     POOLINGS, data_driven_targets, make_text2token_loss, model_derived_targets, text2token, text2token_from_logits,
     text_embedding, token_idf,
 )
+from tokjax.losses.simcse import info_nce, make_simcse_loss, random_crops, simcse  # P71's contrastive baseline; registers "simcse"
 
 __all__ = [
     "bradley_terry_loss", "dpo_loss", "dpo_per_pair", "implicit_token_rewards", "make_dpo_loss",
@@ -71,6 +72,8 @@ __all__ = [
     "head_stats", "make_next_token_loss", "named_chain", "next_token_loss", "per_token_nll", "prior",
     "prior_weights", "reduce_loss", "reference_logp", "sequence_count", "shifted_completion_mask",
     "sum_and_count", "token_count", "token_stats", "token_weights", "check_reduction", "check_token_ids",
+    # SimCSE (the contrastive baseline of P71)
+    "info_nce", "make_simcse_loss", "random_crops", "simcse",
     # registry
     "RegisteredLoss", "loss_from_spec", "loss_names", "loss_options", "make_loss", "register_loss",
     # distillation: KD, P12, P34, P15
