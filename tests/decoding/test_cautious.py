@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 import tokjax
 from tokjax import logits as L
-from tokjax.decoding.cautious import cautious, cautious_generate, num_trials, run_trials
+from tokjax.decoding.cautious import best_of_n, cautious, cautious_generate, num_trials, run_trials, sequence_nll
+from tokjax.losses import token_stats
 from tokjax.model import Inputs, KVCache, forward
 
 from tokjax.decoding import driver as gen_mod
@@ -191,3 +192,45 @@ def test_bad_generate_arguments(model):
                           h_lo=0.0, h_hi=np.array([1.0, 2.0]))
     with pytest.raises(ValueError, match="needs key="):
         cautious_generate(model, PROMPTS, max_new_tokens=4, stop_ids=[2])
+
+
+def test_sequence_nll_matches_naive_loop():
+    r = np.random.default_rng(0)
+    lp = -r.exponential(size=(4, 9))
+    p, n = np.array([2, 3, 1, 4]), np.array([7, 9, 5, 4])  # the last row generated nothing
+    got = sequence_nll(lp, p, n)
+    want = [-np.mean(lp[b, p[b]:n[b]]) if n[b] > p[b] else np.inf for b in range(4)]
+    np.testing.assert_allclose(got, want)
+
+
+def test_best_of_n_keeps_the_min_perplexity_sample_of_generate_n_and_its_logprobs_are_token_stats(model):
+    key, n = jax.random.key(3), 3
+    bon = best_of_n(model, PROMPTS, n=n, key=key, max_new_tokens=16, logits=L.temperature(1.0), eos_id=5)
+    ref = tokjax.generate(model, PROMPTS, key=key, max_new_tokens=16, logits=L.temperature(1.0), eos_id=5, n=n,
+                          logprobs=0)
+    np.testing.assert_array_equal(bon.samples.tokens, ref.tokens)  # the samples are generate(n=...)'s own
+    assert bon.n == n and bon.forward_tokens == int((ref.lengths - ref.prompt_lengths).sum())
+    # The ranking log-probs are the model's teacher-forced ones (T = 1): token_stats on the same rows.
+    toks = bon.samples.tokens
+    st = token_stats(model.params, model.cfg, {"inputs": toks[:, :-1], "targets": toks[:, 1:],
+                                               "prompt_lengths": bon.samples.prompt_lengths,
+                                               "lengths": bon.samples.lengths})
+    tf = np.where(np.asarray(st.mask), np.asarray(st.logp), 0.0)
+    np.testing.assert_allclose(tf, bon.samples.logprobs[:, 1:], atol=2e-5)
+    for b in range(len(PROMPTS)):
+        rows = range(b * n, (b + 1) * n)
+        nll = [-tf[i].sum() / (bon.samples.lengths[i] - bon.samples.prompt_lengths[i]) for i in rows]
+        assert bon.winner[b] == b * n + int(np.argmin(nll))
+        np.testing.assert_array_equal(bon.best_rows()[b], bon.samples.completions()[bon.winner[b]])
+    assert len(set(map(tuple, (bon.samples.completions()[i].tolist() for i in range(n))))) > 1  # samples differ
+
+
+@pytest.mark.parametrize("n", [0, -1, 2.0, True])
+def test_best_of_n_rejects_bad_n(model, n):
+    with pytest.raises(ValueError, match="n must be an int >= 1"):
+        best_of_n(model, PROMPTS, n=n, key=jax.random.key(0), max_new_tokens=4)
+
+
+def test_sequence_nll_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="need logprobs"):
+        sequence_nll(np.zeros((2, 5)), np.zeros(3, int), np.ones(2, int))

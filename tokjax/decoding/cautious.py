@@ -21,6 +21,11 @@ row has ``N > 1``); rows never wait on each other's decisions, only share the lo
 ``h_lo``, ``h_hi`` and ``stop_ids`` are runtime values (changing them does not recompile);
 ``max_trials`` (``N_max``) and ``max_trial_len`` are static shapes.
 
+Matched compute. CNTP feeds the model several times the tokens of plain sampling (every trial
+token counts, ``stats["forward_tokens"]``). :func:`best_of_n` is the sequence-level baseline at
+equal cost: ``n`` whole samples per prompt from ``generate(n=n, logprobs=0)``, the one with the
+lowest perplexity kept (the same ranking as CNTP's trials, over the whole sequence).
+
 Differences from the official code (github.com/wyzjack/CNTP, ``_sample_reflect_perplexity``,
 batch 1): its trials have no length cap (only punctuation / the stopping criteria end them) and
 re-run the step's forward for their first token (same distribution as reusing ``p``); here a
@@ -42,7 +47,8 @@ from tokjax.decoding.driver import GenerateOutput, generate
 from tokjax.logits import LogitContext, LogitTransform, entropy, hparam, masked_log_softmax, sample
 from tokjax.model import Inputs, KVCache, ModelConfig, forward, repeat_rows, take_rows, where_rows
 
-__all__ = ["Cautious", "CautiousState", "TrialResult", "cautious", "cautious_generate", "num_trials", "run_trials"]
+__all__ = ["BestOfN", "Cautious", "CautiousState", "TrialResult", "best_of_n", "cautious", "cautious_generate",
+           "num_trials", "run_trials", "sequence_nll"]
 
 
 @struct.dataclass
@@ -363,3 +369,66 @@ def cautious_generate(model, prompt, *, key=None, max_new_tokens: int, stop_ids:
     strategy = cautious(stop_ids=stop_ids, h_lo=h_lo, h_hi=h_hi, max_trials=max_trials, max_trial_len=max_trial_len)
     return generate(model, prompt, key=key, max_new_tokens=max_new_tokens, prompt_lengths=prompt_lengths,
                     logits=logits, strategy=strategy, eos_id=eos_id, pad_id=pad_id)
+
+
+# ------------------------------------------------------------------------------ matched-compute baseline
+@dataclasses.dataclass(frozen=True)
+class BestOfN:
+    """Best-of-N by sequence perplexity (CNTP's matched-compute baseline): ``n`` whole samples per prompt.
+
+    ``samples``: the GenerateOutput of ``generate(n=n, logprobs=0)`` (B * n rows, prompt-major);
+    ``nll`` [B * n]: each sample's mean negative log-prob per generated token (log perplexity);
+    ``winner`` [B]: the row of ``samples`` with the lowest ``nll`` per prompt (ties: lowest index);
+    ``forward_tokens``: tokens fed to the model after the prefill, one per generated token
+    (the prompt is prefilled once per prompt and its cache forked, so samples add no prefill).
+    """
+
+    samples: GenerateOutput
+    nll: np.ndarray
+    winner: np.ndarray
+    forward_tokens: int
+
+    @property
+    def n(self) -> int:
+        return self.samples.tokens.shape[0] // self.winner.shape[0]
+
+    def best_rows(self) -> list[np.ndarray]:
+        """Returns the winning completion (generated tokens only) of each prompt."""
+        comps = self.samples.completions()
+        return [comps[int(i)] for i in self.winner]
+
+
+def sequence_nll(logprobs, prompt_lengths, lengths) -> np.ndarray:
+    """Returns [B]: -(1/n_b) sum_t log p(y_t) over each row's generated slots prompt_lengths <= t < lengths,
+    the log of the sequence perplexity CNTP ranks its trials by (P6), here over whole samples (inf where a
+    row generated nothing)."""
+    lp = np.asarray(logprobs, np.float64)
+    p, n = np.asarray(prompt_lengths), np.asarray(lengths)
+    if lp.ndim != 2 or p.shape != (lp.shape[0],) or n.shape != p.shape:
+        raise ValueError(f"need logprobs [B, S] and prompt_lengths, lengths [B]; got {lp.shape}, {p.shape}, {n.shape}")
+    slots = np.arange(lp.shape[1])[None, :]
+    valid = (slots >= p[:, None]) & (slots < n[:, None])
+    count = valid.sum(1)
+    total = np.where(valid, lp, 0.0).sum(1)
+    return np.where(count > 0, -total / np.maximum(count, 1), np.inf)
+
+
+def best_of_n(model, prompt, *, n: int, key, max_new_tokens: int, logits=None, eos_id=None, prompt_lengths=None,
+              pad_id: int = 0) -> BestOfN:
+    """Returns BestOfN: ``n`` samples per prompt from ``tokjax.generate(n=n, logprobs=0)``, the lowest-perplexity
+    one kept per prompt (P6's selection rule, exp(-mean log p(y_i)), applied to whole sequences).
+
+    The log-probs are those generate records under the transformed distribution each token was drawn
+    from (the quantity CNTP ranks its trials by); at temperature 1 with no truncation they equal the
+    model's teacher-forced ``token_stats`` log-probs. This is the sequence-level, matched-compute
+    counterpart of CNTP: choose ``n`` so that ``forward_tokens`` matches CNTP's ``stats["forward_tokens"]``.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    out = generate(model, prompt, key=key, max_new_tokens=max_new_tokens, prompt_lengths=prompt_lengths,
+                   logits=logits, eos_id=eos_id, pad_id=pad_id, n=int(n), logprobs=0)
+    nll = sequence_nll(out.logprobs, out.prompt_lengths, out.lengths)
+    B = out.tokens.shape[0] // n
+    winner = np.argmin(nll.reshape(B, n), axis=1) + np.arange(B) * n  # argmin: ties go to the lowest index
+    return BestOfN(samples=out, nll=nll, winner=winner.astype(np.int64),
+                   forward_tokens=int(out.stats["generated_tokens"]))
