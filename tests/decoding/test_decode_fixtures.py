@@ -87,4 +87,6 @@ def test_stand_hot_start_matches_recorded():
     np.testing.assert_array_equal(warm.tokens, FIX["stand_warm_tokens"])
     assert (cold.stats["forward_calls"], warm.stats["forward_calls"]) == (FIX["stand_cold_calls"], FIX["stand_warm_calls"])
     np.testing.assert_array_equal(np.asarray(warm.strategy_state.counts), FIX["stand_counts2"])
-    np.testing.assert_allclose(np.asarray(warm.strategy_state.weights), FIX["stand_weights2"], rtol=1e-6, atol=1e-7)
+    # float32 probabilities averaged over steps: a change of summation order in the forward (e.g. the
+    # blocked prefill) moves them by a few ulps while tokens, calls and counts stay exact
+    np.testing.assert_allclose(np.asarray(warm.strategy_state.weights), FIX["stand_weights2"], rtol=1e-5, atol=1e-6)

@@ -7,7 +7,12 @@ from hypothesis import strategies as st
 
 from tokjax.data import arithmetic
 from tokjax.tokenizers import BPETokenizer, ByteTokenizer, split_digits
-from tokjax.tokenizers.right_to_left_digits import encode_arithmetic, group_digits, right_to_left_digits
+from tokjax.tokenizers.right_to_left_digits import (
+    encode_arithmetic,
+    group_digits,
+    right_to_left_digits,
+    split_digit_groups,
+)
 
 FEW = settings(max_examples=40, deadline=None, derandomize=True)
 mixed = st.text(alphabet=st.sampled_from(list("0123456789") * 4 + list("+= ab.\n") + ["٣", "é", "🙂"]), max_size=40)
@@ -25,6 +30,8 @@ def toks():
         ("r2l3", ["1", "234", "567", "+", "89", "=", "1", "234", "656"]),
         ("l2r3", ["123", "456", "7", "+", "89", "=", "123", "465", "6"]),
         ("single", list("1234567+89=1234656")),
+        ("r2l2", ["1", "23", "45", "67", "+", "89", "=", "1", "23", "46", "56"]),
+        ("l2r2", ["12", "34", "56", "7", "+", "89", "=", "12", "34", "65", "6"]),
     ],
 )
 def test_groups_on_addition(toks, policy, groups):
@@ -57,6 +64,33 @@ def test_transform_equals_the_hf_pre_tokenizer_policy(toks, text):
     assert right_to_left_digits(tok, "l2r3").encode(text) == tok.encode(text)
 
 
+@FEW
+@given(text=mixed)
+def test_sized_policies_match_the_shared_ones(text):
+    """Group size 3 is exactly _digits' l2r3 / r2l3, size 1 is 'single'."""
+    for sized, named in (("l2r3", "l2r3"), ("r2l3", "r2l3"), ("l2r1", "single"), ("r2l1", "single")):
+        assert split_digit_groups(text, sized) == split_digits(text, named)
+
+
+@FEW
+@given(text=mixed, n=st.integers(1, 9), direction=st.sampled_from(["l2r", "r2l"]))
+def test_sized_groups_partition_each_digit_run(text, n, direction):
+    pieces = split_digit_groups(text, f"{direction}{n}")
+    assert "".join(pieces) == text
+    runs, run = [], []
+    for piece in pieces + ["x"]:  # group the pieces of each maximal ASCII digit run
+        if piece and all(c in "0123456789" for c in piece):
+            run.append(len(piece))
+        elif run:
+            runs.append(run)
+            run = []
+    for lengths in runs:
+        assert all(1 <= k <= n for k in lengths)
+        # Only the group at the open end of the run may be short: the last from the left, the first from the right.
+        full = lengths[:-1] if direction == "l2r" else lengths[1:]
+        assert all(k == n for k in full)
+
+
 def test_r2l_on_an_l2r_vocabulary_uses_three_digit_tokens(toks):
     tok = right_to_left_digits(toks["l2r3"], "r2l3")
     ids = tok.encode("1234567")
@@ -79,6 +113,8 @@ def test_bytes_tokenizer_and_bos_eos():
         ("1234567", "l2r3", "123,456,7"),
         ("x12345+678=13023", "r2l3", "x12,345+678=13,023"),
         ("1234", "single", "1,2,3,4"),
+        ("12345", "r2l2", "1,23,45"),
+        ("12345", "l2r2", "12,34,5"),
         ("no digits", "r2l3", "no digits"),
         ("٣٤٥٦7", "r2l3", "٣٤٥٦7"),
         ("", "r2l3", ""),
@@ -106,6 +142,11 @@ def test_bad_inputs(toks):
         right_to_left_digits(toks["none"], "r2l")
     with pytest.raises(ValueError, match="unknown digits policy"):
         group_digits("123", "rtl")
+    for bad in ("r2l0", "l2r10", "R2L3", 3, None):
+        with pytest.raises(ValueError, match="unknown digits policy"):
+            split_digit_groups("123", bad)
+    with pytest.raises(ValueError, match="str"):
+        split_digit_groups(123, "r2l2")
     with pytest.raises(ValueError, match="str"):
         right_to_left_digits(toks["none"]).encode(123)
     with pytest.raises(ValueError, match="encode"):

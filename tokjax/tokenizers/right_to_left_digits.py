@@ -9,6 +9,10 @@ by place value and improves addition. With a digit run ``d_1..d_n`` the cut poin
     l2r3: after d_{3k}            r2l3: after d_{n-3k}            single: after every digit
 
 (the policies of :mod:`tokjax.tokenizers._digits`, shared with ``BPETokenizer.train(digits=)``).
+The transforms also take any group size ``N`` in 1..9 as ``"l2rN"`` / ``"r2lN"`` (cuts after
+``d_{Nk}`` / ``d_{n-Nk}``), e.g. ``"r2l2"``: ``12345 -> 1|23|45``, so the direction effect can be
+studied at a group size whose addition table (100 group values instead of 1000) a tiny model
+can learn; :func:`split_digit_groups` does the cutting.
 
 * :func:`right_to_left_digits` -- ``Tokenizer -> Tokenizer``: the text is cut by the policy
   first and each piece is encoded separately, so no token crosses a group boundary, whatever
@@ -20,15 +24,61 @@ by place value and improves addition. With a digit run ``d_1..d_n`` the cut poin
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from tokjax.tokenizers._base import WrappedTokenizer
-from tokjax.tokenizers._digits import DigitPolicy, check_digit_policy, split_digits
+from tokjax.tokenizers._digits import DIGIT_POLICIES, DigitPolicy, split_digits
 
-__all__ = ["DigitGroupedTokenizer", "encode_arithmetic", "group_digits", "right_to_left_digits"]
+__all__ = [
+    "DigitGroupedTokenizer", "check_group_policy", "encode_arithmetic", "group_digits", "right_to_left_digits",
+    "split_digit_groups",
+]
+
+_SIZED = re.compile(r"(l2r|r2l)([1-9])")
+
+
+def check_group_policy(policy: object) -> str:
+    """Returns ``policy`` if it names a digit policy, else raises ValueError (P70).
+
+    Accepted: a :data:`DIGIT_POLICIES` name, or ``"l2rN"`` / ``"r2lN"`` with a group size N in 1..9.
+    """
+    if isinstance(policy, str) and (policy in DIGIT_POLICIES or _SIZED.fullmatch(policy)):
+        return policy
+    raise ValueError(f"unknown digits policy {policy!r}; expected 'none', 'single', or 'l2rN' / 'r2lN' with a group "
+                     f"size N in 1..9 (e.g. 'r2l3', the paper's right-to-left 3-digit groups)")
+
+
+def split_digit_groups(text: str, policy: str) -> list[str]:
+    """Returns ``text`` cut into pieces whose concatenation is ``text``: each ASCII digit run cut by ``policy`` (P70).
+
+    ``policy``: a :data:`DIGIT_POLICIES` name (delegated to :func:`split_digits`) or ``"l2rN"`` /
+    ``"r2lN"``: groups of at most ``N`` digits counted from the left / right
+    (``split_digit_groups("12345", "r2l2") == ["1", "23", "45"]``). Raises ValueError for an
+    unknown policy or a non-str text.
+    """
+    policy = check_group_policy(policy)
+    if policy in DIGIT_POLICIES:
+        return split_digits(text, policy)
+    if not isinstance(text, str):
+        raise ValueError(f"split_digit_groups expects a str, got {type(text).__name__}")
+    n = int(policy[3])
+    # Same shapes as _digits.DIGIT_PATTERNS["l2r3"/"r2l3"] with 3 -> N: a r2l group is followed by a
+    # whole number of N-digit groups up to the end of the run.
+    pattern = rf"[0-9]{{1,{n}}}" if policy.startswith("l2r") else rf"[0-9]{{1,{n}}}(?=(?:[0-9]{{{n}}})*(?![0-9]))"
+    pieces: list[str] = []
+    pos = 0
+    for match in re.finditer(pattern, text):
+        if match.start() > pos:
+            pieces.append(text[pos:match.start()])
+        pieces.append(match.group())
+        pos = match.end()
+    if pos < len(text):
+        pieces.append(text[pos:])
+    return pieces
 
 
 class DigitGroupedTokenizer(WrappedTokenizer):
@@ -38,7 +88,7 @@ class DigitGroupedTokenizer(WrappedTokenizer):
         if not callable(getattr(base, "encode", None)):
             raise ValueError(f"right_to_left_digits needs a tokenizer with encode(), got {type(base).__name__}")
         super().__init__(base)
-        self.policy = check_digit_policy(policy)
+        self.policy = check_group_policy(policy)
 
     def __repr__(self) -> str:
         return f"DigitGroupedTokenizer(policy={self.policy!r}, base={self.base!r})"
@@ -47,7 +97,7 @@ class DigitGroupedTokenizer(WrappedTokenizer):
         if not isinstance(text, str):
             raise ValueError(f"text must be a str, got {type(text).__name__}")
         ids: list[int] = []
-        for piece in split_digits(text, self.policy):  # every digit group encoded on its own
+        for piece in split_digit_groups(text, self.policy):  # every digit group encoded on its own
             ids.extend(self.base.encode(piece))
         return ids
 
@@ -59,7 +109,8 @@ def right_to_left_digits(tokenizer: Any, policy: DigitPolicy = "r2l3") -> DigitG
     ``"l2r3"``: from the left (``123|45``, GPT-3.5/4's cl100k behaviour); ``"single"``: one
     digit per group; ``"none"``: unchanged. Only ASCII ``0-9`` count as digits. Tokens that
     the base would have formed across a group boundary are never produced; the text decodes
-    back exactly. Raises ValueError for an unknown policy.
+    back exactly. Any group size N in 1..9 is accepted as ``"l2rN"`` / ``"r2lN"`` (e.g.
+    ``"r2l2"``: ``12345 -> 1|23|45``). Raises ValueError for an unknown policy.
     """
     return DigitGroupedTokenizer(tokenizer, policy)
 
@@ -72,7 +123,7 @@ def group_digits(text: str, policy: DigitPolicy = "r2l3", sep: str = ",") -> str
     """
     if not isinstance(sep, str):
         raise ValueError(f"sep must be a str, got {type(sep).__name__}")
-    pieces = split_digits(text, policy)
+    pieces = split_digit_groups(text, policy)
     out: list[str] = []
     for i, piece in enumerate(pieces):
         if i and piece[:1].isascii() and piece[:1].isdigit() and pieces[i - 1][-1:].isascii() and pieces[i - 1][-1:].isdigit():
