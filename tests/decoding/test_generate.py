@@ -239,3 +239,21 @@ def test_generate_on_a_one_device_mesh_equals_plain():
     plain = generate(MODEL, [[1, 2, 3], [4]], key=key, max_new_tokens=5, logits=L.temperature(0.9))
     out = generate(MODEL, [[1, 2, 3], [4]], key=key, max_new_tokens=5, logits=L.temperature(0.9), mesh=mesh)
     np.testing.assert_array_equal(out.tokens, plain.tokens)
+
+
+def test_decode_layout_is_reused_for_the_same_params_only():
+    from tokjax.decoding import driver
+
+    m = small_model(seed=5)
+    a = driver.decode_layout(m.params, fuse=True)
+    assert driver.decode_layout(m.params, fuse=True) is a  # the weight copy is made once
+    assert driver.decode_layout(m.params, fuse=False) is not a
+    other = jax.tree.map(lambda x: x + 0, m.params)  # same values, new arrays
+    assert driver.decode_layout(other, fuse=True) is not a
+    out1 = tokjax.generate(m, [[1, 2, 3]], max_new_tokens=4, logits=L.greedy())
+    m2 = tokjax.Model(jax.tree.map(lambda x: -x, m.params), m.cfg)  # a different model is not served a stale layout
+    out2 = tokjax.generate(m2, [[1, 2, 3]], max_new_tokens=4, logits=L.greedy())
+    ref = tokjax.generate(tokjax.Model(jax.tree.map(lambda x: -x + 0, m.params), m.cfg), [[1, 2, 3]],
+                          max_new_tokens=4, logits=L.greedy())
+    np.testing.assert_array_equal(out2.tokens, ref.tokens)
+    assert out1.tokens.shape == out2.tokens.shape
