@@ -40,8 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tokjax.decoding._state import KV_CACHE, DecodeState, commit
-from tokjax.decoding.speculative import Draft, DraftSource, Speculative, Verdict, block_tree, node_logits, speculative
+from tokjax.decoding._state import KV_CACHE, DecodeState
+from tokjax.decoding.speculative import Draft, DraftSource, Speculative, Verdict, block_tree, speculative
 from tokjax.logits import LogitTransform, hparam, masked_log_softmax, masked_softmax
 from tokjax.model import (
     Inputs, KVCache, Model, ModelConfig, Taps, Tree, blocks, final_norm, forward, init_params, lm_head, stack_layers,
@@ -350,13 +350,10 @@ class Kangaroo(Speculative):
         super().validate(cfg)
 
     def step(self, params, cfg: ModelConfig, transform: LogitTransform, state: DecodeState, eos_id=None) -> DecodeState:
-        # Speculative.step with one change, the verification forward: speculative.py has no hook for a
-        # draft source to supply the block's lower layers, so the shared remainder is repeated here.
+        # Speculative.step with one change, the verification forward (from the shallow exit); the rest
+        # is Speculative._verify_and_commit.
         if hasattr(self.verifier, "check_transform"):
             self.verifier.check_transform(transform)
-        B = state.tokens.shape[0]
-        N = self.draft.num_nodes
-        A = self.draft.max_depth
         key, _, k_verify = jax.random.split(state.key, 3)  # same keys as Speculative (rejection verifiers)
         draft, dstate, tcache, exited = self.draft.draft(params, cfg, state, state.extra)
 
@@ -370,43 +367,8 @@ class Kangaroo(Speculative):
         # block are already in tcache (their lengths run ahead of the deeper layers' until the gather)
         out = forward(params, cfg, Inputs(hidden=exited, positions=positions), cache=tcache,
                       layers=(self.draft.layer, cfg.n_layers), mask=Tree(parents))
-        logits, logit_state = node_logits(
-            transform, out.logits, state.logit_state, state, block_tokens, parents, return_state=True
-        )
-
-        verdict = self.verifier.verify(k_verify, draft, logits)
-        path = verdict.path[:, :A].astype(jnp.int32)
-        count = jnp.minimum(verdict.count.astype(jnp.int32), A)
-        src = jnp.concatenate([jnp.zeros((B, 1), jnp.int32), path + 1], axis=1)
-        chosen_logits = jnp.take_along_axis(logits, src[:, :, None], axis=1)
-        masked = jnp.zeros((B,), bool) if verdict.masked is None else verdict.masked
-        at_bonus = jnp.take_along_axis(chosen_logits, count[:, None, None], axis=1)[:, 0]
-        masked = masked & ~(jnp.isnan(at_bonus) | (at_bonus == jnp.inf)).any(-1)
-        cache = out.cache.gather(base, src, 1 + count)
-
-        path_tokens = jnp.take_along_axis(draft.tokens.astype(jnp.int32), jnp.clip(path, 0, N - 1), axis=1)
-        idx = jnp.arange(A + 1)[None, :]
-        padded = jnp.concatenate([path_tokens, jnp.zeros((B, 1), jnp.int32)], axis=1)
-        bonus = jnp.where(idx == count[:, None], verdict.bonus[:, None], 0)
-        new_tokens = jnp.where(idx < count[:, None], padded, bonus)
-        n_commit = count + jnp.where(masked, 0, 1)
-
-        live = ~state.done
-        accept_at = jnp.arange(A)[None, :] < count[:, None]
-        reached = jnp.arange(A)[None, :] <= count[:, None]
-        stats = state.stats
-        stats = stats.replace(
-            forward_calls=stats.forward_calls + 1,
-            draft_layer_evals=stats.draft_layer_evals + jnp.asarray(draft.layer_evals, jnp.int32),
-            masked_rows=stats.masked_rows | (masked & live),
-            position_accepted=stats.position_accepted + (accept_at & live[:, None]).sum(0).astype(jnp.int32),
-            position_reached=stats.position_reached + (reached & live[:, None]).sum(0).astype(jnp.int32),
-        )
-        state = state.replace(cache=cache, key=key, stats=stats, logit_state=logit_state)
-        new_state = commit(state, new_tokens, n_commit, eos_id, logits=chosen_logits)
-        new_state = new_state.replace(done=new_state.done | masked)
-        dstate = self.draft.observe(params, cfg, new_state, dstate, draft, logits, verdict, out.logits)
-        return new_state.replace(extra=dstate)
+        return self._verify_and_commit(params, cfg, transform, state, eos_id, key, k_verify, draft, dstate,
+                                       block_tokens, parents, out, base)
 
 
 def _adapter_shapes(acfg: ModelConfig):

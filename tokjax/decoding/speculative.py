@@ -258,7 +258,6 @@ class Speculative(Strategy):
             self.verifier.check_transform(transform)
         B = state.tokens.shape[0]
         N = self.draft.num_nodes
-        A = _max_depth(self.draft)
         key, k_draft, k_verify = jax.random.split(state.key, 3)
         if _legacy(self.draft, DraftSource):
             draft, dstate = self.draft.propose(params, cfg, state, state.extra, k_draft)
@@ -281,6 +280,16 @@ class Speculative(Strategy):
         # inside the learned position table (an out-of-range take would write NaN keys to the cache).
         positions = jnp.minimum(base[:, None] + depth, cfg.max_len - 1)
         out = forward(params, cfg, Inputs(tokens=block_tokens, positions=positions), cache=state.cache, mask=Tree(parents))
+        return self._verify_and_commit(params, cfg, transform, state, eos_id, key, k_verify, draft, dstate,
+                                       block_tokens, parents, out, base)
+
+    def _verify_and_commit(self, params, cfg, transform, state, eos_id, key, k_verify, draft, dstate,
+                           block_tokens, parents, out, base) -> DecodeState:
+        """Returns the next DecodeState after verifying ``draft`` against the target's block forward ``out``
+        (logits of the pending token and every draft node, its cache with the block written at ``base``):
+        the accepted path and the bonus token committed, the cache compacted, stats and the draft
+        source's state updated. Shared by every speculative strategy whatever computed ``out``."""
+        B, N, A = state.tokens.shape[0], self.draft.num_nodes, _max_depth(self.draft)
         logits, logit_state = node_logits(
             transform, out.logits, state.logit_state, state, block_tokens, parents, return_state=True
         )
