@@ -230,6 +230,8 @@ def _advance(t, shape, fsm, pos, tokens, lengths):
         tok = jnp.take_along_axis(tokens, jnp.clip(pos, 0, S - 1)[:, None], axis=1)[:, 0]
         return jnp.where(go, _next_state(t, shape, fsm, tok), fsm), pos + go.astype(jnp.int32)
 
+    # Not a decode loop: it advances the automaton over tokens already given (a prompt's ragged
+    # rows), each row for its own length.
     return jax.lax.while_loop(cond, body, (fsm, pos))
 
 
