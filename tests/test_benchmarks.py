@@ -21,3 +21,12 @@ def test_gpu_check_smoke_writes_every_section(tmp_path):
     # the speculative arms are lossless: greedy outputs equal plain greedy's
     spec_rows = [ln for ln in text.splitlines() if ln.startswith("| prompt lookup") or ln.startswith("| Token Recycling")]
     assert len(spec_rows) == 2 and all(ln.rstrip(" |").endswith("True") for ln in spec_rows)
+
+
+def test_tensorbleu_benchmark_runs_at_a_tiny_size(capsys):
+    spec = importlib.util.spec_from_file_location("bench_tensorbleu", ROOT / "benchmarks" / "tensorbleu.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--batch", "2", "--length", "8", "--repeats", "1"]) == 0
+    rows = [ln.split() for ln in capsys.readouterr().out.splitlines() if ln and not ln.startswith(("#", "    B"))]
+    assert len(rows) == 1 and rows[0][:2] == ["2", "8"] and float(rows[0][-1]) < 1e-6, rows

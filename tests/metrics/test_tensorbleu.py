@@ -178,3 +178,17 @@ def test_bad_inputs_raise_value_error():
         tensor_sentence_bleu(cand.astype(float), refs, **kw)
     with pytest.raises(ValueError, match="give pad_id"):
         tensor_sentence_bleu(cand, refs)
+
+
+def test_long_rows_two_key_sort_path_matches_packed_keys(monkeypatch):
+    """Rows too long to pack a pair of ids into one int32 take the two-key sort; both paths agree with NLTK."""
+    import tokjax.metrics.tensorbleu as tb
+
+    batch = random_batch(7, b=6, r=2, t=20, t_ref=20, vocab=40, copy=True)
+    packed = np.asarray(tensor_sentence_bleu(*batch[:2], candidate_lengths=batch[2], reference_lengths=batch[3],
+                                             smoothing="floor"))
+    monkeypatch.setattr(tb, "_PACKED_KEY_LIMIT", 0)
+    two_key = np.asarray(tensor_sentence_bleu(*batch[:2], candidate_lengths=batch[2], reference_lengths=batch[3],
+                                              smoothing="floor"))
+    np.testing.assert_allclose(two_key, packed, atol=1e-7)
+    np.testing.assert_allclose(packed, nltk_sentence(batch, "floor"), atol=1e-6)
