@@ -31,3 +31,12 @@ def test_tensorbleu_benchmark_runs_at_a_tiny_size(capsys):
     rows = [ln.split("|")[0].split() for ln in capsys.readouterr().out.splitlines()
             if ln and not ln.startswith(("#", "    B"))]
     assert len(rows) == 1 and rows[0][:2] == ["2", "8"] and float(rows[0][-1]) < 1e-6, rows
+
+
+def test_int8_matvec_benchmark_runs_at_a_tiny_size(capsys):
+    spec = importlib.util.spec_from_file_location("bench_int8", ROOT / "benchmarks" / "int8_matvec.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--shapes", "8x16", "--repeats", "1"]) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("8x16")]
+    assert len(rows) == 4, rows
