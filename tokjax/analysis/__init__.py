@@ -1,15 +1,31 @@
-"""Analysis methods: tokenization theory (P38); attribution and interpretability probes come later.
+"""Analysis methods: tokenization theory (P38), activation patching, attribution (P18) and successor heads (P54).
 
 * :mod:`tokjax.analysis.tokenization_theory` -- Markov sources with known entropy rate, unigram-over-tokens
   cross-entropy per character as the vocabulary grows, model bits per byte.
+* :mod:`tokjax.analysis.patching` -- ``capture`` activations at named sites, ``patch`` them back (or from
+  another prompt) through the forward's hooks, per-head ablation hooks.
+* :mod:`tokjax.analysis.attribution` -- next-token attribution baselines (random, attention, gradient norm,
+  input x gradient, integrated gradients, leave-one-out) and the Soft-NS / Soft-NC faithfulness metrics.
+* :mod:`tokjax.analysis.reagent` -- ReAGent (P18), model-agnostic attribution by random token replacement.
+* :mod:`tokjax.analysis.successor_heads` -- per-head successor scores from the effective OV circuit (P54).
 """
 
+from tokjax.analysis.attribution import (
+    ATTRIBUTIONS, attention_importance, attribute, gradient_norm, input_x_gradient, integrated_gradients,
+    leave_one_out, random_importance, soft_metrics, soft_nc, soft_ns,
+)
+from tokjax.analysis.patching import capture, head_ablation_hooks, patch
+from tokjax.analysis.reagent import reagent
+from tokjax.analysis.successor_heads import ablated_accuracy, effective_embeddings, head_ov_logits, successor_scores
 from tokjax.analysis.tokenization_theory import (
     binary_entropy, chunk_text, model_bits_per_byte, switching_source, token_byte_lengths, unigram_bits_per_char,
     unigram_curve, unigram_token_bits,
 )
 
 __all__ = [
-    "binary_entropy", "chunk_text", "model_bits_per_byte", "switching_source", "token_byte_lengths",
-    "unigram_bits_per_char", "unigram_curve", "unigram_token_bits",
+    "ATTRIBUTIONS", "ablated_accuracy", "attention_importance", "attribute", "binary_entropy", "capture",
+    "chunk_text", "effective_embeddings", "gradient_norm", "head_ablation_hooks", "head_ov_logits",
+    "input_x_gradient", "integrated_gradients", "leave_one_out", "model_bits_per_byte", "patch",
+    "random_importance", "reagent", "soft_metrics", "soft_nc", "soft_ns", "successor_scores", "switching_source",
+    "token_byte_lengths", "unigram_bits_per_char", "unigram_curve", "unigram_token_bits",
 ]

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from tokjax.losses._cross_entropy import naive_core
 from tokjax.losses._stats import (
     LossTransform, TokenStats, chain, check_reduction, check_token_ids, per_token_nll, reduce_loss,
-    shifted_completion_mask, token_count,
+    shifted_completion_mask, target_rank, token_count,
 )
 from tokjax.losses.cut_cross_entropy import DEFAULT_BLOCK_SIZE, head_stats
 from tokjax.model.forward import Inputs, forward, head_matrix
@@ -117,6 +117,7 @@ def token_stats(
     params, cfg, batch: dict, *, method: str = "cut", block_size: int = DEFAULT_BLOCK_SIZE,
     softcap: float | None = None, entropy: bool = False, hidden: bool = False, ref: tuple | None = None,
     embedding: jax.Array | None = None, head: jax.Array | None = None, logit_bias: jax.Array | None = None,
+    rank: bool = False,
 ) -> TokenStats:
     """Returns the TokenStats [B, T] of ``batch`` under the model (see the module doc for batch keys).
 
@@ -126,7 +127,8 @@ def token_stats(
     prefix (scheduled sampling, corrupted inputs), ``inputs`` and ``targets`` [B, T] with position
     t of ``inputs`` predicting ``targets[:, t]``. ``segment_ids`` [B, T+1] (per token: attention
     stays within a document and cross-boundary targets are masked) or [B, T] (per input position:
-    attention only). ``entropy`` / ``hidden`` add those fields; ``ref=(ref_params, ref_cfg)`` fills
+    attention only). ``entropy`` / ``hidden`` / ``rank`` add those fields (``rank``: how many
+    vocabulary entries score above the target, 0 = the model's top token; blockwise, no [B, T, V]); ``ref=(ref_params, ref_cfg)`` fills
     ``ref_logp`` from a reference model reading ``batch["ref_tokens"]`` (default the batch's own
     tokens) when the batch has no ``ref_logp``. ``embedding`` [V', D], ``head`` [D, V'] and
     ``logit_bias`` [V'] override the vocabulary tables (tokenizer transfer), as in ``forward``.
@@ -157,8 +159,14 @@ def token_stats(
             raise ValueError(f"batch['ref_logp'] must be [B, T]={B, T} (one per target), got {tuple(ref_logp.shape)}")
         ref_logp = jax.lax.stop_gradient(ref_logp)
     logp, lse, ent, h = _model_logp(params, cfg, x, y, seg_in, method=method, block_size=block_size,
-                                    softcap=softcap, want_entropy=entropy, keep_hidden=hidden,
+                                    softcap=softcap, want_entropy=entropy, keep_hidden=hidden or rank,
                                     embedding=embedding, head=head, logit_bias=logit_bias)
+    ranks = None
+    if rank:
+        w, layout = head_matrix(params, cfg) if head is None else (head, "dv")
+        ranks = target_rank(h.reshape(B * T, -1), w.astype(cfg.dtype), y.reshape(-1), layout=layout,
+                            bias=logit_bias, block_size=block_size).reshape(B, T)
+        h = h if hidden else None
     if ref_logp is None and ref is not None:
         ref_params, ref_cfg = ref
         if "ref_tokens" in batch or "tokens" not in batch:
@@ -170,7 +178,7 @@ def token_stats(
         ref_seg = seg if (seg is not None and seg.shape == (B, T + 1)) else None
         ref_logp = reference_logp(ref_params, ref_cfg, ref_tokens, segment_ids=ref_seg, method=method,
                                   block_size=block_size, softcap=softcap)
-    return TokenStats.create(logp, mask, weights, entropy=ent, lse=lse, ref_logp=ref_logp, hidden=h)
+    return TokenStats.create(logp, mask, weights, entropy=ent, lse=lse, ref_logp=ref_logp, hidden=h, rank=ranks)
 
 
 def next_token_loss(

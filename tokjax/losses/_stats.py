@@ -39,7 +39,7 @@ __all__ = [
     "Chain", "Identity", "LossTransform", "NamedChain", "REDUCTIONS", "check_reduction", "check_token_ids",
     "TokenStats", "TokenWeights", "chain",
     "named_chain", "per_token_nll", "reduce_loss", "sequence_count", "shifted_completion_mask", "sum_and_count",
-    "token_count", "token_weights",
+    "target_rank", "token_count", "token_weights",
 ]
 
 _F32 = jnp.float32
@@ -53,7 +53,9 @@ class TokenStats:
     ``logp`` float32 log p_theta(y_t); ``mask`` bool (targets that count); ``weights`` float32
     multipliers (1 = plain NLL). Optional: ``entropy`` and ``lse`` of the model's next-token
     distribution, ``ref_logp`` (a reference model's log p of the same targets, no gradient),
-    ``values`` (per-token scalars, e.g. advantages or a value head) and ``hidden`` [B, T, D].
+    ``values`` (per-token scalars, e.g. advantages or a value head), ``hidden`` [B, T, D] and ``rank``
+    int32 [B, T] (the number of vocabulary entries whose logit is strictly larger than the target's:
+    0 = the model's top prediction; see :func:`target_rank`; off unless requested).
     """
 
     logp: jax.Array
@@ -64,6 +66,7 @@ class TokenStats:
     ref_logp: jax.Array | None = None
     values: jax.Array | None = None
     hidden: jax.Array | None = None
+    rank: jax.Array | None = None
 
     @classmethod
     def create(cls, logp, mask=None, weights=None, **optional) -> "TokenStats":
@@ -78,6 +81,44 @@ class TokenStats:
             if arr is not None and name != "hidden" and jnp.shape(arr) != logp.shape:
                 raise ValueError(f"TokenStats.{name} shape {jnp.shape(arr)} must equal logp shape {logp.shape}")
         return cls(logp=logp, mask=mask, weights=weights, **optional)
+
+
+def target_rank(hidden: jax.Array, head: jax.Array, labels: jax.Array, *, layout: str = "dv",
+                bias: jax.Array | None = None, block_size: int = 8192) -> jax.Array:
+    """Returns int32 [N]: how many vocabulary entries score strictly higher than ``labels`` [N] (0 = argmax).
+
+    ``hidden`` [N, D] (final-normed), ``head`` [D, V] (``layout="dv"``) or [V, D] (``"vd"``, a tied
+    embedding), optional ``bias`` [V]. The vocabulary is scanned in blocks of ``block_size`` so no [N, V]
+    logits are materialised. The target's own column is never counted, so rounding differences between its
+    gathered and its blocked logit cannot give it rank >= 1 against itself. A logit soft-cap is monotone and
+    does not change ranks. Ties count in the target's favour (strictly-greater only).
+    """
+    if layout not in ("dv", "vd"):
+        raise ValueError(f"layout must be 'dv' ([D, V]) or 'vd' ([V, D]), got {layout!r}")
+    if not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be an int >= 1, got {block_size!r}")
+    w = head if layout == "dv" else head.T  # a transposed view; XLA fuses it into the blocked matmul
+    D, V = w.shape
+    if hidden.ndim != 2 or hidden.shape[1] != D or labels.shape != (hidden.shape[0],):
+        raise ValueError(f"target_rank needs hidden [N, D={D}] and labels [N], got {hidden.shape} and {labels.shape}")
+    h = hidden.astype(_F32)
+    zy = jnp.einsum("nd,dn->n", h, jnp.take(w, labels, axis=1).astype(_F32))
+    if bias is not None:
+        zy = zy + jnp.asarray(bias, _F32)[labels]
+    nb = -(-V // block_size)
+    pad = nb * block_size - V
+    wp = jnp.pad(w, ((0, 0), (0, pad)))
+    bp = None if bias is None else jnp.pad(jnp.asarray(bias, _F32), (0, pad))
+
+    def count(i):
+        cols = i * block_size + jnp.arange(block_size)
+        z = h @ jax.lax.dynamic_slice_in_dim(wp, i * block_size, block_size, axis=1).astype(_F32)
+        if bp is not None:
+            z = z + jax.lax.dynamic_slice_in_dim(bp, i * block_size, block_size)
+        hit = (z > zy[:, None]) & (cols[None, :] < V) & (cols[None, :] != labels[:, None])
+        return jnp.sum(hit, axis=-1, dtype=jnp.int32)
+
+    return jnp.sum(jax.lax.map(count, jnp.arange(nb)), axis=0).astype(jnp.int32)
 
 
 # ------------------------------------------------------------------------------ transforms

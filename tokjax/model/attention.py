@@ -190,12 +190,15 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
 
 
 # ------------------------------------------------------------------------------ attention
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array, *, head_major: bool = False) -> jax.Array:
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array, *, head_major: bool = False,
+           return_probs: bool = False):
     """Returns the attention output [B, T, H, hd] of q [B,T,H,hd] over k, v [B,S,KV,hd] under visible [B,T,S].
 
     ``head_major``: k, v are laid out [B, KV, S, hd] (the KV cache's layout), read without a
     transposed copy. Grouped-query: each of the KV heads serves H/KV query heads. Softmax in
-    float32. A query with no visible key returns zeros instead of NaN.
+    float32. A query with no visible key returns zeros instead of NaN. ``return_probs`` (static):
+    return ``(out, probs)`` with the float32 attention probabilities ``probs`` [B, H, T, S]
+    (the ``attn_probs`` tap); the output is the same array either way.
     """
     B, T, H, hd = q.shape
     if not head_major:
@@ -213,7 +216,10 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array, *, head
     probs = jax.nn.softmax(scores, axis=-1)
     probs = jnp.where(vis, probs, 0.0)  # rows with nothing visible become all-zero, not uniform
     out = jnp.einsum("bkms,bksd->bkmd", probs.astype(v.dtype), v)
-    return out.reshape(B, KV, G, T, hd).transpose(0, 3, 1, 2, 4).reshape(B, T, H, hd)
+    out = out.reshape(B, KV, G, T, hd).transpose(0, 3, 1, 2, 4).reshape(B, T, H, hd)
+    if return_probs:  # query head h = kv head h // G, group member h % G (the reshape above)
+        return out, probs.reshape(B, KV, G, T, S).reshape(B, H, T, S)
+    return out
 
 
 CAUSAL_BLOCK = 256  # query block of causal_attend; blocks skip the keys every query of theirs cannot see

@@ -27,10 +27,16 @@ from tokjax.model.config import ModelConfig
 from tokjax.model.ops import check_int_values
 from tokjax.model.params import Params, init_params, param_axes
 
-HOOK_SITES = ("resid_pre", "attn_out", "mlp_out", "resid_post")
-# Tap-only sites: each layer's attention keys (after RoPE) and values [B, T, KV, hd], as a cache holds them.
-TAP_SITES = HOOK_SITES + ("keys", "values")
-_HOOK_RE = re.compile(r"^layer\.(\*|\d+)\.(resid_pre|attn_out|mlp_out|resid_post)$")
+# Hook (and tap) sites, in the order a layer computes them. ``attn_heads`` is the per-head attention
+# output [B, T, H, hd] before the output projection W_O (so ``attn_out`` = sum_h attn_heads[..., h, :] W_O[h]
+# (+ bias)); the others are [B, T, D].
+HOOK_SITES = ("resid_pre", "attn_heads", "attn_out", "mlp_out", "resid_post")
+# Tap-only sites: each layer's attention keys (after RoPE) and values [B, T, KV, hd], as a cache holds them,
+# and the attention probabilities ``attn_probs`` [B, H, T, S] (float32; S = T without a cache, the cache
+# capacity with one). attn_probs is computed only when tapped: an untapped forward runs the blocked /
+# fused causal attention unchanged.
+TAP_SITES = HOOK_SITES + ("keys", "values", "attn_probs")
+_HOOK_RE = re.compile(r"^layer\.(\*|\d+)\.(" + "|".join(HOOK_SITES) + r")$")
 
 
 @struct.dataclass
@@ -56,15 +62,22 @@ class Taps:
     """A static request for per-layer activations (nothing is kept by default).
 
     ``layers``: None (no taps), "all", or a tuple of absolute layer indices. ``sites``: any of
-    resid_pre, attn_out, mlp_out, resid_post. Output ``taps[site]`` is [n_layers_tapped, B, T, D];
-    the tap-only sites ``keys`` and ``values`` give [n_layers_tapped, B, T, kv_heads, head_size]
-    (keys after RoPE, as the KV cache stores them).
+    :data:`TAP_SITES`. Output ``taps[site]`` is [n_layers_tapped, B, T, D] for resid_pre, attn_out,
+    mlp_out, resid_post; ``attn_heads`` gives [n, B, T, n_heads, head_size] (per-head attention output
+    before W_O); the tap-only sites ``keys`` and ``values`` give [n, B, T, kv_heads, head_size]
+    (keys after RoPE, as the KV cache stores them) and ``attn_probs`` [n, B, n_heads, T, S] float32
+    (S = T without a cache, the cache capacity with one; computed only when tapped, through the
+    unblocked attention, so a tapped forward's values may differ from an untapped one's by float
+    summation order).
     """
 
     layers: Any = None
     sites: tuple[str, ...] = ("resid_post",)
 
     def __post_init__(self):
+        if isinstance(self.sites, str):
+            raise ValueError(f"Taps.sites must be a tuple of site names, got the string {self.sites!r}; "
+                             f"write sites=({self.sites!r},)")
         bad = [s for s in self.sites if s not in TAP_SITES]
         if bad:
             raise ValueError(f"unknown tap sites {bad}; expected any of {TAP_SITES}")
@@ -155,6 +168,10 @@ def _parse_hooks(hooks: Mapping[str, Callable] | None) -> dict[str, list[tuple[i
     out: dict[str, list] = {s: [] for s in HOOK_SITES}
     for name, fn in (hooks or {}).items():
         m = _HOOK_RE.match(name)
+        tail = name.rsplit(".", 1)[-1] if isinstance(name, str) else None
+        if not m and tail in TAP_SITES:
+            raise ValueError(f"unknown hook site {name!r}: {tail!r} is a tap-only site (read it with Taps(sites=({tail!r},))); "
+                             f"hook sites are 'layer.<i>.<site>' or 'layer.*.<site>' with site in {HOOK_SITES}")
         if not m:
             raise ValueError(
                 f"unknown hook site {name!r}; expected 'layer.<i>.<site>' or 'layer.*.<site>' with site in {HOOK_SITES}"
@@ -179,8 +196,11 @@ def _apply_hooks(site_hooks, x, layer):
     return x
 
 
-def _layer(p, cfg, x, positions, mask_spec, segment_ids, layer, kv, hooks):
-    """Returns (x, kv, site activations) for one transformer layer; kv = (k_all, v_all, offset) or None."""
+def _layer(p, cfg, x, positions, mask_spec, segment_ids, layer, kv, hooks, want_probs=False):
+    """Returns (x, kv, site activations) for one transformer layer; kv = (k_all, v_all, offset) or None.
+
+    ``want_probs`` (static): also return the attention probabilities (site ``attn_probs``), computed by
+    the unblocked :func:`attend`; otherwise the attention path is the untapped one."""
     dt = cfg.dtype
     B, T, _ = x.shape
     sites = {}
@@ -201,17 +221,21 @@ def _layer(p, cfg, x, positions, mask_spec, segment_ids, layer, kv, hooks):
         q = attn_lib.rope(q, positions, cfg.rope_theta)
         k = attn_lib.rope(k, positions, cfg.rope_theta)
     sites["keys"], sites["values"] = k, v
-    if kv is None and isinstance(mask_spec, attn_lib.Causal):
+    if kv is None and isinstance(mask_spec, attn_lib.Causal) and not want_probs:
         a = attn_lib.causal_attend(q, k, v, segment_ids=segment_ids)
     elif kv is None:
         visible = attn_lib.build_mask(mask_spec, B, T, segment_ids=segment_ids)
-        a = attn_lib.attend(q, k, v, visible)
+        a = attn_lib.attend(q, k, v, visible, return_probs=want_probs)
     else:  # this layer's head-major cache buffers [B, KV, S, hd] and per-row write offsets
         k_buf, v_buf, offset = kv
         k_buf, v_buf = write_tokens(k_buf, v_buf, k, v, offset)
         visible = attn_lib.build_mask(mask_spec, B, T, offset=offset, capacity=k_buf.shape[2])
-        a = attn_lib.attend(q, k_buf.astype(dt), v_buf.astype(dt), visible, head_major=True)
+        a = attn_lib.attend(q, k_buf.astype(dt), v_buf.astype(dt), visible, head_major=True, return_probs=want_probs)
         kv = (k_buf, v_buf)
+    if want_probs:
+        a, sites["attn_probs"] = a
+    a = _apply_hooks(hooks["attn_heads"], a, layer)
+    sites["attn_heads"] = a
     a = jnp.einsum("bthk,hkd->btd", a, p["wo"].astype(dt))
     if cfg.bias:
         a = a + p["bo"].astype(dt)
@@ -262,13 +286,15 @@ def blocks(
     training path). With a cache, or with weights unstacked by :func:`unstack_layers`, layers
     run as a Python loop so each layer's cache buffers and weights are read and updated in
     place (the decode path). Both compute the same values.
-    Hooks are functions ``fn(x, layer) -> x`` at sites ``layer.{i}.{site}`` (``*`` for every layer).
+    Hooks are functions ``fn(x, layer) -> x`` at sites ``layer.{i}.{site}`` (``*`` for every layer),
+    site in :data:`HOOK_SITES` (``attn_heads`` hooks see and return [B, T, H, hd]).
     """
     end = cfg.n_layers if end is None else end
     mask = attn_lib.Causal() if mask is None else mask
     taps = Taps() if taps is None else taps
     parsed_hooks = _parse_hooks(hooks)
     want = taps.sites if taps.active else ()
+    want_probs = "attn_probs" in want
     layers = params["layers"]
 
     if cache is None and not isinstance(layers, (tuple, list)):
@@ -277,7 +303,7 @@ def blocks(
 
         def body(h, xs):
             p, i = xs
-            h, _, sites = _layer(p, cfg, h, positions, mask, segment_ids, i, None, parsed_hooks)
+            h, _, sites = _layer(p, cfg, h, positions, mask, segment_ids, i, None, parsed_hooks, want_probs)
             return h, {s: sites[s] for s in want}
 
         x, ys = jax.lax.scan(body, x, (layer_params, layer_ids))
@@ -291,7 +317,7 @@ def blocks(
         for i in range(start, end):
             p = layer_weights(params, i)
             kv = None if cache is None else (k_bufs[i], v_bufs[i], cache.lengths[i])
-            x, kv, sites = _layer(p, cfg, x, positions, mask, segment_ids, i, kv, parsed_hooks)
+            x, kv, sites = _layer(p, cfg, x, positions, mask, segment_ids, i, kv, parsed_hooks, want_probs)
             if cache is not None:
                 k_bufs[i], v_bufs[i] = kv
             for s in want:
