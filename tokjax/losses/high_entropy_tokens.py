@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from tokjax.logits._base import check_range, entropy
+from tokjax.losses import grpo
 
 __all__ = [
     "DAPO_EPS_HIGH", "DAPO_EPS_LOW", "dapo_loss", "dapo_token_objective", "group_advantages",
@@ -101,28 +102,14 @@ def top_entropy_mask(entropy: jax.Array, mask: jax.Array | None, rho) -> jax.Arr
 def group_advantages(rewards: jax.Array, group_size: int, *, scale: bool = True, eps: float = 1e-6) -> jax.Array:
     """Returns float32 [B] GRPO advantages A_i = (R_i - mean_g R) / (std_g R + eps) of ``rewards`` [B].
 
-    Rows are grouped consecutively: rows [g*G, (g+1)*G) are the G rollouts of prompt g (the
-    order TRL's RepeatSampler gives). ``std`` is the unbiased sample std (as torch's ``.std()``
-    in TRL), so ``group_size`` must be >= 2. ``scale=False`` gives Dr. GRPO's mean-only centring.
-    A group whose rewards are all equal gets advantage 0 (no signal; DAPO filters such groups).
+    :func:`tokjax.losses.grpo.group_advantages` with this module's historical defaults (``scale``
+    a bool, ``eps`` 1e-6); rows [g*G, (g+1)*G) are the G rollouts of prompt g, ``std`` is unbiased,
+    ``scale=False`` gives Dr. GRPO's mean-only centring, an all-equal group gets advantage 0.
     """
     rewards = jnp.asarray(rewards, _F32)
     if rewards.ndim != 1:
         raise ValueError(f"rewards must have shape [B], got {tuple(rewards.shape)}")
-    if not isinstance(group_size, int) or group_size < 2:
-        raise ValueError(f"group_size must be an int >= 2, got {group_size!r}")
-    if rewards.shape[0] % group_size:
-        raise ValueError(f"rewards length {rewards.shape[0]} must be a multiple of group_size {group_size}")
-    g = rewards.reshape(-1, group_size)
-    centred = g - jnp.mean(g, axis=1, keepdims=True)
-    if scale:
-        centred = centred / (jnp.std(g, axis=1, ddof=1, keepdims=True) + eps)
-    return centred.reshape(-1)
-
-
-def _check_eps(eps_low, eps_high) -> None:
-    check_range(eps_low, "eps_low", lo=0.0, hi=1.0, hi_open=True)
-    check_range(eps_high, "eps_high", lo=0.0)
+    return grpo.group_advantages(rewards, group_size, scale="group" if scale else "none", eps=eps)
 
 
 def dapo_token_objective(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, *,
@@ -130,24 +117,10 @@ def dapo_token_objective(logp: jax.Array, old_logp: jax.Array, advantages: jax.A
     """Returns float32 [B, T] per-token clipped surrogate min(r A, clip(r, 1 - eps_low, 1 + eps_high) A).
 
     ``r = exp(logp - stop_gradient(old_logp))``; ``advantages`` is [B] (one per sequence, broadcast
-    over tokens) or [B, T]. No mask is applied here; see :func:`dapo_loss`.
+    over tokens) or [B, T]. No mask is applied here; see :func:`dapo_loss`. (The objective of
+    :func:`tokjax.losses.grpo.clipped_surrogate`.)
     """
-    logp = jnp.asarray(logp, _F32)
-    if logp.ndim != 2:
-        raise ValueError(f"logp must have shape [B, T], got {tuple(logp.shape)}")
-    old_logp = jnp.asarray(old_logp, _F32)
-    if old_logp.shape != logp.shape:
-        raise ValueError(f"old_logp shape {tuple(old_logp.shape)} must equal logp shape {tuple(logp.shape)}")
-    adv = jnp.asarray(advantages, _F32)
-    if adv.shape == logp.shape[:1]:
-        adv = adv[:, None]
-    elif adv.shape != logp.shape:
-        raise ValueError(f"advantages must have shape [B]={logp.shape[:1]} or [B, T]={tuple(logp.shape)}, "
-                         f"got {tuple(adv.shape)}")
-    _check_eps(eps_low, eps_high)
-    ratio = jnp.exp(logp - jax.lax.stop_gradient(old_logp))
-    clipped = jnp.clip(ratio, 1.0 - jnp.asarray(eps_low, _F32), 1.0 + jnp.asarray(eps_high, _F32))
-    return jnp.minimum(ratio * adv, clipped * adv)
+    return grpo.clipped_surrogate(logp, old_logp, advantages, eps_low=eps_low, eps_high=eps_high)[0]
 
 
 def dapo_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, mask: jax.Array | None = None, *,
