@@ -1,0 +1,239 @@
+"""Token-level RL on the shared pieces: rollouts through ``tokjax.generate``, the GRPO loss, one train step.
+
+    model, history = rl_train(model, task, RLConfig(steps=48, group_size=8), transforms=(mask,))
+
+One RL step (GRPO / DAPO, issue 21):
+
+1. ``task.prompts(step, n)`` gives n prompts (token-id lists) and their answers;
+2. :func:`rollout` samples ``group_size`` completions of each through :func:`tokjax.generate`
+   (``n=group_size``: one prefill per prompt, forked caches; temperature ``RLConfig.temperature``;
+   eos / stop sequences end a row; rows that hit ``max_new_tokens`` are flagged truncated);
+3. ``task.reward(completions, answers)`` scores them (rewards [B] and a format-valid flag [B]);
+   :func:`tokjax.losses.grpo.group_advantages` turns rewards into advantages, or a ``shape``
+   plug-in makes [B, T] token advantages;
+4. the sampling policy's log-probs (``old_logp``) and, with a reference, ``ref_logp`` come from
+   :func:`tokjax.losses.token_stats` on the rollout tokens (exact, whatever logit transform drew
+   them), then ``inner_steps`` optimiser steps of the registered ``grpo`` loss run through
+   :func:`tokjax.train.make_train_step` (so ``trainable`` freezes the rest bit for bit).
+
+Plug points (the papers of issue 21 are each one of these): ``transforms`` (LossTransforms: token
+masks / weights, e.g. P63's entropy mask), ``shape(rollouts, stats) -> advantages [B, T]``,
+``select(rollouts, advantages, step) -> keep [B]`` (rows kept for the update). ``RLConfig`` holds
+the hyperparameters; every array the loss reads is a runtime value, so steps do not recompile
+(rollout widths are padded to ``max_prompt_len + max_new_tokens``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any, Callable, Protocol, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tokjax.decoding import generate
+from tokjax.logits import temperature as temperature_transform
+from tokjax.losses import token_stats
+from tokjax.losses.grpo import ADVANTAGE_SCALES, DENOMINATORS, GRPO_REDUCTIONS, group_advantages, make_grpo_loss
+from tokjax.model import Model
+from tokjax.train._config import TrainConfig
+from tokjax.train._step import init_state, make_optimizer, make_train_step
+
+__all__ = ["RLConfig", "RLTask", "Rollouts", "rl_train", "rollout", "rollout_batch"]
+
+
+class RLTask(Protocol):
+    """What :func:`rl_train` needs from a task (verifiable rewards)."""
+
+    def prompts(self, step: int, n: int) -> tuple[list[list[int]], list[Any]]:
+        """Returns n prompts (token-id lists) and their answers for RL step ``step`` (a pure function of it)."""
+
+    def reward(self, completions: list[np.ndarray], answers: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (float rewards [B], bool format-valid [B]) of completions (token ids, eos/stop included)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+    """Hyperparameters of :func:`rl_train` (frozen). Optimiser as :class:`tokjax.train.TrainConfig`
+    (AdamW, constant ``lr`` after ``warmup_steps``); loss options as :func:`tokjax.losses.grpo.grpo_loss`."""
+
+    steps: int = 48
+    prompts_per_step: int = 4
+    group_size: int = 8
+    max_new_tokens: int = 48
+    max_prompt_len: int = 256
+    temperature: float = 1.0
+    inner_steps: int = 1
+    lr: float = 1e-5
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    beta: float = 0.0
+    reduction: str = "token_mean"
+    denominator: str = "valid"
+    scale: str = "group"
+    mask_truncated: bool = False
+    trainable: tuple[str, ...] | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "prompts_per_step", "max_new_tokens", "max_prompt_len", "inner_steps"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"RLConfig.{name} must be an int >= 1, got {v!r}")
+        if not isinstance(self.group_size, int) or self.group_size < 2:
+            raise ValueError(f"RLConfig.group_size must be an int >= 2 (GRPO compares rollouts of a prompt), "
+                             f"got {self.group_size!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"RLConfig.temperature must be > 0, got {self.temperature!r}")
+        if not 0 <= self.eps_low < 1 or not self.eps_high >= 0:
+            raise ValueError(f"RLConfig needs 0 <= eps_low < 1 and eps_high >= 0, got {self.eps_low}, {self.eps_high}")
+        if self.beta < 0:
+            raise ValueError(f"RLConfig.beta must be >= 0, got {self.beta!r}")
+        for name, allowed in (("reduction", GRPO_REDUCTIONS), ("denominator", DENOMINATORS),
+                              ("scale", ADVANTAGE_SCALES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"RLConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+    def train_config(self) -> TrainConfig:
+        """Returns the TrainConfig of the optimiser (constant lr after warm-up, as TRL's GRPO default)."""
+        return TrainConfig(lr=self.lr, warmup_steps=self.warmup_steps,
+                           total_steps=max(self.steps * self.inner_steps, self.warmup_steps + 1),
+                           weight_decay=self.weight_decay, grad_clip=self.grad_clip, min_lr_ratio=1.0,
+                           b2=0.999, seed=self.seed, trainable=self.trainable)
+
+
+@dataclasses.dataclass
+class Rollouts:
+    """Sampled completions, ``group_size`` consecutive rows per prompt (host numpy arrays).
+
+    ``tokens`` [B, W] (prompt then completion, padded), ``prompt_lengths`` / ``lengths`` [B],
+    ``truncated`` [B] (the row hit ``max_new_tokens`` without an eos), ``completions`` (each row's
+    completion ids), ``answers`` (one per row), ``rewards`` / ``format_ok`` once scored.
+    """
+
+    tokens: np.ndarray
+    prompt_lengths: np.ndarray
+    lengths: np.ndarray
+    truncated: np.ndarray
+    completions: list
+    answers: list
+    group_size: int
+    rewards: np.ndarray | None = None
+    format_ok: np.ndarray | None = None
+
+
+def rollout(model: Model, prompts: Sequence[Sequence[int]], answers: Sequence[Any], *, key, group_size: int,
+            max_new_tokens: int, temperature: float = 1.0, eos_id=None, stop=None, tokenizer=None,
+            width: int | None = None) -> Rollouts:
+    """Returns ``group_size`` sampled completions of every prompt (prompt-major), from :func:`tokjax.generate`.
+
+    ``width`` pads the token array to a fixed [B, width] (so the train step compiles once); it must
+    hold the longest prompt plus ``max_new_tokens``.
+    """
+    if len(prompts) != len(answers):
+        raise ValueError(f"got {len(prompts)} prompts but {len(answers)} answers")
+    out = generate(model, [list(p) for p in prompts], key=key, n=group_size, max_new_tokens=max_new_tokens,
+                   logits=temperature_transform(temperature), eos_id=eos_id, stop=stop, tokenizer=tokenizer)
+    tokens = np.asarray(out.tokens)
+    if width is not None:
+        if tokens.shape[1] > width:
+            raise ValueError(f"rollouts need {tokens.shape[1]} token slots (longest prompt + max_new_tokens) but "
+                             f"width is {width}; raise RLConfig.max_prompt_len or shorten the prompts")
+        tokens = np.pad(tokens, ((0, 0), (0, width - tokens.shape[1])))
+    completions = out.completions()
+    eos = set(np.atleast_1d(eos_id).tolist()) if eos_id is not None else set()
+    new = np.asarray(out.lengths) - np.asarray(out.prompt_lengths)
+    truncated = np.array([n >= max_new_tokens and (len(c) == 0 or int(c[-1]) not in eos)
+                          for n, c in zip(new, completions)], bool)
+    return Rollouts(tokens=tokens, prompt_lengths=np.asarray(out.prompt_lengths), lengths=np.asarray(out.lengths),
+                    truncated=truncated, completions=completions,
+                    answers=[a for a in answers for _ in range(group_size)], group_size=group_size)
+
+
+def rollout_batch(r: Rollouts, *, mask_truncated: bool = False, keep: np.ndarray | None = None) -> dict:
+    """Returns the token_stats batch of the rollouts: ``tokens``, ``prompt_lengths``, ``lengths`` and a
+    per-target ``mask`` [B, W-1] that drops truncated rows (``mask_truncated``) and rows not in ``keep``."""
+    rows = np.ones(len(r.tokens), bool)
+    if mask_truncated:
+        rows &= ~r.truncated
+    if keep is not None:
+        rows &= np.asarray(keep, bool)
+    W = r.tokens.shape[1]
+    return {"tokens": jnp.asarray(r.tokens, jnp.int32), "prompt_lengths": jnp.asarray(r.prompt_lengths, jnp.int32),
+            "lengths": jnp.asarray(r.lengths, jnp.int32), "mask": jnp.asarray(np.repeat(rows[:, None], W - 1, 1))}
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _logp(params, cfg, batch):
+    return jax.lax.stop_gradient(token_stats(params, cfg, batch).logp)
+
+
+def rl_train(model: Model, task: RLTask, config: RLConfig = RLConfig(), *, transforms: Sequence = (),
+             reference: Model | None = None, shape: Callable | None = None, select: Callable | None = None,
+             eos_id=None, stop=None, tokenizer=None, progress: bool = False) -> tuple[Model, list[dict]]:
+    """Returns (the trained Model, per-step history) of GRPO/DAPO on ``task`` (steps in the module docstring).
+
+    ``reference``: the model for ``ref_logp`` (needed when ``config.beta`` > 0). History rows:
+    ``step``, ``reward`` (mean), ``accuracy`` (fraction with reward > 0), ``format_ok``,
+    ``truncated``, ``zero_adv_groups``, the loss metrics of the last inner step, ``seconds``.
+    """
+    if not isinstance(config, RLConfig):
+        raise ValueError(f"config must be an RLConfig, got {type(config).__name__}")
+    if config.beta > 0 and reference is None:
+        raise ValueError("RLConfig.beta > 0 needs a reference model (rl_train(..., reference=model))")
+    if reference is not None and reference.cfg.vocab_size != model.cfg.vocab_size:
+        raise ValueError(f"the reference's vocabulary ({reference.cfg.vocab_size}) differs from the policy's "
+                         f"({model.cfg.vocab_size})")
+    cfg = model.cfg
+    tc = config.train_config()
+    optimizer = make_optimizer(tc)
+    state = init_state(cfg, optimizer, config.seed, params=model.params)
+    loss_fn = make_grpo_loss(eps_low=config.eps_low, eps_high=config.eps_high, beta=config.beta,
+                             reduction=config.reduction, denominator=config.denominator, transforms=tuple(transforms))
+    step_fn = make_train_step(cfg, optimizer, loss_fn, trainable=tc.trainable, donate=False)
+    key = jax.random.key(config.seed)
+    width = config.max_prompt_len + config.max_new_tokens
+    G = config.group_size
+    history = []
+    for step in range(config.steps):
+        t0 = time.perf_counter()
+        prompts, answers = task.prompts(step, config.prompts_per_step)
+        if any(len(p) > config.max_prompt_len for p in prompts):
+            raise ValueError(f"a prompt is longer than RLConfig.max_prompt_len={config.max_prompt_len}")
+        r = rollout(Model(params=state.params, cfg=cfg), prompts, answers, key=jax.random.fold_in(key, step),
+                    group_size=G, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                    eos_id=eos_id, stop=stop, tokenizer=tokenizer, width=width)
+        rewards, fmt = task.reward(r.completions, r.answers)
+        r.rewards, r.format_ok = np.asarray(rewards, np.float32), np.asarray(fmt, bool)
+        if r.rewards.shape != (len(r.tokens),):
+            raise ValueError(f"task.reward must return one reward per rollout ({len(r.tokens)}), got shape "
+                             f"{r.rewards.shape}")
+        batch = rollout_batch(r, mask_truncated=config.mask_truncated)
+        batch["old_logp"] = _logp(state.params, cfg, batch)
+        if reference is not None:
+            batch["ref_logp"] = _logp(reference.params, reference.cfg, batch)
+        adv = group_advantages(r.rewards, G, scale=config.scale)
+        if shape is not None:
+            adv = jnp.asarray(shape(r, token_stats(state.params, cfg, batch)), jnp.float32)
+        if select is not None:
+            batch = rollout_batch(r, mask_truncated=config.mask_truncated, keep=select(r, adv, step)) | {
+                k: batch[k] for k in ("old_logp", "ref_logp") if k in batch}
+        batch["advantages"] = adv
+        for _ in range(config.inner_steps):
+            state, metrics = step_fn(state, batch)
+        g = r.rewards.reshape(-1, G)
+        row = {"step": step, "reward": float(r.rewards.mean()), "accuracy": float((r.rewards > 0).mean()),
+               "format_ok": float(r.format_ok.mean()), "truncated": float(r.truncated.mean()),
+               "zero_adv_groups": float(np.mean(np.all(g == g[:, :1], axis=1))),
+               **{k: float(v) for k, v in metrics.items()}, "seconds": time.perf_counter() - t0}
+        history.append(row)
+        if progress:
+            print(f"rl step {step}: reward {row['reward']:.3f} loss {row['loss']:.4f} ({row['seconds']:.1f} s)",
+                  flush=True)
+    return Model(params=state.params, cfg=cfg), history
