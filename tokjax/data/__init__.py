@@ -6,7 +6,8 @@ Corpora:      :func:`load_corpus`, :func:`list_corpora`, :class:`Corpus`
 Splitting:    :func:`split_corpus`
 Packing:      :func:`pack_sequences`, :func:`batches`, :func:`batch_indices`,
               :func:`steps_per_epoch`, :func:`epoch_permutation`, :class:`TokenDataset`
-Synthetic:    :func:`arithmetic`, :func:`copy_spans`, :func:`markov_source`, :func:`mazes`
+Synthetic:    :func:`arithmetic`, :func:`copy_spans`, :func:`markov_source`, :func:`mazes`,
+              :func:`word_problems` / :func:`check_answer` (verifiable word problems)
 """
 
 from tokjax.data._arithmetic import ArithmeticExample, arithmetic, digit_steps, extract_answer
@@ -23,8 +24,16 @@ from tokjax.data._packing import (
     steps_per_epoch,
 )
 from tokjax.data._split import split_corpus
+from tokjax.data._word_problems import (
+    ANSWER_INSTRUCTION, WORD_PROBLEM_LEVELS, WordProblem, check_answer, word_problems,
+)
 
 __all__ = [
+    "ANSWER_INSTRUCTION",
+    "WORD_PROBLEM_LEVELS",
+    "WordProblem",
+    "check_answer",
+    "word_problems",
     "ArithmeticExample",
     "Corpus",
     "CopySpans",
