@@ -145,6 +145,21 @@ def test_trainable_subset_leaves_the_rest_bit_identical(tmp_path):
                                                         jax.tree.leaves(start["layers"][key]))), key
 
 
+def test_last_n_layers_train_and_every_other_row_and_leaf_stays_bit_identical():
+    cfg3 = CFG.replace(n_layers=3)
+    start = Model.init(cfg3, jax.random.PRNGKey(1)).params
+    tc = _tc(trainable=("last:1", "final_norm"), weight_decay=0.1, total_steps=4)
+    assert tc.trainable == ("last:1", "final_norm")
+    model, _ = train(cfg3, tc, lambda s: {"tokens": _tokens(s)}, params=start, progress=False)
+    got = model.params
+    for key, leaf in got["layers"].items():
+        for row in range(3):
+            same = np.array_equal(np.asarray(jax.tree.leaves(leaf)[0][row]), np.asarray(jax.tree.leaves(start["layers"][key])[0][row]))
+            assert same == (row < 2), (key, row)  # rows 0-1 frozen bit for bit (weight decay included), row 2 trains
+    assert _moved(got["final_norm"], start["final_norm"]) > 0
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(got["embed"]), jax.tree.leaves(start["embed"])))
+
+
 def test_unknown_trainable_key_is_a_clear_error():
     with pytest.raises(ValueError, match=r"\['adapter'\] match no parameter; valid top-level keys: \['embed'"):
         train(CFG, _tc(trainable=("adapter",)), lambda s: {"tokens": _tokens()}, progress=False)
@@ -152,6 +167,12 @@ def test_unknown_trainable_key_is_a_clear_error():
         TrainConfig(trainable=("a//b",))
     with pytest.raises(ValueError, match="trainable"):
         TrainConfig(trainable=[])
+    with pytest.raises(ValueError, match="last:N"):
+        TrainConfig(trainable=("last:0",))
+    with pytest.raises(ValueError, match="one 'last:N'"):
+        TrainConfig(trainable=("last:1", "last:2"))
+    with pytest.raises(ValueError, match="more layers than the model has"):
+        train(CFG, _tc(trainable=("last:2",)), lambda s: {"tokens": _tokens()}, progress=False)
 
 
 # ------------------------------------------------------------------------------ plain pytree (model_cfg=None)

@@ -39,7 +39,8 @@ class TrainConfig:
     ``"prior"``; stored as sorted (key, value) pairs so the config stays hashable); ``None`` keeps
     the default next-token loss. :func:`tokjax.train.loss_fn_from_config` builds it.
     ``trainable`` (None = every parameter) lists the parameters the optimiser updates, as top-level
-    keys (``"adapter"``) or ``"a/b"`` path prefixes of the params tree (``"layers/wq"``); every other
+    keys (``"adapter"``), ``"a/b"`` path prefixes of the params tree (``"layers/wq"``) or
+    ``"last:N"`` (the last N stacked transformer layers, e.g. ``("last:4", "final_norm")``); every other
     leaf stays bit-for-bit frozen and gets no optimiser state. ``batch_size`` and ``seq_len`` shape
     the batches cut from token windows; a ``batch_fn`` or an iterable of batches brings its own.
     """
@@ -128,6 +129,12 @@ def _normalise_trainable(spec: Any) -> tuple[str, ...]:
                          f"prefixes, got {spec!r}")
     out = []
     for item in items:
+        if isinstance(item, str) and item.startswith("last:"):
+            n = item[len("last:"):]
+            if not n.isdigit() or int(n) < 1:
+                raise ValueError(f"TrainConfig.trainable 'last:N' needs an integer N >= 1 (the last N layers), got {item!r}")
+            out.append(f"last:{int(n)}")
+            continue
         parts = item.strip("/").split("/") if isinstance(item, str) else []
         if not parts or any(not p.strip() for p in parts):
             raise ValueError(f"TrainConfig.trainable entries must be non-empty 'key' or 'a/b' path strings, "
@@ -135,6 +142,8 @@ def _normalise_trainable(spec: Any) -> tuple[str, ...]:
         out.append("/".join(parts))
     if len(set(out)) != len(out):
         raise ValueError(f"TrainConfig.trainable lists a path twice: {out}")
+    if sum(t.startswith("last:") for t in out) > 1:
+        raise ValueError(f"TrainConfig.trainable may hold one 'last:N' entry, got {out}")
     return tuple(out)
 
 

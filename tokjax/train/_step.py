@@ -9,10 +9,12 @@ loss also sees frozen leaves through ``stop_gradient``, which lets XLA drop thei
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 
@@ -82,28 +84,67 @@ def _path_str(path) -> str:
     return _SEP.join(path_tokens(path))
 
 
+_LAST = re.compile(r"^last:(\d+)$")
+
+
+def _last_n(trainable: tuple[str, ...]) -> int | None:
+    """Returns N of a ``"last:N"`` entry (the last N stacked transformer layers), or None."""
+    ns = [int(m.group(1)) for t in trainable if (m := _LAST.match(t))]
+    return ns[0] if ns else None
+
+
 def trainable_mask(params: Any, trainable: tuple[str, ...] | None) -> Any:
-    """Returns a pytree of Python bools like ``params``: True for the leaves the optimiser updates.
+    """Returns a pytree like ``params``: per leaf True (optimised), False (frozen) or, for the stacked
+    layer weights under ``"last:N"``, a numpy bool row mask [n_layers] (only the last N rows train).
 
     ``trainable`` is None (every leaf) or a tuple of top-level keys / ``"a/b"`` path prefixes
     (``TrainConfig.trainable``); a prefix matches whole path components (``"layers/w"`` does not
-    match ``layers/wq``). Raises ValueError naming the entries that match no parameter, with the
-    valid top-level keys.
+    match ``layers/wq``). ``"last:N"`` trains the last N of the model's stacked ``layers`` (the
+    leaves under ``layers`` whose leading axis is the layer axis) and nothing else unless named.
+    Raises ValueError naming the entries that match no parameter (with the valid top-level keys),
+    or a ``last:N`` beyond the model's layers.
     """
     if trainable is None:
         return jax.tree.map(lambda _: True, params)
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
     paths = [_path_str(p) for p, _ in flat]
+    named = tuple(t for t in trainable if not _LAST.match(t))
+    last = _last_n(trainable)
 
     def hit(path: str, prefix: str) -> bool:
         return path == prefix or path.startswith(prefix + _SEP)
 
-    unused = [t for t in trainable if not any(hit(p, t) for p in paths)]
+    unused = [t for t in named if not any(hit(p, t) for p in paths)]
     if unused:
         top = sorted({p.split(_SEP, 1)[0] for p in paths})
         raise ValueError(f"TrainConfig.trainable entries {unused} match no parameter; valid top-level keys: {top} "
-                         "(deeper paths as 'key/sub')")
-    return jax.tree_util.tree_unflatten(treedef, [any(hit(p, t) for t in trainable) for p in paths])
+                         "(deeper paths as 'key/sub', or 'last:N' for the last N layers)")
+    out = [any(hit(p, t) for t in named) for p in paths]
+    if last is not None:
+        stacked = [i for i, p in enumerate(paths) if hit(p, "layers") and jnp.ndim(flat[i][1]) >= 1]
+        if not stacked:
+            raise ValueError("TrainConfig.trainable 'last:N' needs stacked layer weights under params['layers']; "
+                             "this params tree has none")
+        n_layers = int(jnp.shape(flat[stacked[0]][1])[0])
+        if last > n_layers:
+            raise ValueError(f"TrainConfig.trainable 'last:{last}' names more layers than the model has ({n_layers})")
+        rows = np.arange(n_layers) >= n_layers - last
+        for i in stacked:
+            if not out[i]:  # a leaf also named in full stays fully trainable
+                out[i] = rows
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _any(t) -> bool:
+    return bool(np.any(t))
+
+
+def _select(t, trained, frozen):
+    """Returns ``trained`` where the mask entry ``t`` trains (a bool, or a row mask over a stacked leaf), else ``frozen``."""
+    if isinstance(t, (bool, np.bool_)):
+        return trained if t else frozen
+    rows = jnp.asarray(t).reshape((-1,) + (1,) * (jnp.ndim(trained) - 1))
+    return jnp.where(rows, trained, frozen)
 
 
 def make_optimizer(train_cfg: TrainConfig) -> optax.GradientTransformation:
@@ -126,7 +167,7 @@ def make_optimizer(train_cfg: TrainConfig) -> optax.GradientTransformation:
     trainable = train_cfg.trainable
 
     def labels(params):
-        return jax.tree.map(lambda t: "train" if t else "freeze", trainable_mask(params, trainable))
+        return jax.tree.map(lambda t: "train" if _any(t) else "freeze", trainable_mask(params, trainable))
 
     return optax.multi_transform({"train": opt, "freeze": optax.set_to_zero()}, labels)
 
@@ -202,14 +243,14 @@ def make_train_step(
         mask = trainable_mask(state.params, trainable)  # static: computed from the tree structure at trace time
 
         def masked_loss(params, batch, rng):
-            params = jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, mask)
+            params = jax.tree.map(lambda p, t: _select(t, p, jax.lax.stop_gradient(p)), params, mask)
             return checked_loss(params, batch, rng)
 
         (loss, metrics), grads = jax.value_and_grad(masked_loss, has_aux=True)(state.params, batch, rng)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         # Frozen leaves keep their exact old value (p + 0 would flip -0.0 to +0.0).
-        params = jax.tree.map(lambda new, old, t: new if t else old, params, state.params, mask)
+        params = jax.tree.map(lambda new, old, t: _select(t, new, old), params, state.params, mask)
         metrics = dict(metrics)
         metrics["loss"] = loss
         metrics["grad_norm"] = optax.global_norm(grads)
