@@ -4,10 +4,14 @@ P75 TensorBLEU (:mod:`tokjax.metrics.tensorbleu`): batched per-sentence BLEU
 (:func:`tensor_sentence_bleu`) and corpus BLEU (:func:`tensor_corpus_bleu`) on token ids, equal to
 NLTK's ``sentence_bleu`` / ``corpus_bleu`` for smoothing methods 0-3; :func:`bleu_stats` and
 :func:`bleu_from_stats` split counting from scoring.
+
+Retrieval (:mod:`tokjax.metrics.retrieval`): :func:`ndcg_at_k`, :func:`mrr_at_k` of score matrices
+against graded qrels, and Lucene-style :func:`bm25_scores` of token-id documents.
 """
 
+from tokjax.metrics.retrieval import bm25_scores, mrr_at_k, ndcg_at_k
 from tokjax.metrics.tensorbleu import (
     SMOOTHINGS, BleuStats, bleu_from_stats, bleu_stats, tensor_corpus_bleu, tensor_sentence_bleu,
 )
 
-__all__ = ["SMOOTHINGS", "BleuStats", "bleu_from_stats", "bleu_stats", "tensor_corpus_bleu", "tensor_sentence_bleu"]
+__all__ = ["bm25_scores", "mrr_at_k", "ndcg_at_k", "SMOOTHINGS", "BleuStats", "bleu_from_stats", "bleu_stats", "tensor_corpus_bleu", "tensor_sentence_bleu"]
