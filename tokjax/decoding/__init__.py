@@ -33,8 +33,10 @@ from tokjax.decoding.speculative import Draft, DraftSource, Speculative, Verdict
 from tokjax.decoding.stand import NgramTables
 from tokjax.decoding.kangaroo import Kangaroo, kangaroo
 from tokjax.decoding.token_recycling import RecyclingTable
+from tokjax.decoding.scoring import ScoredContinuations, score_continuations
 
 __all__ = [
+    "ScoredContinuations", "score_continuations",
     "DecodeState", "DecodeStats", "Strategy", "KV_CACHE", "commit", "TRACE_COUNTS", "GenerateOutput", "Sampling",
     "TokenLogprobs", "StopSequences", "MinNewTokens", "NonFiniteLogitsError", "bucket_size", "Beam", "beam",
     "generate", "stream", "cascades", "Draft", "DraftSource", "Speculative", "Verdict", "Verifier", "speculative",
