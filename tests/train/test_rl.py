@@ -56,6 +56,7 @@ def test_grpo_run_raises_the_toy_reward():
     assert last > first + 0.2, (first, last)  # measured: 0.07 -> 0.8 over the 12 steps
 
 
+@pytest.mark.slow  # make_train_step's trainable tests cover freezing in the default suite
 def test_trainable_keeps_the_rest_frozen_bit_for_bit():
     m = model()
     cfg = RLConfig(steps=2, prompts_per_step=2, group_size=4, max_new_tokens=4, max_prompt_len=4, lr=1e-2,
