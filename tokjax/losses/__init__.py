@@ -15,7 +15,9 @@ Papers: P29 cut cross-entropy (:mod:`tokjax.losses.cut_cross_entropy`), P78 PRIO
 P71 Text2Token (:mod:`~tokjax.losses.text2token`); distillation: P12 Graph-on-Logits
 (:mod:`~tokjax.losses.infigfusion`), P34 Dual-Head KD (:mod:`~tokjax.losses.dual_head_kd`), P15
 AlignDistil (:mod:`~tokjax.losses.aligndistil`), plain KD (:func:`kd_loss`); preferences and RL:
-sequence DPO with P65 implicit token rewards (:mod:`~tokjax.losses.dpo`), DAPO with P63's top-entropy
+sequence DPO with P65 implicit token rewards and token weights (:mod:`~tokjax.losses.dpo`), P17 cDPO
+(:mod:`~tokjax.losses.critical_tokens`), P48 TGDPO (:mod:`~tokjax.losses.tgdpo`), P51 T-REG
+(:mod:`~tokjax.losses.t_reg`), P60 inverse RL as TD-regularised MLE (:mod:`~tokjax.losses.inverse_rl`), DAPO with P63's top-entropy
 token mask (:mod:`~tokjax.losses.high_entropy_tokens`).
 
 Losses as a train-config choice: :mod:`tokjax.losses.registry` (``make_loss("prior", alpha=1.0)``,
@@ -36,8 +38,17 @@ from tokjax.losses.aligndistil import (
     adaptive_weight, aligndistil_loss, aligndistil_per_token, extrapolated_logits, make_aligndistil_loss,
 )
 from tokjax.losses.dpo import (
-    bradley_terry_loss, dpo_loss, dpo_per_pair, implicit_token_rewards, make_dpo_loss, sequence_implicit_reward,
+    bradley_terry_loss, check_token_weights, dpo_loss, dpo_per_pair, implicit_token_rewards, make_dpo_loss,
+    sequence_implicit_reward,
 )
+from tokjax.losses.critical_tokens import (
+    cdpo_weights, contrastive_scores_from_hidden, contrastive_token_scores, make_cdpo_loss,
+)
+from tokjax.losses.inverse_rl import inverse_rl_loss, make_inverse_rl_loss, soft_q, td_rewards
+from tokjax.losses.t_reg import (
+    contrastive_prompt_rewards, make_t_reg_loss, normalised_token_rewards, t_reg_regularizer,
+)
+from tokjax.losses.tgdpo import make_tgdpo_loss, tgdpo_weights
 from tokjax.losses.high_entropy_tokens import (
     DAPO_EPS_HIGH, DAPO_EPS_LOW, dapo_loss, dapo_token_objective, group_advantages, token_entropy, top_entropy_mask,
 )
@@ -65,7 +76,12 @@ from tokjax.losses.simcse import info_nce, make_simcse_loss, random_crops, simcs
 
 __all__ = [
     "bradley_terry_loss", "dpo_loss", "dpo_per_pair", "implicit_token_rewards", "make_dpo_loss",
-    "sequence_implicit_reward", "DAPO_EPS_HIGH", "DAPO_EPS_LOW", "dapo_loss", "dapo_token_objective",
+    "sequence_implicit_reward", "check_token_weights",
+    # token-level preference and imitation: P17 cDPO, P48 TGDPO, P51 T-REG, P60 inverse RL
+    "cdpo_weights", "contrastive_scores_from_hidden", "contrastive_token_scores", "make_cdpo_loss",
+    "make_tgdpo_loss", "tgdpo_weights", "contrastive_prompt_rewards", "make_t_reg_loss", "normalised_token_rewards",
+    "t_reg_regularizer", "inverse_rl_loss", "make_inverse_rl_loss", "soft_q", "td_rewards",
+    "DAPO_EPS_HIGH", "DAPO_EPS_LOW", "dapo_loss", "dapo_token_objective",
     "group_advantages", "token_entropy", "top_entropy_mask",
     "CE_REDUCTIONS", "DEFAULT_BLOCK_SIZE", "METHODS", "REDUCTIONS", "STATS", "Chain", "Identity", "LossTransform",
     "NamedChain", "Prior", "TokenStats", "TokenWeights", "chain", "cross_entropy", "cut_cross_entropy",

@@ -350,6 +350,41 @@ def _dpo_factory(beta, reference, method, block_size):
     return make_dpo_loss(beta=float(beta), ref=_reference(reference), method=method, block_size=int(block_size))
 
 
+def _batch_or_model(value, option: str):
+    """Returns (params, cfg) of a model option, or None for ``"batch"`` (the batch carries what it gives)."""
+    return resolve_model(value, option, allow_batch=True)
+
+
+def _cdpo_factory(beta, reference, positive, negative, beta_c, chunk, method, block_size):
+    from tokjax.losses.critical_tokens import make_cdpo_loss
+
+    return make_cdpo_loss(beta=float(beta), ref=_reference(reference), positive=_batch_or_model(positive, "positive"),
+                          negative=_batch_or_model(negative, "negative"), beta_c=float(beta_c), chunk=int(chunk),
+                          method=method, block_size=int(block_size))
+
+
+def _tgdpo_factory(beta, alpha, reference, reward_model, method, block_size):
+    from tokjax.losses.tgdpo import make_tgdpo_loss
+
+    return make_tgdpo_loss(beta=float(beta), alpha=float(alpha), ref=_reference(reference),
+                           reward_model=_batch_or_model(reward_model, "reward_model"), method=method,
+                           block_size=int(block_size))
+
+
+def _t_reg_factory(beta, alpha, reference, evaluator, method, block_size):
+    from tokjax.losses.t_reg import make_t_reg_loss
+
+    return make_t_reg_loss(beta=float(beta), alpha=float(alpha), ref=_reference(reference),
+                           evaluator=_batch_or_model(evaluator, "evaluator"), method=method, block_size=int(block_size))
+
+
+def _inverse_rl_factory(lam, gamma, method, block_size, reduction):
+    from tokjax.losses.inverse_rl import make_inverse_rl_loss
+
+    return make_inverse_rl_loss(lam=float(lam), gamma=float(gamma), method=method, block_size=int(block_size),
+                                reduction=reduction)
+
+
 def _fourier_head_factory(num_bins, gamma, key):
     from tokjax.losses.fourier_head import fourier_head_loss
 
@@ -435,6 +470,31 @@ def _register_builtins() -> None:
                       "[2B, T+1] = B chosen rows then B rejected rows; reference 'batch' (batch['ref_logp'] "
                       "[2B, T]) or a model",
                   models=("reference",))
+    register_loss("cdpo", _cdpo_factory,
+                  {"beta": 0.1, "reference": "batch", "positive": "batch", "negative": "batch", "beta_c": 1.0,
+                   "chunk": 256, "method": "cut", "block_size": DEFAULT_BLOCK_SIZE},
+                  doc="P17 cDPO: token-weighted DPO, weight 1 - softmax((1+beta_c) z_pos - beta_c z_neg)[y] on rejected "
+                      "tokens, 1 on chosen; positive/negative models, or 'batch' (batch['weights'] [2B, T])",
+                  models=("reference", "positive", "negative"))
+    register_loss("tgdpo", _tgdpo_factory,
+                  {"beta": 0.1, "alpha": 0.5, "reference": "batch", "reward_model": "batch", "method": "cut",
+                   "block_size": DEFAULT_BLOCK_SIZE},
+                  doc="P48 TGDPO: DPO with token weights 1 +/- alpha*beta*(log pi_rm - log pi_ref); reward_model a "
+                      "DPO-trained model or 'batch' (batch['rm_logp'] [2B, T])",
+                  models=("reference", "reward_model"))
+    register_loss("t_reg", _t_reg_factory,
+                  {"beta": 0.1, "alpha": 0.25, "reference": "batch", "evaluator": "batch", "method": "cut",
+                   "block_size": DEFAULT_BLOCK_SIZE},
+                  doc="P51 T-REG: DPO + alpha * token reward regulariser from contrastive prompting "
+                      "(batch['token_rewards'] [2B, T], or batch['better_tokens'] / ['worse_tokens'] scored by the "
+                      "evaluator, default the reference model)",
+                  models=("reference", "evaluator"))
+    # --- imitation ---------------------------------------------------------------------------------
+    register_loss("inverse_rl", _inverse_rl_factory,
+                  {"lam": 0.1, "gamma": 1.0, "method": "cut", "block_size": DEFAULT_BLOCK_SIZE,
+                   "reduction": "token_mean"},
+                  doc="P60 offline IQLearn as TD-regularised MLE: -log pi + lam * (log pi + V(s) - gamma V(s'))^2, "
+                      "Q = logits, V = logsumexp (lam 0 = next-token MLE)")
 
 
 _register_builtins()
