@@ -72,10 +72,10 @@ def test_verification_does_not_rerun_the_shallow_layers(model, monkeypatch, make
     calls = []
     orig = fwd._layer
 
-    def counting(p, cfg, x, positions, mask_spec, segment_ids, i, kv, hooks):
+    def counting(p, cfg, x, positions, mask_spec, segment_ids, i, kv, hooks, *args):
         if cfg.n_layers == model.cfg.n_layers:  # the target's layers, not the one-block adapter's
             jax.debug.callback(lambda i, t=x.shape[1]: calls.append((int(i), t)), i)
-        return orig(p, cfg, x, positions, mask_spec, segment_ids, i, kv, hooks)
+        return orig(p, cfg, x, positions, mask_spec, segment_ids, i, kv, hooks, *args)
 
     m = _identity_tail(model, layer)  # a perfect draft: every step drafts num_draft tokens
     ad = init_adapter(m, layer, jax.random.key(0), warm_start=True)
