@@ -11,12 +11,13 @@ In-Training Evaluation" (2025). BLEU (Papineni et al. 2002) for candidate ``c`` 
 
 The paper's idea is to count n-grams in a *compact, batch-specific dictionary* (``torch.unique``
 over the batch's n-grams) rather than hashing into a vocabulary-sized space. Here the dictionary
-is built with static shapes, per sentence: its row holds the candidate and the reference slots
-side by side (W positions) and an n-gram's id is where its key first occurs in the sorted row
-(< W). Unigram keys are the tokens; an n-gram's key packs the pair (id of its leading (n-1)-gram,
-id of its last token) into one int32. Each order therefore costs one batched single-key sort of
-the rows plus a binary search per position, and never forms an ``n``-wide key or a
-``[B, #unique]`` count matrix (memory is linear in the number of tokens). Candidate and reference counts are then ``segment_sum`` over those ids.
+is built with static shapes, per sentence: the sentence's reference n-grams (all slots, R
+positions) are the dictionary, and an n-gram's id is where its key first occurs among them when
+sorted, or R when no reference has it (such a candidate n-gram can never be matched, nor can any
+longer n-gram it starts). Unigram keys are the tokens; an n-gram's key packs the pair (id of its
+leading (n-1)-gram, id of its last token) into one int32. Each order therefore costs one batched
+single-key sort of the reference positions plus a binary search per position, and never forms an
+``n``-wide key or a ``[B, #unique]`` count matrix (memory is linear in the number of tokens). Candidate and reference counts are then ``segment_sum`` over those ids.
 
 Conventions follow NLTK's ``sentence_bleu`` / ``corpus_bleu`` (tested equal to 1e-6):
   * a candidate with no unigram match scores 0 whatever the smoothing;
@@ -116,30 +117,28 @@ def _validate(candidates, references, candidate_lengths, reference_lengths, pad_
     return candidates.astype(jnp.int32), references.astype(jnp.int32), candidate_lengths, reference_lengths
 
 
-def _row_ids(key: jax.Array) -> jax.Array:
-    """Returns, per row of int32 ``key`` [B, W], an id < W per position, equal iff the keys are.
+_PACKED_KEY_LIMIT = 2**31  # pair keys prev_id * (R + 1) + token_id must stay below it (int32)
 
-    The id is where the key first occurs in its sorted row. Sorting the keys alone and finding each
-    one by binary search costs about a third of sorting (key, position) pairs on XLA's CPU backend,
-    which moves a payload through every comparison.
+
+def _lookup(keys: jax.Array, t: int) -> jax.Array:
+    """Returns an id per position of ``keys`` [B, t + R]: where the key first occurs in its row's sorted
+    reference part (positions t..), or R when no reference position holds it.
+
+    Sorting only the reference part (the dictionary) and binary-searching every position is the cheap
+    form on XLA's CPU backend: a single-key sort of R entries per row, no position payload.
     """
-    ordered = jax.lax.sort(key, dimension=1)
-    find = jax.vmap(lambda row, q: jnp.searchsorted(row, q, side="left", method="scan_unrolled"))
-    return find(ordered, key).astype(jnp.int32)
+    R = keys.shape[1] - t
+    ordered = jax.lax.sort(keys[:, t:], dimension=1)
+    pos = jax.vmap(lambda row, q: jnp.searchsorted(row, q, side="left", method="scan_unrolled"))(ordered, keys)
+    pos = pos.astype(jnp.int32)
+    hit = jnp.take_along_axis(ordered, jnp.minimum(pos, R - 1), axis=1) == keys
+    return jnp.where(hit, pos, R)
 
 
-_PACKED_KEY_LIMIT = 2**31  # pair keys primary * W + secondary must stay below it (int32)
-
-
-def _row_pair_ids(primary: jax.Array, secondary: jax.Array) -> jax.Array:
-    """Returns an id < W per position of [B, W], equal iff the (primary, secondary) pairs are.
-
-    Both inputs are ids < W, so a pair packs into one int32 key while W * W fits (W <= 46340); a
-    longer row falls back to a two-key sort that carries the positions along.
-    """
+def _joint_pair_ids(primary: jax.Array, secondary: jax.Array) -> jax.Array:
+    """Returns a dense id per position of [B, W], equal iff the (primary, secondary) pairs are, by a
+    two-key sort carrying the positions (the path for rows too long to pack a pair into an int32)."""
     b, w = primary.shape
-    if w * w < _PACKED_KEY_LIMIT:
-        return _row_ids(primary * w + secondary)
     perm = jnp.broadcast_to(jnp.arange(w, dtype=jnp.int32), (b, w))
     p, s, perm = jax.lax.sort((primary, secondary, perm), dimension=1, num_keys=2)
     new = jnp.concatenate([jnp.ones((b, 1), bool), (p[:, 1:] != p[:, :-1]) | (s[:, 1:] != s[:, :-1])], axis=1)
@@ -167,10 +166,19 @@ def bleu_stats(candidates, references, *, candidate_lengths=None, reference_leng
         candidates, references, candidate_lengths, reference_lengths, pad_id, max_n)
     b, t = candidates.shape
     _, r, t_ref = references.shape
-    w = t + r * t_ref  # one row per sentence: its candidate, then each reference slot
-    # Unigram ids: per-row ids of the tokens, so every id is < w and an (n-1)-gram id and a
-    # token id pack into one int32 sort key (see _row_pair_ids).
-    tok = _row_ids(jnp.concatenate([candidates, references.reshape(b, r * t_ref)], axis=1))
+    R = r * t_ref
+    packed = R > 0 and (R + 1) * (R + 1) < _PACKED_KEY_LIMIT
+    # Ids per sentence row [candidate | reference slots]: with ``packed``, where an n-gram first occurs
+    # among the row's reference n-grams, or R (a candidate n-gram no reference has: it can never be
+    # matched, nor can any longer n-gram it starts, and its count is clipped to 0); an (n-1)-gram id
+    # and a token id then pack into one int32 key. Otherwise dense ids over the whole row from a
+    # two-key sort.
+    w = R + 1 if packed else t + R
+    row_tokens = jnp.concatenate([candidates, references.reshape(b, R)], axis=1)
+    if packed:
+        tok = _lookup(row_tokens, t)
+    else:
+        tok = _joint_pair_ids(row_tokens, jnp.zeros_like(row_tokens))
     cand_tok = jnp.pad(tok[:, :t], ((0, 0), (0, max_n - 1)))
     ref_tok = jnp.pad(tok[:, t:].reshape(b, r, t_ref), ((0, 0), (0, 0), (0, max_n - 1)))
     cand_pos, ref_pos = jnp.arange(t), jnp.arange(t_ref)
@@ -180,8 +188,8 @@ def bleu_stats(candidates, references, *, candidate_lengths=None, reference_leng
     for n in range(1, max_n + 1):
         if n > 1:  # the n-gram at i = (the (n-1)-gram at i, token i+n-1); the pad filler is never counted
             last = jnp.concatenate([cand_tok[:, n - 1:n - 1 + t],
-                                    ref_tok[:, :, n - 1:n - 1 + t_ref].reshape(b, r * t_ref)], axis=1)
-            ids = _row_pair_ids(ids, last)
+                                    ref_tok[:, :, n - 1:n - 1 + t_ref].reshape(b, R)], axis=1)
+            ids = _lookup(ids * w + last, t) if packed else _joint_pair_ids(ids, last)
         gid = ids + row  # global segment per (sentence, n-gram)
         cand_valid = (cand_pos[None, :] + n <= cand_len[:, None]).astype(jnp.int32)
         cand_count = jax.ops.segment_sum(cand_valid.ravel(), gid[:, :t].ravel(), b * w)
