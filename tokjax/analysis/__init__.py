@@ -1,4 +1,5 @@
-"""Analysis methods: tokenization theory (P38), activation patching, attribution (P18) and successor heads (P54).
+"""Analysis methods: tokenization theory (P38), activation patching, attribution (P18), successor heads (P54),
+entity binding (P77) and magic words (P43).
 
 * :mod:`tokjax.analysis.tokenization_theory` -- Markov sources with known entropy rate, unigram-over-tokens
   cross-entropy per character as the vocabulary grows, model bits per byte.
@@ -8,12 +9,19 @@
   input x gradient, integrated gradients, leave-one-out) and the Soft-NS / Soft-NC faithfulness metrics.
 * :mod:`tokjax.analysis.reagent` -- ReAGent (P18), model-agnostic attribution by random token replacement.
 * :mod:`tokjax.analysis.successor_heads` -- per-head successor scores from the effective OV circuit (P54).
+* :mod:`tokjax.analysis.entity_binding` -- binding prompts, counterfactual interchange and the positional /
+  lexical / reflexive mixing model with its agreement metric (P77).
+* :mod:`tokjax.analysis.magic_words` -- reachable outputs under short prompts: greedy, GCG, exhaustive (P43).
 """
 
 from tokjax.analysis.attribution import (
     ATTRIBUTIONS, attention_importance, attribute, gradient_norm, input_x_gradient, integrated_gradients,
     leave_one_out, random_importance, soft_metrics, soft_nc, soft_ns,
 )
+from tokjax.analysis.entity_binding import (
+    agreement, binding_prompts, classify, counterfactuals, fit_mixing_model, interchange, js_divergence, mixing_logits,
+)
+from tokjax.analysis.magic_words import k_epsilon, reachable, reachable_set
 from tokjax.analysis.patching import capture, head_ablation_hooks, patch
 from tokjax.analysis.reagent import reagent
 from tokjax.analysis.successor_heads import ablated_accuracy, effective_embeddings, head_ov_logits, successor_scores
@@ -23,6 +31,8 @@ from tokjax.analysis.tokenization_theory import (
 )
 
 __all__ = [
+    "agreement", "binding_prompts", "classify", "counterfactuals", "fit_mixing_model", "interchange", "js_divergence",
+    "mixing_logits", "k_epsilon", "reachable", "reachable_set",
     "ATTRIBUTIONS", "ablated_accuracy", "attention_importance", "attribute", "binary_entropy", "capture",
     "chunk_text", "effective_embeddings", "gradient_norm", "head_ablation_hooks", "head_ov_logits",
     "input_x_gradient", "integrated_gradients", "leave_one_out", "model_bits_per_byte", "patch",
