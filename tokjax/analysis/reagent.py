@@ -86,6 +86,8 @@ def _reagent_loop(apply, params, tokens, target, log_probs, ratio, top_n, top_k,
         return step + 1, s, stopped, key
 
     init = (jnp.int32(0), s0, jnp.zeros((chains,), bool), key)
+    # ReAGent's own fixed-point iteration (replace, score, stop when the target survives): not a decode
+    # loop, nothing is generated, so it is a while_loop here and not a Strategy of tokjax.generate.
     steps, s, stopped, _ = jax.lax.while_loop(cond, body, init)
     return steps, s, stopped, p0
 
