@@ -36,6 +36,7 @@ from tokjax.logits._base import check_range, hparam
 from tokjax.model.ops import check_int_values
 
 __all__ = [
+    "masked_token_arrays",
     "Chain", "Identity", "LossTransform", "NamedChain", "REDUCTIONS", "check_reduction", "check_token_ids",
     "TokenStats", "TokenWeights", "chain",
     "named_chain", "per_token_nll", "reduce_loss", "sequence_count", "shifted_completion_mask", "sum_and_count",
@@ -260,6 +261,31 @@ def shifted_completion_mask(
 # How reduce_loss turns per-token losses into a scalar (see there). Not to be confused with
 # CE_REDUCTIONS, the torch-style "mean"/"sum"/"none" of cross_entropy.
 REDUCTIONS = ("token_mean", "weighted_mean", "sum", "seq_mean", "const")
+
+
+def masked_token_arrays(mask, what: str = "", **arrays) -> tuple[list[jax.Array], jax.Array]:
+    """Checks float per-token arrays [B, T] (keyword order kept) and their mask; returns them as float32 with
+    masked entries zeroed, and the bool mask.
+
+    Zeroing first means padding that holds -inf / NaN never reaches the arithmetic or the gradients.
+    ``what`` prefixes the error messages (e.g. ``"chosen "``).
+    """
+    names = list(arrays)
+    xs = [jnp.asarray(arrays[n]) for n in names]
+    m = jnp.asarray(mask)
+    if xs[0].ndim != 2:
+        raise ValueError(f"{what}{names[0]} must be [batch, seq] per-target values, got shape {tuple(xs[0].shape)}")
+    if any(x.shape != xs[0].shape for x in xs) or m.shape != xs[0].shape:
+        shapes = ", ".join(f"{n} {tuple(x.shape)}" for n, x in zip(names, xs))
+        raise ValueError(f"{what}{', '.join(names)} and mask must have the same [batch, seq] shape, got {shapes} and "
+                         f"mask {tuple(m.shape)}")
+    for n, x in zip(names, xs):
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise ValueError(f"{what}{n} must be floating point, got dtype {x.dtype}")
+    if not (m.dtype == jnp.bool_ or jnp.issubdtype(m.dtype, jnp.integer)):
+        raise ValueError(f"{what}mask must be bool (or 0/1 integers), got dtype {m.dtype}")
+    m = m.astype(bool)
+    return [jnp.where(m, x.astype(jnp.float32), 0.0) for x in xs], m
 
 
 def check_reduction(how) -> str:

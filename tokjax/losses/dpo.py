@@ -37,6 +37,7 @@ import numpy as np
 
 from tokjax.logits._base import check_range
 from tokjax.losses._distill import hparam_value
+from tokjax.losses._stats import masked_token_arrays
 from tokjax.losses.cut_cross_entropy import DEFAULT_BLOCK_SIZE
 
 __all__ = [
@@ -56,22 +57,8 @@ def _check_beta(beta) -> jax.Array:
 
 
 def _check_triple(policy_logp, ref_logp, mask, what: str) -> tuple[jax.Array, jax.Array, jax.Array]:
-    pl, rl, m = jnp.asarray(policy_logp), jnp.asarray(ref_logp), jnp.asarray(mask)
-    if pl.ndim != 2:
-        raise ValueError(f"{what}policy_logp must be [batch, seq], got shape {tuple(pl.shape)}")
-    if rl.shape != pl.shape or m.shape != pl.shape:
-        raise ValueError(f"{what}policy_logp, ref_logp and mask must have the same [batch, seq] shape, got "
-                         f"{tuple(pl.shape)}, {tuple(rl.shape)} and {tuple(m.shape)}")
-    for name, arr in (("policy_logp", pl), ("ref_logp", rl)):
-        if not jnp.issubdtype(arr.dtype, jnp.floating):
-            raise ValueError(f"{what}{name} must be floating point log-probabilities, got dtype {arr.dtype}")
-    if not (m.dtype == jnp.bool_ or jnp.issubdtype(m.dtype, jnp.integer)):
-        raise ValueError(f"{what}mask must be bool (or 0/1 integers), got dtype {m.dtype}")
-    m = m.astype(bool)
-    # Masked entries are zeroed before any arithmetic so padding holding -inf/NaN cannot leak into values or grads.
-    pl = jnp.where(m, pl.astype(_F32), 0.0)
-    rl = jnp.where(m, jax.lax.stop_gradient(rl.astype(_F32)), 0.0)
-    return pl, rl, m
+    (pl, rl), m = masked_token_arrays(mask, what, policy_logp=policy_logp, ref_logp=ref_logp)
+    return pl, jax.lax.stop_gradient(rl), m
 
 
 def implicit_token_rewards(policy_logp, ref_logp, mask, beta) -> jax.Array:

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 
 from tokjax.logits._base import check_range
 from tokjax.losses._distill import hparam_value
+from tokjax.losses._stats import masked_token_arrays
 from tokjax.losses.cut_cross_entropy import DEFAULT_BLOCK_SIZE
 
 __all__ = ["REDUCTIONS", "inverse_rl_loss", "make_inverse_rl_loss", "soft_q", "td_rewards"]
@@ -49,20 +50,8 @@ _F32 = jnp.float32
 
 
 def _check(logp, lse, mask) -> tuple[jax.Array, jax.Array, jax.Array]:
-    lp, v, m = jnp.asarray(logp), jnp.asarray(lse), jnp.asarray(mask)
-    if lp.ndim != 2:
-        raise ValueError(f"logp must be [batch, seq] per-target log-probs, got shape {tuple(lp.shape)}")
-    if v.shape != lp.shape or m.shape != lp.shape:
-        raise ValueError(f"logp, lse and mask must share the [batch, seq] shape, got {tuple(lp.shape)}, "
-                         f"{tuple(v.shape)} and {tuple(m.shape)}")
-    for name, a in (("logp", lp), ("lse", v)):
-        if not jnp.issubdtype(a.dtype, jnp.floating):
-            raise ValueError(f"{name} must be floating point, got dtype {a.dtype}")
-    if not (m.dtype == jnp.bool_ or jnp.issubdtype(m.dtype, jnp.integer)):
-        raise ValueError(f"mask must be bool (or 0/1 integers), got dtype {m.dtype}")
-    m = m.astype(bool)
-    # zero masked entries first: pads holding -inf / NaN never reach the arithmetic or the gradients
-    return jnp.where(m, lp.astype(_F32), 0.0), jnp.where(m, v.astype(_F32), 0.0), m
+    (lp, v), m = masked_token_arrays(mask, logp=logp, lse=lse)
+    return lp, v, m
 
 
 def _check_gamma(gamma):
