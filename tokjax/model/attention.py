@@ -177,7 +177,18 @@ def build_mask(
 
 # ----------------------------------------------------------------------------------- RoPE
 def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-    """Returns x [B, T, H, hd] rotated by rotary position embeddings (half-split convention of Llama/HF)."""
+    """Returns x [B, T, H, hd] rotated by rotary position embeddings (half-split convention of Llama/HF).
+
+    ``positions`` [B, T]: one sequence index per token. ``positions`` [B, T, P] (P = 2 or 3 axes, e.g.
+    row, column, frame): axial RoPE, the head dimension cut into P equal chunks and chunk ``a`` rotated
+    by axis ``a``'s coordinate with the same frequency ladder, so a query-key score depends only on the
+    per-axis offsets (shift invariance on each axis).
+    """
+    if positions.ndim == 3:
+        P = positions.shape[-1]
+        chunk = x.shape[-1] // P
+        return jnp.concatenate(
+            [rope(x[..., a * chunk:(a + 1) * chunk], positions[..., a], theta) for a in range(P)], axis=-1)
     hd = x.shape[-1]
     inv = 1.0 / (theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))
     ang = positions.astype(jnp.float32)[..., None] * inv  # [B, T, hd/2]

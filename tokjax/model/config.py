@@ -29,6 +29,9 @@ class ModelConfig:
     norm_eps: float = 1e-5
     positions: Literal["rope", "learned"] = "rope"
     rope_theta: float = 10000.0
+    # Position axes: 1 = a sequence index (today's models); 2 or 3 = (row, col[, frame]) coordinates given per
+    # token as Inputs.positions [B, T, pos_dims] (axial RoPE over head-dim chunks, or one learned table per axis).
+    pos_dims: int = 1
     activation: Literal["swiglu", "gelu"] = "swiglu"
     tied_embeddings: bool = True
     qkv_bias: bool = False  # Qwen2 uses biases on q/k/v
@@ -56,8 +59,11 @@ class ModelConfig:
             raise ValueError(
                 f"ModelConfig.n_kv_heads={self.kv_heads} must divide n_heads={self.n_heads}"
             )
-        if self.head_size % 2 and self.positions == "rope":
-            raise ValueError(f"ModelConfig.head_dim={self.head_size} must be even for rope positions")
+        if self.pos_dims not in (1, 2, 3):
+            raise ValueError(f"ModelConfig.pos_dims must be 1, 2 or 3 (position axes per token), got {self.pos_dims!r}")
+        if self.head_size % (2 * self.pos_dims) and self.positions == "rope":
+            raise ValueError(f"ModelConfig.head_dim={self.head_size} must be a multiple of 2 * pos_dims = "
+                             f"{2 * self.pos_dims} for rope positions (one even chunk per position axis)")
         if self.norm not in ("rms", "layer"):
             raise ValueError(f"ModelConfig.norm must be 'rms' or 'layer', got {self.norm!r}")
         if self.positions not in ("rope", "learned"):

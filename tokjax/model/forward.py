@@ -46,7 +46,8 @@ class Inputs:
     Exactly one of ``tokens`` [B, T] int, ``embeds`` [B, T, D] (soft / mixed embeddings; learned
     position embeddings are still added) or ``hidden`` [B, T, D] (a residual stream entering at
     the first layer of ``layers``). ``positions`` [B, T] (or [T]) may be non-contiguous; default:
-    the cache offset (0 without a cache) plus 0..T-1. ``segment_ids`` [B, T] keep packed
+    the cache offset (0 without a cache) plus 0..T-1. Models with ``cfg.pos_dims`` > 1 take
+    ``positions`` [B, T, pos_dims] (or [T, pos_dims]), one coordinate per axis, and have no default. ``segment_ids`` [B, T] keep packed
     documents from attending to each other (no-cache forwards).
     """
 
@@ -126,9 +127,13 @@ def embed(params: Params, cfg: ModelConfig, tokens: jax.Array, *, table: jax.Arr
 
 
 def position_embed(params: Params, cfg: ModelConfig, positions: jax.Array) -> jax.Array:
-    """Returns learned position embeddings [B, T, D] (zeros for rope models)."""
+    """Returns learned position embeddings [B, T, D] (zeros for rope models); positions [B, T] or, for
+    ``cfg.pos_dims`` > 1, [B, T, pos_dims] (the sum of one table per axis)."""
     if cfg.positions != "learned":
-        return jnp.zeros(positions.shape + (cfg.d_model,), cfg.dtype)
+        return jnp.zeros(positions.shape[:2] + (cfg.d_model,), cfg.dtype)
+    if positions.ndim == 3:
+        return sum(jnp.take(params["pos_embed" if a == 0 else f"pos_embed_{a}"], positions[..., a], axis=0,
+                            mode="clip").astype(cfg.dtype) for a in range(positions.shape[-1]))
     # mode="clip": a traced out-of-range position must not become a NaN embedding (concrete ones are rejected)
     return jnp.take(params["pos_embed"], positions, axis=0, mode="clip").astype(cfg.dtype)
 
@@ -418,7 +423,16 @@ def _validate(cfg, inputs, cache, start, end, T, vocab_size=None):
                 raise ValueError(
                     f"cache capacity {cache.capacity} is too small: writing {T} tokens needs {need} slots"
                 )
-    if inputs.positions is not None and _is_concrete(inputs.positions) and inputs.positions.size:
+    if inputs.positions is not None:
+        want = f"[batch, seq, pos_dims={cfg.pos_dims}] (or [seq, pos_dims])" if cfg.pos_dims > 1 else "[batch, seq] (or [seq])"
+        nd = jnp.ndim(inputs.positions)
+        ok = (nd in (2, 3) and jnp.shape(inputs.positions)[-1] == cfg.pos_dims) if cfg.pos_dims > 1 else nd in (1, 2)
+        if not ok:
+            raise ValueError(f"positions must be {want}, got shape {tuple(jnp.shape(inputs.positions))}")
+    elif cfg.pos_dims > 1:
+        raise ValueError(f"a model with pos_dims={cfg.pos_dims} needs Inputs.positions [batch, seq, {cfg.pos_dims}] "
+                         "(one coordinate per axis for every token); there is no default")
+    if inputs.positions is not None and _is_concrete(inputs.positions) and jnp.size(inputs.positions):
         pos = np.asarray(inputs.positions)
         pmax, pmin = int(pos.max()), int(pos.min())
         if pmin < 0 or (cfg.positions == "learned" and pmax >= cfg.max_len):
@@ -461,7 +475,8 @@ def forward(
     _validate(cfg, inputs, cache, start, end, T, None if embedding is None else embedding.shape[0])
 
     if inputs.positions is not None:
-        positions = jnp.broadcast_to(jnp.asarray(inputs.positions, jnp.int32), (B, T))
+        shape = (B, T) if cfg.pos_dims == 1 else (B, T, cfg.pos_dims)
+        positions = jnp.broadcast_to(jnp.asarray(inputs.positions, jnp.int32), shape)
     else:
         base = cache.lengths[start] if cache is not None else jnp.zeros((B,), jnp.int32)
         positions = base[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]

@@ -72,6 +72,8 @@ def param_specs(cfg: ModelConfig) -> Params:
     }
     if cfg.positions == "learned":
         specs["pos_embed"] = ParamSpec((cfg.max_len, D), ("seq", "embed"), "normal")
+        for axis in range(1, cfg.pos_dims):  # one more table per extra position axis (pos_dims=1: unchanged)
+            specs[f"pos_embed_{axis}"] = ParamSpec((cfg.max_len, D), ("seq", "embed"), "normal")
     if not cfg.tied_embeddings:
         specs["lm_head"] = ParamSpec((D, V), ("embed", "vocab"), "normal")
     return specs
