@@ -7,13 +7,18 @@ Splitting:    :func:`split_corpus`
 Packing:      :func:`pack_sequences`, :func:`batches`, :func:`batch_indices`,
               :func:`steps_per_epoch`, :func:`epoch_permutation`, :class:`TokenDataset`
 Synthetic:    :func:`arithmetic`, :func:`copy_spans`, :func:`markov_source`, :func:`mazes`,
-              :func:`word_problems` / :func:`check_answer` (verifiable word problems)
+              :func:`word_problems` / :func:`check_answer` (verifiable word problems),
+              :func:`star_graphs` / :func:`check_path` (star-graph path finding, P14/P8)
+Vision/series: :func:`glyphs`, :func:`moving_glyphs` (bitmap-font digits), :func:`point_sets` (voxel
+              clusters), :func:`klines` (regime-switching GBM + GARCH(1,1) OHLCV)
 """
 
 from tokjax.data._arithmetic import ArithmeticExample, arithmetic, digit_steps, extract_answer
 from tokjax.data._copy_spans import CopySpans, copy_spans
 from tokjax.data._corpora import Corpus, list_corpora, load_corpus, markdown_play_to_text
 from tokjax.data._dataset import TokenDataset, Tokenizer
+from tokjax.data._glyphs import GLYPH_FONT, Glyphs, MovingGlyphs, glyphs, moving_glyphs, render_glyphs
+from tokjax.data._klines import OHLCV, KLines, klines
 from tokjax.data._markov import MarkovSource, empirical_conditional_entropy, markov_source
 from tokjax.data._mazes import MOVES, Maze, mazes
 from tokjax.data._packing import (
@@ -23,12 +28,20 @@ from tokjax.data._packing import (
     pack_sequences,
     steps_per_epoch,
 )
+from tokjax.data._point_sets import PointSets, count_clusters, point_sets, valid_point_sets
 from tokjax.data._split import split_corpus
+from tokjax.data._star_graphs import (
+    STAR_GRAPH_PRESETS, StarGraph, StarGraphs, StarGraphVocab, check_path, exact_path_match, is_valid_path, star_graphs,
+)
 from tokjax.data._word_problems import (
     ANSWER_INSTRUCTION, WORD_PROBLEM_LEVELS, WordProblem, check_answer, word_problems,
 )
 
 __all__ = [
+    "GLYPH_FONT", "Glyphs", "MovingGlyphs", "glyphs", "moving_glyphs", "render_glyphs",
+    "OHLCV", "KLines", "klines", "PointSets", "count_clusters", "point_sets", "valid_point_sets",
+    "STAR_GRAPH_PRESETS", "StarGraph", "StarGraphs", "StarGraphVocab", "check_path", "exact_path_match",
+    "is_valid_path", "star_graphs",
     "ANSWER_INSTRUCTION",
     "WORD_PROBLEM_LEVELS",
     "WordProblem",
