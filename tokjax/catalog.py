@@ -315,8 +315,11 @@ _ENTRIES: tuple[Entry, ...] = (
        claims=(_c('method', 'reproduced', "the paper's plain hypernetwork (a transformer over each new token's subtoken embeddings predicts its embedding) transfers a frozen LM to an unseen tokenizer better than mean-of-subtokens (FVT); verdict on the low-overlap target fixed in advance"),
                 _c('variant', 'reproduced', "tokjax's residual variant (the hypernetwork predicts a correction added to FVT) transfers a frozen LM to an unseen tokenizer better than FVT"),)),
     _e(27, 'Memory Retrieval and Consolidation in Large Language Models through Function Tokens',
-       'analysis', 'tokjax.analysis.function_tokens', ('function_tokens',),
-       'function-token share of activated features and loss'),
+       'analysis', 'tokjax.analysis.function_tokens', ('function_token_set', 'feature_coverage', 'loss_table', 'token_counts'),
+       'function tokens = the most frequent ids reaching a 40% token share (cut-off unverified); the token-feature '
+       'bipartite graph from top-k SAE codes (tokjax.analysis.sae): share of active features a token set reaches, '
+       'per-token degree; the 2x2 next-token loss table by previous/next token type. Planned until its SmolLM2 '
+       'experiment exists'),
     _e(28, 'X-Omni: Reinforcement Learning Makes Discrete Autoregressive Image Generative Models Great Again',
        'vision', 'tokjax.vision.x_omni', ('x_omni',),
        'GRPO on a discrete image AR model with an external reward'),

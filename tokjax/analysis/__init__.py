@@ -12,6 +12,10 @@ entity binding (P77) and magic words (P43).
 * :mod:`tokjax.analysis.entity_binding` -- binding prompts, counterfactual interchange and the positional /
   lexical / reflexive mixing model with its agreement metric (P77).
 * :mod:`tokjax.analysis.magic_words` -- reachable outputs under short prompts: greedy, GCG, exhaustive (P43).
+* :mod:`tokjax.analysis.sae` -- top-k sparse autoencoders on any tapped site (trained by
+  :func:`tokjax.train.recipes.sae.train_sae`).
+* :mod:`tokjax.analysis.function_tokens` -- function-token sets, SAE feature coverage and the
+  function/content loss table (P27).
 """
 
 from tokjax.analysis.attribution import (
@@ -21,9 +25,16 @@ from tokjax.analysis.attribution import (
 from tokjax.analysis.entity_binding import (
     agreement, binding_prompts, classify, counterfactuals, fit_mixing_model, interchange, js_divergence, mixing_logits,
 )
+from tokjax.analysis.function_tokens import (
+    FeatureCoverage, LossTable, feature_coverage, function_token_set, loss_table, token_counts,
+)
 from tokjax.analysis.magic_words import k_epsilon, reachable, reachable_set
 from tokjax.analysis.patching import capture, head_ablation_hooks, patch
 from tokjax.analysis.reagent import reagent
+from tokjax.analysis.sae import (
+    SparseCodes, collect_activations, sae_activations, sae_decode, sae_encode, sae_encode_sparse, sae_init, sae_loss,
+    sae_metrics,
+)
 from tokjax.analysis.successor_heads import ablated_accuracy, effective_embeddings, head_ov_logits, successor_scores
 from tokjax.analysis.tokenization_theory import (
     binary_entropy, chunk_text, model_bits_per_byte, switching_source, token_byte_lengths, unigram_bits_per_char,
@@ -31,6 +42,9 @@ from tokjax.analysis.tokenization_theory import (
 )
 
 __all__ = [
+    "FeatureCoverage", "LossTable", "feature_coverage", "function_token_set", "loss_table", "token_counts",
+    "SparseCodes", "collect_activations", "sae_activations", "sae_decode", "sae_encode", "sae_encode_sparse",
+    "sae_init", "sae_loss", "sae_metrics",
     "agreement", "binding_prompts", "classify", "counterfactuals", "fit_mixing_model", "interchange", "js_divergence",
     "mixing_logits", "k_epsilon", "reachable", "reachable_set",
     "ATTRIBUTIONS", "ablated_accuracy", "attention_importance", "attribute", "binary_entropy", "capture",

@@ -9,8 +9,10 @@ the training (training sits above the families in the import order, so it cannot
 * :func:`cascades.train_deferral_mlp` -- P42's post-hoc deferral MLP.
 * :func:`zett.train_hypernet` -- P26 ZeTT's hypernetwork (the LM frozen through ``trainable``).
 * :func:`stochastok.train_stochastok` -- P36 StochasTok's training with stochastic splits.
+* :func:`sae.train_sae` -- top-k sparse autoencoders on tapped activations.
+* :func:`vision_classifier.train_classifier` -- the vision quality classifier (cached by data and settings).
 """
 
-from tokjax.train.recipes import cascades, kangaroo, s2d, stochastok, zett
+from tokjax.train.recipes import cascades, kangaroo, s2d, sae, stochastok, vision_classifier, zett
 
-__all__ = ["cascades", "kangaroo", "s2d", "stochastok", "zett"]
+__all__ = ["cascades", "kangaroo", "s2d", "sae", "stochastok", "vision_classifier", "zett"]
