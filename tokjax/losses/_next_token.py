@@ -62,10 +62,10 @@ def _head(hidden, w, labels, *, method, block_size, softcap, want_entropy, bias=
 
 
 def _model_logp(params, cfg, inputs, targets, segment_ids, *, method, block_size, softcap, want_entropy, keep_hidden,
-                embedding=None, head=None, logit_bias=None):
+                embedding=None, head=None, logit_bias=None, positions=None):
     """Returns (logp, lse, entropy, hidden) [B, T] of ``targets`` after reading ``inputs`` [B, T]."""
     B, T = targets.shape
-    x = Inputs(tokens=inputs, segment_ids=segment_ids)
+    x = Inputs(tokens=inputs, segment_ids=segment_ids, positions=positions)
     hidden = forward(params, cfg, x, compute_logits=False, embedding=embedding).hidden  # [B, T, D], final-normed
     D = hidden.shape[-1]
     w, layout = head_matrix(params, cfg) if head is None else (head, "dv")
@@ -127,7 +127,8 @@ def token_stats(
     prefix (scheduled sampling, corrupted inputs), ``inputs`` and ``targets`` [B, T] with position
     t of ``inputs`` predicting ``targets[:, t]``. ``segment_ids`` [B, T+1] (per token: attention
     stays within a document and cross-boundary targets are masked) or [B, T] (per input position:
-    attention only). ``entropy`` / ``hidden`` / ``rank`` add those fields (``rank``: how many
+    attention only). ``positions`` (optional) follows the same rule: [B, T+1] per token of a ``tokens``
+    batch or [B, T] per input position (with a trailing pos_dims axis for 2-D/3-D coordinate models). ``entropy`` / ``hidden`` / ``rank`` add those fields (``rank``: how many
     vocabulary entries score above the target, 0 = the model's top token; blockwise, no [B, T, V]); ``ref=(ref_params, ref_cfg)`` fills
     ``ref_logp`` from a reference model reading ``batch["ref_tokens"]`` (default the batch's own
     tokens) when the batch has no ``ref_logp``. ``embedding`` [V', D], ``head`` [D, V'] and
@@ -151,6 +152,14 @@ def token_stats(
             raise ValueError(f"batch['segment_ids'] must be [B, T+1]={B, T + 1}, got {tuple(seg.shape)}")
     if batch.get("mask") is not None:
         mask &= _per_target(batch["mask"], B, T, "mask", bool)
+    positions = batch.get("positions")
+    if positions is not None:  # per token like ``tokens`` ([B, T+1(, pos_dims)]) or per input position ([B, T(, ...)])
+        positions = jnp.asarray(positions)
+        n = T + 1 if "tokens" in batch else T
+        if positions.ndim < 2 or positions.shape[:2] != (B, n):
+            raise ValueError(f"batch['positions'] must be [B, {'T+1' if n == T + 1 else 'T'}]={B, n} (plus a "
+                             f"pos_dims axis for pos_dims > 1), got {tuple(positions.shape)}")
+        positions = positions[:, :T]
     weights = None if batch.get("weights") is None else _per_target(batch["weights"], B, T, "weights", _F32)
     ref_logp = batch.get("ref_logp")
     if ref_logp is not None:
@@ -160,7 +169,7 @@ def token_stats(
         ref_logp = jax.lax.stop_gradient(ref_logp)
     logp, lse, ent, h = _model_logp(params, cfg, x, y, seg_in, method=method, block_size=block_size,
                                     softcap=softcap, want_entropy=entropy, keep_hidden=hidden or rank,
-                                    embedding=embedding, head=head, logit_bias=logit_bias)
+                                    embedding=embedding, head=head, logit_bias=logit_bias, positions=positions)
     ranks = None
     if rank:
         w, layout = head_matrix(params, cfg) if head is None else (head, "dv")
