@@ -5,9 +5,18 @@
 * :mod:`tokjax.vision.quality` -- a small JAX MLP classifier (trained by
   :func:`tokjax.train.recipes.vision_classifier.train_classifier`), ``class_consistency``,
   ``class_logprob`` (a reward) and ``fd_proxy`` (Frechet distance of its features).
+* :mod:`tokjax.vision.orders` -- raster / diagonal / window-raster / cell (Z-order) token orders with exact
+  inverses and the 2-D/3-D coordinates a ``pos_dims`` model reads.
+* :mod:`tokjax.vision.image_lm` -- ``ImageVocab``, ``image_batch`` for ``tokjax.train``, and
+  classifier-free-guided decoding through ``tokjax.generate`` (``sample_images``).
 """
 
-from tokjax.vision import quality, tokenizers
+from tokjax.vision import image_lm, orders, quality, tokenizers
+from tokjax.vision.image_lm import (
+    ImageDecodeState, ImageSamples, ImageStrategy, ImageVocab, NextTokenCFG, image_batch, image_batch_fn,
+    next_token_cfg, sample_images, sequence_positions,
+)
+from tokjax.vision.orders import ORDERS, Order, cell, diagonal, make_order, raster, to_grid, to_sequence, window_raster
 from tokjax.vision.quality import (
     class_consistency, class_logprob, classifier_batch_fn, classifier_features, classifier_init, classifier_logits,
     classifier_loss, fd_proxy,
@@ -15,6 +24,9 @@ from tokjax.vision.quality import (
 from tokjax.vision.tokenizers import VQ, PixelQuantizer, codebook_usage, patchify, train_vq, unpatchify
 
 __all__ = [
+    "image_lm", "orders", "ImageDecodeState", "ImageSamples", "ImageStrategy", "ImageVocab", "NextTokenCFG",
+    "image_batch", "image_batch_fn", "next_token_cfg", "sample_images", "sequence_positions", "ORDERS", "Order",
+    "cell", "diagonal", "make_order", "raster", "to_grid", "to_sequence", "window_raster",
     "quality", "tokenizers", "class_consistency", "class_logprob", "classifier_batch_fn", "classifier_features",
     "classifier_init", "classifier_logits", "classifier_loss", "fd_proxy", "VQ", "PixelQuantizer", "codebook_usage",
     "patchify", "train_vq", "unpatchify",
