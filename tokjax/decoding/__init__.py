@@ -16,6 +16,8 @@
 * :func:`~tokjax.decoding.entropy_adaptive.entropy_adaptive` (P62): small/large model switching,
   the large model and its cache in strategy state.
 * :mod:`~tokjax.decoding.cascades` (P42): token-level deferral scores for small -> large model cascades.
+* :func:`~tokjax.decoding.insertion.insertion` (P14): insertion-LM decoding, one bidirectional forward per
+  inserted token over the joint (gap, token) distribution, a stop head deciding when to end.
 """
 
 from tokjax.decoding import cascades, drafts, spectr, verify
@@ -33,9 +35,11 @@ from tokjax.decoding.speculative import Draft, DraftSource, Speculative, Verdict
 from tokjax.decoding.stand import NgramTables
 from tokjax.decoding.kangaroo import Kangaroo, kangaroo
 from tokjax.decoding.token_recycling import RecyclingTable
+from tokjax.decoding.insertion import Insertion, insertion
 from tokjax.decoding.scoring import ScoredContinuations, score_continuations
 
 __all__ = [
+    "Insertion", "insertion",
     "ScoredContinuations", "score_continuations",
     "DecodeState", "DecodeStats", "Strategy", "KV_CACHE", "commit", "TRACE_COUNTS", "GenerateOutput", "Sampling",
     "TokenLogprobs", "StopSequences", "MinNewTokens", "NonFiniteLogitsError", "bucket_size", "Beam", "beam",

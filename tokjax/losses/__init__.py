@@ -72,9 +72,13 @@ from tokjax.losses.text2token import (
     POOLINGS, data_driven_targets, make_text2token_loss, model_derived_targets, text2token, text2token_from_logits,
     text_embedding, token_idf,
 )
+from tokjax.losses.insertion import (  # P14; registers "ilm"
+    ilm_batch, ilm_batch_from_drops, ilm_forward, ilm_loss, ilm_targets, make_ilm_loss,
+)
 from tokjax.losses.simcse import info_nce, make_simcse_loss, random_crops, simcse  # P71's contrastive baseline; registers "simcse"
 
 __all__ = [
+    "ilm_batch", "ilm_batch_from_drops", "ilm_forward", "ilm_loss", "ilm_targets", "make_ilm_loss",
     "bradley_terry_loss", "dpo_loss", "dpo_per_pair", "implicit_token_rewards", "make_dpo_loss",
     "sequence_implicit_reward", "check_token_weights",
     # token-level preference and imitation: P17 cDPO, P48 TGDPO, P51 T-REG, P60 inverse RL
