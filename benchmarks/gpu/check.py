@@ -220,6 +220,11 @@ def train_section(opts, smoke: bool) -> list[str]:
             f"{r['tokens_per_s']:,.0f} | {r['model_flops_per_s'] / peak:.1%} |"]
 
 
+def _write(path, lines) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs (CPU, about a minute)")
@@ -250,9 +255,9 @@ def main(argv=None) -> int:
             body = ["```", traceback.format_exc().strip()[-3000:], "```"]
         lines += [f"## {title}", "", *body, "", f"({time.perf_counter() - t:.1f} s)", ""]
         print(f"[gpu_check] {title}: {time.perf_counter() - t:.1f} s", flush=True)
+        _write(args.out, lines)  # after every section: a run stopped by its time limit keeps what it measured
     lines.append(f"Total {time.perf_counter() - t_all:.1f} s; {failed} section(s) failed.")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _write(args.out, lines)
     print(f"[gpu_check] wrote {args.out}")
     return 1 if failed else 0
 

