@@ -599,8 +599,13 @@ _ENTRIES: tuple[Entry, ...] = (
        'decoding', 'tokjax.decoding.soft_thinking', ('soft_thinking',),
        'probability-weighted embedding mixtures as reasoning steps'),
     _e(73, 'Correlation and Navigation in the Vocabulary Key Representation Space of Language Models',
-       'logits', 'tokjax.logits.vocab_navigation', ('vocab_navigation',),
-       'in-context navigation away from correlated vocabulary keys'),
+       'decoding', 'tokjax.decoding.navigation',
+       ('in_context_navigation', 'top_n_first_tokens', 'sample_answers', 'navigation_prompt', 'NavigationTemplate'),
+       'ICN: each round lists the answers already given and asks for a different one (greedy, one batched '
+       'tokjax.generate call per round), with top-N-first-token and sampling baselines; the key/rank probe is '
+       'tokjax.analysis.vocab_keys (Spearman of ranks 2..100 vs cosine to the top-1 unembedding key); '
+       'open-set probes graded against the stdlib in tokjax.data.open_sets',
+       status='implemented', experiment='experiments/p73_vocab_navigation.py'),
     _e(74, 'Ming-UniVision: Joint Image Understanding and Generation with a Unified Continuous Tokenizer',
        'vision', 'tokjax.vision.ming_univision', ('ming_univision',),
        'continuous unified tokenizer for AR understanding + generation'),

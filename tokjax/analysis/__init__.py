@@ -16,6 +16,9 @@ entity binding (P77) and magic words (P43).
   :func:`tokjax.train.recipes.sae.train_sae`).
 * :mod:`tokjax.analysis.function_tokens` -- function-token sets, SAE feature coverage and the
   function/content loss table (P27).
+* :mod:`tokjax.analysis.promptreps` -- PromptReps (P3): dense and sparse retrieval vectors from one prompted
+  forward, min-max hybrid fusion.
+* :mod:`tokjax.analysis.vocab_keys` -- next-token rank vs unembedding-key similarity to the top-1 key (P73).
 """
 
 from tokjax.analysis.attribution import (
@@ -35,13 +38,21 @@ from tokjax.analysis.sae import (
     SparseCodes, collect_activations, sae_activations, sae_decode, sae_encode, sae_encode_sparse, sae_init, sae_loss,
     sae_metrics,
 )
+from tokjax.analysis.promptreps import (
+    encode_prompted, hybrid_scores, mean_pooled, prompt_ids, sparse_reps, sparse_scores, text_token_ids,
+)
 from tokjax.analysis.successor_heads import ablated_accuracy, effective_embeddings, head_ov_logits, successor_scores
+from tokjax.analysis.vocab_keys import (
+    KeyRankCorrelation, key_neighbours, key_rank_correlation, rank_key_spearman, unembedding_keys,
+)
 from tokjax.analysis.tokenization_theory import (
     binary_entropy, chunk_text, model_bits_per_byte, switching_source, token_byte_lengths, unigram_bits_per_char,
     unigram_curve, unigram_token_bits,
 )
 
 __all__ = [
+    "encode_prompted", "hybrid_scores", "mean_pooled", "prompt_ids", "sparse_reps", "sparse_scores", "text_token_ids",
+    "KeyRankCorrelation", "key_neighbours", "key_rank_correlation", "rank_key_spearman", "unembedding_keys",
     "FeatureCoverage", "LossTable", "feature_coverage", "function_token_set", "loss_table", "token_counts",
     "SparseCodes", "collect_activations", "sae_activations", "sae_decode", "sae_encode", "sae_encode_sparse",
     "sae_init", "sae_loss", "sae_metrics",

@@ -9,6 +9,8 @@ Packing:      :func:`pack_sequences`, :func:`batches`, :func:`batch_indices`,
 Synthetic:    :func:`arithmetic`, :func:`copy_spans`, :func:`markov_source`, :func:`mazes`,
               :func:`word_problems` / :func:`check_answer` (verifiable word problems),
               :func:`star_graphs` / :func:`check_path` (star-graph path finding, P14/P8)
+Retrieval:    :func:`pydocs_retrieval` (pydoc-topic paragraphs, held-out-sentence queries, graded qrels)
+Open sets:    :func:`open_sets` (many-answer questions graded against the Python stdlib, P73)
 Vision/series: :func:`glyphs`, :func:`moving_glyphs` (bitmap-font digits), :func:`point_sets` (voxel
               clusters), :func:`klines` (regime-switching GBM + GARCH(1,1) OHLCV)
 """
@@ -21,6 +23,7 @@ from tokjax.data._glyphs import GLYPH_FONT, Glyphs, MovingGlyphs, glyphs, moving
 from tokjax.data._klines import OHLCV, KLines, klines
 from tokjax.data._markov import MarkovSource, empirical_conditional_entropy, markov_source
 from tokjax.data._mazes import MOVES, Maze, mazes
+from tokjax.data._open_sets import OpenSetProbe, distinct_correct, normalize_answer, open_sets
 from tokjax.data._packing import (
     batch_indices,
     batches,
@@ -29,6 +32,7 @@ from tokjax.data._packing import (
     steps_per_epoch,
 )
 from tokjax.data._point_sets import PointSets, count_clusters, point_sets, valid_point_sets
+from tokjax.data._retrieval import RetrievalSet, pydocs_retrieval
 from tokjax.data._split import split_corpus
 from tokjax.data._star_graphs import (
     STAR_GRAPH_PRESETS, StarGraph, StarGraphs, StarGraphVocab, check_path, exact_path_match, is_valid_path, star_graphs,
@@ -42,6 +46,8 @@ __all__ = [
     "OHLCV", "KLines", "klines", "PointSets", "count_clusters", "point_sets", "valid_point_sets",
     "STAR_GRAPH_PRESETS", "StarGraph", "StarGraphs", "StarGraphVocab", "check_path", "exact_path_match",
     "is_valid_path", "star_graphs",
+    "RetrievalSet", "pydocs_retrieval",
+    "OpenSetProbe", "distinct_correct", "normalize_answer", "open_sets",
     "ANSWER_INSTRUCTION",
     "WORD_PROBLEM_LEVELS",
     "WordProblem",

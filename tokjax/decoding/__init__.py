@@ -18,6 +18,8 @@
 * :mod:`~tokjax.decoding.cascades` (P42): token-level deferral scores for small -> large model cascades.
 * :func:`~tokjax.decoding.insertion.insertion` (P14): insertion-LM decoding, one bidirectional forward per
   inserted token over the joint (gap, token) distribution, a stop head deciding when to end.
+* :func:`~tokjax.decoding.navigation.in_context_navigation` (P73): rounds of greedy answers, each prompt listing
+  the answers already given; top-N-first-token and sampling baselines.
 """
 
 from tokjax.decoding import cascades, drafts, spectr, verify
@@ -37,10 +39,15 @@ from tokjax.decoding.kangaroo import Kangaroo, kangaroo
 from tokjax.decoding.token_recycling import RecyclingTable
 from tokjax.decoding.insertion import Insertion, insertion
 from tokjax.decoding.scoring import ScoredContinuations, score_continuations
+from tokjax.decoding.navigation import (
+    Navigation, NavigationTemplate, in_context_navigation, navigation_prompt, sample_answers, top_n_first_tokens,
+)
 
 __all__ = [
     "Insertion", "insertion",
     "ScoredContinuations", "score_continuations",
+    "Navigation", "NavigationTemplate", "in_context_navigation", "navigation_prompt", "sample_answers",
+    "top_n_first_tokens",
     "DecodeState", "DecodeStats", "Strategy", "KV_CACHE", "commit", "TRACE_COUNTS", "GenerateOutput", "Sampling",
     "TokenLogprobs", "StopSequences", "MinNewTokens", "NonFiniteLogitsError", "bucket_size", "Beam", "beam",
     "generate", "stream", "cascades", "Draft", "DraftSource", "Speculative", "Verdict", "Verifier", "speculative",
