@@ -18,6 +18,8 @@ entity binding (P77) and magic words (P43).
   function/content loss table (P27).
 * :mod:`tokjax.analysis.promptreps` -- PromptReps (P3): dense and sparse retrieval vectors from one prompted
   forward, min-max hybrid fusion.
+* :mod:`tokjax.analysis.ssm_token_dynamics` -- the 1-D token dynamics of deep selective SSMs, the regime of a
+  mamba model's layers and token norms by depth (P68).
 * :mod:`tokjax.analysis.vocab_keys` -- next-token rank vs unembedding-key similarity to the top-1 key (P73).
 """
 
@@ -41,6 +43,7 @@ from tokjax.analysis.sae import (
 from tokjax.analysis.promptreps import (
     encode_prompted, hybrid_scores, mean_pooled, prompt_ids, sparse_reps, sparse_scores, text_token_ids,
 )
+from tokjax.analysis.ssm_token_dynamics import Regime, Simulation, regime, simulate_1d, token_norms
 from tokjax.analysis.successor_heads import ablated_accuracy, effective_embeddings, head_ov_logits, successor_scores
 from tokjax.analysis.vocab_keys import (
     KeyRankCorrelation, key_neighbours, key_rank_correlation, rank_key_spearman, unembedding_keys,
@@ -51,6 +54,7 @@ from tokjax.analysis.tokenization_theory import (
 )
 
 __all__ = [
+    "Regime", "Simulation", "regime", "simulate_1d", "token_norms",
     "encode_prompted", "hybrid_scores", "mean_pooled", "prompt_ids", "sparse_reps", "sparse_scores", "text_token_ids",
     "KeyRankCorrelation", "key_neighbours", "key_rank_correlation", "rank_key_spearman", "unembedding_keys",
     "FeatureCoverage", "LossTable", "feature_coverage", "function_token_set", "loss_table", "token_counts",

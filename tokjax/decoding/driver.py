@@ -344,6 +344,10 @@ def _setup(model, prompt, *, key, max_new_tokens, prompt_lengths, logits, strate
             if not hasattr(strategy, attr):
                 raise ValueError(f"strategy {type(strategy).__name__} lacks {attr!r}; subclass tokjax.decoding.Strategy")
     _base(strategy, "validate")(cfg)
+    if cfg.mixer == "mamba" and strategy.slack > 0:  # slack > 0: it writes tokens it may not commit, then rolls back
+        raise ValueError(f"{type(strategy).__name__} writes tokens it may not commit and rolls the cache back "
+                         f"(slack={strategy.slack}); a mixer='mamba' model's recurrent state cannot be rolled back: "
+                         "decode it with plain sampling, greedy or beam search")
     eos = _check_eos(eos_id, cfg.vocab_size)
     seqs, strings = _check_stop(stop, tokenizer, cfg.vocab_size)
     if not _is_int(min_new_tokens) or min_new_tokens < 0:

@@ -13,6 +13,12 @@ on every step on CPU). :meth:`stacked` returns the ``[L, B, S, KV, hd]`` view fo
 Per-layer lengths let layer-range forwards (early-exit drafts, SkipDecode) fill some layers
 ahead of others; everything else sees equal lengths in every layer. Rollback is a write of
 integers, so speculative decoding never copies the cache to undo a rejected draft.
+
+Mamba models (``cfg.mixer == "mamba"``, :mod:`tokjax.model.mamba`) keep a recurrent state instead of
+keys and values: ``conv`` [B, K-1, E] and ``ssm`` [B, E, N] (float32) per layer, the state after the
+layer's ``lengths`` tokens. Their ``k, v`` are empty [B, 0, S, 0] placeholders that only carry the
+capacity S (positions, capacity checks); for attention models ``conv`` and ``ssm`` are empty tuples
+(no leaves). A recurrent state has no history, so :meth:`rollback` and :meth:`gather` refuse it.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ class KVCache:
     k: tuple[jax.Array, ...]
     v: tuple[jax.Array, ...]
     lengths: jax.Array
+    conv: tuple[jax.Array, ...] = ()  # mamba models only: per-layer conv windows [B, K-1, E]
+    ssm: tuple[jax.Array, ...] = ()  # mamba models only: per-layer SSM states [B, E, N] float32
 
     @classmethod
     def init(cls, cfg: ModelConfig, batch: int, capacity: int | None = None, dtype=None) -> "KVCache":
@@ -40,6 +48,15 @@ class KVCache:
         if batch < 1 or capacity < 1:
             raise ValueError(f"KVCache needs batch >= 1 and capacity >= 1, got batch={batch}, capacity={capacity}")
         dtype = cfg.dtype if dtype is None else dtype
+        if cfg.mixer == "mamba":
+            L, E = cfg.n_layers, cfg.ssm_inner
+            return cls(
+                k=tuple(jnp.zeros((batch, 0, capacity, 0), dtype) for _ in range(L)),
+                v=tuple(jnp.zeros((batch, 0, capacity, 0), dtype) for _ in range(L)),
+                lengths=jnp.zeros((L, batch), jnp.int32),
+                conv=tuple(jnp.zeros((batch, cfg.ssm_conv - 1, E), dtype) for _ in range(L)),
+                ssm=tuple(jnp.zeros((batch, E, cfg.ssm_state), jnp.float32) for _ in range(L)),
+            )
         shape = (batch, cfg.kv_heads, capacity, cfg.head_size)
         return cls(
             k=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers)),
@@ -61,6 +78,20 @@ class KVCache:
         return self.k[0].shape[2]
 
     @property
+    def recurrent(self) -> bool:
+        """Whether this cache holds a recurrent (Mamba) state rather than keys and values."""
+        return len(self.conv) > 0
+
+    def _no_history(self, what: str) -> None:
+        if self.recurrent:
+            raise ValueError(
+                f"KVCache.{what}: this cache holds a Mamba (mixer='mamba') recurrent state, which keeps no "
+                "per-token history and cannot be rolled back or rearranged by slot; strategies that roll the "
+                "cache back (speculative decoding, token recycling, SkipDecode, ...) do not support mamba models "
+                "(plain sampling, greedy and beam search do)"
+            )
+
+    @property
     def length(self) -> jax.Array:
         """Per-row length [B] of the last layer: tokens that have been through the whole model."""
         return self.lengths[-1]
@@ -73,6 +104,7 @@ class KVCache:
     # Operations ----------------------------------------------------------------------
     def write_layer(self, layer: int, k_new: jax.Array, v_new: jax.Array) -> "KVCache":
         """Returns the cache with k_new, v_new [B, T, KV, hd] of one layer written after its length (advanced by T)."""
+        self._no_history("write_layer")
         offset = self.lengths[layer]
         k_buf, v_buf = write_tokens(self.k[layer], self.v[layer], k_new, v_new, offset)
         k = self.k[:layer] + (k_buf,) + self.k[layer + 1:]
@@ -90,7 +122,10 @@ class KVCache:
         return cache
 
     def rollback(self, lengths: jax.Array) -> "KVCache":
-        """Returns the cache truncated to per-row ``lengths`` [B] (no layer grows; stale slots are ignored)."""
+        """Returns the cache truncated to per-row ``lengths`` [B] (no layer grows; stale slots are ignored).
+
+        Raises ValueError for a recurrent (Mamba) cache, whose state cannot be rolled back."""
+        self._no_history("rollback")
         lengths = jnp.asarray(lengths, jnp.int32)
         return self.replace(lengths=jnp.minimum(self.lengths, lengths[None, :]))
 
@@ -105,7 +140,9 @@ class KVCache:
         For row b, the slots ``base[b] + src[b, a]`` (a < count[b]) are copied to
         ``base[b] + a`` and every layer's length becomes ``base[b] + count[b]``. ``src`` [B, A]
         indexes nodes of the block written at ``base``; entries at a >= count[b] are ignored.
+        Raises ValueError for a recurrent (Mamba) cache.
         """
+        self._no_history("gather")
         base = jnp.asarray(base, jnp.int32)
         src = jnp.asarray(src, jnp.int32)
         count = jnp.asarray(count, jnp.int32)
@@ -130,13 +167,15 @@ class KVCache:
         if repeats < 1:
             raise ValueError(f"fork needs repeats >= 1, got {repeats}")
         rep = lambda bufs: tuple(jnp.repeat(b, repeats, axis=0) for b in bufs)  # noqa: E731
-        return self.replace(k=rep(self.k), v=rep(self.v), lengths=jnp.repeat(self.lengths, repeats, axis=1))
+        return self.replace(k=rep(self.k), v=rep(self.v), lengths=jnp.repeat(self.lengths, repeats, axis=1),
+                            conv=rep(self.conv), ssm=rep(self.ssm))
 
     def select_rows(self, rows: jax.Array) -> "KVCache":
         """Returns the cache restricted (or re-ordered) to the given row indices [B']."""
         rows = jnp.asarray(rows, jnp.int32)
         pick = lambda bufs: tuple(b[rows] for b in bufs)  # noqa: E731
-        return self.replace(k=pick(self.k), v=pick(self.v), lengths=self.lengths[:, rows])
+        return self.replace(k=pick(self.k), v=pick(self.v), lengths=self.lengths[:, rows], conv=pick(self.conv),
+                            ssm=pick(self.ssm))
 
 
 def write_tokens(k_buf, v_buf, k_new, v_new, offset):

@@ -1,4 +1,4 @@
-"""ModelConfig: the frozen, hashable description of a decoder-only transformer."""
+"""ModelConfig: the frozen, hashable description of a decoder-only transformer (or an all-Mamba stack)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import Literal
 import jax.numpy as jnp
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+MIXERS = ("attention", "mamba")
+SSM_SIGNS = (None, "pos", "neg")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +42,16 @@ class ModelConfig:
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
     init_scale: float = 0.02
+    # Token mixer of every layer. "attention": the transformer layer (attention + MLP). "mamba": a Mamba-1 block
+    # (norm -> selective SSM mixer -> residual add; no MLP, as in Mamba-1), see tokjax.model.mamba. The ssm_*
+    # fields are read by mamba layers only: ssm_state N (state size per channel), ssm_conv (causal depthwise
+    # conv width), ssm_expand (inner width = ssm_expand * d_model), ssm_sign (None: free x_proj; "pos"/"neg":
+    # the P68 constrained x_proj with S_C^T S_B = +-U^T D U, positive / negative semidefinite).
+    mixer: Literal["attention", "mamba"] = "attention"
+    ssm_state: int = 16
+    ssm_conv: int = 4
+    ssm_expand: int = 2
+    ssm_sign: Literal["pos", "neg"] | None = None
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_len"):
@@ -79,6 +91,25 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.norm_eps must be > 0, got {self.norm_eps!r}")
         if not self.rope_theta > 0:
             raise ValueError(f"ModelConfig.rope_theta must be > 0, got {self.rope_theta!r}")
+        if self.mixer not in MIXERS:
+            raise ValueError(f"ModelConfig.mixer must be one of {MIXERS}, got {self.mixer!r}")
+        for name in ("ssm_state", "ssm_conv", "ssm_expand"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}")
+        if self.ssm_sign not in SSM_SIGNS:
+            raise ValueError(f"ModelConfig.ssm_sign must be None, 'pos' or 'neg', got {self.ssm_sign!r}")
+        if self.mixer == "mamba":
+            if self.d_ff is not None:
+                raise ValueError(f"ModelConfig.d_ff={self.d_ff} has no effect with mixer='mamba' (Mamba-1 blocks "
+                                 "have no MLP); leave d_ff=None")
+            if self.ssm_sign is not None and self.ssm_state > self.ssm_inner:
+                raise ValueError(f"ModelConfig.ssm_sign={self.ssm_sign!r} needs ssm_state <= ssm_expand * d_model "
+                                 f"(a unit upper-triangular [ssm_state, d_inner] U), got ssm_state={self.ssm_state} "
+                                 f"and d_inner={self.ssm_inner}")
+        elif self.ssm_sign is not None:
+            raise ValueError(f"ModelConfig.ssm_sign={self.ssm_sign!r} constrains a Mamba x_proj; it needs "
+                             f"mixer='mamba', got mixer={self.mixer!r}")
 
     # Derived sizes (properties so the dataclass fields stay what the user wrote).
     @property
@@ -97,6 +128,16 @@ class ModelConfig:
             return 4 * self.d_model
         # llama rule: 2/3 of 4*d rounded up to a multiple of 32
         return -(-(8 * self.d_model // 3) // 32) * 32
+
+    @property
+    def ssm_inner(self) -> int:
+        """Mamba's inner width E = ssm_expand * d_model."""
+        return self.ssm_expand * self.d_model
+
+    @property
+    def ssm_dt_rank(self) -> int:
+        """Mamba's low rank R of the step-size projection: ceil(d_model / 16) (Mamba-1's "auto")."""
+        return -(-self.d_model // 16)
 
     @property
     def dtype(self):

@@ -24,6 +24,7 @@ from flax import struct
 from tokjax.model import attention as attn_lib
 from tokjax.model.cache import KVCache, write_tokens
 from tokjax.model.config import ModelConfig
+from tokjax.model.mamba import MambaState, mamba_mixer
 from tokjax.model.ops import check_int_values
 from tokjax.model.params import Params, init_params, param_axes
 
@@ -36,6 +37,10 @@ HOOK_SITES = ("resid_pre", "attn_heads", "attn_out", "mlp_out", "resid_post")
 # capacity with one). attn_probs is computed only when tapped: an untapped forward runs the blocked /
 # fused causal attention unchanged.
 TAP_SITES = HOOK_SITES + ("keys", "values", "attn_probs")
+# A mixer="mamba" layer (tokjax.model.mamba; a Mamba-1 block: norm -> mixer -> add, no MLP) has the sites
+# resid_pre, attn_out (the mixer's output), mlp_out (zeros: there is no MLP; a hook there still adds its
+# output to the stream) and resid_post; the attention-only sites below do not exist in it.
+ATTENTION_ONLY_SITES = ("attn_heads", "keys", "values", "attn_probs")
 _HOOK_RE = re.compile(r"^layer\.(\*|\d+)\.(" + "|".join(HOOK_SITES) + r")$")
 
 
@@ -201,11 +206,36 @@ def _apply_hooks(site_hooks, x, layer):
     return x
 
 
+def _mamba_layer(p, cfg, x, segment_ids, layer, kv, hooks):
+    """Returns (x, kv, site activations) for one Mamba-1 block; kv = (MambaState, stop [B] | None) or None
+    (then the returned kv is the new MambaState, or None)."""
+    sites = {}
+    x = _apply_hooks(hooks["resid_pre"], x, layer)
+    sites["resid_pre"] = x
+    h = norm(x, p["norm"], cfg)
+    state, stop = (None, None) if kv is None else kv
+    a, kv = mamba_mixer(p, cfg, h, state=state, stop=stop, segment_ids=segment_ids)
+    a = _apply_hooks(hooks["attn_out"], a, layer)
+    sites["attn_out"] = a
+    x = x + a
+    m = jnp.zeros_like(x)  # no MLP in a Mamba-1 block
+    if hooks["mlp_out"]:
+        m = _apply_hooks(hooks["mlp_out"], m, layer)
+        x = x + m
+    sites["mlp_out"] = m
+    x = _apply_hooks(hooks["resid_post"], x, layer)
+    sites["resid_post"] = x
+    return x, kv, sites
+
+
 def _layer(p, cfg, x, positions, mask_spec, segment_ids, layer, kv, hooks, want_probs=False):
     """Returns (x, kv, site activations) for one transformer layer; kv = (k_all, v_all, offset) or None.
 
     ``want_probs`` (static): also return the attention probabilities (site ``attn_probs``), computed by
-    the unblocked :func:`attend`; otherwise the attention path is the untapped one."""
+    the unblocked :func:`attend`; otherwise the attention path is the untapped one. A ``mixer="mamba"``
+    config runs :func:`_mamba_layer` instead (kv = (MambaState, stop) there)."""
+    if cfg.mixer == "mamba":
+        return _mamba_layer(p, cfg, x, segment_ids, layer, kv, hooks)
     dt = cfg.dtype
     B, T, _ = x.shape
     sites = {}
@@ -293,12 +323,19 @@ def blocks(
     place (the decode path). Both compute the same values.
     Hooks are functions ``fn(x, layer) -> x`` at sites ``layer.{i}.{site}`` (``*`` for every layer),
     site in :data:`HOOK_SITES` (``attn_heads`` hooks see and return [B, T, H, hd]).
+    ``cfg.mixer == "mamba"``: Mamba-1 blocks (causal by construction: only the Causal mask; the cache carries
+    each layer's recurrent state; sites as :data:`ATTENTION_ONLY_SITES` says).
     """
     end = cfg.n_layers if end is None else end
     mask = attn_lib.Causal() if mask is None else mask
     taps = Taps() if taps is None else taps
     parsed_hooks = _parse_hooks(hooks)
     want = taps.sites if taps.active else ()
+    if cfg.mixer == "mamba":
+        _check_mamba_call(mask, want, parsed_hooks, cache)
+    elif cache is not None and cache.recurrent:
+        raise ValueError("this cache holds a Mamba recurrent state but the model has mixer='attention'; "
+                         "build it with KVCache.init(cfg, ...) of this model")
     want_probs = "attn_probs" in want
     layers = params["layers"]
 
@@ -319,11 +356,21 @@ def blocks(
         per_site = {s: [] for s in want}
         k_bufs = None if cache is None else list(cache.k)
         v_bufs = None if cache is None else list(cache.v)
+        mamba = cfg.mixer == "mamba"
+        if mamba and cache is not None:
+            conv_bufs, ssm_bufs = list(cache.conv), list(cache.ssm)
         for i in range(start, end):
             p = layer_weights(params, i)
-            kv = None if cache is None else (k_bufs[i], v_bufs[i], cache.lengths[i])
+            if cache is None:
+                kv = None
+            elif mamba:
+                kv = (MambaState(conv_bufs[i], ssm_bufs[i]), None)
+            else:
+                kv = (k_bufs[i], v_bufs[i], cache.lengths[i])
             x, kv, sites = _layer(p, cfg, x, positions, mask, segment_ids, i, kv, parsed_hooks, want_probs)
-            if cache is not None:
+            if cache is not None and mamba:
+                conv_bufs[i], ssm_bufs[i] = kv
+            elif cache is not None:
                 k_bufs[i], v_bufs[i] = kv
             for s in want:
                 per_site[s].append(sites[s])
@@ -331,6 +378,8 @@ def blocks(
         new_cache = None if cache is None else cache.replace(
             k=tuple(k_bufs), v=tuple(v_bufs), lengths=cache.lengths.at[start:end].add(x.shape[1])
         )
+        if mamba and cache is not None:
+            new_cache = new_cache.replace(conv=tuple(conv_bufs), ssm=tuple(ssm_bufs))
 
     tapped = {}
     if want:
@@ -338,6 +387,24 @@ def blocks(
         for s in want:
             tapped[s] = ys[s][jnp.asarray(rel, jnp.int32)] if rel else ys[s][:0]
     return x, new_cache, tapped
+
+
+def _check_mamba_call(mask, want, parsed_hooks, cache) -> None:
+    """Raises ValueError for what a mixer="mamba" forward cannot do (non-causal masks, attention-only sites,
+    a cache without recurrent state)."""
+    if not isinstance(mask, attn_lib.Causal):
+        raise ValueError(f"mixer='mamba' layers are causal by construction: mask must be Causal() (or None), got "
+                         f"{type(mask).__name__}")
+    bad = [s for s in want if s in ATTENTION_ONLY_SITES]
+    if bad:
+        raise ValueError(f"tap sites {bad} do not exist in mixer='mamba' layers (no attention); mamba layers have "
+                         f"{tuple(s for s in HOOK_SITES if s not in ATTENTION_ONLY_SITES)}")
+    if parsed_hooks["attn_heads"]:
+        raise ValueError("hook site 'attn_heads' does not exist in mixer='mamba' layers (no attention heads); hook "
+                         "'attn_out' (the mixer's output) instead")
+    if cache is not None and not cache.recurrent:
+        raise ValueError("a mixer='mamba' model needs a cache with recurrent state: build it with "
+                         "KVCache.init(cfg, batch, capacity) of this model (or tokjax.model.prefill)")
 
 
 def layer_weights(params: Params, i: int) -> Params:
@@ -505,10 +572,14 @@ def prefill(params: Params, cfg: ModelConfig, tokens: jax.Array, lengths: jax.Ar
     tokens of each row and the last one is pending (the next step feeds it), so the cache
     lengths are set to ``lengths - 1``. Padding past a row's length is written but never read.
     The one prefill of every decoder and draft model (``KVCache.fork`` copies it for k chains).
+    A ``mixer="mamba"`` model's cache holds each layer's recurrent state after the first ``lengths[b] - 1``
+    tokens of row b (its padding is run but not absorbed).
     """
     B, T = tokens.shape
     if T > capacity:
         raise ValueError(f"cache capacity {capacity} is too small: writing {T} tokens needs {T} slots")
+    if cfg.mixer == "mamba":
+        return _mamba_prefill(params, cfg, tokens, lengths, capacity)
     # An empty cache needs no reads: the cache-free forward (block attention over T keys, not the
     # capacity's S slots, and no per-row scatter) with each layer's keys and values tapped, laid into
     # fresh buffers. Same values as forward(..., cache=KVCache.init(...)); ~1.6x faster on CPU.
@@ -522,6 +593,24 @@ def prefill(params: Params, cfg: ModelConfig, tokens: jax.Array, lengths: jax.Ar
     cache = empty.replace(k=tuple(lay(out.taps["keys"][i], b) for i, b in enumerate(empty.k)),
                           v=tuple(lay(out.taps["values"][i], b) for i, b in enumerate(empty.v)))
     return cache.set_lengths(lengths - 1)
+
+
+def _mamba_prefill(params: Params, cfg: ModelConfig, tokens: jax.Array, lengths: jax.Array, capacity: int) -> KVCache:
+    """Returns the prefilled cache of a mixer="mamba" model: each layer's recurrent state after the first
+    ``lengths[b] - 1`` tokens of row b (the right padding and the pending token are run but not absorbed)."""
+    B, T = tokens.shape
+    cache = KVCache.init(cfg, B, capacity)
+    stop = jnp.asarray(lengths, jnp.int32) - 1
+    positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    x = embed(params, cfg, tokens) + position_embed(params, cfg, positions)
+    no_hooks = _parse_hooks(None)
+    conv, ssm = [], []
+    for i in range(cfg.n_layers):
+        kv = (MambaState(cache.conv[i], cache.ssm[i]), stop)
+        x, state, _ = _layer(layer_weights(params, i), cfg, x, positions, attn_lib.Causal(), None, i, kv, no_hooks)
+        conv.append(state.conv)
+        ssm.append(state.ssm)
+    return cache.replace(conv=tuple(conv), ssm=tuple(ssm)).set_lengths(stop)
 
 
 # ----------------------------------------------------------------------------------- Model

@@ -25,7 +25,9 @@ class ParamSpec:
 
     shape: tuple[int, ...]
     axes: tuple[str, ...]
-    init: str  # "normal" (scaled by fan-in rule), "zeros", "ones"
+    # "normal" (std init_scale * scale), "zeros", "ones"; Mamba's: "uniform" (U(-scale, scale)), "a_log"
+    # (log 1..N along the last axis, S4D-real), "dt_bias" (softplus^-1 of a log-uniform step in [1e-3, 0.1])
+    init: str
     scale: float = 1.0
 
 
@@ -38,11 +40,33 @@ def _norm_specs(cfg: ModelConfig, stacked: bool) -> dict[str, ParamSpec]:
     return specs
 
 
+def _mamba_layer_specs(cfg: ModelConfig) -> dict[str, Any]:
+    """Returns the stacked specs of Mamba-1 layers (tokjax.model.mamba): norm, in_proj (x and z), causal conv,
+    x_proj (dt | B | C), dt_proj + dt_bias, A_log, D and out_proj; E = ssm_expand * d_model, R = ssm_dt_rank."""
+    L, D, E, N, R, Kc = (cfg.n_layers, cfg.d_model, cfg.ssm_inner, cfg.ssm_state, cfg.ssm_dt_rank, cfg.ssm_conv)
+    conv_bound = 1.0 / math.sqrt(Kc)  # torch's Conv1d default (fan-in = kernel width for a depthwise conv)
+    return {
+        "norm": _norm_specs(cfg, True),
+        "in_proj": ParamSpec((L, D, 2, E), ("layers", "embed", None, "mlp"), "normal"),
+        "conv_w": ParamSpec((L, Kc, E), ("layers", None, "mlp"), "uniform", conv_bound),
+        "conv_b": ParamSpec((L, E), ("layers", "mlp"), "uniform", conv_bound),
+        "x_proj": ParamSpec((L, E, R + 2 * N), ("layers", "mlp", None), "normal"),
+        "dt_proj": ParamSpec((L, R, E), ("layers", None, "mlp"), "uniform", R ** -0.5),
+        "dt_bias": ParamSpec((L, E), ("layers", "mlp"), "dt_bias"),
+        "A_log": ParamSpec((L, E, N), ("layers", "mlp", None), "a_log"),
+        "D": ParamSpec((L, E), ("layers", "mlp"), "ones"),
+        # one residual write per layer: the GPT-2 rule gives 1/sqrt(L) (Mamba-1's n_residuals_per_layer=1)
+        "out_proj": ParamSpec((L, E, D), ("layers", "mlp", "embed"), "normal", 1.0 / math.sqrt(L)),
+    }
+
+
 def param_specs(cfg: ModelConfig) -> Params:
     """Returns the nested dict of ParamSpec describing every parameter of ``cfg``."""
     L, D, H, K, hd, F, V = (
         cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_size, cfg.ff_size, cfg.vocab_size,
     )
+    if cfg.mixer == "mamba":
+        return _top_specs(cfg, _mamba_layer_specs(cfg))
     # Residual-writing projections get the GPT-2 1/sqrt(2L) scale so depth does not blow up the stream.
     out_scale = 1.0 / math.sqrt(2 * L)
     layers: dict[str, Any] = {
@@ -65,6 +89,11 @@ def param_specs(cfg: ModelConfig) -> Params:
         layers["bo"] = ParamSpec((L, D), ("layers", "embed"), "zeros")
         layers["b_up"] = ParamSpec((L, F), ("layers", "mlp"), "zeros")
         layers["b_down"] = ParamSpec((L, D), ("layers", "embed"), "zeros")
+    return _top_specs(cfg, layers)
+
+
+def _top_specs(cfg: ModelConfig, layers: dict[str, Any]) -> Params:
+    V, D = cfg.vocab_size, cfg.d_model
     specs: Params = {
         "embed": ParamSpec((V, D), ("vocab", "embed"), "normal"),
         "layers": layers,
@@ -104,6 +133,15 @@ def init_params(cfg: ModelConfig, key: jax.Array) -> Params:
             return jnp.zeros(spec.shape, cfg.pdtype)
         if spec.init == "ones":
             return jnp.ones(spec.shape, cfg.pdtype)
+        if spec.init == "uniform":
+            return jax.random.uniform(k, spec.shape, jnp.float32, -spec.scale, spec.scale).astype(cfg.pdtype)
+        if spec.init == "a_log":  # S4D-real: A = -(1, 2, ..., N) in every channel
+            n = jnp.arange(1, spec.shape[-1] + 1, dtype=jnp.float32)
+            return jnp.broadcast_to(jnp.log(n), spec.shape).astype(cfg.pdtype)
+        if spec.init == "dt_bias":  # softplus(dt_bias) log-uniform in [1e-3, 1e-1], floored at 1e-4 (Mamba-1)
+            lo, hi = math.log(1e-3), math.log(1e-1)
+            dt = jnp.maximum(jnp.exp(jax.random.uniform(k, spec.shape, jnp.float32, lo, hi)), 1e-4)
+            return (dt + jnp.log(-jnp.expm1(-dt))).astype(cfg.pdtype)
         std = cfg.init_scale * spec.scale
         return (std * jax.random.normal(k, spec.shape, jnp.float32)).astype(cfg.pdtype)
 

@@ -74,10 +74,19 @@ def make_schedule(train_cfg: TrainConfig) -> optax.Schedule:
     )
 
 
+_NO_DECAY = frozenset({"A_log", "D", "dt_bias"})  # Mamba's SSM parameters (mamba_ssm marks them _no_weight_decay)
+
+
 def _decay_mask(params):
     # Weight decay on matrices only: decaying norm scales and biases pulls them towards 0,
-    # which is not a prior anyone wants (standard GPT/Llama practice).
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+    # which is not a prior anyone wants (standard GPT/Llama practice). Stacked layer weights carry
+    # a leading layer axis, so a norm scale under "layers" is [L, D]: that axis does not count.
+    def decays(path, p):
+        names = path_tokens(path)
+        own_dims = p.ndim - (1 if names and names[0] == "layers" else 0)
+        return own_dims >= 2 and not (names and names[-1] in _NO_DECAY)
+
+    return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def _path_str(path) -> str:
