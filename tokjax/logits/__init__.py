@@ -15,11 +15,15 @@ from tokjax.logits._hf import (
     AllowedTokens, EpsilonCutoff, EtaCutoff, HFMinP, HFTopK, HFTopP, NoRepeatNGram, TypicalP, allowed_tokens,
     epsilon_cutoff, eta_cutoff, hf_sampling, no_repeat_ngram, typical_p,
 )
+from tokjax.logits.tempnet import (
+    TempNetTemperature, constant_tempnet, tempnet, tempnet_apply, tempnet_features, tempnet_init,
+)
 from tokjax.logits.grammar import (
     Grammar, GrammarShape, GrammarState, json_constraint, json_schema_regex, regex_constraint,
 )
 
 __all__ = [
+    "TempNetTemperature", "constant_tempnet", "tempnet", "tempnet_apply", "tempnet_features", "tempnet_init",
     "Chain", "Identity", "LogitContext", "LogitTransform", "NamedChain", "Stats", "as_rows", "chain",
     "check_int_option", "check_range",
     "entropy", "hparam", "masked_log_softmax", "masked_softmax", "named_chain", "sample", "target_logprobs", "BanTokens", "Greedy", "MinP", "PresencePenalty", "RepetitionPenalty",
