@@ -192,8 +192,12 @@ _ENTRIES: tuple[Entry, ...] = (
                _c('frozen-llm', 'untested-here', 'TempNet trained on a frozen LLaMA-2-chat raises its AlpacaEval win rate',
                   'needs a 7B+ chat LLM and a GPT-4 judge, neither available offline'),)),
     _e(3, 'PromptReps: Prompting Large Language Models to Generate Dense and Sparse Representations for Zero-Shot Document Retrieval',
-       'analysis', 'tokjax.analysis.promptreps', ('promptreps',),
-       'dense + sparse retrieval vectors from one prompted prefill'),
+       'analysis', 'tokjax.analysis.promptreps',
+       ('encode_prompted', 'sparse_reps', 'sparse_scores', 'hybrid_scores', 'prompt_ids', 'text_token_ids'),
+       'dense (final-normed last hidden) and sparse (log(1 + ReLU(logits)) on the text\'s own non-stopword word ids, '
+       'top 128, x100 quantised) vectors from one prompted forward with the official prompts, min-max hybrid '
+       '(alpha 0.5); evaluated on tokjax.data.pydocs_retrieval against BM25 and a mean-pooled embedding (quick run only)',
+       status='implemented'),
     _e(4, 'Better Language Model Inversion by Compactly Representing Next-Token Distributions',
        'analysis', 'tokjax.analysis.pils', ('pils',),
        'prompt inversion from compressed next-token log-prob sequences'),
