@@ -107,6 +107,7 @@ def test_generate_greedy_equals_the_full_forwards_argmax():
         assert (top2[:, 1] - top2[:, 0]).min() > 1e-4
 
 
+@pytest.mark.slow
 def test_beam_search_reorders_the_recurrent_state_with_its_beams():
     m = _model(seed=3)
     cfg = m.cfg
@@ -233,6 +234,7 @@ def test_bad_input_raises_clear_errors():
     assert s.conv.shape == (2, 3, m.cfg.ssm_inner) and s.ssm.dtype == jnp.float32
 
 
+@pytest.mark.slow
 def test_a_tiny_mamba_model_trains_through_tokjax_train():
     cfg = ModelConfig(vocab_size=16, d_model=16, n_layers=2, n_heads=1, max_len=32, mixer="mamba", ssm_state=4,
                       ssm_sign="pos")

@@ -31,16 +31,12 @@ expansion terms (``num_expended_tokens``, 0 by default) are not implemented.
 
 from __future__ import annotations
 
-import functools
 import re
 from typing import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from tokjax.model import forward, unembed
-from tokjax.model.forward import Inputs
+from tokjax.model.readout import last_token_states
 
 __all__ = ["PASSAGE_PROMPT", "QUERY_PROMPT", "STOPWORDS", "SparseReps", "encode_prompted", "hybrid_scores",
            "mean_pooled", "minmax_rows", "prompt_ids", "sparse_reps", "sparse_scores", "text_token_ids"]
@@ -87,36 +83,6 @@ def text_token_ids(tokenizer, text: str) -> list[int]:
     return sorted(ids)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _last_states(params, cfg, tokens, lengths):
-    out = forward(params, cfg, Inputs(tokens=tokens), compute_logits=False)
-    rows = jnp.arange(tokens.shape[0])
-    h = out.hidden[rows, lengths - 1]  # final-normed: the HF hidden_states[-1] the official code reads
-    logits = unembed(params, cfg, h[:, None, :])[:, 0]
-    mask = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
-    mean = jnp.sum(jnp.where(mask[..., None], out.hidden, 0.0), 1) / lengths[:, None]
-    return h.astype(jnp.float32), logits.astype(jnp.float32), mean.astype(jnp.float32)
-
-
-def _batches(model, token_lists, batch_size, bucket):
-    if not token_lists or any(len(t) == 0 for t in token_lists):
-        raise ValueError("need at least one text, and every token list must be non-empty")
-    if batch_size < 1 or bucket < 1:
-        raise ValueError(f"batch_size and bucket must be >= 1, got {batch_size} and {bucket}")
-    order = np.argsort([len(t) for t in token_lists], kind="stable")  # similar lengths share a padded width
-    for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
-        width = -(-max(len(token_lists[i]) for i in idx) // bucket) * bucket
-        if width > model.cfg.max_len:
-            raise ValueError(f"a prompt of {width} tokens exceeds the model's max_len {model.cfg.max_len}")
-        toks = np.zeros((batch_size, width), np.int32)  # a full-size last batch: one compile per width
-        lens = np.ones((batch_size,), np.int32)
-        for r, i in enumerate(idx):
-            toks[r, :len(token_lists[i])] = token_lists[i]
-            lens[r] = len(token_lists[i])
-        yield idx, _last_states(model.params, model.cfg, jnp.asarray(toks), jnp.asarray(lens))
-
-
 def encode_prompted(model, token_lists: Sequence[Sequence[int]], *, batch_size: int = 8, bucket: int = 32
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Returns (dense [N, D] L2-normalised last hidden, logits [N, V] at the last position) of prompted texts.
@@ -126,7 +92,7 @@ def encode_prompted(model, token_lists: Sequence[Sequence[int]], *, batch_size: 
     """
     dense = np.zeros((len(token_lists), model.cfg.d_model), np.float32) if token_lists else None
     logits = np.zeros((len(token_lists), model.cfg.vocab_size), np.float32) if token_lists else None
-    for idx, (h, z, _) in _batches(model, token_lists, batch_size, bucket):
+    for idx, (h, z, _) in last_token_states(model, token_lists, batch_size=batch_size, bucket=bucket):
         dense[idx] = np.asarray(h)[: len(idx)]
         logits[idx] = np.asarray(z)[: len(idx)]
     dense /= np.maximum(np.linalg.norm(dense, axis=1, keepdims=True), 1e-12)
@@ -137,7 +103,7 @@ def mean_pooled(model, token_lists: Sequence[Sequence[int]], *, batch_size: int 
     """Returns [N, D] L2-normalised mean of the final hidden states over each text's tokens (no prompt): the
     usual training-free embedding PromptReps is compared with."""
     out = np.zeros((len(token_lists), model.cfg.d_model), np.float32) if token_lists else None
-    for idx, (_, _, m) in _batches(model, token_lists, batch_size, bucket):
+    for idx, (_, _, m) in last_token_states(model, token_lists, batch_size=batch_size, bucket=bucket):
         out[idx] = np.asarray(m)[: len(idx)]
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 

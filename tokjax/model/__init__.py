@@ -12,10 +12,12 @@ from tokjax.model.forward import (
 )
 from tokjax.model.mamba import MambaState, mamba_mixer, mamba_state, selective_scan, ssm_projections
 from tokjax.model.memory import memory_cache, memory_mask
+from tokjax.model.readout import last_token_logits, last_token_states
 from tokjax.model.ops import check_int_values, masked_mean, repeat_rows, take_rows, where_rows
 from tokjax.model.params import ParamSpec, check_params, init_params, param_axes, param_shapes, param_specs
 
 __all__ = [
+    "last_token_logits", "last_token_states",
     "Bidirectional", "Causal", "Explicit", "MaskSpec", "Prefix", "Rank", "Tree", "build_mask", "tree_ancestors",
     "tree_depths", "validate_tree", "KVCache", "ModelConfig", "HOOK_SITES", "Inputs", "Model", "Output", "Taps",
     "blocks", "embed", "final_norm", "forward", "head_matrix", "layer_weights", "lm_head", "stack_layers", "unstack_layers", "norm", "position_embed", "prefill", "unembed", "ParamSpec",
