@@ -627,7 +627,15 @@ _ENTRIES: tuple[Entry, ...] = (
        'tokjax.generate call per round), with top-N-first-token and sampling baselines; the key/rank probe is '
        'tokjax.analysis.vocab_keys (Spearman of ranks 2..100 vs cosine to the top-1 unembedding key); '
        'open-set probes graded against the stdlib in tokjax.data.open_sets',
-       status='implemented', experiment='experiments/p73_vocab_navigation.py'),
+       experiment='experiments/p73_vocab_navigation.py',
+       claims=(_c('key-correlation', 'reproduced', "middle-ranked next tokens are ranked by their unembedding key's similarity to the top-1 key",
+                  'on SmolLM2-135M-Instruct mean Spearman 0.1997 over 500 pydocs contexts vs -0.0065 for shuffled keys, positive '
+                  'on 0.84 of contexts'),
+               _c('icn-vs-top-n', 'not-reproduced', 'in-context navigation finds more distinct correct answers than the top-N of one distribution',
+                  'precision of 5 distinct correct answers on the test half of the stdlib open-set probes: ICN 0.0667 vs 0.2333; '
+                  'the 135M model mostly repeats its first answer although it is listed as given (the paper uses 7-8B models)'),
+               _c('icn-vs-sampling', 'not-reproduced', 'in-context navigation finds more distinct correct answers than temperature sampling',
+                  'ICN 0.0667 vs 0.2667 for 5 samples at T=1, same probes and reason'),)),
     _e(74, 'Ming-UniVision: Joint Image Understanding and Generation with a Unified Continuous Tokenizer',
        'vision', 'tokjax.vision.ming_univision', ('ming_univision',),
        'continuous unified tokenizer for AR understanding + generation'),
