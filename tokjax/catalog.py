@@ -282,8 +282,11 @@ _ENTRIES: tuple[Entry, ...] = (
        'vision', 'tokjax.vision.disa', ('disa',),
        'anneal inner diffusion steps over the AR sequence'),
     _e(20, 'An Early FIRST Reproduction and Improvements to Single-Token Decoding for Fast Listwise Reranking',
-       'decoding', 'tokjax.decoding.first_rerank', ('first_rerank',),
-       'single-token listwise reranking from first-token logits'),
+       'decoding', 'tokjax.decoding.first_rerank', ('first_rerank', 'permutation_rerank', 'rerank_prompt'),
+       'listwise reranking from the identifier logits after the answer\'s opening "[" (one forward per window, '
+       'bottom-up sliding windows, RankZephyr prompt) and the generated-permutation baseline on tokjax.generate; '
+       'zero-shot quick run only, and the FIRST fine-tuning loss is not built',
+       status='implemented'),
     _e(21, 'Not all tokens are created equal: Perplexity Attention Weighted Networks for AI generated text detection',
        'analysis', 'tokjax.analysis.pawn', ('pawn',),
        'perplexity-attention weighted detector of generated text'),

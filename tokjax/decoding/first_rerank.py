@@ -90,11 +90,14 @@ def sliding_windows(n: int, window: int, stride: int) -> list[tuple[int, int]]:
 
 
 def first_window_scores(model, prompts: Sequence[Sequence[int]], id_tokens: np.ndarray, sizes: Sequence[int], *,
-                        batch_size: int = 4) -> list[np.ndarray]:
-    """Returns, per prompt, float32 [sizes[r]] next-token logits of its identifiers (one forward per prompt)."""
+                        batch_size: int = 4, bucket: int = 256) -> list[np.ndarray]:
+    """Returns, per prompt, float32 [sizes[r]] next-token logits of its identifiers (one forward per prompt).
+
+    Prompt widths are rounded up to ``bucket`` tokens: listwise prompts are long and vary by hundreds of tokens,
+    and every new width is a new compile."""
     from tokjax.model import last_token_logits
 
-    logits = last_token_logits(model, prompts, batch_size=batch_size, columns=np.asarray(id_tokens))
+    logits = last_token_logits(model, prompts, batch_size=batch_size, bucket=bucket, columns=np.asarray(id_tokens))
     return [logits[r, :k] for r, k in enumerate(sizes)]
 
 
