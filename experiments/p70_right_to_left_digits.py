@@ -84,10 +84,32 @@ def exact_match(params, cfg, enc):
 
 
 def train_and_score(job):
-    """Returns (policy, seed, bool [N] test exact match, final train loss) of one (policy, seed) run."""
+    """Returns (policy, seed, bool [N] test exact match, final train loss) of one (policy, seed) run.
+
+    Each finished run is kept under ``$TOKJAX_CACHE/experiments`` (keyed by policy, seed, steps, model size, lr and
+    a digest of the train and test tokens), so a full run killed part-way, or split across sessions or machines,
+    resumes with the runs it still lacks: one run is ~40 CPU-minutes here.
+    """
+    import hashlib
+    import os
+
+    import numpy as np
+
+    from experiments._common import cached
+
     policy, seed, tr, te, vocab_size, steps = job
+    digest = hashlib.sha256(np.ascontiguousarray(tr["tokens"]).tobytes() + np.ascontiguousarray(te["tokens"]).tobytes()
+                            + np.ascontiguousarray(te["mask"]).tobytes()).hexdigest()[:12]
+    path = cached(f"p70-{policy}-seed{seed}-{steps}steps-d{D_MODEL}-lr{LR:g}-{digest}.npz")
+    if path.exists():
+        with np.load(path) as f:
+            return policy, seed, f["hits"], float(f["loss"])
     params, cfg, loss = train_completion_model(tr, vocab_size, steps=steps, seed=seed, d_model=D_MODEL, lr=LR)
-    return policy, seed, exact_match(params, cfg, te), float(loss)
+    hits = exact_match(params, cfg, te)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, hits=hits, loss=np.float64(loss))
+    os.replace(tmp, path)  # atomic: a killed run never leaves a half-written result
+    return policy, seed, hits, float(loss)
 
 
 def run(quick: bool) -> list[Row]:
