@@ -12,19 +12,7 @@ from tokjax.analysis.promptreps import (
     sparse_scores, text_token_ids,
 )
 from tokjax.model import Model, ModelConfig, forward
-
-
-class CharTok:
-    """Bytes as ids 3..258; a toy chat template: 1 + user bytes + 2 (ids 1, 2 play <|im_start|>, <|im_end|>)."""
-
-    def encode(self, text):
-        return [3 + b for b in text.encode()]
-
-    def apply_chat_template(self, messages, add_generation_prompt=True):
-        ids = []
-        for m in messages:
-            ids += [1] + self.encode(m["content"]) + [2]
-        return ids + ([1] if add_generation_prompt else [])
+from tests._chat_tokenizer import CharTok
 
 
 @pytest.fixture(scope="module")

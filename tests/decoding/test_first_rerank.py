@@ -7,24 +7,7 @@ import pytest
 
 import tokjax.decoding.first_rerank as fr
 from tokjax.model import Model, ModelConfig, forward, last_token_logits
-
-
-class CharTok:
-    """Bytes as ids 3..258; a toy chat template; no eos."""
-
-    eos_id = None
-
-    def encode(self, text):
-        return [3 + b for b in text.encode()]
-
-    def decode(self, ids):
-        return bytes(i - 3 for i in ids if 3 <= i < 259).decode(errors="replace")
-
-    def apply_chat_template(self, messages, add_generation_prompt=True):
-        ids = []
-        for m in messages:
-            ids += [1] + self.encode(m["content"]) + [2]
-        return ids + ([1] if add_generation_prompt else [])
+from tests._chat_tokenizer import CharTok
 
 
 @pytest.fixture(scope="module")
