@@ -172,8 +172,13 @@ def _e(number: int, title: str, family: str, module: str, names: tuple[str, ...]
 # fmt: off
 _ENTRIES: tuple[Entry, ...] = (
     _e(1, 'CAAD: Context-Aware Adaptive Decoding for Truthful Text Generation',
-       'logits', 'tokjax.logits.caad', ('caad',),
-       'retrieval-grounded logit shaping at each decode step'),
+       'logits', 'tokjax.logits.caad', ('caad', 'caad_store', 'caad_store_ids', 'CAADStore', 'hashed_ngram_embedder'),
+       'RAD: a grounding store of teacher-forced fp32 logits keyed by hashed uni/bigrams of the last 8 tokens '
+       '(SBERT is unavailable offline; the embedder is pluggable), cosine top-k, s > tau, similarity-weighted '
+       'mean r, z + alpha r (or delta / prob-interp), alpha and tau runtime; the official code indexes by L2 '
+       'while thresholding a similarity, here cosine as the paper says. Evaluated on tokjax.data.python_facts '
+       '(truth = eval); quick run only so far',
+       status='implemented'),
     _e(2, 'To Cool or not to Cool? Temperature Network Meets Large Foundation Models via DRO',
        'logits', 'tokjax.logits.tempnet',
        ('tempnet', 'TempNetTemperature', 'tempnet_init', 'tempnet_apply'),
@@ -629,8 +634,12 @@ _ENTRIES: tuple[Entry, ...] = (
        claims=(_c('vs-mean-pooling', 'reproduced', 'Text2Token (pooled embedding -> LM head -> KL to text-derived token targets) gives better text representations than mean pooling an NTP-trained LM'),
                 _c('vs-contrastive', 'reproduced', 'Text2Token is competitive with contrastive (LLM2Vec/SimCSE-style) unsupervised training'),)),
     _e(72, 'Soft Thinking: Unlocking the Reasoning Potential of LLMs in Continuous Concept Space',
-       'decoding', 'tokjax.decoding.soft_thinking', ('soft_thinking',),
-       'probability-weighted embedding mixtures as reasoning steps'),
+       'decoding', 'tokjax.decoding.soft_thinking', ('soft_thinking', 'SoftThinking', 'concept_token', 'mix_embeddings'),
+       'a generate strategy whose thinking steps feed the renormalised top-k mixture of embeddings of '
+       'softmax(z/T) after top-k/top-p/min-p (shown token = its top-1), Cold Stop on a run of low-entropy '
+       'steps as in the official counter, discrete decoding after the end token; max_topk=1 equals greedy '
+       'decoding token for token; quick run only so far',
+       status='implemented'),
     _e(73, 'Correlation and Navigation in the Vocabulary Key Representation Space of Language Models',
        'decoding', 'tokjax.decoding.navigation',
        ('in_context_navigation', 'top_n_first_tokens', 'sample_answers', 'navigation_prompt', 'NavigationTemplate'),

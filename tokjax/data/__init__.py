@@ -11,6 +11,7 @@ Synthetic:    :func:`arithmetic`, :func:`copy_spans`, :func:`markov_source`, :fu
               :func:`star_graphs` / :func:`check_path` (star-graph path finding, P14/P8)
 Retrieval:    :func:`pydocs_retrieval` (pydoc-topic paragraphs, held-out-sentence queries, graded qrels)
 Open sets:    :func:`open_sets` (many-answer questions graded against the Python stdlib, P73)
+Facts:        :func:`python_facts` / :func:`check_fact` (misconception-prone Python expressions, truth = eval, P1)
 Vision/series: :func:`glyphs`, :func:`moving_glyphs` (bitmap-font digits), :func:`point_sets` (voxel
               clusters), :func:`klines` (regime-switching GBM + GARCH(1,1) OHLCV)
 """
@@ -31,6 +32,9 @@ from tokjax.data._packing import (
     pack_sequences,
     steps_per_epoch,
 )
+from tokjax.data._python_facts import (
+    FAMILIES as PYTHON_FACT_FAMILIES, PythonFact, check_fact, extract_fact_answer, python_facts,
+)
 from tokjax.data._point_sets import PointSets, count_clusters, point_sets, valid_point_sets
 from tokjax.data._retrieval import RetrievalSet, pydocs_retrieval
 from tokjax.data._split import split_corpus
@@ -48,6 +52,7 @@ __all__ = [
     "is_valid_path", "star_graphs",
     "RetrievalSet", "pydocs_retrieval",
     "OpenSetProbe", "distinct_correct", "normalize_answer", "open_sets",
+    "PYTHON_FACT_FAMILIES", "PythonFact", "check_fact", "extract_fact_answer", "python_facts",
     "ANSWER_INSTRUCTION",
     "WORD_PROBLEM_LEVELS",
     "WordProblem",

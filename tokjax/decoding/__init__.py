@@ -20,6 +20,8 @@
   inserted token over the joint (gap, token) distribution, a stop head deciding when to end.
 * :func:`~tokjax.decoding.navigation.in_context_navigation` (P73): rounds of greedy answers, each prompt listing
   the answers already given; top-N-first-token and sampling baselines.
+* :func:`~tokjax.decoding.soft_thinking.soft_thinking` (P72): thinking steps feed a probability-weighted mixture
+  of embeddings ("concept token") to the next step; Cold Stop; discrete decoding after thinking.
 """
 
 from tokjax.decoding import cascades, drafts, spectr, verify
@@ -38,13 +40,14 @@ from tokjax.decoding.stand import NgramTables
 from tokjax.decoding.kangaroo import Kangaroo, kangaroo
 from tokjax.decoding.token_recycling import RecyclingTable
 from tokjax.decoding.insertion import Insertion, insertion
+from tokjax.decoding.soft_thinking import SoftThinking, soft_thinking
 from tokjax.decoding.scoring import ScoredContinuations, score_continuations
 from tokjax.decoding.navigation import (
     Navigation, NavigationTemplate, in_context_navigation, navigation_prompt, sample_answers, top_n_first_tokens,
 )
 
 __all__ = [
-    "Insertion", "insertion",
+    "Insertion", "insertion", "SoftThinking", "soft_thinking",
     "ScoredContinuations", "score_continuations",
     "Navigation", "NavigationTemplate", "in_context_navigation", "navigation_prompt", "sample_answers",
     "top_n_first_tokens",

@@ -18,6 +18,10 @@ from tokjax.logits._hf import (
 from tokjax.logits.tempnet import (
     TempNetTemperature, constant_tempnet, tempnet, tempnet_apply, tempnet_features, tempnet_init,
 )
+from tokjax.logits.caad import (
+    CAAD, CAADStore, HashedNgramEmbedder, caad, caad_retrieve, caad_shape, caad_store, caad_store_ids,
+    hashed_ngram_embedder,
+)
 from tokjax.logits.grammar import (
     Grammar, GrammarShape, GrammarState, json_constraint, json_schema_regex, regex_constraint,
 )
@@ -34,6 +38,9 @@ __all__ = [
     "allowed_tokens", "epsilon_cutoff", "eta_cutoff", "hf_sampling", "no_repeat_ngram", "typical_p",
     # grammar-constrained decoding (regex / JSON schema through outlines-core)
     "Grammar", "GrammarShape", "GrammarState", "json_constraint", "json_schema_regex", "regex_constraint",
+    # P1 CAAD / RAD
+    "CAAD", "CAADStore", "HashedNgramEmbedder", "caad", "caad_retrieve", "caad_shape", "caad_store", "caad_store_ids",
+    "hashed_ngram_embedder",
     # P30 AMU-Tuning
     "UNCERTAINTY_KINDS", "amu_fuse", "amu_init", "amu_logits", "amu_loss", "logit_standardize", "uncertainty_factor",
 ]
