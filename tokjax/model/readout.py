@@ -42,6 +42,14 @@ def last_token_states(model, token_lists: Sequence[Sequence[int]], *, batch_size
         raise ValueError("need at least one token list, and every token list must be non-empty")
     if batch_size < 1 or bucket < 1:
         raise ValueError(f"batch_size and bucket must be >= 1, got {batch_size} and {bucket}")
+    V = model.cfg.vocab_size
+    for j, t in enumerate(token_lists):
+        a = np.asarray(t)
+        if a.ndim != 1 or a.dtype.kind not in "iu":
+            raise ValueError(f"token list {j} must be a flat list of integer token ids, got {a.dtype} of shape {a.shape}")
+        if a.min() < 0 or a.max() >= V:
+            raise ValueError(f"token list {j} has ids outside the model's vocabulary [0, {V}): "
+                             f"{a[(a < 0) | (a >= V)][:5].tolist()}")
     order = np.argsort([len(t) for t in token_lists], kind="stable")
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
@@ -61,9 +69,11 @@ def last_token_states(model, token_lists: Sequence[Sequence[int]], *, batch_size
 def last_token_logits(model, token_lists: Sequence[Sequence[int]], *, batch_size: int = 8, bucket: int = 32,
                       columns: np.ndarray | None = None) -> np.ndarray:
     """Returns float32 [N, V] (or [N, len(columns)]) next-token logits at each list's last token."""
-    cols = None if columns is None else np.asarray(columns, np.int64)
-    if cols is not None and (cols.ndim != 1 or cols.min() < 0 or cols.max() >= model.cfg.vocab_size):
-        raise ValueError(f"columns must be token ids in [0, {model.cfg.vocab_size}), got {columns!r}")
+    cols = None if columns is None else np.asarray(columns)
+    if cols is not None and (cols.ndim != 1 or cols.size == 0 or cols.dtype.kind not in "iu" or cols.min() < 0
+                             or cols.max() >= model.cfg.vocab_size):
+        raise ValueError(f"columns must be a non-empty 1-D list of token ids in [0, {model.cfg.vocab_size}), "
+                         f"got {columns!r}")
     out = None
     for idx, (_, z, _) in last_token_states(model, token_lists, batch_size=batch_size, bucket=bucket):
         z = np.asarray(z)[: len(idx)]
