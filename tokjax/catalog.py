@@ -240,8 +240,14 @@ _ENTRIES: tuple[Entry, ...] = (
        'vision', 'tokjax.vision.xar', ('xar',),
        'next-entity prediction with noisy context (flow head)'),
     _e(11, 'Exact Byte-Level Probabilities from Tokenized Language Models for FIM-Tasks and Model Ensembles',
-       'tokenizers', 'tokjax.tokenizers.exact_byte_probs', ('byte_logprobs',),
-       'byte-level probabilities from a token LM via cover enumeration'),
+       'tokenizers', 'tokjax.tokenizers.exact_byte_probs',
+       ('byte_logprobs', 'naive_byte_logprobs', 'byte_text_logprob', 'byte_generate', 'is_canonical'),
+       'exact next-byte (and end-of-text) probabilities of a token LM by the Byte-Token Representation lemma: '
+       'cover encodings from a byte trie, canonical-prefix check enc(x[:j] + t) == enc(x[:j]) + [t], one '
+       'prefill and a forked KV cache per byte; equals exhaustive enumeration of a push-forward byte source to '
+       '< 1e-6 where the naive first-byte method gives 0 at a merge boundary; ensembles, token healing and the '
+       'FIM experiment are not built yet',
+       status='implemented'),
     _e(12, 'InfiGFusion: Graph-on-Logits Distillation via Efficient Gromov-Wasserstein for Model Fusion',
        'losses', 'tokjax.losses.infigfusion', ('graph_on_logits_loss', 'coactivation_graph', 'sorted_gw', 'topk_features', 'make_gld_loss'),
        'top-k co-activation graphs over vocabulary channels (token ids), compared by token id or by '
@@ -397,8 +403,14 @@ _ENTRIES: tuple[Entry, ...] = (
        claims=(_c('main', 'not-reproduced', 'KD through an auxiliary head with the normalised binary KL (DHKD) beats plain KD on the main head',
                      'below plain KD on all 5 seeds (0.571 vs 0.613) on a synthetic 20-class task'),)),
     _e(35, 'Position Auctions in AI-Generated Content',
-       'analysis', 'tokjax.analysis.position_auctions', ('position_auctions',),
-       'optimal position auctions for AI-generated content'),
+       'analysis', 'tokjax.analysis.position_auctions',
+       ('mnl_allocation', 'vcg_auction', 'revenue_auction', 'cascade_allocation', 'cascade_allocation_approx',
+        'insertion_scores', 'separable_fit'),
+       'ad placement inside generated text: per-(position, creative) scores from LM insertion log-probs '
+       '(score_continuations), the exact MNL welfare / revenue optimum by Dinkelbach over capped assignments '
+       '(scipy linear_sum_assignment) with VCG / Myerson threshold payments, an exact cascade solver and a '
+       'reconstructed (unverified) cascade approximation; quick run only so far',
+       status='implemented'),
     _e(36, 'StochasTok: Improving Fine-Grained Subword Understanding in LLMs',
        'tokenizers', 'tokjax.tokenizers.stochastok', ('stochastok', 'stochastok_split', 'expansion_table', 'stochastok_loss'),
        'random token splits that keep the text byte-exact: host transform plus a jitted split op with '

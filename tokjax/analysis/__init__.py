@@ -21,6 +21,8 @@ entity binding (P77) and magic words (P43).
 * :mod:`tokjax.analysis.ssm_token_dynamics` -- the 1-D token dynamics of deep selective SSMs, the regime of a
   mamba model's layers and token norms by depth (P68).
 * :mod:`tokjax.analysis.vocab_keys` -- next-token rank vs unembedding-key similarity to the top-1 key (P73).
+* :mod:`tokjax.analysis.position_auctions` -- ad placement in generated text: LM insertion scores, exact MNL
+  welfare / revenue optimum (Dinkelbach over assignments), VCG and Myerson payments, cascade model (P35).
 """
 
 from tokjax.analysis.attribution import (
@@ -40,6 +42,11 @@ from tokjax.analysis.sae import (
     SparseCodes, collect_activations, sae_activations, sae_decode, sae_encode, sae_encode_sparse, sae_init, sae_loss,
     sae_metrics,
 )
+from tokjax.analysis.position_auctions import (
+    AuctionResult, brute_force_allocation, cascade_allocation, cascade_allocation_approx, cascade_click_probs,
+    insertion_scores, max_weight_matching, mnl_allocation, mnl_click_probs, revenue_auction, separable_fit,
+    threshold_payments, uniform_virtual_value, vcg_auction, welfare,
+)
 from tokjax.analysis.promptreps import (
     encode_prompted, hybrid_scores, mean_pooled, prompt_ids, sparse_reps, sparse_scores, text_token_ids,
 )
@@ -54,6 +61,9 @@ from tokjax.analysis.tokenization_theory import (
 )
 
 __all__ = [
+    "AuctionResult", "brute_force_allocation", "cascade_allocation", "cascade_allocation_approx",
+    "cascade_click_probs", "insertion_scores", "max_weight_matching", "mnl_allocation", "mnl_click_probs",
+    "revenue_auction", "separable_fit", "threshold_payments", "uniform_virtual_value", "vcg_auction", "welfare",
     "Regime", "Simulation", "regime", "simulate_1d", "token_norms",
     "encode_prompted", "hybrid_scores", "mean_pooled", "prompt_ids", "sparse_reps", "sparse_scores", "text_token_ids",
     "KeyRankCorrelation", "key_neighbours", "key_rank_correlation", "rank_key_spearman", "unembedding_keys",

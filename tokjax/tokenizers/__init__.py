@@ -9,7 +9,8 @@
 Tokenizer transforms (one module per paper): :mod:`~tokjax.tokenizers.stochastok` (P36),
 :mod:`~tokjax.tokenizers.right_to_left_digits` (P70), :mod:`~tokjax.tokenizers.setrec` (P55),
 :mod:`~tokjax.tokenizers.dynamic_tokenization` (P39), :mod:`~tokjax.tokenizers.zett` (P26,
-``zett_transfer``; fitting in :mod:`tokjax.train.recipes.zett`), :mod:`~tokjax.tokenizers.tokenadapt` (P24).
+``zett_transfer``; fitting in :mod:`tokjax.train.recipes.zett`), :mod:`~tokjax.tokenizers.tokenadapt` (P24),
+:mod:`~tokjax.tokenizers.exact_byte_probs` (P11: exact next-byte probabilities of a token LM).
 :class:`WrappedTokenizer` is the base of the ``Tokenizer -> Tokenizer`` transforms.
 """
 
@@ -22,6 +23,10 @@ from ._vocab_transfer import decompose_vocab, mean_of_parts
 from .dynamic_tokenization import (
     DynamicBatch, apply_merges, dynamic_embeddings, dynamic_merges, dynamic_tokenize, hypernet_dynamic_embeddings,
     joinable_mask, new_token_bias,
+)
+from .exact_byte_probs import (
+    END, ByteVocab, byte_generate, byte_logprobs, byte_prefix_logprob, byte_text_logprob, is_canonical,
+    naive_byte_logprobs,
 )
 from .right_to_left_digits import DigitGroupedTokenizer, encode_arithmetic, group_digits, right_to_left_digits
 from .setrec import (
@@ -39,6 +44,9 @@ from .zett import (
 from .zett import transfer as zett_transfer
 
 __all__ = [
+    # P11
+    "END", "ByteVocab", "byte_generate", "byte_logprobs", "byte_prefix_logprob", "byte_text_logprob", "is_canonical",
+    "naive_byte_logprobs",
     "BPETokenizer",
     "ByteTokenizer",
     "DEFAULT_SPECIAL_TOKENS",

