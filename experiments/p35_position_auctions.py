@@ -22,6 +22,8 @@ Claims, rules declared below before anything runs (deterministic: one run, seed 
   chance 1/num_sentences (threshold 0). The note reports the MNL welfare of allocating with the per-pair theta vs
   with its separable rank-1 fit ``a_i b_j`` (both evaluated under the per-pair theta, mean over
   ``N_BIDS`` random bid vectors ~ U[0,1]).
+* ``cascade``: untested here (the paper's cascade model and its approximation could not be read; the module's
+  cascade solver and approximation are reconstructions).
 """
 
 from __future__ import annotations
@@ -170,6 +172,15 @@ def run(quick: bool) -> list[Row]:
             note=(f"mean rank of the own-topic sentence {diag_rank:.2f} of {m}; MNL welfare (mean over {N_BIDS} "
                   f"U[0,1] bid vectors): per-pair theta {wp:.4f} vs separable rank-1 fit {ws:.4f} "
                   f"(ratio {ws / wp:.4f})")),
+        Row(pid="P35", claim_id="cascade",
+            claim="Under the order-sensitive cascade model, the paper's mechanism is approximately optimal",
+            setting="not run: the paper's cascade model and approximation algorithm could not be read",
+            baseline_name="exact cascade optimum", baseline_value=None, method_value=None,
+            metric="approximation ratio", verdict="untested-here",
+            note=("only the abstract and a secondary summary were available; tokjax's cascade model (click with "
+                  "probability theta, stop after a click, fixed rendering order) and its approximation are "
+                  f"reconstructions (worst ratio to the exact optimum {ratio:.4f} in the optimal-mnl row's instances), "
+                  "not the paper's; the paper text would decide it")),
     ]
 
 

@@ -409,8 +409,15 @@ _ENTRIES: tuple[Entry, ...] = (
        'ad placement inside generated text: per-(position, creative) scores from LM insertion log-probs '
        '(score_continuations), the exact MNL welfare / revenue optimum by Dinkelbach over capped assignments '
        '(scipy linear_sum_assignment) with VCG / Myerson threshold payments, an exact cascade solver and a '
-       'reconstructed (unverified) cascade approximation; quick run only so far',
-       status='implemented'),
+       'reconstructed (unverified) cascade approximation',
+       claims=(_c('optimal-mnl', 'reproduced', 'the welfare / revenue optimal allocation under the MNL click model is computed exactly and efficiently',
+                  'Dinkelbach over capped assignments equals brute force over every matching on 500 random instances up to 4x4: max gap 0'),
+               _c('truthful', 'reproduced', 'the optimal mechanisms with VCG payments are truthful',
+                  'no misreport on a 26-point grid gains (max gain 5.551e-17 over 12 instances) while pay-your-bid payments on the same allocations give 0.6002'),
+               _c('lm-placement', 'reproduced', 'LM insertion scores place each topical creative best after its own topic sentence',
+                  'SmolLM2-135M-Instruct row-normalised insertion scores: top-1 rate 0.7 over 10 pydoc topics vs chance 0.1'),
+               _c('cascade', 'untested-here', 'under the order-sensitive cascade model the paper mechanism is approximately optimal',
+                  'needs the paper text: only the abstract and a secondary summary were readable, so the cascade model and its approximation here are reconstructions (worst ratio 0.7483 to the exact optimum)'),)),
     _e(36, 'StochasTok: Improving Fine-Grained Subword Understanding in LLMs',
        'tokenizers', 'tokjax.tokenizers.stochastok', ('stochastok', 'stochastok_split', 'expansion_table', 'stochastok_loss'),
        'random token splits that keep the text byte-exact: host transform plus a jitted split op with '
