@@ -4,9 +4,12 @@ between the runs on a GPU machine."""
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_gpu_check_smoke_writes_every_section(tmp_path):
     spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu" / "check.py")
     mod = importlib.util.module_from_spec(spec)

@@ -111,6 +111,7 @@ def _identity_tail(model, layer):
     return Model(params=jax.tree_util.tree_map_with_path(zero, model.params), cfg=model.cfg)
 
 
+@pytest.mark.slow
 def test_perfect_draft_is_fully_accepted(model):
     # Layers >= 2 are identities and the adapter (warm-started from layer 2, whose attention output is
     # zero) adds nothing: the draft equals the target, so every step must accept all num_draft tokens.

@@ -44,6 +44,7 @@ def test_greedy_s2d_equals_plain_greedy_with_a_separate_sorted_draft(model, plai
     assert [c.tolist() for c in out.completions()] == plain
 
 
+@pytest.mark.slow
 def test_full_depth_self_draft_is_fully_accepted_and_shallow_exits_still_lossless(model, plain):
     full = _run(model, nested(model, exits=(4,), num_draft=3))  # the deepest exit IS the target
     assert [c.tolist() for c in full.completions()] == plain
@@ -58,6 +59,7 @@ def test_full_depth_self_draft_is_fully_accepted_and_shallow_exits_still_lossles
 
 
 
+@pytest.mark.slow
 def test_one_nested_draft_serves_two_targets_of_different_depth(model, plain):
     # P59's deployment: ONE sorted draft, unchanged, drafts for targets of different depth sharing its vocabulary
     # (here the 4-layer model and its own first 2 layers as a second, shallower target).

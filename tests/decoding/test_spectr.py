@@ -111,6 +111,7 @@ def test_verifier_acceptance_on_model_distributions_matches_formula(k):
         assert abs(want - float(jnp.minimum(p, q).sum())) < 1e-5
 
 
+@pytest.mark.slow
 def test_spectr_greedy_equals_plain_greedy_on_100_prompts():
     ref = greedy_reference()
     strategy = speculative(drafts.model(DRAFT, num_draft=3, num_chains=3), spectr(3))

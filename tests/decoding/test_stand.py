@@ -210,6 +210,7 @@ def test_greedy_speculative_equals_plain_greedy_batched_ragged(verifier, prime):
     assert calls_spec < calls_plain  # drafts were accepted somewhere
 
 
+@pytest.mark.slow
 def test_sampling_with_tree_verifier_is_lossless_chi_square():
     model = small_model(seed=2, vocab_size=6, init_scale=0.15)
     B, n = 3000, 2

@@ -133,6 +133,7 @@ def test_k3_kl_is_nonnegative_and_zero_at_the_reference():
     assert np.all(np.asarray(k3_kl(lp, lp[::-1])) >= 0) and np.all(np.asarray(k3_kl(lp, lp)) == 0)
 
 
+@pytest.mark.slow
 def test_registered_grpo_loss_trains_through_token_stats():
     cfg = tokjax.ModelConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2, max_len=16)
     params = tokjax.model.init_params(cfg, jax.random.key(0))

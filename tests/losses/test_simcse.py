@@ -112,6 +112,7 @@ def test_simcse_loss_equals_info_nce_on_the_embeddings_of_its_crops_and_trains()
     assert any(float(jnp.abs(x).max()) > 0 for x in jax.tree.leaves(g))
 
 
+@pytest.mark.slow
 def test_simcse_trains_through_tokjax_train():
     toks = np.random.default_rng(0).integers(0, 37, (32, 16)).astype(np.int32)
     batch = {"tokens": toks[:8]}

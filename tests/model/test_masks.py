@@ -52,6 +52,7 @@ def random_tree(rng, T):
     return np.array([-1] + [int(rng.integers(-1, i)) for i in range(1, T)], np.int32)
 
 
+@settings(max_examples=12)
 @given(st.integers(1, 3), st.integers(1, 7), st.integers(0, 10_000), st.booleans())
 def test_masks_match_numpy_oracle(B, T, seed, bidir):
     rng = np.random.default_rng(seed)
@@ -98,6 +99,7 @@ def test_explicit_mask_wrong_shape_is_rejected():
         build_mask(Explicit(jnp.ones((1, 3, 4), bool)), 1, 3)
 
 
+@pytest.mark.slow
 def test_tree_mask_decoding_of_a_path_equals_causal_decoding():
     """Feed a 7-node tree after a cached prefix; each node's logits equal causal decoding of its root path."""
     m = small_model()
@@ -132,6 +134,7 @@ def test_prefix_mask_changes_only_prefix_positions():
     assert not np.allclose(a[:, 0], c[:, 0], atol=1e-5)
 
 
+@pytest.mark.slow
 @settings(max_examples=12)  # each example compiles; 12 cover T < block, T = block, ragged last blocks
 @given(T=st.integers(1, 40), block=st.integers(1, 16), packed=st.booleans())
 def test_causal_attend_by_blocks_equals_the_full_mask(T, block, packed):

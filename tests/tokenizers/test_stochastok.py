@@ -220,6 +220,7 @@ def test_stochastok_loss_in_a_train_step(tok, table):
     assert isinstance(table, ExpansionTable) and table.vocab_size == tok.vocab_size
 
 
+@pytest.mark.slow
 def test_train_recipe_with_p_zero_equals_plain_training(tok, table):
     """tokjax.train.recipes.stochastok: p=0 changes nothing, so the params equal a plain train() run's."""
     import tokjax

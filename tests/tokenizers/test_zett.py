@@ -180,6 +180,7 @@ def test_vocab_overlap_counts_the_target_tokens_a_pool_tokenizer_has(setup):
         vocab_overlap(object(), [old])
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_transfer_builds_a_model(setup, tmp_path):
     model, old, new = setup
     pool = make_tokenizer_pool(old, DOCS, [280, 300], seq_len=15, sample_fraction=0.8)

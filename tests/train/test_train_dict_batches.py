@@ -53,6 +53,7 @@ def _run(tc, batch_fn, params=None):
 
 
 # ------------------------------------------------------------------------------ registry losses via train()
+@pytest.mark.slow
 def test_prior_from_a_train_config_with_ref_logp_in_the_batch():
     tok = _tokens(1)
     ref = np.asarray(reference_logp(TEACHER.params, CFG, tok))

@@ -22,7 +22,7 @@ def model():
     return jax.jit(lambda k: Model.init(cfg, k))(jax.random.key(1))
 
 
-def test_adapter_training_reduces_distillation_loss_and_decoding_stays_lossless(model):
+def test_adapter_training_reduces_distillation_loss_and_keeps_the_base_frozen(model):
     windows = np.asarray(jax.random.randint(jax.random.key(5), (64, 16), 0, model.cfg.vocab_size))
     ad0 = init_adapter(model, 1, jax.random.key(0), warm_start=False)
     before = distill_metrics(model, ad0, 1, windows[:16])
@@ -35,6 +35,13 @@ def test_adapter_training_reduces_distillation_loss_and_decoding_stays_lossless(
     # the base stays frozen: only adapter params come back, with the adapter's shapes
     assert jax.tree.map(jnp.shape, ad) == jax.tree.map(jnp.shape, ad0)
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(base), jax.tree.leaves(model.params)))
+
+
+@pytest.mark.slow
+def test_a_trained_adapter_keeps_greedy_speculation_lossless(model):
+    windows = np.asarray(jax.random.randint(jax.random.key(5), (64, 16), 0, model.cfg.vocab_size))
+    ad, _ = fit_adapter(model, 1, windows, steps=40, batch_size=8, lr=3e-3,
+                        adapter=init_adapter(model, 1, jax.random.key(0), warm_start=False))
     # the trained adapter only changes the drafts: greedy verification keeps plain greedy's tokens
     plain = generate(model, PROMPTS, max_new_tokens=12, logits=greedy())
     out = generate(model, PROMPTS, max_new_tokens=12, logits=greedy(),
