@@ -247,7 +247,12 @@ _ENTRIES: tuple[Entry, ...] = (
        'prefill and a forked KV cache per byte; equals exhaustive enumeration of a push-forward byte source to '
        '< 1e-6 where the naive first-byte method gives 0 at a merge boundary; ensembles, token healing and the '
        'FIM experiment are not built yet',
-       status='implemented'),
+       claims=(_c('mid-token-next-byte', 'reproduced', 'exact byte-level probabilities remove the prompt-boundary bias of tokenized prompts (the mechanism behind the FIM gains)',
+                  'SmolLM2-135M-Instruct on 3 x 30 pydoc lines cut inside a token: next-byte top-1 accuracy 72.22% vs 14.44% for the naive tokenized prompt, every draw above the declared 5 points'),
+               _c('fim', 'untested-here', 'byte-level decoding improves fill-in-the-middle code completion (~18%)',
+                  'needs greedy byte-by-byte completion to line end: one model call and ~49k canonicality encodes per byte on CPU'),
+               _c('ensemble', 'untested-here', 'byte-level ensembles of models with different vocabularies beat each model (up to 3.7%)',
+                  'needs a second pretrained model with another vocabulary; tokjax ships one pretrained LM'),)),
     _e(12, 'InfiGFusion: Graph-on-Logits Distillation via Efficient Gromov-Wasserstein for Model Fusion',
        'losses', 'tokjax.losses.infigfusion', ('graph_on_logits_loss', 'coactivation_graph', 'sorted_gw', 'topk_features', 'make_gld_loss'),
        'top-k co-activation graphs over vocabulary channels (token ids), compared by token id or by '
