@@ -662,8 +662,13 @@ _ENTRIES: tuple[Entry, ...] = (
        'a generate strategy whose thinking steps feed the renormalised top-k mixture of embeddings of '
        'softmax(z/T) after top-k/top-p/min-p (shown token = its top-1), Cold Stop on a run of low-entropy '
        'steps as in the official counter, discrete decoding after the end token; max_topk=1 equals greedy '
-       'decoding token for token; quick run only so far',
-       status='implemented'),
+       'decoding token for token. SmolLM2-135M (the README warns models under 7-14B gain little) mostly thinks '
+       'to the end of a 96-token budget',
+       experiment='experiments/p72_soft_thinking.py',
+       claims=(_c('accuracy', 'inconclusive', 'soft thinking raises pass@1 over standard CoT sampling',
+                  'SmolLM2-135M-Instruct on 3 x 67 level-1 word problems: pass@1 0.1095 vs CoT 0.0896, per draw +0.02239, -0.02239, +0.0597 (the draws disagree); more problems or a model that ends its thinking would decide it'),
+               _c('fewer-tokens', 'not-reproduced', 'soft thinking uses fewer tokens than standard CoT',
+                  'soft/CoT token ratio 0.99, 1.022, 0.992 per draw (declared: below 0.9): only 0.1095 of soft rows end their thinking within the 96-token budget'),)),
     _e(73, 'Correlation and Navigation in the Vocabulary Key Representation Space of Language Models',
        'decoding', 'tokjax.decoding.navigation',
        ('in_context_navigation', 'top_n_first_tokens', 'sample_answers', 'navigation_prompt', 'NavigationTemplate'),
