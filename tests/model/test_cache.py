@@ -145,8 +145,8 @@ def test_prefill_equals_writing_the_prompt_through_the_cache_path():
     got = prefill(m.params, m.cfg, toks, lens, 20)
     ref = forward(m.params, m.cfg, Inputs(tokens=toks), cache=KVCache.init(m.cfg, 2, 20), compute_logits=False).cache
     assert got.capacity == 20 and np.array_equal(got.lengths, np.broadcast_to(lens - 1, got.lengths.shape))
-    for a, b in zip(got.k + got.v, ref.k + ref.v):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    for a, b in zip(got.k + got.v, ref.k + ref.v):  # two XLA programs: float32 rounding may differ (FMA contraction)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
         assert not np.asarray(a)[:, :, 9:].any()  # slots past the prompt stay empty
     with pytest.raises(ValueError, match="capacity 8 is too small"):
         prefill(m.params, m.cfg, toks, lens, 8)
