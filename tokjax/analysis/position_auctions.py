@@ -332,17 +332,21 @@ class AuctionResult:
         return np.asarray(values, np.float64) * self.clicks - self.payments
 
 
+def _check_auction(theta, bids, max_ads, model, order):
+    """Returns the checked (theta, bids, max_ads, order) of a mechanism call."""
+    _check_model(model)
+    t = _check_theta(theta, cascade=model == "cascade")
+    b = _check_weights(bids, t.shape[1])
+    return t, b, _check_k(max_ads, *t.shape), _check_order(order, t.shape[0])
+
+
 def vcg_auction(theta, bids, max_ads=None, *, model: str = "mnl", order=None) -> AuctionResult:
     """Returns the welfare-maximising allocation (exact, Dinkelbach or cascade DP) with VCG (Clarke) payments.
 
     ``p_j = W*_{-j} - (W* - b_j x_j)``: the optimal welfare without ad j minus the others' welfare now.
     """
-    _check_model(model)
-    t = _check_theta(theta, cascade=model == "cascade")
-    b = _check_weights(bids, t.shape[1])
+    t, b, k, o = _check_auction(theta, bids, max_ads, model, order)
     m, n = t.shape
-    k = _check_k(max_ads, m, n)
-    o = _check_order(order, m)
     alloc, val = _allocate(t, b, k, model, o)
     clicks = _clicks(t, alloc, model, o)
     pay = np.zeros(n)
@@ -404,12 +408,8 @@ def revenue_auction(theta, bids, virtual_value: Callable[[np.ndarray], np.ndarra
     ``value`` is the expected virtual welfare (= expected revenue in expectation over values); payments are the
     threshold payments of :func:`threshold_payments`.
     """
-    _check_model(model)
-    t = _check_theta(theta, cascade=model == "cascade")
-    b = _check_weights(bids, t.shape[1])
+    t, b, k, o = _check_auction(theta, bids, max_ads, model, order)
     m, n = t.shape
-    k = _check_k(max_ads, m, n)
-    o = _check_order(order, m)
 
     def phi(bb):
         v = np.asarray(virtual_value(bb), np.float64)
