@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tokjax
-from tokjax.analysis.magic_words import k_epsilon, reachable, reachable_set
+from tokjax.analysis.magic_words import controlled_logits, k_epsilon, reachable, reachable_set
 from tokjax.model.forward import forward
 
 CFG = tokjax.ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, max_len=16, init_scale=1.0)
@@ -50,9 +50,44 @@ def test_exhaustive_witness_and_k_epsilon(model):
     r = reachable(model, X0, y, 2, method="exhaustive")
     assert r["reachable"] and _argmax(model, r["prompt"]) == y
     no = int(np.nonzero(~ex2)[0][0])
-    assert reachable(model, X0, no, 2, method="exhaustive") == {"reachable": False, "prompt": None, "length": None}
+    r = reachable(model, X0, no, 2, method="exhaustive")
+    assert (r["reachable"], r["prompt"], r["length"]) == (False, None, None)
+    assert r["evals"] == 1 + 64 + 64 ** 2 and r["grads"] == 0  # x0 alone, then every prompt of length 1 and 2
     eps = k_epsilon([0, 1, 2, None], [0, 1, 2, 3])
     np.testing.assert_allclose(eps, [0.75, 0.5, 0.25, 0.25])
+
+
+def test_controlled_logits_match_forward_and_ragged_batches(model):
+    rng = np.random.default_rng(0)
+    prompts = rng.integers(0, 64, (7, 2))
+    full = np.asarray(forward(model.params, CFG, jnp.asarray([list(u) + X0 for u in prompts])).logits[:, -1])
+    for bs in (3, 7, 100):  # 3: two full batches and a padded remainder of 1
+        np.testing.assert_allclose(controlled_logits(model, X0, prompts, batch_size=bs), full, rtol=1e-5, atol=1e-5)
+    empty = controlled_logits(model, X0, np.zeros((1, 0), int))
+    np.testing.assert_allclose(empty[0], np.asarray(forward(model.params, CFG, jnp.asarray([X0])).logits[0, -1]),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_search_budget_counts_and_gcg_lengths(model):
+    ex2 = reachable_set(model, X0, 2)
+    ex1 = reachable_set(model, X0, 1)
+    y = int(np.nonzero(ex2 & ~ex1)[0][0])  # needs exactly 2 tokens
+    r = reachable(model, X0, y, 2, method="greedy", top_c=8, batch_size=5)  # 8 candidates: batches of 5 + 3 padded
+    assert (r["grads"], r["evals"]) == (2, 1 + 8 + 8)  # y is not in R_1, so greedy runs both steps
+    if r["reachable"]:
+        assert _argmax(model, r["prompt"]) == y
+    r1 = reachable(model, X0, y, 2, method="gcg", top_c=8, steps=2, batch=16, gcg_lengths=[1])
+    assert not r1["reachable"]  # GCG at length 1 alone cannot reach a y outside R_1
+    assert r1["grads"] == 2 + 2 and r1["evals"] == 1 + 8 + 8 + 2 * 8  # greedy, then 2 GCG steps of all 1*8 swaps
+
+
+def test_extra_candidates_come_first(model):
+    base = _argmax(model, [])
+    t, y = next((t, _argmax(model, [t])) for t in range(64) if _argmax(model, [t]) != base)
+    r = reachable(model, X0, y, 2, method="greedy", top_c=1, extra_candidates=[t, t])  # duplicates dropped
+    assert r == {"reachable": True, "prompt": [t], "length": 1, "evals": 2, "grads": 0}  # no gradient needed
+    r = reachable(model, X0, y, 2, method="greedy", top_c=3, extra_candidates=[t])
+    assert r["prompt"] is not None and _argmax(model, r["prompt"]) == y and r["grads"] == 1
 
 
 def test_bad_inputs(model):
@@ -68,3 +103,13 @@ def test_bad_inputs(model):
         reachable_set(model, X0, 4)
     with pytest.raises(ValueError, match="empty"):
         k_epsilon([], [1])
+    with pytest.raises(ValueError, match="gcg_lengths"):
+        reachable(model, X0, 1, 2, method="gcg", gcg_lengths=[3])
+    with pytest.raises(ValueError, match="top_c"):
+        reachable(model, X0, 1, 2, top_c=0)
+    with pytest.raises(ValueError, match="extra_candidates"):
+        reachable(model, X0, 1, 2, top_c=4, extra_candidates=[64])
+    with pytest.raises(ValueError, match="prompts must be"):
+        controlled_logits(model, X0, [1, 2])
+    with pytest.raises(ValueError, match="prompt tokens"):
+        controlled_logits(model, X0, [[64]])

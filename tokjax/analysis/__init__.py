@@ -12,6 +12,8 @@ entity binding (P77) and magic words (P43).
 * :mod:`tokjax.analysis.entity_binding` -- binding prompts, counterfactual interchange and the positional /
   lexical / reflexive mixing model with its agreement metric (P77).
 * :mod:`tokjax.analysis.magic_words` -- reachable outputs under short prompts: greedy, GCG, exhaustive (P43).
+* :mod:`tokjax.analysis.pawn` -- PAWN (P21): per-token next-token metrics and the last hidden state from one
+  forward (disk-cached), a gate's masked softmax over tokens weighting a metric MLP's features.
 * :mod:`tokjax.analysis.sae` -- top-k sparse autoencoders on any tapped site (trained by
   :func:`tokjax.train.recipes.sae.train_sae`).
 * :mod:`tokjax.analysis.function_tokens` -- function-token sets, SAE feature coverage and the
@@ -35,7 +37,11 @@ from tokjax.analysis.entity_binding import (
 from tokjax.analysis.function_tokens import (
     FeatureCoverage, LossTable, feature_coverage, function_token_set, loss_table, token_counts,
 )
-from tokjax.analysis.magic_words import k_epsilon, reachable, reachable_set
+from tokjax.analysis.magic_words import controlled_logits, k_epsilon, reachable, reachable_set
+from tokjax.analysis.pawn import (
+    PawnFeatures, apply_pawn, init_pawn, pawn_batch_fn, pawn_features, pawn_features_batched, pawn_loss,
+    pawn_norm_stats, pawn_weights, uniform_gate,
+)
 from tokjax.analysis.patching import capture, head_ablation_hooks, patch
 from tokjax.analysis.reagent import reagent
 from tokjax.analysis.sae import (
@@ -71,7 +77,9 @@ __all__ = [
     "SparseCodes", "collect_activations", "sae_activations", "sae_decode", "sae_encode", "sae_encode_sparse",
     "sae_init", "sae_loss", "sae_metrics",
     "agreement", "binding_prompts", "classify", "counterfactuals", "fit_mixing_model", "interchange", "js_divergence",
-    "mixing_logits", "k_epsilon", "reachable", "reachable_set",
+    "mixing_logits", "controlled_logits", "k_epsilon", "reachable", "reachable_set",
+    "PawnFeatures", "apply_pawn", "init_pawn", "pawn_batch_fn", "pawn_features", "pawn_features_batched", "pawn_loss",
+    "pawn_norm_stats", "pawn_weights", "uniform_gate",
     "ATTRIBUTIONS", "ablated_accuracy", "attention_importance", "attribute", "binary_entropy", "capture",
     "chunk_text", "effective_embeddings", "gradient_norm", "head_ablation_hooks", "head_ov_logits",
     "input_x_gradient", "integrated_gradients", "leave_one_out", "model_bits_per_byte", "patch",
