@@ -513,8 +513,15 @@ _ENTRIES: tuple[Entry, ...] = (
                 _c('vs-train-free', 'not-reproduced', 'Token Recycling is faster than prior train-free drafting such as prompt lookup (paper: ~30% above)',
                         "0.31x against prompt lookup's 0.806x over all prompts; prompt lookup also accepts more on code editing"),)),
     _e(46, 'R2R: Efficiently Navigating Divergent Reasoning Paths with Small-Large Model Token Routing',
-       'decoding', 'tokjax.decoding.r2r', ('r2r',),
-       'router sends divergent tokens to the large model'),
+       'decoding', 'tokjax.decoding.r2r',
+       ('r2r', 'R2R', 'RouterFeatures', 'router_features', 'init_router', 'apply_router', 'router_probs',
+        'router_loss', 'recall_threshold', 'divergence_data'),
+       "R2R per-token SLM->LLM routing: the paper's MLP router on (h_t, E_SLM[y_t], sorted top-100 logits), BCE on "
+       "teacher-forced argmax-disagreement labels (the paper's LLM verifier skipped), theta at recall 0.95 on a "
+       'validation split (tokjax.train.recipes.r2r); a generate strategy with both models in lockstep (theta and '
+       'router kind runtime; entropy / random baselines). Quick run only: on smollm2-draft -> SmolLM2-135M the '
+       'router beats entropy and random routing at LLM fraction ~0.9 but loses to entropy routing at 0.1-0.3',
+       status='implemented'),
     _e(47, 'LaSeR: Reinforcement Learning with Last-Token Self-Rewarding',
        'losses', 'tokjax.losses.laser', ('laser',),
        'last-token self-reward added to RL'),

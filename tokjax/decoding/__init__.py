@@ -20,6 +20,9 @@
   inserted token over the joint (gap, token) distribution, a stop head deciding when to end.
 * :func:`~tokjax.decoding.navigation.in_context_navigation` (P73): rounds of greedy answers, each prompt listing
   the answers already given; top-N-first-token and sampling baselines.
+* :func:`~tokjax.decoding.r2r.r2r` (P46): R2R small->large token routing by a learned router on the small
+  model's step (hidden, token embedding, top-100 logits); entropy / random routers share the step
+  (the router is fit by :func:`tokjax.train.recipes.r2r.train_router`).
 * :func:`~tokjax.decoding.soft_thinking.soft_thinking` (P72): thinking steps feed a probability-weighted mixture
   of embeddings ("concept token") to the next step; Cold Stop; discrete decoding after thinking.
 """
@@ -40,6 +43,10 @@ from tokjax.decoding.stand import NgramTables
 from tokjax.decoding.kangaroo import Kangaroo, kangaroo
 from tokjax.decoding.token_recycling import RecyclingTable
 from tokjax.decoding.insertion import Insertion, insertion
+from tokjax.decoding.r2r import (
+    R2R, DivergenceData, RouterFeatures, apply_router, divergence_data, init_router, r2r, recall_threshold,
+    router_features, router_probs,
+)
 from tokjax.decoding.soft_thinking import SoftThinking, soft_thinking
 from tokjax.decoding.scoring import ScoredContinuations, score_continuations
 from tokjax.decoding.navigation import (
@@ -48,6 +55,8 @@ from tokjax.decoding.navigation import (
 
 __all__ = [
     "Insertion", "insertion", "SoftThinking", "soft_thinking",
+    "R2R", "DivergenceData", "RouterFeatures", "apply_router", "divergence_data", "init_router", "r2r", "recall_threshold",
+    "router_features", "router_probs",
     "ScoredContinuations", "score_continuations",
     "Navigation", "NavigationTemplate", "in_context_navigation", "navigation_prompt", "sample_answers",
     "top_n_first_tokens",
