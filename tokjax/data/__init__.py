@@ -8,7 +8,8 @@ Packing:      :func:`pack_sequences`, :func:`batches`, :func:`batch_indices`,
               :func:`steps_per_epoch`, :func:`epoch_permutation`, :class:`TokenDataset`
 Synthetic:    :func:`arithmetic`, :func:`copy_spans`, :func:`markov_source`, :func:`mazes`,
               :func:`word_problems` / :func:`check_answer` (verifiable word problems),
-              :func:`star_graphs` / :func:`check_path` (star-graph path finding, P14/P8)
+              :func:`star_graphs` / :func:`check_path` (star-graph path finding, P14/P8),
+              :func:`translation_pairs` / :func:`few_shot_prompts` (lexicon translation, few-shot, P76)
 Retrieval:    :func:`pydocs_retrieval` (pydoc-topic paragraphs, held-out-sentence queries, graded qrels)
 Open sets:    :func:`open_sets` (many-answer questions graded against the Python stdlib, P73)
 Facts:        :func:`python_facts` / :func:`check_fact` (misconception-prone Python expressions, truth = eval, P1)
@@ -41,6 +42,10 @@ from tokjax.data._split import split_corpus
 from tokjax.data._star_graphs import (
     STAR_GRAPH_PRESETS, StarGraph, StarGraphs, StarGraphVocab, check_path, exact_path_match, is_valid_path, star_graphs,
 )
+from tokjax.data._translation_pairs import (
+    FewShotSet, TranslationPairs, TranslationVocab, few_shot_prompts, pair_stream_windows, translate,
+    translation_pairs, translation_vocab,
+)
 from tokjax.data._word_problems import (
     ANSWER_INSTRUCTION, WORD_PROBLEM_LEVELS, WordProblem, check_answer, word_problems,
 )
@@ -51,6 +56,8 @@ __all__ = [
     "STAR_GRAPH_PRESETS", "StarGraph", "StarGraphs", "StarGraphVocab", "check_path", "exact_path_match",
     "is_valid_path", "star_graphs",
     "RetrievalSet", "pydocs_retrieval",
+    "FewShotSet", "TranslationPairs", "TranslationVocab", "few_shot_prompts", "pair_stream_windows", "translate",
+    "translation_pairs", "translation_vocab",
     "OpenSetProbe", "distinct_correct", "normalize_answer", "open_sets",
     "PYTHON_FACT_FAMILIES", "PythonFact", "check_fact", "extract_fact_answer", "python_facts",
     "ANSWER_INSTRUCTION",

@@ -23,6 +23,8 @@
 * :func:`~tokjax.decoding.r2r.r2r` (P46): R2R small->large token routing by a learned router on the small
   model's step (hidden, token embedding, top-100 logits); entropy / random routers share the step
   (the router is fit by :func:`tokjax.train.recipes.r2r.train_router`).
+* :func:`~tokjax.decoding.sap.sap` (P76): SAP few-shot prompting of a span-corruption (prefix-LM) model --
+  greedy infill of prompt + output + sentinel, keep the first k tokens, repeat; ``PrefixLM`` is the strategy.
 * :func:`~tokjax.decoding.soft_thinking.soft_thinking` (P72): thinking steps feed a probability-weighted mixture
   of embeddings ("concept token") to the next step; Cold Stop; discrete decoding after thinking.
 """
@@ -47,6 +49,7 @@ from tokjax.decoding.r2r import (
     R2R, DivergenceData, RouterFeatures, apply_router, divergence_data, init_router, r2r, recall_threshold,
     router_features, router_probs,
 )
+from tokjax.decoding.sap import PrefixLM, SAPOutput, infill, prefix_lm, sap
 from tokjax.decoding.soft_thinking import SoftThinking, soft_thinking
 from tokjax.decoding.scoring import ScoredContinuations, score_continuations
 from tokjax.decoding.navigation import (
@@ -57,6 +60,7 @@ __all__ = [
     "Insertion", "insertion", "SoftThinking", "soft_thinking",
     "R2R", "DivergenceData", "RouterFeatures", "apply_router", "divergence_data", "init_router", "r2r", "recall_threshold",
     "router_features", "router_probs",
+    "PrefixLM", "SAPOutput", "infill", "prefix_lm", "sap",
     "ScoredContinuations", "score_continuations",
     "Navigation", "NavigationTemplate", "in_context_navigation", "navigation_prompt", "sample_answers",
     "top_n_first_tokens",

@@ -78,11 +78,15 @@ from tokjax.losses.insertion import (  # P14; registers "ilm"
 from tokjax.losses.tempnet import (  # P2; registers "tempnet" (alias "tempnet_dro")
     dro_optimal_tau, dro_tau_derivative, init_tempnet, make_tempnet_loss, tempnet_dro_loss, tempnet_dro_per_token,
 )
+from tokjax.losses.span_corruption import (  # P76; registers "span_corruption"
+    make_span_corruption_loss, random_spans_noise_mask, span_corruption_loss, span_corruption_rows,
+)
 from tokjax.losses.simcse import info_nce, make_simcse_loss, random_crops, simcse  # P71's contrastive baseline; registers "simcse"
 
 __all__ = [
     "dro_optimal_tau", "dro_tau_derivative", "init_tempnet", "make_tempnet_loss", "tempnet_dro_loss",
     "tempnet_dro_per_token",
+    "make_span_corruption_loss", "random_spans_noise_mask", "span_corruption_loss", "span_corruption_rows",
     "ilm_batch", "ilm_batch_from_drops", "ilm_forward", "ilm_loss", "ilm_targets", "make_ilm_loss",
     "bradley_terry_loss", "dpo_loss", "dpo_per_pair", "implicit_token_rewards", "make_dpo_loss",
     "sequence_implicit_reward", "check_token_weights",
