@@ -67,6 +67,22 @@ def rolling_mean(history: jax.Array, count: jax.Array, window: int) -> jax.Array
     return jnp.sum(jnp.where(filled, history, 0.0), axis=-1) / jnp.maximum(n, 1).astype(history.dtype)
 
 
+def commit_lockstep(s, small_cache, large_cache, logit_state, key, extra, tok, logits, live, all_masked, eos_id):
+    """Commits one token per row of a step in which a small and a large model both consumed the pending token.
+
+    Shared by the two-model strategies that keep both caches in lockstep (EAD here, P46 R2R): the small
+    model's cache becomes the state's, the large one lives in ``extra.large_cache`` and follows the
+    committed length; rows whose logits were all masked commit nothing and are done.
+    """
+    counts = jnp.where(all_masked, 0, 1).astype(jnp.int32)
+    stats = s.stats.replace(forward_calls=s.stats.forward_calls + 1,
+                            masked_rows=s.stats.masked_rows | (all_masked & live))
+    s = s.replace(cache=small_cache, logit_state=logit_state, key=key, stats=stats, extra=extra)
+    s = commit(s, tok[:, None], counts, eos_id, logits=logits[:, None])
+    extra = s.extra.replace(large_cache=large_cache.set_lengths(s.lengths - 1))
+    return s.replace(extra=extra, done=s.done | all_masked)
+
+
 @struct.dataclass
 class EADState:
     """EAD's decode state: the large model (weights, KV cache in lockstep with the small one) and the switching record."""
@@ -171,14 +187,8 @@ class EntropyAdaptive(Strategy):
             history=history, count=count, use_large=hbar > ex.tau, used_large=used, entropy=ent,
             large_tokens=ex.large_tokens + (live & use_large).astype(jnp.int32),
         )
-        counts = jnp.where(all_masked, 0, 1).astype(jnp.int32)
-        stats = s.stats.replace(forward_calls=s.stats.forward_calls + 1,
-                                masked_rows=s.stats.masked_rows | (all_masked & live))
-        s = s.replace(cache=out_s.cache, logit_state=logit_state, key=key, stats=stats, extra=extra)
-        s = commit(s, tok[:, None], counts, eos_id, logits=logits[:, None])
-        # Both models consumed the pending token: the large cache follows the committed length.
-        extra = s.extra.replace(large_cache=out_l.cache.set_lengths(s.lengths - 1))
-        return s.replace(extra=extra, done=s.done | all_masked)
+        return commit_lockstep(s, out_s.cache, out_l.cache, logit_state, key, extra, tok, logits, live, all_masked,
+                               eos_id)
 
     def persistent_state(self, extra: EADState) -> None:
         return None  # nothing carries over between requests (the caches belong to this prompt)

@@ -52,7 +52,8 @@ import numpy as np
 import optax
 from flax import struct
 
-from tokjax.decoding._state import KV_CACHE, DecodeState, Strategy, commit, ends_greedy, unstacked_param_axes
+from tokjax.decoding._state import KV_CACHE, DecodeState, Strategy, ends_greedy, unstacked_param_axes
+from tokjax.decoding.entropy_adaptive import commit_lockstep
 from tokjax.logits import LogitTransform, entropy, hparam, sample
 from tokjax.model import Inputs, KVCache, Model, ModelConfig, embed, forward, prefill, unstack_layers
 
@@ -460,14 +461,8 @@ class R2R(Strategy):
             score=ex.score.at[rows, pos].set(jnp.where(live, score, ex.score[rows, pos])),
             llm_tokens=ex.llm_tokens + (live & use & ~all_masked).astype(jnp.int32),
         )
-        counts = jnp.where(all_masked, 0, 1).astype(jnp.int32)
-        stats = s.stats.replace(forward_calls=s.stats.forward_calls + 1,
-                                masked_rows=s.stats.masked_rows | (all_masked & live))
-        s = s.replace(cache=out_s.cache, logit_state=logit_state, key=key, stats=stats, extra=extra)
-        s = commit(s, tok[:, None], counts, eos_id, logits=logits[:, None])
-        # Both models consumed the pending token: the LLM cache follows the committed length.
-        extra = s.extra.replace(large_cache=out_l.cache.set_lengths(s.lengths - 1))
-        return s.replace(extra=extra, done=s.done | all_masked)
+        return commit_lockstep(s, out_s.cache, out_l.cache, logit_state, key, extra, tok, logits, live, all_masked,
+                               eos_id)
 
     def persistent_state(self, extra: R2RState) -> None:
         return None  # the caches belong to this prompt
