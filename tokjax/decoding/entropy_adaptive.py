@@ -67,6 +67,17 @@ def rolling_mean(history: jax.Array, count: jax.Array, window: int) -> jax.Array
     return jnp.sum(jnp.where(filled, history, 0.0), axis=-1) / jnp.maximum(n, 1).astype(history.dtype)
 
 
+def forward_lockstep(params, cfg, large_params, large_cfg, s, large_cache):
+    """Feeds each row's pending token to the small model (the state's cache) and the large one (``large_cache``).
+
+    Returns (small output, large output, small float32 logits [B, V], large float32 logits [B, V]).
+    """
+    pending = jnp.take_along_axis(s.tokens, (s.lengths - 1)[:, None], axis=1)
+    out_s = forward(params, cfg, Inputs(tokens=pending), cache=s.cache)
+    out_l = forward(large_params, large_cfg, Inputs(tokens=pending), cache=large_cache)
+    return out_s, out_l, out_s.logits[:, 0].astype(jnp.float32), out_l.logits[:, 0].astype(jnp.float32)
+
+
 def commit_lockstep(s, small_cache, large_cache, logit_state, key, extra, tok, logits, live, all_masked, eos_id):
     """Commits one token per row of a step in which a small and a large model both consumed the pending token.
 
@@ -157,10 +168,7 @@ class EntropyAdaptive(Strategy):
 
     def step(self, params, cfg: ModelConfig, transform: LogitTransform, s: DecodeState, eos_id=None) -> DecodeState:
         ex: EADState = s.extra
-        pending = jnp.take_along_axis(s.tokens, (s.lengths - 1)[:, None], axis=1)
-        out_s = forward(params, cfg, Inputs(tokens=pending), cache=s.cache)
-        out_l = forward(ex.large_params, self.large_cfg, Inputs(tokens=pending), cache=ex.large_cache)
-        raw_s, raw_l = out_s.logits[:, 0].astype(jnp.float32), out_l.logits[:, 0].astype(jnp.float32)
+        out_s, out_l, raw_s, raw_l = forward_lockstep(params, cfg, ex.large_params, self.large_cfg, s, ex.large_cache)
         h_s, h_l = entropy_bits(raw_s), entropy_bits(raw_l)
         first = ex.count == 0
         # No history before the first token: M_S's entropy there decides (see module docstring).

@@ -53,9 +53,9 @@ import optax
 from flax import struct
 
 from tokjax.decoding._state import KV_CACHE, DecodeState, Strategy, ends_greedy, unstacked_param_axes
-from tokjax.decoding.entropy_adaptive import commit_lockstep
+from tokjax.decoding.entropy_adaptive import commit_lockstep, forward_lockstep
 from tokjax.logits import LogitTransform, entropy, hparam, sample
-from tokjax.model import Inputs, KVCache, Model, ModelConfig, embed, forward, prefill, unstack_layers
+from tokjax.model import KVCache, Model, ModelConfig, embed, forward, prefill, unstack_layers
 
 __all__ = [
     "ROUTER_KINDS", "DivergenceData", "R2R", "R2RState", "RouterFeatures", "apply_router", "divergence_data", "init_router", "r2r",
@@ -429,10 +429,7 @@ class R2R(Strategy):
 
     def step(self, params, cfg: ModelConfig, transform: LogitTransform, s: DecodeState, eos_id=None) -> DecodeState:
         ex: R2RState = s.extra
-        pending = jnp.take_along_axis(s.tokens, (s.lengths - 1)[:, None], axis=1)
-        out_s = forward(params, cfg, Inputs(tokens=pending), cache=s.cache)
-        out_l = forward(ex.large_params, self.large_cfg, Inputs(tokens=pending), cache=ex.large_cache)
-        raw_s, raw_l = out_s.logits[:, 0].astype(jnp.float32), out_l.logits[:, 0].astype(jnp.float32)
+        out_s, out_l, raw_s, raw_l = forward_lockstep(params, cfg, ex.large_params, self.large_cfg, s, ex.large_cache)
         ctx = s.context()
         greedy = ends_greedy(transform)
         key, sub = jax.random.split(s.key)
