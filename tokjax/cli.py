@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import subprocess
@@ -307,6 +308,15 @@ def _add_sampling(p: argparse.ArgumentParser, *, max_new_tokens: int, temperatur
     p.add_argument("--seed", type=_int_at_least(0), default=0, help="sampling seed, >= 0 (default 0)")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter without breaking lines at hyphens, so model names (tiny-arithmetic-cot) stay whole."""
+
+    def _split_lines(self, text, width):
+        import textwrap
+
+        return textwrap.wrap(self._whitespace_matcher.sub(" ", text).strip(), width, break_on_hyphens=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tokjax._paths import CACHE_ENV, DEFAULT_CACHE
     from tokjax.catalog import FAMILIES, STATUSES
@@ -317,10 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
                   "are trained on first use, then cached)")
     p = argparse.ArgumentParser(
         prog="tokjax",
+        formatter_class=_HelpFormatter,
         description="The tokjax command line: demo, chat, catalog, reproduce, train, generate, bench.",
         epilog=f"Models trained on first use are cached in ${CACHE_ENV} (default {DEFAULT_CACHE}).",
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           parser_class=functools.partial(argparse.ArgumentParser, formatter_class=_HelpFormatter))
 
     c = sub.add_parser("catalog", help="print the paper catalog with statuses")
     c.add_argument("--status", choices=STATUSES, help="only papers with this status")
