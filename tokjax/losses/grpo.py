@@ -256,7 +256,7 @@ def make_grpo_loss(*, eps_low=0.2, eps_high=0.28, beta=0.0, reduction: str = "to
             if not isinstance(batch, dict) or key not in batch:
                 raise ValueError(f"a GRPO batch needs '{key}' (and the rollout tokens); got keys "
                                  f"{sorted(batch) if isinstance(batch, dict) else type(batch).__name__}")
-        stats = token_stats(params, cfg, batch, entropy=entropy)
+        stats = token_stats(params, cfg, batch, entropy=entropy or "entropy" in transform.requires)
         stats, _ = transform.apply(stats, transform.init(), batch)
         return grpo_loss(stats, batch["old_logp"], batch["advantages"], eps_low=eps_low, eps_high=eps_high,
                          beta=beta, reduction=reduction, denominator=denominator, normalizer=batch.get("normalizer"))

@@ -18,7 +18,8 @@ One RL step (GRPO / DAPO, issue 21):
 
 Plug points (the papers of issue 21 are each one of these): ``transforms`` (LossTransforms: token
 masks / weights, e.g. P63's entropy mask), ``shape(rollouts, stats) -> advantages [B, T]``,
-``select(rollouts, advantages, step) -> keep [B]`` (rows kept for the update). ``RLConfig`` holds
+``select(rollouts, advantages, step) -> keep [B]`` (rows kept for the update; or a dict with
+``"keep"`` and runtime arrays added to the loss batch, e.g. a scheduled token ratio). ``RLConfig`` holds
 the hyperparameters; every array the loss reads is a runtime value, so steps do not recompile
 (rollout widths are padded to ``max_prompt_len + max_new_tokens``).
 """
@@ -176,12 +177,15 @@ def _logp(params, cfg, batch):
 
 def rl_train(model: Model, task: RLTask, config: RLConfig = RLConfig(), *, transforms: Sequence = (),
              reference: Model | None = None, shape: Callable | None = None, select: Callable | None = None,
-             eos_id=None, stop=None, tokenizer=None, progress: bool = False) -> tuple[Model, list[dict]]:
+             eos_id=None, stop=None, tokenizer=None, progress: bool = False,
+             callback: Callable | None = None) -> tuple[Model, list[dict]]:
     """Returns (the trained Model, per-step history) of GRPO/DAPO on ``task`` (steps in the module docstring).
 
     ``reference``: the model for ``ref_logp`` (needed when ``config.beta`` > 0). History rows:
     ``step``, ``reward`` (mean), ``accuracy`` (fraction with reward > 0), ``format_ok``,
     ``truncated``, ``zero_adv_groups``, the loss metrics of the last inner step, ``seconds``.
+    ``callback(step, model, row)`` runs after every step with the updated Model (e.g. a held-out
+    evaluation; whatever it returns is ignored and its time is not in ``seconds``).
     """
     if not isinstance(config, RLConfig):
         raise ValueError(f"config must be an RLConfig, got {type(config).__name__}")
@@ -222,8 +226,14 @@ def rl_train(model: Model, task: RLTask, config: RLConfig = RLConfig(), *, trans
         if shape is not None:
             adv = jnp.asarray(shape(r, token_stats(state.params, cfg, batch)), jnp.float32)
         if select is not None:
-            batch = rollout_batch(r, mask_truncated=config.mask_truncated, keep=select(r, adv, step)) | {
-                k: batch[k] for k in ("old_logp", "ref_logp") if k in batch}
+            keep, extra = select(r, adv, step), {}
+            if isinstance(keep, dict):  # {"keep": [B], **runtime arrays for the loss, e.g. a scheduled ratio}
+                if "keep" not in keep:
+                    raise ValueError(f"select returned a dict without 'keep' (keys {sorted(keep)})")
+                extra = {k: jnp.asarray(v) for k, v in keep.items() if k != "keep"}
+                keep = keep["keep"]
+            batch = rollout_batch(r, mask_truncated=config.mask_truncated, keep=keep) | {
+                k: batch[k] for k in ("old_logp", "ref_logp") if k in batch} | extra
         batch["advantages"] = adv
         for _ in range(config.inner_steps):
             state, metrics = step_fn(state, batch)
@@ -233,6 +243,8 @@ def rl_train(model: Model, task: RLTask, config: RLConfig = RLConfig(), *, trans
                "zero_adv_groups": float(np.mean(np.all(g == g[:, :1], axis=1))),
                **{k: float(v) for k, v in metrics.items()}, "seconds": time.perf_counter() - t0}
         history.append(row)
+        if callback is not None:
+            callback(step, Model(params=state.params, cfg=cfg), row)
         if progress:
             print(f"rl step {step}: reward {row['reward']:.3f} loss {row['loss']:.4f} ({row['seconds']:.1f} s)",
                   flush=True)
