@@ -70,7 +70,8 @@ from tokjax.model import Inputs, Model, ModelConfig, forward
 from tokjax.vision.orders import Order, _check_int, _check_order, to_grid, to_sequence
 
 __all__ = [
-    "ImageDecodeState", "ImageSamples", "ImageStrategy", "ImageVocab", "NextTokenCFG", "image_batch", "image_batch_fn",
+    "CanvasDecodeState", "CanvasStrategy", "ImageDecodeState", "ImageSamples", "ImageStrategy", "ImageVocab",
+    "NextTokenCFG", "image_batch", "image_batch_fn",
     "next_token_cfg", "sample_images", "sequence_positions",
 ]
 
@@ -435,3 +436,129 @@ def sample_images(model: Model, strategy: ImageStrategy, labels: Any, key: jax.A
                    logits=transform, logprobs=0, bucket=bucket)
     codes, lp = strategy.images(out, n)
     return ImageSamples(codes=codes, stats=out.stats, logprobs=lp)
+
+
+# ------------------------------------------------------------------ multi-token-per-pass decoders
+@struct.dataclass
+class CanvasDecodeState:
+    """``DecodeState.extra`` of a :class:`CanvasStrategy`: ``canvas`` int32 [R, T] (the model input of
+    every pass, filled as tokens are sampled), ``positions`` int32 [T, D] and ``guidance`` float32 [images]."""
+
+    canvas: jax.Array
+    positions: jax.Array
+    guidance: jax.Array
+
+
+class CanvasStrategy(ImageStrategy):
+    """Base class of image decoders that sample several tokens per pass (NBP's blocks, NAR's anti-diagonals).
+
+    The canvas -- the model's whole input sequence -- lives in the strategy state. Pass p runs one
+    cache-free forward of the canvas under the subclass's mask (a ``Rank`` spec: the slots not filled
+    yet have higher ranks than every query of pass p, so they are invisible and their placeholder
+    values never matter), takes the logits of the pass's target slots, applies guidance (as
+    :class:`NextTokenCFG`), restricts to code ids, applies the logit transform slot by slot, samples
+    every target independently, writes the samples into the canvas and commits them in pass order.
+    Pad slots (passes with fewer targets than ``max_accept``) are neither written nor committed. The
+    committed sequence is ``[class, codes in self.order]``, so :meth:`ImageStrategy.images` reads it
+    back. ``stats["forward_calls"]`` = passes. Subclasses define :meth:`canvas_init`,
+    :meth:`canvas_positions`, :meth:`schedule` and :meth:`pass_logits`.
+    """
+
+    def canvas_init(self, cls_tokens: jax.Array) -> jax.Array:
+        """Returns int32 [R, T]: the canvas before the first pass, from the rows' class tokens [R]."""
+        raise NotImplementedError
+
+    def canvas_positions(self) -> np.ndarray:
+        """Returns int32 [T, D]: the coordinate of every canvas slot."""
+        raise NotImplementedError
+
+    def schedule(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Returns (targets, writes, valid), each [passes, A]: pass p samples the logits row
+        ``targets[p, a]`` of :meth:`pass_logits` into canvas slot ``writes[p, a]`` (-1: not written back),
+        for the slots with ``valid[p, a]``; the valid targets, pass after pass, are the codes in ``order``."""
+        raise NotImplementedError
+
+    def pass_logits(self, params, cfg: ModelConfig, canvas: jax.Array, positions: jax.Array) -> jax.Array:
+        """Returns float32 [R, Q, V]: the logits every target row of the schedule indexes."""
+        raise NotImplementedError
+
+    @property
+    def max_accept(self) -> int:  # most tokens one pass commits (the width of the schedule)
+        return int(self.schedule()[0].shape[1])
+
+    def _check_common(self) -> None:
+        if not isinstance(self.vocab, ImageVocab):
+            raise ValueError(f"vocab must be an ImageVocab, got {type(self.vocab).__name__}")
+        _check_order(self.order)
+        if not isinstance(self.guided, bool):
+            raise ValueError(f"guided must be True or False, got {self.guided!r}")
+        if self.pos_dims not in (1, 2, 3):
+            raise ValueError(f"pos_dims must be 1, 2 or 3, got {self.pos_dims!r}")
+        check_range(self.guidance, "guidance", lo=0.0)
+        if not self.guided and _concrete(self.guidance) and np.any(np.asarray(self.guidance) != 1.0):
+            raise ValueError("guidance != 1 needs guided=True (the null-class rows); guided=False samples the "
+                             "conditional distribution only")
+
+    def validate(self, cfg: ModelConfig) -> None:
+        self.vocab.code_mask(cfg.vocab_size)
+        if cfg.pos_dims != 1:
+            raise ValueError(
+                f"generate prefills the prompt without positions, which a pos_dims={cfg.pos_dims} model rejects; "
+                "decode it with tokjax.vision.image_lm.sample_images")
+        T = self.canvas_positions().shape[0]
+        if cfg.positions == "learned" and int(self.canvas_positions().max()) >= cfg.max_len:
+            raise ValueError(f"the canvas coordinates reach {int(self.canvas_positions().max())}, beyond the learned "
+                             f"position tables of max_len={cfg.max_len}")
+        if T > cfg.max_len:
+            raise ValueError(f"the canvas has {T} slots, more than the model's max_len={cfg.max_len}")
+
+    def init(self, params, cfg: ModelConfig, state: DecodeState) -> CanvasDecodeState:
+        R = state.tokens.shape[0]
+        if self.guided and R % 2:
+            raise ValueError(f"guided decoding needs an even number of rows (conditional then null-class), got {R}")
+        n = R // 2 if self.guided else R
+        return CanvasDecodeState(canvas=self.canvas_init(state.tokens[:, 0]).astype(jnp.int32),
+                                 positions=jnp.asarray(self.canvas_positions(), jnp.int32),
+                                 guidance=as_rows(self.guidance, n, "guidance"))
+
+    def persistent_state(self, extra) -> None:
+        return None
+
+    def step(self, params, cfg: ModelConfig, transform: LogitTransform, state: DecodeState, eos_id=None) -> DecodeState:
+        extra = state.extra
+        R = state.tokens.shape[0]
+        n = R // 2 if self.guided else R
+        targets, writes, valid = (jnp.asarray(a) for a in self.schedule())
+        p = jnp.minimum(state.step, targets.shape[0] - 1)
+        tgt, wr, ok = targets[p], writes[p], valid[p]  # [A]
+        if self.pos_dims > 1:
+            cfg = cfg.replace(pos_dims=self.pos_dims)  # generate ran the prefill as pos_dims=1 (sample_images)
+        z = jnp.take(self.pass_logits(params, cfg, extra.canvas, extra.positions).astype(_F32), tgt, axis=1)
+        if self.guided:
+            cond, uncond = z[:n], z[n:]
+            z = cond + (extra.guidance[:, None, None] - 1.0) * (cond - uncond)  # exactly cond at g = 1
+            z = jnp.concatenate([z, z], axis=0)
+        codes = jnp.arange(z.shape[-1]) < self.vocab.num_codes
+        z = jnp.where(codes, z, -jnp.inf)
+        logit_state, cols = state.logit_state, []
+        for a in range(z.shape[1]):  # the transform sees [rows, V], one target slot at a time
+            la, logit_state = transform.apply(z[:, a], logit_state, state.context())
+            cols.append(la)
+        logits = jnp.stack(cols, axis=1)  # [R, A, V]
+        key, sub = jax.random.split(state.key)
+        tok, sstats = sample(sub, logits[:n], greedy=ends_greedy(transform))  # [n, A]
+        masked = (sstats.all_masked & ok[None, :]).any(-1)
+        if self.guided:
+            tok, masked = jnp.concatenate([tok, tok]), jnp.concatenate([masked, masked])
+        slot = jnp.where(ok & (wr >= 0), wr, extra.canvas.shape[1])  # pad and unwritten slots dropped
+        canvas = extra.canvas.at[:, slot].set(tok, mode="drop")
+        count = jnp.sum(ok).astype(jnp.int32)
+        counts = jnp.where(masked, 0, count).astype(jnp.int32)
+        stats = state.stats.replace(
+            forward_calls=state.stats.forward_calls + 1,
+            masked_rows=state.stats.masked_rows | (masked & ~state.done),
+        )
+        # valid slots come first in every pass (schedule contract), so commit's first `count` tokens are them
+        state = state.replace(logit_state=logit_state, key=key, stats=stats, extra=extra.replace(canvas=canvas))
+        state = commit(state, tok, counts, eos_id, logits=logits)
+        return state.replace(done=state.done | masked)
