@@ -267,8 +267,13 @@ _ENTRIES: tuple[Entry, ...] = (
        claims=(_c('main', 'not-reproduced', 'adding Graph-on-Logits Distillation to logit KD improves the student',
                      'per-seed gains <= 0.0002 bits/byte on 3 seeds, threshold 0.003'),)),
     _e(13, 'Next Block Prediction: Video Generation via Semi-Autoregressive Modeling',
-       'vision', 'tokjax.vision.nbp', ('nbp',),
-       'semi-autoregressive next-block prediction'),
+       'vision', 'tokjax.vision.nbp', ('nbp_batch_fn', 'nbp_loss', 'nbp_decoder', 'NBPDecode'),
+       'next-block prediction: [class][k BOV placeholders][codes], targets shifted by k, a Rank mask by block '
+       '(bidirectional within a block, causal across), one block of k raster tokens per pass through '
+       'tokjax.generate (CanvasStrategy); k = 1 is exactly next-token prediction (tested: mask, logits, loss); '
+       'decoded log-probs = teacher-forced. Official code not read: BOV positions and the bidirectional BOV '
+       'block are our reading. Class-conditional glyph experiment: quick run only, video arm not built',
+       status='implemented'),
     _e(14, 'Insertion Language Models: Sequence Generation with Arbitrary-Position Insertions',
        'decoding', 'tokjax.decoding.insertion', ('insertion', 'Insertion'),
        'insertion LM (loss and stop head as in xlm-core loss_ilm.py / model_ilm.py): joint (gap, token) '
@@ -410,8 +415,13 @@ _ENTRIES: tuple[Entry, ...] = (
                 _c('imagenet', 'untested-here', '70.02% ImageNet 16-shot with CLIP RN50 + MoCo v3, above CLIP few-shot baselines on 11 datasets',
                         'needs CLIP and MoCo v3 weights and ImageNet'),)),
     _e(31, 'Neighboring Autoregressive Modeling for Efficient Visual Generation',
-       'vision', 'tokjax.vision.nar', ('nar',),
-       'neighbouring AR: diagonal decode with two dimension heads'),
+       'vision', 'tokjax.vision.nar', ('nar_init', 'make_nar_loss', 'nar_logits', 'nar_decoder', 'NARDecode'),
+       'neighbouring AR as the official ThisisBillhe/NAR gpt.py: Rank mask by h + w (setup_diagonal_mask), head R '
+       '(the model\'s output) predicts the right neighbour, head B (one extra layer, own norm and head) the one '
+       'below, logits averaged by the official table, one cross-entropy; one anti-diagonal per pass (15 vs 64 on '
+       '8x8) through tokjax.generate without a KV cache (pass counts exact, wall-clock not the paper\'s). '
+       'Class-conditional glyph experiment: quick run only; video NAR not built',
+       status='implemented'),
     _e(32, 'FlexTok: Resampling Images into 1D Token Sequences of Flexible Length',
        'vision', 'tokjax.vision.flextok', ('flextok',),
        '1-D register tokenizer with nested dropout, flexible length'),
@@ -592,8 +602,12 @@ _ENTRIES: tuple[Entry, ...] = (
        'sequential passes',
        status='implemented', claims=(_c('main', 'reproduced', 'set identifiers decoded in one pass (SETRec) match token-sequence identifiers in recall@10 with fewer sequential passes'),)),
     _e(56, 'Learning More with Less: A Dynamic Dual-Level Down-Sampling Framework for Efficient Policy Optimization',
-       'losses', 'tokjax.losses.d3s', ('d3s',),
-       'dual-level (sample, token) down-sampling for GRPO'),
+       'losses', 'tokjax.losses.d3s', ('D3S', 'D3STokenMask', 'max_variance_subset', 'd3s_token_mask'),
+       'rl_train plug-ins: select keeps each group\'s max-Var(A) subset (exact: the lowest j plus the highest '
+       'values, = brute force under hypothesis), a token mask keeps the top |A|*H, both ratios scheduled '
+       'aggressive -> relaxed as runtime arrays, kept-token denominator; all ratios 1 = GRPO exactly. Ratios '
+       'and schedule unverified (paper code not public). Tiny rung: tokjax.pretrained("tiny-arithmetic-cot")',
+       test='tests/losses/test_d3s.py', status='implemented'),
     _e(57, 'RLFR: Extending Reinforcement Learning for LLMs with Flow Environment',
        'losses', 'tokjax.losses.rlfr', ('rlfr',),
        'flow-field rewards on latent states for RL'),
@@ -661,8 +675,13 @@ _ENTRIES: tuple[Entry, ...] = (
        status='implemented', claims=(_c('main', 'not-reproduced', 'after sequence DPO, argmin_t of the implicit token reward lands on the bad token or the one after it',
                      '83-100% early in DPO but 41% after 300 steps (blame spreads to later tokens)'),), test='tests/losses/test_dpo.py', experiment='experiments/p65_r_to_q.py'),
     _e(66, 'Future Token Prediction -- Causal Language Modelling with Per-Token Semantic State Vector for Multi-Token Prediction',
-       'losses', 'tokjax.losses.future_token_prediction', ('future_token_prediction',),
-       'per-token semantic state predicting several future tokens'),
+       'losses', 'tokjax.losses.future_token_prediction', ('init_ftp', 'ftp_loss', 'make_ftp_loss', 'ftp_next_logits', 'FTPDecode', 'FTPConfig'),
+       'causal encoder h_t -> linear m-slot pseudo-sequence -> a small decoder reading it through memory_cache and '
+       'predicting x_{t+1..t+N}; loss sum_j decay^(j-1) CE_j (registered "ftp", decay a runtime value), the B*T '
+       'mini-sequences as a chunked map (= unchunked), a generate Strategy on the first decoder output. N, m, D\' '
+       'and the decay are unverified (no official code; paper text not readable here). Quick run only: full '
+       'mode (3 seeds x 3000 steps per arm) is over an hour of this 2-core CPU',
+       test='tests/losses/test_future_token_prediction.py', status='implemented'),
     _e(67, 'Unifying Continuous and Discrete Text Diffusion with Non-simultaneous Diffusion Processes',
        'losses', 'tokjax.losses.neodiff', ('neodiff',),
        'non-simultaneous (per-token time) text diffusion'),

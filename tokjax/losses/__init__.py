@@ -18,7 +18,9 @@ AlignDistil (:mod:`~tokjax.losses.aligndistil`), plain KD (:func:`kd_loss`); pre
 sequence DPO with P65 implicit token rewards and token weights (:mod:`~tokjax.losses.dpo`), P17 cDPO
 (:mod:`~tokjax.losses.critical_tokens`), P48 TGDPO (:mod:`~tokjax.losses.tgdpo`), P51 T-REG
 (:mod:`~tokjax.losses.t_reg`), P60 inverse RL as TD-regularised MLE (:mod:`~tokjax.losses.inverse_rl`), DAPO with P63's top-entropy
-token mask (:mod:`~tokjax.losses.high_entropy_tokens`).
+token mask (:mod:`~tokjax.losses.high_entropy_tokens`), GRPO (:mod:`~tokjax.losses.grpo`) and P56 D3S's
+rollout and token down-sampling (:mod:`~tokjax.losses.d3s`); multi-token: P66 future token prediction
+(:mod:`~tokjax.losses.future_token_prediction`).
 
 Losses as a train-config choice: :mod:`tokjax.losses.registry` (``make_loss("prior", alpha=1.0)``,
 ``loss_names()``; a TrainConfig's ``loss: {name: ..., <options>}``).
@@ -82,8 +84,17 @@ from tokjax.losses.span_corruption import (  # P76; registers "span_corruption"
     make_span_corruption_loss, random_spans_noise_mask, span_corruption_loss, span_corruption_rows,
 )
 from tokjax.losses.simcse import info_nce, make_simcse_loss, random_crops, simcse  # P71's contrastive baseline; registers "simcse"
+from tokjax.losses.d3s import D3S, D3STokenMask, d3s_token_mask, linear_ratio, max_variance_subset, token_scores  # P56
+from tokjax.losses.future_token_prediction import (  # P66; registers "ftp"
+    FTPConfig, FTPDecode, ftp_config, ftp_loss, ftp_logits, ftp_next_logits, ftp_per_token, ftp_weights, init_ftp,
+    make_ftp_loss,
+)
 
 __all__ = [
+    # P56 D3S (rl_train plug-ins), P66 future token prediction
+    "D3S", "D3STokenMask", "d3s_token_mask", "linear_ratio", "max_variance_subset", "token_scores",
+    "FTPConfig", "FTPDecode", "ftp_config", "ftp_loss", "ftp_logits", "ftp_next_logits", "ftp_per_token",
+    "ftp_weights", "init_ftp", "make_ftp_loss",
     "dro_optimal_tau", "dro_tau_derivative", "init_tempnet", "make_tempnet_loss", "tempnet_dro_loss",
     "tempnet_dro_per_token",
     "make_span_corruption_loss", "random_spans_noise_mask", "span_corruption_loss", "span_corruption_rows",

@@ -8,18 +8,28 @@
 * :mod:`tokjax.vision.orders` -- raster / diagonal / window-raster / cell (Z-order) token orders with exact
   inverses and the 2-D/3-D coordinates a ``pos_dims`` model reads.
 * :mod:`tokjax.vision.image_lm` -- ``ImageVocab``, ``image_batch`` for ``tokjax.train``, and
-  classifier-free-guided decoding through ``tokjax.generate`` (``sample_images``).
+  classifier-free-guided decoding through ``tokjax.generate`` (``sample_images``); ``CanvasStrategy``, the base of
+  decoders that fill several tokens per pass.
+* :mod:`tokjax.vision.nar` -- P31 neighbouring autoregression (one anti-diagonal per pass, right and below heads).
+* :mod:`tokjax.vision.nbp` -- P13 next-block prediction (one block of k raster tokens per pass; k = 1 is NTP).
 """
 
-from tokjax.vision import image_lm, orders, quality, tokenizers
+from tokjax.vision import image_lm, nar, nbp, orders, quality, tokenizers
 from tokjax.vision.image_lm import (
-    ImageDecodeState, ImageSamples, ImageStrategy, ImageVocab, NextTokenCFG, image_batch, image_batch_fn,
+    CanvasDecodeState, CanvasStrategy, ImageDecodeState, ImageSamples, ImageStrategy, ImageVocab, NextTokenCFG, image_batch, image_batch_fn,
     next_token_cfg, sample_images, sequence_positions,
 )
 from tokjax.vision.orders import ORDERS, Order, cell, diagonal, make_order, raster, to_grid, to_sequence, window_raster
 from tokjax.vision.quality import (
     class_consistency, class_logprob, classifier_batch_fn, classifier_features, classifier_init, classifier_logits,
     classifier_loss, fd_proxy,
+)
+from tokjax.vision.nar import (
+    NARDecode, make_nar_loss, nar_combine, nar_decoder, nar_heads, nar_init, nar_logits, nar_mask, nar_ranks, nar_sources,
+    nar_token_logp,
+)
+from tokjax.vision.nbp import (
+    NBPDecode, nbp_batch, nbp_batch_fn, nbp_decoder, nbp_logits, nbp_loss, nbp_positions, nbp_ranks,
 )
 from tokjax.vision.tokenizers import VQ, PixelQuantizer, codebook_usage, patchify, train_vq, unpatchify
 
@@ -29,5 +39,9 @@ __all__ = [
     "cell", "diagonal", "make_order", "raster", "to_grid", "to_sequence", "window_raster",
     "quality", "tokenizers", "class_consistency", "class_logprob", "classifier_batch_fn", "classifier_features",
     "classifier_init", "classifier_logits", "classifier_loss", "fd_proxy", "VQ", "PixelQuantizer", "codebook_usage",
-    "patchify", "train_vq", "unpatchify",
+    "patchify", "train_vq", "unpatchify", "CanvasDecodeState", "CanvasStrategy",
+    "nar", "NARDecode", "make_nar_loss", "nar_combine", "nar_decoder", "nar_heads", "nar_init", "nar_logits", "nar_mask",
+    "nar_ranks", "nar_sources", "nar_token_logp",
+    "nbp", "NBPDecode", "nbp_batch", "nbp_batch_fn", "nbp_decoder", "nbp_logits", "nbp_loss", "nbp_positions",
+    "nbp_ranks",
 ]
