@@ -46,10 +46,11 @@ def rl_config(steps: int, seed: int, lr: float, denominator: str):
 
 
 def run_arm(arm: str, seed: int, steps: int, eval_every: int, lr: float, eval_examples, *,
-            denominator: str = "valid", **plugins) -> dict:
+            denominator: str = "valid", callback=None, **plugins) -> dict:
     """Returns {"reward": [steps], "kept_tokens": [steps], "curve": [{"step", "tokens", "accuracy", "format_ok"}],
     "params"} of one RL run from the warm start. ``arm`` names it ("grpo": no ``plugins``);
-    ``plugins`` go to :func:`tokjax.train.rl.rl_train` (``select``, ``transforms``, ``shape``)."""
+    ``plugins`` go to :func:`tokjax.train.rl.rl_train` (``select``, ``transforms``, ``shape``);
+    ``callback(step, model, row)`` (a method's own, e.g. one that tracks the policy) runs first at every step."""
     import numpy as np
 
     from tokjax.train.rl import rl_train
@@ -57,18 +58,20 @@ def run_arm(arm: str, seed: int, steps: int, eval_every: int, lr: float, eval_ex
 
     model, tok, _, _ = setup()
     task = ArithmeticCoTTask(tok, "train", prompt_seed=seed)
-    if arm == "grpo" and (plugins or denominator != "valid"):
+    if arm == "grpo" and (plugins or denominator != "valid" or callback is not None):
         raise ValueError("the 'grpo' arm is plain GRPO: no plug-ins, valid-token denominator")
     cfg = rl_config(steps, seed, lr, denominator)
     total, curve = [0.0], []
 
-    def callback(step, m, row):
+    def on_step(step, m, row):
+        if callback is not None:
+            callback(step, m, row)
         total[0] += row["kept_fraction"] * row["token_count"]
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             r = evaluate_greedy(m, tok, eval_examples, max_new_tokens=cfg.max_new_tokens)
             curve.append({"step": step + 1, "tokens": total[0], "accuracy": r["accuracy"], "format_ok": r["format_ok"]})
 
-    trained, hist = rl_train(model, task, cfg, eos_id=tok.eos_id, callback=callback, **plugins)
+    trained, hist = rl_train(model, task, cfg, eos_id=tok.eos_id, callback=on_step, **plugins)
     return {"reward": [h["reward"] for h in hist], "kept_tokens": [h["kept_fraction"] * h["token_count"] for h in hist],
             "format_ok": [h["format_ok"] for h in hist], "curve": curve,
             "seconds": float(np.sum([h["seconds"] for h in hist])), "params": trained.params}

@@ -697,8 +697,13 @@ _ENTRIES: tuple[Entry, ...] = (
        'constrained x_proj). The pos/neg/unconstrained language-model experiment has a quick run only',
        status='implemented', experiment='experiments/p68_mamba_dynamics.py'),
     _e(69, 'Token Hidden Reward: Steering Exploration-Exploitation in Group Relative Deep Reinforcement Learning',
-       'losses', 'tokjax.losses.token_hidden_reward', ('token_hidden_reward',),
-       'token hidden reward reweighting in GRPO'),
+       'losses', 'tokjax.losses.token_hidden_reward', ('token_hidden_reward', 'thr_weights', 'THRWeights', 'model_token_hidden_reward'),
+       'THR = A_i sum over the group\'s correct tokens <h, h\'> <e_y - pi, e_y\' - pi\'> (last layer, head-only '
+       'learning dynamics; exact, linear in tokens, one vocabulary block at a time, = a float64 brute force); '
+       'token weights 1 + p sign(THR) as a LossTransform with p a runtime array, p = 0 = GRPO bit for bit; '
+       'rl_train plug-ins (select computes THR under the current policy). Formula, anchor set and p are our '
+       'reading of the abstract (no official code)',
+       status='implemented'),
     _e(70, 'Tokenization counts: the impact of tokenization on arithmetic in frontier LLMs',
        'tokenizers', 'tokjax.tokenizers.right_to_left_digits', ('right_to_left_digits', 'group_digits', 'encode_arithmetic', 'split_digit_groups', 'check_group_policy'),
        'right-to-left / left-to-right groups of any size (l2rN, r2lN) and single digits as tokenizer '

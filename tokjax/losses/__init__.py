@@ -19,7 +19,8 @@ sequence DPO with P65 implicit token rewards and token weights (:mod:`~tokjax.lo
 (:mod:`~tokjax.losses.critical_tokens`), P48 TGDPO (:mod:`~tokjax.losses.tgdpo`), P51 T-REG
 (:mod:`~tokjax.losses.t_reg`), P60 inverse RL as TD-regularised MLE (:mod:`~tokjax.losses.inverse_rl`), DAPO with P63's top-entropy
 token mask (:mod:`~tokjax.losses.high_entropy_tokens`), GRPO (:mod:`~tokjax.losses.grpo`) and P56 D3S's
-rollout and token down-sampling (:mod:`~tokjax.losses.d3s`); multi-token: P66 future token prediction
+rollout and token down-sampling (:mod:`~tokjax.losses.d3s`), P69 token hidden reward
+(:mod:`~tokjax.losses.token_hidden_reward`); multi-token: P66 future token prediction
 (:mod:`~tokjax.losses.future_token_prediction`).
 
 Losses as a train-config choice: :mod:`tokjax.losses.registry` (``make_loss("prior", alpha=1.0)``,
@@ -85,6 +86,9 @@ from tokjax.losses.span_corruption import (  # P76; registers "span_corruption"
 )
 from tokjax.losses.simcse import info_nce, make_simcse_loss, random_crops, simcse  # P71's contrastive baseline; registers "simcse"
 from tokjax.losses.d3s import D3S, D3STokenMask, d3s_token_mask, linear_ratio, max_variance_subset, token_scores  # P56
+from tokjax.losses.token_hidden_reward import (  # P69
+    THRWeights, model_token_hidden_reward, thr_weights, token_hidden_reward,
+)
 from tokjax.losses.future_token_prediction import (  # P66; registers "ftp"
     FTPConfig, FTPDecode, ftp_config, ftp_loss, ftp_logits, ftp_next_logits, ftp_per_token, ftp_weights, init_ftp,
     make_ftp_loss,
@@ -93,6 +97,7 @@ from tokjax.losses.future_token_prediction import (  # P66; registers "ftp"
 __all__ = [
     # P56 D3S (rl_train plug-ins), P66 future token prediction
     "D3S", "D3STokenMask", "d3s_token_mask", "linear_ratio", "max_variance_subset", "token_scores",
+    "THRWeights", "model_token_hidden_reward", "thr_weights", "token_hidden_reward",
     "FTPConfig", "FTPDecode", "ftp_config", "ftp_loss", "ftp_logits", "ftp_next_logits", "ftp_per_token",
     "ftp_weights", "init_ftp", "make_ftp_loss",
     "dro_optimal_tau", "dro_tau_derivative", "init_tempnet", "make_tempnet_loss", "tempnet_dro_loss",
