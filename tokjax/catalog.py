@@ -613,8 +613,14 @@ _ENTRIES: tuple[Entry, ...] = (
                _c('fewer-tokens', 'inconclusive', 'D3S reaches GRPO\'s final accuracy with fewer trained tokens',
                   'trained tokens to first reach GRPO\'s final accuracy, as a share of GRPO\'s: 0.117 and 0.314 on two seeds, never reached on the third (1.002); D3S trains 118665 vs 377802 tokens per run but samples the same rollouts, and its run took 114 s vs 70 s here'),)),
     _e(57, 'RLFR: Extending Reinforcement Learning for LLMs with Flow Environment',
-       'losses', 'tokjax.losses.rlfr', ('rlfr',),
-       'flow-field rewards on latent states for RL'),
+       'losses', 'tokjax.losses.rlfr', ('RLFR', 'flow_score', 'rlfr_advantages', 'filter_scores', 'init_flow'),
+       'flow net v_phi(x_t, t, context, layer) as the official AdaLN MLP, fit by rectified flow (registered loss '
+       '"rlfr_flow", through tokjax.train) on resid_post latents of correct rollouts; token score '
+       '(t/(1-t))||v - (h - eps)||^2 at t = 0.8, per-row min-max, threshold 0.6, top-15, reward -c_flow*s summed '
+       'backwards onto GRPO advantages (an rl_train shape plug-in; online flow update on correct rollouts); '
+       'c_flow = 0 = GRPO exactly. Checked against Jinghaoleven/RLFR (network, interpolation, score, '
+       'post-processing); tiny-rung experiment has a quick run only',
+       test='tests/losses/test_rlfr.py', status='implemented'),
     _e(58, 'Think-at-Hard: Selective Latent Iterations to Improve Reasoning Language Models',
        'decoding', 'tokjax.decoding.think_at_hard', ('think_at_hard',),
        'selective latent iterations on hard tokens'),

@@ -19,7 +19,8 @@ sequence DPO with P65 implicit token rewards and token weights (:mod:`~tokjax.lo
 (:mod:`~tokjax.losses.critical_tokens`), P48 TGDPO (:mod:`~tokjax.losses.tgdpo`), P51 T-REG
 (:mod:`~tokjax.losses.t_reg`), P60 inverse RL as TD-regularised MLE (:mod:`~tokjax.losses.inverse_rl`), DAPO with P63's top-entropy
 token mask (:mod:`~tokjax.losses.high_entropy_tokens`), GRPO (:mod:`~tokjax.losses.grpo`) and P56 D3S's
-rollout and token down-sampling (:mod:`~tokjax.losses.d3s`), P69 token hidden reward
+rollout and token down-sampling (:mod:`~tokjax.losses.d3s`), P57 RLFR flow rewards
+(:mod:`~tokjax.losses.rlfr`), P69 token hidden reward
 (:mod:`~tokjax.losses.token_hidden_reward`); multi-token: P66 future token prediction
 (:mod:`~tokjax.losses.future_token_prediction`).
 
@@ -86,6 +87,10 @@ from tokjax.losses.span_corruption import (  # P76; registers "span_corruption"
 )
 from tokjax.losses.simcse import info_nce, make_simcse_loss, random_crops, simcse  # P71's contrastive baseline; registers "simcse"
 from tokjax.losses.d3s import D3S, D3STokenMask, d3s_token_mask, linear_ratio, max_variance_subset, token_scores  # P56
+from tokjax.losses.rlfr import (  # P57; registers "rlfr_flow"
+    RLFR, filter_scores, flow_batches, flow_matching_loss, flow_score, flow_velocity, init_flow, latent_scores,
+    model_pairs, normalize_scores, rlfr_advantages,
+)
 from tokjax.losses.token_hidden_reward import (  # P69
     THRWeights, model_token_hidden_reward, thr_weights, token_hidden_reward,
 )
@@ -97,6 +102,8 @@ from tokjax.losses.future_token_prediction import (  # P66; registers "ftp"
 __all__ = [
     # P56 D3S (rl_train plug-ins), P66 future token prediction
     "D3S", "D3STokenMask", "d3s_token_mask", "linear_ratio", "max_variance_subset", "token_scores",
+    "RLFR", "filter_scores", "flow_batches", "flow_matching_loss", "flow_score", "flow_velocity", "init_flow",
+    "latent_scores", "model_pairs", "normalize_scores", "rlfr_advantages",
     "THRWeights", "model_token_hidden_reward", "thr_weights", "token_hidden_reward",
     "FTPConfig", "FTPDecode", "ftp_config", "ftp_loss", "ftp_logits", "ftp_next_logits", "ftp_per_token",
     "ftp_weights", "init_ftp", "make_ftp_loss",

@@ -171,6 +171,11 @@ def rollout_batch(r: Rollouts, *, mask_truncated: bool = False, keep: np.ndarray
 
 
 @functools.partial(jax.jit, static_argnums=1)
+def _stats(params, cfg, batch):  # what a ``shape`` plug-in reads: one compiled program for every step
+    return jax.lax.stop_gradient(token_stats(params, cfg, batch))
+
+
+@functools.partial(jax.jit, static_argnums=1)
 def _logp(params, cfg, batch):
     return jax.lax.stop_gradient(token_stats(params, cfg, batch).logp)
 
@@ -224,7 +229,7 @@ def rl_train(model: Model, task: RLTask, config: RLConfig = RLConfig(), *, trans
             batch["ref_logp"] = _logp(reference.params, reference.cfg, batch)
         adv = group_advantages(r.rewards, G, scale=config.scale)
         if shape is not None:
-            adv = jnp.asarray(shape(r, token_stats(state.params, cfg, batch)), jnp.float32)
+            adv = jnp.asarray(shape(r, _stats(state.params, cfg, batch)), jnp.float32)
         if select is not None:
             keep, extra = select(r, adv, step), {}
             if isinstance(keep, dict):  # {"keep": [B], **runtime arrays for the loss, e.g. a scheduled ratio}
