@@ -709,7 +709,10 @@ _ENTRIES: tuple[Entry, ...] = (
        'token weights 1 + p sign(THR) as a LossTransform with p a runtime array, p = 0 = GRPO bit for bit; '
        'rl_train plug-ins (select computes THR under the current policy). Formula, anchor set and p are our '
        'reading of the abstract (no official code)',
-       status='implemented'),
+       claims=(_c('exploit-greedy', 'not-reproduced', 'THR reweighting with p > 0 raises greedy accuracy over GRPO',
+                  'tiny arithmetic-CoT rung, 300 steps x 3 seeds, p = +0.5: 0.595 vs GRPO 0.593 (per-seed +0, +0.002, +0.006; margin 0.02); the reweighted tokens split near evenly by sign (positive share 0.517)'),
+               _c('explore-pass8', 'not-reproduced', 'THR reweighting with p < 0 raises pass@8 over GRPO',
+                  'p = -0.5: pass@8 0.651 vs GRPO 0.685 (lower on every seed), and greedy accuracy falls to 0.549'),)),
     _e(70, 'Tokenization counts: the impact of tokenization on arithmetic in frontier LLMs',
        'tokenizers', 'tokjax.tokenizers.right_to_left_digits', ('right_to_left_digits', 'group_digits', 'encode_arithmetic', 'split_digit_groups', 'check_group_policy'),
        'right-to-left / left-to-right groups of any size (l2rN, r2lN) and single digits as tokenizer '
