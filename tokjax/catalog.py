@@ -673,8 +673,13 @@ _ENTRIES: tuple[Entry, ...] = (
                 _c('scale', 'untested-here', "the gain of top-20% entropy training grows with model size (+4.79 AIME'25 at 14B, +11.04 at 32B)",
                         'needs RL on 14B/32B models and AIME-style tasks; not runnable on 2 CPU cores'),), test='tests/losses/test_high_entropy_tokens.py', experiment='experiments/p63_high_entropy_tokens.py'),
     _e(64, 'Token-Shuffle: Towards High-Resolution Image Generation with Autoregressive Models',
-       'vision', 'tokjax.vision.token_shuffle', ('token_shuffle',),
-       'merge s x s neighbouring tokens per AR step'),
+       'vision', 'tokjax.vision.token_shuffle', ('token_shuffle_init', 'make_token_shuffle_loss', 'token_shuffle', 'token_unshuffle', 'token_shuffle_decoder', 'TokenShuffleDecode'),
+       'window-raster codes; each s x s window\'s embeddings projected to d/s^2, concatenated and merged by a '
+       'residual MLP into one transformer position, unshuffled by a residual MLP into s^2 states read by the '
+       'shared LM head; N/s^2 positions and one window per pass; s = 1 is exactly raster NTP (tested). MLP '
+       'sizes, weight sharing and the base path are our reading (paper method section not readable here); '
+       'glyph experiment on 8x8 codes (no VQ) has a quick run only',
+       status='implemented'),
     _e(65, 'From r to Q^*: Your Language Model is Secretly a Q-Function',
        'losses', 'tokjax.losses.dpo', ('implicit_token_rewards', 'sequence_implicit_reward', 'dpo_loss', 'dpo_per_pair', 'bradley_terry_loss', 'make_dpo_loss'),
        "TRL-sigmoid sequence DPO (registered as loss 'dpo') and P65 implicit token rewards; mixed "

@@ -12,9 +12,10 @@
   decoders that fill several tokens per pass.
 * :mod:`tokjax.vision.nar` -- P31 neighbouring autoregression (one anti-diagonal per pass, right and below heads).
 * :mod:`tokjax.vision.nbp` -- P13 next-block prediction (one block of k raster tokens per pass; k = 1 is NTP).
+* :mod:`tokjax.vision.token_shuffle` -- P64 Token-Shuffle (s x s windows merged into one position; s = 1 is NTP).
 """
 
-from tokjax.vision import image_lm, nar, nbp, orders, quality, tokenizers
+from tokjax.vision import image_lm, nar, nbp, orders, quality, token_shuffle, tokenizers
 from tokjax.vision.image_lm import (
     CanvasDecodeState, CanvasStrategy, ImageDecodeState, ImageSamples, ImageStrategy, ImageVocab, NextTokenCFG, image_batch, image_batch_fn,
     next_token_cfg, sample_images, sequence_positions,
@@ -31,6 +32,10 @@ from tokjax.vision.nar import (
 from tokjax.vision.nbp import (
     NBPDecode, nbp_batch, nbp_batch_fn, nbp_decoder, nbp_logits, nbp_loss, nbp_positions, nbp_ranks,
 )
+from tokjax.vision.token_shuffle import (
+    TokenShuffleDecode, make_token_shuffle_loss, token_shuffle, token_shuffle_batch_fn, token_shuffle_decoder,
+    token_shuffle_init, token_shuffle_logits, token_shuffle_positions, token_unshuffle,
+)
 from tokjax.vision.tokenizers import VQ, PixelQuantizer, codebook_usage, patchify, train_vq, unpatchify
 
 __all__ = [
@@ -44,4 +49,6 @@ __all__ = [
     "nar_ranks", "nar_sources", "nar_token_logp",
     "nbp", "NBPDecode", "nbp_batch", "nbp_batch_fn", "nbp_decoder", "nbp_logits", "nbp_loss", "nbp_positions",
     "nbp_ranks",
+    "token_shuffle", "TokenShuffleDecode", "make_token_shuffle_loss", "token_shuffle_batch_fn", "token_shuffle_decoder",
+    "token_shuffle_init", "token_shuffle_logits", "token_shuffle_positions", "token_unshuffle",
 ]
