@@ -579,8 +579,15 @@ _ENTRIES: tuple[Entry, ...] = (
        claims=(_c('toy-credit', 'not-reproduced', "T-REG moves DPO's token credit onto the erroneous token (toy with opposite-prompt control tokens)",
                   'fraction of rejected responses whose most negative implicit reward sits at BAD: T-REG 0.193 vs DPO 0.194 over 3 seeds (differences 0, 0, -0.004); the regulariser form is unverified against the paper'),)),
     _e(52, 'Kronos: A Foundation Model for the Language of Financial Markets',
-       'tokenizers', 'tokjax.tokenizers.kronos', ('kronos',),
-       'hierarchical K-line tokenizer + coarse/fine dual head'),
+       'tokenizers', 'tokjax.tokenizers.kronos',
+       ('BSQConfig', 'KronosHead', 'KronosDecode', 'kline_features', 'tokenizer_encode', 'tokenizer_loss',
+        'init_kronos_head', 'kronos_loss', 'kronos_joint_logprobs'),
+       'BSQ K-line tokenizer (normalise, sign/sqrt(k) straight-through, commitment + soft entropies, decoder from '
+       's1 bits and from all bits; official module.py read) with ids (s1 << s2_bits) | s2; dual head on the shared '
+       'forward: s1 head, then s2 from RMSNorm(h + cross-attn(emb(s1), h)) (official DependencyAwareLayer, RoPE '
+       'omitted), loss (CE_s1 + CE_s2)/2 registered as "kronos"; KronosDecode samples s1 then s2 | s1 in '
+       'tokjax.generate. s2_bits = 0 = flat head; decoded = teacher-forced log-probs (tested). Quick run only',
+       status='implemented'),
     _e(53, 'Uni-3DAR: Unified 3D Generation and Understanding via Autoregression on Compressed Spatial Tokens',
        'vision', 'tokjax.vision.uni3dar', ('uni3dar',),
        'octree tokens with subtree compression, masked NTP'),

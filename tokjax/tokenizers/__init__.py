@@ -10,7 +10,8 @@ Tokenizer transforms (one module per paper): :mod:`~tokjax.tokenizers.stochastok
 :mod:`~tokjax.tokenizers.right_to_left_digits` (P70), :mod:`~tokjax.tokenizers.setrec` (P55),
 :mod:`~tokjax.tokenizers.dynamic_tokenization` (P39), :mod:`~tokjax.tokenizers.zett` (P26,
 ``zett_transfer``; fitting in :mod:`tokjax.train.recipes.zett`), :mod:`~tokjax.tokenizers.tokenadapt` (P24),
-:mod:`~tokjax.tokenizers.exact_byte_probs` (P11: exact next-byte probabilities of a token LM).
+:mod:`~tokjax.tokenizers.exact_byte_probs` (P11: exact next-byte probabilities of a token LM),
+:mod:`~tokjax.tokenizers.kronos` (P52: BSQ K-line tokens with coarse/fine bits and a dual head; registers "kronos").
 :class:`WrappedTokenizer` is the base of the ``Tokenizer -> Tokenizer`` transforms.
 """
 
@@ -27,6 +28,12 @@ from .dynamic_tokenization import (
 from .exact_byte_probs import (
     END, ByteVocab, byte_generate, byte_logprobs, byte_prefix_logprob, byte_text_logprob, is_canonical,
     naive_byte_logprobs,
+)
+from . import kronos
+from .kronos import (
+    BSQConfig, KronosDecode, KronosHead, init_kronos_head, init_tokenizer, kline_features, kronos_joint_logprobs,
+    kronos_logits, kronos_loss, make_kronos_loss, make_tokenizer_loss, tokenizer_decode, tokenizer_encode,
+    tokenizer_loss,
 )
 from .right_to_left_digits import DigitGroupedTokenizer, encode_arithmetic, group_digits, right_to_left_digits
 from .setrec import (
@@ -75,4 +82,8 @@ __all__ = [
     "Hypernet", "HypernetConfig", "TokenizerPool", "hypernet_embeddings", "init_hypernet", "make_tokenizer_pool",
     "zett_batch_fn", "zett_loss", "zett_warmup_batch_fn", "zett_warmup_loss", "zett_transfer",
     "tokenadapt_embeddings", "tokenadapt_transfer",
+    # P52
+    "kronos", "BSQConfig", "KronosDecode", "KronosHead", "init_kronos_head", "init_tokenizer", "kline_features",
+    "kronos_joint_logprobs", "kronos_logits", "kronos_loss", "make_kronos_loss", "make_tokenizer_loss",
+    "tokenizer_decode", "tokenizer_encode", "tokenizer_loss",
 ]
