@@ -272,8 +272,11 @@ _ENTRIES: tuple[Entry, ...] = (
        '(bidirectional within a block, causal across), one block of k raster tokens per pass through '
        'tokjax.generate (CanvasStrategy); k = 1 is exactly next-token prediction (tested: mask, logits, loss); '
        'decoded log-probs = teacher-forced. Official code not read: BOV positions and the bidirectional BOV '
-       'block are our reading. Class-conditional glyph experiment: quick run only, video arm not built',
-       status='implemented'),
+       'block are our reading. Video arm not built',
+       claims=(_c('passes', 'reproduced', 'next-block prediction generates with far fewer sequential passes than next-token prediction (paper: 11x faster)',
+                  'an 8x8 glyph image in 8 passes (k = 8) vs 64 for raster NTP, by construction; wall-clock not compared fairly: our NBP decodes without a KV cache (sampling 9.9 s vs 5.6 s for NTP)'),
+               _c('fd-k8', 'not-reproduced', 'NBP with one-row blocks (k = 8) keeps image quality: FD <= 1.1x raster NTP at the same training steps',
+                  'class-conditional glyphs, d=64 models, 3 seeds: FD ratio 2.075 (per seed 1.907, 2.152, 2.166); NTP FD 21.467, k=8 44.776, real-vs-real floor 11.303'),)),
     _e(14, 'Insertion Language Models: Sequence Generation with Arbitrary-Position Insertions',
        'decoding', 'tokjax.decoding.insertion', ('insertion', 'Insertion'),
        'insertion LM (loss and stop head as in xlm-core loss_ilm.py / model_ilm.py): joint (gap, token) '
