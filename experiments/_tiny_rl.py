@@ -17,8 +17,8 @@ import json
 
 from experiments._common import cached, load_tree, save_tree
 
-__all__ = ["G", "LR", "PROMPTS", "TEMPERATURE", "WARM", "grpo_run", "rl_config", "run_arm", "setup", "tokens_to_reach",
-           "tune_lr"]
+__all__ = ["G", "LR", "PROMPTS", "TEMPERATURE", "WARM", "grpo_run", "mean_sd", "per_seed", "plot_reward_curves",
+           "rl_config", "run_arm", "setup", "tokens_to_reach", "tune_lr"]
 
 WARM = "tiny-arithmetic-cot"
 LR = 3e-5  # tune_lr: GRPO, seed 99, 60 steps; validation accuracy 0.527/0.545/0.510/0.277/0.000 at 1e-5..1e-3
@@ -116,3 +116,50 @@ def tokens_to_reach(curve, target: float, baseline_tokens: float) -> float:
         if c["accuracy"] >= target - 1e-12:
             return c["tokens"] / baseline_tokens
     return 1.0 + (target - curve[-1]["accuracy"])
+
+
+def mean_sd(v) -> str:
+    """Returns "mean+-sd" (sd with ddof 1; 0 for one value) of per-seed values, 3 decimals."""
+    import numpy as np
+
+    v = np.asarray(v, float)
+    return f"{v.mean():.3f}+-{v.std(ddof=1) if len(v) > 1 else 0.0:.3f}"
+
+
+def per_seed(v) -> str:
+    """Returns the per-seed values joined by '/', 3 decimals."""
+    return "/".join(f"{x:.3f}" for x in v)
+
+
+def plot_reward_curves(pid: int, arms: dict, start: float, *, quick: bool, title: str, x: str = "step") -> str:
+    """Saves the tiny-rung figure of ``arms`` ({name: [run_arm outputs, one per seed]}) and returns its path:
+    the seed-mean sampled reward per step (smoothed) and every seed's greedy test accuracy against ``x``
+    ("step", or "tokens": cumulative trained tokens), from the warm start's accuracy ``start``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from experiments._harness import figure_path
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    w = 5 if quick else 15
+    for c, (name, runs) in enumerate(arms.items()):
+        sm = np.convolve(np.mean([r["reward"] for r in runs], 0), np.ones(w) / w, mode="valid")
+        ax.plot(np.arange(len(sm)) + w, sm, color=f"C{c}", label=name)
+        for i, r in enumerate(runs):
+            ax2.plot([0] + [p[x] for p in r["curve"]], [start] + [p["accuracy"] for p in r["curve"]],
+                     color=f"C{c}", alpha=0.8, label=name if i == 0 else None)
+    ax.set_xlabel(f"RL step ({PROMPTS} prompts x G={G})")
+    ax.set_ylabel(f"sampled reward ({w}-step mean)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax2.axhline(start, color="grey", ls=":", lw=1, label="warm start")
+    ax2.set_xlabel("trained completion tokens" if x == "tokens" else "RL step")
+    ax2.set_ylabel("greedy test accuracy")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    figure = str(figure_path(pid, "reward_curves.png"))
+    fig.savefig(figure, dpi=120)
+    plt.close(fig)
+    return figure

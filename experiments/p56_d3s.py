@@ -50,8 +50,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python experiments/p56_d3s.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments._harness import Row, Rule, figure_path, run_cli  # noqa: E402
-from experiments._tiny_rl import G, LR, PROMPTS, grpo_run, rl_config, run_arm, setup, tokens_to_reach  # noqa: E402
+from experiments._harness import Row, Rule, run_cli  # noqa: E402
+from experiments._tiny_rl import (  # noqa: E402
+    G, LR, PROMPTS, grpo_run, mean_sd, per_seed, plot_reward_curves, rl_config, run_arm, setup, tokens_to_reach,
+)
 
 STEPS, QUICK_STEPS = 300, 40
 EVAL_EVERY, QUICK_EVAL_EVERY = 25, 10
@@ -98,37 +100,9 @@ def run(quick: bool) -> list[Row]:
         acc_v = dataclasses.replace(acc_v, status="inconclusive")
         tok_v = dataclasses.replace(tok_v, status="inconclusive")
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    w = 5 if quick else 15
-    for name, runs in (("GRPO", base), ("D3S", meth)):
-        c = np.mean([r["reward"] for r in runs], 0)
-        sm = np.convolve(c, np.ones(w) / w, mode="valid")
-        ax.plot(np.arange(len(sm)) + w, sm, label=name)
-        for i, r in enumerate(runs):
-            ax2.plot([0] + [p["tokens"] for p in r["curve"]], [start] + [p["accuracy"] for p in r["curve"]],
-                     color="C0" if name == "GRPO" else "C1", alpha=0.8, label=name if i == 0 else None)
-    ax.set_xlabel(f"RL step ({PROMPTS} prompts x G={G})")
-    ax.set_ylabel(f"sampled reward ({w}-step mean)")
-    ax.set_title(f"P56 tiny arithmetic CoT, {len(seeds)} seed(s)")
-    ax.legend(fontsize=8)
-    ax2.axhline(start, color="grey", ls=":", lw=1, label="warm start")
-    ax2.set_xlabel("trained completion tokens")
-    ax2.set_ylabel("greedy test accuracy")
-    ax2.legend(fontsize=8)
-    fig.tight_layout()
-    figure = str(figure_path(56, "reward_curves.png"))
-    fig.savefig(figure, dpi=120)
-    plt.close(fig)
-
-    def ms(v):
-        v = np.asarray(v, float)
-        return f"{v.mean():.3f}+-{v.std(ddof=1) if len(v) > 1 else 0.0:.3f}"
-
-    per = lambda v: "/".join(f"{x:.3f}" for x in v)  # noqa: E731
+    figure = plot_reward_curves(56, {"GRPO": base, "D3S": meth}, start, quick=quick, x="tokens",
+                                title=f"P56 tiny arithmetic CoT, {len(seeds)} seed(s)")
+    ms, per = mean_sd, per_seed
     b_tok = [r["curve"][-1]["tokens"] for r in base]
     m_tok = [r["curve"][-1]["tokens"] for r in meth]
     note = (f"warm start greedy test accuracy {start:.3f}; GRPO {ms(b_acc)} (per seed {per(b_acc)}), D3S {ms(m_acc)} "

@@ -43,8 +43,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python experiments/p69_token_hidden_reward.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments._harness import Row, Rule, figure_path, run_cli  # noqa: E402
-from experiments._tiny_rl import G, LR, PROMPTS, TEMPERATURE, grpo_run, rl_config, run_arm, setup  # noqa: E402
+from experiments._harness import Row, Rule, run_cli  # noqa: E402
+from experiments._tiny_rl import (  # noqa: E402
+    G, LR, PROMPTS, TEMPERATURE, grpo_run, mean_sd, per_seed, plot_reward_curves, rl_config, run_arm, setup,
+)
 
 STEPS, QUICK_STEPS = 300, 40
 EVAL_EVERY, QUICK_EVAL_EVERY = 25, 10
@@ -128,37 +130,9 @@ def run(quick: bool) -> list[Row]:
         greedy_v = dataclasses.replace(greedy_v, status="inconclusive")
         pass_v = dataclasses.replace(pass_v, status="inconclusive")
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    w = 5 if quick else 15
-    for c, (name, runs) in enumerate(arms.items()):
-        r = np.mean([x["reward"] for x in runs], 0)
-        sm = np.convolve(r, np.ones(w) / w, mode="valid")
-        ax.plot(np.arange(len(sm)) + w, sm, color=f"C{c}", label=name)
-        for i, x in enumerate(runs):
-            ax2.plot([0] + [q["step"] for q in x["curve"]], [start] + [q["accuracy"] for q in x["curve"]],
-                     color=f"C{c}", alpha=0.8, label=name if i == 0 else None)
-    ax.set_xlabel(f"RL step ({PROMPTS} prompts x G={G})")
-    ax.set_ylabel(f"sampled reward ({w}-step mean)")
-    ax.set_title(f"P69 tiny arithmetic CoT, {len(seeds)} seed(s); THR+ p={P_EXPLOIT}, THR- p={P_EXPLORE}", fontsize=9)
-    ax.legend(fontsize=8)
-    ax2.axhline(start, color="grey", ls=":", lw=1, label="warm start")
-    ax2.set_xlabel("RL step")
-    ax2.set_ylabel("greedy test accuracy")
-    ax2.legend(fontsize=8)
-    fig.tight_layout()
-    figure = str(figure_path(69, "reward_curves.png"))
-    fig.savefig(figure, dpi=120)
-    plt.close(fig)
-
-    def ms(v):
-        v = np.asarray(v, float)
-        return f"{v.mean():.3f}+-{v.std(ddof=1) if len(v) > 1 else 0.0:.3f}"
-
-    per = lambda v: "/".join(f"{x:.3f}" for x in v)  # noqa: E731
+    figure = plot_reward_curves(69, arms, start, quick=quick, title=f"P69 tiny arithmetic CoT, {len(seeds)} seed(s); "
+                                f"THR+ p={P_EXPLOIT}, THR- p={P_EXPLORE}")
+    ms, per = mean_sd, per_seed
     note = (f"warm start: greedy {start:.3f}, pass@{PASS_K} {start_pass:.3f}; greedy accuracy GRPO {ms(acc['GRPO'])} "
             f"({per(acc['GRPO'])}), THR+ {ms(acc['THR+'])} ({per(acc['THR+'])}), THR- {ms(acc['THR-'])} "
             f"({per(acc['THR-'])}); pass@{PASS_K} GRPO {ms(pk['GRPO'])} ({per(pk['GRPO'])}), THR+ {ms(pk['THR+'])} "
