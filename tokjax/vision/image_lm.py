@@ -466,21 +466,21 @@ class CanvasStrategy(ImageStrategy):
 
     def canvas_init(self, cls_tokens: jax.Array) -> jax.Array:
         """Returns int32 [R, T]: the canvas before the first pass, from the rows' class tokens [R]."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define canvas_init (CanvasStrategy subclasses do)")
 
     def canvas_positions(self) -> np.ndarray:
         """Returns int32 [T, D]: the coordinate of every canvas slot."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define canvas_positions (CanvasStrategy subclasses do)")
 
     def schedule(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Returns (targets, writes, valid), each [passes, A]: pass p samples the logits row
         ``targets[p, a]`` of :meth:`pass_logits` into canvas slot ``writes[p, a]`` (-1: not written back),
         for the slots with ``valid[p, a]``; the valid targets, pass after pass, are the codes in ``order``."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define schedule (CanvasStrategy subclasses do)")
 
     def pass_logits(self, params, cfg: ModelConfig, canvas: jax.Array, positions: jax.Array) -> jax.Array:
         """Returns float32 [R, Q, V]: the logits every target row of the schedule indexes."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define pass_logits (CanvasStrategy subclasses do)")
 
     @property
     def max_accept(self) -> int:  # most tokens one pass commits (the width of the schedule)
