@@ -71,7 +71,7 @@ from tokjax.vision.orders import Order, _check_int, _check_order, to_grid, to_se
 
 __all__ = [
     "CanvasDecodeState", "CanvasStrategy", "ImageDecodeState", "ImageSamples", "ImageStrategy", "ImageVocab",
-    "NextTokenCFG", "image_batch", "image_batch_fn",
+    "NextTokenCFG", "fixed_batch_fn", "image_batch", "image_batch_fn",
     "next_token_cfg", "sample_images", "sequence_positions",
 ]
 
@@ -211,11 +211,12 @@ def image_batch(codes: Any, labels: Any, vocab: ImageVocab, order: Order, *, cla
     return {"tokens": tokens, "positions": pos, "mask": mask} if coords else {"tokens": tokens, "mask": mask}
 
 
-def image_batch_fn(codes: Any, labels: Any, vocab: ImageVocab, order: Order, *, batch_size: int,
-                   class_dropout: float = 0.1, seed: int = 0, coords: bool = True) -> Callable[[int], dict]:
-    """Returns ``batch_fn(step) -> image_batch(...)`` over a fixed set of images: a pure function of
-    ``step`` (rows from ``tokjax.data.batch_indices``, dropout key ``fold_in(key(seed), step)``), so a
-    resumed ``tokjax.train.train`` run is bitwise the uninterrupted one. Inputs are checked once here."""
+def fixed_batch_fn(codes: Any, labels: Any, vocab: ImageVocab, order: Order, build: Callable, *, batch_size: int,
+                   class_dropout: float = 0.1, seed: int = 0) -> Callable[[int], dict]:
+    """Returns ``batch_fn(step) -> build(codes[rows], labels[rows], key)`` over a fixed set of images: a pure
+    function of ``step`` (rows from ``tokjax.data.batch_indices``, dropout key ``fold_in(key(seed), step)``), so a
+    resumed ``tokjax.train.train`` run is bitwise the uninterrupted one. Inputs are checked once here; ``build``
+    makes one batch (e.g. :func:`image_batch` or :func:`tokjax.vision.nbp.nbp_batch` with ``class_dropout``)."""
     order = _check_order(order)
     codes = np.asarray(_check_codes(codes, vocab, order))
     labels = np.asarray(_int_array(labels, "class labels"))
@@ -228,10 +229,20 @@ def image_batch_fn(codes: Any, labels: Any, vocab: ImageVocab, order: Order, *, 
 
     def batch_fn(step: int) -> dict:
         idx = batch_indices(codes.shape[0], batch_size, step, seed=seed)
-        return image_batch(codes[idx], labels[idx], vocab, order, class_dropout=class_dropout,
-                           key=jax.random.fold_in(base, step), coords=coords)
+        return build(codes[idx], labels[idx], jax.random.fold_in(base, step))
 
     return batch_fn
+
+
+def image_batch_fn(codes: Any, labels: Any, vocab: ImageVocab, order: Order, *, batch_size: int,
+                   class_dropout: float = 0.1, seed: int = 0, coords: bool = True) -> Callable[[int], dict]:
+    """Returns ``batch_fn(step) -> image_batch(...)`` over a fixed set of images (:func:`fixed_batch_fn`: a pure
+    function of ``step``, inputs checked once)."""
+    def build(codes, labels, key):
+        return image_batch(codes, labels, vocab, order, class_dropout=class_dropout, key=key, coords=coords)
+
+    return fixed_batch_fn(codes, labels, vocab, order, build, batch_size=batch_size, class_dropout=class_dropout,
+                          seed=seed)
 
 
 # ------------------------------------------------------------------------------------- decoding

@@ -42,11 +42,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tokjax.data import batch_indices
 from tokjax.logits import check_range, hparam
 from tokjax.model import Inputs, ModelConfig, forward
 from tokjax.model.attention import Rank
-from tokjax.vision.image_lm import CanvasStrategy, ImageVocab, _check_codes, _concrete, _int_array
+from tokjax.vision.image_lm import CanvasStrategy, ImageVocab, _check_codes, _concrete, _int_array, fixed_batch_fn
 from tokjax.vision.orders import Order, _check_int, _check_order, raster, to_sequence
 
 __all__ = ["NBPDecode", "nbp_batch", "nbp_batch_fn", "nbp_decoder", "nbp_logits", "nbp_loss", "nbp_positions",
@@ -124,23 +123,14 @@ def nbp_batch(codes: Any, labels: Any, vocab: ImageVocab, order: Order, block: i
 def nbp_batch_fn(codes: Any, labels: Any, vocab: ImageVocab, order: Order, block: int, *, batch_size: int,
                  class_dropout: float = 0.1, seed: int = 0) -> Callable[[int], dict]:
     """Returns ``batch_fn(step) -> nbp_batch(...)`` over fixed images, a pure function of ``step`` (as
-    :func:`~tokjax.vision.image_lm.image_batch_fn`)."""
+    :func:`~tokjax.vision.image_lm.image_batch_fn`, through :func:`~tokjax.vision.image_lm.fixed_batch_fn`)."""
     _check_block(order, block)
-    codes = np.asarray(_check_codes(codes, vocab, order))
-    labels = np.asarray(_int_array(labels, "class labels"))
-    if labels.shape != (codes.shape[0],):
-        raise ValueError(f"labels must be [N={codes.shape[0]}] (one class per image), got shape {labels.shape}")
-    vocab.class_tokens(labels)
-    check_range(class_dropout, "class_dropout", lo=0.0, hi=1.0)
-    batch_size = _check_int("batch_size", batch_size, 1)
-    base = jax.random.key(_check_int("seed", seed, 0))
 
-    def batch_fn(step: int) -> dict:
-        idx = batch_indices(codes.shape[0], batch_size, step, seed=seed)
-        return nbp_batch(codes[idx], labels[idx], vocab, order, block, class_dropout=class_dropout,
-                         key=jax.random.fold_in(base, step))
+    def build(codes, labels, key):
+        return nbp_batch(codes, labels, vocab, order, block, class_dropout=class_dropout, key=key)
 
-    return batch_fn
+    return fixed_batch_fn(codes, labels, vocab, order, build, batch_size=batch_size, class_dropout=class_dropout,
+                          seed=seed)
 
 
 def nbp_logits(params, cfg: ModelConfig, batch: dict) -> jax.Array:
