@@ -393,8 +393,15 @@ _ENTRIES: tuple[Entry, ...] = (
        'analysis', 'tokjax.analysis.function_tokens', ('function_token_set', 'feature_coverage', 'loss_table', 'token_counts'),
        'function tokens = the most frequent ids reaching a 40% token share (cut-off unverified); the token-feature '
        'bipartite graph from top-k SAE codes (tokjax.analysis.sae): share of active features a token set reaches, '
-       'per-token degree; the 2x2 next-token loss table by previous/next token type. Planned until its SmolLM2 '
-       'experiment exists'),
+       'per-token degree; the 2x2 next-token loss table by previous/next token type. Experiment on SmolLM2-135M-'
+       'Instruct: top-32 SAE (4608 latents) on layer 15\'s residual, pydocs windows, an occurrence-matched '
+       'content-token control',
+       claims=(_c('majority', 'reproduced', 'a small number of function tokens activates the majority of the model\'s (SAE) features',
+                  'the 35 most frequent SmolLM2 tokens (40% of occurrences) reach 0.9988 of the active SAE features (3 SAE seeds); but see beyond-frequency: the graph saturates'),
+               _c('beyond-frequency', 'not-reproduced', 'function tokens reach more features than their frequency alone explains',
+                  'random content tokens with as many occurrences reach 0.9993; the 35 most frequent content tokens (far fewer occurrences) reach 0.946/0.940/0.936, so occurrence count explains the coverage'),
+               _c('loss-share', 'not-reproduced', 'the loss is dominated by predicting content tokens that follow function tokens',
+                  'SmolLM2 on held-out pydocs: the function -> content cell holds 0.37 of the loss, content -> content 0.3772 (the tiny from-scratch model: 0.335 vs 0.374)'),)),
     _e(28, 'X-Omni: Reinforcement Learning Makes Discrete Autoregressive Image Generative Models Great Again',
        'vision', 'tokjax.vision.x_omni', ('x_omni',),
        'GRPO on a discrete image AR model with an external reward'),
@@ -589,8 +596,13 @@ _ENTRIES: tuple[Entry, ...] = (
        's1 bits and from all bits; official module.py read) with ids (s1 << s2_bits) | s2; dual head on the shared '
        'forward: s1 head, then s2 from RMSNorm(h + cross-attn(emb(s1), h)) (official DependencyAwareLayer, RoPE '
        'omitted), loss (CE_s1 + CE_s2)/2 registered as "kronos"; KronosDecode samples s1 then s2 | s1 in '
-       'tokjax.generate. s2_bits = 0 = flat head; decoded = teacher-forced log-probs (tested). Quick run only',
-       status='implemented'),
+       'tokjax.generate. s2_bits = 0 = flat head; decoded = teacher-forced log-probs (tested)',
+       claims=(_c('nll', 'reproduced', 'the dual head (s2 | s1) models K-line tokens better than independent s1/s2 heads',
+                  'synthetic regime-GBM x GARCH klines, 3 seeds: 6.196 vs 6.753 nats per bar; a flat 256-way head does better than both (4.5853)'),
+               _c('rankic', 'not-reproduced', 'Kronos forecasts returns with a higher RankIC (here: dual vs independent head)',
+                  'RankIC 8e-05 vs 0.00827: every head is near chance while the true conditional mean reaches 0.0456 on this data'),
+               _c('volatility', 'reproduced', 'Kronos forecasts volatility with a lower MAE (here: dual vs independent head, against the GARCH truth)',
+                  'vol MAE 0.00623 vs 0.0067 (lower on every seed); the flat head is lower still (0.00478)'),)),
     _e(53, 'Uni-3DAR: Unified 3D Generation and Understanding via Autoregression on Compressed Spatial Tokens',
        'vision', 'tokjax.vision.uni3dar', ('uni3dar',),
        'octree tokens with subtree compression, masked NTP'),
