@@ -125,6 +125,7 @@ def test_shared_vocab_matches_dense_graphs(seed, values):
     np.testing.assert_allclose(got, ref, rtol=2e-4, atol=1e-7)
 
 
+@pytest.mark.slow  # test_permuted_student_kl_and_gld covers the permuted student in the default suite
 @settings(max_examples=10, deadline=None)
 @given(st.data())
 def test_permuted_student_has_positive_gld(data):

@@ -23,7 +23,7 @@ def _ragged(key, B, T, V):
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float32", pytest.param("bfloat16", marks=pytest.mark.slow)])
 def test_cached_incremental_equals_full_forward(variant, dtype):
     """Prefill a ragged padded batch, then decode token by token: logits match a full forward of each row.
 
