@@ -177,6 +177,19 @@ def _check_codes(codes, vocab: ImageVocab, order: Order):
     return codes
 
 
+def class_tokens_with_dropout(vocab: ImageVocab, labels: jax.Array, class_dropout: Any, key) -> jax.Array:
+    """Returns int32 [N]: each image's class token, replaced by the null class with probability
+    ``class_dropout`` (runtime scalar; > 0 needs ``key``): the unconditional rows CFG trains on."""
+    cls = vocab.class_tokens(labels)
+    check_range(class_dropout, "class_dropout", lo=0.0, hi=1.0)
+    if key is None:
+        if not _concrete(class_dropout) or float(np.max(np.asarray(class_dropout))) > 0:
+            raise ValueError("class_dropout > 0 needs key= (a jax.random key) to draw which rows lose their class")
+        return cls
+    drop = jax.random.bernoulli(key, jnp.asarray(class_dropout, _F32), (labels.shape[0],))
+    return jnp.where(drop, vocab.null_id, cls)
+
+
 def image_batch(codes: Any, labels: Any, vocab: ImageVocab, order: Order, *, class_dropout: Any = 0.1,
                 key: jax.Array | None = None, coords: bool = True) -> dict:
     """Returns a dict batch for ``tokjax.train.train`` (tokens, positions, mask; module docstring).
@@ -196,14 +209,7 @@ def image_batch(codes: Any, labels: Any, vocab: ImageVocab, order: Order, *, cla
     labels = _int_array(labels, "class labels")
     if labels.shape != (N,):
         raise ValueError(f"labels must be [N={N}] (one class per image), got shape {tuple(labels.shape)}")
-    cls = vocab.class_tokens(labels)
-    check_range(class_dropout, "class_dropout", lo=0.0, hi=1.0)
-    if key is None:
-        if not _concrete(class_dropout) or float(np.max(np.asarray(class_dropout))) > 0:
-            raise ValueError("class_dropout > 0 needs key= (a jax.random key) to draw which rows lose their class")
-    else:
-        drop = jax.random.bernoulli(key, jnp.asarray(class_dropout, _F32), (N,))
-        cls = jnp.where(drop, vocab.null_id, cls)
+    cls = class_tokens_with_dropout(vocab, labels, class_dropout, key)
     seq = jnp.clip(to_sequence(jnp.asarray(codes), order), 0, vocab.num_codes - 1).astype(jnp.int32)
     tokens = jnp.concatenate([cls[:, None], seq], axis=1)
     pos = jnp.broadcast_to(jnp.asarray(sequence_positions(order)), (N, 1 + order.size, order.ndim))
@@ -275,6 +281,27 @@ class ImageStrategy(Strategy):
     strategy state overrides :meth:`new_tokens` / :meth:`images`.
     """
 
+    def _check_common(self) -> None:
+        """The field checks every image decoder shares (its ``__post_init__`` calls this first)."""
+        if not isinstance(self.vocab, ImageVocab):
+            raise ValueError(f"vocab must be an ImageVocab, got {type(self.vocab).__name__}")
+        _check_order(self.order)
+        if not isinstance(self.guided, bool):
+            raise ValueError(f"guided must be True or False, got {self.guided!r}")
+        if self.pos_dims not in (1, 2, 3):
+            raise ValueError(f"pos_dims must be 1, 2 or 3, got {self.pos_dims!r}")
+        check_range(self.guidance, "guidance", lo=0.0)
+        if not self.guided and _concrete(self.guidance) and np.any(np.asarray(self.guidance) != 1.0):
+            raise ValueError("guidance != 1 needs guided=True (the null-class rows); guided=False samples the "
+                             "conditional distribution only")
+
+    def _check_model(self, cfg: ModelConfig, why: str) -> None:
+        self.vocab.code_mask(cfg.vocab_size)
+        if cfg.pos_dims != 1:  # sample_images sets the positions itself; plain generate cannot
+            raise ValueError(
+                f"generate prefills the prompt without positions, which a pos_dims={cfg.pos_dims} model rejects; "
+                f"decode it with tokjax.vision.image_lm.sample_images{why}")
+
     def prompts(self, labels: np.ndarray) -> np.ndarray:
         """Returns int32 [R, 1] prompt rows: the class tokens, then (guided) as many null-class rows."""
         cls = np.asarray(self.vocab.class_tokens(labels))
@@ -313,28 +340,13 @@ class NextTokenCFG(ImageStrategy):
     guidance: Any = hparam(1.0)
 
     def __post_init__(self):
-        if not isinstance(self.vocab, ImageVocab):
-            raise ValueError(f"vocab must be an ImageVocab, got {type(self.vocab).__name__}")
-        _check_order(self.order)
-        if not isinstance(self.guided, bool):
-            raise ValueError(f"guided must be True or False, got {self.guided!r}")
-        if self.pos_dims not in (1, 2, 3):
-            raise ValueError(f"pos_dims must be 1, 2 or 3, got {self.pos_dims!r}")
+        self._check_common()
         if self.pos_dims > 1 and self.pos_dims != self.order.ndim:
             raise ValueError(f"a pos_dims={self.pos_dims} model reads {self.pos_dims} coordinates per token, but the "
                              f"order's grid {self.order.shape} has {self.order.ndim}")
-        check_range(self.guidance, "guidance", lo=0.0)
-        if not self.guided and _concrete(self.guidance) and np.any(np.asarray(self.guidance) != 1.0):
-            raise ValueError("guidance != 1 needs guided=True (the null-class rows); guided=False samples the "
-                             "conditional distribution only")
 
     def validate(self, cfg: ModelConfig) -> None:
-        self.vocab.code_mask(cfg.vocab_size)
-        if cfg.pos_dims != 1:
-            raise ValueError(
-                f"generate prefills the prompt without positions, which a pos_dims={cfg.pos_dims} model rejects; "
-                "decode it with tokjax.vision.image_lm.sample_images (exact: the one-token prompt's prefill is never "
-                "read)")
+        self._check_model(cfg, " (exact: the one-token prompt's prefill is never read)")
 
     def init(self, params, cfg: ModelConfig, state: DecodeState) -> ImageDecodeState:
         R = state.tokens.shape[0]
@@ -497,25 +509,8 @@ class CanvasStrategy(ImageStrategy):
     def max_accept(self) -> int:  # most tokens one pass commits (the width of the schedule)
         return int(self.schedule()[0].shape[1])
 
-    def _check_common(self) -> None:
-        if not isinstance(self.vocab, ImageVocab):
-            raise ValueError(f"vocab must be an ImageVocab, got {type(self.vocab).__name__}")
-        _check_order(self.order)
-        if not isinstance(self.guided, bool):
-            raise ValueError(f"guided must be True or False, got {self.guided!r}")
-        if self.pos_dims not in (1, 2, 3):
-            raise ValueError(f"pos_dims must be 1, 2 or 3, got {self.pos_dims!r}")
-        check_range(self.guidance, "guidance", lo=0.0)
-        if not self.guided and _concrete(self.guidance) and np.any(np.asarray(self.guidance) != 1.0):
-            raise ValueError("guidance != 1 needs guided=True (the null-class rows); guided=False samples the "
-                             "conditional distribution only")
-
     def validate(self, cfg: ModelConfig) -> None:
-        self.vocab.code_mask(cfg.vocab_size)
-        if cfg.pos_dims != 1:
-            raise ValueError(
-                f"generate prefills the prompt without positions, which a pos_dims={cfg.pos_dims} model rejects; "
-                "decode it with tokjax.vision.image_lm.sample_images")
+        self._check_model(cfg, "")
         T = self.canvas_positions().shape[0]
         if cfg.positions == "learned" and int(self.canvas_positions().max()) >= cfg.max_len:
             raise ValueError(f"the canvas coordinates reach {int(self.canvas_positions().max())}, beyond the learned "

@@ -42,10 +42,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tokjax.logits import check_range, hparam
+from tokjax.logits import hparam
 from tokjax.model import Inputs, ModelConfig, forward
 from tokjax.model.attention import Rank
-from tokjax.vision.image_lm import CanvasStrategy, ImageVocab, _check_codes, _concrete, _int_array, fixed_batch_fn
+from tokjax.vision.image_lm import (CanvasStrategy, ImageVocab, _check_codes, _int_array, class_tokens_with_dropout,
+                                   fixed_batch_fn)
 from tokjax.vision.orders import Order, _check_int, _check_order, raster, to_sequence
 
 __all__ = ["NBPDecode", "nbp_batch", "nbp_batch_fn", "nbp_decoder", "nbp_logits", "nbp_loss", "nbp_positions",
@@ -102,13 +103,7 @@ def nbp_batch(codes: Any, labels: Any, vocab: ImageVocab, order: Order, block: i
     labels = _int_array(labels, "class labels")
     if labels.shape != (B,):
         raise ValueError(f"labels must be [N={B}] (one class per image), got shape {tuple(labels.shape)}")
-    cls = vocab.class_tokens(labels)
-    check_range(class_dropout, "class_dropout", lo=0.0, hi=1.0)
-    if key is None:
-        if not _concrete(class_dropout) or float(np.max(np.asarray(class_dropout))) > 0:
-            raise ValueError("class_dropout > 0 needs key= (a jax.random key) to draw which rows lose their class")
-    else:
-        cls = jnp.where(jax.random.bernoulli(key, jnp.asarray(class_dropout, _F32), (B,)), vocab.null_id, cls)
+    cls = class_tokens_with_dropout(vocab, labels, class_dropout, key)
     seq = jnp.clip(to_sequence(jnp.asarray(codes), order), 0, vocab.num_codes - 1).astype(jnp.int32)
     bov = jnp.full((B, k), vocab.mask_id, jnp.int32)
     inputs = jnp.concatenate([cls[:, None], bov, seq[:, :N - k]], axis=1)
