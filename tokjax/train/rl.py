@@ -19,7 +19,15 @@ One RL step (GRPO / DAPO, issue 21):
 Plug points (the papers of issue 21 are each one of these): ``transforms`` (LossTransforms: token
 masks / weights, e.g. P63's entropy mask), ``shape(rollouts, stats) -> advantages [B, T]``,
 ``select(rollouts, advantages, step) -> keep [B]`` (rows kept for the update; or a dict with
-``"keep"`` and runtime arrays added to the loss batch, e.g. a scheduled token ratio). ``RLConfig`` holds
+``"keep"`` and runtime arrays added to the loss batch, e.g. a scheduled token ratio),
+``prepare(rollouts, batch) -> batch`` (adds runtime arrays to every loss batch before any log-prob is
+computed, and may write tokens *after* a row's last token, e.g. P47 LaSeR's appended z_c: the
+completion tokens' log-probs cannot change, so old_logp / GRPO terms are untouched; the ``shape``
+stats are computed on the prepared batch) and ``aux(params, cfg, batch, stats) -> (loss, metrics)``
+(a differentiable term added to the GRPO loss in every inner step, e.g. LaSeR's self-reward MSE;
+``stats`` is the same forward's TokenStats before the transforms; ``aux.requires`` may name extra
+TokenStats fields, ``"hidden"`` / ``"entropy"``). ``aux=None`` and ``prepare=None`` run the plain loop
+bit for bit. ``RLConfig`` holds
 the hyperparameters; every array the loss reads is a runtime value, so steps do not recompile
 (rollout widths are padded to ``max_prompt_len + max_new_tokens``).
 """
@@ -38,12 +46,15 @@ import numpy as np
 from tokjax.decoding import generate
 from tokjax.logits import temperature as temperature_transform
 from tokjax.losses import token_stats
-from tokjax.losses.grpo import ADVANTAGE_SCALES, DENOMINATORS, GRPO_REDUCTIONS, group_advantages, make_grpo_loss
+from tokjax.losses._stats import chain
+from tokjax.losses.grpo import (
+    ADVANTAGE_SCALES, DENOMINATORS, GRPO_REDUCTIONS, group_advantages, grpo_loss, make_grpo_loss,
+)
 from tokjax.model import Model
 from tokjax.train._config import TrainConfig
 from tokjax.train._step import init_state, make_optimizer, make_train_step
 
-__all__ = ["RLConfig", "RLTask", "Rollouts", "rl_train", "rollout", "rollout_batch"]
+__all__ = ["RLConfig", "RLTask", "Rollouts", "make_aux_loss", "rl_train", "rollout", "rollout_batch"]
 
 
 class RLTask(Protocol):
@@ -180,8 +191,77 @@ def _logp(params, cfg, batch):
     return jax.lax.stop_gradient(token_stats(params, cfg, batch).logp)
 
 
+_AUX_FIELDS = ("hidden", "entropy")
+
+
+def make_aux_loss(aux: Callable, *, eps_low=0.2, eps_high=0.28, beta=0.0, reduction: str = "token_mean",
+                  denominator: str = "valid", transforms=()) -> Callable:
+    """Returns ``loss_fn(params, cfg, batch, rng) -> (loss, metrics)``: the GRPO loss of
+    :func:`tokjax.losses.grpo.make_grpo_loss` plus ``aux(params, cfg, batch, stats)`` on one forward.
+
+    ``stats`` is the batch's TokenStats before ``transforms`` (with ``hidden`` / ``entropy`` when
+    ``aux.requires`` names them); the GRPO term sees the transformed stats exactly as
+    ``make_grpo_loss`` does. Metrics: GRPO's (``loss`` = the total), ``grpo_loss`` and the aux's
+    own metrics (an aux metric may not reuse a GRPO metric's name).
+    """
+    if not callable(aux):
+        raise ValueError(f"aux must be callable (params, cfg, batch, stats) -> (loss, metrics), got "
+                         f"{type(aux).__name__}")
+    requires = tuple(getattr(aux, "requires", ()))
+    if set(requires) - set(_AUX_FIELDS):
+        raise ValueError(f"aux.requires may name {_AUX_FIELDS}, got {requires}")
+    make_grpo_loss(eps_low=eps_low, eps_high=eps_high, beta=beta, reduction=reduction,
+                   denominator=denominator)  # validates the options
+    transform = chain(*transforms) if isinstance(transforms, (tuple, list)) else transforms
+    want_entropy = "entropy" in requires or "entropy" in transform.requires
+
+    def loss_fn(params, cfg, batch, rng=None):
+        del rng
+        for key in ("old_logp", "advantages"):
+            if not isinstance(batch, dict) or key not in batch:
+                raise ValueError(f"a GRPO batch needs '{key}' (and the rollout tokens); got keys "
+                                 f"{sorted(batch) if isinstance(batch, dict) else type(batch).__name__}")
+        raw = token_stats(params, cfg, batch, entropy=want_entropy, hidden="hidden" in requires)
+        stats, _ = transform.apply(raw, transform.init(), batch)
+        loss, metrics = grpo_loss(stats, batch["old_logp"], batch["advantages"], eps_low=eps_low, eps_high=eps_high,
+                                  beta=beta, reduction=reduction, denominator=denominator,
+                                  normalizer=batch.get("normalizer"))
+        out = aux(params, cfg, batch, raw)
+        if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict)):
+            raise ValueError(f"aux must return (scalar loss, metrics dict), got {type(out).__name__}")
+        aux_loss, aux_metrics = out
+        if jnp.ndim(aux_loss) != 0:
+            raise ValueError(f"aux must return a scalar loss, got shape {jnp.shape(aux_loss)}")
+        clash = (set(aux_metrics) & set(metrics)) | ({"grpo_loss"} & set(aux_metrics))
+        if clash:
+            raise ValueError(f"aux metric name(s) {sorted(clash)} clash with the GRPO metrics; rename them")
+        total = loss + jnp.asarray(aux_loss, jnp.float32)
+        return total, {**metrics, "loss": total, "grpo_loss": loss, **aux_metrics}
+
+    return loss_fn
+
+
+def _prepared(prepare, r: Rollouts, batch: dict) -> dict:
+    """Returns ``prepare(r, batch)`` after checking that it kept every token of the rows (< lengths)."""
+    out = prepare(r, dict(batch))
+    if not isinstance(out, dict) or "tokens" not in out:
+        raise ValueError(f"prepare must return the batch dict (with 'tokens'), got {type(out).__name__}")
+    before, after = np.asarray(batch["tokens"]), np.asarray(out["tokens"])
+    if after.shape != before.shape:
+        raise ValueError(f"prepare changed the token array's shape {before.shape} -> {after.shape}")
+    inside = np.arange(before.shape[1])[None, :] < np.asarray(r.lengths)[:, None]
+    if not np.array_equal(np.where(inside, before, 0), np.where(inside, after, 0)):
+        raise ValueError("prepare changed a prompt or completion token; it may only write after a row's last "
+                         "token (position >= lengths)")
+    for k in ("prompt_lengths", "lengths", "mask"):
+        if k in out and not np.array_equal(np.asarray(out[k]), np.asarray(batch[k])):
+            raise ValueError(f"prepare changed batch[{k!r}]; it may only add arrays and write after the rows")
+    return out
+
+
 def rl_train(model: Model, task: RLTask, config: RLConfig = RLConfig(), *, transforms: Sequence = (),
              reference: Model | None = None, shape: Callable | None = None, select: Callable | None = None,
+             aux: Callable | None = None, prepare: Callable | None = None,
              eos_id=None, stop=None, tokenizer=None, progress: bool = False,
              callback: Callable | None = None) -> tuple[Model, list[dict]]:
     """Returns (the trained Model, per-step history) of GRPO/DAPO on ``task`` (steps in the module docstring).
@@ -191,6 +271,7 @@ def rl_train(model: Model, task: RLTask, config: RLConfig = RLConfig(), *, trans
     ``truncated``, ``zero_adv_groups``, the loss metrics of the last inner step, ``seconds``.
     ``callback(step, model, row)`` runs after every step with the updated Model (e.g. a held-out
     evaluation; whatever it returns is ignored and its time is not in ``seconds``).
+    ``prepare`` / ``aux``: see the module docstring (None: the plain GRPO loop, bit for bit).
     """
     if not isinstance(config, RLConfig):
         raise ValueError(f"config must be an RLConfig, got {type(config).__name__}")
@@ -203,8 +284,11 @@ def rl_train(model: Model, task: RLTask, config: RLConfig = RLConfig(), *, trans
     tc = config.train_config()
     optimizer = make_optimizer(tc)
     state = init_state(cfg, optimizer, config.seed, params=model.params)
-    loss_fn = make_grpo_loss(eps_low=config.eps_low, eps_high=config.eps_high, beta=config.beta,
-                             reduction=config.reduction, denominator=config.denominator, transforms=tuple(transforms))
+    options = dict(eps_low=config.eps_low, eps_high=config.eps_high, beta=config.beta, reduction=config.reduction,
+                   denominator=config.denominator, transforms=tuple(transforms))
+    loss_fn = make_grpo_loss(**options) if aux is None else make_aux_loss(aux, **options)
+    if prepare is not None and not callable(prepare):
+        raise ValueError(f"prepare must be callable (rollouts, batch) -> batch, got {type(prepare).__name__}")
     step_fn = make_train_step(cfg, optimizer, loss_fn, trainable=tc.trainable, donate=False)
     key = jax.random.key(config.seed)
     width = config.max_prompt_len + config.max_new_tokens
@@ -224,6 +308,8 @@ def rl_train(model: Model, task: RLTask, config: RLConfig = RLConfig(), *, trans
             raise ValueError(f"task.reward must return one reward per rollout ({len(r.tokens)}), got shape "
                              f"{r.rewards.shape}")
         batch = rollout_batch(r, mask_truncated=config.mask_truncated)
+        if prepare is not None:
+            batch = _prepared(prepare, r, batch)
         batch["old_logp"] = _logp(state.params, cfg, batch)
         if reference is not None:
             batch["ref_logp"] = _logp(reference.params, reference.cfg, batch)
@@ -237,8 +323,10 @@ def rl_train(model: Model, task: RLTask, config: RLConfig = RLConfig(), *, trans
                     raise ValueError(f"select returned a dict without 'keep' (keys {sorted(keep)})")
                 extra = {k: jnp.asarray(v) for k, v in keep.items() if k != "keep"}
                 keep = keep["keep"]
-            batch = rollout_batch(r, mask_truncated=config.mask_truncated, keep=keep) | {
-                k: batch[k] for k in ("old_logp", "ref_logp") if k in batch} | extra
+            kept = rollout_batch(r, mask_truncated=config.mask_truncated, keep=keep)
+            if prepare is not None:
+                kept = _prepared(prepare, r, kept)
+            batch = kept | {k: batch[k] for k in ("old_logp", "ref_logp") if k in batch} | extra
         batch["advantages"] = adv
         for _ in range(config.inner_steps):
             state, metrics = step_fn(state, batch)
