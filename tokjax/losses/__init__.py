@@ -21,7 +21,8 @@ sequence DPO with P65 implicit token rewards and token weights (:mod:`~tokjax.lo
 token mask (:mod:`~tokjax.losses.high_entropy_tokens`), GRPO (:mod:`~tokjax.losses.grpo`) and P56 D3S's
 rollout and token down-sampling (:mod:`~tokjax.losses.d3s`), P57 RLFR flow rewards
 (:mod:`~tokjax.losses.rlfr`), P69 token hidden reward
-(:mod:`~tokjax.losses.token_hidden_reward`), P47 LaSeR last-token self-rewarding (:mod:`~tokjax.losses.laser`); multi-token: P66 future token prediction
+(:mod:`~tokjax.losses.token_hidden_reward`), P47 LaSeR last-token self-rewarding (:mod:`~tokjax.losses.laser`), P25 one-token rollout
+(:mod:`~tokjax.losses.one_token_rollout`); multi-token: P66 future token prediction
 (:mod:`~tokjax.losses.future_token_prediction`).
 
 Losses as a train-config choice: :mod:`tokjax.losses.registry` (``make_loss("prior", alpha=1.0)``,
@@ -98,6 +99,10 @@ from tokjax.losses.laser import (  # P47 (rl_train plug-ins prepare / shape / au
     LaSeR, append_token, last_token_logp, mix_advantages, reference_constant, self_advantages, self_reward,
     self_reward_loss, self_verification_f1, weighted_vote, z_c_logp,
 )
+from tokjax.losses.one_token_rollout import (  # P25; registers "otr"
+    gumbel_max_sample, make_one_token_rollout_loss, one_token_rollout_loss, otr_expected_loss, otr_rewards,
+    sampled_logp,
+)
 from tokjax.losses.future_token_prediction import (  # P66; registers "ftp"
     FTPConfig, FTPDecode, ftp_config, ftp_loss, ftp_logits, ftp_next_logits, ftp_per_token, ftp_weights, init_ftp,
     make_ftp_loss,
@@ -111,6 +116,8 @@ __all__ = [
     "THRWeights", "model_token_hidden_reward", "thr_weights", "token_hidden_reward",
     "LaSeR", "append_token", "last_token_logp", "mix_advantages", "reference_constant", "self_advantages",
     "self_reward", "self_reward_loss", "self_verification_f1", "weighted_vote", "z_c_logp",
+    "gumbel_max_sample", "make_one_token_rollout_loss", "one_token_rollout_loss", "otr_expected_loss",
+    "otr_rewards", "sampled_logp",
     "FTPConfig", "FTPDecode", "ftp_config", "ftp_loss", "ftp_logits", "ftp_next_logits", "ftp_per_token",
     "ftp_weights", "init_ftp", "make_ftp_loss",
     "dro_optimal_tau", "dro_tau_derivative", "init_tempnet", "make_tempnet_loss", "tempnet_dro_loss",
