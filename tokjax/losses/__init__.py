@@ -22,7 +22,8 @@ token mask (:mod:`~tokjax.losses.high_entropy_tokens`), GRPO (:mod:`~tokjax.loss
 rollout and token down-sampling (:mod:`~tokjax.losses.d3s`), P57 RLFR flow rewards
 (:mod:`~tokjax.losses.rlfr`), P69 token hidden reward
 (:mod:`~tokjax.losses.token_hidden_reward`), P47 LaSeR last-token self-rewarding (:mod:`~tokjax.losses.laser`), P25 one-token rollout
-(:mod:`~tokjax.losses.one_token_rollout`); multi-token: P66 future token prediction
+(:mod:`~tokjax.losses.one_token_rollout`); multi-token: P40 concept-aware fine-tuning
+(:mod:`~tokjax.losses.caft`), P66 future token prediction
 (:mod:`~tokjax.losses.future_token_prediction`).
 
 Losses as a train-config choice: :mod:`tokjax.losses.registry` (``make_loss("prior", alpha=1.0)``,
@@ -103,6 +104,9 @@ from tokjax.losses.one_token_rollout import (  # P25; registers "otr"
     gumbel_max_sample, make_one_token_rollout_loss, one_token_rollout_loss, otr_expected_loss, otr_rewards,
     sampled_logp,
 )
+from tokjax.losses.caft import (  # P40; registers "caft" and "caft_pretrain_heads"
+    caft_loss, caft_per_head, caft_pretrain_heads, init_caft_heads, make_caft_loss, make_caft_pretrain_loss,
+)
 from tokjax.losses.future_token_prediction import (  # P66; registers "ftp"
     FTPConfig, FTPDecode, ftp_config, ftp_loss, ftp_logits, ftp_next_logits, ftp_per_token, ftp_weights, init_ftp,
     make_ftp_loss,
@@ -118,6 +122,8 @@ __all__ = [
     "self_reward", "self_reward_loss", "self_verification_f1", "weighted_vote", "z_c_logp",
     "gumbel_max_sample", "make_one_token_rollout_loss", "one_token_rollout_loss", "otr_expected_loss",
     "otr_rewards", "sampled_logp",
+    "caft_loss", "caft_per_head", "caft_pretrain_heads", "init_caft_heads", "make_caft_loss",
+    "make_caft_pretrain_loss",
     "FTPConfig", "FTPDecode", "ftp_config", "ftp_loss", "ftp_logits", "ftp_next_logits", "ftp_per_token",
     "ftp_weights", "init_ftp", "make_ftp_loss",
     "dro_optimal_tau", "dro_tau_derivative", "init_tempnet", "make_tempnet_loss", "tempnet_dro_loss",
