@@ -286,3 +286,25 @@ def test_validation_batches_may_be_dicts():
     tc = _tc(total_steps=2, eval_every=1)
     _, hist = train(CFG, tc, {"train": lambda s: {"tokens": _tokens(s)}, "val": val}, progress=False)
     assert [e["step"] for e in hist["eval"]] == [1, 2] and hist["eval"][0]["tokens"] == 2 * B * T
+
+
+def test_the_loop_passes_the_step_to_dict_batch_losses_without_recompiling():
+    seen, traces = [], []
+
+    def scheduled(params, cfg, batch, rng):
+        traces.append(1)
+        jax.debug.callback(lambda s: seen.append(int(s)), batch["step"])
+        loss = jnp.sum(params["w"] ** 2) * (1.0 + batch["step"].astype(jnp.float32))
+        return loss, {}
+
+    tc = TrainConfig(lr=0.1, warmup_steps=0, total_steps=5, log_every=1, grad_clip=None, weight_decay=0.0)
+    train(None, tc, lambda step: {"x": np.zeros(2, np.float32)}, params={"w": np.ones(2, np.float32)},
+          loss_fn=scheduled, progress=False)
+    jax.effects_barrier()
+    assert seen == [0, 1, 2, 3, 4] and len(traces) == 1
+    # A batch that carries its own "step" keeps it.
+    seen.clear()
+    train(None, tc, lambda step: {"step": np.int32(7)}, params={"w": np.ones(2, np.float32)},
+          loss_fn=scheduled, progress=False)
+    jax.effects_barrier()
+    assert seen == [7] * 5

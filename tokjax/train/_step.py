@@ -223,7 +223,8 @@ def make_train_step(
     """Returns the jitted pure ``train_step(state, batch) -> (state, metrics)``.
 
     One step: ``value_and_grad`` of ``loss_fn(params, cfg, batch, fold_in(state.rng, step))``,
-    the optimiser update, ``step + 1``. Metrics are the loss's own metrics plus ``loss``,
+    the optimiser update, ``step + 1``. A dict batch without a ``"step"`` key gets the step taken
+    so far (int32 scalar) under that key. Metrics are the loss's own metrics plus ``loss``,
     ``grad_norm`` (before clipping; of the trainable leaves) and ``lr`` when a ``schedule`` is
     given. ``trainable`` (``TrainConfig.trainable``; pair it with ``make_optimizer`` of the same
     config) keeps every other leaf bit-for-bit frozen. ``cfg`` may be None for a loss over a
@@ -249,6 +250,9 @@ def make_train_step(
 
     def train_step(state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
+        if isinstance(batch, Mapping) and "step" not in batch:
+            # A traced scalar, so a loss with a schedule (CAFT's, FTP's decay) never recompiles per step.
+            batch = {**batch, "step": state.step}
         mask = trainable_mask(state.params, trainable)  # static: computed from the tree structure at trace time
 
         def masked_loss(params, batch, rng):
