@@ -378,8 +378,14 @@ _ENTRIES: tuple[Entry, ...] = (
        claims=(_c('hybrid-vs-simple', 'reproduced', "TokenAdapt's local+global hybrid init gives lower zero-shot loss on a new tokenizer than simpler inits (mean of subtokens / FVT)"),
                 _c('supertokens', 'reproduced', 'Supertokens (learned multi-word pre-tokenization) give notable compression gains'),)),
     _e(25, 'One-Token Rollout: Guiding Supervised Fine-Tuning of LLMs with Policy Gradient',
-       'losses', 'tokjax.losses.one_token_rollout', ('one_token_rollout',),
-       'SFT as one-token policy-gradient rollouts'),
+       'losses', 'tokjax.losses.one_token_rollout',
+       ('make_one_token_rollout_loss', 'one_token_rollout_loss', 'gumbel_max_sample', 'otr_expected_loss', 'sampled_logp', 'otr_rewards'),
+       'per-target K draws from pi^tau by Gumbel-max streamed over vocabulary chunks (chunk-invariant noise, '
+       'stop-grad), reward 1[a = y] else r_neg, surrogate -(1/K) sum_k r log pi(a_k) on token_stats (registered '
+       '"otr"); its expected gradient is exactly (1 - r_neg) p(y) grad log p(y) at tau = 1 (tested). K = 16, '
+       'tau = 1, r_neg = 0 unverified (no official code). Tiny arithmetic-CoT rung instead of SmolLM2 (no '
+       'word-problem level in the 20-70% band); quick run only',
+       status='implemented'),
     _e(26, 'Zero-Shot Tokenizer Transfer',
        'tokenizers', 'tokjax.tokenizers.zett', ('transfer', 'hypernet_embeddings', 'zett_loss', 'zett_batch_fn', 'init_hypernet', 'HypernetConfig', 'make_tokenizer_pool', 'identity_pool', 'vocab_overlap'),
        'hypernetwork over old-token decompositions trained on a BPE tokenizer pool against the frozen '
@@ -488,8 +494,13 @@ _ENTRIES: tuple[Entry, ...] = (
        claims=(_c('main', 'not-reproduced', '>20% shorter sequences from batch-level merges cost <2% (ZeTT-embedded new tokens)',
                      '+7.2% bits/byte at 17% shorter sequences, leave-one-out (paper: <2% with large models)'),)),
     _e(40, 'Improving large language models with concept-aware fine-tuning',
-       'losses', 'tokjax.losses.caft', ('caft',),
-       'concept-aware multi-token fine-tuning heads'),
+       'losses', 'tokjax.losses.caft',
+       ('init_caft_heads', 'caft_loss', 'make_caft_loss', 'caft_pretrain_heads', 'make_caft_pretrain_loss', 'caft_per_head'),
+       'CAFT: K layer-heads (copies of layer L-2) sharing W, head k predicts x_{t+1+k}; L = CE_0 + '
+       'alpha s(step) sum_k gamma^k CE_k (official caft-llm alpha, gamma and rsine s; the loop passes batch["step"]), a '
+       'heads-only pretraining stage; official quirks resolved (head input, optional norm before W, explicit '
+       'causal mask). SmolLM2-135M experiment has a quick run only (6 + 6 steps, no difference)',
+       status='implemented'),
     _e(41, 'Fourier Head: Helping Large Language Models Learn Complex Probability Distributions',
        'losses', 'tokjax.losses.fourier_head', ('fourier_head', 'fourier_head_init', 'fourier_head_loss', 'fourier_pdf', 'fourier_regularizer'),
        'Fourier-series density head over ordered bins with its regulariser (matches the official head);'
@@ -561,8 +572,13 @@ _ENTRIES: tuple[Entry, ...] = (
                _c('speed', 'untested-here', 'R2R decodes faster than the LLM alone (2.8x over R1-32B in the paper)',
                   'this strategy runs both models every step (no lazy catch-up prefill), so it is slower by construction (52.08 vs 154.1 tokens/s); a real saving needs the catch-up prefill and a large LLM on an accelerator'))),
     _e(47, 'LaSeR: Reinforcement Learning with Last-Token Self-Rewarding',
-       'losses', 'tokjax.losses.laser', ('laser',),
-       'last-token self-reward added to RL'),
+       'losses', 'tokjax.losses.laser', ('LaSeR', 'self_reward', 'self_reward_loss', 'mix_advantages', 'weighted_vote'),
+       'rl_train plug-ins: prepare appends a fixed non-EOS z_c after each finished rollout, r_s = '
+       'beta_v (log pi(z_c|x, y) - c_ref) read from the loss\'s own log-probs, aux adds the class-balanced '
+       'lambda mean (r_s - r_v)^2, shape mixes (1 - alpha) A_v + alpha A_self (beta_v, lambda, alpha as in '
+       'RUCBM/LaSeR; its warm-ups not reproduced); lambda = alpha = 0 is GRPO exactly. Tiny '
+       'arithmetic-CoT rung (SmolLM2 has no word-problem level in the 20-70% band)',
+       status='implemented'),
     _e(48, 'TGDPO: Harnessing Token-Level Reward Guidance for Enhancing Direct Preference Optimization',
        'losses', 'tokjax.losses.tgdpo', ('tgdpo_weights', 'make_tgdpo_loss'),
        'TGDPO token weights 1 +- alpha*beta*r_t from a DPO reward model (alpha 0.5, beta 0.1, as the '
@@ -578,8 +594,16 @@ _ENTRIES: tuple[Entry, ...] = (
        status='implemented', claims=(_c('free-running', 'inconclusive', 'batch-scheduled sampling with self-generated tokens (BASH) gives better free-running generation than teacher forcing',
                         "the running-sum task showed no exposure-bias gap on any seed (each seed either before learning the rule or perfect, for both methods: BASH 0.6669 vs 0.6682); a task where teacher forcing keeps a per-token error rate at the end of training yet recovery is possible, or the paper's LLM fine-tuning setting, would decide it"),)),
     _e(50, 'Token-Supervised Value Models for Enhancing Mathematical Reasoning Capabilities of Large Language Models',
-       'losses', 'tokjax.losses.token_value_model', ('token_value_model',),
-       'token-supervised value head for tree search'),
+       'losses', 'tokjax.losses.token_value_model',
+       ('trie_value_labels', 'trie_value_labels_host', 'outcome_labels', 'value_head_init', 'value_head', 'tvm_loss',
+        'make_tvm_loss', 'rerank_best_of_n', 'token_values'),
+       'scalar value head on final-normed h_t (one shared forward, no logits), BCE (or MSE) to trie labels v_t = '
+       '#correct / #paths sharing the prefix y_<=t over N sampled paths per problem (jittable N x N prefix scan; '
+       'host level-by-level trie for large N; both = brute force under hypothesis); registered loss "tvm"; ORM '
+       'baseline = same head with outcome labels; best-of-N by last-token value. Driver '
+       'tokjax.train.recipes.token_value_model. BCE vs MSE, N, linear head and best-of-N aggregation unverified '
+       '(no official code). Tiny arithmetic-CoT rung (SmolLM2 has no word-problem level in the 20-70% band)',
+       status='implemented'),
     _e(51, 'T-REG: Preference Optimization with Token-Level Reward Regularization',
        'losses', 'tokjax.losses.t_reg', ('contrastive_prompt_rewards', 'normalised_token_rewards', 't_reg_regularizer', 'make_t_reg_loss'),
        'T-REG: token rewards sigmoid(log pi(y_t|x+) - log pi(y_t|x-)) - 0.5 from opposite prompts regularise '
@@ -704,8 +728,11 @@ _ENTRIES: tuple[Entry, ...] = (
        'residual MLP into one transformer position, unshuffled by a residual MLP into s^2 states read by the '
        'shared LM head; N/s^2 positions and one window per pass; s = 1 is exactly raster NTP (tested). MLP '
        'sizes, weight sharing and the base path are our reading (paper method section not readable here); '
-       'glyph experiment on 8x8 codes (no VQ) has a quick run only',
-       status='implemented'),
+       'glyph experiment on 8x8 codes at 8 levels (no VQ; the issue\'s 16x16 via VQ not run)',
+       claims=(_c('flops', 'not-reproduced', 'Token-Shuffle s=2 trains at <= 0.35x the FLOPs of s=1 (4x fewer positions)',
+                  'analytic train FLOPs at equal steps: s=2 0.398 of s=1 (s=4 0.110): the shuffle/unshuffle MLPs and the LM head on all s^2 codes keep it above the bound at d=64 x 2 layers, where attention is a small share; wall-clock ratio s=2 0.61 on a loaded machine'),
+               _c('fd-s2', 'not-reproduced', 'Token-Shuffle s=2 keeps quality: FD <= 1.15x s=1 (same steps)',
+                  '1000 steps per s, 3 seeds: FD 43.043 vs 21.771 (ratio 2.03; per seed 2.087, 2.455, 1.548), class consistency 0.42 vs 0.68; real-vs-real floor 11.303'),)),
     _e(65, 'From r to Q^*: Your Language Model is Secretly a Q-Function',
        'losses', 'tokjax.losses.dpo', ('implicit_token_rewards', 'sequence_implicit_reward', 'dpo_loss', 'dpo_per_pair', 'bradley_terry_loss', 'make_dpo_loss'),
        "TRL-sigmoid sequence DPO (registered as loss 'dpo') and P65 implicit token rewards; mixed "

@@ -22,7 +22,7 @@ token mask (:mod:`~tokjax.losses.high_entropy_tokens`), GRPO (:mod:`~tokjax.loss
 rollout and token down-sampling (:mod:`~tokjax.losses.d3s`), P57 RLFR flow rewards
 (:mod:`~tokjax.losses.rlfr`), P69 token hidden reward
 (:mod:`~tokjax.losses.token_hidden_reward`), P47 LaSeR last-token self-rewarding (:mod:`~tokjax.losses.laser`), P25 one-token rollout
-(:mod:`~tokjax.losses.one_token_rollout`); multi-token: P40 concept-aware fine-tuning
+(:mod:`~tokjax.losses.one_token_rollout`), P50 token-supervised value models (:mod:`~tokjax.losses.token_value_model`); multi-token: P40 concept-aware fine-tuning
 (:mod:`~tokjax.losses.caft`), P66 future token prediction
 (:mod:`~tokjax.losses.future_token_prediction`).
 
@@ -107,6 +107,10 @@ from tokjax.losses.one_token_rollout import (  # P25; registers "otr"
 from tokjax.losses.caft import (  # P40; registers "caft" and "caft_pretrain_heads"
     caft_loss, caft_per_head, caft_pretrain_heads, init_caft_heads, make_caft_loss, make_caft_pretrain_loss,
 )
+from tokjax.losses.token_value_model import (  # P50; registers "tvm"
+    make_tvm_loss, outcome_labels, rerank_best_of_n, token_values, trie_value_labels, trie_value_labels_host,
+    tvm_loss, value_head, value_head_init,
+)
 from tokjax.losses.future_token_prediction import (  # P66; registers "ftp"
     FTPConfig, FTPDecode, ftp_config, ftp_loss, ftp_logits, ftp_next_logits, ftp_per_token, ftp_weights, init_ftp,
     make_ftp_loss,
@@ -124,6 +128,8 @@ __all__ = [
     "otr_rewards", "sampled_logp",
     "caft_loss", "caft_per_head", "caft_pretrain_heads", "init_caft_heads", "make_caft_loss",
     "make_caft_pretrain_loss",
+    "make_tvm_loss", "outcome_labels", "rerank_best_of_n", "token_values", "trie_value_labels",
+    "trie_value_labels_host", "tvm_loss", "value_head", "value_head_init",
     "FTPConfig", "FTPDecode", "ftp_config", "ftp_loss", "ftp_logits", "ftp_next_logits", "ftp_per_token",
     "ftp_weights", "init_ftp", "make_ftp_loss",
     "dro_optimal_tau", "dro_tau_derivative", "init_tempnet", "make_tempnet_loss", "tempnet_dro_loss",
