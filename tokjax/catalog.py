@@ -384,8 +384,13 @@ _ENTRIES: tuple[Entry, ...] = (
        'stop-grad), reward 1[a = y] else r_neg, surrogate -(1/K) sum_k r log pi(a_k) on token_stats (registered '
        '"otr"); its expected gradient is exactly (1 - r_neg) p(y) grad log p(y) at tau = 1 (tested). K = 16, '
        'tau = 1, r_neg = 0 unverified (no official code). Tiny arithmetic-CoT rung instead of SmolLM2 (no '
-       'word-problem level in the 20-70% band); quick run only',
-       status='implemented'),
+       'word-problem level in the 20-70% band); SFT and OTR fine-tune on <=3-digit CoT targets, 300 steps x 3 seeds',
+       claims=(_c('harder', 'inconclusive', 'OTR generalises better than SFT to a harder level (4-digit operands)',
+                  'both arms lose the warm start\'s 4-digit skill (0.120): SFT 0.0022, OTR 0.0033, under the 0.02 reach floor, so the level has no power here'),
+               _c('in-distribution', 'not-reproduced', 'OTR is at least as accurate as SFT in distribution',
+                  '<=3-digit test greedy accuracy OTR 0.8529 vs SFT 0.9348 (per seed -0.09609, -0.06406, -0.08541; margin 0.02)'),
+               _c('drift', 'reproduced', 'OTR drifts less than SFT from what the model knew (held-out NLL)',
+                  'validation NLL per completion token OTR 0.1435 vs SFT 0.1844 (warm start 0.0748), lower on every seed'),)),
     _e(26, 'Zero-Shot Tokenizer Transfer',
        'tokenizers', 'tokjax.tokenizers.zett', ('transfer', 'hypernet_embeddings', 'zett_loss', 'zett_batch_fn', 'init_hypernet', 'HypernetConfig', 'make_tokenizer_pool', 'identity_pool', 'vocab_overlap'),
        'hypernetwork over old-token decompositions trained on a BPE tokenizer pool against the frozen '
@@ -577,8 +582,13 @@ _ENTRIES: tuple[Entry, ...] = (
        'beta_v (log pi(z_c|x, y) - c_ref) read from the loss\'s own log-probs, aux adds the class-balanced '
        'lambda mean (r_s - r_v)^2, shape mixes (1 - alpha) A_v + alpha A_self (beta_v, lambda, alpha as in '
        'RUCBM/LaSeR; its warm-ups not reproduced); lambda = alpha = 0 is GRPO exactly. Tiny '
-       'arithmetic-CoT rung (SmolLM2 has no word-problem level in the 20-70% band)',
-       status='implemented'),
+       'arithmetic-CoT rung (SmolLM2 has no word-problem level in the 20-70% band), 300 steps x 3 seeds',
+       claims=(_c('accuracy', 'inconclusive', 'LaSeR keeps GRPO\'s accuracy (within a margin) while learning to self-verify',
+                  'greedy test accuracy LaSeR 0.583 vs GRPO 0.593 (per seed -0.008, +0.002, -0.024; non-inferiority margin 0.02): inside on two seeds, outside on one'),
+               _c('self-reward-f1', 'reproduced', 'the last-token self-reward r_s predicts correctness (F1 above an always-correct predictor)',
+                  'held-out 200 problems x 8 samples: F1 of r_s > 0.5 is 0.571 vs 0.53, above by more than 0.02 on every seed; r_s is calibrated by bin (mean 0.81 -> 0.77 correct)'),
+               _c('weighted-vote', 'inconclusive', 'an r_s-weighted vote over 8 samples beats plain majority voting',
+                  'weighted vote 0.492 vs majority 0.495 (per seed +0.01, -0.005, -0.015); every paired bootstrap interval includes 0'),)),
     _e(48, 'TGDPO: Harnessing Token-Level Reward Guidance for Enhancing Direct Preference Optimization',
        'losses', 'tokjax.losses.tgdpo', ('tgdpo_weights', 'make_tgdpo_loss'),
        'TGDPO token weights 1 +- alpha*beta*r_t from a DPO reward model (alpha 0.5, beta 0.1, as the '
@@ -700,8 +710,14 @@ _ENTRIES: tuple[Entry, ...] = (
                _c('entropy', 'not-reproduced', "TD-regularised MLE's next-token entropy is closer to the data's true entropy (more diverse generations)",
                   'IRL is more diverse but overshoots: |entropy - true rate| 0.133 vs MLE 0.0017 (3 seeds, lambda 0.1 fixed in advance, untuned)'),)),
     _e(61, 'TokenFLEX: Unified VLM Training for Flexible Visual Tokens Inference',
-       'vision', 'tokjax.vision.tokenflex', ('tokenflex',),
-       'random visual-token counts in training, flexible at inference'),
+       'vision', 'tokjax.vision.tokenflex',
+       ('tokenflex_init', 'tokenflex_batch_fn', 'tokenflex_loss', 'make_tokenflex_loss', 'adaptive_avg_pool', 'adaptive_pool_matrix', 'caption_accuracy', 'greedy_captions'),
+       'glyph captioner on the shared forward: conv-stem patch features (stand-in for a pretrained ViT) adaptively '
+       'avg-pooled to n x n (torch bins, = numpy oracle), SwiGLU projector, Prefix(n^2) visual prefix, caption CE '
+       '(registered "tokenflex"); random n per step from static buckets (the pooling matrix in the batch, one '
+       'compile per bucket). Token-count ratios, projector details and the encoder are unverified (no official '
+       'code found). Quick run only: at 250 steps per model the flexible model has not learned the digit yet',
+       status='implemented'),
     _e(62, 'Entropy Adaptive Decoding: Dynamic Model Switching for Efficient Inference',
        'decoding', 'tokjax.decoding.entropy_adaptive', ('entropy_adaptive', 'EntropyAdaptive', 'entropy_adaptive_generate', 'EADOutput', 'entropy_bits', 'rolling_mean', 'relative_cost'),
        'EAD per-row rolling-entropy switching between a small and a large model (tau runtime, both '

@@ -13,9 +13,10 @@
 * :mod:`tokjax.vision.nar` -- P31 neighbouring autoregression (one anti-diagonal per pass, right and below heads).
 * :mod:`tokjax.vision.nbp` -- P13 next-block prediction (one block of k raster tokens per pass; k = 1 is NTP).
 * :mod:`tokjax.vision.token_shuffle` -- P64 Token-Shuffle (s x s windows merged into one position; s = 1 is NTP).
+* :mod:`tokjax.vision.tokenflex` -- P61 TokenFLEX (a captioner whose visual prefix is pooled to any n x n tokens).
 """
 
-from tokjax.vision import image_lm, nar, nbp, orders, quality, token_shuffle, tokenizers
+from tokjax.vision import image_lm, nar, nbp, orders, quality, token_shuffle, tokenflex, tokenizers
 from tokjax.vision.image_lm import (
     CanvasDecodeState, CanvasStrategy, ImageDecodeState, ImageSamples, ImageStrategy, ImageVocab, NextTokenCFG, image_batch, image_batch_fn,
     next_token_cfg, sample_images, sequence_positions,
@@ -36,6 +37,11 @@ from tokjax.vision.token_shuffle import (
     TokenShuffleDecode, make_token_shuffle_loss, token_shuffle, token_shuffle_batch_fn, token_shuffle_decoder,
     token_shuffle_init, token_shuffle_logits, token_shuffle_positions, token_unshuffle,
 )
+from tokjax.vision.tokenflex import (
+    CAPTION_VOCAB, adaptive_avg_pool, adaptive_pool_matrix, caption_accuracy, caption_predictions, caption_text,
+    caption_tokens, greedy_captions, make_tokenflex_loss, tokenflex_batch, tokenflex_batch_fn, tokenflex_hidden,
+    tokenflex_init, tokenflex_loss, visual_tokens,
+)
 from tokjax.vision.tokenizers import VQ, PixelQuantizer, codebook_usage, patchify, train_vq, unpatchify
 
 __all__ = [
@@ -51,4 +57,7 @@ __all__ = [
     "nbp_ranks",
     "token_shuffle", "TokenShuffleDecode", "make_token_shuffle_loss", "token_shuffle_batch_fn", "token_shuffle_decoder",
     "token_shuffle_init", "token_shuffle_logits", "token_shuffle_positions", "token_unshuffle",
+    "tokenflex", "CAPTION_VOCAB", "adaptive_avg_pool", "adaptive_pool_matrix", "caption_accuracy", "caption_predictions",
+    "caption_text", "caption_tokens", "greedy_captions", "make_tokenflex_loss", "tokenflex_batch", "tokenflex_batch_fn",
+    "tokenflex_hidden", "tokenflex_init", "tokenflex_loss", "visual_tokens",
 ]
