@@ -236,8 +236,15 @@ _ENTRIES: tuple[Entry, ...] = (
        'training', 'tokjax.train.rmt', ('rmt',),
        'RL mid-training: token budget, curriculum, RL + NTP mix'),
     _e(8, 'Transformers Can Navigate Mazes With Multi-Step Prediction',
-       'losses', 'tokjax.losses.mlm_u', ('mlm_u',),
-       'any-order masked objective vs next-token on mazes'),
+       'losses', 'tokjax.losses.mlm_u', ('init_mlm_u', 'mlm_u_loss', 'make_mlm_u_loss', 'mlm_u_logits', 'mlm_u_visibility', 'MLMUDecode'),
+       'PAST encoder-decoder on the shared forward: the encoder attends only to visible tokens (Explicit mask); '
+       'the decoder has position-only queries (one learned vector + RoPE) reading the encoder output through '
+       'memory_cache, no query-query attention, tied head; registered "mlm_u" (official absorbing masks: path '
+       'tokens visible with prob r ~ U(0,1), prompt always; mean CE over hidden tokens); MLMUDecode = the '
+       'official left-to-right greedy eval as a generate Strategy; Maze.aotp gives the official AOTP form. '
+       'Quick run only (size 5, 300 steps: neither model finds an exact path); the declared full mode is '
+       'two to three hours on this CPU',
+       status='implemented'),
     _e(9, 'TokenUnify: Scalable Autoregressive Visual Pre-training with Mixture Token Prediction',
        'vision', 'tokjax.vision.tokenunify', ('tokenunify',),
        'mixture of random-mask, next-token and next-all objectives'),

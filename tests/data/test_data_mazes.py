@@ -92,3 +92,68 @@ def test_bad_n():
     with pytest.raises(ValueError):
         mazes(-1, 3)
     assert mazes(0, 3) == []
+
+
+# ------------------------------------------------------------------ AOTP form (P8, MLM-U)
+from tokjax.data._mazes import AOTP_SPECIALS, Maze  # noqa: E402
+
+
+def _parse_cell(tok):
+    assert tok[0] == "(" and tok[-1] == ")"
+    r, c = tok[1:-1].split(",")
+    return int(r), int(c)
+
+
+@pytest.mark.parametrize("size", [2, 4, 7])
+def test_aotp_round_trips_the_maze(size):
+    for i, m in enumerate(mazes(6, size, seed=10 + size)):
+        a = m.aotp(seed=i)
+        t = list(a.tokens)
+        n_edges = size * size - 1
+        # layout: <ADJLIST_START> (a) (b) ; ... <ADJLIST_END> <ORIGIN_START> o <ORIGIN_END> <TARGET_START> t ...
+        assert t[0] == "<ADJLIST_START>" and t[1 + 3 * n_edges] == "<ADJLIST_END>"
+        assert a.prompt_len == 3 * n_edges + 9 and t[a.prompt_len - 1] == "<PATH_START>"
+        assert t[-1] == "<PATH_END>" and len(t) == a.prompt_len + len(m.path) + 1
+        edges = {frozenset((_parse_cell(t[1 + 3 * k]), _parse_cell(t[2 + 3 * k]))) for k in range(n_edges)}
+        assert all(t[3 + 3 * k] == ";" for k in range(n_edges))
+        # the edge set is exactly the maze's open passages (a spanning tree: n_edges distinct edges)
+        want = set()
+        for r in range(size):
+            for c in range(size):
+                for nb in _neighbours(m.grid, size, (r, c)):
+                    want.add(frozenset(((r, c), nb)))
+        assert edges == want and len(edges) == n_edges
+        assert _parse_cell(t[a.prompt_len - 6]) == m.start and _parse_cell(t[a.prompt_len - 3]) == m.goal
+        path = [_parse_cell(x) for x in t[a.prompt_len:-1]]
+        assert path == [tuple(p) for p in m.path.tolist()]
+        # ids follow the vocabulary; prompt/path split
+        vocab = Maze.aotp_vocab(size)
+        assert [vocab[j] for j in a.ids.tolist()] == t and len(vocab) == len(AOTP_SPECIALS) + size * size
+        assert a.prompt_ids.tolist() + a.path_ids.tolist() == a.ids.tolist()
+        assert a.path_ids[-1] == AOTP_SPECIALS.index("<PATH_END>") and 0 not in a.ids  # <PAD> never appears
+        assert m.text == m.prompt + m.completion  # the grid-text form is kept
+
+
+def test_aotp_shuffle_is_seeded_and_flips_edges():
+    m = mazes(1, 5, seed=4)[0]
+    a, b, c = m.aotp(seed=1), m.aotp(seed=1), m.aotp(seed=2)
+    assert a.tokens == b.tokens and a.tokens != c.tokens
+    assert a.tokens[a.prompt_len - 1:] == c.tokens[c.prompt_len - 1:]  # the path does not depend on the shuffle
+    plain = m.aotp(shuffle=False)
+    firsts = [_parse_cell(plain.tokens[1 + 3 * k]) for k in range(24)]
+    assert firsts == sorted(firsts)  # raster order, smaller cell first
+    flipped = sum(_parse_cell(a.tokens[1 + 3 * k]) > _parse_cell(a.tokens[2 + 3 * k]) for k in range(24))
+    assert 0 < flipped < 24
+
+
+def test_aotp_shared_vocabulary_and_bad_grid():
+    m = mazes(1, 4, seed=0)[0]
+    big = m.aotp(seed=0, grid_n=7)
+    assert [Maze.aotp_vocab(7)[j] for j in big.ids.tolist()] == list(big.tokens) == list(m.aotp(seed=0).tokens)
+    assert int(big.ids.max()) < len(Maze.aotp_vocab(7))
+    with pytest.raises(ValueError, match="does not fit an AOTP vocabulary of grid_n=3"):
+        m.aotp(grid_n=3)
+    with pytest.raises(ValueError, match="grid_n must be >= 2"):
+        Maze.aotp_vocab(1)
+    with pytest.raises(ValueError, match="grid_n must be an int"):
+        Maze.aotp_vocab(2.5)

@@ -24,7 +24,7 @@ from tokjax.data._dataset import TokenDataset, Tokenizer
 from tokjax.data._glyphs import GLYPH_FONT, Glyphs, MovingGlyphs, glyphs, moving_glyphs, render_glyphs
 from tokjax.data._klines import OHLCV, KLines, klines
 from tokjax.data._markov import MarkovSource, empirical_conditional_entropy, markov_source
-from tokjax.data._mazes import MOVES, Maze, mazes
+from tokjax.data._mazes import AOTP, AOTP_SPECIALS, MOVES, Maze, mazes
 from tokjax.data._open_sets import OpenSetProbe, distinct_correct, normalize_answer, open_sets
 from tokjax.data._packing import (
     batch_indices,
@@ -70,6 +70,8 @@ __all__ = [
     "CopySpans",
     "MOVES",
     "MarkovSource",
+    "AOTP",
+    "AOTP_SPECIALS",
     "Maze",
     "TokenDataset",
     "Tokenizer",

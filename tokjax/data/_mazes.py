@@ -8,13 +8,47 @@ import operator
 
 import numpy as np
 
-__all__ = ["Maze", "mazes", "MOVES"]
+__all__ = ["AOTP", "AOTP_SPECIALS", "Maze", "mazes", "MOVES"]
 
 #: Move token -> (d_row, d_col) in cell coordinates.
 MOVES: dict[str, tuple[int, int]] = {"U": (-1, 0), "D": (1, 0), "L": (0, -1), "R": (0, 1)}
 _DIRS = list(MOVES.items())
 
 WALL, OPEN, START, GOAL = "#", ".", "S", "G"
+
+#: The non-cell tokens of the AOTP serialisation (P8, MLM-U), in id order: ids 0..9 of every AOTP
+#: vocabulary; cell ``(i, j)`` of a ``grid_n`` vocabulary is id ``len(AOTP_SPECIALS) + i * grid_n + j``.
+AOTP_SPECIALS: tuple[str, ...] = ("<PAD>", ";", "<ADJLIST_START>", "<ADJLIST_END>", "<ORIGIN_START>",
+                                  "<ORIGIN_END>", "<TARGET_START>", "<TARGET_END>", "<PATH_START>", "<PATH_END>")
+
+
+@dataclasses.dataclass(frozen=True)
+class AOTP:
+    """A maze as AOTP tokens (adjacency list, origin, target, path; :meth:`Maze.aotp`).
+
+    Attributes:
+      tokens: the string tokens, e.g. ``("<ADJLIST_START>", "(0,0)", "(0,1)", ";", ...)``.
+      ids: int32 ``[len(tokens)]`` under the vocabulary of a ``grid_n`` x ``grid_n`` grid
+        (:meth:`Maze.aotp_vocab`).
+      prompt_len: tokens up to and including ``<PATH_START>`` (the prompt); the rest, the path
+        cells and ``<PATH_END>``, is what a model predicts.
+      grid_n: the vocabulary's grid side.
+    """
+
+    tokens: tuple[str, ...]
+    ids: np.ndarray
+    prompt_len: int
+    grid_n: int
+
+    @property
+    def prompt_ids(self) -> np.ndarray:
+        """Returns ``ids[:prompt_len]`` (ends with ``<PATH_START>``)."""
+        return self.ids[: self.prompt_len]
+
+    @property
+    def path_ids(self) -> np.ndarray:
+        """Returns ``ids[prompt_len:]``: the path cells, origin to target, then ``<PATH_END>``."""
+        return self.ids[self.prompt_len:]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -85,6 +119,69 @@ class Maze:
             dr, dc = MOVES[m]
             cell = (cell[0] + dr, cell[1] + dc)
         return cell == self.goal
+
+    @staticmethod
+    def aotp_vocab(grid_n: int) -> tuple[str, ...]:
+        """Returns the AOTP vocabulary of a ``grid_n`` x ``grid_n`` grid: :data:`AOTP_SPECIALS`, then the
+        cells ``"(i,j)"`` in raster order (size ``10 + grid_n**2``; id 0 is ``<PAD>``)."""
+        try:
+            grid_n = operator.index(grid_n)
+        except TypeError:
+            raise ValueError(f"grid_n must be an int, got {grid_n!r}") from None
+        if grid_n < 2:
+            raise ValueError(f"grid_n must be >= 2, got {grid_n}")
+        return AOTP_SPECIALS + tuple(f"({i},{j})" for i in range(grid_n) for j in range(grid_n))
+
+    def aotp(self, seed: int = 0, *, grid_n: int | None = None, shuffle: bool = True) -> AOTP:
+        """Returns the maze in the AOTP form of P8 (MLM-U): adjacency list, origin, target, path; one token per cell.
+
+        The official MLM-U data (``facebookresearch/maze_navigation_MLMU``, ``recipe/datasets/maze.py``)
+        is ``maze-dataset``'s ``AOTP_UT_rasterized`` tokenisation with the ``<-->`` connector dropped::
+
+            <ADJLIST_START> (a) (b) ; (c) (d) ; ... <ADJLIST_END> <ORIGIN_START> (o) <ORIGIN_END>
+            <TARGET_START> (t) <TARGET_END> <PATH_START> (o) ... (t) <PATH_END>
+
+        one edge of the maze's spanning tree per ``(a) (b) ;`` (``size**2 - 1`` edges), cells written
+        ``(row,col)``. As in ``maze-dataset``'s ``as_adj_list(shuffle_d0=True, shuffle_d1=True)``,
+        the edges come in random order and each edge's two cells in random order, drawn from
+        ``seed`` (``shuffle=False``: raster order, smaller cell first). The prompt is everything up
+        to and including ``<PATH_START>`` (``prompt_len``); the path lists every cell from origin
+        to target, then ``<PATH_END>``. ``grid_n`` (default ``size``) is the vocabulary's grid side
+        (:meth:`aotp_vocab`), so mazes of several sizes can share one vocabulary. The grid-text
+        form (:attr:`prompt`, :attr:`completion`) is unchanged.
+
+        Raises:
+          ValueError: ``grid_n < size`` (the maze's cells are not in the vocabulary).
+        """
+        g = self.size if grid_n is None else grid_n
+        vocab = Maze.aotp_vocab(g)
+        if g < self.size:
+            raise ValueError(f"a {self.size}x{self.size} maze does not fit an AOTP vocabulary of grid_n={g} "
+                             f"(cells up to ({g - 1},{g - 1})); pass grid_n >= {self.size}")
+        edges = []
+        for r in range(self.size):
+            for c in range(self.size):
+                if c + 1 < self.size and not self.grid[2 * r + 1, 2 * c + 2]:
+                    edges.append(((r, c), (r, c + 1)))
+                if r + 1 < self.size and not self.grid[2 * r + 2, 2 * c + 1]:
+                    edges.append(((r, c), (r + 1, c)))
+        if shuffle:
+            rng = np.random.default_rng(seed)
+            flips = rng.random(len(edges)) > 0.5
+            edges = [(b, a) if f else (a, b) for (a, b), f in zip(edges, flips)]
+            edges = [edges[i] for i in rng.permutation(len(edges))]
+        cell = lambda rc: f"({int(rc[0])},{int(rc[1])})"  # noqa: E731
+        toks = ["<ADJLIST_START>"]
+        for a, b in edges:
+            toks += [cell(a), cell(b), ";"]
+        toks += ["<ADJLIST_END>", "<ORIGIN_START>", cell(self.start), "<ORIGIN_END>",
+                 "<TARGET_START>", cell(self.goal), "<TARGET_END>", "<PATH_START>"]
+        prompt_len = len(toks)
+        toks += [cell(p) for p in self.path.tolist()] + ["<PATH_END>"]
+        index = {t: i for i, t in enumerate(vocab)}
+        ids = np.asarray([index[t] for t in toks], np.int32)
+        ids.setflags(write=False)
+        return AOTP(tokens=tuple(toks), ids=ids, prompt_len=prompt_len, grid_n=g)
 
 
 def _carve(size: int, rng: np.random.Generator) -> np.ndarray:
