@@ -693,8 +693,14 @@ _ENTRIES: tuple[Entry, ...] = (
                _c('auroc', 'not-reproduced', 'the flow score separates latents of incorrect from correct rollouts',
                   'held-out warm-start rollouts: AUROC 0.784 (declared bar 0.9), flow fit on 10938 latent pairs of 187 correct rollouts of a 2-layer model'),)),
     _e(58, 'Think-at-Hard: Selective Latent Iterations to Improve Reasoning Language Models',
-       'decoding', 'tokjax.decoding.think_at_hard', ('think_at_hard',),
-       'selective latent iterations on hard tokens'),
+       'decoding', 'tokjax.decoding.think_at_hard',
+       ('think_at_hard', 'ThinkAtHard', 'tah_logits', 'tah_loss', 'duo_causal_mask', 'soft_input', 'oracle_labels', 'init_decider', 'apply_decider', 'decider_loss'),
+       'TaH: iteration 0 plain; where the MLP decider (tapped layers + top-k logits) > theta, iteration 1 feeds '
+       'sum softmax(top-k) E with LoRA on (tokjax.model.lora, per-token gate) under duo-causal attention, '
+       'z1 = z0 + dz; iteration-keyed KV cache in decoding; step 1 trains base + LoRA on oracle labels, step 2 '
+       'the decider (BCE, pos_weight as the official recipe); checked against thu-nics/TaH. Tiny arithmetic-CoT '
+       'rung (LoRA on SmolLM2 exceeds the CPU budget); quick run only',
+       status='implemented'),
     _e(59, 'S2D: Sorted Speculative Decoding For More Efficient Deployment of Nested Large Language Models',
        'decoding', 'tokjax.decoding.s2d', ('nested', 'Nested', 'sorted_loss', 'truncate', 'exit_logits', 'exit_metrics'),
        'sorted fine-tuning of nested exits and a confidence-exit nested draft; lossless; with '

@@ -27,6 +27,8 @@
   greedy infill of prompt + output + sentinel, keep the first k tokens, repeat; ``PrefixLM`` is the strategy.
 * :func:`~tokjax.decoding.soft_thinking.soft_thinking` (P72): thinking steps feed a probability-weighted mixture
   of embeddings ("concept token") to the next step; Cold Stop; discrete decoding after thinking.
+* :func:`~tokjax.decoding.think_at_hard.think_at_hard` (P58): a decider picks hard tokens for a second, latent
+  iteration with LoRA on (duo-causal attention, iteration-keyed cache); registers losses ``tah`` and ``tah_decider``.
 """
 
 from tokjax.decoding import cascades, drafts, spectr, verify
@@ -51,6 +53,10 @@ from tokjax.decoding.r2r import (
 )
 from tokjax.decoding.sap import PrefixLM, SAPOutput, infill, prefix_lm, sap
 from tokjax.decoding.soft_thinking import SoftThinking, soft_thinking
+from tokjax.decoding.think_at_hard import (
+    DeciderFeatures, ThinkAtHard, apply_decider, decider_features, decider_loss, duo_causal_mask, init_decider,
+    oracle_labels, soft_input, tah_logits, tah_loss, think_at_hard,
+)
 from tokjax.decoding.scoring import ScoredContinuations, score_continuations
 from tokjax.decoding.navigation import (
     Navigation, NavigationTemplate, in_context_navigation, navigation_prompt, sample_answers, top_n_first_tokens,
@@ -58,6 +64,8 @@ from tokjax.decoding.navigation import (
 
 __all__ = [
     "Insertion", "insertion", "SoftThinking", "soft_thinking",
+    "DeciderFeatures", "ThinkAtHard", "apply_decider", "decider_features", "decider_loss", "duo_causal_mask",
+    "init_decider", "oracle_labels", "soft_input", "tah_logits", "tah_loss", "think_at_hard",
     "R2R", "DivergenceData", "RouterFeatures", "apply_router", "divergence_data", "init_router", "r2r", "recall_threshold",
     "router_features", "router_probs",
     "PrefixLM", "SAPOutput", "infill", "prefix_lm", "sap",

@@ -228,8 +228,22 @@ def _mamba_layer(p, cfg, x, segment_ids, layer, kv, hooks):
     return x, kv, sites
 
 
-def _layer(p, cfg, x, positions, mask_spec, segment_ids, layer, kv, hooks, want_probs=False):
+def _lora_add(y, x, lora, name):
+    """Returns y + gate * (x @ A) @ B for the LoRA pair ``lora[0][name]`` (y unchanged where the gate is 0, or when
+    there is no such pair); ``lora`` = (this layer's {name: {"a", "b"}}, gate [B, T] bool) or None."""
+    if lora is None or name not in lora[0]:
+        return y
+    ab, gate = lora[0][name], lora[1]
+    a, b = ab["a"].astype(y.dtype), ab["b"].astype(y.dtype)
+    d = jnp.tensordot(jnp.tensordot(x.astype(y.dtype), a, axes=a.ndim - 1), b, axes=1)
+    return jnp.where(gate.reshape(gate.shape + (1,) * (y.ndim - 2)), y + d, y)
+
+
+def _layer(p, cfg, x, positions, mask_spec, segment_ids, layer, kv, hooks, want_probs=False, lora=None):
     """Returns (x, kv, site activations) for one transformer layer; kv = (k_all, v_all, offset) or None.
+
+    ``lora``: None, or (this layer's LoRA pairs {"wq"|"wk"|"wv"|"wo"|"w_gate"|"w_up"|"w_down": {"a", "b"}}, gate
+    [B, T] bool): each named projection's output gains (input @ a) @ b where the gate is True (tokjax.model.lora).
 
     ``want_probs`` (static): also return the attention probabilities (site ``attn_probs``), computed by
     the unblocked :func:`attend`; otherwise the attention path is the untapped one. A ``mixer="mamba"``
@@ -250,6 +264,8 @@ def _layer(p, cfg, x, positions, mask_spec, segment_ids, layer, kv, hooks, want_
         q = jnp.einsum("btd,dhk->bthk", h, p["wq"].astype(dt))
         k = jnp.einsum("btd,dhk->bthk", h, p["wk"].astype(dt))
         v = jnp.einsum("btd,dhk->bthk", h, p["wv"].astype(dt))
+    if lora is not None:
+        q, k, v = _lora_add(q, h, lora, "wq"), _lora_add(k, h, lora, "wk"), _lora_add(v, h, lora, "wv")
     if cfg.qkv_bias:
         q, k, v = q + p["bq"].astype(dt), k + p["bk"].astype(dt), v + p["bv"].astype(dt)
     if cfg.positions == "rope":
@@ -271,7 +287,7 @@ def _layer(p, cfg, x, positions, mask_spec, segment_ids, layer, kv, hooks, want_
         a, sites["attn_probs"] = a
     a = _apply_hooks(hooks["attn_heads"], a, layer)
     sites["attn_heads"] = a
-    a = jnp.einsum("bthk,hkd->btd", a, p["wo"].astype(dt))
+    a = _lora_add(jnp.einsum("bthk,hkd->btd", a, p["wo"].astype(dt)), a, lora, "wo")
     if cfg.bias:
         a = a + p["bo"].astype(dt)
     a = _apply_hooks(hooks["attn_out"], a, layer)
@@ -284,13 +300,16 @@ def _layer(p, cfg, x, positions, mask_spec, segment_ids, layer, kv, hooks, want_
     else:
         up = jnp.einsum("btd,df->btf", h, p["w_up"].astype(dt))
         gate = jnp.einsum("btd,df->btf", h, p["w_gate"].astype(dt)) if cfg.activation == "swiglu" else None
+    if lora is not None:
+        up = _lora_add(up, h, lora, "w_up")
+        gate = None if gate is None else _lora_add(gate, h, lora, "w_gate")
     if cfg.bias:
         up = up + p["b_up"].astype(dt)
     if cfg.activation == "swiglu":
         act = jax.nn.silu(gate) * up
     else:
         act = jax.nn.gelu(up, approximate=True)  # GPT-2's "gelu_new" (tanh approximation)
-    m = jnp.einsum("btf,fd->btd", act, p["w_down"].astype(dt))
+    m = _lora_add(jnp.einsum("btf,fd->btd", act, p["w_down"].astype(dt)), act, lora, "w_down")
     if cfg.bias:
         m = m + p["b_down"].astype(dt)
     m = _apply_hooks(hooks["mlp_out"], m, layer)
@@ -314,6 +333,7 @@ def blocks(
     taps: Taps | None = None,
     hooks: Mapping[str, Callable] | None = None,
     segment_ids: jax.Array | None = None,
+    lora: tuple | None = None,
 ) -> tuple[jax.Array, KVCache | None, dict]:
     """Returns (x, cache, taps) after running layers ``start .. end-1`` on the residual stream x [B, T, D].
 
@@ -325,8 +345,12 @@ def blocks(
     site in :data:`HOOK_SITES` (``attn_heads`` hooks see and return [B, T, H, hd]).
     ``cfg.mixer == "mamba"``: Mamba-1 blocks (causal by construction: only the Causal mask; the cache carries
     each layer's recurrent state; sites as :data:`ATTENTION_ONLY_SITES` says).
+    ``lora``: None, or (per-layer LoRA pairs laid out as ``params["layers"]`` is -- stacked [L, ...] leaves or a
+    tuple of per-layer dicts --, gate [B, T] bool); see :mod:`tokjax.model.lora`, whose ``lora_forward`` builds it.
     """
     end = cfg.n_layers if end is None else end
+    if lora is not None and cfg.mixer == "mamba":
+        raise ValueError("LoRA adapters (lora=) apply to attention/MLP projections; mixer='mamba' layers have none")
     mask = attn_lib.Causal() if mask is None else mask
     taps = Taps() if taps is None else taps
     parsed_hooks = _parse_hooks(hooks)
@@ -343,12 +367,15 @@ def blocks(
         layer_params = jax.tree.map(lambda a: a[start:end], layers)
         layer_ids = jnp.arange(start, end, dtype=jnp.int32)
 
+        lora_layers = None if lora is None else _lora_layers(lora[0], start, end)
+
         def body(h, xs):
-            p, i = xs
-            h, _, sites = _layer(p, cfg, h, positions, mask, segment_ids, i, None, parsed_hooks, want_probs)
+            p, i, lp = xs
+            lo = None if lp is None else (lp, lora[1])
+            h, _, sites = _layer(p, cfg, h, positions, mask, segment_ids, i, None, parsed_hooks, want_probs, lo)
             return h, {s: sites[s] for s in want}
 
-        x, ys = jax.lax.scan(body, x, (layer_params, layer_ids))
+        x, ys = jax.lax.scan(body, x, (layer_params, layer_ids, lora_layers))
         new_cache = None
     else:
         # A Python loop over layers: with a cache, each layer's buffers are updated in place
@@ -367,7 +394,8 @@ def blocks(
                 kv = (MambaState(conv_bufs[i], ssm_bufs[i]), None)
             else:
                 kv = (k_bufs[i], v_bufs[i], cache.lengths[i])
-            x, kv, sites = _layer(p, cfg, x, positions, mask, segment_ids, i, kv, parsed_hooks, want_probs)
+            lo = None if lora is None else (layer_weights({"layers": lora[0]}, i), lora[1])
+            x, kv, sites = _layer(p, cfg, x, positions, mask, segment_ids, i, kv, parsed_hooks, want_probs, lo)
             if cache is not None and mamba:
                 conv_bufs[i], ssm_bufs[i] = kv
             elif cache is not None:
@@ -387,6 +415,13 @@ def blocks(
         for s in want:
             tapped[s] = ys[s][jnp.asarray(rel, jnp.int32)] if rel else ys[s][:0]
     return x, new_cache, tapped
+
+
+def _lora_layers(layers, start, end):
+    """Returns LoRA layer pairs [start:end] stacked on a leading axis (from stacked leaves or a per-layer tuple)."""
+    if isinstance(layers, (tuple, list)):
+        return jax.tree.map(lambda *a: jnp.stack(a), *layers[start:end])
+    return jax.tree.map(lambda a: a[start:end], layers)
 
 
 def _check_mamba_call(mask, want, parsed_hooks, cache) -> None:
@@ -520,6 +555,7 @@ def forward(
     embedding: jax.Array | None = None,
     head: jax.Array | None = None,
     logit_bias: jax.Array | None = None,
+    lora: tuple | None = None,
 ) -> Output:
     """Returns the model's Output (logits, hidden, taps, cache) for ``inputs``.
 
@@ -528,7 +564,9 @@ def forward(
     :mod:`tokjax.model.attention` (default Causal). ``embedding`` [V', D], ``head`` [D, V'] and
     ``logit_bias`` [V'] override the vocabulary tables for this call (tokenizer transfer).
     With ``compute_logits`` and a partial layer range, logits are the early-exit logits
-    through the final norm and the shared head.
+    through the final norm and the shared head. ``lora`` = (per-layer LoRA pairs, gate [B, T] bool): low-rank
+    deltas on the projections where the gate is True, the base model bit for bit where it is False (build it with
+    :func:`tokjax.model.lora.lora_forward`).
     """
     if not isinstance(inputs, Inputs):
         inputs = Inputs(tokens=jnp.asarray(inputs))
@@ -556,7 +594,7 @@ def forward(
 
     x, cache, tapped = blocks(
         params, cfg, x, positions, mask=mask, cache=cache, start=start, end=end,
-        taps=taps, hooks=hooks, segment_ids=inputs.segment_ids,
+        taps=taps, hooks=hooks, segment_ids=inputs.segment_ids, lora=lora,
     )
     normed = final_norm(params, cfg, x)
     logits = unembed(params, cfg, normed, head=head, bias=logit_bias) if compute_logits else None
