@@ -249,8 +249,14 @@ _ENTRIES: tuple[Entry, ...] = (
        'vision', 'tokjax.vision.tokenunify', ('tokenunify',),
        'mixture of random-mask, next-token and next-all objectives'),
     _e(10, 'Beyond Next-Token: Next-X Prediction for Autoregressive Visual Generation',
-       'vision', 'tokjax.vision.xar', ('xar',),
-       'next-entity prediction with noisy context (flow head)'),
+       'vision', 'tokjax.vision.xar', ('xar_init', 'xar_loss', 'make_xar_loss', 'xar_layout', 'xar_ranks', 'xar_sample', 'xar_velocity'),
+       'next-entity prediction (token, row or cell under a Rank mask) with Noisy Context Learning: per-entity t, '
+       'context noised too, the network outputs the velocity, t enters through cond_hooks at resid_pre (registered '
+       '"xar"; a clean-context ablation); decoding caches the previous entity clean at t = 0 then runs T flow '
+       'steps per entity (a jitted cache loop, not yet a generate Strategy). Built on tokjax.vision.flow (MAR '
+       'flow head, traced-step sampler, continuous raster AR Strategy). Quick run only: at 300 steps no arm has '
+       'learned the classes',
+       status='implemented'),
     _e(11, 'Exact Byte-Level Probabilities from Tokenized Language Models for FIM-Tasks and Model Ensembles',
        'tokenizers', 'tokjax.tokenizers.exact_byte_probs',
        ('byte_logprobs', 'naive_byte_logprobs', 'byte_text_logprob', 'byte_generate', 'is_canonical'),
@@ -329,7 +335,9 @@ _ENTRIES: tuple[Entry, ...] = (
        'decoding', 'tokjax.decoding.first_rerank', ('first_rerank', 'permutation_rerank', 'rerank_prompt'),
        'listwise reranking from the identifier logits after the answer\'s opening "[" (one forward per window, '
        'bottom-up sliding windows, RankZephyr prompt) and the generated-permutation baseline on tokjax.generate; '
-       'zero-shot quick run only, and the FIRST fine-tuning loss is not built',
+       'the FIRST fine-tuning loss (LM + lambda x weighted RankNet on the identifier logits, lambda and weights as '
+       'the official llm-reranker) is tokjax.losses.first_rank (registered "first"); zero-shot quick run only, the '
+       'fine-tuning comparison not run',
        status='implemented'),
     _e(21, 'Not all tokens are created equal: Perplexity Attention Weighted Networks for AI generated text detection',
        'analysis', 'tokjax.analysis.pawn',

@@ -17,7 +17,7 @@ P71 Text2Token (:mod:`~tokjax.losses.text2token`); distillation: P12 Graph-on-Lo
 AlignDistil (:mod:`~tokjax.losses.aligndistil`), plain KD (:func:`kd_loss`); preferences and RL:
 sequence DPO with P65 implicit token rewards and token weights (:mod:`~tokjax.losses.dpo`), P17 cDPO
 (:mod:`~tokjax.losses.critical_tokens`), P48 TGDPO (:mod:`~tokjax.losses.tgdpo`), P51 T-REG
-(:mod:`~tokjax.losses.t_reg`), P60 inverse RL as TD-regularised MLE (:mod:`~tokjax.losses.inverse_rl`), DAPO with P63's top-entropy
+(:mod:`~tokjax.losses.t_reg`), P20 FIRST's listwise reranking loss (:mod:`~tokjax.losses.first_rank`), P60 inverse RL as TD-regularised MLE (:mod:`~tokjax.losses.inverse_rl`), DAPO with P63's top-entropy
 token mask (:mod:`~tokjax.losses.high_entropy_tokens`), GRPO (:mod:`~tokjax.losses.grpo`) and P56 D3S's
 rollout and token down-sampling (:mod:`~tokjax.losses.d3s`), P57 RLFR flow rewards
 (:mod:`~tokjax.losses.rlfr`), P69 token hidden reward
@@ -114,6 +114,9 @@ from tokjax.losses.token_value_model import (  # P50; registers "tvm"
 from tokjax.losses.mlm_u import (  # P8; registers "mlm_u"
     MLMU_KEY, MLMUDecode, decoder_config, init_mlm_u, make_mlm_u_loss, mlm_u_logits, mlm_u_loss, mlm_u_visibility,
 )
+from tokjax.losses.first_rank import (  # P20; registers "first"
+    first_loss, identifier_scores, make_first_loss, ranknet_loss, ranknet_pair_weights,
+)
 from tokjax.losses.future_token_prediction import (  # P66; registers "ftp"
     FTPConfig, FTPDecode, ftp_config, ftp_loss, ftp_logits, ftp_next_logits, ftp_per_token, ftp_weights, init_ftp,
     make_ftp_loss,
@@ -135,6 +138,7 @@ __all__ = [
     "trie_value_labels_host", "tvm_loss", "value_head", "value_head_init",
     "MLMU_KEY", "MLMUDecode", "decoder_config", "init_mlm_u", "make_mlm_u_loss", "mlm_u_logits", "mlm_u_loss",
     "mlm_u_visibility",
+    "first_loss", "identifier_scores", "make_first_loss", "ranknet_loss", "ranknet_pair_weights",
     "FTPConfig", "FTPDecode", "ftp_config", "ftp_loss", "ftp_logits", "ftp_next_logits", "ftp_per_token",
     "ftp_weights", "init_ftp", "make_ftp_loss",
     "dro_optimal_tau", "dro_tau_derivative", "init_tempnet", "make_tempnet_loss", "tempnet_dro_loss",

@@ -13,10 +13,13 @@
 * :mod:`tokjax.vision.nar` -- P31 neighbouring autoregression (one anti-diagonal per pass, right and below heads).
 * :mod:`tokjax.vision.nbp` -- P13 next-block prediction (one block of k raster tokens per pass; k = 1 is NTP).
 * :mod:`tokjax.vision.token_shuffle` -- P64 Token-Shuffle (s x s windows merged into one position; s = 1 is NTP).
+* :mod:`tokjax.vision.flow` -- continuous tokens: MAR's flow head, rectified-flow loss and sampler (traced step
+  count), time conditioning at the residual hooks, and continuous raster AR as a ``tokjax.generate`` Strategy.
+* :mod:`tokjax.vision.xar` -- P10 xAR (next-entity prediction with noisy context on the flow foundation).
 * :mod:`tokjax.vision.tokenflex` -- P61 TokenFLEX (a captioner whose visual prefix is pooled to any n x n tokens).
 """
 
-from tokjax.vision import image_lm, nar, nbp, orders, quality, token_shuffle, tokenflex, tokenizers
+from tokjax.vision import flow, image_lm, nar, nbp, orders, quality, token_shuffle, tokenflex, tokenizers, xar
 from tokjax.vision.image_lm import (
     CanvasDecodeState, CanvasStrategy, ImageDecodeState, ImageSamples, ImageStrategy, ImageVocab, NextTokenCFG, image_batch, image_batch_fn,
     next_token_cfg, sample_images, sequence_positions,
@@ -42,6 +45,15 @@ from tokjax.vision.tokenflex import (
     caption_tokens, greedy_captions, make_tokenflex_loss, tokenflex_batch, tokenflex_batch_fn, tokenflex_hidden,
     tokenflex_init, tokenflex_loss, visual_tokens,
 )
+from tokjax.vision.flow import (
+    ContinuousAR, ContinuousDecodeState, ContinuousSamples, cond_hooks, continuous_ar, continuous_batch,
+    continuous_batch_fn, continuous_hidden, continuous_init, flow_head_apply, flow_head_init, flow_head_loss, flow_loss,
+    flow_sample, flow_update, flow_velocity, make_flow_loss, sample_continuous, time_embed, time_embed_init,
+)
+from tokjax.vision.xar import (
+    XarLayout, XarSamples, make_xar_loss, xar_batch_fn, xar_init, xar_layout, xar_loss, xar_positions, xar_ranks,
+    xar_sample, xar_velocity,
+)
 from tokjax.vision.tokenizers import VQ, PixelQuantizer, codebook_usage, patchify, train_vq, unpatchify
 
 __all__ = [
@@ -60,4 +72,10 @@ __all__ = [
     "tokenflex", "CAPTION_VOCAB", "adaptive_avg_pool", "adaptive_pool_matrix", "caption_accuracy", "caption_predictions",
     "caption_text", "caption_tokens", "greedy_captions", "make_tokenflex_loss", "tokenflex_batch", "tokenflex_batch_fn",
     "tokenflex_hidden", "tokenflex_init", "tokenflex_loss", "visual_tokens",
+    "flow", "ContinuousAR", "ContinuousDecodeState", "ContinuousSamples", "cond_hooks", "continuous_ar",
+    "continuous_batch", "continuous_batch_fn", "continuous_hidden", "continuous_init", "flow_head_apply",
+    "flow_head_init", "flow_head_loss", "flow_loss", "flow_sample", "flow_update", "flow_velocity", "make_flow_loss",
+    "sample_continuous", "time_embed", "time_embed_init",
+    "xar", "XarLayout", "XarSamples", "make_xar_loss", "xar_batch_fn", "xar_init", "xar_layout", "xar_loss",
+    "xar_positions", "xar_ranks", "xar_sample", "xar_velocity",
 ]
