@@ -101,6 +101,7 @@ def _run(model: dict, init: dict):
     return pt.draft_config_from_dict(data)
 
 
+@pytest.mark.slow  # test_target_init_copies_the_named_layers covers draft init in the default suite
 def test_pca_init_keeps_the_targets_embedding_geometry():
     teacher = _teacher()
     E = np.asarray(teacher.params["embed"], np.float64)

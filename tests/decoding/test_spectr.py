@@ -121,6 +121,7 @@ def test_spectr_greedy_equals_plain_greedy_on_100_prompts():
     assert out.stats["draft_layer_evals"] == out.stats["forward_calls"] * 3 * 3 * MODEL.cfg.n_layers
 
 
+@pytest.mark.slow  # the verifier-level law tests above stay in the default suite
 def test_spectr_sampling_preserves_the_joint_law():
     strategy = speculative(drafts.model(TINY_DRAFT, num_draft=2, num_chains=3), spectr(3))
     probs = exact_first3(TINY, TINY_PROMPT, TRANSFORMS["t1.0"])

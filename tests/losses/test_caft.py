@@ -177,6 +177,7 @@ def test_heads_are_causal(head_input):
 
 
 # ------------------------------------------------------------------------------- frozen/pretrain
+@pytest.mark.slow  # a CPU-budget option; the loss tests stay in the default suite
 def test_frozen_layers_same_value_no_bottom_gradient_and_precomputed_hidden():
     """frozen_layers=k keeps the loss, zeroes the bottom layers' gradients; frozen_hidden gives the same loss."""
     p = _params()

@@ -390,6 +390,7 @@ def test_vd_head_layout_equals_dv(tail, softcap):
         head_stats(h, e, y, head_layout="transposed")
 
 
+@pytest.mark.slow  # a memory check; the value tests stay in the default suite
 def test_tied_model_loss_does_not_copy_the_embedding():
     """token_stats on a tied model: same loss as the naive head, and the compiled step keeps no
     transposed [D, V] copy of the embedding (its temp memory is below one embedding's size)."""

@@ -60,6 +60,7 @@ def test_aux_none_is_the_plain_loop_bit_for_bit():
     assert _leaves_equal(trained.params, state.params)
 
 
+@pytest.mark.slow  # aux=None bit-for-bit and the aux-term test stay in the default suite
 def test_zero_aux_and_token_writing_prepare_leave_the_run_unchanged():
     """An aux returning 0 and a prepare that writes after each row give the aux=None run bit for bit."""
     base, _ = rl_train(model(), CountTarget(), RL, eos_id=EOS)
