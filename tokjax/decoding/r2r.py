@@ -52,6 +52,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from tokjax.decoding._classifier_mlp import apply_classifier, init_classifier
 from tokjax.decoding._state import KV_CACHE, DecodeState, Strategy, ends_greedy, unstacked_param_axes
 from tokjax.decoding.entropy_adaptive import commit_lockstep, forward_lockstep
 from tokjax.logits import LogitTransform, entropy, hparam, sample
@@ -114,14 +115,8 @@ def router_features(params, cfg: ModelConfig, hidden, logits, tokens, *, k: int 
 
 
 # ------------------------------------------------------------------------------ router MLP
-def _linear(key, n_in: int, n_out: int) -> dict:
-    # kaiming normal (fan in, gain sqrt 2), zero bias: the official _init_weights
-    return {"w": jax.random.normal(key, (n_in, n_out), jnp.float32) * np.sqrt(2.0 / n_in),
-            "b": jnp.zeros((n_out,), jnp.float32)}
 
 
-def _layer_norm_params(n: int) -> dict:
-    return {"scale": jnp.ones((n,), jnp.float32), "bias": jnp.zeros((n,), jnp.float32)}
 
 
 def init_router(key, hidden_size: int, embed_size: int | None = None, top_k: int = 100, *,
@@ -140,27 +135,8 @@ def init_router(key, hidden_size: int, embed_size: int | None = None, top_k: int
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
     if not dims or min(dims) < 1:
         raise ValueError(f"dims must be a non-empty sequence of widths >= 1, got {dims}")
-    keys = iter(jax.random.split(key, 4 + 2 * len(dims) + len(dims)))
-    F = hidden_size + embed_size + top_k
-    block_dims = dims + (dims[-1],)
-    blocks = []
-    for i in range(len(dims)):
-        d_in, d_out = block_dims[i], block_dims[i + 1]
-        b = {"ln": _layer_norm_params(d_in), "up": _linear(next(keys), d_in, d_in * expansion),
-             "down": _linear(next(keys), d_in * expansion, d_out)}
-        skip_key = next(keys)
-        if d_in != d_out:
-            b["skip"] = _linear(skip_key, d_in, d_out)
-        blocks.append(b)
-    return {
-        "norm": {"mean": jnp.zeros((F,), jnp.float32), "std": jnp.ones((F,), jnp.float32)},
-        "logits_proj": _linear(next(keys), top_k, hidden_size),
-        "combined": _linear(next(keys), 2 * hidden_size + embed_size, dims[0]),
-        "input_proj": _linear(next(keys), dims[0], dims[0]),
-        "blocks": tuple(blocks),
-        "out_ln": _layer_norm_params(dims[-1]),
-        "out": _linear(next(keys), dims[-1], 1),
-    }
+    return init_classifier(key, features=hidden_size + embed_size + top_k, hidden_size=hidden_size,
+                           combined_in=2 * hidden_size + embed_size, top_k=top_k, dims=dims, expansion=expansion)
 
 
 def _router_sizes(router) -> tuple[int, int, int]:
@@ -169,14 +145,8 @@ def _router_sizes(router) -> tuple[int, int, int]:
     return hidden, e, k
 
 
-def _ln(x, p, eps: float = 1e-5):
-    mu = x.mean(-1, keepdims=True)
-    var = jnp.square(x - mu).mean(-1, keepdims=True)
-    return (x - mu) * jax.lax.rsqrt(var + eps) * p["scale"] + p["bias"]
 
 
-def _dense(x, p):
-    return x @ p["w"] + p["b"]
 
 
 def apply_router(router: dict, features: RouterFeatures, *, dropout=0.0, rng=None) -> jax.Array:
@@ -194,23 +164,7 @@ def apply_router(router: dict, features: RouterFeatures, *, dropout=0.0, rng=Non
                          f"got {h.shape}, {e.shape}, {z.shape}")
     if rng is None and _concrete(dropout) and float(np.asarray(dropout)) != 0.0:
         raise ValueError("dropout > 0 needs rng=")
-    x = (jnp.concatenate([h, e, z], -1) - router["norm"]["mean"]) / router["norm"]["std"]
-    h, e, z = x[..., :D], x[..., D:D + E], x[..., D + E:]
-    x = _dense(jnp.concatenate([h, e, _dense(z, router["logits_proj"])], -1), router["combined"])
-    x = _dense(x, router["input_proj"])
-    keys = None if rng is None else iter(jax.random.split(rng, 2 * len(router["blocks"])))
-
-    def drop(y):
-        if keys is None:
-            return y
-        keep = jax.random.uniform(next(keys), y.shape) >= dropout
-        return jnp.where(keep, y / jnp.maximum(1.0 - dropout, 1e-6), 0.0)
-
-    for b in router["blocks"]:
-        y = drop(jax.nn.gelu(_dense(_ln(x, b["ln"]), b["up"]), approximate=False))
-        y = drop(_dense(y, b["down"]))
-        x = (_dense(x, b["skip"]) if "skip" in b else x) + y
-    return _dense(_ln(x, router["out_ln"]), router["out"])[..., 0]
+    return apply_classifier(router, (h, e, z), dropout=dropout, rng=rng)
 
 
 def router_probs(router: dict, features: RouterFeatures) -> jax.Array:

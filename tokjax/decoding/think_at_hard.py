@@ -56,6 +56,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from tokjax.decoding._classifier_mlp import apply_classifier, init_classifier
 from tokjax.decoding._state import DecodeState, Strategy, commit, ends_greedy
 from tokjax.logits import LogitTransform, hparam, sample
 from tokjax.model import Inputs, KVCache, ModelConfig, embed, forward
@@ -217,19 +218,10 @@ def decider_features(tapped, logits, *, top_k: int = 100) -> DeciderFeatures:
     return DeciderFeatures(h, jax.lax.top_k(logits.astype(jnp.float32), k)[0])
 
 
-def _linear(key, n_in: int, n_out: int) -> dict:  # kaiming normal, zero bias (official _init_weights)
-    return {"w": jax.random.normal(key, (n_in, n_out), jnp.float32) * np.sqrt(2.0 / n_in),
-            "b": jnp.zeros((n_out,), jnp.float32)}
 
 
-def _ln(x, p, eps: float = 1e-5):
-    mu = x.mean(-1, keepdims=True)
-    var = jnp.square(x - mu).mean(-1, keepdims=True)
-    return (x - mu) * jax.lax.rsqrt(var + eps) * p["scale"] + p["bias"]
 
 
-def _dense(x, p):
-    return x @ p["w"] + p["b"]
 
 
 def init_decider(key, hidden_size: int, n_layers: int, top_k: int = 100, *, dims: Sequence[int] = (64, 128, 64),
@@ -243,23 +235,8 @@ def init_decider(key, hidden_size: int, n_layers: int, top_k: int = 100, *, dims
     dims = tuple(int(d) for d in dims)
     if not dims or min(dims) < 1:
         raise ValueError(f"dims must be a non-empty sequence of widths >= 1, got {dims}")
-    keys = iter(jax.random.split(key, 4 + 3 * len(dims)))
-    F = n_layers * hidden_size + top_k
-    bd = dims + (dims[-1],)
-    blocks = []
-    for i in range(len(dims)):
-        b = {"ln": {"scale": jnp.ones((bd[i],)), "bias": jnp.zeros((bd[i],))},
-             "up": _linear(next(keys), bd[i], bd[i] * expansion), "down": _linear(next(keys), bd[i] * expansion, bd[i + 1])}
-        sk = next(keys)
-        if bd[i] != bd[i + 1]:
-            b["skip"] = _linear(sk, bd[i], bd[i + 1])
-        blocks.append(b)
-    return {"norm": {"mean": jnp.zeros((F,)), "std": jnp.ones((F,))},
-            "logits_proj": _linear(next(keys), top_k, hidden_size),
-            "combined": _linear(next(keys), (n_layers + 1) * hidden_size, dims[0]),
-            "input_proj": _linear(next(keys), dims[0], dims[0]), "blocks": tuple(blocks),
-            "out_ln": {"scale": jnp.ones((dims[-1],)), "bias": jnp.zeros((dims[-1],))},
-            "out": _linear(next(keys), dims[-1], 1)}
+    return init_classifier(key, features=n_layers * hidden_size + top_k, hidden_size=hidden_size,
+                           combined_in=(n_layers + 1) * hidden_size, top_k=top_k, dims=dims, expansion=expansion)
 
 
 def _decider_sizes(dec) -> tuple[int, int]:
@@ -278,22 +255,7 @@ def apply_decider(dec: dict, features: DeciderFeatures, *, dropout=0.0, rng=None
         raise ValueError(f"this decider reads hidden [..., {H}] and top_logits [..., {K}]; got {h.shape}, {z.shape}")
     if rng is None and _concrete(dropout) and float(np.asarray(dropout)) != 0.0:
         raise ValueError("dropout > 0 needs rng=")
-    x = (jnp.concatenate([h, z], -1) - dec["norm"]["mean"]) / dec["norm"]["std"]
-    h, z = x[..., :H], x[..., H:]
-    x = _dense(_dense(jnp.concatenate([h, _dense(z, dec["logits_proj"])], -1), dec["combined"]), dec["input_proj"])
-    keys = None if rng is None else iter(jax.random.split(rng, 2 * len(dec["blocks"])))
-
-    def drop(y):
-        if keys is None:
-            return y
-        keep = jax.random.uniform(next(keys), y.shape) >= dropout
-        return jnp.where(keep, y / jnp.maximum(1.0 - dropout, 1e-6), 0.0)
-
-    for b in dec["blocks"]:
-        y = drop(jax.nn.gelu(_dense(_ln(x, b["ln"]), b["up"]), approximate=False))
-        y = drop(_dense(y, b["down"]))
-        x = (_dense(x, b["skip"]) if "skip" in b else x) + y
-    return _dense(_ln(x, dec["out_ln"]), dec["out"])[..., 0]
+    return apply_classifier(dec, (h, z), dropout=dropout, rng=rng)
 
 
 def decider_probs(dec: dict, features: DeciderFeatures) -> jax.Array:
