@@ -11,12 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from tokjax.decoding.r2r import TRAINABLE, RouterFeatures, init_router, router_batch, router_loss
-from tokjax.train._config import TrainConfig
-from tokjax.train._loop import train
+from tokjax.train.recipes._classifier import fit_classifier
 
 __all__ = ["train_router"]
 
@@ -42,20 +40,7 @@ def train_router(features: RouterFeatures, labels, *, key, steps: int = 400, bat
     k_init, k_data = jax.random.split(key)
     D, E, K = batch_all["hidden"].shape[1], batch_all["embedding"].shape[1], batch_all["top_logits"].shape[1]
     router = init_router(k_init, D, E, K, dims=dims, expansion=expansion)
-    x = np.concatenate([np.asarray(batch_all[f]) for f in ("hidden", "embedding", "top_logits")], 1)
-    router["norm"] = {"mean": jnp.asarray(x.mean(0)), "std": jnp.asarray(x.std(0) + 1e-4)}
-    B = min(int(batch_size), n)
-    seed = int(jax.random.randint(k_data, (), 0, 2**31 - 1))
-    host = {f: np.asarray(batch_all[f]) for f in ("hidden", "embedding", "top_logits", "labels")}
-
-    def batch_fn(step):
-        idx = np.random.default_rng((seed, int(step))).integers(0, n, B)
-        return {**{f: v[idx] for f, v in host.items()}, "pos_weight": np.float32(pos_weight),
-                "dropout": np.float32(dropout)}
-
-    tcfg = TrainConfig(lr=learning_rate, warmup_steps=min(steps // 10, 50), total_steps=steps,
-                       weight_decay=weight_decay, grad_clip=1.0, b2=0.999, min_lr_ratio=0.1, batch_size=B, seq_len=1,
-                       log_every=max(1, steps // 10), eval_every=0, checkpoint_every=0, trainable=TRAINABLE,
-                       seed=seed % 1000003)
-    params, _ = train(None, tcfg, batch_fn, loss_fn=router_loss, params=router, progress=progress)
-    return params
+    return fit_classifier(router, batch_all, ("hidden", "embedding", "top_logits"), loss_fn=router_loss,
+                          trainable=TRAINABLE, key=k_data, steps=steps, batch_size=batch_size,
+                          learning_rate=learning_rate, weight_decay=weight_decay, dropout=dropout,
+                          pos_weight=pos_weight, progress=progress)

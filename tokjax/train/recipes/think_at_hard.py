@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from tokjax.decoding.think_at_hard import (
@@ -22,6 +21,7 @@ from tokjax.model import Model
 from tokjax.model.lora import init_lora
 from tokjax.train._config import TrainConfig
 from tokjax.train._loop import train
+from tokjax.train.recipes._classifier import fit_classifier
 
 __all__ = ["train_decider", "train_tah"]
 
@@ -73,20 +73,7 @@ def train_decider(features: DeciderFeatures, labels, *, d_model: int, key, steps
         raise ValueError(f"features.hidden has width {H}, not a multiple of d_model={d_model}")
     k_init, k_data = jax.random.split(key)
     dec = init_decider(k_init, d_model, H // d_model, K, dims=dims, expansion=expansion)
-    x = np.concatenate([np.asarray(batch_all["hidden"]), np.asarray(batch_all["top_logits"])], 1)
-    dec["norm"] = {"mean": jnp.asarray(x.mean(0)), "std": jnp.asarray(x.std(0) + 1e-4)}
-    B = min(int(batch_size), n)
-    seed = int(jax.random.randint(k_data, (), 0, 2**31 - 1))
-    host = {f: np.asarray(batch_all[f]) for f in ("hidden", "top_logits", "labels")}
-
-    def batch_fn(step):
-        idx = np.random.default_rng((seed, int(step))).integers(0, n, B)
-        return {**{f: v[idx] for f, v in host.items()}, "pos_weight": np.float32(pos_weight),
-                "dropout": np.float32(dropout)}
-
-    tcfg = TrainConfig(lr=learning_rate, warmup_steps=min(steps // 10, 50), total_steps=steps,
-                       weight_decay=weight_decay, grad_clip=1.0, b2=0.999, min_lr_ratio=0.1, batch_size=B, seq_len=1,
-                       log_every=max(1, steps // 10), eval_every=0, checkpoint_every=0, trainable=DECIDER_TRAINABLE,
-                       seed=seed % 1000003)
-    params, _ = train(None, tcfg, batch_fn, loss_fn=decider_loss, params=dec, progress=progress)
-    return params
+    return fit_classifier(dec, batch_all, ("hidden", "top_logits"), loss_fn=decider_loss,
+                          trainable=DECIDER_TRAINABLE, key=k_data, steps=steps, batch_size=batch_size,
+                          learning_rate=learning_rate, weight_decay=weight_decay, dropout=dropout,
+                          pos_weight=pos_weight, progress=progress)
