@@ -41,7 +41,7 @@ def _run(model, src, make=kangaroo, prompts=PROMPTS):
     return generate(model, prompts, max_new_tokens=NEW, logits=greedy(), strategy=make(src, verify.greedy()))
 
 
-@pytest.mark.parametrize("make", [kangaroo, speculative])
+@pytest.mark.parametrize("make", [kangaroo, pytest.param(speculative, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("layer,num_draft,threshold", [pytest.param(1, 4, 0.3, marks=pytest.mark.slow), (3, 5, 0.0)])
 def test_greedy_kangaroo_equals_plain_greedy(model, plain, layer, num_draft, threshold, make):
     # kangaroo: verification continues from the shallow exit; speculative: full verification forward
@@ -51,7 +51,7 @@ def test_greedy_kangaroo_equals_plain_greedy(model, plain, layer, num_draft, thr
     assert out.stats["forward_calls"] <= NEW
 
 
-@pytest.mark.parametrize("prompts", [[[7, 1, 4]], [[2], [9, 9, 1, 3], [4, 4, 4, 4, 4, 4, 4], [11, 5], [6, 0, 2, 8, 1]]])
+@pytest.mark.parametrize("prompts", [[[7, 1, 4]], pytest.param([[2], [9, 9, 1, 3], [4, 4, 4, 4, 4, 4, 4], [11, 5], [6, 0, 2, 8, 1]], marks=pytest.mark.slow)])
 def test_shallow_kv_reuse_equals_plain_greedy_at_other_batch_sizes(model, prompts):
     ad = init_adapter(model, 2, jax.random.key(2))
     ref = generate(model, prompts, max_new_tokens=NEW, logits=greedy())

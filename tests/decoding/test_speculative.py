@@ -188,7 +188,7 @@ def test_chi_square_harness_detects_a_2_percent_deviation():
     assert sum(fails) >= 9 and all(passes), (fails, passes)
 
 
-@pytest.mark.parametrize("tname", ["t0.7", "t1.0", "top_p"])
+@pytest.mark.parametrize("tname", ["t0.7", "t1.0", pytest.param("top_p", marks=pytest.mark.slow)])
 def test_rejection_sampling_preserves_the_joint_law_of_three_tokens(tname):
     strategy = speculative(drafts.model(TINY_DRAFT, num_draft=2), verify.rejection())
     probs = exact_first3(TINY, TINY_PROMPT, TRANSFORMS[tname])
@@ -294,6 +294,7 @@ def test_prompt_lookup_proposes_the_first_match_of_the_longest_ngram():
     assert not d.valid.any()
 
 
+@pytest.mark.slow  # default-suite time; the other tests of this file keep the method covered
 def test_learned_positions_up_to_max_len_stay_finite_and_lossless():
     """Draft nodes past a row's budget get positions beyond max_len; they must not poison the cache with NaN."""
     model = small_model(positions="learned", norm="layer", activation="gelu", max_len=20)

@@ -104,6 +104,7 @@ def test_soft_input_in_convex_hull(seed, k):
     assert (e <= E.max(0) + 1e-6).all() and (e >= E.min(0) - 1e-6).all()
 
 
+@pytest.mark.slow  # the decode-parity and mask tests stay in the default suite
 def test_losses_and_oracle_labels():
     m, lora, dec = _setup()
     toks = jax.random.randint(jax.random.key(9), (2, 8), 0, m.cfg.vocab_size)

@@ -38,7 +38,7 @@ def brute_labels(paths, correct, mask):
 _jit_labels = jax.jit(trie_value_labels)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(st.integers(1, 3), st.integers(1, 7), st.integers(1, 6), st.integers(1, 3), st.integers(0, 2 ** 31 - 1),
        st.booleans())
 def test_trie_labels_equal_a_brute_force_count(P, N, T, vocab, seed, holes):
@@ -204,6 +204,7 @@ def test_bad_input_is_a_clear_error():
         outcome_labels(np.zeros(3), np.ones((4, 2), bool))
 
 
+@pytest.mark.slow  # default-suite time; the other tests of this file keep the method covered
 def test_recipe_labels_rollouts_on_completion_tokens_only():
     from tokjax.train.recipes.token_value_model import completion_mask, path_labels
     from tokjax.train.rl import Rollouts

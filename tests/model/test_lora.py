@@ -29,6 +29,7 @@ def test_gate_zero_is_base_bit_for_bit_and_init_is_identity():
     assert float(jnp.abs(lora_forward(m.params, m.cfg, lora, x, 1).logits - base).max()) > 1e-2
 
 
+@pytest.mark.slow  # gate-zero and the cached per-slot path stay in the default suite
 def test_matches_merged_weights_reference():
     """Gate 1 everywhere = the base model with W + scale * A @ B merged into every adapted projection."""
     m = small_model(n_layers=2)

@@ -82,6 +82,7 @@ def test_zero_aux_and_token_writing_prepare_leave_the_run_unchanged():
     assert seen and all(seen) and hist[0]["grpo_loss"] == hist[0]["loss"] and "zero" in hist[0]
 
 
+@pytest.mark.slow  # LaSeR's tests check an aux gradient in the default suite
 def test_aux_term_is_added_to_the_loss_and_its_gradient():
     m = model()
     r = rollout(m, [[1, 2, 3], [4, 5, 6]], [None, None], key=jax.random.key(3), group_size=4, max_new_tokens=5,

@@ -43,6 +43,7 @@ def test_point_mass_lands_exactly_at_any_step_count_without_recompiling(sampler)
     assert len(traces) == 1  # one compile for every step count
 
 
+@pytest.mark.slow  # default-suite time; the other tests of this file keep the method covered
 def test_guidance_one_is_the_conditional_sampler_and_evals_double():
     head = F.flow_head_init(jax.random.key(0), D, C, 16, 2)
     head = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(a.size), a.shape), head)
@@ -132,6 +133,7 @@ def test_cached_decode_equals_full_forward(model, guided):
     np.testing.assert_allclose(out.tokens, np.asarray(full(model.params, jnp.asarray(out.tokens))), atol=2e-4)
 
 
+@pytest.mark.slow  # the sampler no-recompile test stays in the default suite
 def test_new_steps_and_guidance_do_not_recompile_decode(model):
     from tokjax.decoding import driver
 

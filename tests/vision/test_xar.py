@@ -57,6 +57,7 @@ def test_clean_context_mask_matches_a_brute_force_oracle():
             assert vis[q, k] == want, (q, k)
 
 
+@pytest.mark.slow  # the cached-decode reference stays in the default suite
 def test_velocity_of_an_entity_ignores_later_entities(model):
     lay = X.xar_layout((4, 4), "row")
     x = jax.random.normal(jax.random.key(3), (2, 16, C))
@@ -96,6 +97,7 @@ def test_cached_decode_equals_full_forward_reference(model, entity):
     np.testing.assert_allclose(out.tokens, _reference(model.params, model.cfg, lay, labels, 3), atol=1e-4)
 
 
+@pytest.mark.slow  # default-suite time; the other tests of this file keep the method covered
 def test_registered_loss_noisy_and_clean(model):
     from tokjax.losses.registry import make_loss
 
