@@ -19,6 +19,7 @@ CFG = tokjax.ModelConfig(vocab_size=V, d_model=D, n_layers=1, n_heads=2, max_len
                          tied_embeddings=False)
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 @settings(max_examples=30, deadline=None)
 @given(st.integers(1, 4), st.lists(st.integers(0, 100), min_size=0, max_size=8))
 def test_sorting_by_position_reproduces_the_insertion_order(plen, gaps):

@@ -31,6 +31,7 @@ def _setup():
 PROMPTS = [[1, 2, 3, 4], [5, 6, 7]]
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_theta_above_one_is_base_and_decode_equals_full_forward():
     m, lora, dec = _setup()
     base = generate(m, PROMPTS, logits=greedy(), max_new_tokens=10)

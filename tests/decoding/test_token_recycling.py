@@ -130,6 +130,7 @@ def test_greedy_speculative_equals_plain_greedy_batched_ragged(template, verifie
         assert spec.stats["forward_calls"] <= plain.stats["forward_calls"]
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_hot_start_round_trip_makes_the_second_request_faster():
     prompts, lens = _ragged_prompts(4, 2)
     prompt = [prompts[1, : lens[1]].tolist()]

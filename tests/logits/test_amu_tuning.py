@@ -45,6 +45,7 @@ def test_uncertainty_gates_match_official_formulas(seed, scale):
     assert k[0] < k[1]
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 @settings(max_examples=20, deadline=None)
 @given(C=st.integers(3, 200), height=st.floats(0.5, 30.0), sign=st.sampled_from([-1.0, 1.0]))
 def test_kurtosis_gate_is_constant_on_one_spike_rows(C, height, sign):

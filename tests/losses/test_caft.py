@@ -49,6 +49,7 @@ def _strip(tree):
 
 
 # ------------------------------------------------------------------------------------ equivalence
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_alpha_zero_equals_next_token_loss_exactly():
     """alpha=0: the CAFT loss and its gradients are bit-for-bit next_token_loss's (eager; jitted within 1e-6),
     with a prompt mask and a per-target mask."""

@@ -112,6 +112,7 @@ class Count5:
         return np.array([np.mean(np.asarray(c) == 5) for c in completions]), np.ones(len(completions), bool)
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_keep_all_d3s_in_rl_train_reduces_exactly_to_grpo():
     model = Model(params=tokjax.model.init_params(CFG, jax.random.key(0)), cfg=CFG)
     kw = dict(steps=2, prompts_per_step=2, group_size=4, max_new_tokens=5, max_prompt_len=4, lr=1e-2)

@@ -87,6 +87,7 @@ def test_beta_is_a_runtime_array_under_jit():
     assert f._cache_size() == 1
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), beta=st.floats(0.01, 5.0), B=st.integers(1, 4), T=st.integers(1, 6))
 def test_properties(seed, beta, B, T):

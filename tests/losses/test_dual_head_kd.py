@@ -118,6 +118,7 @@ def _numpy_model(seed=0, V=37):
     return jax.tree.map(make, specs, is_leaf=lambda x: isinstance(x, tokjax.model.ParamSpec)), cfg
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_factory_modes():
     params, cfg = _numpy_model(0)
     t_params, _ = _numpy_model(1)

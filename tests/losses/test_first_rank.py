@@ -113,6 +113,7 @@ def _toy_batch(rng, B, P=7, order=None):
             "id_token_ids": IDS, "teacher_ranks": np.asarray(ranks, np.int32)}
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_lambda_zero_is_next_token_loss_and_scores_are_the_logits():
     params = tokjax.Model.init(CFG, jax.random.key(0)).params
     batch = _toy_batch(np.random.default_rng(1), 3)

@@ -112,6 +112,7 @@ def test_graph_matches_naive_loop():
     assert np.all(g[1] == 0)
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 @settings(max_examples=8, deadline=None)
 @given(st.integers(0, 10_000), st.sampled_from(["logits", "logprobs", "probs"]))
 def test_shared_vocab_matches_dense_graphs(seed, values):
@@ -250,6 +251,7 @@ def test_graph_relabelling_invariance_and_zero_on_identical(seed, k):
         assert float(sorted_gw(jnp.asarray(a), jnp.asarray(pa), method)) <= 1e-10
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 @settings(max_examples=10, deadline=None)
 @given(st.integers(0, 10_000))
 def test_sorted_methods_take_differing_vocabularies(seed):

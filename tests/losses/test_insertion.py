@@ -170,6 +170,7 @@ def test_loss_matches_brute_force(params):
         assert set(metrics) == {"ce", "stop_loss", "stop_accuracy", "n_drops"}
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_registered_loss_trains():
     """The registry's `ilm` loss draws its drops from the train loop's key and lowers the loss on a fixed task."""
     loss = make_loss("ilm", stop_weight=1.0, stop_class_weight=None)

@@ -98,6 +98,7 @@ def test_loss_and_score_follow_the_official_interpolation_and_debias_weight():
     np.testing.assert_allclose(float(got), float(full), rtol=1e-6)
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_context_pairs_and_latent_scores_align_positions():
     h = jnp.arange(2 * 4 * 3, dtype=jnp.float32).reshape(2, 4, 3)
     tg, cd, idx = context_pairs(h, mode="token_post", shift=1)
@@ -138,6 +139,7 @@ def _official_post(score, mask, thr, k, bil):
 @settings(max_examples=10, deadline=None)
 @given(st.integers(1, 3), st.integers(2, 7), st.sampled_from([-1.0, 0.0, 0.3, 0.6]), st.integers(0, 6), st.booleans(),
        st.integers(0, 2 ** 31 - 1))
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_normalise_threshold_topk_equal_the_official_postprocess(B, T, thr, k, bil, seed):
     rng = np.random.default_rng(seed)
     s = rng.permutation(B * T).reshape(B, T).astype(np.float32) / (B * T) + rng.uniform(size=(B, 1))  # no ties
@@ -174,6 +176,7 @@ class Count5:
         return np.array([np.mean(np.asarray(c) == 5) for c in completions]), np.ones(len(completions), bool)
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_c_flow_zero_in_rl_train_reduces_exactly_to_grpo():
     model = Model(params=tokjax.model.init_params(CFG, jax.random.key(0)), cfg=CFG)
     kw = dict(steps=2, prompts_per_step=2, group_size=4, max_new_tokens=5, max_prompt_len=4, lr=1e-2)
@@ -199,6 +202,7 @@ def test_positive_c_flow_changes_the_update_and_rewards_at_most_topk_tokens():
     assert diff > 1e-5 and 0 < on.log[0]["flow_reward_tokens"] <= 3
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_flow_score_separates_in_distribution_latents_auroc_above_0_9():
     """Notes' check (P57 d): fit on latents of one distribution (a planted 2-D manifold in 8-D, context = the
     previous latent); shifted / off-manifold latents score higher, AUROC > 0.9."""

@@ -105,6 +105,7 @@ def test_loss_equals_teacher_forcing_at_zero_and_generated_inputs_at_one():
 _RECORDED = Path(__file__).with_name("scheduled_sampling_recorded.npz")
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_loss_matches_outputs_recorded_before_it_went_through_token_stats():
     # Recorded with the pre-issue-12 implementation (its own forward + head_stats/naive_core copy of
     # token_stats); scheduled_sampling_loss must give the same loss and metrics bit for bit.

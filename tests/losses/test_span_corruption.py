@@ -156,6 +156,7 @@ def test_prefix_is_bidirectional_targets_are_causal():
     np.testing.assert_allclose(logp_at(changed_target, p), first_target, rtol=1e-6)
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_registered_loss_trains_and_draws_noise_from_rng():
     loss_fn = make_loss("span_corruption", sentinel_ids=SENT, noise_density=0.2, mean_noise_span_length=1.5)
     params = tokjax.model.init_params(CFG, jax.random.key(0))

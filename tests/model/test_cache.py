@@ -34,6 +34,7 @@ def test_rollback_then_redecode_equals_never_decoding():
     np.testing.assert_allclose(got[1], ref1, atol=1e-4)
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_gather_compacts_an_accepted_tree_path():
     m = small_model()
     cfg = m.cfg

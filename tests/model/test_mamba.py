@@ -166,6 +166,7 @@ def test_attention_configs_keep_their_parameters_and_cache():
 @settings(max_examples=8, deadline=None)
 @given(d=st.integers(2, 12), expand=st.integers(1, 2), n=st.integers(1, 8), seed=st.integers(0, 2**16),
        scale=st.sampled_from([0.02, 0.5, 3.0]), sign=st.sampled_from(["pos", "neg"]))
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_ssm_sign_fixes_the_sign_of_sc_t_sb(d, expand, n, seed, scale, sign):
     E = d * expand
     n = min(n, E)

@@ -15,6 +15,10 @@ from pathlib import Path
 
 import pytest
 
+# One 8-device subprocess runs every sharded check (~45 s); the default suite keeps the rule/spec tests
+# (test_parallel_rules.py) and docs/sharding.md's example, which runs on a simulated mesh.
+pytestmark = pytest.mark.slow
+
 SCRIPT = Path(__file__).with_name("_sharded_checks.py")
 ROOT = Path(__file__).resolve().parents[2]
 MESHES = ["2x4", "8x1"]

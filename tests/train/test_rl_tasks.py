@@ -80,6 +80,7 @@ def test_snapshot_rule_picks_the_band_and_raises_outside_it():
         select_snapshot(curve[:2], **kw)
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_builder_runs_and_refuses_an_undertrained_model(tmp_path):
     over = {"data": {"train": 300, "validation": 16, "test": 16}, "train": {"total_steps": 4, "warmup_steps": 1},
             "select": {"eval_every": 2}}

@@ -35,6 +35,7 @@ def glyph_model():
     return model, vocab, history
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_tiny_glyph_model_beats_the_uniform_and_marginal_baselines(glyph_model):
     model, vocab, history = glyph_model
     codes, labels = _glyph_codes(500, seed=1)  # held out

@@ -22,6 +22,7 @@ def model():
     return jax.jit(lambda k: Model.init(cfg, k))(jax.random.key(1))
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_adapter_training_reduces_distillation_loss_and_keeps_the_base_frozen(model):
     windows = np.asarray(jax.random.randint(jax.random.key(5), (64, 16), 0, model.cfg.vocab_size))
     ad0 = init_adapter(model, 1, jax.random.key(0), warm_start=False)
