@@ -59,6 +59,7 @@ def test_counterfactual_cues_point_to_distinct_groups(n, seed):
         assert c["tokens"][r, c["query_pos"]] == A[r, k[r]] and c["answer"][r] == E[r, i[r]]
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_interchange_matches_patching_patch_and_is_identity_on_itself():
     m = tokjax.Model.init(CFG, jax.random.key(0))
     b = _prompts(4, 5)

@@ -76,6 +76,7 @@ def test_token_recycling_hot_start_matches_recorded():
     np.testing.assert_array_equal(np.asarray(warm.strategy_state.successors), FIX["tr_table2"])
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_stand_hot_start_matches_recorded():
     model = F.hot_model()
     strat = speculative(ngram_memory("small", orders=(3, 2, 1), top_k=4, capacity=256), verify.tree())

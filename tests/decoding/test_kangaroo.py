@@ -128,6 +128,7 @@ def test_perfect_draft_is_fully_accepted(model):
         assert out.stats["tokens_per_call"] == 4.0
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_second_early_exit_stops_drafting_at_low_confidence(model):
     m = _identity_tail(model, 2)
     ad = init_adapter(m, 2, jax.random.key(0), warm_start=True)

@@ -82,7 +82,7 @@ def _oracle_sap(prompt, k, budget, stops):
             return out, "length"
 
 
-@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("k", [pytest.param(1, marks=pytest.mark.slow), 3])
 def test_sap_loop_equals_list_oracle(k):
     prompts = LOOP_PROMPTS
     res = sap(MODEL, prompts, sentinel_ids=SENT, k=k, max_new_tokens=7, stop_ids=[STOP_ID])

@@ -175,6 +175,7 @@ def _drive(model, prompts, strategy, steps):
     return np.stack(lengths), np.stack(pos), state
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_per_layer_lengths_track_exactly_the_positions_each_layer_ran(model):
     L = model.cfg.n_layers
     strat = skipdecode(1, 4, 6, warmup=1)

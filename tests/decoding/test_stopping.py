@@ -33,6 +33,7 @@ def greedy_full():
     return generate(MODEL, PROMPTS, max_new_tokens=16, logits=L.greedy())
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_several_eos_ids_stop_each_row_at_the_first_of_them(greedy_full):
     comps = [c.tolist() for c in greedy_full.completions()]
     eos = [comps[0][3], comps[1][5]]

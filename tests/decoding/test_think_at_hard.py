@@ -54,6 +54,7 @@ def test_theta_above_one_is_base_and_decode_equals_full_forward():
             np.testing.assert_allclose(out.top_logprobs[b, q + 1], np.sort(logp[b, q])[::-1][:3], atol=2e-4)
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_later_iteration_input_leaves_earlier_outputs_unchanged():
     m, lora, _ = _setup()
     x = jax.random.randint(jax.random.key(7), (1, 9), 0, m.cfg.vocab_size)

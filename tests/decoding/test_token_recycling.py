@@ -114,7 +114,7 @@ def _ragged_prompts(seed, B, width=8):
     return np.stack(rows).astype(np.int32), lens
 
 
-@pytest.mark.parametrize("template,verifier", [("2.2.2", "greedy"), ("small", "tree")])
+@pytest.mark.parametrize("template,verifier", [pytest.param("2.2.2", "greedy", marks=pytest.mark.slow), ("small", "tree")])
 def test_greedy_speculative_equals_plain_greedy_batched_ragged(template, verifier):
     from tokjax.decoding import verify
     from tokjax.decoding.speculative import speculative

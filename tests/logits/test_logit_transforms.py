@@ -37,6 +37,7 @@ def test_top_k_leaves_at_most_k_finite_and_keeps_the_largest(x, k):
         np.testing.assert_array_equal(out[b][kept[b]], x[b][kept[b]])
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 @settings(max_examples=15)
 @given(logit_rows(), st.floats(0.01, 1.0))
 def test_top_p_keeps_the_smallest_set_reaching_p_and_never_empties(x, p):
@@ -79,6 +80,7 @@ def test_min_p_keeps_tokens_above_threshold(x, p):
     assert (rel[~kept] < p * (1 + 1e-5) + 1e-7).all()
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 @settings(max_examples=15)
 @given(logit_rows(min_v=5), st.integers(1, 4), st.floats(0.1, 1.0))
 def test_chain_order_semantics(x, k, p):

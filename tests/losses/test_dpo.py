@@ -133,6 +133,7 @@ def test_bad_inputs():
         make_dpo_loss(method="fast")
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_make_dpo_loss_matches_functional_form():
     cfg = tokjax.ModelConfig(vocab_size=11, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, max_len=8)
     pol = tokjax.Model.init(cfg, jax.random.key(0)).params

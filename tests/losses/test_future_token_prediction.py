@@ -60,6 +60,7 @@ def test_loss_targets_are_x_t_plus_j_and_off_by_one_differs():
     np.testing.assert_array_equal(np.asarray(valid), np.broadcast_to(want_valid, valid.shape))
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_trained_outputs_reach_zero_loss_only_at_the_right_shift():
     """On x_{t+j} = f^j(x_t), output j trained with the ftp loss predicts f^{j+1}(x_t) (~0 CE), not f^{j+2}(x_t)."""
     import optax

@@ -221,6 +221,7 @@ def test_sorted_gw_node_masks_pad_with_isolated_nodes():
                 assert got <= exact * (1 + 1e-5) + 1e-7
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 @settings(max_examples=8, deadline=None)
 @given(st.integers(0, 10_000), st.integers(2, 5))
 def test_aligned_is_exact_for_rank_one_nonnegative_graphs(seed, k):
@@ -289,6 +290,7 @@ def test_gradient_matches_finite_differences():
     assert np.all(np.asarray(gt) == 0)
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_mask_normalizer_and_empty():
     s, t = _logits(5, B=4, T=3), _logits(6, B=4, T=3)
     gol = jax.jit(lambda x, y, m, n=None: graph_on_logits_loss(x, y, m, k=4, normalizer=n))
@@ -358,6 +360,7 @@ def test_bad_inputs():
         make_gld_loss(_numpy_model(0), method="gw")
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_factory_train_signature():
     params, cfg = _numpy_model(0)
     t_params, _ = _numpy_model(1)

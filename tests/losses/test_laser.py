@@ -102,6 +102,7 @@ def test_self_reward_matches_a_hand_computation():
             assert row[r.lengths[b]] == ZC
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_aux_gradient_flows_only_through_the_z_c_log_prob():
     r = _rollouts(2)
     laser = LaSeR(ZC, EOS, c_ref=-3.0, balanced=True)

@@ -49,6 +49,7 @@ def _oracle(tokens: list[int], noise: list[bool], sent: list[int]) -> tuple[list
     return inp, tgt
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 @settings(max_examples=12, deadline=None)
 @given(st.lists(st.integers(2, 30), min_size=1, max_size=4), st.integers(0, 2**30),
        st.floats(0.05, 0.6), st.floats(1.0, 5.0))

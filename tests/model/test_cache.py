@@ -15,6 +15,7 @@ def _decode(m, cache, toks):
     return out.logits, out.cache
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_rollback_then_redecode_equals_never_decoding():
     m = small_model()
     cfg = m.cfg
@@ -60,6 +61,7 @@ def test_gather_compacts_an_accepted_tree_path():
     np.testing.assert_allclose(got[1, 0], ref1, atol=1e-4)
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_fork_repeats_rows_and_branches_decode_independently():
     m = small_model()
     cfg = m.cfg
@@ -93,6 +95,7 @@ def test_append_matches_forward_writes_and_select_rows():
         KVCache.init(cfg, 0, 8)
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_per_layer_lengths_mask_unwritten_slots():
     """A layer whose cache lags (layer-range forward) never reads the other layers' newer slots."""
     m = small_model()

@@ -73,6 +73,7 @@ def test_layer_ranges_compose_to_the_full_forward(k):
     np.testing.assert_allclose(high.hidden, full.hidden, atol=1e-5)
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_layer_ranges_with_cache_compose():
     m = small_model()
     cfg = m.cfg
@@ -223,7 +224,7 @@ def test_concrete_inputs_captured_inside_jit_and_vocab_overrides():
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-@pytest.mark.parametrize("fuse", [False, True])
+@pytest.mark.parametrize("fuse", [pytest.param(False, marks=pytest.mark.slow), True])  # fuse=True unstacks too
 def test_unstacked_and_fused_decode_weights_compute_the_same_forward(variant, fuse):
     """unstack_layers (with fused q/k/v and gate/up when fuse=True) changes the layout, not the values.
 

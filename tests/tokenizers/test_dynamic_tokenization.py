@@ -177,6 +177,7 @@ def test_mean_of_parts_embeddings_and_decompositions(tok):
     assert (bias[: V + int(out.num_new)] == 0).all() and (bias[V + int(out.num_new):] < -1e8).all()
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_untrained_residual_hypernet_gives_the_mean_of_parts(tok):
     from tokjax.tokenizers.zett import HypernetConfig, init_hypernet
 

@@ -71,6 +71,7 @@ def test_entropy_terms_extremes():
     assert float(h_rand) <= np.log(2**g) + 1e-5
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_s2_bits_zero_is_flat_head():
     m = _model(4)
     for mode in ("dual", "independent"):

@@ -103,6 +103,7 @@ def test_bits_per_byte_matches_a_direct_computation(setup):
 
 
 # ------------------------------------------------------------------------------ hypernet
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_residual_hypernet_starts_at_mean_of_parts_and_ignores_padding(setup):
     model, old, new = setup
     d = decompose_vocab(new, old, maxlen=6)

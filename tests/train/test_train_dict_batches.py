@@ -62,6 +62,7 @@ def test_prior_from_a_train_config_with_ref_logp_in_the_batch():
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_dpo_from_a_train_config_with_pairs_and_reference_log_probs():
     start = _params()
     rng = np.random.default_rng(2)

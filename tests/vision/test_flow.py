@@ -101,6 +101,7 @@ def test_cond_hooks_at_layer_zero_equal_adding_to_the_input():
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_registered_flow_loss_trains_backbone_projection_and_head(model):
     from tokjax.losses.registry import make_loss
 

@@ -121,6 +121,7 @@ def test_visual_token_count_and_greedy_equals_teacher_forced():
     assert acc["exact"] == pytest.approx(exact_tf.mean()) and len(acc["per_slot"]) == 5
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_flexible_training_through_train():
     from tokjax.losses.registry import make_loss
     from tokjax.train import TrainConfig, train
