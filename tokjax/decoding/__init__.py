@@ -32,7 +32,9 @@
 """
 
 from tokjax.decoding import cascades, drafts, spectr, verify
-from tokjax.decoding._state import KV_CACHE, DecodeState, DecodeStats, StopSequences, Strategy, TokenLogprobs, commit
+from tokjax.decoding._state import (
+    KV_CACHE, DecodeState, DecodeStats, StopSequences, Strategy, TokenLogprobs, commit, sample_and_commit,
+)
 from tokjax.decoding.driver import (
     TRACE_COUNTS, GenerateOutput, MinNewTokens, NonFiniteLogitsError, Sampling, bucket_size, generate, stream,
 )
@@ -72,7 +74,7 @@ __all__ = [
     "ScoredContinuations", "score_continuations",
     "Navigation", "NavigationTemplate", "in_context_navigation", "navigation_prompt", "sample_answers",
     "top_n_first_tokens",
-    "DecodeState", "DecodeStats", "Strategy", "KV_CACHE", "commit", "TRACE_COUNTS", "GenerateOutput", "Sampling",
+    "DecodeState", "DecodeStats", "Strategy", "KV_CACHE", "commit", "sample_and_commit", "TRACE_COUNTS", "GenerateOutput", "Sampling",
     "TokenLogprobs", "StopSequences", "MinNewTokens", "NonFiniteLogitsError", "bucket_size", "Beam", "beam",
     "generate", "stream", "cascades", "Draft", "DraftSource", "Speculative", "Verdict", "Verifier", "speculative",
     "drafts", "verify", "spectr", "NgramTables", "RecyclingTable", "SkipDecode", "skipdecode", "skipdecode_loss",

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from tokjax.logits import Chain, Greedy, LogitContext, LogitTransform, NamedChain, masked_log_softmax
+from tokjax.logits import Chain, Greedy, LogitContext, LogitTransform, NamedChain, masked_log_softmax, sample
 from tokjax.model import KVCache, ModelConfig, param_specs
 from tokjax.model.params import ParamSpec
 # KV_CACHE marks a KVCache in a ``Strategy.state_axes`` declaration (placed batch on "data",
@@ -25,7 +25,7 @@ from tokjax.model.sharding import KV_CACHE
 
 __all__ = [
     "DecodeState", "DecodeStats", "TokenLogprobs", "StopSequences", "Strategy", "KV_CACHE", "commit", "check_like",
-    "ends_greedy", "unstacked_param_axes", "eos_tuple",
+    "ends_greedy", "unstacked_param_axes", "eos_tuple", "sample_and_commit",
 ]
 
 
@@ -362,3 +362,23 @@ def commit(
                 top_ids=lp.top_ids.at[rows, slots].set(ids.astype(jnp.int32), mode="drop"),
             )
     return state.replace(tokens=tokens, lengths=lengths, done=done, cache=cache, stats=stats, logprobs=lp)
+
+
+def sample_and_commit(state: DecodeState, raw_logits: jax.Array, transform: LogitTransform, eos_id,
+                      **fields: Any) -> DecodeState:
+    """Returns the state after one plain decode step from the target's raw next-token logits [B, V].
+
+    The step every one-token-per-call strategy shares: the logit transform, one draw per row (argmax when
+    the chain ends greedy, so greedy decoding spends no Gumbel draws), one target call counted, ``fields``
+    (e.g. the new ``cache`` or ``extra``) set, then :func:`commit`. A row whose transformed logits are all
+    masked commits nothing, is counted in ``stats.masked_rows`` and stops.
+    """
+    logits, logit_state = transform.apply(raw_logits, state.logit_state, state.context())
+    key, sub = jax.random.split(state.key)
+    tok, sstats = sample(sub, logits, greedy=ends_greedy(transform))
+    counts = jnp.where(sstats.all_masked, 0, 1).astype(jnp.int32)
+    stats = state.stats.replace(forward_calls=state.stats.forward_calls + 1,
+                                masked_rows=state.stats.masked_rows | (sstats.all_masked & ~state.done))
+    state = state.replace(logit_state=logit_state, key=key, stats=stats, **fields)
+    state = commit(state, tok[:, None], counts, eos_id, logits=logits[:, None])
+    return state.replace(done=state.done | sstats.all_masked)

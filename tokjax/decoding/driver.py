@@ -25,9 +25,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from tokjax.decoding._inputs import check_key, prepare_prompt
 from tokjax.decoding._state import (
-    DecodeState, DecodeStats, StopSequences, Strategy, TokenLogprobs, commit, ends_greedy,
+    DecodeState, DecodeStats, StopSequences, Strategy, TokenLogprobs, ends_greedy, sample_and_commit,
 )
-from tokjax.logits import Identity, LogitTransform, chain, sample
+from tokjax.logits import Identity, LogitTransform, chain
 from tokjax.model import Inputs, Model, ModelConfig, forward, prefill, unstack_layers
 from tokjax.model.sharding import (
     DEFAULT_RULES, ShardingRules, axes_shardings, cache_shardings, logical_sharding, shard_model, state_shardings,
@@ -61,17 +61,7 @@ class Sampling(Strategy):
     def step(self, params, cfg: ModelConfig, transform: LogitTransform, state: DecodeState, eos_id=None) -> DecodeState:
         pending = jnp.take_along_axis(state.tokens, (state.lengths - 1)[:, None], axis=1)
         out = forward(params, cfg, Inputs(tokens=pending), cache=state.cache)
-        logits, logit_state = transform.apply(out.logits[:, 0], state.logit_state, state.context())
-        key, sub = jax.random.split(state.key)
-        tok, sstats = sample(sub, logits, greedy=ends_greedy(transform))
-        counts = jnp.where(sstats.all_masked, 0, 1).astype(jnp.int32)
-        stats = state.stats.replace(
-            forward_calls=state.stats.forward_calls + 1,
-            masked_rows=state.stats.masked_rows | (sstats.all_masked & ~state.done),
-        )
-        state = state.replace(cache=out.cache, logit_state=logit_state, key=key, stats=stats)
-        state = commit(state, tok[:, None], counts, eos_id, logits=logits[:, None])
-        return state.replace(done=state.done | sstats.all_masked)
+        return sample_and_commit(state, out.logits[:, 0], transform, eos_id, cache=out.cache)
 
 
 @dataclasses.dataclass(frozen=True)

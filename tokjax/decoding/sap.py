@@ -42,15 +42,15 @@ previous call (P76 re-encodes each iteration too).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from tokjax.decoding._state import DecodeState, Strategy, commit, ends_greedy
-from tokjax.logits import LogitTransform, greedy, sample
+from tokjax.decoding._state import DecodeState, Strategy, sample_and_commit
+from tokjax.logits import LogitTransform, greedy
 from tokjax.losses.span_corruption import check_sentinel_ids
 from tokjax.model import Inputs, KVCache, ModelConfig, Taps, forward
 from tokjax.model.attention import Prefix
@@ -116,17 +116,9 @@ class PrefixLM(Strategy):
     def step(self, params, cfg: ModelConfig, transform: LogitTransform, s: DecodeState, eos_id=None) -> DecodeState:
         pending = jnp.take_along_axis(s.tokens, (s.lengths - 1)[:, None], axis=1)
         out = forward(params, cfg, Inputs(tokens=pending), cache=s.extra.cache)
-        logits, logit_state = transform.apply(out.logits[:, 0], s.logit_state, s.context())
-        key, sub = jax.random.split(s.key)
-        tok, sstats = sample(sub, logits, greedy=ends_greedy(transform))
-        counts = jnp.where(sstats.all_masked, 0, 1).astype(jnp.int32)
-        stats = s.stats.replace(forward_calls=s.stats.forward_calls + 1,
-                                masked_rows=s.stats.masked_rows | (sstats.all_masked & ~s.done))
-        s = s.replace(logit_state=logit_state, key=key, stats=stats)
-        s = commit(s, tok[:, None], counts, eos_id, logits=logits[:, None])
+        s = sample_and_commit(s, out.logits[:, 0], transform, eos_id)
         # The pending token was written at slot lengths_before - 1; the cache holds lengths - 1 slots.
-        return s.replace(extra=PrefixLMState(cache=out.cache.set_lengths(s.lengths - 1)),
-                         done=s.done | sstats.all_masked)
+        return s.replace(extra=PrefixLMState(cache=out.cache.set_lengths(s.lengths - 1)))
 
 
 def prefix_lm(*, causal_tail: int = 1) -> PrefixLM:

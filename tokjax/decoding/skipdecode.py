@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tokjax.decoding._state import DecodeState, Strategy, commit, ends_greedy
-from tokjax.logits import LogitTransform, hparam, sample, target_logprobs
+from tokjax.decoding._state import DecodeState, Strategy, sample_and_commit
+from tokjax.logits import LogitTransform, hparam, target_logprobs
 from tokjax.model import (
     Inputs, ModelConfig, blocks, embed, final_norm, forward, layer_weights, position_embed, unembed,
 )
@@ -159,21 +159,11 @@ class SkipDecode(Strategy):
         # a skipped layer keeps its shorter length (its slot for this position was never written)
         cache = cache.replace(k=tuple(k), v=tuple(v), lengths=cache.lengths + run[:, None].astype(jnp.int32))
         logits = unembed(params, cfg, final_norm(params, cfg, x))[:, 0]
-        logits, logit_state = transform.apply(logits, state.logit_state, state.context())
-        key, sub = jax.random.split(state.key)
-        tok, sstats = sample(sub, logits, greedy=ends_greedy(transform))  # argmax, not V Gumbel draws, when greedy
-        counts = jnp.where(sstats.all_masked, 0, 1).astype(jnp.int32)
-        stats = state.stats.replace(
-            forward_calls=state.stats.forward_calls + 1,
-            masked_rows=state.stats.masked_rows | (sstats.all_masked & ~state.done),
-        )
         live = jnp.sum(~state.done).astype(jnp.int32)
         extra = {**ex, "layer_evals": ex["layer_evals"] + live * jnp.sum(run).astype(jnp.int32)}
-        state = state.replace(logit_state=logit_state, key=key, stats=stats, extra=extra)
-        state = commit(state, tok[:, None], counts, eos_id, logits=logits[:, None])
+        state = sample_and_commit(state, logits, transform, eos_id, extra=extra)
         # commit sets every layer's length to lengths - 1; only lower the layers that ran
-        state = state.replace(cache=cache.rollback(state.lengths - 1))
-        return state.replace(done=state.done | sstats.all_masked)
+        return state.replace(cache=cache.rollback(state.lengths - 1))
 
 
 def skipdecode(min_layers=None, max_layers=None, horizon=64, *, warmup=1, schedule=None) -> SkipDecode:

@@ -400,23 +400,14 @@ class FTPDecode(_strategy_base()):
             raise ValueError(f"FTP decoder vocab_size={self.fc.decoder.vocab_size} != the model's {cfg.vocab_size}")
 
     def step(self, params, cfg, transform, state, eos_id=None):
-        from tokjax.decoding._state import commit, ends_greedy
-        from tokjax.logits import sample
+        from tokjax.decoding._state import sample_and_commit
 
         head = _ftp_params(params)
         pending = jnp.take_along_axis(state.tokens, (state.lengths - 1)[:, None], axis=1)
         out = forward(params, cfg, Inputs(tokens=pending), cache=state.cache, compute_logits=False)
         mem = _pseudo_sequence(head, self.fc, out.hidden[:, 0])
         raw = _decode(head, self.fc, mem, None)[:, 0]
-        logits, logit_state = transform.apply(raw, state.logit_state, state.context())
-        key, sub = jax.random.split(state.key)
-        tok, sstats = sample(sub, logits, greedy=ends_greedy(transform))
-        counts = jnp.where(sstats.all_masked, 0, 1).astype(jnp.int32)
-        stats = state.stats.replace(forward_calls=state.stats.forward_calls + 1,
-                                    masked_rows=state.stats.masked_rows | (sstats.all_masked & ~state.done))
-        state = state.replace(cache=out.cache, logit_state=logit_state, key=key, stats=stats)
-        state = commit(state, tok[:, None], counts, eos_id, logits=logits[:, None])
-        return state.replace(done=state.done | sstats.all_masked)
+        return sample_and_commit(state, raw, transform, eos_id, cache=out.cache)
 
 
 # -------------------------------------------------------------------------------------- registry

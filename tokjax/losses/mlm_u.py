@@ -286,23 +286,14 @@ class MLMUDecode(_strategy_base()):
         return None
 
     def step(self, params, cfg, transform, state, eos_id=None):
-        from tokjax.decoding._state import commit, ends_greedy
-        from tokjax.logits import sample
+        from tokjax.decoding._state import sample_and_commit
 
         tokens = state.tokens
         S = tokens.shape[1]
         visible = jnp.arange(S)[None, :] < state.lengths[:, None]
         memory = _encode(params, cfg, tokens, visible)
         raw = _decode(params, cfg, memory, visible, state.lengths[:, None].astype(jnp.int32))[:, 0]
-        logits, logit_state = transform.apply(raw, state.logit_state, state.context())
-        key, sub = jax.random.split(state.key)
-        tok, sstats = sample(sub, logits, greedy=ends_greedy(transform))
-        counts = jnp.where(sstats.all_masked, 0, 1).astype(jnp.int32)
-        stats = state.stats.replace(forward_calls=state.stats.forward_calls + 1,
-                                    masked_rows=state.stats.masked_rows | (sstats.all_masked & ~state.done))
-        state = state.replace(logit_state=logit_state, key=key, stats=stats)
-        state = commit(state, tok[:, None], counts, eos_id, logits=logits[:, None])
-        return state.replace(done=state.done | sstats.all_masked)
+        return sample_and_commit(state, raw, transform, eos_id)
 
 
 # --------------------------------------------------------------------------------------- registry
