@@ -24,7 +24,9 @@ targets with clean context, at twice the sequence length.
 Decoding (official ``sample_tokens``): for entity s = 0 .. K-1, the previous entity (the class token for
 s = 0) enters the KV cache clean (t = 0), then T flow steps from t = 1 to 0 each run one forward over the
 current entity's tokens only (their cache writes are dropped); the cache prefill of entity s-1 shares the
-first flow step's forward (a two-rank block), so a sample costs 1 + K T forwards. Classifier-free guidance
+first flow step's forward (a two-rank block; at s = 0 the clean block is the class token), so a sample
+costs K T forwards. Decoding is a ``tokjax.generate`` Strategy (:func:`xar_decode`, one AR step per entity,
+``steps`` a runtime scalar or per-entity schedule T(s)); :func:`xar_sample` runs it. Classifier-free guidance
 runs conditional and null-class rows and ramps linearly over entities (official): g_s = 1 + (g - 1) s/(K-1)
 (``ramp=False``: g at every entity). The sampler is :func:`tokjax.vision.flow.flow_update` (Euler or
 Euler-Maruyama, uniform time grid; the official uses 40-50 Euler-Maruyama steps on a shifted grid).
@@ -44,15 +46,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tokjax.logits import check_range
-from tokjax.model import Inputs, KVCache, ModelConfig, forward
+from flax import struct
+
+from tokjax.decoding import DecodeState, Strategy, commit, generate
+from tokjax.logits import check_range, hparam
+from tokjax.model import Inputs, KVCache, Model, ModelConfig, forward
 from tokjax.model.attention import Bidirectional, Explicit, Rank
 from tokjax.model.forward import embed
-from tokjax.vision.flow import (SAMPLERS, _check_int, _dense, _linear, cond_hooks, flow_update, time_embed,
-                               time_embed_init)
+from tokjax.vision.flow import (SAMPLERS, _check_int, _check_steps, _dense, _linear, cond_hooks, flow_update,
+                               time_embed, time_embed_init)
 
 __all__ = ["ENTITIES", "XarLayout", "XarSamples", "make_xar_loss", "xar_batch_fn", "xar_init", "xar_layout",
-           "xar_loss", "xar_positions", "xar_ranks", "xar_sample", "xar_velocity"]
+           "xar_loss", "xar_positions", "xar_ranks", "xar_sample", "xar_velocity", "XarDecode", "XarDecodeState",
+           "xar_decode"]
 
 _F32 = jnp.float32
 ENTITIES = ("token", "row", "cell")
@@ -249,108 +255,182 @@ def xar_batch_fn(tokens: Any, labels: Any, *, num_classes: int, batch_size: int,
 # ------------------------------------------------------------------------------------------- decoding
 class XarSamples(NamedTuple):
     """What :func:`xar_sample` returns: ``tokens`` float32 [N, L, c] (raster order) and ``stats``
-    (forward_calls = 1 + K T per sample, head_evals = token velocity evaluations per sample = L T)."""
+    (forward_calls = sum_s T(s) = K T per sample, head_evals = token velocity evaluations per image = L T; with
+    guidance each is evaluated on two rows), as ``tokjax.generate`` reports them."""
 
     tokens: np.ndarray
     stats: dict
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "layout", "sampler", "guided", "ramp"))
-def _xar_decode(params, cfg, layout, cls, key, steps, guidance, temperature, *, sampler, guided, ramp):
-    R = cls.shape[0]
-    n = R // 2 if guided else R
-    E, K, L = layout.size, layout.count, layout.length
-    c = _token_dim(params)
-    xp = _xp(params)
-    pos_seq = jnp.asarray(xar_positions(layout))[1:].reshape(K, E)  # [K, E]
-    cache = KVCache.init(cfg, R, 1 + L + E)
-    e_cls, _ = _embed_seq(params, cfg, cls, jnp.zeros((R, 0, c)), jnp.zeros((R, 0)))
-    cache = forward(params, cfg, Inputs(embeds=e_cls.astype(cfg.dtype), positions=jnp.zeros((1,), jnp.int32)),
-                    cache=cache, compute_logits=False).cache  # the class token (a cached clean prefix)
-    nf = steps.astype(_F32)
-    h = 1.0 / nf
+@struct.dataclass
+class XarDecodeState:
+    """``DecodeState.extra`` of :class:`XarDecode`: ``seq`` float32 [R, L, c] (the sampled tokens, sequence
+    order), ``cache`` (the xAR KV cache: class token and clean finished entities), ``steps`` int32 [K] (flow steps
+    T(s) of entity s), ``guidance`` float32 [], ``temperature`` float32 [], ``head_evals`` int32 [] (per image:
+    sum_s T(s) E; guidance evaluates each on two rows)."""
 
-    def velocity(out_hidden, s):
-        v = _dense(xp["out"], out_hidden.astype(_F32))
-        if not guided:
-            return v
-        g = guidance if not ramp or K == 1 else 1.0 + (guidance - 1.0) * s.astype(_F32) / (K - 1)
-        vc, vu = v[:n], v[n:]
-        vg = vc + (g - 1.0) * (vc - vu)
-        return jnp.concatenate([vg, vg], axis=0)
+    seq: jax.Array
+    cache: KVCache
+    steps: jax.Array
+    guidance: jax.Array
+    temperature: jax.Array
+    head_evals: jax.Array
 
-    def noisy_inputs(x, t):
-        return _dense(xp["proj"], x), time_embed(xp["time"], jnp.full(x.shape[:2], t))
 
-    def entity(s, carry, first: bool):
-        seq, cache, key = carry  # seq [R, L, c] in sequence order
-        key, k0, kl = jax.random.split(key, 3)
-        x = temperature * jax.random.normal(k0, (R, E, c), _F32)
+@dataclasses.dataclass(frozen=True)
+class XarDecode(Strategy):
+    """xAR decoding (module docstring) as a ``tokjax.generate`` Strategy: AR step s generates entity s.
+
+    Its first forward is one two-rank block: the previous entity clean at t = 0 (the class token at s = 0),
+    whose cache writes are kept, and the current entity at t = 1; the other T(s) - 1 flow steps each run one
+    forward over the current entity (writes dropped). A sample costs sum_s T(s) forwards. With guidance the
+    rows are [conditional; null class] and both halves evaluate the velocity at the same x_t (one noise draw
+    per image, as the official ``torch.cat([x, x])``).
+
+    Static: ``layout``, ``sampler``, ``guided``, ``ramp`` (guidance ramped linearly over entities, official).
+    Runtime (state): ``steps`` (scalar or [K]: the per-entity schedule T(s)), ``guidance``, ``temperature``.
+    """
+
+    layout: XarLayout
+    sampler: str = "euler"
+    guided: bool = False
+    ramp: bool = True
+    steps: Any = hparam(10)
+    guidance: Any = hparam(1.0)
+    temperature: Any = hparam(1.0)
+
+    def __post_init__(self):
+        if not isinstance(self.layout, XarLayout):
+            raise ValueError(f"layout must be an XarLayout (xar_layout(grid, entity)), got {type(self.layout).__name__}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        st = _check_steps(self.steps)
+        if st.ndim > 1 or (st.ndim == 1 and st.shape[0] != self.layout.count):
+            raise ValueError(f"steps must be a scalar or one count per entity [{self.layout.count}], got shape "
+                             f"{st.shape}")
+        check_range(self.temperature, "temperature", lo=0.0)
+        check_range(self.guidance, "guidance", lo=0.0)
+        if np.ndim(self.guidance):
+            raise ValueError(f"guidance must be a scalar, got shape {np.shape(self.guidance)}")
+
+    def validate(self, cfg: ModelConfig) -> None:
+        _check_layout(self.layout, cfg)
+
+    def init(self, params, cfg: ModelConfig, state: DecodeState) -> XarDecodeState:
+        lay = self.layout
+        R = state.tokens.shape[0]
+        if self.guided and R % 2:
+            raise ValueError(f"guided decoding needs an even number of rows (conditional then null-class), got {R}")
+        return XarDecodeState(
+            seq=jnp.zeros((R, lay.length, _token_dim(params)), _F32), cache=KVCache.init(cfg, R, 1 + lay.length + lay.size),
+            steps=jnp.broadcast_to(_check_steps(self.steps), (lay.count,)),
+            guidance=jnp.asarray(self.guidance, _F32), temperature=jnp.asarray(self.temperature, _F32),
+            head_evals=jnp.zeros((), jnp.int32))
+
+    def step(self, params, cfg: ModelConfig, transform, state: DecodeState, eos_id=None) -> DecodeState:
+        del transform
+        ex, lay = state.extra, self.layout
+        E, K = lay.size, lay.count
+        R = state.tokens.shape[0]
+        n = R // 2 if self.guided else R
+        xp = _xp(params)
+        s = jnp.minimum(state.step, K - 1)
+        T = ex.steps[s]
+        h = 1.0 / T.astype(_F32)
+        pos_seq = jnp.asarray(xar_positions(lay))[1:].reshape(K, E)
         pos = jax.lax.dynamic_index_in_dim(pos_seq, s, keepdims=False)
-        e_cur, c_cur = noisy_inputs(x, 1.0)
-        if first:  # flow step 0 (t = 1) over entity 0; the cache holds the class token
-            out = forward(params, cfg, Inputs(embeds=e_cur.astype(cfg.dtype), positions=pos), cache=cache,
-                          mask=Bidirectional(), hooks=cond_hooks(c_cur), compute_logits=False)
-            v0 = velocity(out.hidden, s)
-        else:  # flow step 0 fused with the clean (t = 0) cache prefill of entity s - 1: a two-rank block
-            prev = jax.lax.dynamic_slice_in_dim(seq, (s - 1) * E, E, axis=1)
-            prev_pos = jax.lax.dynamic_index_in_dim(pos_seq, s - 1, keepdims=False)
-            e_prev, c_prev = noisy_inputs(prev, 0.0)
-            ranks = jnp.concatenate([jnp.zeros((E,), jnp.int32), jnp.ones((E,), jnp.int32)])
-            out = forward(params, cfg, Inputs(embeds=jnp.concatenate([e_prev, e_cur], 1).astype(cfg.dtype),
+        g = ex.guidance if not self.ramp or K == 1 else 1.0 + (ex.guidance - 1.0) * s.astype(_F32) / (K - 1)
+        key, k0, kl = jax.random.split(state.key, 3)
+
+        def velocity(hidden):  # [R, E, D] -> [n, E, c]
+            v = _dense(xp["out"], hidden.astype(_F32))
+            return v[:n] + (g - 1.0) * (v[:n] - v[n:]) if self.guided else v
+
+        def inputs(x, t):  # x [n, E, c] -> embeds and time conditioning of all R rows
+            x = jnp.concatenate([x, x]) if self.guided else x
+            return _dense(xp["proj"], x), time_embed(xp["time"], jnp.full(x.shape[:2], t))
+
+        x = ex.temperature * jax.random.normal(k0, (n, E, _token_dim(params)), _F32)
+        e_cur, c_cur = inputs(x, 1.0)
+
+        def two_block(prev_e, prev_c, prev_pos):
+            P = prev_e.shape[1]
+            ranks = jnp.concatenate([jnp.zeros((P,), jnp.int32), jnp.ones((E,), jnp.int32)])
+            out = forward(params, cfg, Inputs(embeds=jnp.concatenate([prev_e, e_cur], 1).astype(cfg.dtype),
                                               positions=jnp.concatenate([prev_pos, pos])),
-                          cache=cache, mask=Rank(ranks), hooks=cond_hooks(jnp.concatenate([c_prev, c_cur], 1)),
+                          cache=ex.cache, mask=Rank(ranks), hooks=cond_hooks(jnp.concatenate([prev_c, c_cur], 1)),
                           compute_logits=False)
-            cache = out.cache.set_lengths(cache.lengths[0] + E)  # keep entity s - 1, drop the noisy writes
-            v0 = velocity(out.hidden[:, E:], s)
-        x = flow_update(x, v0, 1.0, h, steps == 1, jax.random.fold_in(kl, 0), temperature, sampler)
+            # keep the clean block's writes, drop the noisy entity's
+            return velocity(out.hidden[:, P:]), out.cache.set_lengths(ex.cache.lengths[0] + P)
+
+        def first(_):  # s = 0: the class token (the prompt's pending token) is the clean block
+            cls = jnp.take_along_axis(state.tokens, (state.lengths - 1)[:, None], axis=1)
+            e_cls = embed(params, cfg, cls).astype(_F32)
+            return two_block(e_cls, jnp.zeros_like(e_cls), jnp.zeros((1,), jnp.int32))
+
+        def later(_):
+            prev = jax.lax.dynamic_slice_in_dim(ex.seq, (s - 1) * E, E, axis=1)[:n]
+            e_prev, c_prev = inputs(prev, 0.0)
+            return two_block(e_prev, c_prev, jax.lax.dynamic_index_in_dim(pos_seq, jnp.maximum(s - 1, 0),
+                                                                           keepdims=False))
+
+        v0, cache = jax.lax.cond(s == 0, first, later, None)
+        x = flow_update(x, v0, 1.0, h, T == 1, jax.random.fold_in(kl, 0), ex.temperature, self.sampler)
 
         def flow_step(i, x):
-            t = (steps - i).astype(_F32) / nf
-            e_i, c_i = noisy_inputs(x, t)
+            t = (T - i).astype(_F32) * h
+            e_i, c_i = inputs(x, t)
             o = forward(params, cfg, Inputs(embeds=e_i.astype(cfg.dtype), positions=pos), cache=cache,
                         mask=Bidirectional(), hooks=cond_hooks(c_i), compute_logits=False)  # writes dropped
-            return flow_update(x, velocity(o.hidden, s), t, h, i == steps - 1, jax.random.fold_in(kl, i),
-                               temperature, sampler)
+            return flow_update(x, velocity(o.hidden), t, h, i == T - 1, jax.random.fold_in(kl, i), ex.temperature,
+                               self.sampler)
 
-        x = jax.lax.fori_loop(1, steps, flow_step, x)
-        seq = jax.lax.dynamic_update_slice_in_dim(seq, x, s * E, axis=1)
-        return seq, cache, key
+        x = jax.lax.fori_loop(1, T, flow_step, x)
+        x = jnp.concatenate([x, x]) if self.guided else x
+        seq = jax.lax.dynamic_update_slice_in_dim(ex.seq, x, s * E, axis=1)
+        stats = state.stats.replace(forward_calls=state.stats.forward_calls + T)
+        extra = ex.replace(seq=seq, cache=cache, head_evals=ex.head_evals + T * E)
+        state = state.replace(key=key, stats=stats, extra=extra)
+        return commit(state, jnp.zeros((R, 1), jnp.int32), jnp.ones((R,), jnp.int32), eos_id)
 
-    carry = entity(jnp.int32(0), (jnp.zeros((R, L, c), _F32), cache, key), True)
-    seq, _, _ = jax.lax.fori_loop(1, K, lambda s, cr: entity(s, cr, False), carry)
-    perm = np.asarray(layout.perm)
-    return jnp.zeros_like(seq).at[:, perm].set(seq)[:n]
+    def finalize(self, state: DecodeState) -> dict:
+        return {"head_evals": int(state.extra.head_evals)}
+
+    def persistent_state(self, extra: XarDecodeState) -> jax.Array:
+        perm = np.asarray(self.layout.perm)
+        return jnp.zeros_like(extra.seq).at[:, perm].set(extra.seq)  # raster order
+
+
+def xar_decode(layout: XarLayout, *, steps: Any = 10, guidance: Any = 1.0, temperature: Any = 1.0,
+               sampler: str = "euler", ramp: bool = True, guided: bool | None = None) -> XarDecode:
+    """Returns the :class:`XarDecode` strategy (``steps`` a scalar or a per-entity schedule [K]; ``guided``
+    defaults to ``guidance`` != 1)."""
+    if guided is None:
+        guided = bool(np.any(np.asarray(guidance) != 1.0))
+    return XarDecode(layout=layout, sampler=sampler, guided=guided, ramp=bool(ramp), steps=steps, guidance=guidance,
+                     temperature=temperature)
 
 
 def xar_sample(params, cfg: ModelConfig, labels: Any, key: jax.Array, *, layout: XarLayout, num_classes: int,
                steps: Any = 10, sampler: str = "euler", temperature: Any = 1.0, guidance: Any = 1.0,
                ramp: bool = True) -> XarSamples:
-    """Returns :class:`XarSamples` for class ``labels`` [N]: xAR decoding (module docstring), entity by entity,
-    ``steps`` T >= 1 flow steps each (runtime), ``guidance`` g >= 0 (runtime; != 1 runs null-class rows, ramped
-    over entities unless ``ramp=False``), ``temperature`` >= 0 (runtime) and ``sampler`` "euler" |
-    "euler_maruyama". Raises ValueError for bad labels, steps < 1, temperature or guidance < 0, or a model that
-    cannot hold the sequence."""
+    """Returns :class:`XarSamples` for class ``labels`` [N]: xAR decoding (module docstring) through
+    ``tokjax.generate`` with :func:`xar_decode`, entity by entity, ``steps`` T >= 1 flow steps each (runtime; a
+    scalar or one per entity), ``guidance`` g >= 0 (runtime; != 1 runs null-class rows, ramped over entities
+    unless ``ramp=False``), ``temperature`` >= 0 (runtime) and ``sampler`` "euler" | "euler_maruyama". Raises
+    ValueError for bad labels, steps < 1, temperature or guidance < 0, or a model that cannot hold the sequence."""
     layout = _check_layout(layout, cfg)
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     y = np.asarray(labels)
     C = _check_int("num_classes", num_classes, 1)
     if y.ndim != 1 or y.size < 1 or not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= C:
         raise ValueError(f"labels must be ints [N >= 1] in [0, {C}), got {y.dtype} {y.shape}")
-    if isinstance(steps, bool) or np.asarray(steps).ndim or not np.issubdtype(np.asarray(steps).dtype, np.integer) \
-            or int(steps) < 1:
-        raise ValueError(f"steps must be an int >= 1 (flow steps per entity), got {steps!r}")
-    check_range(temperature, "temperature", lo=0.0)
-    check_range(guidance, "guidance", lo=0.0)
-    guided = float(guidance) != 1.0
-    cls = np.concatenate([y, np.full_like(y, C)]) if guided else y
-    x = _xar_decode(params, cfg, layout, jnp.asarray(cls, jnp.int32), key, jnp.int32(steps),
-                    jnp.asarray(guidance, _F32), jnp.asarray(temperature, _F32), sampler=sampler, guided=guided,
-                    ramp=bool(ramp))
-    T = int(steps)
-    return XarSamples(tokens=np.asarray(x), stats={"forward_calls": 1 + layout.count * T,
-                                                   "head_evals": layout.length * T * (2 if guided else 1)})
+    if cfg.vocab_size <= C:
+        raise ValueError(f"the model's vocab_size={cfg.vocab_size} cannot hold {C} classes and the null class")
+    strategy = xar_decode(layout, steps=steps, guidance=guidance, temperature=temperature, sampler=sampler, ramp=ramp)
+    rows = np.concatenate([y, np.full_like(y, C)]) if strategy.guided else y
+    out = generate(Model(params, cfg), rows[:, None].astype(np.int32), prompt_lengths=np.ones(rows.size, np.int32),
+                   key=key, max_new_tokens=layout.count, strategy=strategy)
+    return XarSamples(tokens=np.asarray(out.strategy_state)[:y.size], stats=out.stats)
 
 
 def _register() -> None:
