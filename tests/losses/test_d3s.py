@@ -125,6 +125,7 @@ def test_keep_all_d3s_in_rl_train_reduces_exactly_to_grpo():
     assert [h["reward"] for h in h0] == [h["reward"] for h in h1] and h1[-1]["kept_fraction"] == 1.0
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_d3s_in_rl_train_keeps_the_scheduled_fractions():
     model = Model(params=tokjax.model.init_params(CFG, jax.random.key(0)), cfg=CFG)
     d3s = D3S(steps=3, sample_start=0.5, sample_end=1.0, token_start=0.5, token_end=0.5)

@@ -163,6 +163,7 @@ def test_a_rank_gradient_step_raises_the_teacher_top_identifier():
     assert margin(stepped) > margin(params) + 1e-3
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_registered_first_loss_trains_and_beats_lm_only_on_the_rank_term():
     from tokjax.train import TrainConfig, train
 

@@ -64,6 +64,7 @@ def _np_reference(p, x, t, c, l, eps=1e-6):
     return lin(p["final"]["out"], rms(h, p["final"]["norm"]) * (1 + sc) + sh)
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_flow_velocity_equals_the_official_mlp_transliteration():
     rng = np.random.default_rng(0)
     p = _random_flow(jax.random.key(0), 6, 10, 2, Dc=5)

@@ -37,6 +37,7 @@ def _np_logits(params, images):
     return f, f @ p["w_out"] + p["b_out"]
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_glyph_classifier_generalises(fitted):
     params, train, test = fitted
     acc = float(class_consistency(params, test.images, test.labels))
