@@ -249,11 +249,11 @@ _ENTRIES: tuple[Entry, ...] = (
        'vision', 'tokjax.vision.tokenunify', ('tokenunify',),
        'mixture of random-mask, next-token and next-all objectives'),
     _e(10, 'Beyond Next-Token: Next-X Prediction for Autoregressive Visual Generation',
-       'vision', 'tokjax.vision.xar', ('xar_init', 'xar_loss', 'make_xar_loss', 'xar_layout', 'xar_ranks', 'xar_sample', 'xar_velocity'),
+       'vision', 'tokjax.vision.xar', ('xar_init', 'xar_loss', 'make_xar_loss', 'xar_layout', 'xar_ranks', 'xar_sample', 'xar_velocity', 'xar_decode', 'XarDecode'),
        'next-entity prediction (token, row or cell under a Rank mask) with Noisy Context Learning: per-entity t, '
        'context noised too, the network outputs the velocity, t enters through cond_hooks at resid_pre (registered '
-       '"xar"; a clean-context ablation); decoding caches the previous entity clean at t = 0 then runs T flow '
-       'steps per entity (a jitted cache loop, not yet a generate Strategy). Built on tokjax.vision.flow (MAR '
+       '"xar"; a clean-context ablation); decoding (a tokjax.generate Strategy, xar_decode) caches the previous '
+       'entity clean at t = 0 then runs T(s) flow steps per entity (a runtime per-entity schedule). Built on tokjax.vision.flow (MAR '
        'flow head, traced-step sampler, continuous raster AR Strategy). Quick run only: at 300 steps no arm has '
        'learned the classes',
        status='implemented'),
