@@ -27,6 +27,14 @@ Setting (fixed before anything runs):
 
 Claims and rules (declared here, before running; seeds ``SEEDS``; the final step):
 
+* ``star-graph`` (issue 23's diagnostic, run first; the setting of the notes' check 3): path finding on star
+  graphs (``tokjax.data.star_graphs``: degree 2, 4 nodes per arm after the centre, 20 labels, the source at
+  the centre; prompt ``[bos] edges / s g =``, path ``s ... g [eos]``), ``STAR_N_TRAIN`` training graphs
+  (seed 11), ``STAR_N_TEST`` held-out (seed 12), the same two models, optimiser and greedy decoding as the
+  mazes, batch ``STAR_BATCH``, ``STAR_STEPS`` steps. Teacher-forced NTP is known to learn the "Clever Hans"
+  shortcut and guess at the centre (accuracy near 1/degree = 0.5). Reproduced when MLM-U - NTP > 0.25 on
+  every seed; ``inconclusive`` if on some seed neither model exceeds 0.4 (too little training to judge).
+
 * ``every-size``: per seed, min over sizes of (MLM-U - NTP - need), need = 0.10 where NTP < 0.90
   else 0, must be >= 0 (threshold -1e-9) on every seed. The comparison means something only if a
   model learned the task: unless the better arm exceeds ``LEARNED_ACC`` = 0.5 at every size on every
@@ -43,7 +51,7 @@ Claims and rules (declared here, before running; seeds ``SEEDS``; the final step
 
 Deviations: ``N_TRAIN`` and ``STEPS`` are far below the paper's (100k mazes, hundreds of epochs);
 tokjax layers instead of GPT-2 blocks (see ``tokjax/losses/mlm_u.py``). Quick mode: size 5 only,
-1 seed, 300 steps, 100 held-out mazes; its verdicts mean little. Full mode: sizes 4 and 5 (6 and 7
+1 seed, 300 steps, 100 held-out mazes, star graphs 400 steps on 10 000 graphs; its verdicts mean little. Full mode: sizes 4 and 5 (6 and 7
 left out for the CPU budget), 1500 steps, 10 000 training mazes per size, 3 seeds: 18 trainings of
 1500 steps, about 4 CPU-hours (~0.45 CPU-s/step at size 4, ~0.7 at size 5, one core), i.e. ~2-2.5 h
 on an idle 2-core machine (minutes on a GPU); still far below the paper's training.
@@ -80,13 +88,24 @@ SE_SIZE, SE_FRACTIONS = 4, (0.25, 0.5)
 LEARNED_ACC = 0.5
 NEVER = 2.0
 MIN_TARGET = 0.05
+# Star graphs (issue 23's diagnostic, the setting of the notes' check 3): degree 2, arms of 4 nodes after the
+# centre, 20 node labels, the source at the centre. Same models, optimiser and decoding as the mazes.
+STAR = dict(degree=2, path_length=5, num_nodes=20)
+STAR_BATCH = 64
+STAR_STEPS, QUICK_STAR_STEPS = 3000, 400
+STAR_N_TRAIN, QUICK_STAR_N_TRAIN = 50_000, 10_000
+STAR_N_TEST, QUICK_STAR_N_TEST = 500, 200
+STAR_MARGIN = 0.25
+STAR_LEARNED = 0.4
+RULE_STAR = Rule(metric="MLM-U - NTP greedy exact-path accuracy on held-out star graphs", higher_is_better=True,
+                 threshold=STAR_MARGIN, seeds=SEEDS, quick_seeds=QUICK_SEEDS, reported=_REPORTED)
 
 
 def _data(size: int, n_train: int, n_test: int):
     """Returns dict(seq [N, T] int32, path [N, T] bool, valid [N, T] bool, prompt_len, vocab) for train and test."""
     import numpy as np
 
-    from tokjax.data._mazes import Maze, mazes
+    from tokjax.data._mazes import AOTP_SPECIALS, Maze, mazes
 
     vocab = Maze.aotp_vocab(size)
     train = mazes(n_train, size, seed=1000 + size)
@@ -102,18 +121,42 @@ def _data(size: int, n_train: int, n_test: int):
             a = m.aotp(seed=offset + i)
             seq[i, :len(a.ids)] = a.ids
             path[i, a.prompt_len:len(a.ids)] = True
-        return {"seq": seq, "path": path, "valid": seq != 0, "prompt_len": a.prompt_len}
+        return {"seq": seq, "path": path, "valid": seq != 0, "prompt_len": a.prompt_len, "pad": 0,
+                "eos": AOTP_SPECIALS.index("<PATH_END>")}
 
     return pack(train, 0), pack(test, 10 ** 6), vocab, T
 
 
-def _batch_fn(d, arm: str, n_rows: int, seed: int):
+def _star_data(n_train: int, n_test: int):
+    """Returns (train, test, vocab size, T) of star graphs in the dict form of :func:`_data` (prompt
+    ``[bos] edges / s g =``, path = target ``s ... g [eos]``)."""
+    import numpy as np
+
+    from tokjax.data import star_graphs
+
+    def pack(g):
+        P = g.prompt.shape[1]
+        if not (g.prompt_lengths == P).all():
+            raise ValueError("star-graph prompts of one setting must share a length")
+        seq = np.concatenate([g.prompt, g.target], axis=1).astype(np.int32)
+        valid = seq != g.vocab.pad
+        path = np.zeros_like(valid)
+        path[:, P:] = True
+        return {"seq": seq, "path": path & valid, "valid": valid, "prompt_len": P, "pad": g.vocab.pad,
+                "eos": g.vocab.eos}
+
+    train = pack(star_graphs(n_train, difficulty=None, **STAR, seed=11))
+    test = pack(star_graphs(n_test, difficulty=None, **STAR, seed=12))
+    return train, test, STAR["num_nodes"] + 6, train["seq"].shape[1]
+
+
+def _batch_fn(d, arm: str, n_rows: int, seed: int, batch: int = BATCH):
     from tokjax.data import batch_indices
 
     seq, path, valid = d["seq"][:n_rows], d["path"][:n_rows], d["valid"][:n_rows]
 
     def fn(step):
-        i = batch_indices(n_rows, BATCH, step, seed=seed)
+        i = batch_indices(n_rows, batch, step, seed=seed)
         if arm == "mlm_u":
             return {"tokens": seq[i], "path_mask": path[i], "attention_mask": valid[i]}
         return {"tokens": seq[i], "mask": (path[i] & valid[i])[:, 1:]}  # NTP: CE on the path targets only
@@ -126,10 +169,9 @@ def _accuracy(params, cfg, arm, test, n: int) -> float:
     import numpy as np
 
     import tokjax
-    from tokjax.data._mazes import AOTP_SPECIALS
     from tokjax.losses.mlm_u import MLMUDecode
 
-    end = AOTP_SPECIALS.index("<PATH_END>")
+    end, pad = test["eos"], test["pad"]
     P = test["prompt_len"]
     model = tokjax.Model(params=params, cfg=cfg)
     T = test["seq"].shape[1]
@@ -140,12 +182,12 @@ def _accuracy(params, cfg, arm, test, n: int) -> float:
         out = decode(model, [list(map(int, r[:P])) for r in rows], max_new_tokens=T - P, eos_id=end,
                      strategy=strategy)
         for r, comp in zip(rows, out.completions()):
-            gold = [int(x) for x in r[P:] if x != 0]
+            gold = [int(x) for x in r[P:] if x != pad]
             ok.append(list(map(int, comp)) == gold)
     return float(np.mean(ok))
 
 
-def _train(arm, size, d, test, T, vocab, steps, seed, n_rows, curve_n=0):
+def _train(arm, size, d, test, T, vocab, steps, seed, n_rows, curve_n=0, batch=BATCH):
     """Returns (params, cfg, seconds, curve [(step, acc)]) of one arm."""
     import jax
 
@@ -154,7 +196,7 @@ def _train(arm, size, d, test, T, vocab, steps, seed, n_rows, curve_n=0):
     from tokjax.model import ModelConfig, init_params
 
     layers = ENC if arm == "mlm_u" else NTP_LAYERS
-    cfg = ModelConfig(vocab_size=len(vocab), d_model=D_MODEL, n_layers=layers, n_heads=N_HEADS, max_len=T + 8)
+    cfg = ModelConfig(vocab_size=vocab if isinstance(vocab, int) else len(vocab), d_model=D_MODEL, n_layers=layers, n_heads=N_HEADS, max_len=T + 8)
     params = init_params(cfg, jax.random.PRNGKey(seed))
     loss = None
     if arm == "mlm_u":
@@ -171,9 +213,9 @@ def _train(arm, size, d, test, T, vocab, steps, seed, n_rows, curve_n=0):
             paused[0] += time.time() - t
 
     t0 = time.time()
-    model, _ = train_model(cfg, steps=steps, batch_fn=_batch_fn(d, arm, n_rows, seed), loss_fn=loss, params=params,
-                           lr=LR, weight_decay=WD, seed=seed, min_lr_ratio=0.1, callback=callback,
-                           batch_size=BATCH, seq_len=T)
+    model, _ = train_model(cfg, steps=steps, batch_fn=_batch_fn(d, arm, n_rows, seed, batch), loss_fn=loss,
+                           params=params, lr=LR, weight_decay=WD, seed=seed, min_lr_ratio=0.1, callback=callback,
+                           batch_size=batch, seq_len=T)
     secs = time.time() - t0 - paused[0]
     return model.params, cfg, secs, curve
 
@@ -215,6 +257,7 @@ def run(quick: bool) -> list[Row]:
     acc = {"ntp": {s: [] for s in sizes}, "mlm_u": {s: [] for s in sizes}}
     secs = {"ntp": 0.0, "mlm_u": 0.0}
     speed, curves, se = [], {}, {f: [] for f in SE_FRACTIONS} if not quick else {}
+    star_row = _star_row(quick, seeds)
     for size in sizes:
         d, test, vocab, T = _data(size, n_train, n_test)
         for seed in seeds:
@@ -292,7 +335,39 @@ def run(quick: bool) -> list[Row]:
                          f"(per step: NTP {secs['ntp'] / (len(seeds) * len(sizes) * steps):.3f} s, "
                          f"MLM-U {secs['mlm_u'] / (len(seeds) * len(sizes) * steps):.3f} s; "
                          f"sample-efficiency runs not counted)"))
-    return rows
+    return [star_row] + rows
+
+
+def _star_row(quick: bool, seeds) -> Row:
+    """The star-graph diagnostic: NTP's teacher-forced failure (a coin flip at the centre, accuracy near
+    1/degree) against MLM-U on the same graphs, models, optimiser and steps."""
+    steps = QUICK_STAR_STEPS if quick else STAR_STEPS
+    n_train, n_test = (QUICK_STAR_N_TRAIN, QUICK_STAR_N_TEST) if quick else (STAR_N_TRAIN, STAR_N_TEST)
+    d, test, V, T = _star_data(n_train, n_test)
+    acc = {"ntp": [], "mlm_u": []}
+    secs = {"ntp": 0.0, "mlm_u": 0.0}
+    for seed in seeds:
+        for arm in ("ntp", "mlm_u"):
+            params, cfg, t, _ = _train(arm, None, d, test, T, V, steps, seed, len(d["seq"]), batch=STAR_BATCH)
+            secs[arm] += t
+            acc[arm].append(_accuracy(params, cfg, arm, test, len(test["seq"])))
+            print(f"star graphs seed {seed} {arm}: acc {acc[arm][-1]:.3f} ({t:.0f} s training)", flush=True)
+    learned = all(max(a, b) > STAR_LEARNED for a, b in zip(acc["ntp"], acc["mlm_u"]))
+    v = RULE_STAR.verdict(acc["mlm_u"], acc["ntp"], seeds=seeds)
+    mean = lambda x: round(sum(x) / len(x), 4)  # noqa: E731
+    return Row(pid="P8", claim_id="star-graph",
+               claim="MLM-U solves star-graph path finding where teacher-forced NTP stays near 1/degree",
+               setting=(f"star graphs degree {STAR['degree']}, {STAR['path_length']} nodes per arm (centre "
+                        f"included), {STAR['num_nodes']} labels, source at the centre; {n_train} training / {n_test} "
+                        f"held-out graphs; d={D_MODEL}, MLM-U {ENC}+{DEC} layers vs NTP {NTP_LAYERS} layers; AdamW lr "
+                        f"{LR}, batch {STAR_BATCH}, {steps} steps; seeds {list(seeds)}"),
+               baseline_name="NTP 6-layer causal", baseline_value=mean(acc["ntp"]), method_value=mean(acc["mlm_u"]),
+               metric=f"greedy exact-path accuracy (higher is better); verdict on {RULE_STAR.metric} > {STAR_MARGIN}",
+               verdict=v.status if learned else "inconclusive",
+               note=(f"per seed NTP {[round(x, 3) for x in acc['ntp']]}, MLM-U {[round(x, 3) for x in acc['mlm_u']]}; "
+                     f"1/degree = {1 / STAR['degree']:.2f}; training s: NTP {secs['ntp']:.0f}, MLM-U "
+                     f"{secs['mlm_u']:.0f}" + ("" if learned else f"; inconclusive: some seed has neither model above "
+                                                             f"{STAR_LEARNED} (too little training to judge)")))
 
 
 if __name__ == "__main__":
