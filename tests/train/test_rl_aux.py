@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -129,3 +131,29 @@ def test_bad_aux_and_prepare_errors():
         rl_train(model(), CountTarget(), RL, eos_id=EOS, prepare=overwrite)
     with pytest.raises(ValueError, match="prepare must be callable"):
         rl_train(model(), CountTarget(), RL, eos_id=EOS, prepare=5)
+
+
+def test_swapped_objective_plug_points_reproduce_the_grpo_loop_and_rloo_is_passed_through():
+    """strategy / arrays / loss / logp given as the defaults they replace (plain sampling, GRPO's loss, token
+    log-probs, an unused extra array) reproduce the plain run bit for bit; RLConfig.rloo reaches the advantages."""
+    from tokjax.decoding import Sampling
+    from tokjax.losses import token_stats
+
+    cfg = dataclasses.replace(RL, scale="none", rloo=True)
+    base, base_hist = rl_train(model(), CountTarget(), cfg, eos_id=EOS)
+    seen = []
+
+    def arrays(out, width):
+        seen.append(width)
+        return {"unused": np.zeros(len(out.tokens), np.float32)}
+
+    got, hist = rl_train(model(), CountTarget(), cfg, eos_id=EOS, strategy=Sampling(), arrays=arrays,
+                         loss=make_grpo_loss(), logp=lambda p, c, b: token_stats(p, c, b).logp)
+    assert seen == [RL.max_prompt_len + RL.max_new_tokens] * RL.steps
+    assert _leaves_equal(got.params, base.params) and [h["loss"] for h in hist] == [h["loss"] for h in base_hist]
+    group, _ = rl_train(model(), CountTarget(), RL, eos_id=EOS)
+    assert not _leaves_equal(group.params, base.params)  # group-std vs RLOO advantages differ
+    with pytest.raises(ValueError, match="replaces the GRPO objective"):
+        rl_train(model(), CountTarget(), cfg, loss=make_grpo_loss(), aux=lambda *a: (0.0, {}))
+    with pytest.raises(ValueError, match="extra batch arrays"):
+        rl_train(model(), CountTarget(), cfg, eos_id=EOS, arrays=lambda out, width: {"tokens": out.tokens})

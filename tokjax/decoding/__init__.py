@@ -27,6 +27,8 @@
   greedy infill of prompt + output + sentinel, keep the first k tokens, repeat; ``PrefixLM`` is the strategy.
 * :func:`~tokjax.decoding.soft_thinking.soft_thinking` (P72): thinking steps feed a probability-weighted mixture
   of embeddings ("concept token") to the next step; Cold Stop; discrete decoding after thinking.
+* :func:`~tokjax.decoding.soft_tokens.soft_tokens` (P37): RL rollouts with soft / fuzzy chain-of-thought inputs
+  softmax(z / tau) E + sigma N(0, I), recording what the ``soft_tokens`` loss needs; hard answer tokens.
 * :func:`~tokjax.decoding.think_at_hard.think_at_hard` (P58): a decider picks hard tokens for a second, latent
   iteration with LoRA on (duo-causal attention, iteration-keyed cache); registers losses ``tah`` and ``tah_decider``.
 """
@@ -55,6 +57,7 @@ from tokjax.decoding.r2r import (
 )
 from tokjax.decoding.sap import PrefixLM, SAPOutput, infill, prefix_lm, sap
 from tokjax.decoding.soft_thinking import SoftThinking, soft_thinking
+from tokjax.decoding.soft_tokens import SoftTokens, rollout_arrays, soft_tokens
 from tokjax.decoding.think_at_hard import (
     DeciderFeatures, ThinkAtHard, apply_decider, decider_features, decider_loss, duo_causal_mask, init_decider,
     oracle_labels, soft_input, tah_logits, tah_loss, think_at_hard,
@@ -65,7 +68,7 @@ from tokjax.decoding.navigation import (
 )
 
 __all__ = [
-    "Insertion", "insertion", "SoftThinking", "soft_thinking",
+    "Insertion", "insertion", "SoftThinking", "soft_thinking", "SoftTokens", "rollout_arrays", "soft_tokens",
     "DeciderFeatures", "ThinkAtHard", "apply_decider", "decider_features", "decider_loss", "duo_causal_mask",
     "init_decider", "oracle_labels", "soft_input", "tah_logits", "tah_loss", "think_at_hard",
     "R2R", "DivergenceData", "RouterFeatures", "apply_router", "divergence_data", "init_router", "r2r", "recall_threshold",

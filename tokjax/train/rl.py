@@ -27,7 +27,12 @@ stats are computed on the prepared batch) and ``aux(params, cfg, batch, stats) -
 (a differentiable term added to the GRPO loss in every inner step, e.g. LaSeR's self-reward MSE;
 ``stats`` is the same forward's TokenStats before the transforms; ``aux.requires`` may name extra
 TokenStats fields, ``"hidden"`` / ``"entropy"``). ``aux=None`` and ``prepare=None`` run the plain loop
-bit for bit. ``RLConfig`` holds
+bit for bit. A method whose rollouts are not plain token samples (P37's soft chains of thought) swaps the
+objective whole: ``strategy`` (the ``tokjax.generate`` Strategy that draws the rollouts) with
+``arrays(out, width) -> dict`` (per-row arrays it recorded, added to every loss batch), ``loss`` (the
+registered loss that replaces GRPO's) and ``logp(params, cfg, batch) -> [B, W-1]`` (the log-likelihood
+``old_logp`` / ``ref_logp`` come from; default the token log-probs). ``RLConfig.rloo`` centres each
+rollout on the other rollouts of its group. ``RLConfig`` holds
 the hyperparameters; every array the loss reads is a runtime value, so steps do not recompile
 (rollout widths are padded to ``max_prompt_len + max_new_tokens``).
 """
@@ -89,6 +94,7 @@ class RLConfig:
     reduction: str = "token_mean"
     denominator: str = "valid"
     scale: str = "group"
+    rloo: bool = False
     mask_truncated: bool = False
     trainable: tuple[str, ...] | None = None
     seed: int = 0
@@ -126,7 +132,8 @@ class Rollouts:
 
     ``tokens`` [B, W] (prompt then completion, padded), ``prompt_lengths`` / ``lengths`` [B],
     ``truncated`` [B] (the row hit ``max_new_tokens`` without an eos), ``completions`` (each row's
-    completion ids), ``answers`` (one per row), ``rewards`` / ``format_ok`` once scored.
+    completion ids), ``answers`` (one per row), ``rewards`` / ``format_ok`` once scored, ``arrays``
+    (per-row arrays a custom rollout strategy recorded, e.g. the fed embeddings; None for plain sampling).
     """
 
     tokens: np.ndarray
@@ -138,20 +145,24 @@ class Rollouts:
     group_size: int
     rewards: np.ndarray | None = None
     format_ok: np.ndarray | None = None
+    arrays: dict | None = None
 
 
 def rollout(model: Model, prompts: Sequence[Sequence[int]], answers: Sequence[Any], *, key, group_size: int,
             max_new_tokens: int, temperature: float = 1.0, eos_id=None, stop=None, tokenizer=None,
-            width: int | None = None) -> Rollouts:
+            width: int | None = None, strategy=None, arrays: Callable | None = None) -> Rollouts:
     """Returns ``group_size`` sampled completions of every prompt (prompt-major), from :func:`tokjax.generate`.
 
     ``width`` pads the token array to a fixed [B, width] (so the train step compiles once); it must
-    hold the longest prompt plus ``max_new_tokens``.
+    hold the longest prompt plus ``max_new_tokens``. ``strategy``: the generate Strategy that draws them
+    (default plain sampling); ``arrays(out, width) -> dict`` reads the per-row arrays it recorded into
+    ``Rollouts.arrays``.
     """
     if len(prompts) != len(answers):
         raise ValueError(f"got {len(prompts)} prompts but {len(answers)} answers")
     out = generate(model, [list(p) for p in prompts], key=key, n=group_size, max_new_tokens=max_new_tokens,
-                   logits=temperature_transform(temperature), eos_id=eos_id, stop=stop, tokenizer=tokenizer)
+                   logits=temperature_transform(temperature), eos_id=eos_id, stop=stop, tokenizer=tokenizer,
+                   strategy=strategy)
     tokens = np.asarray(out.tokens)
     if width is not None:
         if tokens.shape[1] > width:
@@ -165,7 +176,19 @@ def rollout(model: Model, prompts: Sequence[Sequence[int]], answers: Sequence[An
                           for n, c in zip(new, completions)], bool)
     return Rollouts(tokens=tokens, prompt_lengths=np.asarray(out.prompt_lengths), lengths=np.asarray(out.lengths),
                     truncated=truncated, completions=completions,
-                    answers=[a for a in answers for _ in range(group_size)], group_size=group_size)
+                    answers=[a for a in answers for _ in range(group_size)], group_size=group_size,
+                    arrays=None if arrays is None else _rollout_arrays(arrays, out, width, len(tokens)))
+
+
+def _rollout_arrays(arrays: Callable, out, width, rows: int) -> dict:
+    got = arrays(out, width)
+    if not isinstance(got, dict) or any(k in got for k in ("tokens", "prompt_lengths", "lengths", "mask")):
+        raise ValueError("arrays(out, width) must return a dict of extra batch arrays (not tokens, prompt_lengths, "
+                         f"lengths or mask), got {type(got).__name__} {sorted(got) if isinstance(got, dict) else ''}")
+    for k, v in got.items():
+        if np.ndim(v) and np.shape(v)[0] != rows:
+            raise ValueError(f"arrays()[{k!r}] has {np.shape(v)[0]} rows, the rollouts {rows}")
+    return {k: jnp.asarray(v) for k, v in got.items()}
 
 
 def rollout_batch(r: Rollouts, *, mask_truncated: bool = False, keep: np.ndarray | None = None) -> dict:
@@ -178,7 +201,8 @@ def rollout_batch(r: Rollouts, *, mask_truncated: bool = False, keep: np.ndarray
         rows &= np.asarray(keep, bool)
     W = r.tokens.shape[1]
     return {"tokens": jnp.asarray(r.tokens, jnp.int32), "prompt_lengths": jnp.asarray(r.prompt_lengths, jnp.int32),
-            "lengths": jnp.asarray(r.lengths, jnp.int32), "mask": jnp.asarray(np.repeat(rows[:, None], W - 1, 1))}
+            "lengths": jnp.asarray(r.lengths, jnp.int32), "mask": jnp.asarray(np.repeat(rows[:, None], W - 1, 1)),
+            **(r.arrays or {})}
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -189,6 +213,11 @@ def _stats(params, cfg, batch):  # what a ``shape`` plug-in reads: one compiled 
 @functools.partial(jax.jit, static_argnums=1)
 def _logp(params, cfg, batch):
     return jax.lax.stop_gradient(token_stats(params, cfg, batch).logp)
+
+
+@functools.lru_cache(maxsize=16)
+def _jit_logp(logp: Callable) -> Callable:
+    return jax.jit(lambda params, cfg, batch: jax.lax.stop_gradient(logp(params, cfg, batch)), static_argnums=1)
 
 
 _AUX_FIELDS = ("hidden", "entropy")
@@ -262,6 +291,8 @@ def _prepared(prepare, r: Rollouts, batch: dict) -> dict:
 def rl_train(model: Model, task: RLTask, config: RLConfig = RLConfig(), *, transforms: Sequence = (),
              reference: Model | None = None, shape: Callable | None = None, select: Callable | None = None,
              aux: Callable | None = None, prepare: Callable | None = None,
+             strategy=None, arrays: Callable | None = None, loss: Callable | None = None,
+             logp: Callable | None = None,
              eos_id=None, stop=None, tokenizer=None, progress: bool = False,
              callback: Callable | None = None) -> tuple[Model, list[dict]]:
     """Returns (the trained Model, per-step history) of GRPO/DAPO on ``task`` (steps in the module docstring).
@@ -271,7 +302,8 @@ def rl_train(model: Model, task: RLTask, config: RLConfig = RLConfig(), *, trans
     ``truncated``, ``zero_adv_groups``, the loss metrics of the last inner step, ``seconds``.
     ``callback(step, model, row)`` runs after every step with the updated Model (e.g. a held-out
     evaluation; whatever it returns is ignored and its time is not in ``seconds``).
-    ``prepare`` / ``aux``: see the module docstring (None: the plain GRPO loop, bit for bit).
+    ``prepare`` / ``aux`` / ``strategy``, ``arrays``, ``loss``, ``logp``: see the module docstring (None: the
+    plain GRPO loop, bit for bit).
     """
     if not isinstance(config, RLConfig):
         raise ValueError(f"config must be an RLConfig, got {type(config).__name__}")
@@ -286,7 +318,16 @@ def rl_train(model: Model, task: RLTask, config: RLConfig = RLConfig(), *, trans
     state = init_state(cfg, optimizer, config.seed, params=model.params)
     options = dict(eps_low=config.eps_low, eps_high=config.eps_high, beta=config.beta, reduction=config.reduction,
                    denominator=config.denominator, transforms=tuple(transforms))
-    loss_fn = make_grpo_loss(**options) if aux is None else make_aux_loss(aux, **options)
+    if loss is not None and (aux is not None or transforms):
+        raise ValueError("loss= replaces the GRPO objective whole; give aux / transforms to the GRPO loss, not with it")
+    for name, fn in (("loss", loss), ("logp", logp), ("arrays", arrays)):
+        if fn is not None and not callable(fn):
+            raise ValueError(f"{name} must be callable, got {type(fn).__name__}")
+    if loss is None:
+        loss_fn = make_grpo_loss(**options) if aux is None else make_aux_loss(aux, **options)
+    else:
+        loss_fn = loss
+    old_logp = _logp if logp is None else _jit_logp(logp)
     if prepare is not None and not callable(prepare):
         raise ValueError(f"prepare must be callable (rollouts, batch) -> batch, got {type(prepare).__name__}")
     step_fn = make_train_step(cfg, optimizer, loss_fn, trainable=tc.trainable, donate=False)
@@ -301,7 +342,7 @@ def rl_train(model: Model, task: RLTask, config: RLConfig = RLConfig(), *, trans
             raise ValueError(f"a prompt is longer than RLConfig.max_prompt_len={config.max_prompt_len}")
         r = rollout(Model(params=state.params, cfg=cfg), prompts, answers, key=jax.random.fold_in(key, step),
                     group_size=G, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                    eos_id=eos_id, stop=stop, tokenizer=tokenizer, width=width)
+                    eos_id=eos_id, stop=stop, tokenizer=tokenizer, width=width, strategy=strategy, arrays=arrays)
         rewards, fmt = task.reward(r.completions, r.answers)
         r.rewards, r.format_ok = np.asarray(rewards, np.float32), np.asarray(fmt, bool)
         if r.rewards.shape != (len(r.tokens),):
@@ -310,10 +351,10 @@ def rl_train(model: Model, task: RLTask, config: RLConfig = RLConfig(), *, trans
         batch = rollout_batch(r, mask_truncated=config.mask_truncated)
         if prepare is not None:
             batch = _prepared(prepare, r, batch)
-        batch["old_logp"] = _logp(state.params, cfg, batch)
+        batch["old_logp"] = old_logp(state.params, cfg, batch)
         if reference is not None:
-            batch["ref_logp"] = _logp(reference.params, reference.cfg, batch)
-        adv = group_advantages(r.rewards, G, scale=config.scale)
+            batch["ref_logp"] = old_logp(reference.params, reference.cfg, batch)
+        adv = group_advantages(r.rewards, G, scale=config.scale, rloo=config.rloo)
         if shape is not None:
             adv = jnp.asarray(shape(r, _stats(state.params, cfg, batch)), jnp.float32)
         if select is not None:
