@@ -42,6 +42,11 @@ from tokjax.analysis.pawn import (
     PawnFeatures, apply_pawn, init_pawn, pawn_batch_fn, pawn_features, pawn_features_batched, pawn_loss,
     pawn_norm_stats, pawn_weights, uniform_gate,
 )
+from tokjax.analysis.pils import (  # P4; registers "pils"
+    FeaturePrefixLM, alr_features, alr_head_matrix, alr_relative_residual, fit_alr_map, greedy_completions,
+    init_inverter, invert, logprob_sequence, logprob_sequences, make_pils_loss, pils_loss, project_features,
+    recover_hidden, teacher_forced_exact, vocab_subset,
+)
 from tokjax.analysis.patching import capture, head_ablation_hooks, patch
 from tokjax.analysis.reagent import reagent
 from tokjax.analysis.sae import (
@@ -80,6 +85,9 @@ __all__ = [
     "mixing_logits", "controlled_logits", "k_epsilon", "reachable", "reachable_set",
     "PawnFeatures", "apply_pawn", "init_pawn", "pawn_batch_fn", "pawn_features", "pawn_features_batched", "pawn_loss",
     "pawn_norm_stats", "pawn_weights", "uniform_gate",
+    "FeaturePrefixLM", "alr_features", "alr_head_matrix", "alr_relative_residual", "fit_alr_map", "greedy_completions",
+    "init_inverter", "invert", "logprob_sequence", "logprob_sequences", "make_pils_loss", "pils_loss",
+    "project_features", "recover_hidden", "teacher_forced_exact", "vocab_subset",
     "ATTRIBUTIONS", "ablated_accuracy", "attention_importance", "attribute", "binary_entropy", "capture",
     "chunk_text", "effective_embeddings", "gradient_norm", "head_ablation_hooks", "head_ov_logits",
     "input_x_gradient", "integrated_gradients", "leave_one_out", "model_bits_per_byte", "patch",
