@@ -25,7 +25,7 @@ from tokjax.model.sharding import KV_CACHE
 
 __all__ = [
     "DecodeState", "DecodeStats", "TokenLogprobs", "StopSequences", "Strategy", "KV_CACHE", "commit", "check_like",
-    "ends_greedy", "unstacked_param_axes", "eos_tuple", "sample_and_commit",
+    "ends_greedy", "unstacked_param_axes", "eos_tuple", "sample_and_commit", "commit_one",
 ]
 
 
@@ -376,9 +376,17 @@ def sample_and_commit(state: DecodeState, raw_logits: jax.Array, transform: Logi
     logits, logit_state = transform.apply(raw_logits, state.logit_state, state.context())
     key, sub = jax.random.split(state.key)
     tok, sstats = sample(sub, logits, greedy=ends_greedy(transform))
-    counts = jnp.where(sstats.all_masked, 0, 1).astype(jnp.int32)
+    return commit_one(state, tok, logits, sstats.all_masked, eos_id, logit_state=logit_state, key=key, **fields)
+
+
+def commit_one(state: DecodeState, tok: jax.Array, logits: jax.Array, masked: jax.Array, eos_id,
+               **fields: Any) -> DecodeState:
+    """Returns the state after committing one chosen token per row, ``tok`` [B] drawn from ``logits`` [B, V]:
+    one target call counted, ``fields`` set, :func:`commit`; rows with ``masked`` [B] (every token banned)
+    commit nothing, are counted in ``stats.masked_rows`` and stop."""
+    counts = jnp.where(masked, 0, 1).astype(jnp.int32)
     stats = state.stats.replace(forward_calls=state.stats.forward_calls + 1,
-                                masked_rows=state.stats.masked_rows | (sstats.all_masked & ~state.done))
-    state = state.replace(logit_state=logit_state, key=key, stats=stats, **fields)
+                                masked_rows=state.stats.masked_rows | (masked & ~state.done))
+    state = state.replace(stats=stats, **fields)
     state = commit(state, tok[:, None], counts, eos_id, logits=logits[:, None])
-    return state.replace(done=state.done | sstats.all_masked)
+    return state.replace(done=state.done | masked)

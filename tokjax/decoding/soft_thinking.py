@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from tokjax.decoding._state import DecodeState, Strategy, commit, ends_greedy, eos_tuple
+from tokjax.decoding._state import DecodeState, Strategy, commit_one, ends_greedy, eos_tuple
 from tokjax.logits import (
     LogitContext, LogitTransform, as_rows, chain, check_range, entropy, hparam, masked_softmax, sample,
 )
@@ -194,7 +194,6 @@ class SoftThinking(Strategy):
 
         tok = jnp.where(thinking, tok_think, tok_answer)
         chosen = jnp.where(thinking[:, None], z_think, z_answer)
-        counts = jnp.where(masked, 0, 1).astype(jnp.int32)
         extra = ex.replace(
             thinking=ex.thinking & ~leaving,
             soft_input=thinking & ~leaving,
@@ -204,11 +203,8 @@ class SoftThinking(Strategy):
             cold_stopped=ex.cold_stopped | cold,
             filter_state=filter_state,
         )
-        stats = state.stats.replace(forward_calls=state.stats.forward_calls + 1,
-                                    masked_rows=state.stats.masked_rows | (masked & ~state.done))
-        state = state.replace(cache=out.cache, logit_state=logit_state, key=key, stats=stats, extra=extra)
-        state = commit(state, tok[:, None], counts, eos_id, logits=chosen[:, None])
-        return state.replace(done=state.done | masked)
+        return commit_one(state, tok, chosen, masked, eos_id, cache=out.cache, logit_state=logit_state, key=key,
+                          extra=extra)
 
     def finalize(self, state: DecodeState) -> dict:
         ex: SoftThinkingState = state.extra

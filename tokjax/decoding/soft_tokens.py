@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from tokjax.decoding._state import DecodeState, Strategy, commit, ends_greedy, eos_tuple
+from tokjax.decoding._state import DecodeState, Strategy, commit_one, ends_greedy, eos_tuple
 from tokjax.logits import LogitTransform, as_rows, hparam, masked_log_softmax, sample
 from tokjax.losses.soft_tokens import (
     FUZZY_TAU, KIND_HARD, KIND_NONE, KIND_SOFT, SOFT_TAU, check_noise_scale, gaussian_log_density, soft_input,
@@ -143,12 +143,8 @@ class SoftTokens(Strategy):
             cot_tokens=ex.cot_tokens + thinking.astype(jnp.int32),
         )
         chosen = jnp.where(thinking[:, None], z / ex.tau[:, None], z_answer)
-        counts = jnp.where(masked, 0, 1).astype(jnp.int32)
-        stats = state.stats.replace(forward_calls=state.stats.forward_calls + 1,
-                                    masked_rows=state.stats.masked_rows | (masked & ~state.done))
-        state = state.replace(cache=out.cache, logit_state=logit_state, key=key, stats=stats, extra=extra)
-        state = commit(state, tok[:, None], counts, eos_id, logits=chosen[:, None])
-        return state.replace(done=state.done | masked)
+        return commit_one(state, tok, chosen, masked, eos_id, cache=out.cache, logit_state=logit_state, key=key,
+                          extra=extra)
 
     def finalize(self, state: DecodeState) -> dict:
         ex: SoftTokensState = state.extra
