@@ -50,3 +50,24 @@ def machine() -> str:
     except OSError:
         pass
     return f"{name}, {os.cpu_count()} cores"
+
+
+def time_train_steps(step: Callable, state: Any, batches: list, steps: int) -> tuple[float, float]:
+    """Returns (compile seconds, median seconds per step) of a jitted ``step(state, batch) -> (state, metrics)``:
+    the first call (compile + run), one warm step outside the timing, then ``steps`` timed steps cycling through
+    ``batches``."""
+    import jax
+
+    t = time.perf_counter()
+    state, m = step(state, batches[0])
+    jax.block_until_ready(m)
+    compile_s = time.perf_counter() - t
+    state, m = step(state, batches[1 % len(batches)])
+    jax.block_until_ready(m)
+    times = []
+    for i in range(steps):
+        t = time.perf_counter()
+        state, m = step(state, batches[i % len(batches)])
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - t)
+    return compile_s, float(np.median(times))

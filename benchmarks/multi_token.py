@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import machine, time_train_steps  # noqa: E402
 
 ARMS = ("next_token", "caft", "ftp", "mlm_u")
 
@@ -80,20 +79,9 @@ def bench_arm(name: str, cfg, batch_size: int, seq_len: int, steps: int) -> dict
     mem = step.lower(state, batches[0]).compile().memory_analysis()
     peak = None if mem is None else int(mem.argument_size_in_bytes + mem.output_size_in_bytes
                                          + mem.temp_size_in_bytes - mem.alias_size_in_bytes)
-    t = time.perf_counter()
-    state, m = step(state, batches[0])
-    jax.block_until_ready(m)
-    compile_s = time.perf_counter() - t
-    state, m = step(state, batches[1])
-    jax.block_until_ready(m)
-    times = []
-    for i in range(steps):
-        t = time.perf_counter()
-        state, m = step(state, batches[i % 3])
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t)
+    compile_s, step_s = time_train_steps(step, state, batches, steps)
     return {"arm": name, "params": int(sum(x.size for x in jax.tree.leaves(params))), "compile_s": compile_s,
-            "step_ms": 1e3 * float(np.median(times)), "peak_bytes": peak}
+            "step_ms": 1e3 * step_s, "peak_bytes": peak}
 
 
 def main(argv=None) -> int:

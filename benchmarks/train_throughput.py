@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, timeit  # noqa: E402
+from _common import machine, time_train_steps, timeit  # noqa: E402
 
 
 def matmul_peak(n: int, repeats: int) -> float:
@@ -55,8 +54,6 @@ def model_flops_per_token(cfg, seq_len: int) -> float:
 
 def bench_model(name: str, cfg, batch_size: int, seq_len: int, steps: int) -> dict:
     """Returns timing and FLOP figures of ``steps`` jitted train steps of ``cfg``."""
-    import jax
-
     from tokjax.train import TrainConfig, init_state, make_optimizer, make_train_step
 
     tc = TrainConfig(total_steps=1000, warmup_steps=10, batch_size=batch_size, seq_len=seq_len)
@@ -67,19 +64,7 @@ def bench_model(name: str, cfg, batch_size: int, seq_len: int, steps: int) -> di
     batches = [
         {"tokens": rng.integers(0, cfg.vocab_size, (batch_size, seq_len + 1)).astype(np.int32)} for _ in range(4)
     ]
-    t = time.perf_counter()
-    state, m = step(state, batches[0])
-    jax.block_until_ready(m)
-    compile_s = time.perf_counter() - t
-    state, m = step(state, batches[1])  # one warm step outside the timing
-    jax.block_until_ready(m)
-    times = []
-    for i in range(steps):
-        t = time.perf_counter()
-        state, m = step(state, batches[i % 4])
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t)
-    step_s = float(np.median(times))
+    compile_s, step_s = time_train_steps(step, state, batches, steps)
     tokens = batch_size * seq_len
     fpt = model_flops_per_token(cfg, seq_len)
     return {
