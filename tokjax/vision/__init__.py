@@ -16,10 +16,14 @@
 * :mod:`tokjax.vision.flow` -- continuous tokens: MAR's flow head, rectified-flow loss and sampler (traced step
   count), time conditioning at the residual hooks, and continuous raster AR as a ``tokjax.generate`` Strategy.
 * :mod:`tokjax.vision.xar` -- P10 xAR (next-entity prediction with noisy context on the flow foundation).
+* :mod:`tokjax.vision.mar` -- masked-set continuous AR (MAR) on the shared forward: random order, cosine fill
+  schedule, flow head per filled token, as a ``tokjax.generate`` Strategy (``tokjax.vision.mar.mar(...)``; the
+  package attribute ``mar`` is the module).
+* :mod:`tokjax.vision.disa` -- P19 DiSA (inner flow steps annealed over the AR steps, the official arithmetic).
 * :mod:`tokjax.vision.tokenflex` -- P61 TokenFLEX (a captioner whose visual prefix is pooled to any n x n tokens).
 """
 
-from tokjax.vision import flow, image_lm, nar, nbp, orders, quality, token_shuffle, tokenflex, tokenizers, xar
+from tokjax.vision import disa, flow, image_lm, mar, nar, nbp, orders, quality, token_shuffle, tokenflex, tokenizers, xar
 from tokjax.vision.image_lm import (
     CanvasDecodeState, CanvasStrategy, ImageDecodeState, ImageSamples, ImageStrategy, ImageVocab, NextTokenCFG, image_batch, image_batch_fn,
     next_token_cfg, sample_images, sequence_positions,
@@ -52,7 +56,12 @@ from tokjax.vision.flow import (
 )
 from tokjax.vision.xar import (
     XarLayout, XarSamples, make_xar_loss, xar_batch_fn, xar_init, xar_layout, xar_loss, xar_positions, xar_ranks,
-    xar_sample, xar_velocity,
+    xar_sample, xar_velocity, XarDecode, xar_decode,
+)
+from tokjax.vision.disa import ARITHMETIC, SCHEDULES, disa_steps, head_evals, inner_steps
+from tokjax.vision.mar import (
+    ATTENTION, FILLS, MAR, MarDecodeState, MarSamples, make_mar_loss, mar_fill_counts, mar_hidden, mar_init,
+    mar_loss, mar_masked_counts, sample_mar,
 )
 from tokjax.vision.tokenizers import VQ, PixelQuantizer, codebook_usage, patchify, train_vq, unpatchify
 
@@ -77,5 +86,8 @@ __all__ = [
     "flow_head_init", "flow_head_loss", "flow_loss", "flow_sample", "flow_update", "flow_velocity", "make_flow_loss",
     "sample_continuous", "time_embed", "time_embed_init",
     "xar", "XarLayout", "XarSamples", "make_xar_loss", "xar_batch_fn", "xar_init", "xar_layout", "xar_loss",
-    "xar_positions", "xar_ranks", "xar_sample", "xar_velocity",
+    "xar_positions", "xar_ranks", "xar_sample", "xar_velocity", "XarDecode", "xar_decode",
+    "disa", "ARITHMETIC", "SCHEDULES", "disa_steps", "head_evals", "inner_steps",
+    "mar", "ATTENTION", "FILLS", "MAR", "MarDecodeState", "MarSamples", "make_mar_loss", "mar_fill_counts",
+    "mar_hidden", "mar_init", "mar_loss", "mar_masked_counts", "sample_mar",
 ]

@@ -1,0 +1,74 @@
+"""The 16 x 16 glyph protocol of the continuous-token experiments (P10 xAR, P19 DiSA): 2 x 2 pixel patches as
+64 continuous 4-dim tokens, the glyph data, the FD / class-consistency quality measures on the shared classifier
+(``experiments._vision``'s protocol: floor, bootstrap SE), and the 2-layer d = 64 backbone config."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from experiments import _vision as V
+
+SIZE, PATCH, CLASSES = 16, 2, 10
+GRID = SIZE // PATCH
+
+
+def to_tokens(images) -> np.ndarray:
+    """[N, 16, 16] in [0, 1] -> float32 [N, 64, 4]: 2x2 patches in raster order, scaled to [-1, 1]."""
+    x = np.asarray(images, np.float32) * 2.0 - 1.0
+    n = x.shape[0]
+    return x.reshape(n, GRID, PATCH, GRID, PATCH).transpose(0, 1, 3, 2, 4).reshape(n, GRID * GRID, PATCH * PATCH)
+
+
+def to_images(tokens) -> np.ndarray:
+    t = np.asarray(tokens, np.float32).reshape(-1, GRID, GRID, PATCH, PATCH).transpose(0, 1, 3, 2, 4)
+    return np.clip((t.reshape(-1, SIZE, SIZE) + 1.0) / 2.0, 0.0, 1.0)
+
+
+@functools.lru_cache(maxsize=None)
+def glyph_set(n: int, seed: int):
+    from tokjax.data import glyphs
+
+    g = glyphs(n, size=SIZE, seed=seed)
+    return np.asarray(g.images, np.float32), np.asarray(g.labels)
+
+
+@functools.lru_cache(maxsize=None)
+def classifier():
+    from tokjax.train.recipes.vision_classifier import train_classifier
+
+    x, y = glyph_set(V.CLF_N, V.CLF_SEED)
+    return train_classifier(x, y, steps=V.CLF_STEPS, seed=0, num_classes=CLASSES)
+
+
+def features(images) -> np.ndarray:
+    from tokjax.vision.quality import classifier_features
+
+    return np.asarray(classifier_features(classifier(), np.asarray(images, np.float32)), np.float64)
+
+
+@functools.lru_cache(maxsize=None)
+def _ref() -> np.ndarray:
+    return features(glyph_set(V.REF_N, V.REF_SEED)[0])
+
+
+def fd_with_se(images) -> tuple[float, float]:
+    from tokjax.metrics.frechet import bootstrap_se, frechet_distance
+
+    f = features(images)
+    return float(frechet_distance(f, _ref())), float(bootstrap_se(frechet_distance, f, _ref(), n_boot=50))
+
+
+def quality(images, labels, passes: int, head_evals: int, seconds: float) -> dict:
+    from tokjax.vision.quality import class_consistency
+
+    fd, se = fd_with_se(images)
+    cc = float(class_consistency(classifier(), np.asarray(images, np.float32), np.asarray(labels)))
+    return {"fd": fd, "se": se, "consistency": cc, "passes": passes, "head_evals": head_evals, "seconds": seconds}
+
+
+def model_config():
+    from tokjax.model import ModelConfig
+
+    return ModelConfig(vocab_size=CLASSES + 1, d_model=64, n_layers=2, n_heads=4, max_len=1 + GRID * GRID)
