@@ -335,8 +335,14 @@ _ENTRIES: tuple[Entry, ...] = (
        'RESULTS-quick.md): no full-run verdict yet (30 prompts x 3 seeds did not fit this round\'s CPU budget)',
        status='implemented', test='tests/analysis/test_reagent.py'),
     _e(19, 'DiSA: Diffusion Step Annealing in Autoregressive Image Generation',
-       'vision', 'tokjax.vision.disa', ('disa',),
-       'anneal inner diffusion steps over the AR sequence'),
+       'vision', 'tokjax.vision.disa', ('inner_steps', 'disa_steps', 'head_evals'),
+       'inner flow steps T(s) annealed over the AR steps (linear / cosine / two-stage / constant, the official MAR '
+       'diffloss.py and xAR xar.py integer arithmetic, checked against transliterations), a host table passed as the '
+       'runtime steps schedule of tokjax.vision.mar.MAR (masked-set continuous AR on the shared forward, registered '
+       'loss "mar"), continuous raster AR or xAR; head evals = sum_s T(s)|fill_s|. Quick run only (both models '
+       'undertrained, every DiSA gap within about one bootstrap SE); linear 50->5 needs under half the head evals '
+       'of T=50 on MAR (the paper\'s 5-10x is against T=100)',
+       status='implemented'),
     _e(20, 'An Early FIRST Reproduction and Improvements to Single-Token Decoding for Fast Listwise Reranking',
        'decoding', 'tokjax.decoding.first_rerank', ('first_rerank', 'permutation_rerank', 'rerank_prompt'),
        'listwise reranking from the identifier logits after the answer\'s opening "[" (one forward per window, '
