@@ -548,10 +548,20 @@ def sample_continuous(model: Model, strategy: ContinuousAR, labels: Any, key: ja
                       num_classes: int) -> ContinuousSamples:
     """Returns :class:`ContinuousSamples` for class ``labels`` [N] (ints in [0, num_classes)), decoded by
     ``strategy`` through :func:`tokjax.generate` (guided strategies add one null-class row per image)."""
-    if not isinstance(model, Model):
-        raise ValueError(f"model must be a tokjax Model (params + cfg), got {type(model).__name__}")
     if not isinstance(strategy, ContinuousAR):
         raise ValueError(f"strategy must be a ContinuousAR (continuous_ar(...)), got {type(strategy).__name__}")
+    return ContinuousSamples(*generate_class_conditional(model, strategy, labels, key, num_classes=num_classes,
+                                                         ar_steps=strategy.length))
+
+
+def generate_class_conditional(model: Model, strategy: Any, labels: Any, key: jax.Array, *, num_classes: int,
+                               ar_steps: int) -> tuple[np.ndarray, dict]:
+    """Returns (tokens [N, ...], generate's stats): ``strategy`` (a continuous-token Strategy whose
+    ``persistent_state`` is the sampled canvas) run by :func:`tokjax.generate` for ``ar_steps`` AR steps from a
+    one-token prompt per image, the class id (``strategy.guided`` adds one null-class row, id ``num_classes``,
+    per image). Raises ValueError for labels outside [0, num_classes) or a vocabulary without the null class."""
+    if not isinstance(model, Model):
+        raise ValueError(f"model must be a tokjax Model (params + cfg), got {type(model).__name__}")
     y = np.asarray(labels)
     C = _check_int("num_classes", num_classes, 1)
     if y.ndim != 1 or y.size < 1 or not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= C:
@@ -560,8 +570,8 @@ def sample_continuous(model: Model, strategy: ContinuousAR, labels: Any, key: ja
         raise ValueError(f"the model's vocab_size={model.cfg.vocab_size} cannot hold {C} classes and the null class")
     rows = np.concatenate([y, np.full_like(y, C)]) if strategy.guided else y
     out = generate(model, rows[:, None].astype(np.int32), prompt_lengths=np.ones(rows.size, np.int32), key=key,
-                   max_new_tokens=strategy.length, strategy=strategy)
-    return ContinuousSamples(tokens=np.asarray(out.strategy_state)[:y.size], stats=out.stats)
+                   max_new_tokens=ar_steps, strategy=strategy)
+    return np.asarray(out.strategy_state)[:y.size], out.stats
 
 
 # ------------------------------------------------------------------------------------------ registry

@@ -48,13 +48,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from tokjax.decoding import Strategy, commit, generate
+from tokjax.decoding import Strategy, commit
 from tokjax.logits import check_range, hparam
 from tokjax.model import Inputs, Model, ModelConfig, forward
 from tokjax.model.attention import Bidirectional, Causal
 from tokjax.model.forward import embed
 from tokjax.vision.flow import (SAMPLERS, _check_int, _check_steps, _dense, _head_dims, _linear, flow_head_init,
-                                flow_head_loss, flow_sample)
+                                flow_head_loss, flow_sample, generate_class_conditional)
 
 __all__ = ["ATTENTION", "FILLS", "MAR", "MarDecodeState", "MarSamples", "make_mar_loss", "mar", "mar_fill_counts",
            "mar_hidden", "mar_init", "mar_loss", "mar_masked_counts", "sample_mar"]
@@ -386,20 +386,10 @@ class MarSamples(NamedTuple):
 def sample_mar(model: Model, strategy: MAR, labels: Any, key: jax.Array, *, num_classes: int) -> MarSamples:
     """Returns :class:`MarSamples` for class ``labels`` [N] (ints in [0, num_classes)), decoded by ``strategy``
     through :func:`tokjax.generate` (guided strategies add one null-class row per image)."""
-    if not isinstance(model, Model):
-        raise ValueError(f"model must be a tokjax Model (params + cfg), got {type(model).__name__}")
     if not isinstance(strategy, MAR):
         raise ValueError(f"strategy must be a MAR (tokjax.vision.mar.mar(...)), got {type(strategy).__name__}")
-    y = np.asarray(labels)
-    C = _check_int("num_classes", num_classes, 1)
-    if y.ndim != 1 or y.size < 1 or not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= C:
-        raise ValueError(f"labels must be ints [N >= 1] in [0, {C}), got {y.dtype} {y.shape}")
-    if model.cfg.vocab_size <= C:
-        raise ValueError(f"the model's vocab_size={model.cfg.vocab_size} cannot hold {C} classes and the null class")
-    rows = np.concatenate([y, np.full_like(y, C)]) if strategy.guided else y
-    out = generate(model, rows[:, None].astype(np.int32), prompt_lengths=np.ones(rows.size, np.int32), key=key,
-                   max_new_tokens=strategy.iters, strategy=strategy)
-    return MarSamples(tokens=np.asarray(out.strategy_state)[:y.size], stats=out.stats)
+    return MarSamples(*generate_class_conditional(model, strategy, labels, key, num_classes=num_classes,
+                                                  ar_steps=strategy.iters))
 
 
 # ------------------------------------------------------------------------------------------ registry

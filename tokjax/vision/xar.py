@@ -48,13 +48,13 @@ import numpy as np
 
 from flax import struct
 
-from tokjax.decoding import DecodeState, Strategy, commit, generate
+from tokjax.decoding import DecodeState, Strategy, commit
 from tokjax.logits import check_range, hparam
 from tokjax.model import Inputs, KVCache, Model, ModelConfig, forward
 from tokjax.model.attention import Bidirectional, Explicit, Rank
 from tokjax.model.forward import embed
 from tokjax.vision.flow import (SAMPLERS, _check_int, _check_steps, _dense, _linear, cond_hooks, flow_update,
-                               time_embed, time_embed_init)
+                               generate_class_conditional, time_embed, time_embed_init)
 
 __all__ = ["ENTITIES", "XarLayout", "XarSamples", "make_xar_loss", "xar_batch_fn", "xar_init", "xar_layout",
            "xar_loss", "xar_positions", "xar_ranks", "xar_sample", "xar_velocity", "XarDecode", "XarDecodeState",
@@ -420,17 +420,9 @@ def xar_sample(params, cfg: ModelConfig, labels: Any, key: jax.Array, *, layout:
     unless ``ramp=False``), ``temperature`` >= 0 (runtime) and ``sampler`` "euler" | "euler_maruyama". Raises
     ValueError for bad labels, steps < 1, temperature or guidance < 0, or a model that cannot hold the sequence."""
     layout = _check_layout(layout, cfg)
-    y = np.asarray(labels)
-    C = _check_int("num_classes", num_classes, 1)
-    if y.ndim != 1 or y.size < 1 or not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= C:
-        raise ValueError(f"labels must be ints [N >= 1] in [0, {C}), got {y.dtype} {y.shape}")
-    if cfg.vocab_size <= C:
-        raise ValueError(f"the model's vocab_size={cfg.vocab_size} cannot hold {C} classes and the null class")
     strategy = xar_decode(layout, steps=steps, guidance=guidance, temperature=temperature, sampler=sampler, ramp=ramp)
-    rows = np.concatenate([y, np.full_like(y, C)]) if strategy.guided else y
-    out = generate(Model(params, cfg), rows[:, None].astype(np.int32), prompt_lengths=np.ones(rows.size, np.int32),
-                   key=key, max_new_tokens=layout.count, strategy=strategy)
-    return XarSamples(tokens=np.asarray(out.strategy_state)[:y.size], stats=out.stats)
+    return XarSamples(*generate_class_conditional(Model(params, cfg), strategy, labels, key, num_classes=num_classes,
+                                                  ar_steps=layout.count))
 
 
 def _register() -> None:
