@@ -20,10 +20,16 @@
   schedule, flow head per filled token, as a ``tokjax.generate`` Strategy (``tokjax.vision.mar.mar(...)``; the
   package attribute ``mar`` is the module).
 * :mod:`tokjax.vision.disa` -- P19 DiSA (inner flow steps annealed over the AR steps, the official arithmetic).
+* :mod:`tokjax.vision.fsq` -- finite scalar quantization (straight-through rounding, codes <-> ids), nested dropout
+  with FlexTok's keep samplers, register encoders (the shared forward under ``Prefix``); the package attribute
+  ``fsq`` is the module (``tokjax.vision.fsq.fsq(levels)`` builds a quantizer).
+* :mod:`tokjax.vision.flextok` -- P32 FlexTok (1-D register tokenizer with nested dropout and a flow decoder).
 * :mod:`tokjax.vision.tokenflex` -- P61 TokenFLEX (a captioner whose visual prefix is pooled to any n x n tokens).
 """
 
-from tokjax.vision import disa, flow, image_lm, mar, nar, nbp, orders, quality, token_shuffle, tokenflex, tokenizers, xar
+from tokjax.vision import (
+    disa, flextok, flow, fsq, image_lm, mar, nar, nbp, orders, quality, token_shuffle, tokenflex, tokenizers, xar,
+)
 from tokjax.vision.image_lm import (
     CanvasDecodeState, CanvasStrategy, ImageDecodeState, ImageSamples, ImageStrategy, ImageVocab, NextTokenCFG, image_batch, image_batch_fn,
     next_token_cfg, sample_images, sequence_positions,
@@ -59,6 +65,12 @@ from tokjax.vision.xar import (
     xar_sample, xar_velocity, XarDecode, xar_decode,
 )
 from tokjax.vision.disa import ARITHMETIC, SCHEDULES, disa_steps, head_evals, inner_steps
+from tokjax.vision.fsq import FSQ, KEEP_MODES, nested_dropout, register_encode, round_ste, sample_keep
+from tokjax.vision.flextok import (
+    FlexTokSamples, flextok_decode, flextok_encode, flextok_generate, flextok_init, flextok_loss, flextok_reconstruct,
+    flextok_registers, flextok_velocity, image_tokens, make_flextok_loss, register_batch_fn, register_vocab,
+    token_images, tokenizer_batch_fn,
+)
 from tokjax.vision.mar import (
     ATTENTION, FILLS, MAR, MarDecodeState, MarSamples, make_mar_loss, mar_fill_counts, mar_hidden, mar_init,
     mar_loss, mar_masked_counts, sample_mar,
@@ -90,4 +102,8 @@ __all__ = [
     "disa", "ARITHMETIC", "SCHEDULES", "disa_steps", "head_evals", "inner_steps",
     "mar", "ATTENTION", "FILLS", "MAR", "MarDecodeState", "MarSamples", "make_mar_loss", "mar_fill_counts",
     "mar_hidden", "mar_init", "mar_loss", "mar_masked_counts", "sample_mar",
+    "fsq", "FSQ", "KEEP_MODES", "nested_dropout", "register_encode", "round_ste", "sample_keep",
+    "flextok", "FlexTokSamples", "flextok_decode", "flextok_encode", "flextok_generate", "flextok_init",
+    "flextok_loss", "flextok_reconstruct", "flextok_registers", "flextok_velocity", "image_tokens",
+    "make_flextok_loss", "register_batch_fn", "register_vocab", "token_images", "tokenizer_batch_fn",
 ]
