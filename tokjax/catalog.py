@@ -471,8 +471,14 @@ _ENTRIES: tuple[Entry, ...] = (
        'Class-conditional glyph experiment: quick run only; video NAR not built',
        status='implemented'),
     _e(32, 'FlexTok: Resampling Images into 1D Token Sequences of Flexible Length',
-       'vision', 'tokjax.vision.flextok', ('flextok',),
-       '1-D register tokenizer with nested dropout, flexible length'),
+       'vision', 'tokjax.vision.flextok', ('flextok_init', 'flextok_loss', 'make_flextok_loss', 'flextok_encode', 'flextok_decode', 'flextok_reconstruct', 'flextok_generate', 'register_batch_fn'),
+       'register tokenizer on the shared forward: encoder under Prefix(16) over [16 patches][16 registers], FSQ [5,5,5] '
+       '(tokjax.vision.fsq: straight-through rounding, codes <-> ids), pow2 nested dropout (official MaskedNestedDropout '
+       'samplers), bidirectional rectified-flow decoder (a second shared forward, t via cond_hooks) reading the kept '
+       'registers, registered "flextok"; stage 2: class-conditional NTP over register ids through tokjax.generate '
+       'stopping at k, then the flow decoder; VAE and REPA dropped. Quick run only: at 400 steps the tokenizers are '
+       'undertrained, so every claim is inconclusive by the declared validity rule',
+       status='implemented'),
     _e(33, 'D-AR: Diffusion via Autoregressive Models',
        'vision', 'tokjax.vision.d_ar', ('d_ar',),
        'diffusion as AR over grouped tokenizer tokens, streaming previews'),
