@@ -22,7 +22,8 @@ token mask (:mod:`~tokjax.losses.high_entropy_tokens`), GRPO (:mod:`~tokjax.loss
 rollout and token down-sampling (:mod:`~tokjax.losses.d3s`), P57 RLFR flow rewards
 (:mod:`~tokjax.losses.rlfr`), P69 token hidden reward
 (:mod:`~tokjax.losses.token_hidden_reward`), P47 LaSeR last-token self-rewarding (:mod:`~tokjax.losses.laser`), P25 one-token rollout
-(:mod:`~tokjax.losses.one_token_rollout`), P37 soft / fuzzy chain-of-thought tokens (:mod:`~tokjax.losses.soft_tokens`), P50 token-supervised value models (:mod:`~tokjax.losses.token_value_model`); multi-token: P8 MLM-U (:mod:`~tokjax.losses.mlm_u`), P40 concept-aware fine-tuning
+(:mod:`~tokjax.losses.one_token_rollout`), P37 soft / fuzzy chain-of-thought tokens (:mod:`~tokjax.losses.soft_tokens`), P67 NeoDiff non-simultaneous
+text diffusion (:mod:`~tokjax.losses.neodiff`), P50 token-supervised value models (:mod:`~tokjax.losses.token_value_model`); multi-token: P8 MLM-U (:mod:`~tokjax.losses.mlm_u`), P40 concept-aware fine-tuning
 (:mod:`~tokjax.losses.caft`), P66 future token prediction
 (:mod:`~tokjax.losses.future_token_prediction`).
 
@@ -121,6 +122,10 @@ from tokjax.losses.future_token_prediction import (  # P66; registers "ftp"
     FTPConfig, FTPDecode, ftp_config, ftp_loss, ftp_logits, ftp_next_logits, ftp_per_token, ftp_weights, init_ftp,
     make_ftp_loss,
 )
+from tokjax.losses.neodiff import (  # P67; registers "neodiff"
+    NeoDiffDecode, make_neodiff_loss, neodiff_decoder, neodiff_init, neodiff_loss, neodiff_sample, sample_taus,
+    tau_labels, tau_pmf,
+)
 from tokjax.losses.soft_tokens import (  # P37; registers "soft_tokens"
     FUZZY_TAU, KIND_HARD, KIND_NONE, KIND_SOFT, SOFT_TAU, cot_log_likelihood, gaussian_log_density,
     make_soft_tokens_loss, soft_input, soft_mixture, soft_token_logp, soft_tokens_loss,
@@ -140,6 +145,8 @@ __all__ = [
     "make_caft_pretrain_loss",
     "make_tvm_loss", "outcome_labels", "rerank_best_of_n", "token_values", "trie_value_labels",
     "trie_value_labels_host", "tvm_loss", "value_head", "value_head_init",
+    "NeoDiffDecode", "make_neodiff_loss", "neodiff_decoder", "neodiff_init", "neodiff_loss", "neodiff_sample",
+    "sample_taus", "tau_labels", "tau_pmf",
     "FUZZY_TAU", "KIND_HARD", "KIND_NONE", "KIND_SOFT", "SOFT_TAU", "cot_log_likelihood", "gaussian_log_density",
     "make_soft_tokens_loss", "soft_input", "soft_mixture", "soft_token_logp", "soft_tokens_loss",
     "MLMU_KEY", "MLMUDecode", "decoder_config", "init_mlm_u", "make_mlm_u_loss", "mlm_u_logits", "mlm_u_loss",
