@@ -820,8 +820,15 @@ _ENTRIES: tuple[Entry, ...] = (
        'mode (3 seeds x 3000 steps per arm) is over an hour of this 2-core CPU',
        test='tests/losses/test_future_token_prediction.py', status='implemented'),
     _e(67, 'Unifying Continuous and Discrete Text Diffusion with Non-simultaneous Diffusion Processes',
-       'losses', 'tokjax.losses.neodiff', ('neodiff',),
-       'non-simultaneous (per-token time) text diffusion'),
+       'losses', 'tokjax.losses.neodiff', ('neodiff_init', 'neodiff_loss', 'make_neodiff_loss', 'sample_taus', 'tau_labels', 'tau_pmf', 'NeoDiffDecode', 'neodiff_decoder', 'neodiff_sample'),
+       'per-token level tau_i (capped Poisson(lambda(t)), the official rescaled PoissonScheduler, tau = M t, or absorbing '
+       '{0, M}); z = sqrt(abar) emb + sqrt(1 - abar) sigma eps on unit-RMS tied embeddings; rounding CE through the tied '
+       'table; a 1-layer time predictor regressing loss-ranked Poisson quantiles (official create_labels); L_z + L_anchor '
+       '+ L_tau (registered "neodiff", runtime hparams); a generate Strategy re-noising x0_hat to tau_hat (predictor, or '
+       'confidence as the official cmlm) at the next t, traced step count. Checked against bc-li/neodiff; no '
+       'self-conditioning, length prediction or optimised schedule. Quick run only: every glyph model near chance '
+       'class consistency at 300 steps, so its FD rows decide nothing',
+       status='implemented'),
     _e(68, 'Demystifying the Token Dynamics of Deep Selective State Space Models',
        'analysis', 'tokjax.analysis.ssm_token_dynamics', ('simulate_1d', 'regime', 'token_norms'),
        'the 1-D continuous-time token system (Euler, batched, runtime mu), the regime of each mamba layer (signs of '
