@@ -56,6 +56,7 @@ from tokjax.decoding import DecodeState, Strategy, commit, generate
 from tokjax.logits import check_range, hparam
 from tokjax.model import Inputs, Model, ModelConfig, forward
 from tokjax.model.forward import embed
+from tokjax.vision.image_lm import image_rows
 
 __all__ = [
     "ContinuousAR", "ContinuousDecodeState", "ContinuousSamples", "SAMPLERS", "cond_hooks", "continuous_ar",
@@ -474,9 +475,7 @@ class ContinuousAR(Strategy):
                              f"{tuple(fl['proj']['w'].shape)}, expected d_model={cfg.d_model} and [token_dim={c}, "
                              f"{cfg.d_model}]")
         R = state.tokens.shape[0]
-        if self.guided and R % 2:
-            raise ValueError(f"guided decoding needs an even number of rows (conditional then null-class), got {R}")
-        n = R // 2 if self.guided else R
+        n = image_rows(R, self.guided)
         g = jnp.asarray(self.guidance, _F32)
         if g.ndim == 1:
             if g.shape[0] != n:

@@ -323,6 +323,14 @@ class ImageStrategy(Strategy):
         return np.asarray(to_grid(seq, self.order)).astype(np.int32), lp
 
 
+
+def image_rows(rows: int, guided: bool) -> int:
+    """Returns the images in a decode batch of ``rows`` rows: all of them, or half with classifier-free guidance
+    (rows = [conditional; null class]). Raises ValueError for an odd row count under guidance."""
+    if guided and rows % 2:
+        raise ValueError(f"guided decoding needs an even number of rows (conditional then null-class), got {rows}")
+    return rows // 2 if guided else rows
+
 @dataclasses.dataclass(frozen=True)
 class NextTokenCFG(ImageStrategy):
     """Next-token sampling in an :class:`Order` with classifier-free guidance (module docstring).
@@ -350,9 +358,7 @@ class NextTokenCFG(ImageStrategy):
 
     def init(self, params, cfg: ModelConfig, state: DecodeState) -> ImageDecodeState:
         R = state.tokens.shape[0]
-        if self.guided and R % 2:
-            raise ValueError(f"guided decoding needs an even number of rows (conditional then null-class), got {R}")
-        n = R // 2 if self.guided else R
+        n = image_rows(R, self.guided)
         return ImageDecodeState(positions=jnp.asarray(sequence_positions(self.order)),
                                 guidance=as_rows(self.guidance, n, "guidance"))
 
@@ -520,9 +526,7 @@ class CanvasStrategy(ImageStrategy):
 
     def init(self, params, cfg: ModelConfig, state: DecodeState) -> CanvasDecodeState:
         R = state.tokens.shape[0]
-        if self.guided and R % 2:
-            raise ValueError(f"guided decoding needs an even number of rows (conditional then null-class), got {R}")
-        n = R // 2 if self.guided else R
+        n = image_rows(R, self.guided)
         return CanvasDecodeState(canvas=self.canvas_init(state.tokens[:, 0]).astype(jnp.int32),
                                  positions=jnp.asarray(self.canvas_positions(), jnp.int32),
                                  guidance=as_rows(self.guidance, n, "guidance"))

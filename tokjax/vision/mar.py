@@ -52,6 +52,7 @@ from tokjax.decoding import Strategy, commit
 from tokjax.logits import check_range, hparam
 from tokjax.model import Inputs, Model, ModelConfig, forward
 from tokjax.model.attention import Bidirectional, Causal
+from tokjax.vision.image_lm import image_rows
 from tokjax.model.forward import embed
 from tokjax.vision.flow import (SAMPLERS, _check_int, _check_steps, _dense, _head_dims, _linear, flow_head_init,
                                 flow_head_loss, flow_sample, generate_class_conditional)
@@ -303,9 +304,7 @@ class MAR(Strategy):
                              f"{tuple(fl['proj']['w'].shape)}, mask {tuple(fl['mask'].shape)}, expected "
                              f"d_model={cfg.d_model}")
         R = state.tokens.shape[0]
-        if self.guided and R % 2:
-            raise ValueError(f"guided decoding needs an even number of rows (conditional then null-class), got {R}")
-        n = R // 2 if self.guided else R
+        n = image_rows(R, self.guided)
         L = self.length
         g = jnp.asarray(self.guidance, _F32)
         if g.ndim > 1 or (g.ndim == 1 and g.shape[0] != n):

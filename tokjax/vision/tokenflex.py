@@ -53,7 +53,6 @@ from tokjax.model import Inputs, ModelConfig, forward, init_params
 from tokjax.model.attention import Prefix
 from tokjax.model.forward import embed, unembed
 from tokjax.vision.orders import _check_int
-from tokjax.vision.tokenizers import patchify
 
 __all__ = ["BOS_ID", "CAPTION_LEN", "CAPTION_VOCAB", "EOS_ID", "adaptive_avg_pool", "adaptive_pool_matrix",
            "caption_accuracy", "caption_predictions", "caption_text", "caption_tokens", "greedy_captions",

@@ -53,6 +53,7 @@ from tokjax.logits import check_range, hparam
 from tokjax.model import Inputs, KVCache, Model, ModelConfig, forward
 from tokjax.model.attention import Bidirectional, Explicit, Rank
 from tokjax.model.forward import embed
+from tokjax.vision.image_lm import image_rows
 from tokjax.vision.flow import (SAMPLERS, _check_int, _check_steps, _dense, _linear, cond_hooks, flow_update,
                                generate_class_conditional, time_embed, time_embed_init)
 
@@ -319,8 +320,7 @@ class XarDecode(Strategy):
     def init(self, params, cfg: ModelConfig, state: DecodeState) -> XarDecodeState:
         lay = self.layout
         R = state.tokens.shape[0]
-        if self.guided and R % 2:
-            raise ValueError(f"guided decoding needs an even number of rows (conditional then null-class), got {R}")
+        image_rows(R, self.guided)
         return XarDecodeState(
             seq=jnp.zeros((R, lay.length, _token_dim(params)), _F32), cache=KVCache.init(cfg, R, 1 + lay.length + lay.size),
             steps=jnp.broadcast_to(_check_steps(self.steps), (lay.count,)),
