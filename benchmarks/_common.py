@@ -71,3 +71,29 @@ def time_train_steps(step: Callable, state: Any, batches: list, steps: int) -> t
         jax.block_until_ready(m)
         times.append(time.perf_counter() - t)
     return compile_s, float(np.median(times))
+
+
+def batch_sizes(text: str) -> tuple[int, ...]:
+    """argparse type: comma-separated batch sizes >= 1."""
+    import argparse
+
+    try:
+        out = tuple(int(w) for w in text.split(",") if w.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"needs comma-separated integers, got {text!r}") from None
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"needs batch sizes >= 1, got {text!r}")
+    return out
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    import argparse
+
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"needs an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {v}")
+    return v

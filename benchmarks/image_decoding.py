@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import machine  # noqa: E402
+from benchmarks._common import batch_sizes, machine, positive_int  # noqa: E402
 
 GRID, LEVELS, CLASSES = 8, 8, 10
 D_MODEL, N_LAYERS, N_HEADS = 64, 2, 4
@@ -99,26 +99,6 @@ def _decoders(text: str | None) -> list[str]:
     return ([BASELINE] if BASELINE not in names else []) + names  # ratios need the baseline
 
 
-def _batches(text: str) -> tuple[int, ...]:
-    try:
-        out = tuple(int(w) for w in text.split(",") if w.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"needs comma-separated integers, got {text!r}") from None
-    if not out or min(out) < 1:
-        raise argparse.ArgumentTypeError(f"needs batch sizes >= 1, got {text!r}")
-    return out
-
-
-def _repeats(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"needs an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {v}")
-    return v
-
-
 def measure(names: list[str], batch: int, guided: bool, repeats: int) -> list[dict]:
     """Returns one row per decoder in ``names``: passes per image, images/s (median), compile s, ratio to NTP."""
     import jax
@@ -159,8 +139,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help=f"batches {QUICK['batches']}, median of {QUICK['repeats']} (full: {FULL['batches']}, "
                          f"median of {FULL['repeats']})")
-    ap.add_argument("--batches", type=_batches, default=None, help="comma-separated batch sizes (default 1,64)")
-    ap.add_argument("--repeats", type=_repeats, default=None, help="timed calls per decoder (median reported)")
+    ap.add_argument("--batches", type=batch_sizes, default=None, help="comma-separated batch sizes (default 1,64)")
+    ap.add_argument("--repeats", type=positive_int, default=None, help="timed calls per decoder (median reported)")
     ap.add_argument("--cfg", choices=("on", "off", "both"), default="on",
                     help="classifier-free guidance: on (guided, the default), off (conditional rows only), both")
     ap.add_argument("--decoders", type=_decoders, default=None,
