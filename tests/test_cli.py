@@ -67,6 +67,7 @@ def test_config_paths_resolve_from_any_directory(tmp_path, monkeypatch):
         cli._resolve_config("nope")
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_generate_announces_first_training_and_unknown_model(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("TOKJAX_CACHE", str(tmp_path))
     assert cli.main(["generate", "--model", "tiny-test", "--prompt", "The ", "--max-new-tokens", "5", "--greedy"]) == 0

@@ -121,6 +121,7 @@ def test_pca_init_keeps_the_targets_embedding_geometry():
         pt._draft_init(big, big.model_config(300), teacher)
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_target_init_copies_the_named_layers():
     teacher = _teacher()
     run = _run({"d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2}, {"embed": "target", "layers": [0, 2]})

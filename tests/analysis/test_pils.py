@@ -98,6 +98,7 @@ def _inverter(seed=0, F=12, Vi=20, T=4, L=7):
     return params, cfg, {"features": feats, "tokens": tokens, "lengths": lengths}
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_pils_loss_matches_reference_and_decreases():
     params, cfg, batch = _inverter()
     loss, m = pils_loss(params, cfg, batch)

@@ -59,7 +59,7 @@ STRATEGIES = {
 }
 
 
-SLOW = {"recycling", "ngram_memory", "cautious"}  # the same buffer-reading paths as prompt lookup / skipdecode
+SLOW = {"recycling", "ngram_memory", "cautious", "skipdecode"}  # the same buffer-reading paths as prompt lookup / skipdecode
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n in SLOW else []) for n in sorted(STRATEGIES)])

@@ -80,7 +80,7 @@ STRATEGIES = {
 }
 
 
-SLOW = {"prompt_lookup_rejection", "recycling_tree", "skipdecode_all_layers", "entropy_adaptive", "cautious"}
+SLOW = {"prompt_lookup_rejection", "recycling_tree", "skipdecode_all_layers", "entropy_adaptive", "cautious", "prompt_lookup_greedy"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n in SLOW else []) for n in sorted(STRATEGIES)])

@@ -144,6 +144,7 @@ def test_recall_threshold_meets_recall_and_is_largest(seed, recall):
     assert recall_threshold(p, y, min(1.0, recall + 0.05)) <= t
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_train_router_learns_separable_labels_through_train():
     rng = np.random.default_rng(0)
     n = 512

@@ -113,6 +113,7 @@ def test_runtime_hyperparameters_do_not_recompile(model):
     assert out.stats["cold_stopped"].dtype == bool
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), K=st.integers(1, 8), T=st.floats(0.05, 3.0))
 def test_concept_token_is_a_distribution_over_distinct_ids(seed, K, T):

@@ -61,7 +61,7 @@ DRAFTS = {"prompt_lookup": lambda: drafts.prompt_lookup(max_ngram=2, num_draft=4
 VERIFIERS = {"greedy": verify.greedy, "rejection": verify.rejection, "tree": verify.tree}
 
 
-SLOW = {("prompt_lookup", "rejection"), ("model", "tree")}  # same code paths as the default combinations
+SLOW = {("prompt_lookup", "rejection"), ("model", "tree"), ("model", "rejection")}  # same code paths as the default combinations
 
 
 @pytest.mark.parametrize(
@@ -82,6 +82,7 @@ def test_greedy_speculative_equals_plain_greedy_on_100_ragged_prompts(draft_name
         assert s["draft_layer_evals"] == s["forward_calls"] * 3 * MODEL.cfg.n_layers
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_eos_and_repetition_penalty_are_exact_under_speculation():
     # eos inside an accepted draft stops the row there; a context-dependent transform is applied with each node's context.
     ref = greedy_reference()

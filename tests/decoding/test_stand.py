@@ -243,7 +243,7 @@ def _full_buffer_priming(tokens, lens, orders, capacity, k, vocab):
                         jnp.ones((B * (S - 1), 1)), jnp.asarray(mask.reshape(-1)), vocab)
 
 
-@pytest.mark.parametrize("lens", [pytest.param([5, 2, 11], marks=pytest.mark.slow), [1, 1, 1], [40, 3, 17]])
+@pytest.mark.parametrize("lens", [pytest.param([5, 2, 11], marks=pytest.mark.slow), pytest.param([1, 1, 1], marks=pytest.mark.slow), [40, 3, 17]])
 def test_prime_prompt_reads_only_the_prompts_yet_equals_full_buffer_priming(lens):
     # init stops at the longest prompt (rounded to a power of two); the tables must not change,
     # eagerly or under an outer jit (where the lengths are unknown and the whole buffer is read).

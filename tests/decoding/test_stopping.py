@@ -62,6 +62,7 @@ def test_token_stop_sequences_stop_inside_the_loop_and_keep_the_sequence(greedy_
         assert out.lengths[0] <= greedy_full.prompt_lengths[0] + 6
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_min_new_tokens_bans_eos_until_reached_also_under_speculation():
     full = generate(MODEL, PROMPTS, max_new_tokens=12, logits=L.greedy())
     eos = int(full.completions()[0][0])  # row 0 would stop at once

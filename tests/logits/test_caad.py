@@ -59,6 +59,7 @@ def store(model):
 
 
 # ------------------------------------------------------------------------------------------ the store
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_store_holds_teacher_forced_logits_and_prefix_keys(model, store):
     assert len(store) == 6 and store.values.shape == (6, V) and store.vocab_size == V
     np.testing.assert_array_equal(np.asarray(store.next_tokens), [30, 31, 32, 33, 34, 35])

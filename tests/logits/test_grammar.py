@@ -278,6 +278,7 @@ SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength
           "required": ["name", "age", "ok", "color"]}
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_speculative_greedy_equals_plain_greedy_under_the_constraint(tiny):
     """Draft tokens are checked against the automaton at every block position: prompt lookup proposes the
     prompt's JSON (valid) and other tokens (invalid), and greedy verification commits exactly plain greedy's

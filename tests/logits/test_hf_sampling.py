@@ -300,6 +300,7 @@ def test_all_stages_and_allowed_masks_do_not_recompile():
     assert (out.completions()[0] >= 5).all() and (out.completions()[1] >= 5).all()
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_disabled_values_are_the_exact_identity():
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((3, 50)) * 8).astype(np.float32)

@@ -237,6 +237,7 @@ def test_z_loss_matches_cut_cross_entropy(model):
     assert_close(loss, ref)
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_global_normalizer_makes_micro_batches_add_up(model):
     # Gradient accumulation: per-micro-batch losses normalised by the GLOBAL token count sum to the
     # full-batch token mean, in value and in gradient.

@@ -99,6 +99,7 @@ def test_strategy_greedy_matches_recomputed_official_eval():
         assert list(map(int, comp)) == seq[len(prompt):]
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_registered_loss_trains_through_tokjax_train():
     from tokjax.losses.registry import loss_names
     from tokjax.train import TrainConfig, train

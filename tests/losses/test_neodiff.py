@@ -131,7 +131,7 @@ def test_quantiles_and_labels_match_the_official_create_labels():
     assert np.all(np.diff(lab[1][np.argsort(loss[1])]) >= 0)  # harder tokens get more noise
 
 
-@pytest.mark.parametrize("scheme", ["poisson_rescaled", "absorbing",
+@pytest.mark.parametrize("scheme", ["poisson_rescaled", pytest.param("absorbing", marks=pytest.mark.slow),
                                     pytest.param("poisson", marks=pytest.mark.slow),
                                     pytest.param("continuous", marks=pytest.mark.slow)])
 def test_loss_is_finite_at_t_0_and_1_and_trains_the_predictor(model, scheme):

@@ -125,6 +125,7 @@ def test_loss_matches_outputs_recorded_before_it_went_through_token_stats():
                     np.testing.assert_allclose(value, rec[f"{key}_{name}"], rtol=1e-6, err_msg=f"{key} {name}")
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_packed_documents_score_like_separate_rows():
     # Two 6-token documents packed into one row with segment_ids: the self-generated pass and the scored
     # pass must both stay inside each document, the first token of document 2 is never replaced and the

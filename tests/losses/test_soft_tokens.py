@@ -73,6 +73,7 @@ def test_all_hard_slots_equal_grpo_on_the_hard_likelihood(model):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_tau_sigma_to_zero_is_greedy_decoding_and_the_hard_answer_likelihood(model, end):
     """Reduction (ii): tau, sigma -> 0 gives the greedy rollout, and the soft loss's gradient is the hard
     likelihood's of the answer given that (deterministic) CoT."""

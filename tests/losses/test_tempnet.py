@@ -104,6 +104,7 @@ def _fixed_logits_batch(n=12, seed=0):
     return {"logits": z[None], "labels": jax.random.randint(k3, (1, n), 0, V)}
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_trained_tempnet_reaches_the_per_token_minimiser():
     # A TempNet trained (tokjax.train, plain pytree) on the DRO loss of fixed logits predicts tau close to
     # each row's minimiser: the loss gradient drives tau to tau*.

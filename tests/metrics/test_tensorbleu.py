@@ -180,6 +180,7 @@ def test_bad_inputs_raise_value_error():
         tensor_sentence_bleu(cand, refs)
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_long_rows_two_key_sort_path_matches_packed_keys(monkeypatch):
     """Rows too long to pack a pair of ids into one int32 take the two-key sort; both paths agree with NLTK."""
     import tokjax.metrics.tensorbleu as tb

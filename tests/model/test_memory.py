@@ -266,6 +266,7 @@ def test_one_layer_embedded_prefix_as_shared_memory_equals_plain_forward(positio
 
 
 # ---------------------------------------------------------------- (c) jit, rows, grads, decode
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_jit_equals_eager_and_rows_are_independent():
     cfg = _cfg(**VARIANTS["llama-gqa-qkvbias"])
     params = _params(cfg, 0)

@@ -88,6 +88,7 @@ def test_s2_bits_zero_is_flat_head():
         assert float(met["ce_s2"]) == 0.0
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_dual_head_causal_and_conditioned():
     m = _model(6)
     hc = K.KronosHead(s1_bits=3, s2_bits=3, mode="dual", n_heads=2)

@@ -201,6 +201,7 @@ def test_split_op_jits_with_traced_p(tok, table):
     assert int(f(jnp.float32(0.0), jax.random.PRNGKey(2))) == 0
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_stochastok_loss_in_a_train_step(tok, table):
     import tokjax
     from tokjax.losses import next_token_loss

@@ -90,6 +90,7 @@ def test_decomposition_spells_every_token_and_copies_specials(setup):
     assert all(bt.lengths[i] == len(b) for i, b in enumerate(new.id_to_bytes) if b)
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_bits_per_byte_matches_a_direct_computation(setup):
     model, old, _ = setup
     w = eval_windows(old, DOCS[:3], 16)
@@ -122,6 +123,7 @@ def test_residual_hypernet_starts_at_mean_of_parts_and_ignores_padding(setup):
     assert a[1].shape == (new.vocab_size, 16) and a[2].shape == (new.vocab_size,)
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_plain_head_adds_nothing_the_residual_head_adds_exactly_fvt(setup):
     # P26: the paper's head is e(t) = P_out(h_1); tokjax's variant is P_out(h_1) + mean of parts (FVT).
     model, old, new = setup

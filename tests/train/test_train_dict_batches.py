@@ -77,6 +77,7 @@ def test_dpo_from_a_train_config_with_pairs_and_reference_log_probs():
     assert losses[-1] < losses[0] - 0.01
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_kd_from_a_train_config_naming_the_teacher():
     batch = {"tokens": _tokens(3)}
     _, losses = _run(_tc(loss={"name": "kd", "teacher": "testmodels:teacher", "ce_weight": 0.0}), lambda s: batch)

@@ -68,6 +68,7 @@ def test_decode_reads_only_the_kept_registers_and_never_recompiles(tok, x):
     assert F._decode._cache_size() == before
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_velocity_and_loss_are_finite_at_t_0_and_1_and_train_every_part(tok, x):
     params, cfg = tok
     codes, _ = F.flextok_encode(params, cfg, x)

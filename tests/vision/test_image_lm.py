@@ -147,6 +147,7 @@ def _oracle_logprobs(model, seq, labels, order, g, t=1.0):
     return np.asarray(jnp.take_along_axis(masked_log_softmax(zg), jnp.asarray(seq)[..., None], -1)[..., 0])
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 def test_guidance_one_is_the_conditional_distribution():
     model = _model(2)
     o = diagonal(3, 3)

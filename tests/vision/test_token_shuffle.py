@@ -111,6 +111,7 @@ def test_windows_never_read_their_own_or_later_windows(models, s):
         assert not np.allclose(z2[:, cut:], z[:, cut:])
 
 
+@pytest.mark.slow  # default-suite time; the file's other tests keep the method covered in the default suite
 @pytest.mark.parametrize("s,guided", [(2, False), (4, True), (1, False)])
 def test_decoded_likelihood_equals_teacher_forced(models, s, guided):
     params = models[s]
