@@ -544,8 +544,12 @@ _ENTRIES: tuple[Entry, ...] = (
        'CAFT: K layer-heads (copies of layer L-2) sharing W, head k predicts x_{t+1+k}; L = CE_0 + '
        'alpha s(step) sum_k gamma^k CE_k (official caft-llm alpha, gamma and rsine s; the loop passes batch["step"]), a '
        'heads-only pretraining stage; official quirks resolved (head input, optional norm before W, explicit '
-       'causal mask). SmolLM2-135M experiment has a quick run only (6 + 6 steps, no difference)',
-       status='implemented'),
+       'causal mask). Full run on SmolLM2-135M (top 6 layers, 80 head-pretraining + 80 fine-tuning steps on stdlib '
+       'code, one seed): multi-token identifiers 0.3543 vs NTP 0.3557, NLL unchanged',
+       claims=(_c('concepts', 'not-reproduced', 'CAFT beats next-token fine-tuning on multi-token concepts',
+                  'greedy accuracy on 731 held-out identifiers of >= 3 tokens: CAFT 0.3543 vs NTP 0.3557 (paired bootstrap 95% CI [-0.0041, 0.0000]); 80 fine-tuning steps of the top 6 layers, far below the paper\'s budget'),
+               _c('nll', 'reproduced', 'CAFT keeps next-token NLL (within 1%)',
+                  'held-out head-0 NLL 2.1597 vs NTP 2.1595 nats/token (ratio 1.0)'))),
     _e(41, 'Fourier Head: Helping Large Language Models Learn Complex Probability Distributions',
        'losses', 'tokjax.losses.fourier_head', ('fourier_head', 'fourier_head_init', 'fourier_head_loss', 'fourier_pdf', 'fourier_regularizer'),
        'Fourier-series density head over ordered bins with its regulariser (matches the official head);'
