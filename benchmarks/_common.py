@@ -97,3 +97,16 @@ def positive_int(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {v}")
     return v
+
+
+def alternate_timings(calls: dict, repeats: int) -> dict:
+    """Returns {name: [seconds of each of ``repeats`` calls]} of ``calls`` (name -> ``fn(r)`` that blocks until
+    done; ``r`` = the repeat index, e.g. for a fresh PRNG key), interleaving the names so that machine load hits
+    them all alike."""
+    times = {name: [] for name in calls}
+    for r in range(repeats):
+        for name, fn in calls.items():
+            t = time.perf_counter()
+            fn(r)
+            times[name].append(time.perf_counter() - t)
+    return times

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import batch_sizes, machine, positive_int  # noqa: E402
+from benchmarks._common import alternate_timings, batch_sizes, machine, positive_int  # noqa: E402
 
 GRID, PATCH, CLASSES = 8, 2, 10
 L, TOKEN_DIM = GRID * GRID, PATCH * PATCH
@@ -157,12 +157,10 @@ def measure(names: list[str], batch: int, repeats: int) -> list[dict]:
             raise RuntimeError(f"{name}: {stats['head_evals']} head evals per image, its schedule gives "
                                f"sum_s T(s) |fill_s| = {want}")
         arms[name] = dict(sample=sample, first=first, passes=int(stats["forward_calls"]), evals=want, times=[])
-    for r in range(repeats):  # alternate arms so machine load hits all alike
-        for a in arms.values():
-            t0 = time.perf_counter()
-            tokens, _ = a["sample"](labels, jax.random.key(1 + r))
-            np.asarray(tokens)
-            a["times"].append(time.perf_counter() - t0)
+    times = alternate_timings({name: (lambda r, a=a: np.asarray(a["sample"](labels, jax.random.key(1 + r))[0]))
+                               for name, a in arms.items()}, repeats)
+    for name, a in arms.items():
+        a["times"] = times[name]
     rows = []
     for name, a in arms.items():
         pair = ARMS[name][0]

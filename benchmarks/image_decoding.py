@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import batch_sizes, machine, positive_int  # noqa: E402
+from benchmarks._common import alternate_timings, batch_sizes, machine, positive_int  # noqa: E402
 
 GRID, LEVELS, CLASSES = 8, 8, 10
 D_MODEL, N_LAYERS, N_HEADS = 64, 2, 4
@@ -118,12 +118,11 @@ def measure(names: list[str], batch: int, guided: bool, repeats: int) -> list[di
             raise RuntimeError(f"{name}: decoded codes of shape {out.codes.shape} in [{out.codes.min()}, "
                                f"{out.codes.max()}], expected ({batch}, {GRID}, {GRID}) in [0, {LEVELS})")
         arms[name] = dict(model=model, strategy=strategy, first=first, passes=int(out.stats["forward_calls"]), times=[])
-    for r in range(repeats):  # alternate decoders so machine load hits all alike
-        for name, a in arms.items():
-            t0 = time.perf_counter()
-            out = sample_images(a["model"], a["strategy"], labels, jax.random.key(1 + r), guidance=g)
-            np.asarray(out.codes)
-            a["times"].append(time.perf_counter() - t0)
+    times = alternate_timings({name: (lambda r, a=a: np.asarray(sample_images(
+        a["model"], a["strategy"], labels, jax.random.key(1 + r), guidance=g).codes)) for name, a in arms.items()},
+        repeats)
+    for name, a in arms.items():
+        a["times"] = times[name]
     base = batch / float(np.median(arms[BASELINE]["times"]))
     rows = []
     for name, a in arms.items():
