@@ -246,6 +246,17 @@ def figure_path(pid: str | int, name: str) -> Path:
     return folder / f"p{number:02d}_{name}"
 
 
+def save_figure(fig, pid: str | int, name: str, *, dpi: int = 120) -> Path:
+    """Lays out, saves and closes a matplotlib figure at :func:`figure_path` ``(pid, name)``; returns the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = figure_path(pid, name)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def results_file(quick: bool) -> Path:
     """Returns the results file a run records into: RESULTS-quick.md for --quick, else RESULTS.md."""
     return RESULTS_QUICK_PATH if quick else RESULTS_PATH

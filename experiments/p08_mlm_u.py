@@ -66,7 +66,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python experiments/p08_mlm_u.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments._harness import Row, Rule, decode, figure_path, run_cli, train_model  # noqa: E402
+from experiments._harness import Row, Rule, decode, run_cli, save_figure, train_model  # noqa: E402
 
 SEEDS, QUICK_SEEDS = (0, 1, 2), (0,)
 _REPORTED = "MLM-U 3+3 layers vs NTP 6 layers, d=128, same data/steps/optimiser; final step, fixed in advance"
@@ -238,10 +238,7 @@ def _figures(quick, sizes, acc, se):
         b.plot(fr, [np.mean(se[f]) for f in fr], "s-", label="MLM-U")
         b.axhline(np.mean(acc["ntp"][SE_SIZE]), ls="--", label="NTP (all mazes)")
         b.set_xlabel(f"fraction of training mazes (size {SE_SIZE})"), b.set_ylim(-0.02, 1.02), b.legend()
-    fig.tight_layout()
-    path = figure_path("P8", "mlm_u_mazes.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    path = save_figure(fig, "P8", "mlm_u_mazes.png")
     return str(path.relative_to(Path(__file__).resolve().parents[1]))
 
 

@@ -130,7 +130,7 @@ def figure(results: dict, floor, title: str):
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    from experiments._harness import figure_path
+    from experiments._harness import save_figure
 
     fig, axes = plt.subplots(1, len(results), figsize=(5.0 * len(results), 3.8), squeeze=False)
     for ax, (kind, per_seed) in zip(axes[0], results.items()):
@@ -154,10 +154,7 @@ def figure(results: dict, floor, title: str):
                      fontsize=9)
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = figure_path("P19", "fd_vs_head_evals.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    path = save_figure(fig, "P19", "fd_vs_head_evals.png")
     return path
 
 

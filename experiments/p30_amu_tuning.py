@@ -57,7 +57,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python experiments/p30_amu_tuning.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments._harness import Row, Rule, figure_path, run_cli, train_model  # noqa: E402
+from experiments._harness import Row, Rule, run_cli, save_figure, train_model  # noqa: E402
 
 _SEEDS, _QUICK_SEEDS = (0, 1, 2, 3, 4), (0, 1)
 _REPORTED = ("each arm's configuration chosen on a validation split (24 configurations per arm: single-branch "
@@ -345,10 +345,7 @@ def _gate_figure(legacy, new_gate, val_curves):
     ax1.set_ylabel(f"val accuracy, best checkpoint ({HEAD_SHOTS} shots, seed 0)")
     ax1.set_title("tuning curves (same budget per arm)")
     ax1.legend(fontsize=7)
-    fig.tight_layout()
-    path = figure_path(30, "gate_spread.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    path = save_figure(fig, 30, "gate_spread.png")
     return str(path)
 
 

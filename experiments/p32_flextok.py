@@ -46,7 +46,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python experiments/p32_flextok.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments._harness import Row, Rule, figure_path, run_cli, train_model  # noqa: E402
+from experiments._harness import Row, Rule, run_cli, save_figure, train_model  # noqa: E402
 
 SMALL_RULE = Rule(metric="FD z-score, (fixed - nested) / combined bootstrap SE, min over k in {1,2,4} (higher is "
                          "better)", higher_is_better=True, threshold=2.0, seeds=(0, 1, 2), quick_seeds=(0,),
@@ -163,10 +163,7 @@ def metrics_vs_k(tok: dict, gen: list, floor: tuple, steps: int):
     axes[2].legend(fontsize=7)
     fig.suptitle(f"P32 FlexTok, 8x8 glyphs, 16 patches + 16 registers, FSQ [5,5,5], d=64x2, {steps} steps per "
                  f"tokenizer (error bars 2 SE)", fontsize=9)
-    fig.tight_layout()
-    path = figure_path("P32", "metrics_vs_k.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    path = save_figure(fig, "P32", "metrics_vs_k.png")
     return path
 
 

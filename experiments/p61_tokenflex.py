@@ -34,7 +34,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python experiments/p61_tokenflex.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments._harness import Row, Rule, figure_path, run_cli, train_model  # noqa: E402
+from experiments._harness import Row, Rule, run_cli, save_figure, train_model  # noqa: E402
 
 SEEN_RULE = Rule(metric="caption exact match (pt), flexible minus fixed-n at each seen n (min over n; higher is "
                         "better)", higher_is_better=True, threshold=-0.5, seeds=(0, 1, 2), quick_seeds=(0,),
@@ -87,10 +87,7 @@ def accuracy_vs_tokens(acc: dict, steps: int):
     ax.set_ylabel("caption exact match (%)")
     ax.set_title(f"P61 TokenFLEX, glyph captions, d=64x2, {steps} steps per model", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = figure_path("P61", "accuracy_vs_tokens.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    path = save_figure(fig, "P61", "accuracy_vs_tokens.png")
     return path
 
 

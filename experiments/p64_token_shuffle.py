@@ -67,7 +67,7 @@ def fd_vs_flops(runs: dict, floor: tuple[float, float], title: str):
         return None
     import numpy as np
 
-    from experiments._harness import figure_path
+    from experiments._harness import save_figure
 
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
     for s, rs in runs.items():
@@ -81,10 +81,7 @@ def fd_vs_flops(runs: dict, floor: tuple[float, float], title: str):
     ax.set_ylabel("classifier FD (lower is better)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = figure_path("P64", "fd_vs_flops.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    path = save_figure(fig, "P64", "fd_vs_flops.png")
     return path
 
 

@@ -49,7 +49,7 @@ if __package__ in (None, ""):  # run as `python experiments/p67_neodiff.py`
 import numpy as np  # noqa: E402
 
 from experiments import _vision as V  # noqa: E402
-from experiments._harness import Row, Rule, figure_path, run_cli  # noqa: E402
+from experiments._harness import Row, Rule, run_cli, save_figure  # noqa: E402
 
 STEPS = (4, 8, 16, 32)
 AT = 16
@@ -153,10 +153,7 @@ def plot(fd: dict, floor, title: str, name: str, ylabel: str, per_seed=True):
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = figure_path("P67", name)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    path = save_figure(fig, "P67", name)
     return path
 
 
