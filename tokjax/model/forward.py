@@ -27,6 +27,7 @@ from tokjax.model.config import ModelConfig
 from tokjax.model.mamba import MambaState, mamba_mixer
 from tokjax.model.ops import check_int_values
 from tokjax.model.params import Params, init_params, param_axes
+from tokjax.model.quant import Int8Weight, int8_embed, int8_matmul
 
 # Hook (and tap) sites, in the order a layer computes them. ``attn_heads`` is the per-head attention
 # output [B, T, H, hd] before the output projection W_O (so ``attn_out`` = sum_h attn_heads[..., h, :] W_O[h]
@@ -128,6 +129,8 @@ def norm(x: jax.Array, p: Mapping[str, jax.Array], cfg: ModelConfig) -> jax.Arra
 def embed(params: Params, cfg: ModelConfig, tokens: jax.Array, *, table: jax.Array | None = None) -> jax.Array:
     """Returns the token embeddings [B, T, D] (compute dtype) of ``tokens``; ``table`` overrides params['embed']."""
     table = params["embed"] if table is None else table
+    if isinstance(table, Int8Weight):
+        return int8_embed(table, tokens).astype(cfg.dtype)
     return jnp.take(table, tokens, axis=0).astype(cfg.dtype)
 
 
@@ -150,14 +153,19 @@ def final_norm(params: Params, cfg: ModelConfig, x: jax.Array) -> jax.Array:
 
 def lm_head(params: Params, cfg: ModelConfig) -> jax.Array:
     """Returns the output matrix [D, V] (the transposed embedding when tied)."""
-    return params["embed"].T if cfg.tied_embeddings else params["lm_head"]
+    w, layout = head_matrix(params, cfg)
+    return w.T if layout == "vd" else w
 
 
 def head_matrix(params: Params, cfg: ModelConfig) -> tuple[jax.Array, str]:
     """Returns (the output matrix as stored, its layout): (embed [V, D], "vd") when tied, else
     (lm_head [D, V], "dv"). Streaming heads read the tied embedding in place, where ``lm_head``'s
     transpose would be a [D, V] copy (and a second gradient buffer) per training step."""
-    return (params["embed"], "vd") if cfg.tied_embeddings else (params["lm_head"], "dv")
+    if cfg.tied_embeddings:
+        e = params["embed"]
+        return (e.dequantize().reshape(e.out_shape + e.in_shape) if isinstance(e, Int8Weight) else e), "vd"
+    h = params["lm_head"]
+    return (h.dequantize() if isinstance(h, Int8Weight) else h), "dv"
 
 
 def unembed(
@@ -166,12 +174,24 @@ def unembed(
     """Returns float32 logits [B, T, V] = hidden @ head (+ bias); ``hidden`` must already be final-normed."""
     # A tied embedding is contracted as stored ([V, D]): ``embed.T`` made XLA write a transposed
     # [D, V] copy inside every decode step (113 MB per token on SmolLM2).
+    if head is None:
+        stored = params["embed"] if cfg.tied_embeddings else params["lm_head"]
+        if isinstance(stored, Int8Weight):  # decode-time int8 head (tokjax.model.quant)
+            logits = int8_matmul(hidden.astype(jnp.float32), stored)
+            return logits if bias is None else logits + bias.astype(jnp.float32)
     head, layout = head_matrix(params, cfg) if head is None else (head, "dv")
     spec = "btd,vd->btv" if layout == "vd" else "btd,dv->btv"
     logits = jnp.einsum(spec, hidden, head.astype(cfg.dtype), preferred_element_type=jnp.float32)
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
     return logits
+
+
+def _project(spec: str, x: jax.Array, w: Any, dt) -> jax.Array:
+    """x times a projection weight: an einsum for float weights, the int8 path for :class:`Int8Weight`."""
+    if isinstance(w, Int8Weight):
+        return int8_matmul(x, w).astype(dt)
+    return jnp.einsum(spec, x, w.astype(dt))
 
 
 def _parse_hooks(hooks: Mapping[str, Callable] | None) -> dict[str, list[tuple[int | None, Callable]]]:
@@ -257,13 +277,13 @@ def _layer(p, cfg, x, positions, mask_spec, segment_ids, layer, kv, hooks, want_
     sites["resid_pre"] = x
     h = norm(x, p["attn_norm"], cfg)
     if "wqkv" in p:  # fused by unstack_layers(fuse=True): one matmul instead of three
-        qkv = jnp.einsum("btd,dhk->bthk", h, p["wqkv"].astype(dt))
+        qkv = _project("btd,dhk->bthk", h, p["wqkv"], dt)
         H, KVh = cfg.n_heads, cfg.kv_heads
         q, k, v = qkv[:, :, :H], qkv[:, :, H:H + KVh], qkv[:, :, H + KVh:]
     else:
-        q = jnp.einsum("btd,dhk->bthk", h, p["wq"].astype(dt))
-        k = jnp.einsum("btd,dhk->bthk", h, p["wk"].astype(dt))
-        v = jnp.einsum("btd,dhk->bthk", h, p["wv"].astype(dt))
+        q = _project("btd,dhk->bthk", h, p["wq"], dt)
+        k = _project("btd,dhk->bthk", h, p["wk"], dt)
+        v = _project("btd,dhk->bthk", h, p["wv"], dt)
     if lora is not None:
         q, k, v = _lora_add(q, h, lora, "wq"), _lora_add(k, h, lora, "wk"), _lora_add(v, h, lora, "wv")
     if cfg.qkv_bias:
@@ -287,7 +307,7 @@ def _layer(p, cfg, x, positions, mask_spec, segment_ids, layer, kv, hooks, want_
         a, sites["attn_probs"] = a
     a = _apply_hooks(hooks["attn_heads"], a, layer)
     sites["attn_heads"] = a
-    a = _lora_add(jnp.einsum("bthk,hkd->btd", a, p["wo"].astype(dt)), a, lora, "wo")
+    a = _lora_add(_project("bthk,hkd->btd", a, p["wo"], dt), a, lora, "wo")
     if cfg.bias:
         a = a + p["bo"].astype(dt)
     a = _apply_hooks(hooks["attn_out"], a, layer)
@@ -295,11 +315,11 @@ def _layer(p, cfg, x, positions, mask_spec, segment_ids, layer, kv, hooks, want_
     x = x + a
     h = norm(x, p["mlp_norm"], cfg)
     if "w_gate_up" in p:
-        gu = jnp.einsum("btd,df->btf", h, p["w_gate_up"].astype(dt))
+        gu = _project("btd,df->btf", h, p["w_gate_up"], dt)
         gate, up = jnp.split(gu, 2, axis=-1)
     else:
-        up = jnp.einsum("btd,df->btf", h, p["w_up"].astype(dt))
-        gate = jnp.einsum("btd,df->btf", h, p["w_gate"].astype(dt)) if cfg.activation == "swiglu" else None
+        up = _project("btd,df->btf", h, p["w_up"], dt)
+        gate = _project("btd,df->btf", h, p["w_gate"], dt) if cfg.activation == "swiglu" else None
     if lora is not None:
         up = _lora_add(up, h, lora, "w_up")
         gate = None if gate is None else _lora_add(gate, h, lora, "w_gate")
@@ -309,7 +329,7 @@ def _layer(p, cfg, x, positions, mask_spec, segment_ids, layer, kv, hooks, want_
         act = jax.nn.silu(gate) * up
     else:
         act = jax.nn.gelu(up, approximate=True)  # GPT-2's "gelu_new" (tanh approximation)
-    m = _lora_add(jnp.einsum("btf,fd->btd", act, p["w_down"].astype(dt)), act, lora, "w_down")
+    m = _lora_add(_project("btf,fd->btd", act, p["w_down"], dt), act, lora, "w_down")
     if cfg.bias:
         m = m + p["b_down"].astype(dt)
     m = _apply_hooks(hooks["mlp_out"], m, layer)

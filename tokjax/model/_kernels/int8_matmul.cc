@@ -1,0 +1,158 @@
+// Weight-only int8 matmul for XLA on CPU: y[m, n] = sum_k x[m, k] q[n, k] scale[n, k / bs], with
+// scale [N, nb] (bs = K / nb: per-block scales as GGUF's Q8_0 with bs = 32, per-channel with nb = 1).
+//
+// Why a custom call: XLA's CPU backend does not fuse an int8 -> f32 convert into a dot; it
+// materialises the converted matrix, so int8 weights decode ~6x *slower* than f32 (measured in
+// benchmarks/int8_matvec.py). Decode is bound by streaming weights, so this kernel reads each int8
+// weight row once, widens it in registers and multiplies it into every activation row at once.
+// The output columns are split into chunks claimed from an atomic counter by the calling thread and
+// by helpers scheduled on XLA's intra-op pool; the caller works too, so it never waits on a pool
+// that has no free thread.
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+struct Problem {
+  const float* x;
+  const int8_t* q;
+  const float* scale;
+  float* y;
+  int64_t M, K, N;
+  int64_t nb, bs;  // scale blocks per row and their length (bs = K / nb; a multiple of 16 unless nb == 1)
+};
+
+#if defined(__AVX512F__)
+template <int MT, int NB>
+inline void Tile(const Problem& p, int64_t m0, int64_t n0) {
+  __m512 acc[MT][NB];
+  for (int i = 0; i < MT; ++i)
+    for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_ps();
+  const int64_t vec_end = p.K & ~int64_t{15};
+  for (int64_t b = 0; b < p.nb; ++b) {
+    __m512 sv[NB];
+    for (int j = 0; j < NB; ++j) sv[j] = _mm512_set1_ps(p.scale[(n0 + j) * p.nb + b]);
+    const int64_t end = std::min(vec_end, (b + 1) * p.bs);
+    for (int64_t k = b * p.bs; k < end; k += 16) {
+      __m512 w[NB];
+      for (int j = 0; j < NB; ++j) {
+        // The next weight rows of this chunk: decode is bandwidth bound, keep loads in flight.
+        _mm_prefetch(reinterpret_cast<const char*>(p.q + (n0 + NB + j) * p.K + k), _MM_HINT_T0);
+        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p.q + (n0 + j) * p.K + k));
+        w[j] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(raw)), sv[j]);
+      }
+      for (int i = 0; i < MT; ++i) {
+        const __m512 xv = _mm512_loadu_ps(p.x + (m0 + i) * p.K + k);
+        for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_fmadd_ps(xv, w[j], acc[i][j]);
+      }
+    }
+  }
+  for (int i = 0; i < MT; ++i) {
+    for (int j = 0; j < NB; ++j) {
+      float r = _mm512_reduce_add_ps(acc[i][j]);
+      const float* xr = p.x + (m0 + i) * p.K;
+      const int8_t* qr = p.q + (n0 + j) * p.K;
+      for (int64_t kk = vec_end; kk < p.K; ++kk)
+        r += xr[kk] * static_cast<float>(qr[kk]) * p.scale[(n0 + j) * p.nb + kk / p.bs];
+      p.y[(m0 + i) * p.N + n0 + j] = r;
+    }
+  }
+}
+#else
+template <int MT, int NB>
+inline void Tile(const Problem& p, int64_t m0, int64_t n0) {
+  for (int i = 0; i < MT; ++i) {
+    const float* xr = p.x + (m0 + i) * p.K;
+    for (int j = 0; j < NB; ++j) {
+      const int8_t* qr = p.q + (n0 + j) * p.K;
+      float r = 0.f;
+      for (int64_t k = 0; k < p.K; ++k) r += xr[k] * static_cast<float>(qr[k]) * p.scale[(n0 + j) * p.nb + k / p.bs];
+      p.y[(m0 + i) * p.N + n0 + j] = r;
+    }
+  }
+}
+#endif
+
+// Up to 4 activation rows share each widened weight register; 4 weight rows per step keep
+// 16 accumulators plus 4 weights in the 32 vector registers.
+template <int NB>
+inline void Columns(const Problem& p, int64_t n0) {
+  int64_t m0 = 0;
+  for (; m0 + 4 <= p.M; m0 += 4) Tile<4, NB>(p, m0, n0);
+  switch (p.M - m0) {
+    case 3: Tile<3, NB>(p, m0, n0); break;
+    case 2: Tile<2, NB>(p, m0, n0); break;
+    case 1: Tile<1, NB>(p, m0, n0); break;
+    default: break;
+  }
+}
+
+void Chunk(const Problem& p, int64_t begin, int64_t end) {
+  int64_t n = begin;
+  for (; n + 4 <= end; n += 4) Columns<4>(p, n);
+  for (; n < end; ++n) Columns<1>(p, n);
+}
+
+struct Shared {
+  Problem p;
+  int64_t chunk, chunks;
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+};
+
+void Work(Shared& s) {
+  for (;;) {
+    const int64_t c = s.next.fetch_add(1, std::memory_order_relaxed);
+    if (c >= s.chunks) return;
+    const int64_t begin = c * s.chunk;
+    const int64_t end = begin + s.chunk < s.p.N ? begin + s.chunk : s.p.N;
+    Chunk(s.p, begin, end);
+    s.done.fetch_add(1, std::memory_order_release);
+  }
+}
+
+ffi::Error Int8MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> q,
+                          ffi::Buffer<ffi::F32> scale, ffi::ResultBuffer<ffi::F32> y) {
+  const auto xd = x.dimensions();
+  const auto qd = q.dimensions();
+  const auto sd = scale.dimensions();
+  if (xd.size() != 2 || qd.size() != 2 || sd.size() != 2)
+    return ffi::Error::InvalidArgument("int8_matmul: expected x [M, K], q [N, K], scale [N, nb]");
+  const int64_t M = xd[0], K = xd[1], N = qd[0], nb = sd[1];
+  if (qd[1] != K || sd[0] != N || nb < 1 || K % nb != 0 || (nb > 1 && (K / nb) % 16 != 0))
+    return ffi::Error::InvalidArgument("int8_matmul: x [M, K], q [N, K] and scale [N, nb] disagree (K / nb must be "
+                                       "a multiple of 16 when nb > 1)");
+  auto shared = std::make_shared<Shared>();
+  shared->p = Problem{x.typed_data(), q.typed_data(), scale.typed_data(), y->typed_data(), M, K, N, nb, K / nb};
+  // ~64 KiB of int8 weights per chunk: enough work to amortise a claim, fine enough to balance.
+  int64_t chunk = (65536 / (K > 0 ? K : 1)) & ~int64_t{3};
+  shared->chunk = chunk < 4 ? 4 : chunk;
+  shared->chunks = (N + shared->chunk - 1) / shared->chunk;
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), shared->chunks - 1);
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([shared] { Work(*shared); });
+  Work(*shared);
+  while (shared->done.load(std::memory_order_acquire) < shared->chunks) std::this_thread::yield();
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(TokjaxInt8Matmul, Int8MatmulImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
