@@ -226,8 +226,14 @@ _ENTRIES: tuple[Entry, ...] = (
        'already pins a template down); no full-run verdict yet',
        status='implemented'),
     _e(5, 'Hierarchical Masked Autoregressive Models with Low-Resolution Token Pivots',
-       'vision', 'tokjax.vision.himar', ('himar',),
-       'two-phase masked AR with low-resolution pivot tokens'),
+       'vision', 'tokjax.vision.himar', ('himar', 'HiMAR', 'make_himar_loss', 'himar_batch_fn', 'himar_init', 'himar_replay', 'pool_images'),
+       'two masked-set phases on one backbone: low-resolution pivot codes, then the dense codes reading the '
+       'pivots\' phase-1 hidden states (Inputs(embeds=), pivot dropout, phase-1 features detached), the official '
+       'truncnorm / cosine mask ratios, cosine fill and linear CFG per phase, the official loss weights; categorical '
+       'heads instead of the diffusion heads (deviation). MaskGIT parallel_decode (Gumbel top-k) is the reusable '
+       'Strategy in tokjax.vision.masked_set. Quick run only (undertrained: samples at chance class consistency); '
+       'no verdict yet',
+       status='implemented'),
     _e(6, 'Cautious Next Token Prediction',
        'decoding', 'tokjax.decoding.cautious', ('cautious', 'cautious_generate', 'Cautious', 'run_trials', 'num_trials', 'best_of_n', 'BestOfN', 'sequence_nll'),
        'CNTP as a jitted batched decode strategy (entropy -> N trials to the next punctuation, the min-'
@@ -441,8 +447,13 @@ _ENTRIES: tuple[Entry, ...] = (
                _c('loss-share', 'not-reproduced', 'the loss is dominated by predicting content tokens that follow function tokens',
                   'SmolLM2 on held-out pydocs: the function -> content cell holds 0.37 of the loss, content -> content 0.3772 (the tiny from-scratch model: 0.335 vs 0.374)'),)),
     _e(28, 'X-Omni: Reinforcement Learning Makes Discrete Autoregressive Image Generative Models Great Again',
-       'vision', 'tokjax.vision.x_omni', ('x_omni',),
-       'GRPO on a discrete image AR model with an external reward'),
+       'vision', 'tokjax.vision.x_omni', ('x_omni', 'XOmni', 'XOmniTask', 'class_reward'),
+       'GRPO on a class-conditional discrete image LM through rl_train: G=8 rollouts per class prompt (the official '
+       'min-p through rl_train(logits=), no CFG), reward log p(class | decoded image) from a second classifier, '
+       'symmetric PPO clip, k3 KL to the SFT model; the paper\'s reward mix (HPSv2, OCR, VLM) replaced by one '
+       'classifier and its RL settings unverified (official repo has inference code only). Quick run only; no '
+       'verdict yet',
+       status='implemented'),
     _e(29, 'Cut Your Losses in Large-Vocabulary Language Models',
        'losses', 'tokjax.losses.cut_cross_entropy', ('cut_cross_entropy', 'head_stats'),
        'cross-entropy from hidden states and W without [N, V] logits; gradients equal to 2.4e-07, 13.3x'
@@ -480,8 +491,13 @@ _ENTRIES: tuple[Entry, ...] = (
        'undertrained, so every claim is inconclusive by the declared validity rule',
        status='implemented'),
     _e(33, 'D-AR: Diffusion via Autoregressive Models',
-       'vision', 'tokjax.vision.d_ar', ('d_ar',),
-       'diffusion as AR over grouped tokenizer tokens, streaming previews'),
+       'vision', 'tokjax.vision.d_ar', ('d_ar', 'd_ar_init', 'd_ar_loss', 'make_d_ar_loss', 'd_ar_encode', 'd_ar_conditions', 'd_ar_decode', 'd_ar_stream', 'd_ar_generate', 'grouped_flow_sample'),
+       'sequential diffusion tokenizer on the FlexTok pieces (query encoder under Prefix, FSQ, a causal condition '
+       'transformer) whose flow step g reads token group g (registered "d_ar"; official group/time-shift '
+       'arithmetic); plain NTP over the 16 ids through tokjax.generate; streaming per-group x0 previews '
+       '(d_ar_stream, or a callback fed by tokjax.stream), the last preview bit-equal to the sample. Quick run '
+       'invalid: the FSQ tokenizer recipe shared with P32 collapses to one code per query on glyphs',
+       status='implemented'),
     _e(34, 'Dual-Head Knowledge Distillation: Enhancing Logits Utilization with an Auxiliary Head',
        'losses', 'tokjax.losses.dual_head_kd', ('dual_head_kd', 'binary_kl_norm', 'project_conflicting', 'init_aux_head', 'make_dual_head_kd_loss'),
        'auxiliary head trained with the normalised binary KL and optional gradient projection '
@@ -697,8 +713,13 @@ _ENTRIES: tuple[Entry, ...] = (
                _c('volatility', 'reproduced', 'Kronos forecasts volatility with a lower MAE (here: dual vs independent head, against the GARCH truth)',
                   'vol MAE 0.00623 vs 0.0067 (lower on every seed); the flat head is lower still (0.00478)'),)),
     _e(53, 'Uni-3DAR: Unified 3D Generation and Understanding via Autoregression on Compressed Spatial Tokens',
-       'vision', 'tokjax.vision.uni3dar', ('uni3dar',),
-       'octree tokens with subtree compression, masked NTP'),
+       'vision', 'tokjax.vision.uni3dar', ('uni3dar', 'OctreeSpec', 'octree_encode', 'octree_decode', 'sequence_lengths', 'uni3dar_batch', 'make_uni3dar_loss', 'octree_decoder', 'sample_octrees'),
+       'octree / quadtree tokens (child occupancy - 1 of each non-empty node, level by level, Morton order '
+       'within a level: the official 2-level compression), masked NTP (a [MASK] query at the next node\'s '
+       'position and level, loss on the queries; registered "uni3dar"), a KV-cached breadth-first decode '
+       'Strategy; level embedding and RoPE over cell centres. Quick run only (binarized glyph quadtrees and '
+       'synthetic 3-D point clusters); the speed claim against 3-D diffusion is not testable here',
+       status='implemented'),
     _e(54, 'Successor Heads: Recurring, Interpretable Attention Heads In The Wild',
        'analysis', 'tokjax.analysis.successor_heads', ('successor_scores', 'effective_embeddings', 'head_ov_logits', 'ablated_accuracy'),
        'per-head successor scores of the effective OV circuit W_U W_OV (W_E + MLP0(norm W_E)) and per-head '
@@ -908,8 +929,13 @@ _ENTRIES: tuple[Entry, ...] = (
                _c('icn-vs-sampling', 'not-reproduced', 'in-context navigation finds more distinct correct answers than temperature sampling',
                   'ICN 0.0667 vs 0.2667 for 5 samples at T=1, same probes and reason'),)),
     _e(74, 'Ming-UniVision: Joint Image Understanding and Generation with a Unified Continuous Tokenizer',
-       'vision', 'tokjax.vision.ming_univision', ('ming_univision',),
-       'continuous unified tokenizer for AR understanding + generation'),
+       'vision', 'tokjax.vision.ming_univision', ('ming_univision', 'SemanticAR', 'mingtok_init', 'mingtok_loss', 'mingtok_encode', 'mingtok_decode', 'semantic_decode', 'ming_lm_loss', 'ming_generate', 'ming_understand'),
+       'MingTok in three stages: a bidirectional encoder to 16 x 4-d continuous latents, a causal semantic decoder '
+       '(shared forward, its own KV cache in the SemanticAR decode state) aligned to a second classifier\'s '
+       'features, an MSE pixel decoder; one LM reads E(semantic features) for both tasks: a flow head generates '
+       'the latents, cross-entropy on class words understands (registered "mingtok", "ming_univision"). Quick '
+       'run only; no verdict yet',
+       status='implemented'),
     _e(75, 'TensorBLEU: Vectorized GPU-based BLEU Score Implementation for Per-Sentence In-Training Evaluation',
        'metrics', 'tokjax.metrics.tensorbleu', ('tensor_sentence_bleu', 'tensor_corpus_bleu', 'bleu_stats', 'bleu_from_stats'),
        'token-id BLEU from sorted compact (sentence, n-gram) ids, jitted and batched; equals NLTK '

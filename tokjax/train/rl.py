@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tokjax.decoding import generate
+from tokjax.logits import chain as chain_logits
 from tokjax.logits import temperature as temperature_transform
 from tokjax.losses import token_stats
 from tokjax.losses._stats import chain
@@ -150,18 +151,22 @@ class Rollouts:
 
 def rollout(model: Model, prompts: Sequence[Sequence[int]], answers: Sequence[Any], *, key, group_size: int,
             max_new_tokens: int, temperature: float = 1.0, eos_id=None, stop=None, tokenizer=None,
-            width: int | None = None, strategy=None, arrays: Callable | None = None) -> Rollouts:
+            width: int | None = None, strategy=None, arrays: Callable | None = None, logits=None) -> Rollouts:
     """Returns ``group_size`` sampled completions of every prompt (prompt-major), from :func:`tokjax.generate`.
 
     ``width`` pads the token array to a fixed [B, width] (so the train step compiles once); it must
     hold the longest prompt plus ``max_new_tokens``. ``strategy``: the generate Strategy that draws them
     (default plain sampling); ``arrays(out, width) -> dict`` reads the per-row arrays it recorded into
-    ``Rollouts.arrays``.
+    ``Rollouts.arrays``. ``logits``: a LogitTransform applied after the temperature (e.g. ``min_p``; None: the
+    temperature alone, bit for bit).
     """
     if len(prompts) != len(answers):
         raise ValueError(f"got {len(prompts)} prompts but {len(answers)} answers")
+    transform = temperature_transform(temperature)
+    if logits is not None:
+        transform = chain_logits(transform, logits)
     out = generate(model, [list(p) for p in prompts], key=key, n=group_size, max_new_tokens=max_new_tokens,
-                   logits=temperature_transform(temperature), eos_id=eos_id, stop=stop, tokenizer=tokenizer,
+                   logits=transform, eos_id=eos_id, stop=stop, tokenizer=tokenizer,
                    strategy=strategy)
     tokens = np.asarray(out.tokens)
     if width is not None:
@@ -292,7 +297,7 @@ def rl_train(model: Model, task: RLTask, config: RLConfig = RLConfig(), *, trans
              reference: Model | None = None, shape: Callable | None = None, select: Callable | None = None,
              aux: Callable | None = None, prepare: Callable | None = None,
              strategy=None, arrays: Callable | None = None, loss: Callable | None = None,
-             logp: Callable | None = None,
+             logp: Callable | None = None, logits=None,
              eos_id=None, stop=None, tokenizer=None, progress: bool = False,
              callback: Callable | None = None) -> tuple[Model, list[dict]]:
     """Returns (the trained Model, per-step history) of GRPO/DAPO on ``task`` (steps in the module docstring).
@@ -303,7 +308,8 @@ def rl_train(model: Model, task: RLTask, config: RLConfig = RLConfig(), *, trans
     ``callback(step, model, row)`` runs after every step with the updated Model (e.g. a held-out
     evaluation; whatever it returns is ignored and its time is not in ``seconds``).
     ``prepare`` / ``aux`` / ``strategy``, ``arrays``, ``loss``, ``logp``: see the module docstring (None: the
-    plain GRPO loop, bit for bit).
+    plain GRPO loop, bit for bit). ``logits``: a LogitTransform the rollouts are sampled with after the
+    temperature (e.g. P28's ``min_p(0.03)``); ``old_logp`` stays the policy's own token log-probs.
     """
     if not isinstance(config, RLConfig):
         raise ValueError(f"config must be an RLConfig, got {type(config).__name__}")
@@ -342,7 +348,8 @@ def rl_train(model: Model, task: RLTask, config: RLConfig = RLConfig(), *, trans
             raise ValueError(f"a prompt is longer than RLConfig.max_prompt_len={config.max_prompt_len}")
         r = rollout(Model(params=state.params, cfg=cfg), prompts, answers, key=jax.random.fold_in(key, step),
                     group_size=G, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                    eos_id=eos_id, stop=stop, tokenizer=tokenizer, width=width, strategy=strategy, arrays=arrays)
+                    eos_id=eos_id, stop=stop, tokenizer=tokenizer, width=width, strategy=strategy, arrays=arrays,
+                    logits=logits)
         rewards, fmt = task.reward(r.completions, r.answers)
         r.rewards, r.format_ok = np.asarray(rewards, np.float32), np.asarray(fmt, bool)
         if r.rewards.shape != (len(r.tokens),):

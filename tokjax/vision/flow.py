@@ -470,10 +470,11 @@ class ContinuousAR(Strategy):
     def init(self, params, cfg: ModelConfig, state: DecodeState) -> ContinuousDecodeState:
         fl = _flow_params(params) if self.flow is None else self.flow
         d_model, c = _head_dims(fl["head"])
-        if d_model != cfg.d_model or fl["proj"]["w"].shape != (c, cfg.d_model):
+        n_in = self.input_dim(c)
+        if d_model != cfg.d_model or fl["proj"]["w"].shape != (n_in, cfg.d_model):
             raise ValueError(f"the flow params do not fit the model: head condition width {d_model}, projection "
-                             f"{tuple(fl['proj']['w'].shape)}, expected d_model={cfg.d_model} and [token_dim={c}, "
-                             f"{cfg.d_model}]")
+                             f"{tuple(fl['proj']['w'].shape)}, expected d_model={cfg.d_model} and [input "
+                             f"width={n_in} (token_dim={c}), {cfg.d_model}]")
         R = state.tokens.shape[0]
         n = image_rows(R, self.guided)
         g = jnp.asarray(self.guidance, _F32)
@@ -500,7 +501,8 @@ class ContinuousAR(Strategy):
         s = jnp.minimum(state.step, self.length - 1)
         pending = jnp.take_along_axis(state.tokens, (state.lengths - 1)[:, None], axis=1)  # [R, 1] class at s = 0
         prev = jax.lax.dynamic_index_in_dim(ex.canvas, jnp.maximum(s - 1, 0), axis=1, keepdims=True)  # [R, 1, c]
-        e = jnp.where(s == 0, embed(params, cfg, pending).astype(_F32), _dense(ex.flow["proj"], prev))
+        e_prev, ex = self.prev_embeds(params, cfg, ex, prev, s)
+        e = jnp.where(s == 0, embed(params, cfg, pending).astype(_F32), e_prev)
         out = forward(params, cfg, Inputs(embeds=e.astype(cfg.dtype)), cache=state.cache, compute_logits=False)
         z = out.hidden[:, 0].astype(_F32)
         key, sub = jax.random.split(state.key)
@@ -517,6 +519,19 @@ class ContinuousAR(Strategy):
         extra = ex.replace(canvas=canvas, head_evals=ex.head_evals + T)
         state = state.replace(cache=out.cache, key=key, stats=stats, extra=extra)
         return commit(state, jnp.zeros((R, 1), jnp.int32), jnp.ones((R,), jnp.int32), eos_id)
+
+    def input_dim(self, token_dim: int) -> int:
+        """Returns the input width of ``flow["proj"]`` (plug point: token_dim here, P x; P74 MingTok projects a
+        semantic decoder's features)."""
+        return token_dim
+
+    def prev_embeds(self, params, cfg: ModelConfig, extra: ContinuousDecodeState, prev: jax.Array,
+                    s: jax.Array) -> tuple[jax.Array, ContinuousDecodeState]:
+        """Returns (float32 [R, 1, D], extra): the backbone input of AR step s from the previous token ``prev``
+        [R, 1, c] (plug point: P x_{s-1} here; P74 MingTok feeds a causal semantic decoder whose cache lives in
+        ``extra``). Called at every step; at s = 0 its output is replaced by the class token's embedding."""
+        del params, cfg, s
+        return _dense(extra.flow["proj"], prev), extra
 
     def finalize(self, state: DecodeState) -> dict:
         return {"head_evals": int(state.extra.head_evals)}
