@@ -245,8 +245,14 @@ _ENTRIES: tuple[Entry, ...] = (
                 _c('vs-matched-compute', 'inconclusive', 'CNTP beats best-of-N by sequence perplexity at equal forward tokens',
                         '0.578 vs best-of-N 0.6033 (per seed +0.034, -0.126, +0.016); best-of-N spent somewhat more forward tokens than CNTP (N rounded up), so an interpolated best-of-N and more seeds would decide it'),), test='tests/decoding/test_cautious.py', experiment='experiments/p06_cautious.py'),
     _e(7, 'Reinforcement Mid-Training',
-       'training', 'tokjax.train.rmt', ('rmt',),
-       'RL mid-training: token budget, curriculum, RL + NTP mix'),
+       'training', 'tokjax.train.rmt', ('rmt', 'RMTConfig', 'RMTTask', 'token_budget', 'length_reward', 'rmt_reward', 'curriculum_probs', 'base_entropy', 'make_ntp_aux', 'reason_then_predict'),
+       'RMT on rl_train: the model reasons, then predicts the next token; reward = match + a triangular length '
+       'reward around the budget B_k = max(B_min, B_0 gamma^(k / T^kappa)); contexts sampled easy to hard by '
+       'base-model entropy; GRPO on the sampled tokens + lambda NTP on their windows through rl_train\'s aux / '
+       'prepare plug points (lambda a runtime array; lambda = 0 with a fixed budget is plain GRPO, bit for bit, '
+       'tested). No official code: the length-reward shape, sampler and lambda are our documented choices. '
+       'Quick run only: the tiny pydocs model answers far worse after reasoning than directly; no verdict yet',
+       status='implemented'),
     _e(8, 'Transformers Can Navigate Mazes With Multi-Step Prediction',
        'losses', 'tokjax.losses.mlm_u', ('init_mlm_u', 'mlm_u_loss', 'make_mlm_u_loss', 'mlm_u_logits', 'mlm_u_visibility', 'MLMUDecode'),
        'PAST encoder-decoder on the shared forward: the encoder attends only to visible tokens (Explicit mask); '
