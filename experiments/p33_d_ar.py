@@ -44,6 +44,7 @@ if __package__ in (None, ""):  # run as `python experiments/p33_d_ar.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments._harness import Row, Rule, run_cli, save_figure, train_model  # noqa: E402
+from experiments.p32_flextok import _lm_config, _pixels, _tok_config, _z  # noqa: E402  (the same tokenizer setting as P32)
 
 GEN_RULE = Rule(metric="generation FD z-score, (FD full - FD d-ar) / combined bootstrap SE (higher is better)",
                 higher_is_better=True, threshold=-2.0, seeds=(0, 1, 2), quick_seeds=(0,),
@@ -55,32 +56,6 @@ PREVIEW_RULE = Rule(metric="min over groups g < 7 of the paired z-score of the d
 GROUPS, QUERIES, STEPS_FLOW = 8, 16, 8
 BATCH, LR, DROP_QUANT, TIME_SHIFT = 64, 3e-3, 0.5, 2.0
 ARMS = (("d-ar", "group"), ("full", "full"))
-
-
-def _tok_config():
-    from tokjax.model import ModelConfig
-
-    return ModelConfig(vocab_size=4, d_model=64, n_layers=2, n_heads=4, max_len=32)
-
-
-def _lm_config():
-    from tokjax.model import ModelConfig
-    from tokjax.vision.flextok import register_vocab
-
-    return ModelConfig(vocab_size=register_vocab().size, d_model=64, n_layers=2, n_heads=4, max_len=24)
-
-
-def _pixels(x):
-    """Returns (continuous images [N, 8, 8], their 8-level round trip) of patch tokens."""
-    from experiments import _vision as V
-    from tokjax.vision.flextok import token_images
-
-    img = token_images(x)
-    return img, V.to_images(V.quantizer().encode(img))
-
-
-def _z(a: float, sa: float, b: float, sb: float) -> float:
-    return (a - b) / max((sa ** 2 + sb ** 2) ** 0.5, 1e-12)
 
 
 def _train_tok(cfg, x_train, visible: str, steps: int, seed: int):

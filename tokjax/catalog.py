@@ -264,8 +264,14 @@ _ENTRIES: tuple[Entry, ...] = (
        'two to three hours on this CPU',
        status='implemented'),
     _e(9, 'TokenUnify: Scalable Autoregressive Visual Pre-training with Mixture Token Prediction',
-       'vision', 'tokjax.vision.tokenunify', ('tokenunify',),
-       'mixture of random-mask, next-token and next-all objectives'),
+       'vision', 'tokjax.vision.tokenunify', ('tokenunify', 'tokenunify_loss', 'make_tokenunify_loss', 'objective_loss', 'random_token_inputs', 'next_all_inputs', 'sample_objective'),
+       'one objective per batch drawn with runtime weights: random-token ([MASK] at the official ratio, '
+       'bidirectional), next-token (exactly next_token_loss: weights (0, 1, 0) give its loss and gradient bit '
+       'for bit, tested) or next-all (a prefix of k ~ U{1..n-1} codes, the official noise fill, the whole '
+       'suffix predicted, bidirectional); mode="sum" adds them (the official second stage); registered '
+       '"tokenunify". Categorical heads on glyph codes and a linear probe instead of EM segmentation. Quick '
+       'run only; no verdict yet',
+       status='implemented'),
     _e(10, 'Beyond Next-Token: Next-X Prediction for Autoregressive Visual Generation',
        'vision', 'tokjax.vision.xar', ('xar_init', 'xar_loss', 'make_xar_loss', 'xar_layout', 'xar_ranks', 'xar_sample', 'xar_velocity', 'xar_decode', 'XarDecode'),
        'next-entity prediction (token, row or cell under a Rank mask) with Noisy Context Learning: per-entity t, '

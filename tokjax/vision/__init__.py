@@ -31,16 +31,18 @@
 * :mod:`tokjax.vision.uni3dar` -- P53 Uni-3DAR (compressed octree / quadtree tokens, masked next-token prediction).
 * :mod:`tokjax.vision.x_omni` -- P28 X-Omni (GRPO on a discrete image LM with a classifier reward, via ``rl_train``).
 * :mod:`tokjax.vision.d_ar` -- P33 D-AR (flow decoder whose step g reads token group g; streaming previews).
+* :mod:`tokjax.vision.tokenunify` -- P9 TokenUnify (a per-batch mixture of random-token, next-token and next-all
+  prediction; registered loss ``"tokenunify"``).
 * :mod:`tokjax.vision.ming_univision` -- P74 MingTok (continuous latents, a causal semantic decoder feeding one LM for
   understanding and generation).
 
 Paper modules whose main function shares the module's name (``himar``, ``uni3dar``, ``x_omni``, ``d_ar``,
-``ming_univision``, ``masked_set``) are package attributes as modules: call ``tokjax.vision.himar.himar(...)``.
+``ming_univision``, ``masked_set``, ``tokenunify``) are package attributes as modules: call ``tokjax.vision.himar.himar(...)``.
 """
 
 from tokjax.vision import (
     d_ar, disa, flextok, flow, fsq, himar, image_lm, mar, masked_set, ming_univision, nar, nbp, orders, quality,
-    token_shuffle, tokenflex, tokenizers, uni3dar, x_omni, xar,
+    token_shuffle, tokenflex, tokenizers, tokenunify, uni3dar, x_omni, xar,
 )
 from tokjax.vision.image_lm import (
     CanvasDecodeState, CanvasStrategy, ImageDecodeState, ImageSamples, ImageStrategy, ImageVocab, NextTokenCFG, image_batch, image_batch_fn,
@@ -118,5 +120,5 @@ __all__ = [
     "flextok", "FlexTokSamples", "flextok_decode", "flextok_encode", "flextok_generate", "flextok_init",
     "flextok_loss", "flextok_reconstruct", "flextok_registers", "flextok_velocity", "image_tokens",
     "make_flextok_loss", "register_batch_fn", "register_vocab", "token_images", "tokenizer_batch_fn",
-    "masked_set", "himar", "uni3dar", "x_omni", "d_ar", "ming_univision",
+    "masked_set", "himar", "uni3dar", "x_omni", "d_ar", "ming_univision", "tokenunify",
 ]
