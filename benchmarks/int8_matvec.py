@@ -4,8 +4,8 @@ Batch-1 decoding streams every weight once per token, so int8 weights (4x fewer 
 could be up to 4x faster, *if* the dequantisation (convert, scale) fuses into the dot. This
 times, on SmolLM2-135M's largest matrix (576 x 49152, the tied head) and one MLP matrix
 (576 x 1536), a jitted f32 matvec against the same product with int8 weights and per-column
-scales (`(x @ w.astype(f32)) * scale`), an int8 x int8 dot with f32 accumulation, and bf16
-weights. It reports milliseconds and the ratio to f32.
+scales through tokjax's kernel (``tokjax.model.quant``, an XLA FFI call on CPU) and through plain
+XLA (`(x @ w.astype(f32)) * scale`), an int8 x int8 dot with f32 accumulation, and bf16 weights. It reports milliseconds and the ratio to f32.
 
     python benchmarks/int8_matvec.py            # ~20 s on 2 cores
 """
@@ -33,8 +33,14 @@ def variants():
         acc = jax.lax.dot_general(xq, q, (((1,), (0,)), ((), ())), preferred_element_type=jnp.int32)
         return acc.astype(jnp.float32) * s * (jnp.max(jnp.abs(x)) / 127)
 
+    from tokjax.model.quant import Int8Weight, int8_matmul
+
+    def kernel(x, w, q, s):  # tokjax's path (the FFI kernel on CPU); its [N, K] layout is made once, outside
+        return int8_matmul(x, Int8Weight(q, s, (x.shape[1],), (q.shape[0],)))
+
     return {
         "f32 weights": lambda x, w, q, s: x @ w,
+        "int8 weights, tokjax kernel": kernel,
         "int8 weights, dequantised": lambda x, w, q, s: (x @ q.astype(jnp.float32)) * s,
         "int8 x int8, int32 accumulate": int8_dot,
         "bf16 weights": lambda x, w, q, s: jnp.dot(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16),
@@ -60,12 +66,14 @@ def main(argv=None) -> int:
         w = jnp.asarray(rng.standard_normal((k, n)), jnp.float32)
         scale = jnp.max(jnp.abs(w), axis=0) / 127
         q = jnp.round(w / scale).astype(jnp.int8)
+        q_rows = jnp.asarray(q.T)  # output-major, as tokjax.model.quant stores it
         base = None
         for name, fn in variants().items():
             f = jax.jit(fn)
             b = w.astype(jnp.bfloat16) if name.startswith("bf16") else w
-            jax.block_until_ready(f(x, b, q, scale))
-            ms = 1e3 * float(np.median(timeit(lambda: jax.block_until_ready(f(x, b, q, scale)), args.repeats)))
+            qq, ss = (q_rows, scale[:, None]) if "kernel" in name else (q, scale)
+            jax.block_until_ready(f(x, b, qq, ss))
+            ms = 1e3 * float(np.median(timeit(lambda: jax.block_until_ready(f(x, b, qq, ss)), args.repeats)))
             base = ms if base is None else base
             print(f"{shape:>10} {name:>30} {ms:8.3f} {ms / base:6.2f}x", flush=True)
     return 0

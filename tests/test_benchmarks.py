@@ -42,4 +42,4 @@ def test_int8_matvec_benchmark_runs_at_a_tiny_size(capsys):
     spec.loader.exec_module(mod)
     assert mod.main(["--shapes", "8x16", "--repeats", "1"]) == 0
     rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("8x16")]
-    assert len(rows) == 4, rows
+    assert len(rows) == 5, rows
