@@ -51,6 +51,7 @@ def test_quantization_round_trip_error_is_at_most_half_a_step_and_zero_rows_stay
     assert np.abs(np.asarray(iw.q)).max() <= 127
 
 
+@pytest.mark.slow
 def test_int8_model_forward_tracks_float32_and_greedy_decoding_agrees():
     model = small_model(0, init_scale=0.3)
     qmodel = quant.quantize_int8(model)

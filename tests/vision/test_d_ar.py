@@ -145,6 +145,7 @@ def test_loss_trains_every_part_and_group_alignment_reaches_the_gradients(tok):
     assert np.abs(np.asarray(g7["d_ar"]["pos"])).sum(axis=1).min() > 0
 
 
+@pytest.mark.slow
 def test_stage2_generate_streams_the_same_samples_through_the_callback(tok):
     params, cfg = tok
     vocab = register_vocab()

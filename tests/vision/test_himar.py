@@ -129,6 +129,7 @@ def test_phase2_reads_phase1_hidden_states_not_pivot_codes(small):
     np.testing.assert_allclose(np.asarray(ref), np.asarray(c), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_loss_pivot_dropout_and_stop_gradient(small):
     cfg, params = small
     codes, piv, labels = _data(1, 8)

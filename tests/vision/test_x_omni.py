@@ -59,6 +59,7 @@ def test_every_class_is_prompted_equally_often(n, seed):
     np.testing.assert_array_equal(np.bincount(labels, minlength=3), [n, n, n])
 
 
+@pytest.mark.slow
 def test_min_p_one_rollouts_are_greedy_and_min_p_zero_is_plain_sampling():
     m, xo = model(), x_omni(VOCAB, ORDER, CLF, DECODE, group_size=2)
     prompts, answers = xo.task.prompts(0, 3)
