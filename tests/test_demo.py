@@ -89,6 +89,17 @@ def test_speculative_section_is_lossless(tiny):
         demo.speculative_section(model, tok, ids, max_new_tokens=100, say=lines.append)
 
 
+def test_int8_section_compares_with_the_float32_greedy_run(tiny):
+    model, tok = tiny
+    ids = tok.encode("def f(x): return x\ndef f(x):")
+    lines = []
+    spec = demo.speculative_section(model, tok, ids, max_new_tokens=8, repeats=1, say=lines.append)
+    r = demo.int8_section(model, tok, ids, spec["greedy"], max_new_tokens=8, repeats=1, say=lines.append)
+    assert 0.0 <= r["same_fraction"] <= 1.0 and r["seconds"] > 0 and r["speedup"] > 0
+    assert (r["first_divergence"] is None) == (r["same_fraction"] == 1.0 and len(spec["greedy"]["completion"]) == 8)
+    assert any(line.startswith("int8 weights") for line in lines)
+
+
 def test_loss_section_cut_equals_naive(tiny):
     model, tok = tiny
     lines = []
@@ -178,6 +189,7 @@ def test_full_demo_within_five_minutes():
     out = r.stdout
     for header in ("(a) chat", "(b) code editing", "(c) scoring", "(d) the catalog"):
         assert header in out
+    assert "int8 weights (per-32 scales)" in out
     assert out.count(" yes ") >= 3 and "speed-up" in out and "make reproduce" in out
     assert "measured scratch memory of the compiled loss head" in out
     total = float(out.rsplit("tour finished in ", 1)[1].split()[0])

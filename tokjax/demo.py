@@ -214,7 +214,7 @@ def speculative_section(model, tok, ids: Sequence[int], max_new_tokens: int = 96
         n = len(completion)
         results[name] = {
             "tokens_per_call": float(out.stats["tokens_per_call"]), "seconds": secs, "tokens_per_s": n / secs,
-            "speedup": base[1] / secs, "generated": n, "identical": identical,
+            "speedup": base[1] / secs, "generated": n, "identical": identical, "completion": completion.tolist(),
         }
     say(f"\n{'method':34s} {'identical':>9s} {'tok/call':>8s} {'tok/s':>7s} {'speed-up':>8s}")
     for name, r in results.items():
@@ -222,6 +222,33 @@ def speculative_section(model, tok, ids: Sequence[int], max_new_tokens: int = 96
             f"{r['speedup']:7.2f}x")
     say(f"({results['greedy']['generated']} new tokens, batch 1, best of {repeats} after a warm-up compile)")
     return results
+
+
+def int8_section(model, tok, ids: Sequence[int], greedy: dict[str, Any], max_new_tokens: int = 96, repeats: int = 2,
+                 say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Decodes ``ids`` greedily with int8 weights (``tokjax.model.quant``) and compares with the float32 greedy run
+    ``greedy`` (speculative_section's "greedy" row): returns {seconds, tokens_per_s, speedup, same_fraction,
+    first_divergence, quantize_s}."""
+    from tokjax.model.quant import quantize_int8
+
+    t0 = time.perf_counter()
+    qmodel = quantize_int8(model)
+    jax.block_until_ready(jax.tree.leaves(qmodel.params))
+    quantize_s = time.perf_counter() - t0
+    prompt, lengths = pad_prompt(ids, model.cfg.max_len - max_new_tokens, pad_id=tok.pad_id or 0)
+    out, secs = _timed(qmodel, prompt, lengths, None, max_new_tokens, tok.eos_id, repeats)
+    got, ref = out.completions()[0], np.asarray(greedy["completion"])
+    n = min(len(got), len(ref))
+    diff = np.flatnonzero(got[:n] != ref[:n])
+    first = int(diff[0]) if diff.size else (None if len(got) == len(ref) else n)
+    r = {"seconds": secs, "tokens_per_s": len(got) / secs, "speedup": greedy["seconds"] / secs * len(got) / max(
+        greedy["generated"], 1), "same_fraction": float(np.mean(got[:n] == ref[:n])) if n else 1.0,
+        "first_divergence": first, "quantize_s": quantize_s}
+    say(f"{'int8 weights (per-32 scales)':34s} {'same' if first is None else f'from {first}':>9s} {'':>8s} "
+        f"{r['tokens_per_s']:7.1f} {r['speedup']:7.2f}x")
+    say("(int8: a quarter of the weight bytes per decode step; not lossless, so its tokens may drift from "
+        f"float32's; quantized in {quantize_s:.1f} s)")
+    return r
 
 
 def _scratch_bytes(compiled) -> int | None:
@@ -302,11 +329,13 @@ def run_tour(quick: bool = False, say: Callable[[str], None] = print) -> dict[st
         say(f"{model.num_params():,} parameters, {model.cfg.n_layers} layers, vocabulary {model.cfg.vocab_size:,}")
     with section("(a) chat: a streamed answer (greedy)", timings, say):
         results["chat"] = chat_section(model, tok, max_new_tokens=8 if quick else 48)
-    with section("(b) code editing: greedy vs speculative decoding (lossless)", timings, say):
+    with section("(b) code editing: greedy vs speculative decoding (lossless) and int8 weights", timings, say):
         ids = tok.apply_chat_template([{"role": "user", "content": CODE_PROMPT}], add_generation_prompt=True)
         say("user> " + CODE_PROMPT.replace("\n", "\n      "))
         results["speculative"] = speculative_section(model, tok, ids, max_new_tokens=16 if quick else 96,
                                                      repeats=1 if quick else 2, say=say)
+        results["int8"] = int8_section(model, tok, ids, results["speculative"]["greedy"],
+                                       max_new_tokens=16 if quick else 96, repeats=1 if quick else 2, say=say)
     with section("(c) scoring a passage: cut cross-entropy vs materialised logits", timings, say):
         results["loss"] = loss_section(model, tok, max_tokens=64 if quick else 1024, say=say)
     with section("(d) the catalog and where to go next", timings, say):
