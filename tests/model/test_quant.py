@@ -91,3 +91,7 @@ def test_bad_inputs_raise_clear_errors():
     model = small_model(0)
     with pytest.raises(ValueError, match="ModelConfig"):
         quant.quantize_int8(model.params)
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
+    with pytest.raises(ValueError, match="single-device"):
+        tokjax.generate(quant.quantize_int8(model), [[1, 2]], max_new_tokens=2, logits=tokjax.logits.greedy(),
+                        mesh=mesh)

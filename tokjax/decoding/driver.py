@@ -29,6 +29,7 @@ from tokjax.decoding._state import (
 )
 from tokjax.logits import Identity, LogitTransform, chain
 from tokjax.model import Inputs, Model, ModelConfig, forward, prefill, unstack_layers
+from tokjax.model.quant import Int8Weight
 from tokjax.model.sharding import (
     DEFAULT_RULES, ShardingRules, axes_shardings, cache_shardings, logical_sharding, shard_model, state_shardings,
 )
@@ -394,6 +395,10 @@ def _setup(model, prompt, *, key, max_new_tokens, prompt_lengths, logits, strate
     prefill_tokens[:, :P] = np.where(valid, tokens, 0)  # a real id in the padding (pad_id need not be one)
     buf = np.full((B, total), pad_id, np.int32)
     buf[:, :P] = tokens
+    if mesh is not None and any(isinstance(w, Int8Weight) for w in jax.tree.leaves(
+            model.params, is_leaf=lambda w: isinstance(w, Int8Weight))):
+        raise ValueError("int8 weights (tokjax.model.quant.quantize_int8) are a single-device decode layout; "
+                         "generate them with mesh=None, or shard the float model")
     if mesh is not None and not _on_mesh(model.params, mesh):
         model = shard_model(model, mesh, rules)
     # Per-layer weight buffers read in place (see tokjax.model.unstack_layers); q/k/v and gate/up
