@@ -1,6 +1,7 @@
 """The 16 x 16 glyph protocol of the continuous-token experiments (P10 xAR, P19 DiSA): 2 x 2 pixel patches as
 64 continuous 4-dim tokens, the glyph data, the FD / class-consistency quality measures on the shared classifier
-(``experiments._vision``'s protocol: floor, bootstrap SE), and the 2-layer d = 64 backbone config."""
+(``experiments._vision``'s protocol: floor, bootstrap SE), and the 2-layer d = 64 backbone config. At the end,
+the 8 x 8 register-tokenizer setting shared by P32 FlexTok and P33 D-AR."""
 
 from __future__ import annotations
 
@@ -72,3 +73,32 @@ def model_config():
     from tokjax.model import ModelConfig
 
     return ModelConfig(vocab_size=CLASSES + 1, d_model=64, n_layers=2, n_heads=4, max_len=1 + GRID * GRID)
+
+
+# ------------------------------------------------------------------ 8 x 8 register tokenizers (P32, P33)
+def register_tok_config():
+    """The tokenizer backbone of P32 / P33: d = 64 x 2 layers over [16 patches][16 registers]."""
+    from tokjax.model import ModelConfig
+
+    return ModelConfig(vocab_size=4, d_model=64, n_layers=2, n_heads=4, max_len=32)
+
+
+def register_lm_config():
+    """The stage-2 class-conditional LM over the 16 register ids (``tokjax.vision.flextok.register_vocab``)."""
+    from tokjax.model import ModelConfig
+    from tokjax.vision.flextok import register_vocab
+
+    return ModelConfig(vocab_size=register_vocab().size, d_model=64, n_layers=2, n_heads=4, max_len=24)
+
+
+def register_pixels(x):
+    """Returns (continuous images [N, 8, 8], their 8-level round trip) of 2 x 2 patch tokens."""
+    from tokjax.vision.flextok import token_images
+
+    img = token_images(x)
+    return img, V.to_images(V.quantizer().encode(img))
+
+
+def z_score(a: float, sa: float, b: float, sb: float) -> float:
+    """(a - b) / sqrt(sa^2 + sb^2): a difference in combined standard errors."""
+    return (a - b) / max((sa ** 2 + sb ** 2) ** 0.5, 1e-12)

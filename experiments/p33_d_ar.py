@@ -8,8 +8,8 @@ glyphs at 8 levels (``experiments/_vision.py``), 16 patches of 2 x 2 pixels + 16
 encoder = the shared forward under Prefix(16), FSQ [5, 5, 5] (125 codes), a causal condition transformer, and an
 8-step flow decoder whose step g reads the 2 conditions of group g (the official decoder; time shift 2 as the
 official config); d = 64 x 2, 4 heads, for encoder, condition transformer and decoder each; FlexTok's FSQ
-``drop_quant_p`` = 0.5 in both arms (fixed in advance from P32's probes, where without it the FSQ registers
-collapsed to one code). Arms, same steps, batch 64, lr 3e-3, data: **d-ar** (visible="group") and **full**
+``drop_quant_p`` = 0.5 and P32's fixed pre-FSQ multiplier ``fsq_scale`` = 0.1 in both arms (fixed in advance
+from P32's probes: without the multiplier every query collapses onto one code within ~100 steps). Arms, same steps, batch 64, lr 3e-3, data: **d-ar** (visible="group") and **full**
 (visible="full": every step reads all 16 conditions -- the non-aligned, FlexTok-style decoder, which cannot
 preview before the last token). Stage 2 per arm: a class-conditional NTP LM (d = 64 x 2) over that tokenizer's
 query ids of the training set; ``tokjax.generate`` samples 16 ids, the decoder renders them (8 Euler steps,
@@ -44,7 +44,7 @@ if __package__ in (None, ""):  # run as `python experiments/p33_d_ar.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments._harness import Row, Rule, run_cli, save_figure, train_model  # noqa: E402
-from experiments.p32_flextok import _lm_config, _pixels, _tok_config, _z  # noqa: E402  (the same tokenizer setting as P32)
+from experiments._continuous import register_lm_config, register_pixels, register_tok_config, z_score  # noqa: E402
 
 GEN_RULE = Rule(metric="generation FD z-score, (FD full - FD d-ar) / combined bootstrap SE (higher is better)",
                 higher_is_better=True, threshold=-2.0, seeds=(0, 1, 2), quick_seeds=(0,),
@@ -55,6 +55,7 @@ PREVIEW_RULE = Rule(metric="min over groups g < 7 of the paired z-score of the d
                     seeds=(0, 1, 2), quick_seeds=(0,), reported="d-ar samples of the gen-quality row")
 GROUPS, QUERIES, STEPS_FLOW = 8, 16, 8
 BATCH, LR, DROP_QUANT, TIME_SHIFT = 64, 3e-3, 0.5, 2.0
+FSQ_SCALE = 0.1  # fixed pre-FSQ multiplier (d_ar_init(fsq_scale=...)); without it every query collapses
 ARMS = (("d-ar", "group"), ("full", "full"))
 
 
@@ -66,7 +67,8 @@ def _train_tok(cfg, x_train, visible: str, steps: int, seed: int):
 
     model, _ = train_model(cfg, steps=steps, batch_fn=tokenizer_batch_fn(x_train, batch_size=BATCH, seed=seed),
                            loss_fn=make_d_ar_loss(visible=visible, time_shift=TIME_SHIFT, drop_quant=DROP_QUANT),
-                           params=d_ar_init(cfg, jax.random.key(seed)), lr=LR, seed=seed, weight_decay=0.0)
+                           params=d_ar_init(cfg, jax.random.key(seed), fsq_scale=FSQ_SCALE), lr=LR, seed=seed,
+                           weight_decay=0.0)
     return model.params
 
 
@@ -84,7 +86,7 @@ def _evaluate_tokenizer(params, cfg, visible: str, seed: int, n: int) -> dict:
     ids = np.asarray(ids)
     rec = d_ar_decode(params, cfg, ids, jax.random.key(1000 + seed), steps=STEPS_FLOW, time_shift=TIME_SHIFT,
                       visible=visible)
-    img, img_q = _pixels(np.asarray(rec.x))
+    img, img_q = register_pixels(np.asarray(rec.x))
     return {"usage": float(np.mean([len(np.unique(ids[:, j])) for j in range(ids.shape[1])])),
             "mse": float(((img - ev.images) ** 2).mean()), "acc": V.consistency(img_q, ev.labels), "ids": ids}
 
@@ -158,7 +160,7 @@ def run(quick: bool) -> list[Row]:
     seeds = GEN_RULE.run_seeds(quick)
     train = V.glyph_set(V.TRAIN_N, V.TRAIN_SEED)
     x_train = image_tokens(train.images)
-    cfg, lm_cfg = _tok_config(), _lm_config()
+    cfg, lm_cfg = register_tok_config(), register_lm_config()
     floor = V.real_floor(gen_n)
     labels = V.sample_labels(gen_n)
     res = {arm: [] for arm, _ in ARMS}
@@ -180,7 +182,7 @@ def run(quick: bool) -> list[Row]:
             key = jax.random.key(2000 + seed)
             out = _generate(lm, params, cfg, visible, labels, key)
             secs["gen"] += time.perf_counter() - t0
-            _, img_q = _pixels(out.x)
+            _, img_q = register_pixels(out.x)
             fd, se = V.fd_with_se(img_q)
             res[arm].append({"fd": fd, "se": se, "consistency": V.consistency(img_q, labels), "usage": tok["usage"],
                              "recon_mse": tok["mse"], "recon_acc": tok["acc"], "previews": _preview_stats(out.previews,
@@ -198,7 +200,7 @@ def run(quick: bool) -> list[Row]:
 
     mean = lambda xs: float(np.mean(xs))  # noqa: E731
     dar, full = res["d-ar"], res["full"]
-    z_gen = [_z(f["fd"], f["se"], d["fd"], d["se"]) for f, d in zip(full, dar)]
+    z_gen = [z_score(f["fd"], f["se"], d["fd"], d["se"]) for f, d in zip(full, dar)]
     z_prev = [float(p["z"].min()) for p in prev]
     exact = all(p["exact_last"] for p in prev)
     valid = all(r["usage"] >= 2 and r["recon_acc"] >= 0.5 for r in dar)
@@ -214,7 +216,8 @@ def run(quick: bool) -> list[Row]:
                 "is inconclusive); ")
     setting = (f"8x8 glyphs (8 levels), 16 2x2 patches + 16 queries in 8 groups of 2, Prefix(16) encoder, FSQ [5,5,5], "
                f"causal condition transformer, flow decoder (group g at step g, t at resid_pre), d=64x2 each, time "
-               f"shift {TIME_SHIFT}, drop_quant {DROP_QUANT}; {tok_steps} steps per tokenizer, batch {BATCH}, lr {LR}; "
+               f"shift {TIME_SHIFT}, drop_quant {DROP_QUANT}, fsq_scale {FSQ_SCALE}; {tok_steps} steps per tokenizer, "
+               f"batch {BATCH}, lr {LR}; "
                f"stage-2 NTP LM d=64x2, {lm_steps} steps; {gen_n} samples, {STEPS_FLOW} Euler steps")
     arms = "; ".join(f"{arm}: FD {mean([r['fd'] for r in rs]):.3f} (SE {mean([r['se'] for r in rs]):.3f}), cons "
                      f"{mean([r['consistency'] for r in rs]):.3f}, ids/query {mean([r['usage'] for r in rs]):.1f}, "

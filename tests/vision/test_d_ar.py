@@ -195,3 +195,20 @@ def test_bad_inputs_raise(tok, ids):
     with pytest.raises(ValueError, match="vocab_size"):
         lm = Model.init(ModelConfig(vocab_size=100, d_model=16, n_layers=1, n_heads=2, max_len=20), key)
         D.d_ar_generate(lm, params, cfg, [1], key)
+
+
+def test_fsq_scale_reaches_the_query_encoder(tok):
+    """d_ar_init(fsq_scale=s) passes FlexTok's fixed pre-FSQ multiplier through: the queries' z is s times the
+    unscaled z of the same key, and the d_ar loss gives s a zero gradient."""
+    from tokjax.data import glyphs
+    from tokjax.vision.flextok import _pre_quant
+
+    _, cfg = tok
+    x = jnp.asarray(image_tokens(glyphs(4, size=8, seed=0).images))
+    base, scaled = D.d_ar_init(cfg, jax.random.key(0)), D.d_ar_init(cfg, jax.random.key(0), fsq_scale=0.25)
+    np.testing.assert_allclose(_pre_quant(scaled, cfg, x), 0.25 * _pre_quant(base, cfg, x), rtol=1e-5, atol=1e-7)
+    scaled["flextok"]["out"]["w"] = 0.3 * jax.random.normal(jax.random.key(1), (16, C))
+    g = jax.grad(lambda p: D.make_d_ar_loss()(p, cfg, {"x": x}, jax.random.key(2))[0])(scaled)
+    assert float(g["flextok"]["fsq_in"]["scale"]) == 0.0 and float(jnp.abs(g["flextok"]["fsq_in"]["w"]).sum()) > 0
+    with pytest.raises(ValueError, match="fsq_scale"):
+        D.d_ar_init(cfg, jax.random.key(0), fsq_scale=0.0)

@@ -146,3 +146,32 @@ def test_bad_inputs_raise(tok, x):
     with pytest.raises(ValueError, match="k must lie"):
         lm = Model.init(ModelConfig(vocab_size=137, d_model=16, n_layers=1, n_heads=2, max_len=20), jax.random.key(0))
         F.flextok_generate(lm, params, cfg, [1], jax.random.key(0), k=17)
+
+
+@pytest.mark.slow
+def test_fsq_scale_is_a_fixed_multiplier_of_z_that_training_never_moves(x):
+    """flextok_init(fsq_scale=s): z = s (W_q h + b) with s read through stop_gradient (zero gradient), so an
+    optimiser step (tokjax.train's AdamW, weight decay on) leaves s bit-for-bit while W_q still trains."""
+    from tokjax.train import TrainConfig, train
+
+    cfg = ModelConfig(vocab_size=4, d_model=32, n_layers=2, n_heads=4, max_len=P + R)
+    base = F.flextok_init(cfg, jax.random.key(0))
+    scaled = F.flextok_init(cfg, jax.random.key(0), fsq_scale=0.1)
+    assert "scale" not in base["flextok"]["fsq_in"]  # default: no multiplier (unchanged params)
+    np.testing.assert_allclose(F._pre_quant(scaled, cfg, x), 0.1 * F._pre_quant(base, cfg, x), rtol=1e-5, atol=1e-7)
+    codes, ids = F.flextok_encode(scaled, cfg, x)
+    q = fsq(F.LEVELS)
+    np.testing.assert_array_equal(ids, q.codes_to_ids(q.quantize(0.1 * F._pre_quant(base, cfg, x))))
+    scaled["flextok"]["out"]["w"] = 0.1 * jax.random.normal(jax.random.key(1), (32, C))
+    loss = F.make_flextok_loss(keep="none")
+    g = jax.grad(lambda p: loss(p, cfg, {"x": x}, jax.random.key(2))[0])(scaled)
+    assert float(g["flextok"]["fsq_in"]["scale"]) == 0.0 and float(jnp.abs(g["flextok"]["fsq_in"]["w"]).sum()) > 0
+    model, _ = train(cfg, TrainConfig(lr=1e-2, warmup_steps=0, total_steps=2, weight_decay=0.1, batch_size=6,
+                                      seq_len=1, eval_every=0, checkpoint_every=0, log_every=1),
+                     lambda step: {"x": x}, loss_fn=loss, params=scaled, progress=False)
+    trained = model.params["flextok"]["fsq_in"]
+    assert float(trained["scale"]) == np.float32(0.1)
+    assert not np.array_equal(np.asarray(trained["w"]), np.asarray(scaled["flextok"]["fsq_in"]["w"]))
+    for bad in (0.0, -1.0, float("nan"), [0.1, 0.2], True):
+        with pytest.raises(ValueError, match="fsq_scale"):
+            F.flextok_init(cfg, jax.random.key(0), fsq_scale=bad)

@@ -164,14 +164,15 @@ def grouped_flow_sample(velocity: Callable, x: Any, key: jax.Array, *, steps: An
 
 # ------------------------------------------------------------------------------------------ params
 def d_ar_init(cfg: ModelConfig, key: jax.Array, *, levels: Any = LEVELS, num_queries: int = NUM_QUERIES,
-              patch_dim: int = PATCH * PATCH, num_patches: int = NUM_PATCHES) -> dict:
+              patch_dim: int = PATCH * PATCH, num_patches: int = NUM_PATCHES, fsq_scale: Any = None) -> dict:
     """Returns the params of a D-AR tokenizer: :func:`~tokjax.vision.flextok.flextok_init`'s (encoder, queries as
-    its registers, FSQ projections, mask token, decoder) plus ``params["d_ar"]`` = {"cond": the causal condition
+    its registers, FSQ projections, mask token, decoder; ``fsq_scale`` = its fixed multiplier of z before FSQ, the
+    guard against every query collapsing onto one code) plus ``params["d_ar"]`` = {"cond": the causal condition
     transformer's shared-forward params (same cfg), "pos" [N, D] the learned per-query embedding}. Raises
     ValueError as flextok_init, or for a max_len below num_queries."""
     k0, k1, k2 = jax.random.split(key, 3)
     params = flextok_init(cfg, k0, levels=levels, num_registers=num_queries, patch_dim=patch_dim,
-                          num_patches=num_patches)
+                          num_patches=num_patches, fsq_scale=fsq_scale)
     params["d_ar"] = {"cond": init_params(cfg, k1),
                       "pos": 0.02 * jax.random.normal(k2, (int(num_queries), cfg.d_model), _F32)}
     return params

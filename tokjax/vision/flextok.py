@@ -105,12 +105,20 @@ def tokenizer_batch_fn(tokens: Any, *, batch_size: int, seed: int = 0) -> Callab
 
 # ------------------------------------------------------------------------------------------ params
 def flextok_init(cfg: ModelConfig, key: jax.Array, *, levels: Any = LEVELS, num_registers: int = NUM_REGISTERS,
-                 patch_dim: int = PATCH * PATCH, num_patches: int = NUM_PATCHES) -> dict:
+                 patch_dim: int = PATCH * PATCH, num_patches: int = NUM_PATCHES, fsq_scale: Any = None) -> dict:
     """Returns the params of a FlexTok tokenizer: the encoder's own (``init_params(cfg, key)``) plus
     ``params["flextok"]`` = {"patch_in" [c, D], "registers" [R, D], "fsq_in" [D, d], "reg_in" [d, D],
     "mask_token" [D], "x_in" [c, D], "time" (time embedding), "out" [D, c] (zero-initialised), "dec" (the
     decoder's shared-forward params, same cfg)} with c = ``patch_dim``, d = len(levels), R = ``num_registers``.
-    Raises ValueError for bad levels or sizes, pos_dims != 1, or a max_len below num_patches + num_registers."""
+    Raises ValueError for bad levels or sizes, pos_dims != 1, or a max_len below num_patches + num_registers.
+
+    ``fsq_scale`` (default None: no multiplier, z = W_q h + b): a fixed, untrained multiplier s > 0 stored as
+    ``fsq_in["scale"]`` (read through stop_gradient, so it gets a zero gradient and Adam never moves it); the
+    encoder then quantizes z = s (W_q h + b). Since Adam's step does not depend on a gradient's scale, s both
+    shrinks the initial z and slows z's drift, from W_q and from the whole encoder, by s (a muP-style readout
+    multiplier on the projection into FSQ). Without it, on the 8 x 8 glyphs the register outputs barely depend on the
+    image at initialisation, the decoder's gradient on the codes is shared by all images, and Adam drives every
+    z into tanh saturation within ~50 steps: one code per register for good (``experiments/p32_flextok.py``)."""
     if not isinstance(cfg, ModelConfig):
         raise ValueError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
     q = fsq(levels)
@@ -121,12 +129,17 @@ def flextok_init(cfg: ModelConfig, key: jax.Array, *, levels: Any = LEVELS, num_
         raise ValueError(f"FlexTok reads one sequence [patches][registers]: it needs pos_dims=1, got {cfg.pos_dims}")
     if cfg.max_len < P + R:
         raise ValueError(f"cfg.max_len={cfg.max_len} cannot hold {P} patches + {R} registers")
+    if fsq_scale is not None and (isinstance(fsq_scale, bool) or np.ndim(fsq_scale)
+                                  or not np.isfinite(float(fsq_scale)) or float(fsq_scale) <= 0):
+        raise ValueError(f"fsq_scale must be None or a finite float > 0 (the multiplier of z before FSQ), got "
+                         f"{fsq_scale!r}")
     D = cfg.d_model
     ks = jax.random.split(key, 9)
     fl = {
         "patch_in": _linear(ks[1], c, D),
         "registers": 0.02 * jax.random.normal(ks[2], (R, D), _F32),
-        "fsq_in": _linear(ks[3], D, q.dim),
+        "fsq_in": _linear(ks[3], D, q.dim) if fsq_scale is None else {**_linear(ks[3], D, q.dim),
+                                                                        "scale": jnp.asarray(fsq_scale, _F32)},
         "reg_in": _linear(ks[4], q.dim, D),
         "mask_token": 0.02 * jax.random.normal(ks[5], (D,), _F32),
         "x_in": _linear(ks[6], c, D),
@@ -174,10 +187,14 @@ def flextok_encode(params: Any, cfg: ModelConfig, x: Any, *, levels: Any = LEVEL
 
 
 def _pre_quant(params, cfg, x) -> jax.Array:
-    """Returns float32 [B, R, d]: W_q h, the encoder's register outputs before FSQ."""
+    """Returns float32 [B, R, d]: s (W_q h + b), the encoder's register outputs before FSQ (s = the fixed
+    ``fsq_in["scale"]`` of ``flextok_init(fsq_scale=...)``, else 1)."""
     fl = _fp(params)
     x = _check_patches(params, x)
-    return _dense(fl["fsq_in"], register_encode(params, cfg, _dense(fl["patch_in"], x), fl["registers"]))
+    z = _dense(fl["fsq_in"], register_encode(params, cfg, _dense(fl["patch_in"], x), fl["registers"]))
+    if "scale" in fl["fsq_in"]:
+        z = jax.lax.stop_gradient(jnp.asarray(fl["fsq_in"]["scale"], _F32)) * z
+    return z
 
 
 def flextok_registers(params: Any, codes: Any, keep: Any) -> jax.Array:
