@@ -503,16 +503,19 @@ _ENTRIES: tuple[Entry, ...] = (
        '(tokjax.vision.fsq: straight-through rounding, codes <-> ids), pow2 nested dropout (official MaskedNestedDropout '
        'samplers), bidirectional rectified-flow decoder (a second shared forward, t via cond_hooks) reading the kept '
        'registers, registered "flextok"; stage 2: class-conditional NTP over register ids through tokjax.generate '
-       'stopping at k, then the flow decoder; VAE and REPA dropped. Quick run only: at 400 steps the tokenizers are '
-       'undertrained, so every claim is inconclusive by the declared validity rule',
+       'stopping at k, then the flow decoder; VAE and REPA dropped. A fixed pre-FSQ multiplier (fsq_scale, not the '
+       'official recipe) stops an Adam-driven tanh-saturation collapse to one code per register on glyphs. Quick '
+       'run only: at 400 steps the tokenizers are undertrained, so every claim is inconclusive by the declared '
+       'validity rule',
        status='implemented'),
     _e(33, 'D-AR: Diffusion via Autoregressive Models',
        'vision', 'tokjax.vision.d_ar', ('d_ar', 'd_ar_init', 'd_ar_loss', 'make_d_ar_loss', 'd_ar_encode', 'd_ar_conditions', 'd_ar_decode', 'd_ar_stream', 'd_ar_generate', 'grouped_flow_sample'),
        'sequential diffusion tokenizer on the FlexTok pieces (query encoder under Prefix, FSQ, a causal condition '
        'transformer) whose flow step g reads token group g (registered "d_ar"; official group/time-shift '
        'arithmetic); plain NTP over the 16 ids through tokjax.generate; streaming per-group x0 previews '
-       '(d_ar_stream, or a callback fed by tokjax.stream), the last preview bit-equal to the sample. Quick run '
-       'invalid: the FSQ tokenizer recipe shared with P32 collapses to one code per query on glyphs',
+       '(d_ar_stream, or a callback fed by tokjax.stream), the last preview bit-equal to the sample. fsq_scale (as '
+       'P32) stops the tokenizer collapse, but at the full-mode length the tokenizer still falls short of the '
+       'declared reconstruction validity rule in a probe; quick run only',
        status='implemented'),
     _e(34, 'Dual-Head Knowledge Distillation: Enhancing Logits Utilization with an Auxiliary Head',
        'losses', 'tokjax.losses.dual_head_kd', ('dual_head_kd', 'binary_kl_norm', 'project_conflicting', 'init_aux_head', 'make_dual_head_kd_loss'),
