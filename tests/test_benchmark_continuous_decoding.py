@@ -58,6 +58,7 @@ def _check(rows: list[dict], batches: tuple, keys: list[str], bench) -> None:
     assert passes == {k: {"mar50": 16, "mar_disa": 16}.get(k, 64) for k in keys}, passes
 
 
+@pytest.mark.slow
 def test_continuous_decoding_benchmark_runs_at_a_tiny_size(capsys, tmp_path):
     bench = _bench()
     out = tmp_path / "rows.json"

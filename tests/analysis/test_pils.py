@@ -160,6 +160,7 @@ def _naive_greedy(params, cfg, feats, bos, steps):
     return toks[:, 1:]
 
 
+@pytest.mark.slow
 def test_invert_through_generate_equals_full_forward_greedy_and_teacher_forced_exact():
     params, cfg, batch = _inverter(seed=2)
     params = {**params, "lm": jax.tree.map(lambda x: x * 4.0, params["lm"])}  # sharper, varied argmaxes

@@ -43,6 +43,7 @@ def gen(small, strategy, **kw):
     return tokjax.generate(small, PROMPTS, max_new_tokens=NEW, strategy=strategy, eos_id=7, **kw)
 
 
+@pytest.mark.slow
 def test_theta_zero_equals_llm_and_above_one_equals_slm(pair, router):
     small, large = pair
     ref_l = tokjax.generate(large, PROMPTS, max_new_tokens=NEW, logits=L.greedy(), eos_id=7)

@@ -81,6 +81,7 @@ def _greedy(model, prompts, n, eos):
     return [toks[b, p[b] : e[b]].tolist() for b in range(len(prompts))]
 
 
+@pytest.mark.slow
 def test_greedy_chat_completion_matches_transformers(smollm2, ref_model):
     """64-token greedy budget on the chat prompt (transformers stops at <|im_end|> after 39)."""
     model, tok = smollm2

@@ -35,6 +35,7 @@ def test_chunked_scores_equal_full_softmax_reference(beta_c, chunk):
     assert s.shape == (3, 7) and np.all((s >= 0) & (s <= 1))
 
 
+@pytest.mark.slow
 def test_cdpo_weights_range_no_gradient_and_loss_matches_weighted_dpo():
     toks = np.random.default_rng(1).integers(0, 19, (4, 8)).astype(np.int32)  # 2 chosen, 2 rejected rows
     s = contrastive_token_scores(POS, NEG, toks[2:])

@@ -31,6 +31,7 @@ def brute_max_var(vals, m):
     st.just(G), st.integers(2, G), st.integers(1, 3),
     st.lists(st.sampled_from([-2.0, -1.0, -0.5, 0.0, 0.25, 1.0, 3.0]) | st.floats(-5, 5, width=32),
              min_size=3 * G, max_size=3 * G))))
+@pytest.mark.slow
 def test_max_variance_subset_equals_brute_force_over_all_subsets(args):
     G, m, n_groups, vals = args
     v = np.asarray(vals[:n_groups * G], np.float32)

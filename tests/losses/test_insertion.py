@@ -153,6 +153,7 @@ def _brute_force(outs, batch, lam, c):
     return float(np.mean(total))
 
 
+@pytest.mark.slow
 def test_loss_matches_brute_force(params):
     batch = ilm_batch_from_drops(*_raw(), pad_id=0)
     outs = _per_row_outputs(params, batch)

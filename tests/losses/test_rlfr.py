@@ -75,6 +75,7 @@ def test_flow_velocity_equals_the_official_mlp_transliteration():
     assert np.all(np.asarray(flow_velocity(init_flow(jax.random.key(1), 6, cond_dim=5), x, t, c, l)) == 0)  # zero init
 
 
+@pytest.mark.slow
 def test_loss_and_score_follow_the_official_interpolation_and_debias_weight():
     rng = np.random.default_rng(1)
     p = _random_flow(jax.random.key(2), 4, 8, 1)

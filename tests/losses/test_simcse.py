@@ -94,6 +94,7 @@ def test_random_crops_are_contiguous_windows_inside_the_valid_tokens():
     assert crop_len(64, 0.5) == 32 and crop_len(3, 0.1) == 1
 
 
+@pytest.mark.slow
 def test_simcse_loss_equals_info_nce_on_the_embeddings_of_its_crops_and_trains():
     params = tokjax.Model.init(CFG, jax.random.key(0)).params
     toks = jnp.asarray(np.random.default_rng(0).integers(0, 37, (4, 16)))

@@ -18,6 +18,7 @@ def _perturbed(cfg, seed=1, scale=0.1):
     return lora
 
 
+@pytest.mark.slow
 def test_gate_zero_is_base_bit_for_bit_and_init_is_identity():
     m = small_model()
     x = jax.random.randint(jax.random.key(3), (2, 9), 0, m.cfg.vocab_size)

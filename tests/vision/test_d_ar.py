@@ -197,6 +197,7 @@ def test_bad_inputs_raise(tok, ids):
         D.d_ar_generate(lm, params, cfg, [1], key)
 
 
+@pytest.mark.slow
 def test_fsq_scale_reaches_the_query_encoder(tok):
     """d_ar_init(fsq_scale=s) passes FlexTok's fixed pre-FSQ multiplier through: the queries' z is s times the
     unscaled z of the same key, and the d_ar loss gives s a zero gradient."""

@@ -48,6 +48,7 @@ def test_tiny_glyph_model_beats_the_uniform_and_marginal_baselines(glyph_model):
     assert history["train"][-1]["loss"] < history["train"][0]["loss"]
 
 
+@pytest.mark.slow
 def test_decoded_likelihood_equals_teacher_forced(glyph_model):
     model, vocab, _ = glyph_model
     o = raster(4, 4)

@@ -45,6 +45,7 @@ def test_glyph_classifier_generalises(fitted):
     assert float(class_consistency(params, train.images, train.labels)) >= acc - 0.005
 
 
+@pytest.mark.slow
 def test_chance_on_noise(fitted):
     params, _, _ = fitted
     rng = np.random.default_rng(0)
