@@ -29,6 +29,7 @@ def _table(text: str, bench) -> dict:
     return rows
 
 
+@pytest.mark.slow
 def test_image_decoding_benchmark_runs_at_a_tiny_size(capsys, tmp_path):
     bench = _bench()
     out = tmp_path / "rows.json"

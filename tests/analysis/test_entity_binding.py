@@ -81,6 +81,7 @@ def test_classify_order():
     np.testing.assert_array_equal(out, [0, 1, 2, 3, 4, 1])
 
 
+@pytest.mark.slow
 def test_fit_mixing_model_recovers_planted_oracle():
     n = 5
     grid = np.array(list(itertools.product(range(n), repeat=3)))

@@ -126,6 +126,7 @@ def _train(params, feats, y, steps, trainable, seed=0):
                  progress=False)
 
 
+@pytest.mark.slow
 def test_learned_gate_finds_the_informative_tokens():
     feats, y, _ = _planted(512)
     test, yt, info = _planted(256, seed=1)

@@ -33,6 +33,7 @@ def _prompts(seed, n, lo=3, hi=9):
     return [r.integers(0, V, size=int(r.integers(lo, hi))).astype(np.int32) for _ in range(n)]
 
 
+@pytest.mark.slow
 def test_teacher_forced_logprobs_equal_generate_step_logprobs(target):
     prompts = _prompts(0, 3)
     T = 5

@@ -34,6 +34,7 @@ def test_bucket_sizes():
     assert bucket_size(40, cap=48) == 48 and bucket_size(47, cap=32) == 47  # never below n
 
 
+@pytest.mark.slow
 def test_ten_prompt_lengths_and_several_budgets_compile_the_loop_once():
     kw = dict(key=jax.random.key(0), logits=L.temperature(0.9))
     generate(MODEL, prompts_of_width(17, 0), max_new_tokens=16, **kw)  # compiles the (32, 16) bucket

@@ -46,6 +46,7 @@ def test_ead_matches_recorded(pair, name):
     np.testing.assert_array_equal(gen.stats["used_large"], FIX[f"ead_{name}_used_large"])
 
 
+@pytest.mark.slow
 def test_cntp_matches_recorded():
     model = F.cntp_model()
     strat = cautious(stop_ids=[2, 3], h_lo=0.0, h_hi=1.0, max_trials=4, max_trial_len=6)
@@ -62,6 +63,7 @@ def test_cntp_matches_recorded():
         np.testing.assert_array_equal(np.asarray(r.stats[f]), FIX[f"cntp_generate_{f}"], err_msg=f)
 
 
+@pytest.mark.slow
 def test_token_recycling_hot_start_matches_recorded():
     model = F.hot_model()
     strat = speculative(recycling(template="small"), verify.greedy())

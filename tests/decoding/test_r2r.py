@@ -57,6 +57,7 @@ def test_theta_zero_equals_llm_and_above_one_equals_slm(pair, router):
         np.testing.assert_allclose(out.stats["llm_fraction"], frac)
 
 
+@pytest.mark.slow
 def test_never_routing_equals_slm_sampling(pair, router):
     small, large = pair
     key = jax.random.key(3)

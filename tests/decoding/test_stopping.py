@@ -48,6 +48,7 @@ def test_several_eos_ids_stop_each_row_at_the_first_of_them(greedy_full):
     assert one.lengths[0] == greedy_full.prompt_lengths[0] + 4
 
 
+@pytest.mark.slow
 def test_token_stop_sequences_stop_inside_the_loop_and_keep_the_sequence(greedy_full):
     comps = [c.tolist() for c in greedy_full.completions()]
     seq = comps[0][4:6]

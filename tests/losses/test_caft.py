@@ -123,6 +123,7 @@ def test_step_from_batch_does_not_recompile():
 
 
 # -------------------------------------------------------------------------------------- alignment
+@pytest.mark.slow
 def test_head_k_learns_x_t_plus_1_plus_k_and_off_by_one_fails():
     """On x_{t+j} = f^j(x_t), trained heads reach ~0 CE on x_{t+1+k}; read against x_{t+k} or x_{t+2+k} they fail."""
     perm = np.random.default_rng(0).permutation(V)

@@ -84,6 +84,7 @@ def _batch(seed, B=2, T1=8):
     return {"tokens": toks, "prompt_lengths": np.full((2 * B,), 3, np.int32)}
 
 
+@pytest.mark.slow
 def test_make_dpo_loss_batch_weights_ones_bit_for_bit_and_weighted():
     pol = tokjax.Model.init(CFG, jax.random.key(0)).params
     ref = tokjax.Model.init(CFG, jax.random.key(1)).params

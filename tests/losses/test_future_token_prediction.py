@@ -114,6 +114,7 @@ def test_causality_outputs_at_t_ignore_later_tokens():
         np.testing.assert_allclose(out[:, :, 0], out1, atol=1e-5)  # the first output is the next-token head
 
 
+@pytest.mark.slow
 def test_chunked_equals_unchunked():
     """Values and gradients of the chunked map (chunk 5 over 14 rows: a ragged, padded last chunk) equal one batch."""
     p, fc = _model()

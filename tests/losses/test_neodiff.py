@@ -172,6 +172,7 @@ def test_bad_inputs_raise(model):
         N.neodiff_decoder(length=L, src_len=P, tau_source="oracle")
 
 
+@pytest.mark.slow
 def test_decode_commits_the_rounding_and_steps_do_not_recompile(model):
     from tokjax.decoding import driver
 

@@ -193,6 +193,7 @@ def tiny(tok):
     return Model.init(cfg, jax.random.PRNGKey(0))
 
 
+@pytest.mark.slow
 def test_real_model_matches_cache_free_reference_and_normalises(tok, tiny):
     ref = ForwardReference(tiny)
     for x in [b"", b"a", b"ab", b"abcab"]:

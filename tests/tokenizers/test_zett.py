@@ -139,6 +139,7 @@ def test_plain_head_adds_nothing_the_residual_head_adds_exactly_fvt(setup):
     assert float(jnp.abs(e_plain - mean_of_parts(src, ids, lengths)).mean()) > 1e-2
 
 
+@pytest.mark.slow
 def test_identity_pool_is_the_source_vocabulary_and_its_warmup_targets_the_source_embeddings(setup):
     model, old, _ = setup
     pool = identity_pool(old, 6)

@@ -37,6 +37,7 @@ def test_image_tokens_round_trip():
     np.testing.assert_allclose(F.token_images(t), img, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_encode_gives_fsq_codes_and_keep_r_is_the_unmasked_decoder_input(tok, x):
     params, cfg = tok
     codes, ids = F.flextok_encode(params, cfg, x)

@@ -55,6 +55,7 @@ def test_chance_on_noise(fitted):
     assert abs(acc - 0.1) < 0.025, acc  # ~5 standard errors of a fair 1-in-10 guess at n = 4000
 
 
+@pytest.mark.slow
 def test_consistency_logits_and_features_match_numpy(fitted):
     params, _, test = fitted
     x, y = test.images[:500], test.labels[:500]

@@ -75,6 +75,7 @@ def test_min_p_one_rollouts_are_greedy_and_min_p_zero_is_plain_sampling():
     assert all(len(c) == ORDER.size and c.max() < VOCAB.num_codes for c in sampled.completions)
 
 
+@pytest.mark.slow
 def test_rl_train_with_the_x_omni_plug_ins_updates_the_policy_with_a_kl_to_sft():
     sft, xo = model(), x_omni(VOCAB, ORDER, CLF, DECODE, group_size=4, beta=0.04)
     assert xo.options["eps_low"] == xo.options["eps_high"] == 0.2 and xo.options["max_new_tokens"] == 6
