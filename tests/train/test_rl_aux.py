@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import tokjax
+from tests._grpo_loop import run_reference
 from tokjax.losses.grpo import group_advantages, make_grpo_loss
 from tokjax.model import Model
-from tokjax.train.rl import RLConfig, _logp, make_aux_loss, rl_train, rollout, rollout_batch
-from tokjax.train._step import init_state, make_optimizer, make_train_step
+from tokjax.train.rl import RLConfig, make_aux_loss, rl_train, rollout, rollout_batch
 
 V, TARGET, EOS = 12, 5, 11
 CFG = tokjax.ModelConfig(vocab_size=V, d_model=32, n_layers=1, n_heads=2, max_len=32)
@@ -44,20 +44,8 @@ def test_aux_none_is_the_plain_loop_bit_for_bit():
     """aux=None, prepare=None: rl_train equals a hand-written rollout -> group_advantages -> grpo step loop."""
     m, task = model(), CountTarget()
     trained, hist = rl_train(m, task, RL, eos_id=EOS)
-    tc = RL.train_config()
-    opt = make_optimizer(tc)
-    state = init_state(CFG, opt, RL.seed, params=m.params)
-    step = make_train_step(CFG, opt, make_grpo_loss(), donate=False)
-    key = jax.random.key(RL.seed)
-    for s in range(RL.steps):
-        prompts, answers = task.prompts(s, RL.prompts_per_step)
-        r = rollout(Model(state.params, CFG), prompts, answers, key=jax.random.fold_in(key, s), group_size=4,
-                    max_new_tokens=5, eos_id=EOS, width=RL.max_prompt_len + RL.max_new_tokens)
-        rewards, _ = task.reward(r.completions, r.answers)
-        batch = rollout_batch(r)
-        batch["old_logp"] = _logp(state.params, CFG, batch)  # the loop's own compiled old-log-prob program
-        batch["advantages"] = group_advantages(np.asarray(rewards, np.float32), 4)
-        state, metrics = step(state, batch)
+    state, steps = run_reference(m, RL, task.prompts, lambda r: task.reward(r.completions, r.answers)[0], eos_id=EOS)
+    for s, _, metrics in steps:
         assert float(metrics["loss"]) == hist[s]["loss"]
     assert _leaves_equal(trained.params, state.params)
 

@@ -9,15 +9,14 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import tokjax
+from tests._grpo_loop import run_reference
 from tokjax.losses import token_stats
-from tokjax.losses.grpo import group_advantages, make_grpo_loss
 from tokjax.model import Model
-from tokjax.train.rl import RLConfig, _logp, rl_train, rollout, rollout_batch
+from tokjax.train.rl import RLConfig, rl_train
 from tokjax.train.rmt import (
     RMTAnswer, RMTConfig, RMTTask, base_entropy, curriculum_probs, length_reward, make_ntp_aux, parse_reasoning,
     reason_then_predict, rmt, rmt_reward, token_budget,
 )
-from tokjax.train._step import init_state, make_optimizer, make_train_step
 
 V, THINK, END = 12, 10, 11
 CFG = tokjax.ModelConfig(vocab_size=V, d_model=32, n_layers=1, n_heads=2, max_len=32)
@@ -136,29 +135,22 @@ def test_lambda0_fixed_budget_is_grpo_bit_for_bit():
     cfg = RMTConfig(b0=2.0, gamma=1.0, ntp_weight=0.0, min_context=2)
     trained, hist = rmt(m, WINDOWS, h, cfg, rl=RL, think_id=THINK, end_id=END)
     task = RMTTask(WINDOWS, h, cfg, total_steps=RL.steps, think_id=THINK, end_id=END, prompt_seed=RL.seed)
-    tc = RL.train_config()
-    opt = make_optimizer(tc)
-    state = init_state(CFG, opt, RL.seed, params=m.params)
-    step = make_train_step(CFG, opt, make_grpo_loss(), donate=False)
-    key = jax.random.key(RL.seed)
-    for s in range(RL.steps):
-        prompts, answers = task.prompts(s, RL.prompts_per_step)
-        r = rollout(Model(state.params, CFG), prompts, answers, key=jax.random.fold_in(key, s), group_size=4,
-                    max_new_tokens=RL.max_new_tokens, eos_id=END, width=RL.max_prompt_len + RL.max_new_tokens)
-        rewards = []
-        for c, a in zip(r.completions, r.answers):  # the reward written out independently
+
+    def rewards(r):  # the reward written out independently
+        out = []
+        for c, a in zip(r.completions, r.answers):
             c = list(np.asarray(c))
             if END in c and c.index(END) > 0:
                 body = c[:c.index(END)]
-                rewards.append(float(body[-1] == a.target) + max(0.0, 1.0 - abs(len(body) - 1 - 2.0) / 2.0))
+                out.append(float(body[-1] == a.target) + max(0.0, 1.0 - abs(len(body) - 1 - 2.0) / 2.0))
             else:
-                rewards.append(0.0)
-        batch = rollout_batch(r)
-        batch["old_logp"] = _logp(state.params, CFG, batch)
-        batch["advantages"] = group_advantages(np.asarray(rewards, np.float32), 4)
-        state, metrics = step(state, batch)
+                out.append(0.0)
+        return out
+
+    state, steps = run_reference(m, RL, task.prompts, rewards, eos_id=END)
+    for s, rw, metrics in steps:
         assert float(metrics["loss"]) == hist[s]["loss"]
-        np.testing.assert_allclose(hist[s]["reward"], np.mean(rewards), rtol=1e-6)
+        np.testing.assert_allclose(hist[s]["reward"], np.mean(rw), rtol=1e-6)
         assert hist[s]["budget"] == 2.0
     assert _leaves_equal(trained.params, state.params)
 
