@@ -110,3 +110,18 @@ def alternate_timings(calls: dict, repeats: int) -> dict:
             fn(r)
             times[name].append(time.perf_counter() - t)
     return times
+
+
+def alternate_timings_cpu(calls: dict, repeats: int) -> tuple[dict, dict]:
+    """Returns ({name: wall seconds}, {name: process CPU seconds}) of ``repeats`` interleaved calls of each of
+    ``calls`` (as :func:`alternate_timings`). The CPU seconds (all threads of this process) are the core-seconds a
+    call used: on a machine other processes load, they are closer to the unloaded time than the wall clock."""
+    wall = {name: [] for name in calls}
+    cpu = {name: [] for name in calls}
+    for r in range(repeats):
+        for name, fn in calls.items():
+            c, t = time.process_time(), time.perf_counter()
+            fn(r)
+            wall[name].append(time.perf_counter() - t)
+            cpu[name].append(time.process_time() - c)
+    return wall, cpu

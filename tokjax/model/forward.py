@@ -11,6 +11,8 @@ Stages a method may call directly: :func:`embed` (token ids -> vectors), :func:`
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
 import re
@@ -354,6 +356,8 @@ def blocks(
     hooks: Mapping[str, Callable] | None = None,
     segment_ids: jax.Array | None = None,
     lora: tuple | None = None,
+    scan_unroll: int | bool | None = None,
+    remat: str | None = None,
 ) -> tuple[jax.Array, KVCache | None, dict]:
     """Returns (x, cache, taps) after running layers ``start .. end-1`` on the residual stream x [B, T, D].
 
@@ -367,8 +371,13 @@ def blocks(
     each layer's recurrent state; sites as :data:`ATTENTION_ONLY_SITES` says).
     ``lora``: None, or (per-layer LoRA pairs laid out as ``params["layers"]`` is -- stacked [L, ...] leaves or a
     tuple of per-layer dicts --, gate [B, T] bool); see :mod:`tokjax.model.lora`, whose ``lora_forward`` builds it.
+    ``scan_unroll`` / ``remat`` (static; the scan path only, i.e. stacked weights without a cache; None = the
+    :func:`layer_loop` default, which is 1 / "none"): how many layers one scan iteration runs (``True`` = all,
+    a straight-line program), and the ``jax.checkpoint`` policy of a layer (:data:`REMAT_POLICIES`). Neither
+    changes the values computed, only what the backward pass stores or recomputes.
     """
     end = cfg.n_layers if end is None else end
+    scan_unroll, remat_policy = _layer_loop_options(scan_unroll, remat)
     if lora is not None and cfg.mixer == "mamba":
         raise ValueError("LoRA adapters (lora=) apply to attention/MLP projections; mixer='mamba' layers have none")
     mask = attn_lib.Causal() if mask is None else mask
@@ -395,7 +404,9 @@ def blocks(
             h, _, sites = _layer(p, cfg, h, positions, mask, segment_ids, i, None, parsed_hooks, want_probs, lo)
             return h, {s: sites[s] for s in want}
 
-        x, ys = jax.lax.scan(body, x, (layer_params, layer_ids, lora_layers))
+        if remat_policy is not None:
+            body = jax.checkpoint(body, policy=remat_policy)
+        x, ys = jax.lax.scan(body, x, (layer_params, layer_ids, lora_layers), unroll=scan_unroll)
         new_cache = None
     else:
         # A Python loop over layers: with a cache, each layer's buffers are updated in place
@@ -435,6 +446,55 @@ def blocks(
         for s in want:
             tapped[s] = ys[s][jnp.asarray(rel, jnp.int32)] if rel else ys[s][:0]
     return x, new_cache, tapped
+
+
+# ``remat`` names -> jax.checkpoint policies for one layer of the scan (None: no checkpoint, the backward keeps
+# every residual of the forward; "full": keep nothing but the layer's input and recompute the layer).
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+_LAYER_LOOP = contextvars.ContextVar("tokjax_layer_loop", default=(1, "none"))
+
+
+def _check_layer_loop(scan_unroll, remat) -> None:
+    if scan_unroll is not None and not (isinstance(scan_unroll, bool)
+                                        or (isinstance(scan_unroll, (int, np.integer)) and scan_unroll >= 1)):
+        raise ValueError(f"scan_unroll must be an int >= 1 (layers per scan iteration) or True (all), "
+                         f"got {scan_unroll!r}")
+    if scan_unroll is False:
+        raise ValueError("scan_unroll=False is not a choice: use 1 (one layer per scan iteration)")
+    if remat is not None and remat not in REMAT_POLICIES:
+        raise ValueError(f"remat must be one of {list(REMAT_POLICIES)}, got {remat!r}")
+
+
+def _layer_loop_options(scan_unroll, remat):
+    """Returns (scan unroll, jax.checkpoint policy or None) of a blocks() call, defaults from :func:`layer_loop`."""
+    _check_layer_loop(scan_unroll, remat)
+    d_unroll, d_remat = _LAYER_LOOP.get()
+    scan_unroll = d_unroll if scan_unroll is None else scan_unroll
+    remat = d_remat if remat is None else remat
+    return (True if scan_unroll is True else int(scan_unroll)), REMAT_POLICIES[remat]
+
+
+@contextlib.contextmanager
+def layer_loop(*, scan_unroll: int | bool | None = None, remat: str | None = None):
+    """Sets, while tracing inside the ``with`` block, the defaults of :func:`blocks`'s ``scan_unroll`` and
+    ``remat`` (None keeps the enclosing default; the outermost default is 1 / "none").
+
+    The train step (``tokjax.train.make_train_step``) traces its loss under this, so a loss that calls
+    ``forward`` needs no new argument. It acts at trace time: a function jitted outside the block and only
+    called inside keeps the options of its first trace (the values are the same either way).
+    """
+    _check_layer_loop(scan_unroll, remat)
+    d_unroll, d_remat = _LAYER_LOOP.get()
+    token = _LAYER_LOOP.set((d_unroll if scan_unroll is None else scan_unroll, d_remat if remat is None else remat))
+    try:
+        yield
+    finally:
+        _LAYER_LOOP.reset(token)
 
 
 def _lora_layers(layers, start, end):
@@ -576,6 +636,8 @@ def forward(
     head: jax.Array | None = None,
     logit_bias: jax.Array | None = None,
     lora: tuple | None = None,
+    scan_unroll: int | bool | None = None,
+    remat: str | None = None,
 ) -> Output:
     """Returns the model's Output (logits, hidden, taps, cache) for ``inputs``.
 
@@ -586,7 +648,8 @@ def forward(
     With ``compute_logits`` and a partial layer range, logits are the early-exit logits
     through the final norm and the shared head. ``lora`` = (per-layer LoRA pairs, gate [B, T] bool): low-rank
     deltas on the projections where the gate is True, the base model bit for bit where it is False (build it with
-    :func:`tokjax.model.lora.lora_forward`).
+    :func:`tokjax.model.lora.lora_forward`). ``scan_unroll`` / ``remat``: the training layer loop's options
+    (see :func:`blocks`; same values, different backward cost).
     """
     if not isinstance(inputs, Inputs):
         inputs = Inputs(tokens=jnp.asarray(inputs))
@@ -614,7 +677,7 @@ def forward(
 
     x, cache, tapped = blocks(
         params, cfg, x, positions, mask=mask, cache=cache, start=start, end=end,
-        taps=taps, hooks=hooks, segment_ids=inputs.segment_ids, lora=lora,
+        taps=taps, hooks=hooks, segment_ids=inputs.segment_ids, lora=lora, scan_unroll=scan_unroll, remat=remat,
     )
     normed = final_norm(params, cfg, x)
     logits = unembed(params, cfg, normed, head=head, bias=logit_bias) if compute_logits else None

@@ -43,6 +43,9 @@ class TrainConfig:
     ``"last:N"`` (the last N stacked transformer layers, e.g. ``("last:4", "final_norm")``); every other
     leaf stays bit-for-bit frozen and gets no optimiser state. ``batch_size`` and ``seq_len`` shape
     the batches cut from token windows; a ``batch_fn`` or an iterable of batches brings its own.
+    ``scan_unroll`` / ``remat`` (None = the train step's defaults) set the layer loop of the train step
+    (:func:`tokjax.train.make_train_step`): layers per scan iteration and the per-layer ``jax.checkpoint`` policy
+    ("none", "full", "dots", "dots_no_batch"); same values up to float summation order, different speed/memory.
     """
 
     lr: float = 3e-3
@@ -63,6 +66,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     loss: Any = None  # None: the default next-token loss; else a registry loss {name: ..., <options>} (or a name)
     trainable: tuple[str, ...] | None = None  # None: all params; else top-level keys / "a/b" path prefixes
+    scan_unroll: int | None = None  # None: the train step's measured default; else layers per scan iteration
+    remat: typing.Literal["none", "full", "dots", "dots_no_batch"] | None = None  # None: the measured default
 
     def __post_init__(self):
         _check_types(self, "TrainConfig")
@@ -70,6 +75,9 @@ class TrainConfig:
             object.__setattr__(self, "loss", _normalise_loss(self.loss))
         if self.trainable is not None:
             object.__setattr__(self, "trainable", _normalise_trainable(self.trainable))
+        if self.scan_unroll is not None and self.scan_unroll < 1:
+            raise ValueError(f"TrainConfig.scan_unroll must be >= 1 (layers per scan iteration) or None, "
+                             f"got {self.scan_unroll!r}")
         pos = ("total_steps", "batch_size", "seq_len", "log_every", "keep_checkpoints")
         for name in pos:
             if getattr(self, name) < 1:
@@ -112,6 +120,9 @@ class TrainConfig:
             del out["trainable"]
         else:
             out["trainable"] = list(self.trainable)
+        for name in ("scan_unroll", "remat"):  # same reason: absent unless chosen
+            if getattr(self, name) is None:
+                del out[name]
         return out
 
     @property

@@ -270,7 +270,8 @@ def _run_fns(model_cfg: ModelConfig | None, tc: TrainConfig, loss_fn: Callable):
         key = None
     if key is None or key not in _RUN_CACHE:
         optimizer, schedule = make_optimizer(tc), make_schedule(tc)
-        step = make_train_step(model_cfg, optimizer, loss_fn, schedule=schedule, trainable=tc.trainable)
+        step = make_train_step(model_cfg, optimizer, loss_fn, schedule=schedule, trainable=tc.trainable,
+                               scan_unroll=tc.scan_unroll, remat=tc.remat)
         fns = (optimizer, schedule, step)
         if key is None:
             return fns

@@ -19,11 +19,16 @@ import optax
 from flax import struct
 
 from tokjax.model import ModelConfig, init_params
+from tokjax.model.forward import layer_loop
 from tokjax.model.ops import path_tokens
 from tokjax.train._config import TrainConfig
 from tokjax.train._loss import as_loss_fn, next_token_loss
 
 _SEP = "/"
+# The train step's layer loop (make_train_step's scan_unroll / remat when None), chosen by measurement in
+# benchmarks/train_throughput.py (see its docstring for the table).
+DEFAULT_SCAN_UNROLL = 1
+DEFAULT_REMAT = "none"
 
 __all__ = ["TrainState", "init_state", "make_optimizer", "make_schedule", "make_train_step", "trainable_mask"]
 
@@ -219,6 +224,8 @@ def make_train_step(
     schedule: optax.Schedule | None = None,
     donate: bool = True,
     trainable: tuple[str, ...] | None = None,
+    scan_unroll: int | bool | None = None,
+    remat: str | None = None,
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """Returns the jitted pure ``train_step(state, batch) -> (state, metrics)``.
 
@@ -230,17 +237,26 @@ def make_train_step(
     config) keeps every other leaf bit-for-bit frozen. ``cfg`` may be None for a loss over a
     plain pytree. The input state is donated (its buffers are reused for the output), so do not
     use it after the call; pass ``donate=False`` to keep it.
+    ``scan_unroll`` / ``remat``: the layer-loop options of every ``forward`` the loss traces (see
+    :func:`tokjax.model.forward.blocks`; None = ``DEFAULT_SCAN_UNROLL`` / ``DEFAULT_REMAT``, chosen by
+    ``benchmarks/train_throughput.py``). They change the speed and memory of the backward pass, never the values
+    beyond float summation order.
     """
     if cfg is not None and not isinstance(cfg, ModelConfig):
         raise ValueError(f"make_train_step needs a ModelConfig or None, got {type(cfg).__name__}")
     if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
         raise ValueError(f"optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}")
     loss_fn = as_loss_fn(loss_fn)
+    loop = dict(scan_unroll=DEFAULT_SCAN_UNROLL if scan_unroll is None else scan_unroll,
+                remat=DEFAULT_REMAT if remat is None else remat)
+    with layer_loop(**loop):  # validates them now, before any trace
+        pass
 
     def checked_loss(params, batch, rng):
         # Checked here, inside the differentiated function, so a malformed loss fails with a
         # message about the loss interface rather than an error from deep inside jax.grad.
-        out = loss_fn(params, cfg, batch, rng)
+        with layer_loop(**loop):  # trace-time defaults of blocks(): the loss's own forward calls need no argument
+            out = loss_fn(params, cfg, batch, rng)
         if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], Mapping)):
             raise ValueError(f"loss_fn must return (scalar loss, metrics dict), got {type(out).__name__}")
         loss, metrics = out
