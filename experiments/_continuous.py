@@ -1,6 +1,7 @@
 """The 16 x 16 glyph protocol of the continuous-token experiments (P10 xAR, P19 DiSA): 2 x 2 pixel patches as
 64 continuous 4-dim tokens, the glyph data, the FD / class-consistency quality measures on the shared classifier
-(``experiments._vision``'s protocol: floor, bootstrap SE), and the 2-layer d = 64 backbone config. At the end,
+(``experiments._vision``'s protocol: floor, bootstrap SE), the 2-layer d = 64 backbone config and the inits of its
+continuous-token models (MAR, continuous raster AR, xAR cells: :func:`continuous_params`). At the end,
 the 8 x 8 register-tokenizer setting shared by P32 FlexTok and P33 D-AR."""
 
 from __future__ import annotations
@@ -73,6 +74,40 @@ def model_config():
     from tokjax.model import ModelConfig
 
     return ModelConfig(vocab_size=CLASSES + 1, d_model=64, n_layers=2, n_heads=4, max_len=1 + GRID * GRID)
+
+
+XAR_CELL = 4  # xAR's entity in the 16 x 16 setting: 4 x 4-token cells, K = 4 entities (P10's reported arm)
+
+
+def xar_cells():
+    """The :class:`tokjax.vision.xar.XarLayout` of P10's reported arm: 4 x 4-token cells on the 8 x 8 grid."""
+    from tokjax.vision.xar import xar_layout
+
+    return xar_layout((GRID, GRID), "cell", XAR_CELL)
+
+
+def continuous_params(cfg, key, kind: str, *, head_width: int = 64, head_depth: int = 3) -> dict:
+    """Returns backbone params (``init_params`` from ``split(key)[0]``) plus the continuous-token entry of
+    ``kind`` from ``split(key)[1]``: "mar" (``mar_init``), "flow" (``continuous_init``, continuous raster AR) or
+    "xar" (``xar_init``: the velocity read-out, no head MLP), the inits of P10 / P19."""
+    import jax
+
+    from tokjax.model.params import init_params
+    from tokjax.vision.flow import continuous_init
+    from tokjax.vision.mar import mar_init
+    from tokjax.vision.xar import xar_init
+
+    k1, k2 = jax.random.split(key)
+    params = dict(init_params(cfg, k1))
+    if kind == "mar":
+        params["mar"] = mar_init(k2, cfg, PATCH * PATCH, width=head_width, depth=head_depth)
+    elif kind == "flow":
+        params["flow"] = continuous_init(k2, cfg, PATCH * PATCH, width=head_width, depth=head_depth)
+    elif kind == "xar":
+        params["xar"] = xar_init(k2, cfg, PATCH * PATCH)
+    else:
+        raise ValueError(f"kind must be 'mar', 'flow' or 'xar', got {kind!r}")
+    return params
 
 
 # ------------------------------------------------------------------ 8 x 8 register tokenizers (P32, P33)

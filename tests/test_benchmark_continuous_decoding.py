@@ -48,7 +48,7 @@ def _check(rows: list[dict], batches: tuple, keys: list[str], bench) -> None:
     for r in rows:
         base = next(x for x in rows if x["batch"] == r["batch"] and x["key"] == bench.PAIRS[r["pair"]])
         assert r["head_evals"] == want[r["key"]], r
-        assert r["images_per_s"] > 0 and r["ratio"] > 0, r
+        assert r["images_per_s"] > 0 and r["ratio"] > 0 and r["cfg"] == "off", r
         assert r["ratio"] == pytest.approx(r["images_per_s"] / base["images_per_s"])
         assert r["evals_ratio"] == pytest.approx(r["head_evals"] / base["head_evals"])
         assert r["images_per_s"] == pytest.approx(r["batch"] / r["seconds"])
@@ -88,6 +88,23 @@ def test_schedules_are_the_declared_ones():
     assert steps.shape == (16,) and fills.sum() == 64
     with pytest.raises(ValueError, match="unknown arm 'flowar'"):
         bench.build("flowar")
+
+
+def test_cfg_on_builds_every_arm_guided_and_off_unguided(capsys):
+    # --cfg on times each decoder's guided Strategy (a null-class row per image, guidance 1.5); off is unchanged
+    bench = _bench()
+    for name in ("mar_disa", "raster5", "xar"):  # one arm per decoder (build's three branches)
+        for guided in (False, True):
+            sample = bench.build(name, guided=guided)
+            if name.startswith("xar"):
+                assert sample.keywords["guidance"] == (bench.GUIDANCE if guided else 1.0), name
+            else:
+                strategy = sample.args[1]
+                assert strategy.guided is guided and float(strategy.guidance) == (bench.GUIDANCE if guided else 1.0)
+    assert bench.GUIDANCE != 1.0 and bench.CFG_MODES == {"on": (True,), "off": (False,), "both": (False, True)}
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--cfg", "maybe"])
+    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, msg", [

@@ -357,9 +357,10 @@ _ENTRIES: tuple[Entry, ...] = (
        'inner flow steps T(s) annealed over the AR steps (linear / cosine / two-stage / constant, the official MAR '
        'diffloss.py and xAR xar.py integer arithmetic, checked against transliterations), a host table passed as the '
        'runtime steps schedule of tokjax.vision.mar.MAR (masked-set continuous AR on the shared forward, registered '
-       'loss "mar"), continuous raster AR or xAR; head evals = sum_s T(s)|fill_s|. Quick run only (both models '
-       'undertrained, every DiSA gap within about one bootstrap SE); linear 50->5 needs under half the head evals '
-       'of T=50 on MAR (the paper\'s 5-10x is against T=100)',
+       'loss "mar"), continuous raster AR or xAR; head evals = sum_s T(s)|fill_s|. The experiment compares DiSA with constant T '
+       'on MAR, raster AR and xAR (4x4 cells), each with the Euler and Euler-Maruyama samplers. Quick run only '
+       '(all models undertrained, every DiSA gap within about one bootstrap SE); linear 50->5 needs under half the '
+       'head evals of T=50 on MAR (the paper\'s 5-10x is against T=100)',
        status='implemented'),
     _e(20, 'An Early FIRST Reproduction and Improvements to Single-Token Decoding for Fast Listwise Reranking',
        'decoding', 'tokjax.decoding.first_rerank', ('first_rerank', 'permutation_rerank', 'rerank_prompt'),
