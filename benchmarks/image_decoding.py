@@ -3,6 +3,7 @@
     python benchmarks/image_decoding.py            # batch 1 and 64, CFG on, median of 3, every decoder (~3-4 min)
     python benchmarks/image_decoding.py --quick    # batch 1 and 16, median of 2
     python benchmarks/image_decoding.py --cfg both --json out.json
+    python benchmarks/image_decoding.py --cfg both --uncached   # also the cache-free canvas decoders
 
 Setting: the glyph setting of ``experiments/p13_nbp.py``, ``p31_nar.py`` and ``p64_token_shuffle.py``
 (``experiments._vision``): an 8 x 8 code grid at 8 levels, 10 classes, d = 64, 4 heads, 2 layers, 2-D
@@ -13,9 +14,14 @@ Token-Shuffle. Decoders, all run by ``tokjax.vision.image_lm.sample_images`` (th
 
 * raster NTP (2 layers): ``next_token_cfg``, one token per pass with the KV cache, 64 passes -- the baseline;
 * raster NTP (3 layers): the same with one more layer (P31 compares NAR against this parameter match);
-* NAR: ``nar_decoder``, one anti-diagonal per pass, H + W - 1 = 15 passes, cache-free;
-* NBP k=8 / k=16: ``nbp_decoder``, one row / two rows per pass, 8 / 4 passes, cache-free;
-* Token-Shuffle s=2 / s=4: ``token_shuffle_decoder``, one s x s window per pass, 16 / 4 passes, cache-free.
+* NAR: ``nar_decoder``, one anti-diagonal per pass, H + W - 1 = 15 passes;
+* NBP k=8 / k=16: ``nbp_decoder``, one row / two rows per pass, 8 / 4 passes;
+* Token-Shuffle s=2 / s=4: ``token_shuffle_decoder``, one s x s window per pass, 16 / 4 passes.
+
+The canvas decoders (NAR, NBP, Token-Shuffle) run KV-cached (their default ``cached=True``: each pass appends
+the block the previous pass filled to the cache). ``--uncached`` adds each of them a second time with
+``cached=False`` (one forward of the whole canvas per pass; rows "... no cache"), timed in the same
+alternating rounds, so old and new paths are compared on one machine state.
 
 Classifier-free guidance is on by default (``guided=True``, guidance 1.5: a doubled batch of conditional and
 null-class rows per pass, as a deployed class-conditional sampler runs); ``--cfg off`` times the
@@ -49,8 +55,11 @@ FULL = dict(batches=(1, 64), repeats=3)
 QUICK = dict(batches=(1, 16), repeats=2)
 BASELINE = "ntp"
 DECODERS = ("ntp", "ntp3", "nar", "nbp8", "nbp16", "ts2", "ts4")
+CANVAS = ("nar", "nbp8", "nbp16", "ts2", "ts4")  # CanvasStrategy decoders: cached by default, "<name>_nc" without
+NO_CACHE = "_nc"
 LABELS = {"ntp": "raster NTP", "ntp3": "raster NTP 3 layers", "nar": "NAR (2+1 layers)", "nbp8": "NBP k=8",
           "nbp16": "NBP k=16", "ts2": "Token-Shuffle s=2", "ts4": "Token-Shuffle s=4"}
+LABELS.update({name + NO_CACHE: LABELS[name] + " no cache" for name in CANVAS})
 
 
 def model_config(n_layers: int = N_LAYERS):
@@ -63,7 +72,8 @@ def model_config(n_layers: int = N_LAYERS):
 
 
 def build(name: str, guided: bool, seed: int = 0):
-    """Returns (Model, strategy) of decoder ``name`` (one of DECODERS), random-init by the decoder's own init."""
+    """Returns (Model, strategy) of decoder ``name`` (one of DECODERS, or a CANVAS name + "_nc": the same decoder
+    cache-free), random-init by the decoder's own init."""
     import jax
 
     from tokjax.model import Model, init_params
@@ -74,18 +84,21 @@ def build(name: str, guided: bool, seed: int = 0):
     from tokjax.vision.token_shuffle import token_shuffle_decoder, token_shuffle_init
 
     vocab, order, key = ImageVocab(LEVELS, CLASSES), raster(GRID, GRID), jax.random.key(seed)
+    cached = not (name.endswith(NO_CACHE) and name[:-len(NO_CACHE)] in CANVAS)
+    name = name if cached else name[:-len(NO_CACHE)]
     if name in ("ntp", "ntp3"):
         cfg = model_config(3 if name == "ntp3" else N_LAYERS)
         return Model(init_params(cfg, key), cfg), next_token_cfg(vocab, order, guided=guided)
     cfg = model_config()
     if name == "nar":
-        return Model(nar_init(cfg, key, extra_layers=1), cfg), nar_decoder(vocab, GRID, GRID, guided=guided)
+        return (Model(nar_init(cfg, key, extra_layers=1), cfg),
+                nar_decoder(vocab, GRID, GRID, guided=guided, cached=cached))
     if name in ("nbp8", "nbp16"):
-        return Model(init_params(cfg, key), cfg), nbp_decoder(vocab, order, int(name[3:]), guided=guided)
+        return Model(init_params(cfg, key), cfg), nbp_decoder(vocab, order, int(name[3:]), guided=guided, cached=cached)
     if name in ("ts2", "ts4"):
         s = int(name[2:])
         return (Model(token_shuffle_init(cfg, key, s), cfg),
-                token_shuffle_decoder(vocab, GRID, GRID, s, guided=guided))
+                token_shuffle_decoder(vocab, GRID, GRID, s, guided=guided, cached=cached))
     raise ValueError(f"unknown decoder {name!r}; the decoders: {', '.join(DECODERS)}")
 
 
@@ -128,8 +141,8 @@ def measure(names: list[str], batch: int, guided: bool, repeats: int) -> list[di
     for name, a in arms.items():
         med = float(np.median(a["times"]))
         rows.append(dict(decoder=LABELS[name], key=name, batch=batch, cfg="on" if guided else "off",
-                         passes=a["passes"], images_per_s=batch / med, seconds=med,
-                         ratio=batch / med / base, compile_s=max(a["first"] - med, 0.0)))
+                         cached=not name.endswith(NO_CACHE), passes=a["passes"], images_per_s=batch / med,
+                         seconds=med, ratio=batch / med / base, compile_s=max(a["first"] - med, 0.0)))
     return rows
 
 
@@ -144,6 +157,8 @@ def main(argv=None) -> int:
                     help="classifier-free guidance: on (guided, the default), off (conditional rows only), both")
     ap.add_argument("--decoders", type=_decoders, default=None,
                     help=f"comma-separated subset of {','.join(DECODERS)} (raster NTP always runs: the baseline)")
+    ap.add_argument("--uncached", action="store_true",
+                    help="also time each selected canvas decoder (NAR, NBP, Token-Shuffle) cache-free (cached=False)")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args(argv)
     opts = dict(QUICK if args.quick else FULL)
@@ -152,6 +167,8 @@ def main(argv=None) -> int:
     if args.repeats:
         opts["repeats"] = args.repeats
     names = args.decoders or list(DECODERS)
+    if args.uncached:
+        names = names + [n + NO_CACHE for n in names if n in CANVAS]
     modes = {"on": (True,), "off": (False,), "both": (True, False)}[args.cfg]
 
     import jax
@@ -160,7 +177,7 @@ def main(argv=None) -> int:
     print(f"glyph setting: {GRID}x{GRID} codes at {LEVELS} levels, {CLASSES} classes, d={D_MODEL} x {N_LAYERS} layers, "
           f"{N_HEADS} heads, 2-D RoPE, random init; temperature 1, CFG on = guided (guidance {GUIDANCE}), "
           f"off = conditional rows only; median of {opts['repeats']}, compile excluded")
-    header = (f"{'decoder':<22} {'B':>3} {'cfg':>3} {'passes':>6} {'images/s':>9} {'vs NTP':>7} {'ms/batch':>9} "
+    header = (f"{'decoder':<31} {'B':>3} {'cfg':>3} {'passes':>6} {'images/s':>9} {'vs NTP':>7} {'ms/batch':>9} "
               f"{'compile s':>9}")
     print(header)
     print("-" * len(header), flush=True)
@@ -170,7 +187,7 @@ def main(argv=None) -> int:
         for batch in opts["batches"]:
             for row in measure(names, batch, guided, opts["repeats"]):
                 results.append(row)
-                print(f"{row['decoder']:<22} {row['batch']:>3} {row['cfg']:>3} {row['passes']:>6} "
+                print(f"{row['decoder']:<31} {row['batch']:>3} {row['cfg']:>3} {row['passes']:>6} "
                       f"{row['images_per_s']:>9.1f} {row['ratio']:>6.2f}x {1e3 * row['seconds']:>9.1f} "
                       f"{row['compile_s']:>9.1f}", flush=True)
     print(f"wall time {time.perf_counter() - t_all:.0f} s")

@@ -61,6 +61,18 @@ def test_every_decoder_runs_with_and_without_guidance(tmp_path):
         assert next(r["ratio"] for r in rows if r["cfg"] == cfg and r["key"] == "ntp") == 1.0
 
 
+@pytest.mark.slow
+def test_uncached_adds_the_cache_free_canvas_decoders(tmp_path):
+    bench = _bench()
+    out = tmp_path / "rows.json"
+    assert bench.main(["--batches", "2", "--repeats", "1", "--decoders", "ts4", "--uncached", "--cfg", "off",
+                       "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["key"], r["cached"], r["passes"]) for r in rows] == [("ntp", True, 64), ("ts4", True, 4),
+                                                                     ("ts4_nc", False, 4)]
+    assert rows[2]["decoder"] == "Token-Shuffle s=4 no cache"
+
+
 @pytest.mark.parametrize("argv, msg", [
     (["--decoders", "ntp,maskgit"], "no decoder named maskgit"),
     (["--batches", "0"], "batch sizes >= 1"),

@@ -46,7 +46,7 @@ from tokjax.vision import (
 )
 from tokjax.vision.image_lm import (
     CanvasDecodeState, CanvasStrategy, ImageDecodeState, ImageSamples, ImageStrategy, ImageVocab, NextTokenCFG, image_batch, image_batch_fn,
-    next_token_cfg, sample_images, sequence_positions,
+    next_token_cfg, sample_images, sequence_positions, append_block, keep_block, feed_positions,
 )
 from tokjax.vision.orders import ORDERS, Order, cell, diagonal, make_order, raster, to_grid, to_sequence, window_raster
 from tokjax.vision.quality import (
@@ -93,7 +93,8 @@ from tokjax.vision.tokenizers import VQ, PixelQuantizer, codebook_usage, patchif
 
 __all__ = [
     "image_lm", "orders", "ImageDecodeState", "ImageSamples", "ImageStrategy", "ImageVocab", "NextTokenCFG",
-    "image_batch", "image_batch_fn", "next_token_cfg", "sample_images", "sequence_positions", "ORDERS", "Order",
+    "image_batch", "image_batch_fn", "next_token_cfg", "sample_images", "sequence_positions", "append_block",
+    "keep_block", "feed_positions", "ORDERS", "Order",
     "cell", "diagonal", "make_order", "raster", "to_grid", "to_sequence", "window_raster",
     "quality", "tokenizers", "class_consistency", "class_logprob", "classifier_batch_fn", "classifier_features",
     "classifier_init", "classifier_logits", "classifier_loss", "fd_proxy", "VQ", "PixelQuantizer", "codebook_usage",

@@ -66,13 +66,14 @@ from tokjax.data import batch_indices
 from tokjax.decoding import DecodeState, GenerateOutput, Strategy, commit, generate
 from tokjax.decoding._state import ends_greedy
 from tokjax.logits import LogitTransform, as_rows, chain, check_range, hparam, sample, temperature as temperature_tf
-from tokjax.model import Inputs, Model, ModelConfig, forward
+from tokjax.model import Inputs, KVCache, Model, ModelConfig, Output, forward
+from tokjax.model.attention import Rank
 from tokjax.vision.orders import Order, _check_int, _check_order, to_grid, to_sequence
 
 __all__ = [
     "CanvasDecodeState", "CanvasStrategy", "ImageDecodeState", "ImageSamples", "ImageStrategy", "ImageVocab",
-    "NextTokenCFG", "fixed_batch_fn", "image_batch", "image_batch_fn",
-    "next_token_cfg", "sample_images", "sequence_positions",
+    "NextTokenCFG", "append_block", "feed_positions", "fixed_batch_fn", "image_batch", "image_batch_fn",
+    "keep_block", "next_token_cfg", "sample_images", "sequence_positions",
 ]
 
 _F32 = jnp.float32
@@ -471,11 +472,49 @@ def sample_images(model: Model, strategy: ImageStrategy, labels: Any, key: jax.A
 @struct.dataclass
 class CanvasDecodeState:
     """``DecodeState.extra`` of a :class:`CanvasStrategy`: ``canvas`` int32 [R, T] (the model input of
-    every pass, filled as tokens are sampled), ``positions`` int32 [T, D] and ``guidance`` float32 [images]."""
+    every pass, filled as tokens are sampled), ``positions`` int32 [T, D], ``guidance`` float32 [images] and
+    ``aux`` (a subclass's own state of the cached path, e.g. NAR's head-B KV cache; None otherwise)."""
 
     canvas: jax.Array
     positions: jax.Array
     guidance: jax.Array
+    aux: Any = None
+
+
+def keep_block(before: KVCache, after: KVCache, keep: Any) -> KVCache:
+    """Returns ``after`` (a cache a block was just appended to) holding only the block's first ``keep`` slots
+    (an int or per-row [R]) beyond ``before``'s entries: the rest (placeholders, queries, pad slots) are rolled
+    back, invisible to every later block and overwritten by the next write."""
+    keep = jnp.asarray(keep, jnp.int32)
+    return after.replace(lengths=(before.lengths + (keep[None, :] if keep.ndim else keep)).astype(jnp.int32))
+
+
+def append_block(params, cfg: ModelConfig, cache: KVCache, inputs: Inputs, ranks: Any, keep: Any = None,
+                 **forward_kw) -> Output:
+    """Appends a block of T slots to ``cache`` in one forward and returns its Output (cache trimmed to ``keep``).
+
+    Every slot of the block sees every cached entry and, inside the block, the slots whose rank is <= its own
+    (``Rank(ranks [T] or [R, T], bidirectional=True)``: one rank for a block that attends to itself
+    bidirectionally, e.g. an NBP block; rank 0 for real slots and 1 for pad slots, so real slots never see the
+    pads). ``keep`` (None: all T) leading slots stay in the cache (:func:`keep_block`): slots that later blocks
+    must not see -- pads, and placeholder queries that the cache-free forward never shows to later slots --
+    go after them. ``inputs`` should carry explicit positions (:func:`feed_positions`): the cache offset is not
+    a canvas slot once slots were rolled back. ``forward_kw`` go to ``forward`` (taps, compute_logits, ...).
+    This is exact: the cache-free forward of the canvas under a rank mask gives the same values at the block's
+    slots when the cache holds exactly the slots of lower rank (up to float summation order).
+    """
+    out = forward(params, cfg, inputs, cache=cache, mask=Rank(ranks=jnp.asarray(ranks, jnp.int32),
+                                                                bidirectional=True), **forward_kw)
+    if keep is None:
+        return out
+    return out.replace(cache=keep_block(cache, out.cache, keep))
+
+
+def feed_positions(cfg: ModelConfig, table: jax.Array, slots: jax.Array) -> jax.Array:
+    """Returns the positions of canvas ``slots`` [F] for ``forward``: the slot index itself for a ``pos_dims = 1``
+    model (what the cache-free forward of the whole canvas reads), ``table[slots]`` [F, D] otherwise."""
+    slots = jnp.asarray(slots, jnp.int32)
+    return slots if cfg.pos_dims == 1 else jnp.take(jnp.asarray(table, jnp.int32), slots, axis=0)
 
 
 class CanvasStrategy(ImageStrategy):
@@ -491,7 +530,17 @@ class CanvasStrategy(ImageStrategy):
     committed sequence is ``[class, codes in self.order]``, so :meth:`ImageStrategy.images` reads it
     back. ``stats["forward_calls"]`` = passes. Subclasses define :meth:`canvas_init`,
     :meth:`canvas_positions`, :meth:`schedule` and :meth:`pass_logits`.
+
+    Cached decoding (a subclass's ``cached`` field, default True): instead of re-running the canvas, pass p
+    appends only the slots its queries need that no earlier pass appended -- the block filled by pass p - 1
+    (plus the class token and any placeholders on the first pass) -- to ``tokjax.generate``'s KV cache with the
+    method's intra-block mask (:func:`append_block`), and reads the target logits at those slots. The cache then
+    holds exactly the slots of lower rank than the block, so the logits equal the cache-free ones (tested to
+    1e-5, same tokens under the same key). Subclasses define :meth:`cached_logits` (and :meth:`canvas_aux`,
+    :meth:`cache_slots` where needed). ``cached=False`` keeps the cache-free path (a reference for the tests).
     """
+
+    cached: bool = True  # subclasses declare it as a dataclass field (static: part of the jit key)
 
     def canvas_init(self, cls_tokens: jax.Array) -> jax.Array:
         """Returns int32 [R, T]: the canvas before the first pass, from the rows' class tokens [R]."""
@@ -511,6 +560,37 @@ class CanvasStrategy(ImageStrategy):
         """Returns float32 [R, Q, V]: the logits every target row of the schedule indexes."""
         raise NotImplementedError(f"{type(self).__name__} must define pass_logits (CanvasStrategy subclasses do)")
 
+    def cached_logits(self, params, cfg: ModelConfig, cache: KVCache, extra: CanvasDecodeState,
+                      p: jax.Array) -> tuple[jax.Array, KVCache, CanvasDecodeState]:
+        """Returns (z float32 [R, A, V], cache, extra): the logits of pass ``p``'s schedule targets (column a =
+        target a of ``schedule()[0][p]``), computed by appending the pass's new slots to ``cache``
+        (:func:`append_block`), and the updated cache and state (``extra.aux``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no cached path (define cached_logits, or cached=False)")
+
+    def canvas_aux(self, params, cfg: ModelConfig, rows: int, capacity: int) -> Any:
+        """Returns the initial ``CanvasDecodeState.aux`` of the cached path (default None)."""
+        return None
+
+    def cache_slots(self) -> int:
+        """Returns the most cache slots the cached passes write up to (beyond the final length = ``slack``)."""
+        return 1 + self.new_tokens()
+
+    @property
+    def slack(self) -> int:  # cached passes may write pad / placeholder slots past the final sequence length
+        return max(0, self.cache_slots() - 1 - self.new_tokens()) if self.cached else 0
+
+    def pass_target_logits(self, params, cfg: ModelConfig, cache: KVCache, extra: CanvasDecodeState,
+                           p: jax.Array) -> tuple[jax.Array, KVCache, CanvasDecodeState]:
+        """Returns (z float32 [R, A, V], cache, extra) for pass ``p``: the logits of its schedule targets, by
+        :meth:`cached_logits` (``cached``) or by one cache-free :meth:`pass_logits` of the canvas (cache
+        returned unchanged). ``cfg`` is the model's (its own ``pos_dims``)."""
+        if self.cached:
+            z, cache, extra = self.cached_logits(params, cfg, cache, extra, p)
+            return z.astype(_F32), cache, extra
+        tgt = jnp.asarray(self.schedule()[0])[p]
+        z = jnp.take(self.pass_logits(params, cfg, extra.canvas, extra.positions).astype(_F32), tgt, axis=1)
+        return z, cache, extra
+
     @property
     def max_accept(self) -> int:  # most tokens one pass commits (the width of the schedule)
         return int(self.schedule()[0].shape[1])
@@ -527,9 +607,14 @@ class CanvasStrategy(ImageStrategy):
     def init(self, params, cfg: ModelConfig, state: DecodeState) -> CanvasDecodeState:
         R = state.tokens.shape[0]
         n = image_rows(R, self.guided)
+        aux = self.canvas_aux(params, self._model_cfg(cfg), R, state.cache.capacity) if self.cached else None
         return CanvasDecodeState(canvas=self.canvas_init(state.tokens[:, 0]).astype(jnp.int32),
                                  positions=jnp.asarray(self.canvas_positions(), jnp.int32),
-                                 guidance=as_rows(self.guidance, n, "guidance"))
+                                 guidance=as_rows(self.guidance, n, "guidance"), aux=aux)
+
+    def _model_cfg(self, cfg: ModelConfig) -> ModelConfig:
+        # generate ran the prefill as pos_dims=1 (sample_images); the passes read the model's own pos_dims
+        return cfg.replace(pos_dims=self.pos_dims) if self.pos_dims > 1 else cfg
 
     def persistent_state(self, extra) -> None:
         return None
@@ -540,10 +625,8 @@ class CanvasStrategy(ImageStrategy):
         n = R // 2 if self.guided else R
         targets, writes, valid = (jnp.asarray(a) for a in self.schedule())
         p = jnp.minimum(state.step, targets.shape[0] - 1)
-        tgt, wr, ok = targets[p], writes[p], valid[p]  # [A]
-        if self.pos_dims > 1:
-            cfg = cfg.replace(pos_dims=self.pos_dims)  # generate ran the prefill as pos_dims=1 (sample_images)
-        z = jnp.take(self.pass_logits(params, cfg, extra.canvas, extra.positions).astype(_F32), tgt, axis=1)
+        wr, ok = writes[p], valid[p]  # [A]
+        z, cache, extra = self.pass_target_logits(params, self._model_cfg(cfg), state.cache, extra, p)
         if self.guided:
             cond, uncond = z[:n], z[n:]
             z = cond + (extra.guidance[:, None, None] - 1.0) * (cond - uncond)  # exactly cond at g = 1
@@ -569,6 +652,9 @@ class CanvasStrategy(ImageStrategy):
             masked_rows=state.stats.masked_rows | (masked & ~state.done),
         )
         # valid slots come first in every pass (schedule contract), so commit's first `count` tokens are them
-        state = state.replace(logit_state=logit_state, key=key, stats=stats, extra=extra.replace(canvas=canvas))
+        state = state.replace(cache=cache, logit_state=logit_state, key=key, stats=stats,
+                              extra=extra.replace(canvas=canvas))
         state = commit(state, tok, counts, eos_id, logits=logits)
+        if self.cached:  # commit sets the cache length to the committed length - 1; the canvas cache keeps its own
+            state = state.replace(cache=cache)
         return state.replace(done=state.done | masked)

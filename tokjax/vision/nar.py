@@ -32,9 +32,14 @@ combined logits of targets w >= 1 are exactly the model's next-token logits (hea
 first token averages in head B at the class token. NAR on one row is therefore NTP except for the first
 token's logits (tested). Video (3 heads, t + h + w) is not built here.
 
-Decoding here is cache-free (:class:`tokjax.vision.image_lm.CanvasStrategy`: one full forward of the
-1 + H*W canvas per pass); passes are counted exactly, wall-clock is not the paper's KV-cached one
-(which permutes storage to diagonal-major order and pads each anti-diagonal to min(H, W)).
+Decoding is KV-cached by default (``nar_decoder(..., cached=True)``; :class:`tokjax.vision.image_lm.CanvasStrategy`):
+the targets of anti-diagonal c read both heads at anti-diagonal c - 1 only, so pass c appends anti-diagonal
+c - 1 (the class token at c = 0) to the model's cache and to head B's own cache (its extra layers), padded
+to min(H, W) slots; the pad slots sit after the real ones with a higher rank and are rolled back (never seen by
+a later pass). Storage stays raster (positions are the raster slots / coordinates), the cache order is the
+generation order -- attention does not depend on key order, so the logits equal the cache-free ones (one
+full forward of the 1 + H*W canvas per pass, ``cached=False``; tested to 1e-5). Like the official sampler,
+each anti-diagonal is padded to min(H, W); unlike it, storage is not permuted.
 """
 
 from __future__ import annotations
@@ -48,10 +53,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from tokjax.logits import hparam
-from tokjax.model import Inputs, ModelConfig, forward, init_params
+from tokjax.model import Inputs, KVCache, ModelConfig, forward, init_params
 from tokjax.model.attention import Rank
 from tokjax.model.forward import Taps, blocks, norm, unembed
-from tokjax.vision.image_lm import CanvasStrategy, ImageVocab, sequence_positions
+from tokjax.vision.image_lm import (CanvasStrategy, ImageVocab, append_block, feed_positions, keep_block,
+                                   sequence_positions)
 from tokjax.vision.orders import Order, _check_int, diagonal, raster
 
 __all__ = ["NARDecode", "make_nar_loss", "nar_combine", "nar_decoder", "nar_heads", "nar_init", "nar_logits",
@@ -222,6 +228,36 @@ def _schedule(shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return targets, writes, valid
 
 
+@functools.lru_cache(maxsize=None)
+def _cache_plan(shape) -> tuple[np.ndarray, ...]:
+    """Returns the cached passes' tables, each [P, A] unless noted: ``feed`` (canvas slots appended by pass c:
+    anti-diagonal c - 1 row-major, then pads repeating its first slot; pass 0: the class slot and pads),
+    ``ranks`` (0 real, 1 pad), ``keep`` [P] (real slots), ``r_row`` / ``b_row`` (the fed row whose head-R /
+    head-B logits target a of pass c reads) and ``r_w`` / ``b_w`` (their weights, :func:`nar_sources`)."""
+    H, W = _grid(shape)
+    targets, _, valid = _schedule(shape)
+    r_src, b_src, rw, bw = nar_sources(shape)
+    P, A = targets.shape
+    feed = np.zeros((P, A), np.int32)
+    ranks = np.zeros((P, A), np.int32)
+    ranks[0, 1:] = 1  # pass 0: the class slot, then pads
+    keep = np.ones((P,), np.int32)
+    r_row, b_row = np.zeros((P, A), np.int32), np.zeros((P, A), np.int32)
+    for c in range(1, P):
+        prev = 1 + targets[c - 1][valid[c - 1]]  # canvas slots of anti-diagonal c - 1
+        n = len(prev)
+        feed[c, :n], feed[c, n:], ranks[c, n:], keep[c] = prev, prev[0], 1, n
+        where = {int(sl): i for i, sl in enumerate(prev)}
+        for a in np.flatnonzero(valid[c]):
+            t = targets[c, a]
+            r_row[c, a] = where.get(int(r_src[t]), 0)
+            b_row[c, a] = where.get(int(b_src[t]), 0)
+    out = (feed, ranks, keep, r_row, b_row, rw[targets], bw[targets])
+    for x in out:
+        x.setflags(write=False)
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class NARDecode(CanvasStrategy):
     """Decodes a NAR model one anti-diagonal per pass (H + W - 1 passes) with classifier-free guidance.
@@ -237,9 +273,12 @@ class NARDecode(CanvasStrategy):
     pos_dims: int = 1
     guidance: Any = hparam(1.0)
     grid: tuple = None  # static: set from order.shape (the jit key; the Order itself compares by identity)
+    cached: bool = True
 
     def __post_init__(self):
         self._check_common()
+        if not isinstance(self.cached, bool):
+            raise ValueError(f"cached must be True or False, got {self.cached!r}")
         if self.order.name != "diagonal":
             raise ValueError(f"NARDecode needs order=diagonal(H, W) (the order its passes commit), got {self.order!r}")
         object.__setattr__(self, "grid", _grid(self.order.shape))
@@ -259,7 +298,41 @@ class NARDecode(CanvasStrategy):
         pos = None if cfg.pos_dims == 1 else positions[None]
         return nar_logits(params, cfg, canvas, pos, self.order.shape)
 
+    def cache_slots(self) -> int:
+        feed, _, keep = _cache_plan(self.grid)[:3]
+        written = np.concatenate([[0], np.cumsum(keep)[:-1]])  # cache entries before each pass
+        return int(np.max(written + feed.shape[1]))
 
-def nar_decoder(vocab: ImageVocab, h: int, w: int, *, guided: bool = True, guidance: Any = 1.0) -> NARDecode:
-    """Returns the :class:`NARDecode` strategy for an h x w grid (for :func:`~tokjax.vision.image_lm.sample_images`)."""
-    return NARDecode(vocab=vocab, order=diagonal(h, w), guided=guided, guidance=guidance)
+    def canvas_aux(self, params, cfg, rows, capacity):
+        extra = _check_nar_params(params)  # head B's own cache: its extra layers see the same slots
+        return KVCache.init(cfg.replace(n_layers=extra), rows, capacity)
+
+    def cached_logits(self, params, cfg, cache, extra, p):
+        feed, ranks, keep, r_row, b_row, r_w, b_w = (jnp.asarray(a) for a in _cache_plan(self.grid))
+        n_b = _check_nar_params(params)
+        nb = params["nar_b"]
+        last = cfg.n_layers - 1
+
+        # pass p appends anti-diagonal p - 1 (the class token at p = 0), padded to min(H, W) slots; the pads have
+        # the higher rank (the real slots never see them) and are rolled back from both caches
+        slots, rk, kp = feed[p], ranks[p], keep[p]
+        tok = jnp.take(extra.canvas, slots, axis=1)
+        pos = feed_positions(cfg, extra.positions, slots)
+        out = append_block(params, cfg, cache, Inputs(tokens=tok, positions=pos), rk, kp,
+                           taps=Taps(layers=(last,), sites=("resid_post",)))
+        R, F = tok.shape
+        pos = jnp.broadcast_to(pos, (R, F) + pos.shape[1:])
+        xb, cache_b, _ = blocks({"layers": nb["layers"]}, cfg.replace(n_layers=n_b), out.taps["resid_post"][0], pos,
+                                mask=Rank(ranks=rk, bidirectional=True), cache=extra.aux)
+        lb = unembed(params, cfg, norm(xb, nb["norm"], cfg), head=nb["head"]).astype(_F32)
+        lr = out.logits.astype(_F32)
+        z = (r_w[p][None, :, None] * jnp.take(lr, r_row[p], axis=1)
+             + b_w[p][None, :, None] * jnp.take(lb, b_row[p], axis=1))
+        return z, out.cache, extra.replace(aux=keep_block(extra.aux, cache_b, kp))
+
+
+def nar_decoder(vocab: ImageVocab, h: int, w: int, *, guided: bool = True, guidance: Any = 1.0,
+                cached: bool = True) -> NARDecode:
+    """Returns the :class:`NARDecode` strategy for an h x w grid (for :func:`~tokjax.vision.image_lm.sample_images`);
+    ``cached`` (default): each pass appends the last anti-diagonal to the KV caches (module docstring)."""
+    return NARDecode(vocab=vocab, order=diagonal(h, w), guided=guided, guidance=guidance, cached=cached)

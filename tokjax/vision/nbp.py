@@ -29,6 +29,12 @@ target along the raster (BOV j is "token j of block -1").
 Reductions: at k = 1 the ranks are 0, 1, ..., N, so the mask is the causal mask and the targets are the
 next tokens: NBP with k = 1 is next-token prediction on ``[class, BOV, codes]`` (tested: equal logits
 and losses under ``Causal``), decoded in N passes.
+
+Decoding is KV-cached by default (``nbp_decoder(..., cached=True)``): pass 0 appends ``[class, BOV x k]`` to
+the cache, pass p > 0 appends block p - 1 (the block pass p - 1 sampled, bidirectional inside) plus one pad
+slot (rolled back; it keeps every pass at k + 1 slots, one compiled shape without a branch) and reads block
+p's logits there; the BOV block stays cached (every later block attends to it under ``nbp_ranks``).
+Same tokens and logits as the cache-free path (``cached=False``: one forward of the whole canvas per pass).
 """
 
 from __future__ import annotations
@@ -45,8 +51,8 @@ import numpy as np
 from tokjax.logits import hparam
 from tokjax.model import Inputs, ModelConfig, forward
 from tokjax.model.attention import Rank
-from tokjax.vision.image_lm import (CanvasStrategy, ImageVocab, _check_codes, _int_array, class_tokens_with_dropout,
-                                   fixed_batch_fn)
+from tokjax.vision.image_lm import (CanvasStrategy, ImageVocab, _check_codes, _int_array, append_block,
+                                   class_tokens_with_dropout, feed_positions, fixed_batch_fn)
 from tokjax.vision.orders import Order, _check_int, _check_order, raster, to_sequence
 
 __all__ = ["NBPDecode", "nbp_batch", "nbp_batch_fn", "nbp_decoder", "nbp_logits", "nbp_loss", "nbp_positions",
@@ -175,9 +181,12 @@ class NBPDecode(CanvasStrategy):
     pos_dims: int = 1
     guidance: Any = hparam(1.0)
     grid: tuple = None  # static: set from order.shape
+    cached: bool = True
 
     def __post_init__(self):
         self._check_common()
+        if not isinstance(self.cached, bool):
+            raise ValueError(f"cached must be True or False, got {self.cached!r}")
         object.__setattr__(self, "block", _check_block(self.order, self.block))
         object.__setattr__(self, "grid", tuple(self.order.shape))
 
@@ -200,8 +209,30 @@ class NBPDecode(CanvasStrategy):
                  "positions": jnp.broadcast_to(positions, (R,) + positions.shape)}
         return nbp_logits(params, cfg, batch)
 
+    def cache_slots(self) -> int:  # the last pass writes one pad slot past the final length
+        return 2 + self.order.size
+
+    def cached_logits(self, params, cfg, cache, extra, p):
+        # Pass p's queries are block p - 1 (the BOV block at p = 0): the block pass p - 1 filled. Every pass
+        # appends k + 1 slots (one static shape, no branch): pass 0 [class, BOV x k] (ranks 0, 1: the class token
+        # does not see the BOV block), pass p > 0 block p - 1 (one rank: bidirectional inside, every earlier slot
+        # cached) and a pad slot of higher rank, rolled back. The BOV block stays cached: later blocks see it
+        # (nbp_ranks).
+        k = self.block
+        first = p == 0
+        i = jnp.arange(k + 1)
+        slots = jnp.where(first, i, jnp.minimum(1 + p * k + i, extra.canvas.shape[1] - 1))
+        ranks = jnp.where(first, jnp.minimum(i, 1), (i == k).astype(jnp.int32))
+        tok = jnp.take(extra.canvas, slots, axis=1)
+        pos = feed_positions(cfg, extra.positions, slots)
+        out = append_block(params, cfg, cache, Inputs(tokens=tok, positions=pos), ranks, jnp.where(first, k + 1, k))
+        rows = jnp.where(first, 1, 0) + jnp.arange(k)
+        return jnp.take(out.logits, rows, axis=1).astype(_F32), out.cache, extra
+
 
 def nbp_decoder(vocab: ImageVocab, order: Order, block: int, *, guided: bool = True,
-                guidance: Any = 1.0) -> NBPDecode:
-    """Returns the :class:`NBPDecode` strategy (``block`` tokens per pass over the raster ``order``)."""
-    return NBPDecode(vocab=vocab, order=order, block=block, guided=guided, guidance=guidance)
+                guidance: Any = 1.0, cached: bool = True) -> NBPDecode:
+    """Returns the :class:`NBPDecode` strategy (``block`` tokens per pass over the raster ``order``); ``cached``
+    (default) appends each finished block to the KV cache instead of re-running the canvas (same tokens and
+    logits; :class:`~tokjax.vision.image_lm.CanvasStrategy`)."""
+    return NBPDecode(vocab=vocab, order=order, block=block, guided=guided, guidance=guidance, cached=cached)

@@ -41,8 +41,11 @@ positions (shared here; the concatenation order carries the position), the mean 
 (this implementation's choice, for the s = 1 reduction), and the paper's CFG scheduler (guidance here is
 the constant-scale CFG of :mod:`tokjax.vision.image_lm`).
 
-Decoding (:class:`TokenShuffleDecode`) is cache-free: one forward of the P slots per pass (a
-:class:`~tokjax.vision.image_lm.CanvasStrategy`); passes are counted exactly (P = N / s^2).
+Decoding (:class:`TokenShuffleDecode`, a :class:`~tokjax.vision.image_lm.CanvasStrategy`) takes P = N / s^2
+passes. It is KV-cached by default (``token_shuffle_decoder(..., cached=True)``): the transformer is causal
+over the P slots and pass p reads slot p only, so pass p appends one slot -- the class token at p = 0, the
+token-shuffled window p - 1 (sampled by pass p - 1) after -- and unshuffles its hidden state: raster NTP over
+merged windows. ``cached=False`` runs the forward over all P slots each pass (same tokens and logits, tested).
 """
 
 from __future__ import annotations
@@ -58,7 +61,8 @@ import numpy as np
 from tokjax.logits import hparam
 from tokjax.model import Inputs, ModelConfig, forward, init_params
 from tokjax.model.forward import embed, unembed
-from tokjax.vision.image_lm import CanvasStrategy, ImageVocab, image_batch_fn, sequence_positions
+from tokjax.vision.image_lm import (CanvasStrategy, ImageVocab, append_block, feed_positions, image_batch_fn,
+                                   sequence_positions)
 from tokjax.vision.orders import Order, _check_int, window_raster
 
 __all__ = ["TokenShuffleDecode", "make_token_shuffle_loss", "token_shuffle", "token_shuffle_batch_fn",
@@ -269,9 +273,12 @@ class TokenShuffleDecode(CanvasStrategy):
     pos_dims: int = 1
     guidance: Any = hparam(1.0)
     grid: tuple = None  # static: set from order.shape
+    cached: bool = True
 
     def __post_init__(self):
         self._check_common()
+        if not isinstance(self.cached, bool):
+            raise ValueError(f"cached must be True or False, got {self.cached!r}")
         object.__setattr__(self, "s", _check_s(self.s, self.order.shape))
         if self.order.name != "window_raster" or not np.array_equal(
                 self.order.perm, window_raster(*self.order.shape, self.s).perm):
@@ -305,10 +312,30 @@ class TokenShuffleDecode(CanvasStrategy):
     def pass_logits(self, params, cfg, canvas, positions):
         return token_shuffle_logits(params, cfg, canvas, self.grid, self.s)
 
+    def cached_logits(self, params, cfg, cache, extra, p):
+        # slot p of the causal transformer: the class token (p = 0) or window p - 1, token-shuffled
+        s, a = self.s, self.s * self.s
+        canvas = extra.canvas
+        cls = embed(params, cfg, canvas[:, :1])  # [R, 1, d]
+        if s == 1:
+            x = embed(params, cfg, jax.lax.dynamic_slice_in_dim(canvas, p, 1, axis=1))
+        else:
+            win = jax.lax.dynamic_slice_in_dim(canvas, 1 + jnp.maximum(p - 1, 0) * a, a, axis=1)  # [R, s^2]
+            x = jnp.where(p == 0, cls, token_shuffle(params, embed(params, cfg, win[:, None]), s))
+        table = jnp.asarray(token_shuffle_positions(self.grid, s))
+        out = append_block(params, cfg, cache, Inputs(embeds=x, positions=feed_positions(cfg, table, p[None])),
+                           jnp.zeros((1,), jnp.int32), compute_logits=(s == 1))
+        if s == 1:
+            return out.logits.astype(_F32), out.cache, extra  # [R, 1, V]
+        c = token_unshuffle(params, out.hidden[:, 0], s)  # [R, s^2, d]
+        return unembed(params, cfg, c).astype(_F32), out.cache, extra
+
 
 def token_shuffle_decoder(vocab: ImageVocab, h: int, w: int, s: int, *, guided: bool = True,
-                          guidance: Any = 1.0) -> TokenShuffleDecode:
+                          guidance: Any = 1.0, cached: bool = True) -> TokenShuffleDecode:
     """Returns the :class:`TokenShuffleDecode` strategy for an h x w grid and window s (for
-    :func:`~tokjax.vision.image_lm.sample_images`). Raises ValueError when s does not divide h and w."""
+    :func:`~tokjax.vision.image_lm.sample_images`); ``cached`` (default): one slot appended to the KV cache per
+    pass (module docstring). Raises ValueError when s does not divide h and w."""
     s = _check_s(s, (h, w))
-    return TokenShuffleDecode(vocab=vocab, order=window_raster(h, w, s), s=s, guided=guided, guidance=guidance)
+    return TokenShuffleDecode(vocab=vocab, order=window_raster(h, w, s), s=s, guided=guided, guidance=guidance,
+                              cached=cached)
