@@ -464,9 +464,18 @@ _ENTRIES: tuple[Entry, ...] = (
        'GRPO on a class-conditional discrete image LM through rl_train: G=8 rollouts per class prompt (the official '
        'min-p through rl_train(logits=), no CFG), reward log p(class | decoded image) from a second classifier, '
        'symmetric PPO clip, k3 KL to the SFT model; the paper\'s reward mix (HPSv2, OCR, VLM) replaced by one '
-       'classifier and its RL settings unverified (official repo has inference code only). Quick run only; no '
-       'verdict yet',
-       status='implemented'),
+       'classifier and its RL settings unverified (official repo has inference code only). Full run, 3 seeds on '
+       '8x8 glyphs: RL raises class accuracy past SFT with CFG, but its samples collapse towards what the reward '
+       'classifier likes (FD rises), so the no-CFG claim holds for accuracy only',
+       claims=(_c('rl-accuracy', 'reproduced', 'GRPO improves a discrete AR image model over its SFT start (accuracy)',
+                  'evaluation-classifier accuracy 0.9603 vs SFT 0.7227, higher in every seed (+0.196, +0.266, +0.251)'),
+               _c('rl-fd', 'not-reproduced', 'GRPO improves a discrete AR image model over its SFT start (FD)',
+                  'FD to held-out glyphs 239.9 vs SFT 79.59 (real-vs-real floor 11.303): RL sharpens samples towards '
+                  'the reward classifier and loses diversity'),
+               _c('no-cfg-accuracy', 'reproduced', 'after RL, no CFG is needed: RL without CFG matches SFT with CFG '
+                  '(accuracy)', 'accuracy 0.9603 without CFG vs 0.8263 for SFT with its validation-chosen CFG scale'),
+               _c('no-cfg-fd', 'not-reproduced', 'after RL, no CFG is needed: FD of RL without CFG within 10% of SFT+CFG',
+                  'FD ratio 4.581 against the bound 1.1 in every seed'))),
     _e(29, 'Cut Your Losses in Large-Vocabulary Language Models',
        'losses', 'tokjax.losses.cut_cross_entropy', ('cut_cross_entropy', 'head_stats'),
        'cross-entropy from hidden states and W without [N, V] logits; gradients equal to 2.4e-07, 13.3x'
