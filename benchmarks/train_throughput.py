@@ -19,6 +19,11 @@ a ratio to tokjax's default step:
   program over the layers); ``remat=dots`` / ``remat=full``: per-layer ``jax.checkpoint`` with ``dots_saveable`` /
   ``nothing_saveable``; ``naive CE``: the loss with materialised [B*T, V] logits (``method="naive"``);
   ``no donation``: ``donate=False``;
+* ``last:4 one scan`` / ``frozen prefix``: ``trainable=("last:4",)`` (the last 4 stacked layers train; fewer on a
+  model of <= 4 layers) with the layers in one scan (``split_frozen=False``: the backward runs through every layer)
+  / as the step builds it (the frozen layers in a scan of their own under ``stop_gradient``, so the backward never
+  enters them); presets ``smollm2-135m`` (SmolLM2-135M's shape, random init, 4 x 128) and ``deep-narrow``
+  (30 layers, d=64) are the cases they are for: ``--presets smollm2-135m --arms "last:4 one scan,frozen prefix"``;
 * ``flax.nnx``: the same architecture written as a plain ``flax.nnx`` module (Python loop over layers,
   ``jax.nn.dot_product_attention``, materialised logits + ``optax.softmax_cross_entropy_with_integer_labels``) trained
   by the same ``optax`` AdamW chain (global-norm clipping, warmup-cosine, decay on matrices) in one ``jax.jit``.
@@ -52,7 +57,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import alternate_timings_cpu, machine, time_train_steps, timeit  # noqa: E402
 
-ARMS = ("default", "scan", "unrolled", "remat=dots", "remat=full", "naive CE", "no donation", "flax.nnx")
+ARMS = ("default", "scan", "unrolled", "remat=dots", "remat=full", "naive CE", "no donation", "flax.nnx",
+        "last:4 one scan", "frozen prefix")
 QUICK_ARMS = ("default", "unrolled", "flax.nnx")
 
 
@@ -224,9 +230,12 @@ def nnx_baseline(cfg, train_cfg, seed: int = 0):
 
 
 # ------------------------------------------------------------------------------------------------- one preset
-def _arm_options(arm: str) -> dict:
+def _arm_options(arm: str, n_layers: int = 2) -> dict:
+    last = ("last:%d" % max(1, min(4, n_layers - 1)),)  # the last 4 layers (fewer on a shallow model)
     return {"default": {}, "scan": {"scan_unroll": 1}, "unrolled": {"scan_unroll": True},
-            "remat=dots": {"remat": "dots"}, "remat=full": {"remat": "full"}, "no donation": {"donate": False}}.get(arm, {})
+            "remat=dots": {"remat": "dots"}, "remat=full": {"remat": "full"}, "no donation": {"donate": False},
+            "last:4 one scan": {"trainable": last, "split_frozen": False},
+            "frozen prefix": {"trainable": last}}.get(arm, {})
 
 
 def _runner(arm: str, cfg, batch_size: int, seq_len: int, batches: list):
@@ -247,9 +256,12 @@ def _runner(arm: str, cfg, batch_size: int, seq_len: int, batches: list):
         from tokjax.losses import make_next_token_loss
         from tokjax.train import init_state, make_optimizer, make_train_step
 
+        options = _arm_options(arm, cfg.n_layers)
+        if "trainable" in options:
+            tc = tc.replace(trainable=options["trainable"])
         opt = make_optimizer(tc)
         loss = make_next_token_loss(method="naive") if arm == "naive CE" else make_next_token_loss()
-        step = make_train_step(cfg, opt, loss, **_arm_options(arm))
+        step = make_train_step(cfg, opt, loss, **options)
         box = [init_state(cfg, opt, 0)]
 
         def run(r):
@@ -331,15 +343,23 @@ def presets(names):
             out.append((name, ModelConfig.small(vocab_size=2048), 8, 512))
         elif name == "llama-like":
             out.append((name, ModelConfig.llama_like(vocab_size=32000, max_len=512), 2, 512))
+        elif name == "smollm2-135m":  # SmolLM2-135M's shape (30 layers), random init: the RL step's model
+            out.append((name, ModelConfig(vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3,
+                                          d_ff=1536, rope_theta=100000.0, max_len=2048), 4, 128))
+        elif name == "deep-narrow":  # 30 layers at a small width: the frozen-prefix arms in seconds
+            out.append((name, ModelConfig(vocab_size=2048, d_model=64, n_layers=30, n_heads=4, n_kv_heads=2,
+                                          max_len=256), 4, 128))
         else:
-            raise SystemExit(f"unknown preset {name!r}; choose from micro, tiny-test, tiny-pydocs, small, llama-like")
+            raise SystemExit(f"unknown preset {name!r}; choose from micro, tiny-test, tiny-pydocs, small, llama-like, "
+                             "smollm2-135m, deep-narrow")
     return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny-pydocs only, 3 arms, fewer steps (~1-2 min)")
-    ap.add_argument("--presets", help="comma-separated: micro, tiny-test, tiny-pydocs, small, llama-like "
+    ap.add_argument("--presets", help="comma-separated: micro, tiny-test, tiny-pydocs, small, llama-like, "
+                                      "smollm2-135m, deep-narrow "
                                       "(default tiny-pydocs,small,llama-like; --quick: tiny-pydocs)")
     ap.add_argument("--arms", help=f"comma-separated arms (default all: {','.join(ARMS)}; --quick: "
                                    f"{','.join(QUICK_ARMS)}); the first is the ratios' reference")

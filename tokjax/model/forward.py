@@ -374,7 +374,8 @@ def blocks(
     ``scan_unroll`` / ``remat`` (static; the scan path only, i.e. stacked weights without a cache; None = the
     :func:`layer_loop` default, which is 1 / "none"): how many layers one scan iteration runs (``True`` = all,
     a straight-line program), and the ``jax.checkpoint`` policy of a layer (:data:`REMAT_POLICIES`). Neither
-    changes the values computed, only what the backward pass stores or recomputes.
+    changes the values computed, only what the backward pass stores or recomputes. A :func:`layer_loop`
+    ``frozen_prefix`` k splits the scan at layer k (the weights of [0, k) under ``stop_gradient``).
     """
     end = cfg.n_layers if end is None else end
     scan_unroll, remat_policy = _layer_loop_options(scan_unroll, remat)
@@ -393,11 +394,6 @@ def blocks(
     layers = params["layers"]
 
     if cache is None and not isinstance(layers, (tuple, list)):
-        layer_params = jax.tree.map(lambda a: a[start:end], layers)
-        layer_ids = jnp.arange(start, end, dtype=jnp.int32)
-
-        lora_layers = None if lora is None else _lora_layers(lora[0], start, end)
-
         def body(h, xs):
             p, i, lp = xs
             lo = None if lp is None else (lp, lora[1])
@@ -406,7 +402,21 @@ def blocks(
 
         if remat_policy is not None:
             body = jax.checkpoint(body, policy=remat_policy)
-        x, ys = jax.lax.scan(body, x, (layer_params, layer_ids, lora_layers), unroll=scan_unroll)
+        # A frozen prefix (layer_loop(frozen_prefix=k)) runs as its own scan over stop_gradient weights, so the
+        # backward never differentiates w.r.t. them; k = 0 (the default) keeps the one scan of [start, end).
+        cut = min(max(_frozen_prefix(layers), start), end)
+        segments = [(a, b, a < cut) for a, b in ((start, cut), (cut, end)) if b > a] or [(start, end, False)]
+        parts = []
+        for a, b, frozen in segments:
+            seg_params = jax.tree.map(lambda w: w[a:b], layers)
+            if frozen:
+                seg_params = jax.lax.stop_gradient(seg_params)
+            lora_layers = None if lora is None else _lora_layers(lora[0], a, b)
+            x, ys = jax.lax.scan(body, x, (seg_params, jnp.arange(a, b, dtype=jnp.int32), lora_layers),
+                                 unroll=scan_unroll)
+            parts.append(ys)
+        if len(parts) > 1:
+            ys = {s: jnp.concatenate([p[s] for p in parts]) for s in want}
         new_cache = None
     else:
         # A Python loop over layers: with a cache, each layer's buffers are updated in place
@@ -457,6 +467,8 @@ REMAT_POLICIES = {
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 _LAYER_LOOP = contextvars.ContextVar("tokjax_layer_loop", default=(1, "none"))
+# (k, the stacked layer leaves it applies to) of layer_loop(frozen_prefix=k, frozen_layers=...), or None
+_FROZEN_PREFIX = contextvars.ContextVar("tokjax_frozen_prefix", default=None)
 
 
 def _check_layer_loop(scan_unroll, remat) -> None:
@@ -479,21 +491,58 @@ def _layer_loop_options(scan_unroll, remat):
     return (True if scan_unroll is True else int(scan_unroll)), REMAT_POLICIES[remat]
 
 
+def _frozen_prefix(layers) -> int:
+    """Returns the frozen prefix k that :func:`layer_loop` set for these stacked layer weights (0: none)."""
+    spec = _FROZEN_PREFIX.get()
+    if spec is None:
+        return 0
+    k, only = spec
+    if only is not None:
+        leaves = jax.tree.leaves(layers)
+        if len(leaves) != len(only) or any(a is not b for a, b in zip(leaves, only)):
+            return 0  # another model's (or transformed) weights: not the ones declared frozen
+    return k
+
+
 @contextlib.contextmanager
-def layer_loop(*, scan_unroll: int | bool | None = None, remat: str | None = None):
+def layer_loop(*, scan_unroll: int | bool | None = None, remat: str | None = None,
+               frozen_prefix: int | None = None, frozen_layers=None):
     """Sets, while tracing inside the ``with`` block, the defaults of :func:`blocks`'s ``scan_unroll`` and
     ``remat`` (None keeps the enclosing default; the outermost default is 1 / "none").
+
+    ``frozen_prefix`` = k (None keeps the enclosing value; 0 = none): the weights of stacked layers [0, k) take
+    no gradient. The scan path of :func:`blocks` then runs those layers as a scan of their own over
+    ``stop_gradient`` weights and the rest as a second scan, so a backward pass computes no weight gradients
+    there and, when the residual entering layer 0 carries no gradient either (frozen embeddings), never enters
+    the prefix at all. Forward values and taps are the same (up to XLA compiling the gradient-free prefix
+    with another rounding: ~1 ulp at some shapes), every layer still runs its hooks and a hook's own gradient
+    still flows. ``frozen_layers``: the stacked ``params["layers"]`` pytree it applies to -- only a
+    blocks call whose layer leaves are these very arrays (``is``) is split, so another model traced in the
+    block (a teacher, a draft, weights the loss rebuilt) keeps its gradients; None applies it to every call.
+    The train step sets both from its trainable set (``tokjax.train.make_train_step``).
 
     The train step (``tokjax.train.make_train_step``) traces its loss under this, so a loss that calls
     ``forward`` needs no new argument. It acts at trace time: a function jitted outside the block and only
     called inside keeps the options of its first trace (the values are the same either way).
     """
     _check_layer_loop(scan_unroll, remat)
+    if frozen_prefix is not None and not (isinstance(frozen_prefix, (int, np.integer))
+                                          and not isinstance(frozen_prefix, bool) and frozen_prefix >= 0):
+        raise ValueError(f"frozen_prefix must be an int >= 0 (leading stacked layers without gradient), "
+                         f"got {frozen_prefix!r}")
+    if frozen_layers is not None and frozen_prefix is None:
+        raise ValueError("frozen_layers names the weights a frozen_prefix applies to: pass frozen_prefix too")
     d_unroll, d_remat = _LAYER_LOOP.get()
     token = _LAYER_LOOP.set((d_unroll if scan_unroll is None else scan_unroll, d_remat if remat is None else remat))
+    f_token = None
+    if frozen_prefix is not None:
+        only = None if frozen_layers is None else tuple(jax.tree.leaves(frozen_layers))
+        f_token = _FROZEN_PREFIX.set((int(frozen_prefix), only) if frozen_prefix else None)
     try:
         yield
     finally:
+        if f_token is not None:
+            _FROZEN_PREFIX.reset(f_token)
         _LAYER_LOOP.reset(token)
 
 

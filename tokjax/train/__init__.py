@@ -14,7 +14,8 @@ metrics)``: by default the TrainConfig's registry loss (:mod:`tokjax.losses.regi
   ``loss`` (a registry spec) and ``trainable`` (the keys the optimiser updates; the rest stay frozen).
 * :func:`next_token_loss` (= :func:`tokjax.losses.next_token_loss`), :func:`check_batch`,
   :func:`loss_fn_from_config` -- the loss interface.
-* :func:`make_optimizer`, :func:`make_train_step`, :class:`TrainState`, :func:`init_state`, :func:`trainable_mask`.
+* :func:`make_optimizer`, :func:`make_train_step`, :class:`TrainState`, :func:`init_state`, :func:`trainable_mask`,
+  :func:`frozen_prefix` (the leading frozen layers the step runs without a backward).
 * :func:`evaluate`, :func:`eval_sums`, :func:`bits_per_byte` -- validation loss (from
   :func:`tokjax.losses.token_stats`), bits per token and per byte.
 * :class:`Checkpointer`, :func:`save_params`, :func:`load_params` -- crash-safe orbax checkpoints.
@@ -30,7 +31,7 @@ from tokjax.train._eval import bits_per_byte, bits_per_token, eval_sums, evaluat
 from tokjax.train._loop import train, train_batch
 from tokjax.train._loss import LossFn, check_batch, loss_fn_from_config, next_token_loss
 from tokjax.train._step import (
-    TrainState, init_state, make_optimizer, make_schedule, make_train_step, trainable_mask,
+    TrainState, frozen_prefix, init_state, make_optimizer, make_schedule, make_train_step, trainable_mask,
 )
 
 __all__ = [
@@ -41,5 +42,5 @@ __all__ = [
     "bits_per_byte", "bits_per_token", "eval_sums", "evaluate", "unigram_loss",
     "train", "train_batch",
     "LossFn", "check_batch", "next_token_loss",
-    "TrainState", "init_state", "make_optimizer", "make_schedule", "make_train_step", "trainable_mask",
+    "TrainState", "frozen_prefix", "init_state", "make_optimizer", "make_schedule", "make_train_step", "trainable_mask",
 ]

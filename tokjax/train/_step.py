@@ -30,7 +30,8 @@ _SEP = "/"
 DEFAULT_SCAN_UNROLL = 1
 DEFAULT_REMAT = "none"
 
-__all__ = ["TrainState", "init_state", "make_optimizer", "make_schedule", "make_train_step", "trainable_mask"]
+__all__ = ["TrainState", "frozen_prefix", "init_state", "make_optimizer", "make_schedule", "make_train_step",
+           "trainable_mask"]
 
 
 @struct.dataclass
@@ -216,6 +217,29 @@ def init_state(
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, rng=rng)
 
 
+def frozen_prefix(params: Any, mask: Any) -> int:
+    """Returns k, the number of leading stacked layers of ``params["layers"]`` with no trainable leaf under the
+    :func:`trainable_mask` ``mask`` (0 when there are no stacked layers or layer 0 trains; n_layers when none do).
+    Leaves outside ``layers`` do not count: the split this feeds (``layer_loop(frozen_prefix=k)``) only stops the
+    gradient of those layers' own weights, so a trainable embedding, soft prompt or adapter still gets its
+    gradient through them."""
+    if not isinstance(params, Mapping) or not isinstance(params.get("layers"), Mapping):
+        return 0
+    leaves = jax.tree.leaves(params["layers"])
+    masks = jax.tree.leaves(mask["layers"])
+    if not leaves or len(leaves) != len(masks) or any(jnp.ndim(a) < 1 for a in leaves):
+        return 0
+    n = int(jnp.shape(leaves[0])[0])
+    k = n
+    for t in masks:
+        if isinstance(t, (bool, np.bool_)):
+            k = min(k, 0 if t else n)
+        else:
+            rows = np.asarray(t, bool)
+            k = min(k, int(np.argmax(rows)) if rows.any() else n)
+    return k
+
+
 def make_train_step(
     cfg: ModelConfig | None,
     optimizer: optax.GradientTransformation,
@@ -226,6 +250,7 @@ def make_train_step(
     trainable: tuple[str, ...] | None = None,
     scan_unroll: int | bool | None = None,
     remat: str | None = None,
+    split_frozen: bool = True,
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """Returns the jitted pure ``train_step(state, batch) -> (state, metrics)``.
 
@@ -241,6 +266,12 @@ def make_train_step(
     :func:`tokjax.model.forward.blocks`; None = ``DEFAULT_SCAN_UNROLL`` / ``DEFAULT_REMAT``, chosen by
     ``benchmarks/train_throughput.py``). They change the speed and memory of the backward pass, never the values
     beyond float summation order.
+    ``split_frozen`` (default True): when ``trainable`` leaves the first k stacked layers frozen
+    (:func:`frozen_prefix`), the loss's forward over these params runs them as a scan of their own under
+    ``stop_gradient`` (``tokjax.model.forward.layer_loop(frozen_prefix=k)``), so the backward skips their weight
+    gradients and, with frozen embeddings, the whole prefix. Same loss and trainable gradients (bit for bit in
+    tests/train/test_train_options.py; at some shapes XLA rounds the gradient-free prefix 1 ulp differently, e.g.
+    log-probs within 1e-6 at 32 x 220); False keeps the one scan over all layers (the benchmarks' baseline).
     """
     if cfg is not None and not isinstance(cfg, ModelConfig):
         raise ValueError(f"make_train_step needs a ModelConfig or None, got {type(cfg).__name__}")
@@ -271,9 +302,15 @@ def make_train_step(
             batch = {**batch, "step": state.step}
         mask = trainable_mask(state.params, trainable)  # static: computed from the tree structure at trace time
 
+        k = frozen_prefix(state.params, mask) if split_frozen and trainable is not None else 0
+
         def masked_loss(params, batch, rng):
             params = jax.tree.map(lambda p, t: _select(t, p, jax.lax.stop_gradient(p)), params, mask)
-            return checked_loss(params, batch, rng)
+            if not k:
+                return checked_loss(params, batch, rng)
+            # Only this forward's own stacked weights (by identity) are split; see layer_loop.
+            with layer_loop(frozen_prefix=k, frozen_layers=params["layers"]):
+                return checked_loss(params, batch, rng)
 
         (loss, metrics), grads = jax.value_and_grad(masked_loss, has_aux=True)(state.params, batch, rng)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
