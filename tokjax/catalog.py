@@ -309,7 +309,9 @@ _ENTRIES: tuple[Entry, ...] = (
        '(bidirectional within a block, causal across), one block of k raster tokens per pass through '
        'tokjax.generate (CanvasStrategy); k = 1 is exactly next-token prediction (tested: mask, logits, loss); '
        'decoded log-probs = teacher-forced. Official code not read: BOV positions and the bidirectional BOV '
-       'block are our reading. Video arm not built',
+       'block are our reading. Video arm (built, full run pending): 4-frame moving glyphs, NBP k=64 (one frame per '
+       'block, 4 passes) vs raster NTP (256 passes), 3-D RoPE; an FVD proxy (per-frame classifier FD plus '
+       'temporal consistency) replaces FVD',
        claims=(_c('passes', 'reproduced', 'next-block prediction generates with far fewer sequential passes than next-token prediction (paper: 11x faster)',
                   'an 8x8 glyph image in 8 passes (k = 8) vs 64 for raster NTP, by construction; wall-clock not compared fairly: the recorded run decoded NBP without a KV cache (sampling 9.9 s vs 5.6 s for NTP); NBP now decodes KV-cached by default (finished blocks appended to the cache; docs/vision.md has the benchmark)'),
                _c('fd-k8', 'not-reproduced', 'NBP with one-row blocks (k = 8) keeps image quality: FD <= 1.1x raster NTP at the same training steps',
