@@ -749,9 +749,23 @@ _ENTRIES: tuple[Entry, ...] = (
        'octree / quadtree tokens (child occupancy - 1 of each non-empty node, level by level, Morton order '
        'within a level: the official 2-level compression), masked NTP (a [MASK] query at the next node\'s '
        'position and level, loss on the queries; registered "uni3dar"), a KV-cached breadth-first decode '
-       'Strategy; level embedding and RoPE over cell centres. Quick run only (binarized glyph quadtrees and '
-       'synthetic 3-D point clusters); the speed claim against 3-D diffusion is not testable here',
-       status='implemented'),
+       'Strategy; level embedding and RoPE over cell centres. Full run, 3 seeds on binarized glyph quadtrees and '
+       'synthetic 3-D point clusters: compression and masked NTP reproduce; the speed claim against 3-D '
+       'diffusion is not testable here',
+       claims=(_c('compression-digits', 'reproduced', '2-level subtree compression shortens quadtree token sequences',
+                  'mean tokens per structure 24.91 vs 99.63 for the plain quadtree on 16x16 digits'),
+               _c('compression-points', 'reproduced', '2-level subtree compression shortens octree token sequences '
+                  '(up to 8x)', 'mean tokens per structure 10.78 vs 86.21 on 8x8x8 point sets (the 8x bound reached)'),
+               _c('nll-digits', 'reproduced', 'masked NTP models quadtree tokens better than plain NTP',
+                  'held-out NLL per structure 24.99 vs 29.83 nats, lower in every seed'),
+               _c('nll-points', 'reproduced', 'masked NTP models octree tokens better than plain NTP',
+                  'held-out NLL per structure 36.67 vs 41.52 nats, lower in every seed'),
+               _c('quality-digits', 'reproduced', 'masked NTP generates better structures than plain NTP (digits)',
+                  'classifier accuracy on the conditioning class 0.7573 vs 0.616 (FD 33.748 vs 38.655), every seed'),
+               _c('validity-points', 'reproduced', 'masked NTP generates better structures than plain NTP (points)',
+                  'samples with the conditioned cluster count 0.5047 vs 0.2137, every seed'),
+               _c('speed', 'untested-here', 'up to 256% better and 21.8x faster inference than diffusion SOTA',
+                  'needs molecular / crystal data and a trained 3-D diffusion baseline (downloads and GPU-days)'))),
     _e(54, 'Successor Heads: Recurring, Interpretable Attention Heads In The Wild',
        'analysis', 'tokjax.analysis.successor_heads', ('successor_scores', 'effective_embeddings', 'head_ov_logits', 'ablated_accuracy'),
        'per-head successor scores of the effective OV circuit W_U W_OV (W_E + MLP0(norm W_E)) and per-head '
