@@ -60,3 +60,48 @@ def test_bad_input():
         word_problems(0)
     with pytest.raises(ValueError, match="text must be a str"):
         check_answer(None, 3)
+
+
+def _digest(level: int) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for seed in (0, 1000):
+        for p in word_problems(50, level, seed):
+            h.update(repr((p.question, p.answer, p.level, p.ops)).encode())
+    return h.hexdigest()[:16]
+
+
+def test_levels_1_to_5_are_bit_identical_to_before_level_0():
+    # Digests of word_problems(50, level, seed 0 and 1000) taken before level 0 and the prompt styles were
+    # added: recorded experiment rows depend on these problems.
+    want = {1: "e080b3919b5f281a", 2: "d6c3037a7ef76ce7", 3: "c2766dee962b6b7e", 4: "b35cae6ce6c58652",
+            5: "e765d047916bb2e7"}
+    assert {lv: _digest(lv) for lv in want} == want
+
+
+def test_level_0_is_one_small_addition():
+    probs = word_problems(200, 0, 3)
+    assert all(p.ops == ("+",) and 3 <= p.answer <= 10 for p in probs)
+    assert len({p.answer for p in probs}) == 8          # every sum 3..10 occurs
+    assert sum(p.answer for p in probs) < sum(p.answer for p in word_problems(200, 1, 3))
+
+
+def test_prompt_styles():
+    from tokjax.data._word_problems import SHORT_INSTRUCTION, WORD_PROBLEM_STYLES
+
+    p = word_problems(1, 1, 0)[0]
+    assert p.prompt() == p.prompt(style="steps") == f"{p.question} {ANSWER_INSTRUCTION}"   # default unchanged
+    assert p.prompt(style="direct").endswith("Reply with only the number.")
+    assert p.prompt(style="short").endswith(SHORT_INSTRUCTION)
+    for style in WORD_PROBLEM_STYLES:
+        assert p.prompt(instruction=False, style=style) == p.question
+        turns = p.messages(style)
+        assert turns[-1] == {"role": "user", "content": p.prompt(style=style)}
+        assert [t["role"] for t in turns] == (["user", "assistant", "user"] if style == "oneshot" else ["user"])
+    shot = p.messages("oneshot")
+    assert check_answer(shot[1]["content"], replay(shot[0]["content"].split(" Write")[0])) == (True, True)
+    with pytest.raises(ValueError, match="style must be one of"):
+        p.prompt(style="cot")
+    with pytest.raises(ValueError, match="style must be one of"):
+        p.messages("Direct")

@@ -47,7 +47,7 @@ from tokjax.data._translation_pairs import (
     translation_pairs, translation_vocab,
 )
 from tokjax.data._word_problems import (
-    ANSWER_INSTRUCTION, WORD_PROBLEM_LEVELS, WordProblem, check_answer, word_problems,
+    ANSWER_INSTRUCTION, WORD_PROBLEM_LEVELS, WORD_PROBLEM_STYLES, WordProblem, check_answer, word_problems,
 )
 
 __all__ = [
@@ -61,7 +61,7 @@ __all__ = [
     "OpenSetProbe", "distinct_correct", "normalize_answer", "open_sets",
     "PYTHON_FACT_FAMILIES", "PythonFact", "check_fact", "extract_fact_answer", "python_facts",
     "ANSWER_INSTRUCTION",
-    "WORD_PROBLEM_LEVELS",
+    "WORD_PROBLEM_LEVELS", "WORD_PROBLEM_STYLES",
     "WordProblem",
     "check_answer",
     "word_problems",
