@@ -79,8 +79,9 @@ STEP_TAG = "RLSTEP "  # the child's protocol lines on stdout
 
 def default_trl_python() -> Path:
     """Returns the interpreter of the venv that benchmarks/setup_trl_venv.sh builds."""
-    cache = Path(os.environ.get("TOKJAX_CACHE", ROOT / ".cache" / "tokjax"))
-    return cache / "trl-venv" / "bin" / "python"
+    from tokjax._paths import cache_root
+
+    return cache_root() / "trl-venv" / "bin" / "python"
 
 
 # ------------------------------------------------------------------------------------------ the task
@@ -384,7 +385,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--threads", default="1,2", help="torch threads of the TRL arms (default 1,2; best reported)")
     ap.add_argument("--trl-python", default=None,
-                    help="interpreter of the TRL venv (default: $TOKJAX_CACHE/trl-venv/bin/python; 'none' skips TRL)")
+                    help="interpreter of the TRL venv (default: trl-venv/bin/python in tokjax's cache directory; "
+                         "'none' skips TRL)")
     ap.add_argument("--tiny", action="store_true", help="a random 2-layer model with a byte tokenizer (smoke test)")
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--trl-child", help=argparse.SUPPRESS)

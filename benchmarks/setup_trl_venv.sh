@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the separate venv in which benchmarks/rl_step.py runs TRL's GRPOTrainer (the torch CPU baseline).
 #
-#     bash benchmarks/setup_trl_venv.sh [VENV_DIR]    # default: $TOKJAX_CACHE/trl-venv (.cache/tokjax/trl-venv)
+#     bash benchmarks/setup_trl_venv.sh [VENV_DIR]    # default: $TOKJAX_CACHE/trl-venv (else ~/.cache/tokjax/trl-venv)
 #
 # Kept apart from the project's .venv: recent TRL releases pull a CUDA torch and transformers 5.
 # Pins that work together on CPU (checked with Python 3.11): torch 2.13.0 (the +cpu wheel where the
@@ -13,7 +13,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${1:-${TOKJAX_CACHE:-$ROOT/.cache/tokjax}/trl-venv}"
+VENV="${1:-${TOKJAX_CACHE:-$HOME/.cache/tokjax}/trl-venv}"
 PY="${PYTHON:-python3.11}"
 
 if ! command -v "$PY" >/dev/null 2>&1; then
