@@ -53,8 +53,26 @@ consistency was still at chance), 128 samples; Euler runs every constant T and D
 in full mode only), Euler-Maruyama only the arms the rules read (T in {10, 25, 50} and DiSA linear; the curve's
 bracketing arms of every model are among them). Full: seeds 0-2, 1200 steps for MAR, 1100 for raster AR, 1000 for
 xAR (``p10_xar``'s full count; 9900 in all, within the issue's 10k guide), every arm with both samplers.
-Not run here (open): the sample-variance / path-straightness panel vs generated fraction, xAR with the official
-50 -> 10 / 15 and its shifted time grid, guidance.
+
+Motivation panel (the abstract's evidence: later tokens have lower sample variance and closer-to-straight denoising
+paths). After each seed's T = 50 Euler decode of MAR and raster AR, the first 32 (quick) / 128 (full) generations
+are replayed: each token's condition z (raster AR: the causal hidden states, exactly the decode's; MAR: a fresh
+seeded random order with the same cosine fill, the tokens of AR step s reading the forward in which the tokens of
+steps < s are known; the decode's own order is not returned) is sampled K = 8 times by the trained head with
+T = 50 Euler steps, temperature 1 (``tokjax.vision.flow.flow_path_stats``): variance = per-dim variance across
+the 8 draws (ddof 1) averaged over the 4 dims; straightness = ||x_0 - x_1|| / sum_j ||x_{j+1} - x_j|| of the
+discrete Euler path, averaged over the draws (1 = straight; the definition of NOTES-visual.md P19 -- the paper's
+exact measure, and its variance estimator, are not in the official code as stored and remain unverified).
+Both are bucketed by the fraction of the image generated before the token (10 equal-width buckets) into the
+figure ``variance_straightness_vs_fraction.png`` (raster AR's fraction is its raster position, so its curve
+mixes context with position: the first and last rows of a glyph are mostly background). Rows (MAR, whose
+random order decouples the two; declared before running; raster AR in the note):
+* ``motivation-variance``: per seed, mean variance of the tokens generated after >= 80% of the image below that
+  of the tokens generated before 20% (lower is better, threshold 0).
+* ``motivation-straight``: per seed, mean straightness late above early (higher is better, threshold 0).
+Not run here (open): the panel for xAR (its velocity is the whole network over a cell, not a per-token head) and
+for the Euler-Maruyama paths (rough by construction), the paper's MLP-predictability evidence, xAR with the
+official 50 -> 10 / 15 and its shifted time grid, guidance.
 """
 
 from __future__ import annotations
@@ -94,6 +112,18 @@ PARETO_RULE = Rule(metric="classifier FD to real glyphs (lower is better)", high
 SPEEDUP_RULE = Rule(metric="FD advantage over constant T=50 in combined bootstrap SEs (higher is better)",
                     higher_is_better=True, threshold=-1.0, seeds=(0, 1, 2), quick_seeds=(0,),
                     reported="DiSA linear 50->5 vs constant T=50, Euler, guidance 1; fixed in advance")
+# the motivation panel: per-token head sample variance and path straightness vs generated fraction
+PANEL_KINDS, PANEL_K, PANEL_T, BUCKETS, EARLY, LATE = ("mar", "raster"), 8, T_UP, 10, 0.2, 0.8
+QUICK_PANEL_N, FULL_PANEL_N = 32, 128
+PANEL_REPORTED = (f"MAR (random order, cosine fill, 16 AR steps), T={PANEL_T} Euler, temperature 1, {PANEL_K} draws "
+                  f"per token; tokens generated after >= {LATE:.0%} of the image vs before {EARLY:.0%}; fixed in "
+                  "advance")
+VARIANCE_RULE = Rule(metric=f"head sample variance across {PANEL_K} draws, mean over dims and tokens (lower is "
+                            "better)", higher_is_better=False, threshold=0.0, seeds=(0, 1, 2), quick_seeds=(0,),
+                     reported=PANEL_REPORTED)
+STRAIGHT_RULE = Rule(metric="flow path straightness ||x_0 - x_1|| / path length, mean over draws and tokens (higher "
+                            "is better)", higher_is_better=True, threshold=0.0, seeds=(0, 1, 2), quick_seeds=(0,),
+                     reported=PANEL_REPORTED)
 
 
 def _rules(kind: str, sampler: str) -> tuple[Rule, Rule]:
@@ -221,6 +251,92 @@ def figure(results: dict, floor, title: str):
     return save_figure(fig, "P19", "fd_vs_head_evals.png")
 
 
+def token_conditions(model, kind: str, x, labels, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (z float32 [N, L, D], fraction [N, L]): the condition each token of the generations ``x`` [N, L, 4]
+    (token order) is sampled from, and the fraction of the image generated before it. Raster AR: the causal hidden
+    states of ``[class, P x_0 .. P x_{L-2}]`` (exactly the decode's conditions), fraction i / L. MAR: a fresh random
+    order per image (seeded; the decode's own order is not returned) with MAR's cosine fill; the tokens of AR step s
+    read the forward in which the tokens of steps < s are known, fraction = (tokens of steps < s) / L."""
+    import jax
+
+    from tokjax.vision.flow import continuous_hidden
+    from tokjax.vision.mar import mar_fill_counts, mar_hidden
+
+    x, cls = np.asarray(x, np.float32), np.asarray(labels, np.int32)
+    n, length = x.shape[:2]
+    if kind == "raster":
+        z = jax.jit(lambda p, xx: continuous_hidden(p, model.cfg, xx, cls))(model.params, x)
+        return np.asarray(z), np.broadcast_to(np.arange(length) / length, (n, length))
+    fills = mar_fill_counts(length, MAR_ITERS)
+    starts = np.cumsum(np.concatenate([[0], fills[:-1]]))
+    order = np.argsort(np.random.default_rng(1919 + seed).random((n, length)), axis=1)
+    rank = np.argsort(order, axis=1)  # rank[b, i]: position of token i in image b's order
+    step_of = np.searchsorted(starts, rank, side="right") - 1  # the AR step that fills token i
+    hidden = jax.jit(lambda p, known: mar_hidden(p, model.cfg, x, known, cls))
+    z = np.zeros(x.shape[:2] + (model.cfg.d_model,), np.float32)
+    for s in range(MAR_ITERS):
+        zs = np.asarray(hidden(model.params, rank < starts[s]))
+        z = np.where((step_of == s)[..., None], zs, z)
+    return z, starts[step_of] / length
+
+
+def path_panel(model, kind: str, x, labels, seed: int) -> dict:
+    """Returns {"fraction", "variance", "straightness"} (each [N * L], per token): the spread and the straightness
+    of the flow head's sampling of each token of the generations ``x`` (:func:`tokjax.vision.flow.flow_path_stats`,
+    ``PANEL_K`` draws of ``PANEL_T`` Euler steps from the token's condition, :func:`token_conditions`)."""
+    import jax
+
+    from tokjax.vision.flow import flow_path_stats
+
+    z, frac = token_conditions(model, kind, x, labels, seed)
+    head = model.params["mar" if kind == "mar" else "flow"]["head"]
+    st = jax.jit(lambda h, zz, T: flow_path_stats(h, zz, jax.random.key(1919 + seed), samples=PANEL_K, steps=T))(
+        head, z, PANEL_T)
+    return {"fraction": np.asarray(frac).ravel(), "variance": np.asarray(st.variance).ravel(),
+            "straightness": np.asarray(st.straightness).ravel()}
+
+
+def bucket_means(panel: dict, key: str) -> np.ndarray:
+    """Mean of ``panel[key]`` per generated-fraction bucket [BUCKETS] (equal width on [0, 1); NaN if empty)."""
+    b = np.minimum((panel["fraction"] * BUCKETS).astype(int), BUCKETS - 1)
+    return np.array([panel[key][b == i].mean() if np.any(b == i) else np.nan for i in range(BUCKETS)])
+
+
+def early_late(panel: dict, key: str) -> tuple[float, float]:
+    """(mean of ``panel[key]`` over tokens generated before EARLY, over tokens generated after >= LATE)."""
+    f = panel["fraction"]
+    return float(panel[key][f < EARLY].mean()), float(panel[key][f >= LATE].mean())
+
+
+def panel_figure(panels: dict, title: str):
+    """Sample variance and path straightness vs generated fraction (bucket means; seed mean, thin lines: seeds)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    from experiments._harness import save_figure
+
+    centers = (np.arange(BUCKETS) + 0.5) / BUCKETS
+    fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.6))
+    for ax, key, ylabel in zip(axes, ("variance", "straightness"),
+                               (f"sample variance across {PANEL_K} draws", "path straightness |x0-x1| / length")):
+        for kind, color in zip(PANEL_KINDS, ("C0", "C1")):
+            per_seed = [bucket_means(p, key) for p in panels.get(kind, [])]
+            if not per_seed:
+                continue
+            for m in per_seed:
+                ax.plot(centers, m, c=color, lw=0.6, alpha=0.4)
+            ax.plot(centers, np.nanmean(per_seed, axis=0), "o-", c=color, label=LABEL[kind])
+        ax.set_xlabel("fraction of the image generated before the token")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return save_figure(fig, "P19", "variance_straightness_vs_fraction.png")
+
+
 def run(quick: bool) -> list[Row]:
     from tokjax.vision.flow import continuous_batch_fn
 
@@ -234,6 +350,8 @@ def run(quick: bool) -> list[Row]:
     want = V.sample_labels(n)
     results = {(k, s): [] for k in KINDS for s in SAMPLERS}
     train_s = {k: [] for k in KINDS}
+    panels = {k: [] for k in PANEL_KINDS}
+    panel_n = QUICK_PANEL_N if quick else FULL_PANEL_N
     for seed in seeds:
         fn = continuous_batch_fn(tokens, labels, num_classes=G.CLASSES, batch_size=V.BATCH,
                                  class_dropout=V.CLASS_DROPOUT, seed=seed)
@@ -250,6 +368,11 @@ def run(quick: bool) -> list[Row]:
                     t0 = time.perf_counter()
                     x, evals, passes = decode(model, kind, sched, want, seed, sampler)
                     per[name] = G.quality(G.to_images(x), want, passes, evals, time.perf_counter() - t0)
+                    if kind in PANEL_KINDS and sampler == "euler" and name == f"T={PANEL_T}":
+                        t0 = time.perf_counter()
+                        panels[kind].append(path_panel(model, kind, x[:panel_n], want[:panel_n], seed))
+                        print(f"[p19] seed {seed} {kind} panel ({panel_n} images, {PANEL_K} draws, T={PANEL_T}): "
+                              f"{time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
                     print(f"[p19] seed {seed} {kind} {sampler} {name}: FD {per[name]['fd']:.3f} (SE "
                           f"{per[name]['se']:.3f}), {evals} head evals, {passes} passes, {per[name]['seconds']:.0f}s",
                           file=sys.stderr, flush=True)
@@ -261,6 +384,34 @@ def run(quick: bool) -> list[Row]:
         for sampler in SAMPLERS:
             rows += claim_rows(kind, sampler, results[(kind, sampler)], seeds, floor, train_s[kind], steps[kind], n,
                                fig)
+    pfig = panel_figure(panels, f"P19 DiSA motivation: per-token flow-head sampling ({PANEL_K} draws, T={PANEL_T} "
+                                f"Euler) vs generated fraction; {panel_n} generations, {len(seeds)} seed(s)")
+    return rows + panel_rows(panels, seeds, steps["mar"], panel_n, pfig)
+
+
+def panel_rows(panels: dict, seeds, steps: int, panel_n: int, fig) -> list[Row]:
+    """The motivation rows (MAR, under VARIANCE_RULE / STRAIGHT_RULE); raster AR and the buckets in the note."""
+    setting = (f"MAR of the run (16 AR steps, cosine fill, {steps} training steps), {panel_n} generations (T=50 "
+               f"Euler, guidance 1), each token's condition replayed (fresh random order, the same fill) and sampled "
+               f"{PANEL_K} times with T={PANEL_T} Euler steps, temperature 1")
+    note = "; ".join(
+        f"{LABEL[k]} {key} per fraction decile (seed mean): "
+        f"{[round(float(v), 4) for v in np.nanmean([bucket_means(p, key) for p in panels[k]], axis=0)]}"
+        for k in PANEL_KINDS for key in ("variance", "straightness"))
+    rows = []
+    for key, rule, cid, what in (("variance", VARIANCE_RULE, "motivation-variance", "lower sample variance"),
+                                 ("straightness", STRAIGHT_RULE, "motivation-straight", "straighter flow paths")):
+        early, late = zip(*[early_late(p, key) for p in panels["mar"]])
+        ras = [early_late(p, key) for p in panels["raster"]]
+        rows.append(Row(
+            pid="P19", claim_id=cid,
+            claim=f"tokens generated late (after >= {LATE:.0%} of the image) have {what} than early ones (before "
+                  f"{EARLY:.0%}) on MAR (the paper's motivation for annealing)",
+            setting=setting, baseline_name=f"tokens generated before {EARLY:.0%}",
+            baseline_value=round(float(np.mean(early)), 4), method_value=round(float(np.mean(late)), 4),
+            metric=rule.metric, verdict=rule.verdict(late, early, seeds=seeds), figure=fig,
+            note=f"per seed early -> late: {[(round(a, 4), round(b, 4)) for a, b in zip(early, late)]}; raster AR "
+                 f"early -> late: {[(round(a, 4), round(b, 4)) for a, b in ras]}; {note}"))
     return rows
 
 

@@ -362,7 +362,9 @@ _ENTRIES: tuple[Entry, ...] = (
        'loss "mar"), continuous raster AR or xAR; head evals = sum_s T(s)|fill_s|. The experiment compares DiSA with constant T '
        'on MAR, raster AR and xAR (4x4 cells), each with the Euler and Euler-Maruyama samplers. Quick run only '
        '(all models undertrained, every DiSA gap within about one bootstrap SE); linear 50->5 needs under half the '
-       'head evals of T=50 on MAR (the paper\'s 5-10x is against T=100)',
+       'head evals of T=50 on MAR (the paper\'s 5-10x is against T=100). Motivation panel: '
+       'tokjax.vision.flow.flow_path_stats (per-token flow-head sample variance over K draws and Euler-path '
+       'straightness) against the generated fraction, on the run\'s MAR and raster AR',
        status='implemented'),
     _e(20, 'An Early FIRST Reproduction and Improvements to Single-Token Decoding for Fast Listwise Reranking',
        'decoding', 'tokjax.decoding.first_rerank', ('first_rerank', 'permutation_rerank', 'rerank_prompt'),

@@ -144,3 +144,74 @@ def test_new_steps_and_guidance_do_not_recompile_decode(model):
     out = F.sample_continuous(model, F.continuous_ar(length=4, steps=[5, 1, 3, 2], temperature=0.5),
                               np.array([0, 1]), jax.random.key(1), num_classes=10)
     assert driver._loop_jit._cache_size() == before and out.stats["head_evals"] == 11
+
+
+# ------------------------------------------------------------------ flow_path_stats (P19 DiSA's motivation panel)
+def test_path_stats_point_mass_is_straight_with_zero_variance_at_any_step_count():
+    """Euler on a point mass moves every step toward x* along the same line: straightness 1 at every step count,
+    and every draw lands on x*, so the variance across draws is 0 (one compile for every step count)."""
+    traces = []
+
+    @jax.jit
+    def run(steps, key):
+        traces.append(1)
+        return F.flow_path_stats(_point_mass, jnp.zeros((3, 1)), key, samples=4, steps=steps, token_dim=C)
+
+    for i, steps in enumerate([1, 2, 7, 30]):
+        st = run(jnp.int32(steps), jax.random.key(i))
+        assert st.variance.shape == st.straightness.shape == (3,) and st.samples.shape == (4, 3, C)
+        np.testing.assert_allclose(np.asarray(st.straightness), 1.0, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(st.variance), 0.0, atol=1e-10)
+    assert len(traces) == 1
+
+
+def test_path_stats_curved_field_is_not_straight_and_draws_are_flow_sample():
+    """A rotating field bends every multi-step path (straightness < 1, = 1 for one step); a velocity sampled from
+    x_1 = 0 (temperature 0) is deterministic (variance exactly 0); draw k is flow_sample with key split(key, K)[k]."""
+    def rotate(z, x, t):
+        return jnp.stack([-x[..., 1], x[..., 0]], -1) + z[..., :2]
+
+    z = jnp.ones((2, 2))
+    bend = jax.jit(lambda steps: F.flow_path_stats(rotate, z, jax.random.key(0), samples=3, steps=steps, token_dim=2))
+    bent, one = bend(jnp.int32(8)), bend(jnp.int32(1))
+    s = np.asarray(bent.straightness)
+    assert np.all(s < 0.999) and np.all(s > 0.0) and np.all(np.asarray(bent.variance) > 0)
+    np.testing.assert_allclose(np.asarray(one.straightness), 1.0, atol=1e-6)
+
+    w = jnp.asarray(np.random.default_rng(0).normal(size=(C, C)), jnp.float32)
+
+    def field(z, x, t):  # a nonlinear stand-in for a trained head (the head itself: flow_sample's tests)
+        return jnp.tanh(x @ w + z) * (1.0 + t)
+
+    zh = jnp.asarray(np.random.default_rng(1).normal(size=(2, 3, C)), jnp.float32)
+
+    @jax.jit
+    def both(temperature):
+        st = F.flow_path_stats(field, zh, jax.random.key(3), samples=4, steps=5, temperature=temperature, token_dim=C)
+        keys = jax.random.split(jax.random.key(3), 4)
+        return st, jnp.stack([F.flow_sample(field, zh, k, steps=5, temperature=temperature, token_dim=C)[0]
+                              for k in keys])
+
+    det, _ = both(0.0)
+    assert np.all(np.asarray(det.variance) == 0.0)
+    st, draws = both(1.0)
+    draws = np.asarray(draws)
+    np.testing.assert_allclose(np.asarray(st.samples), draws, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(st.variance), draws.var(0, ddof=1).mean(-1), rtol=1e-5, atol=1e-9)
+    assert np.all(np.asarray(st.straightness) <= 1.0 + 1e-6) and np.all(np.asarray(st.variance) > 0)
+
+
+def test_path_stats_bad_inputs_raise():
+    head = F.flow_head_init(jax.random.key(0), D, C)  # test_bad_inputs_raise's head (its init compiles are cached)
+    z = jnp.zeros((2, D))
+    for k in (1, 0, True, 2.0):
+        with pytest.raises(ValueError, match="samples must be an int >= 2"):
+            F.flow_path_stats(head, z, jax.random.key(0), samples=k, steps=2)
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        F.flow_path_stats(head, z, jax.random.key(0), steps=0)
+    with pytest.raises(ValueError, match="steps must be a scalar"):
+        F.flow_path_stats(head, z, jax.random.key(0), steps=jnp.array([2, 3]))
+    with pytest.raises(ValueError, match="sampler"):
+        F.flow_path_stats(head, z, jax.random.key(0), steps=2, sampler="heun")
+    with pytest.raises(ValueError, match="d_model"):
+        F.flow_path_stats(head, jnp.zeros((2, D + 1)), jax.random.key(0), steps=2)

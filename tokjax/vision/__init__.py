@@ -70,9 +70,10 @@ from tokjax.vision.tokenflex import (
     tokenflex_init, tokenflex_loss, visual_tokens,
 )
 from tokjax.vision.flow import (
-    ContinuousAR, ContinuousDecodeState, ContinuousSamples, cond_hooks, continuous_ar, continuous_batch,
+    ContinuousAR, ContinuousDecodeState, ContinuousSamples, FlowPathStats, cond_hooks, continuous_ar, continuous_batch,
     continuous_batch_fn, continuous_hidden, continuous_init, flow_head_apply, flow_head_init, flow_head_loss, flow_loss,
-    flow_sample, flow_update, flow_velocity, make_flow_loss, sample_continuous, time_embed, time_embed_init,
+    flow_path_stats, flow_sample, flow_update, flow_velocity, make_flow_loss, sample_continuous, time_embed,
+    time_embed_init,
 )
 from tokjax.vision.xar import (
     XarLayout, XarSamples, make_xar_loss, xar_batch_fn, xar_init, xar_layout, xar_loss, xar_positions, xar_ranks,
@@ -108,9 +109,9 @@ __all__ = [
     "tokenflex", "CAPTION_VOCAB", "adaptive_avg_pool", "adaptive_pool_matrix", "caption_accuracy", "caption_predictions",
     "caption_text", "caption_tokens", "greedy_captions", "make_tokenflex_loss", "tokenflex_batch", "tokenflex_batch_fn",
     "tokenflex_hidden", "tokenflex_init", "tokenflex_loss", "visual_tokens",
-    "flow", "ContinuousAR", "ContinuousDecodeState", "ContinuousSamples", "cond_hooks", "continuous_ar",
+    "flow", "ContinuousAR", "ContinuousDecodeState", "ContinuousSamples", "FlowPathStats", "cond_hooks", "continuous_ar",
     "continuous_batch", "continuous_batch_fn", "continuous_hidden", "continuous_init", "flow_head_apply",
-    "flow_head_init", "flow_head_loss", "flow_loss", "flow_sample", "flow_update", "flow_velocity", "make_flow_loss",
+    "flow_head_init", "flow_head_loss", "flow_loss", "flow_path_stats", "flow_sample", "flow_update", "flow_velocity", "make_flow_loss",
     "sample_continuous", "time_embed", "time_embed_init",
     "xar", "XarLayout", "XarSamples", "make_xar_loss", "xar_batch_fn", "xar_init", "xar_layout", "xar_loss",
     "xar_positions", "xar_ranks", "xar_sample", "xar_velocity", "XarDecode", "xar_decode",

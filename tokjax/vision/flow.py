@@ -21,6 +21,8 @@ For a point mass x*, v = (x_t - x*) / t, and one Euler step from t to t' gives x
 every step count lands on x* exactly (tested). ``steps`` is a traced integer (``lax.fori_loop`` over a
 runtime bound), so a new step count never recompiles. Classifier-free guidance on velocities:
 v = v_u + g (v_c - v_u), computed as v_c + (g - 1)(v_c - v_u) (g = 1 is v_c exactly).
+:func:`flow_path_stats` runs the same sampler K times per condition and returns the variance of the K samples
+and the straightness (chord / arc length) of their paths (P19 DiSA's motivation measurements).
 
 Head (MAR ``SimpleMLPAdaLN``, written anew): x_in = W_x x_t; c = TimeMLP(sin-cos(1000 t)) + W_z z;
 ``depth`` residual blocks h <- h + gate * MLP(LN(h) (1 + scale) + shift) with (shift, scale, gate) =
@@ -59,9 +61,9 @@ from tokjax.model.forward import embed
 from tokjax.vision.image_lm import image_rows
 
 __all__ = [
-    "ContinuousAR", "ContinuousDecodeState", "ContinuousSamples", "SAMPLERS", "cond_hooks", "continuous_ar",
-    "continuous_batch", "continuous_batch_fn", "continuous_hidden", "continuous_init", "flow_head_apply",
-    "flow_head_init", "flow_head_loss", "flow_loss", "flow_sample", "flow_update", "flow_velocity", "make_flow_loss",
+    "ContinuousAR", "ContinuousDecodeState", "ContinuousSamples", "FlowPathStats", "SAMPLERS", "cond_hooks",
+    "continuous_ar", "continuous_batch", "continuous_batch_fn", "continuous_hidden", "continuous_init",
+    "flow_head_apply", "flow_head_init", "flow_head_loss", "flow_loss", "flow_path_stats", "flow_sample", "flow_update", "flow_velocity", "make_flow_loss",
     "sample_continuous", "time_embed", "time_embed_init",
 ]
 
@@ -246,21 +248,9 @@ def flow_update(x: jax.Array, v: jax.Array, t: Any, h: Any, last: Any, key: jax.
     return jnp.where(last, euler, em)
 
 
-def flow_sample(head: dict | Callable, z: jax.Array, key: jax.Array, *, steps: Any, sampler: str = "euler",
-                temperature: Any = 1.0, z_uncond: jax.Array | None = None, guidance: Any = 1.0,
-                token_dim: int | None = None) -> tuple[jax.Array, jax.Array]:
-    """Returns (samples float32 [..., token_dim], head_evals int32 scalar = velocity evaluations per token,
-    ``steps``, doubled with ``z_uncond``): tokens drawn by integrating the flow from t = 1 to 0 (module
-    docstring) for conditions ``z`` [..., d_model].
-
-    ``head``: flow head params, or a callable ``velocity(z, x_t, t) -> v`` (then ``token_dim`` is required).
-    ``steps`` >= 1: a runtime integer (a new value does not recompile). ``sampler``: "euler" or
-    "euler_maruyama" (static). ``temperature`` >= 0: scales the initial noise and the SDE noise (runtime;
-    0 = the deterministic ODE from x_1 = 0). ``z_uncond`` (same shape as z) with ``guidance`` g (runtime,
-    broadcast to [..., 1]): classifier-free guidance v_u + g (v_c - v_u).
-
-    Raises ValueError for steps < 1, an unknown sampler, temperature < 0, or sizes that are not the head's.
-    """
+def _sampler_setup(head, z, sampler, temperature, z_uncond, guidance, token_dim):
+    """The checks of :func:`flow_sample` / :func:`flow_path_stats`; returns (velocity ``v_of(x, t)`` with guidance
+    applied, token_dim c, the leading dims of z, temperature float32 [])."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     if callable(head):
@@ -277,13 +267,8 @@ def flow_sample(head: dict | Callable, z: jax.Array, key: jax.Array, *, steps: A
     if z_uncond is not None and jnp.shape(z_uncond) != jnp.shape(z):
         raise ValueError(f"z_uncond must have z's shape {jnp.shape(z)}, got {jnp.shape(z_uncond)}")
     check_range(temperature, "temperature", lo=0.0)
-    steps = _check_steps(steps)
-    if steps.ndim:
-        raise ValueError(f"steps must be a scalar here, got shape {steps.shape}")
     vel = flow_velocity(head)
     z = jnp.asarray(z, _F32)
-    lead = z.shape[:-1]
-    temp = jnp.asarray(temperature, _F32)
     g = None if z_uncond is None else jnp.asarray(guidance, _F32)
 
     def v_of(x, t):
@@ -292,16 +277,97 @@ def flow_sample(head: dict | Callable, z: jax.Array, key: jax.Array, *, steps: A
         vc, vu = vel(z, x, t), vel(jnp.asarray(z_uncond, _F32), x, t)
         return vc + (g - 1.0) * (vc - vu)  # = vu + g (vc - vu); exactly vc at g = 1
 
+    return v_of, c, z.shape[:-1], jnp.asarray(temperature, _F32)
+
+
+def _scalar_steps(steps: Any) -> jax.Array:
+    steps = _check_steps(steps)
+    if steps.ndim:
+        raise ValueError(f"steps must be a scalar here, got shape {steps.shape}")
+    return steps
+
+
+def _integrate(v_of, key, lead, c, steps, temp, sampler, *, track: bool = False):
+    """Draws x_1 = temp * eps from ``key`` and integrates t = 1 -> 0 in ``steps`` steps; returns (x_0, x_1, path
+    length sum_k ||x_{k+1} - x_k|| [lead], zeros unless ``track``)."""
     k0, kloop = jax.random.split(key)
     x1 = temp * jax.random.normal(k0, lead + (c,), _F32)
     n = steps.astype(_F32)
 
-    def body(i, x):
+    def body(i, carry):
+        x, length = carry
         t = (steps - i).astype(_F32) / n
-        return flow_update(x, v_of(x, t), t, 1.0 / n, i == steps - 1, jax.random.fold_in(kloop, i), temp, sampler)
+        x_new = flow_update(x, v_of(x, t), t, 1.0 / n, i == steps - 1, jax.random.fold_in(kloop, i), temp, sampler)
+        if track:
+            length = length + jnp.sqrt(jnp.sum(jnp.square(x_new - x), axis=-1))
+        return x_new, length
 
-    x0 = jax.lax.fori_loop(0, steps, body, x1)
+    x0, length = jax.lax.fori_loop(0, steps, body, (x1, jnp.zeros(lead, _F32)))
+    return x0, x1, length
+
+
+def flow_sample(head: dict | Callable, z: jax.Array, key: jax.Array, *, steps: Any, sampler: str = "euler",
+                temperature: Any = 1.0, z_uncond: jax.Array | None = None, guidance: Any = 1.0,
+                token_dim: int | None = None) -> tuple[jax.Array, jax.Array]:
+    """Returns (samples float32 [..., token_dim], head_evals int32 scalar = velocity evaluations per token,
+    ``steps``, doubled with ``z_uncond``): tokens drawn by integrating the flow from t = 1 to 0 (module
+    docstring) for conditions ``z`` [..., d_model].
+
+    ``head``: flow head params, or a callable ``velocity(z, x_t, t) -> v`` (then ``token_dim`` is required).
+    ``steps`` >= 1: a runtime integer (a new value does not recompile). ``sampler``: "euler" or
+    "euler_maruyama" (static). ``temperature`` >= 0: scales the initial noise and the SDE noise (runtime;
+    0 = the deterministic ODE from x_1 = 0). ``z_uncond`` (same shape as z) with ``guidance`` g (runtime,
+    broadcast to [..., 1]): classifier-free guidance v_u + g (v_c - v_u).
+
+    Raises ValueError for steps < 1, an unknown sampler, temperature < 0, or sizes that are not the head's.
+    """
+    v_of, c, lead, temp = _sampler_setup(head, z, sampler, temperature, z_uncond, guidance, token_dim)
+    steps = _scalar_steps(steps)
+    x0, _, _ = _integrate(v_of, key, lead, c, steps, temp, sampler)
     return x0, steps * (1 if z_uncond is None else 2)
+
+
+class FlowPathStats(NamedTuple):
+    """What :func:`flow_path_stats` returns, per condition [...]: ``variance`` (of the final samples across the
+    K draws, mean over the token's dims), ``straightness`` (mean over the K draws of ||x_0 - x_1|| / path length,
+    in [0, 1]; 1 = a straight path) and ``samples`` float32 [K, ..., token_dim] (the K final samples)."""
+
+    variance: jax.Array
+    straightness: jax.Array
+    samples: jax.Array
+
+
+def flow_path_stats(head: dict | Callable, z: jax.Array, key: jax.Array, *, samples: int = 8, steps: Any = 50,
+                    sampler: str = "euler", temperature: Any = 1.0, z_uncond: jax.Array | None = None,
+                    guidance: Any = 1.0, token_dim: int | None = None) -> FlowPathStats:
+    """Returns :class:`FlowPathStats`: how spread and how straight the head's sampling of each condition is
+    (P19 DiSA's motivation: later tokens have lower sample variance and straighter denoising paths).
+
+    For each condition z [..., d_model], ``samples`` = K >= 2 independent draws, draw k exactly
+    ``flow_sample(head, z, jax.random.split(key, K)[k], ...)`` (same arguments), each recording its path
+    x_1 -> x_{1 - 1/T} -> ... -> x_0 on the uniform grid of T = ``steps``::
+
+        variance     = mean_c Var_k[x_0^(k)_c]                                  (unbiased, ddof = 1)
+        straightness = mean_k ||x_0^(k) - x_1^(k)|| / sum_j ||x^(k)_{j+1} - x^(k)_j||   (1 if the path has length 0)
+
+    Straightness is chord / arc length of the sampler's discrete path (<= 1 by the triangle inequality; 1 iff
+    every step moves the same direction: e.g. any step count on a point mass, whose Euler path is the straight
+    line from x_1 to x*). With "euler_maruyama" the injected noise makes the path rough, so use "euler" for the
+    ODE path. ``steps`` and ``temperature`` are runtime (no recompile); ``samples`` is a shape (static).
+
+    Raises ValueError for samples < 2, steps < 1, and everything :func:`flow_sample` rejects.
+    """
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or int(samples) < 2:
+        raise ValueError(f"samples must be an int >= 2 (a variance across draws needs two), got {samples!r}")
+    K = int(samples)
+    v_of, c, lead, temp = _sampler_setup(head, z, sampler, temperature, z_uncond, guidance, token_dim)
+    steps = _scalar_steps(steps)
+    x0, x1, length = jax.vmap(lambda k: _integrate(v_of, k, lead, c, steps, temp, sampler, track=True))(
+        jax.random.split(key, K))
+    variance = jnp.mean(jnp.var(x0, axis=0, ddof=1), axis=-1)
+    chord = jnp.sqrt(jnp.sum(jnp.square(x0 - x1), axis=-1))
+    straight = jnp.where(length > 0, chord / jnp.where(length > 0, length, 1.0), 1.0)
+    return FlowPathStats(variance, jnp.mean(straight, axis=0), x0)
 
 
 # ------------------------------------------------------------------------- per-token time conditioning
