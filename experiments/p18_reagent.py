@@ -4,12 +4,15 @@ Paper claim (Zhao & Shan 2024): ReAGent's importance scores are more faithful --
 sufficiency and comprehensiveness (Soft-NS, Soft-NC) -- than gradient-, attention- and perturbation-based
 attributions on six decoder LMs (GPT-2, GPT-J, OPT, LLaMA) on LongRA / TellMeWhy / WikiBio.
 
-Setting: ``tokjax.pretrained("smollm2-135m-instruct")``; 30 prose prompts (``--quick``: 4), each the first
+Setting: ``tokjax.pretrained("smollm2-135m-instruct")``; 20 prose prompts (``--quick``: 4), each the first
 24 tokens of a bundled pydoc topic (``pydoc_data.topics``, the ones whose text starts with a letter, in
 sorted order; ``--quick``: 4); target = the model's greedy next token. Methods, every importance softmax-normalised over
 positions as the official evaluation does: ReAGent (:func:`tokjax.analysis.reagent.reagent`, uniform
 sampler over non-special tokens, ratio 0.3, top_n 5, top_k 3, 5 chains, overlap 3: the official defaults;
-``max_steps`` 1000, ``--quick`` 50, a CPU budget; the official runs use 3000-5000); random; last-layer
+``max_steps`` 200, ``--quick`` 50, a CPU budget; the official runs use 3000-5000; a first full attempt at
+1000 steps x 30 prompts spent 9 CPU-minutes without finishing its first prompt, as a chain that never stops
+runs to the cap and each step is two batched SmolLM2 forwards, so the full run was cut to 200 x 20 before any
+full row existed); random; last-layer
 attention (mean over heads); gradient norm; input x gradient; integrated gradients (16 steps, zero
 baseline); leave-one-out (zeroed embedding). Metrics: Soft-NS and Soft-NC as the official evaluators compute
 them (:func:`tokjax.analysis.attribution.soft_metrics`; 4 soft-mask draws per prompt, the official code
@@ -76,8 +79,8 @@ def run(quick: bool) -> list[Row]:
     allowed = np.ones(V, bool)
     allowed[sorted(tok.special_ids)] = False
     allowed = jnp.asarray(allowed)
-    ps = prompts(tok, 4 if quick else 30)
-    max_steps = 50 if quick else 1000
+    ps = prompts(tok, 4 if quick else 20)
+    max_steps = 50 if quick else 200
     seeds = RULE_NS.run_seeds(quick)
     methods = ("reagent",) + BASELINES
     ns = {m: [] for m in methods}  # per seed: mean over prompts
