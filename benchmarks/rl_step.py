@@ -3,6 +3,7 @@
     python benchmarks/rl_step.py                        # 8 prompts x G=4, 48 new tokens, 1 warm-up + 3 timed steps
     python benchmarks/rl_step.py --steps 1              # one timed step per arm
     python benchmarks/rl_step.py --tiny --trl-python none   # smoke: a random 2-layer model, byte tokenizer, no TRL
+    python benchmarks/rl_step.py --prompts 2 --old-path     # + the partial arm on the pre-issue-21 scoring path
     bash benchmarks/setup_trl_venv.sh                   # builds the venv the TRL side runs in
 
 One GRPO step, as :func:`tokjax.train.rl.rl_train` runs it (issue 21), split in three timed phases:
@@ -12,9 +13,14 @@ One GRPO step, as :func:`tokjax.train.rl.rl_train` runs it (issue 21), split in 
   (``tokjax.data.check_answer`` on the decoded completion: 1 when the last stated / written integer
   is the answer of a ``tokjax.data.word_problems`` level-1 problem, else 0);
 * ``trunk``: the no-gradient forward over the rollout batch that gives ``old_logp`` (rl_train's
-  ``token_stats`` log-probs; the reference forward too when beta > 0, here beta = 0);
+  ``token_stats`` log-probs; the reference forward too when beta > 0, here beta = 0). With
+  ``inner_steps`` = 1 rl_train skips it (``tokjax.train.rl.scoring``: ``old_logp`` is the stop-gradient
+  of the loss's own forward, as TRL's), so it is 0 here; ``--old-path`` adds a partial arm that runs it,
+  and scores every position of the rollout width rather than each row's completion window, as rl_train
+  did before (issue 21);
 * ``update``: group advantages and ``inner_steps`` = 1 optimiser step of the registered ``grpo``
-  loss through ``make_train_step`` (forward, backward, global-norm clip, AdamW).
+  loss through ``make_train_step`` (forward, backward, global-norm clip, AdamW); the head and
+  log-softmax run on each row's ``max_new_tokens`` completion targets only (``token_stats(span=)``).
 
 The tokjax arms run the body of ``rl_train``'s step from its own pieces (``rollout``, ``rollout_batch``,
 ``make_grpo_loss``, ``group_advantages``, ``make_train_step`` with ``RLConfig.train_config()``), so each
@@ -35,8 +41,8 @@ beta = 0, eps_low 0.2 / eps_high 0.28, token-mean loss over the batch (``loss_ty
 generation batch. TRL's step is timed from ``on_step_begin`` to ``on_step_end``; ``rollout`` =
 ``_generate_and_score_completions`` (tokenise, ``model.generate``, reward, decode) less any log-prob
 forward inside it (``trunk``; none here: with ``num_iterations=1`` and beta = 0 TRL takes ``old_logp``
-as the detached log-probs of the loss's own forward, so it has no separate forward, while rl_train always
-runs one); ``update`` = the rest (loss forward, backward, clip, AdamW). The child waits for the
+as the detached log-probs of the loss's own forward, so it has no separate forward, and neither has
+rl_train since issue 21's fast paths); ``update`` = the rest (loss forward, backward, clip, AdamW). The child waits for the
 parent before every step, so all arms run interleaved, one step each per round, and machine load hits
 them alike. TRL runs with ``torch.set_num_threads(1)`` and with 2, and the faster is the reference.
 
@@ -124,18 +130,23 @@ class WordProblemTask:
 class TokjaxArm:
     """One tokjax GRPO run whose steps are rl_train's step body, phase by phase (see the module docstring)."""
 
-    def __init__(self, model, task, config, *, eos_id=None):
+    def __init__(self, model, task, config, *, eos_id=None, old_path: bool = False):
         import jax
 
         from tokjax.losses.grpo import make_grpo_loss
         from tokjax.train import init_state, make_optimizer, make_train_step
+        from tokjax.train.rl import scoring
 
         self.cfg, self.task, self.config, self.eos_id = model.cfg, task, config, eos_id
+        # rl_train's scoring, or (old_path) the step before issue 21's fast paths: a separate old-logp forward
+        # and the head over every position of the rollout width
+        self.on_policy, self.span = (False, None) if old_path else scoring(config)
         tc = config.train_config()
         opt = make_optimizer(tc)
         self.state = init_state(model.cfg, opt, config.seed, params=model.params)
         loss = make_grpo_loss(eps_low=config.eps_low, eps_high=config.eps_high, beta=config.beta,
-                              reduction=config.reduction, denominator=config.denominator)
+                              reduction=config.reduction, denominator=config.denominator, on_policy=self.on_policy,
+                              span=self.span)
         self.step_fn = make_train_step(model.cfg, opt, loss, trainable=tc.trainable, donate=False)
         self.key = jax.random.key(config.seed)
         self.width = config.max_prompt_len + config.max_new_tokens
@@ -158,7 +169,8 @@ class TokjaxArm:
         r.rewards, r.format_ok = np.asarray(rewards, np.float32), np.asarray(fmt, bool)
         t1 = time.perf_counter()
         batch = rollout_batch(r, mask_truncated=c.mask_truncated)
-        batch["old_logp"] = jax.block_until_ready(_logp(self.state.params, self.cfg, batch))
+        if not self.on_policy:
+            batch["old_logp"] = jax.block_until_ready(_logp(self.state.params, self.cfg, batch, span=self.span))
         t2 = time.perf_counter()
         batch["advantages"] = group_advantages(r.rewards, G, scale=c.scale, rloo=c.rloo)
         for _ in range(c.inner_steps):
@@ -388,6 +400,9 @@ def main(argv=None) -> int:
                     help="interpreter of the TRL venv (default: trl-venv/bin/python in tokjax's cache directory; "
                          "'none' skips TRL)")
     ap.add_argument("--tiny", action="store_true", help="a random 2-layer model with a byte tokenizer (smoke test)")
+    ap.add_argument("--old-path", action="store_true",
+                    help="also run the partial arm as rl_train stepped before issue 21's fast paths (a separate "
+                         "old-logp forward, the head over every position), interleaved with the others")
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--trl-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -445,6 +460,9 @@ def main(argv=None) -> int:
     arms = {f"tokjax last:{last}": TokjaxArm(model, task, rl_config(opts, (f"last:{last}",), max_prompt),
                                              eos_id=tok.eos_id),
             "tokjax full": TokjaxArm(model, task, rl_config(opts, None, max_prompt), eos_id=tok.eos_id)}
+    if args.old_path:
+        arms[f"tokjax last:{last} old path"] = TokjaxArm(model, task, rl_config(opts, (f"last:{last}",), max_prompt),
+                                                         eos_id=tok.eos_id, old_path=True)
     steppers = {**{k: a.step for k, a in arms.items()}, **{a.name: a.step for a in trl_arms}}
 
     print(f"machine: {machine()}; jax {jax.__version__} ({jax.default_backend()})")

@@ -61,18 +61,31 @@ def _head(hidden, w, labels, *, method, block_size, softcap, want_entropy, bias=
     return core["zy"] - core["lse"], core["lse"], core.get("entropy")
 
 
+def _scatter(values, cols, T: int):
+    """Returns [B, T] zeros holding ``values`` [B, S] at columns ``cols`` [B, S]."""
+    rows = jnp.arange(values.shape[0])[:, None]
+    return jnp.zeros((values.shape[0], T), values.dtype).at[rows, cols].set(values)
+
+
 def _model_logp(params, cfg, inputs, targets, segment_ids, *, method, block_size, softcap, want_entropy, keep_hidden,
-                embedding=None, head=None, logit_bias=None, positions=None):
-    """Returns (logp, lse, entropy, hidden) [B, T] of ``targets`` after reading ``inputs`` [B, T]."""
+                embedding=None, head=None, logit_bias=None, positions=None, cols=None):
+    """Returns (logp, lse, entropy, hidden) [B, T] of ``targets`` after reading ``inputs`` [B, T]; with ``cols``
+    [B, S] the head runs on those target columns only (0 elsewhere)."""
     B, T = targets.shape
     x = Inputs(tokens=inputs, segment_ids=segment_ids, positions=positions)
     hidden = forward(params, cfg, x, compute_logits=False, embedding=embedding).hidden  # [B, T, D], final-normed
     D = hidden.shape[-1]
+    scored, labels = hidden, targets
+    if cols is not None:
+        scored, labels = jnp.take_along_axis(hidden, cols[..., None], axis=1), jnp.take_along_axis(targets, cols, axis=1)
     w, layout = head_matrix(params, cfg) if head is None else (head, "dv")
-    logp, lse, ent = _head(hidden.reshape(-1, D), w.astype(cfg.dtype), targets.reshape(-1), method=method,
+    logp, lse, ent = _head(scored.reshape(-1, D), w.astype(cfg.dtype), labels.reshape(-1), method=method,
                            block_size=block_size, softcap=softcap, want_entropy=want_entropy, bias=logit_bias,
                            layout=layout)
-    rs = lambda x: None if x is None else x.reshape(B, T)  # noqa: E731
+    if cols is None:
+        rs = lambda x: None if x is None else x.reshape(B, T)  # noqa: E731
+    else:
+        rs = lambda x: None if x is None else _scatter(x.reshape(labels.shape), cols, T)  # noqa: E731
     return rs(logp), rs(lse), rs(ent), (hidden if keep_hidden else None)
 
 
@@ -117,7 +130,7 @@ def token_stats(
     params, cfg, batch: dict, *, method: str = "cut", block_size: int = DEFAULT_BLOCK_SIZE,
     softcap: float | None = None, entropy: bool = False, hidden: bool = False, ref: tuple | None = None,
     embedding: jax.Array | None = None, head: jax.Array | None = None, logit_bias: jax.Array | None = None,
-    rank: bool = False,
+    rank: bool = False, span: int | None = None,
 ) -> TokenStats:
     """Returns the TokenStats [B, T] of ``batch`` under the model (see the module doc for batch keys).
 
@@ -133,8 +146,15 @@ def token_stats(
     ``ref_logp`` from a reference model reading ``batch["ref_tokens"]`` (default the batch's own
     tokens) when the batch has no ``ref_logp``. ``embedding`` [V', D], ``head`` [D, V'] and
     ``logit_bias`` [V'] override the vocabulary tables (tokenizer transfer), as in ``forward``.
+    ``span`` (a static int, default None: every target): score only ``span`` targets per row, from the
+    row's first completion target ``prompt_lengths - 1`` (0 without ``prompt_lengths``; moved left to
+    fit the row): the trunk reads every input, but the head (and ``rank``) runs on those [B, span] hidden
+    states only. The other targets get ``logp`` / ``lse`` / ``entropy`` / ``rank`` 0 and mask False,
+    so a completion of at most ``span`` tokens (the RL rollouts' ``max_new_tokens``) keeps its values.
     """
     _check_method(method)
+    if span is not None and (not isinstance(span, int) or isinstance(span, bool) or span < 1):
+        raise ValueError(f"span must be None or a static int >= 1 (targets scored per row), got {span!r}")
     if not isinstance(batch, dict) or not ("tokens" in batch or {"inputs", "targets"} <= set(batch)):
         raise ValueError("batch must be a dict with 'tokens' int [B, T+1] or 'inputs' and 'targets' int [B, T]")
     x, y, mask = _split(batch)
@@ -167,14 +187,25 @@ def token_stats(
         if ref_logp.shape != (B, T):
             raise ValueError(f"batch['ref_logp'] must be [B, T]={B, T} (one per target), got {tuple(ref_logp.shape)}")
         ref_logp = jax.lax.stop_gradient(ref_logp)
+    cols = None
+    if span is not None and span < T:  # [B, span] target columns: each row's window from its first completion target
+        first = jnp.zeros((B,), jnp.int32) if batch.get("prompt_lengths") is None else \
+            jnp.broadcast_to(jnp.asarray(batch["prompt_lengths"], jnp.int32), (B,)) - 1
+        cols = jnp.clip(first, 0, T - span)[:, None] + jnp.arange(span, dtype=jnp.int32)[None, :]
+        inside = jnp.zeros((B, T), bool).at[jnp.arange(B)[:, None], cols].set(True)
+        mask &= inside
     logp, lse, ent, h = _model_logp(params, cfg, x, y, seg_in, method=method, block_size=block_size,
                                     softcap=softcap, want_entropy=entropy, keep_hidden=hidden or rank,
-                                    embedding=embedding, head=head, logit_bias=logit_bias, positions=positions)
+                                    embedding=embedding, head=head, logit_bias=logit_bias, positions=positions,
+                                    cols=cols)
     ranks = None
     if rank:
         w, layout = head_matrix(params, cfg) if head is None else (head, "dv")
-        ranks = target_rank(h.reshape(B * T, -1), w.astype(cfg.dtype), y.reshape(-1), layout=layout,
-                            bias=logit_bias, block_size=block_size).reshape(B, T)
+        hr, yr = (h, y) if cols is None else (jnp.take_along_axis(h, cols[..., None], axis=1),
+                                              jnp.take_along_axis(y, cols, axis=1))
+        ranks = target_rank(hr.reshape(-1, hr.shape[-1]), w.astype(cfg.dtype), yr.reshape(-1), layout=layout,
+                            bias=logit_bias, block_size=block_size).reshape(yr.shape)
+        ranks = ranks if cols is None else _scatter(ranks, cols, T)
         h = h if hidden else None
     if ref_logp is None and ref is not None:
         ref_params, ref_cfg = ref

@@ -229,8 +229,16 @@ def grpo_loss(stats: TokenStats, old_logp, advantages, *, eps_low=0.2, eps_high=
     return loss, metrics
 
 
+def _check_span(span) -> None:
+    """Raises ValueError unless ``span`` (targets scored per row, see :func:`make_grpo_loss`) is None or an int >= 1."""
+    if span is not None and (not isinstance(span, int) or isinstance(span, bool) or span < 1):
+        raise ValueError(f"span must be None (every target) or a static int >= 1 (targets scored per row), "
+                         f"got {span!r}")
+
+
 def make_grpo_loss(*, eps_low=0.2, eps_high=0.28, beta=0.0, reduction: str = "token_mean",
-                   denominator: str = "valid", entropy: bool = False, transforms=()):
+                   denominator: str = "valid", entropy: bool = False, transforms=(), on_policy: bool = False,
+                   span: int | None = None):
     """Returns ``loss_fn(params, cfg, batch, rng) -> (loss, metrics)``: :func:`grpo_loss` in the train signature.
 
     Batch: the rollouts as :func:`tokjax.losses.token_stats` reads them (``tokens`` [B, T+1] with
@@ -238,6 +246,12 @@ def make_grpo_loss(*, eps_low=0.2, eps_high=0.28, beta=0.0, reduction: str = "to
     ``advantages`` [B] or [B, T], ``ref_logp`` [B, T] when ``beta`` > 0, optional ``normalizer``
     (the global denominator under gradient accumulation). ``transforms``: LossTransforms applied to
     the stats first (token masks / weights, e.g. P63's entropy mask).
+
+    ``on_policy``: the parameters are the sampling policy's (one optimiser step per rollout batch), so
+    ``old_logp`` is the stop-gradient of this forward's own log-probs (before the transforms), as TRL's
+    ``num_iterations=1``: no separate old-logp forward and no ``batch["old_logp"]`` (the ratio is exactly 1,
+    the gradient the GRPO one). ``span``: :func:`token_stats`'s option, the head runs on ``span`` targets per
+    row from the first completion target (the rollouts' ``max_new_tokens``; None: every target).
     """
     from tokjax.losses._next_token import token_stats
     from tokjax.losses._stats import chain
@@ -248,15 +262,19 @@ def make_grpo_loss(*, eps_low=0.2, eps_high=0.28, beta=0.0, reduction: str = "to
         raise ValueError(f"denominator must be one of {DENOMINATORS}, got {denominator!r}")
     _check_eps(eps_low, eps_high)
     check_range(beta, "beta", lo=0.0)
+    _check_span(span)
     transform = chain(*transforms) if isinstance(transforms, (tuple, list)) else transforms
+    needs = ("advantages",) if on_policy else ("old_logp", "advantages")
 
     def loss_fn(params, cfg, batch, rng=None):
         del rng
-        for key in ("old_logp", "advantages"):
+        for key in needs:
             if not isinstance(batch, dict) or key not in batch:
                 raise ValueError(f"a GRPO batch needs '{key}' (and the rollout tokens); got keys "
                                  f"{sorted(batch) if isinstance(batch, dict) else type(batch).__name__}")
-        stats = token_stats(params, cfg, batch, entropy=entropy or "entropy" in transform.requires)
+        stats = token_stats(params, cfg, batch, entropy=entropy or "entropy" in transform.requires, span=span)
+        if on_policy:  # the sampling policy is these parameters: its log-probs are this forward's (what transforms see)
+            batch = {**batch, "old_logp": jax.lax.stop_gradient(stats.logp)}
         stats, _ = transform.apply(stats, transform.init(), batch)
         return grpo_loss(stats, batch["old_logp"], batch["advantages"], eps_low=eps_low, eps_high=eps_high,
                          beta=beta, reduction=reduction, denominator=denominator, normalizer=batch.get("normalizer"))

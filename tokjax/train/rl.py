@@ -14,7 +14,12 @@ One RL step (GRPO / DAPO, issue 21):
 4. the sampling policy's log-probs (``old_logp``) and, with a reference, ``ref_logp`` come from
    :func:`tokjax.losses.token_stats` on the rollout tokens (exact, whatever logit transform drew
    them), then ``inner_steps`` optimiser steps of the registered ``grpo`` loss run through
-   :func:`tokjax.train.make_train_step` (so ``trainable`` freezes the rest bit for bit).
+   :func:`tokjax.train.make_train_step` (so ``trainable`` freezes the rest bit for bit). With
+   ``inner_steps == 1`` the step starts from the sampling parameters, so ``old_logp`` is the
+   stop-gradient of the loss's own forward (no separate forward, as TRL's ``num_iterations=1``), and the
+   head scores each row's ``max_new_tokens`` completion window only, not the prompt positions
+   (:func:`scoring` says which plug-ins keep the separate forward / the full width; same loss and
+   gradient up to float rounding).
 
 Plug points (the papers of issue 21 are each one of these): ``transforms`` (LossTransforms: token
 masks / weights, e.g. P63's entropy mask), ``shape(rollouts, stats) -> advantages [B, T]``,
@@ -27,7 +32,8 @@ stats are computed on the prepared batch) and ``aux(params, cfg, batch, stats) -
 (a differentiable term added to the GRPO loss in every inner step, e.g. LaSeR's self-reward MSE;
 ``stats`` is the same forward's TokenStats before the transforms; ``aux.requires`` may name extra
 TokenStats fields, ``"hidden"`` / ``"entropy"``). ``aux=None`` and ``prepare=None`` run the plain loop
-bit for bit. A method whose rollouts are not plain token samples (P37's soft chains of thought) swaps the
+bit for bit (with an ``aux`` / ``prepare`` the head scores every position, equal to float rounding). A method
+whose rollouts are not plain token samples (P37's soft chains of thought) swaps the
 objective whole: ``strategy`` (the ``tokjax.generate`` Strategy that draws the rollouts) with
 ``arrays(out, width) -> dict`` (per-row arrays it recorded, added to every loss batch), ``loss`` (the
 registered loss that replaces GRPO's) and ``logp(params, cfg, batch) -> [B, W-1]`` (the log-likelihood
@@ -60,7 +66,7 @@ from tokjax.model import Model
 from tokjax.train._config import TrainConfig
 from tokjax.train._step import init_state, make_optimizer, make_train_step
 
-__all__ = ["RLConfig", "RLTask", "Rollouts", "make_aux_loss", "rl_train", "rollout", "rollout_batch"]
+__all__ = ["RLConfig", "RLTask", "Rollouts", "make_aux_loss", "rl_train", "rollout", "rollout_batch", "scoring"]
 
 
 class RLTask(Protocol):
@@ -215,9 +221,9 @@ def _stats(params, cfg, batch):  # what a ``shape`` plug-in reads: one compiled 
     return jax.lax.stop_gradient(token_stats(params, cfg, batch))
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _logp(params, cfg, batch):
-    return jax.lax.stop_gradient(token_stats(params, cfg, batch).logp)
+@functools.partial(jax.jit, static_argnums=1, static_argnames=("span",))
+def _logp(params, cfg, batch, span=None):  # old_logp / ref_logp: token log-probs (``span``: of the completion window)
+    return jax.lax.stop_gradient(token_stats(params, cfg, batch, span=span).logp)
 
 
 @functools.lru_cache(maxsize=16)
@@ -229,14 +235,16 @@ _AUX_FIELDS = ("hidden", "entropy")
 
 
 def make_aux_loss(aux: Callable, *, eps_low=0.2, eps_high=0.28, beta=0.0, reduction: str = "token_mean",
-                  denominator: str = "valid", transforms=()) -> Callable:
+                  denominator: str = "valid", transforms=(), on_policy: bool = False) -> Callable:
     """Returns ``loss_fn(params, cfg, batch, rng) -> (loss, metrics)``: the GRPO loss of
     :func:`tokjax.losses.grpo.make_grpo_loss` plus ``aux(params, cfg, batch, stats)`` on one forward.
 
     ``stats`` is the batch's TokenStats before ``transforms`` (with ``hidden`` / ``entropy`` when
     ``aux.requires`` names them); the GRPO term sees the transformed stats exactly as
-    ``make_grpo_loss`` does. Metrics: GRPO's (``loss`` = the total), ``grpo_loss`` and the aux's
-    own metrics (an aux metric may not reuse a GRPO metric's name).
+    ``make_grpo_loss`` does. ``on_policy``: as ``make_grpo_loss``'s, ``old_logp`` is the stop-gradient of
+    this forward's log-probs (and that is the ``batch["old_logp"]`` the transforms and ``aux`` see).
+    Metrics: GRPO's (``loss`` = the total), ``grpo_loss`` and the aux's own metrics (an aux metric may
+    not reuse a GRPO metric's name).
     """
     if not callable(aux):
         raise ValueError(f"aux must be callable (params, cfg, batch, stats) -> (loss, metrics), got "
@@ -248,14 +256,17 @@ def make_aux_loss(aux: Callable, *, eps_low=0.2, eps_high=0.28, beta=0.0, reduct
                    denominator=denominator)  # validates the options
     transform = chain(*transforms) if isinstance(transforms, (tuple, list)) else transforms
     want_entropy = "entropy" in requires or "entropy" in transform.requires
+    needs = ("advantages",) if on_policy else ("old_logp", "advantages")
 
     def loss_fn(params, cfg, batch, rng=None):
         del rng
-        for key in ("old_logp", "advantages"):
+        for key in needs:
             if not isinstance(batch, dict) or key not in batch:
                 raise ValueError(f"a GRPO batch needs '{key}' (and the rollout tokens); got keys "
                                  f"{sorted(batch) if isinstance(batch, dict) else type(batch).__name__}")
         raw = token_stats(params, cfg, batch, entropy=want_entropy, hidden="hidden" in requires)
+        if on_policy:
+            batch = {**batch, "old_logp": jax.lax.stop_gradient(raw.logp)}
         stats, _ = transform.apply(raw, transform.init(), batch)
         loss, metrics = grpo_loss(stats, batch["old_logp"], batch["advantages"], eps_low=eps_low, eps_high=eps_high,
                                   beta=beta, reduction=reduction, denominator=denominator,
@@ -291,6 +302,23 @@ def _prepared(prepare, r: Rollouts, batch: dict) -> dict:
         if k in out and not np.array_equal(np.asarray(out[k]), np.asarray(batch[k])):
             raise ValueError(f"prepare changed batch[{k!r}]; it may only add arrays and write after the rows")
     return out
+
+
+def scoring(config: RLConfig, *, loss=None, logp=None, aux=None, prepare=None) -> tuple[bool, int | None]:
+    """Returns (on_policy, span): how :func:`rl_train` scores the rollouts under ``config`` and its plug-ins.
+
+    ``on_policy`` (``inner_steps == 1`` and the GRPO loss on token log-probs, i.e. no ``loss`` / ``logp``
+    plug-in): the one optimiser step starts from the sampling parameters, so ``old_logp`` is the
+    stop-gradient of the loss's own forward (``make_grpo_loss(on_policy=True)``, as TRL with
+    ``num_iterations=1``) and the separate old-logp forward is skipped; the loss value and gradient are
+    the separate forward's up to float rounding (the ratio is exactly 1 instead of 1 +- 1e-7).
+    ``span`` (``max_new_tokens`` unless a ``loss`` / ``logp`` / ``aux`` / ``prepare`` plug-in may read other
+    positions, e.g. LaSeR's token after the row): the head runs on each row's completion window only
+    (``token_stats(span=)``), not on its prompt positions, whose targets the loss masks anyway.
+    """
+    plain = loss is None and logp is None
+    span = config.max_new_tokens if plain and aux is None and prepare is None else None
+    return plain and config.inner_steps == 1, span
 
 
 def rl_train(model: Model, task: RLTask, config: RLConfig = RLConfig(), *, transforms: Sequence = (),
@@ -329,11 +357,13 @@ def rl_train(model: Model, task: RLTask, config: RLConfig = RLConfig(), *, trans
     for name, fn in (("loss", loss), ("logp", logp), ("arrays", arrays)):
         if fn is not None and not callable(fn):
             raise ValueError(f"{name} must be callable, got {type(fn).__name__}")
+    on_policy, span = scoring(config, loss=loss, logp=logp, aux=aux, prepare=prepare)
     if loss is None:
-        loss_fn = make_grpo_loss(**options) if aux is None else make_aux_loss(aux, **options)
+        loss_fn = make_grpo_loss(**options, on_policy=on_policy, span=span) if aux is None else \
+            make_aux_loss(aux, **options, on_policy=on_policy)
     else:
         loss_fn = loss
-    old_logp = _logp if logp is None else _jit_logp(logp)
+    old_logp = functools.partial(_logp, span=span) if logp is None else _jit_logp(logp)
     if prepare is not None and not callable(prepare):
         raise ValueError(f"prepare must be callable (rollouts, batch) -> batch, got {type(prepare).__name__}")
     step_fn = make_train_step(cfg, optimizer, loss_fn, trainable=tc.trainable, donate=False)
@@ -358,7 +388,8 @@ def rl_train(model: Model, task: RLTask, config: RLConfig = RLConfig(), *, trans
         batch = rollout_batch(r, mask_truncated=config.mask_truncated)
         if prepare is not None:
             batch = _prepared(prepare, r, batch)
-        batch["old_logp"] = old_logp(state.params, cfg, batch)
+        if not on_policy:
+            batch["old_logp"] = old_logp(state.params, cfg, batch)
         if reference is not None:
             batch["ref_logp"] = old_logp(reference.params, reference.cfg, batch)
         adv = group_advantages(r.rewards, G, scale=config.scale, rloo=config.rloo)
