@@ -283,12 +283,15 @@ _ENTRIES: tuple[Entry, ...] = (
        status='implemented'),
     _e(11, 'Exact Byte-Level Probabilities from Tokenized Language Models for FIM-Tasks and Model Ensembles',
        'tokenizers', 'tokjax.tokenizers.exact_byte_probs',
-       ('byte_logprobs', 'naive_byte_logprobs', 'byte_text_logprob', 'byte_generate', 'is_canonical'),
+       ('byte_logprobs', 'byte_conditionals', 'naive_byte_logprobs', 'byte_text_logprob', 'byte_generate', 'is_canonical'),
        'exact next-byte (and end-of-text) probabilities of a token LM by the Byte-Token Representation lemma: '
        'cover encodings from a byte trie, canonical-prefix check enc(x[:j] + t) == enc(x[:j]) + [t], one '
        'prefill and a forked KV cache per byte; equals exhaustive enumeration of a push-forward byte source to '
-       '< 1e-6 where the naive first-byte method gives 0 at a merge boundary; ensembles, token healing and the '
-       'FIM experiment are not built yet',
+       '< 1e-6 where the naive first-byte method gives 0 at a merge boundary. Whole texts in one pass '
+       '(byte_conditionals: batched forwards, per-split validity masks with a fast path for GPT-2-regex tokenizers; '
+       'the second left encoding at a split whitespace run, whose omission gave the byte after a blank line '
+       'probability 0); the experiment\'s ensemble arm averages the exact byte distributions of SmolLM2 and '
+       'tiny-pydocs (another vocabulary; its full run is pending); token healing and FIM are not built',
        claims=(_c('mid-token-next-byte', 'reproduced', 'exact byte-level probabilities remove the prompt-boundary bias of tokenized prompts (the mechanism behind the FIM gains)',
                   'SmolLM2-135M-Instruct on 3 x 30 pydoc lines cut inside a token: next-byte top-1 accuracy 72.22% vs 14.44% for the naive tokenized prompt, every draw above the declared 5 points'),
                _c('fim', 'untested-here', 'byte-level decoding improves fill-in-the-middle code completion (~18%)',

@@ -15,8 +15,8 @@ import pytest
 from tokjax.model import Model, ModelConfig, forward
 from tokjax.tokenizers import BPETokenizer
 from tokjax.tokenizers.exact_byte_probs import (
-    END, ByteVocab, byte_generate, byte_logprobs, byte_prefix_logprob, byte_text_logprob, is_canonical,
-    naive_byte_logprobs,
+    END, ByteVocab, _masks, _valid_last, byte_conditionals, byte_generate, byte_logprobs, byte_prefix_logprob,
+    byte_text_logprob, is_canonical, naive_byte_logprobs,
 )
 
 ALPHA = b"abc"
@@ -204,6 +204,73 @@ def test_real_model_matches_cache_free_reference_and_normalises(tok, tiny):
         np.testing.assert_allclose(np.exp(naive_byte_logprobs(tiny, tok, x)),
                                    np.exp(naive_byte_logprobs(ref, tok, x)), atol=1e-5)
     assert abs(byte_prefix_logprob(tiny, tok, b"abca") - byte_prefix_logprob(ref, tok, b"abca")) < 1e-4
+
+
+# --------------------------------------------------------------------------------- fast paths
+def test_byte_conditionals_equal_per_byte_calls(tok, lm):
+    for x in [b"abcab", b"cabcbab", b"ccc"]:
+        fast = byte_conditionals(lm, tok, x)
+        assert fast.shape == (len(x) + 1, 257)
+        for i in range(len(x) + 1):
+            np.testing.assert_allclose(np.exp(fast[i]), lm.truth(x[:i]), atol=1e-9)
+            np.testing.assert_allclose(np.exp(fast[i]), np.exp(byte_logprobs(lm, tok, x[:i])), atol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def text_tok():
+    """A byte-level BPE with the GPT-2 regex on prose and code (spaces, newlines, punctuation, digits)."""
+    import pydoc_data.topics
+
+    texts = [pydoc_data.topics.topics[k][:3000] for k in sorted(pydoc_data.topics.topics)[:25]]
+    # Texts ending in a blank line make "\n\n" a token (inside a text the regex splits it before a word).
+    return BPETokenizer.train(texts + ["See below:\n\n"] * 300, vocab_size=420, min_frequency=2), texts
+
+
+def test_fast_canonicality_masks_equal_the_slow_check(text_tok):
+    t, texts = text_tok
+    m = _masks(t)
+    assert m.fast  # the GPT-2 regex pre-tokenizer is recognised
+    rng = np.random.default_rng(0)
+    lefts = ["", "a", "a\n\n", "x  ", "it'", "f(x)", "12", "\n    def f"]
+    lefts += [texts[int(rng.integers(len(texts)))][: int(rng.integers(1, 200))] for _ in range(8)]
+    ids = np.flatnonzero(m.has_bytes)
+    for left in lefts:
+        left_ids = t.encode(left)
+        want = _valid_last(t, m.v, left.encode(), left_ids, ids)
+        np.testing.assert_array_equal(m.mask(left, left_ids)[ids], want, err_msg=repr(left))
+        alt = m.alt_left(left)
+        if alt is not None and alt != left_ids:
+            assert t.decode(alt) == left
+            want = _valid_last(t, m.v, left.encode(), alt, ids)
+            np.testing.assert_array_equal(m.alt_mask(left, alt)[ids], want, err_msg=repr(left))
+
+
+def test_blank_line_cover_through_the_split_whitespace_run(text_tok, tiny_text):
+    """"a\n\nB" is encoded [..][\n][\n][B] but "a\n\n" as [..][\n\n]: without the second encoding of the
+    prefix the byte after a blank line would get no mass at all."""
+    t, _ = text_tok
+    assert b"\n\n" in t.id_to_bytes  # the merged blank line the regex splits before a word
+    x = b"Example:\n\nThe"
+    lp = byte_conditionals(tiny_text, t, x)
+    assert np.isfinite(lp[len(b"Example:\n\n"), ord("T")])
+    m = _masks(t)
+    assert m.alt_left("Example:\n\n") is not None and m.alt_left("Example: ") is None
+
+
+@pytest.fixture(scope="module")
+def tiny_text(text_tok):
+    cfg = ModelConfig(vocab_size=text_tok[0].vocab_size, d_model=32, n_layers=1, n_heads=2, max_len=64)
+    return Model.init(cfg, jax.random.PRNGKey(2))
+
+
+def test_batched_passage_path_equals_per_byte_calls_on_a_model(text_tok, tiny_text):
+    t, _ = text_tok
+    x = b"def f(x):\n\n    return x + 1"
+    fast = byte_conditionals(tiny_text, t, x)
+    for i in [3, 11, len(x)]:
+        np.testing.assert_allclose(np.exp(fast[i]), np.exp(byte_logprobs(tiny_text, t, x[:i])), atol=1e-5)
+    bits = byte_text_logprob(tiny_text, t, x)
+    assert abs(bits - fast[np.arange(len(x)), np.frombuffer(x, np.uint8)].sum()) < 1e-9
 
 
 # --------------------------------------------------------------------------------- bad input

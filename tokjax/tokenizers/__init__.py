@@ -26,7 +26,7 @@ from .dynamic_tokenization import (
     joinable_mask, new_token_bias,
 )
 from .exact_byte_probs import (
-    END, ByteVocab, byte_generate, byte_logprobs, byte_prefix_logprob, byte_text_logprob, is_canonical,
+    END, ByteVocab, byte_conditionals, byte_generate, byte_logprobs, byte_prefix_logprob, byte_text_logprob, is_canonical,
     naive_byte_logprobs,
 )
 from . import kronos
@@ -52,7 +52,7 @@ from .zett import transfer as zett_transfer
 
 __all__ = [
     # P11
-    "END", "ByteVocab", "byte_generate", "byte_logprobs", "byte_prefix_logprob", "byte_text_logprob", "is_canonical",
+    "END", "ByteVocab", "byte_conditionals", "byte_generate", "byte_logprobs", "byte_prefix_logprob", "byte_text_logprob", "is_canonical",
     "naive_byte_logprobs",
     "BPETokenizer",
     "ByteTokenizer",

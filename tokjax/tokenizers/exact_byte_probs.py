@@ -28,9 +28,33 @@ byte; it is wrong at a prompt boundary (after "ab" it gives 0 to "c" when "abc" 
 ``next_token_logprobs(sequences) -> float [N, V]`` (the log-probs of the next token after each id sequence; used by
 the exact lookup LMs of the tests). The byte string is read after ``context_ids`` (default ``[tok.bos_id]``).
 
-Not done (see the task report): model ensembles over different vocabularies, token healing / FIM prompts, the
-paper's cache carried between successive bytes (each call rebuilds the cover), and split points inside a UTF-8
-character (skipped, as in the official code: ``enc`` is only defined on text).
+Regex pre-tokenizers (GPT-2 byte-level BPE: SmolLM2, tokjax's BPETokenizer). "A valid t_1..t_{k-1} that decodes
+to x[:j] is enc(x[:j])" fails for whitespace runs: ``\\s+(?!\\S)`` keeps a trailing whitespace run whole at the
+end of a text but splits its last character off before a word, so "a\\n\\nP" is [a][\\n][\\n][P] while
+enc("a\\n\\n") is [a][\\n\\n]. Such split points get the second left encoding ``enc(x[:j-1]) + enc(x[j-1])``
+as well (when x[:j] ends in >= 2 whitespace characters, the last not a space); without it the byte after a blank
+line had probability 0. Both encodings are distinct token sequences, so nothing is counted twice.
+
+Whole texts (:func:`byte_conditionals`, used by :func:`byte_text_logprob`): every ``enc(x[:j])`` is scored once
+by batched cache-free forwards over [8, T] blocks (T a multiple of 32), and each split point's valid-last-token
+mask is computed once instead of once per byte. For regex pre-tokenizers the mask is computed on a short tail:
+the GPT-2 regex always cuts between a non-space character and a space, or between characters of different
+classes (letter / digit / other ASCII, except after an apostrophe), whatever follows, and has no look-behind, so
+``enc(s) = enc(s[:c]) + enc(s[c:])`` at such a cut c; the mask then depends on the tail after the last cut
+(cached per tail), ids whose first character is at such a cut after the tail are valid iff ``enc(bytes(t)) ==
+[t]`` (cached per id), and only the rest are re-encoded. The slow per-id check stays the reference (tests
+compare the two on prose and code). Measured on one loaded CPU core: a 64-byte passage costs ~15-30 s with
+SmolLM2 (49152 ids; the forwards dominate once the per-tail masks are cached) and ~0.1-2 s with tiny-pydocs;
+the per-byte :func:`byte_logprobs` path is dominated by a compile per call (its prefix shape changes).
+
+Ensembles: the equal-weight byte-level ensemble of models with different vocabularies is the average of their
+next-byte distributions, (p_1(b | x) + p_2(b | x)) / 2 (experiments/p11_exact_byte_probs.py; the official
+generate.py that combines models was not in the searched index, so the equal probability average is our
+reading of the paper, unverified).
+
+Not done: token healing / FIM prompts, the paper's cache carried between successive bytes (each
+:func:`byte_logprobs` call rebuilds the cover), and split points inside a UTF-8 character (skipped, as in the
+official code: ``enc`` is only defined on text).
 """
 
 from __future__ import annotations
@@ -48,7 +72,8 @@ import numpy as np
 from tokjax.model import Inputs, Model, forward, prefill
 
 __all__ = [
-    "END", "ByteVocab", "byte_logprobs", "byte_prefix_logprob", "byte_text_logprob", "byte_generate",
+    "END", "ByteVocab", "byte_conditionals", "byte_logprobs", "byte_prefix_logprob", "byte_text_logprob",
+    "byte_generate",
     "naive_byte_logprobs", "is_canonical",
 ]
 
@@ -172,6 +197,164 @@ def _valid_last(tok: Any, v: ByteVocab, left: bytes, left_ids: list[int], cands:
     return keep
 
 
+# ---------------------------------------------------------------------------------------------------- fast masks
+# Characters of the GPT-2 pre-tokenizer regex
+# ('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+) by class;
+# only ASCII characters are classified (anything else takes the slow path).
+_CLASS = {**{c: "L" for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"}, **{c: "N" for c in "0123456789"},
+          **{c: "W" for c in " \t\n\r\x0b\x0c"}, **{c: "P" for c in "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"}}
+
+
+def _boundary(a: str, b: str) -> bool:
+    """True if the GPT-2 regex always cuts between the characters a and b (whatever follows b): a is not
+    whitespace, and b is whitespace or of another class (letter / digit / other), except after an apostrophe
+    (contractions). A match never spans such a pair and the regex has no look-behind, so the pieces before the
+    cut do not depend on the text after it and those after it do not depend on the text before it."""
+    ca, cb = _CLASS.get(a), _CLASS.get(b)
+    return ca is not None and cb is not None and ca != "W" and (cb == "W" or (ca != cb and a != "'"))
+
+
+def _regex_pretokenized(tok: Any) -> bool:
+    """True if ``tok`` is a Hugging Face byte-level BPE whose pre-tokenizer is the GPT-2 regex, alone or after a
+    digit split (tokjax's BPETokenizer / ChatBPETokenizer, SmolLM2), with no normalizer: then ``enc(s) =
+    enc(s[:c]) + enc(s[c:])`` at every cut c where :func:`_boundary` holds."""
+    import json
+
+    hf = getattr(tok, "_hf", None)
+    if hf is None or not hasattr(hf, "to_str"):
+        return False
+    try:
+        spec = json.loads(hf.to_str())
+    except Exception:  # noqa: BLE001 - an unreadable spec only disables the fast path
+        return False
+    if spec.get("normalizer") is not None or (spec.get("model") or {}).get("type") != "BPE":
+        return False
+    pre = spec.get("pre_tokenizer") or {}
+    parts = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    if not parts:
+        return False
+    *splits, last = parts
+    if last.get("type") != "ByteLevel" or not last.get("use_regex", True) or last.get("add_prefix_space"):
+        return False
+    from tokjax.tokenizers._digits import digit_policy_from_pattern
+
+    for sp in splits:  # digit splits only add cuts between digits and non-digits / inside digit runs
+        if sp.get("type") == "Digits":
+            continue
+        pat = (sp.get("pattern") or {}).get("Regex")
+        if sp.get("type") == "Split" and sp.get("behavior") == "Isolated" and pat is not None \
+                and digit_policy_from_pattern(pat) is not None:
+            continue
+        return False
+    return True
+
+
+class _Masks:
+    """Per-tokenizer cache of valid-last-token masks (``enc(left) + [t]`` valid, for every id t).
+
+    Slow path: one canonical encode of ``left + bytes(t)`` per id (:func:`_valid_last`). Fast path (tokenizers
+    with :func:`_regex_pretokenized`): cut ``left`` at its last :func:`_boundary`; the mask then depends on the
+    tail after the cut only (cached per tail). Ids whose first character is at a boundary after the tail are
+    valid iff ``enc(bytes(t)) == [t]`` (cached per id); the others are checked by encoding ``tail + bytes(t)``
+    (a short text). Exactly the slow path's answer (tested)."""
+
+    def __init__(self, tok: Any, v: ByteVocab):
+        self.tok, self.v = tok, v
+        self.fast = _regex_pretokenized(tok)
+        self.tails: dict[Any, np.ndarray] = {}
+        ids = v.sorted_ids
+        self.has_bytes = np.zeros(v.vocab_size, bool)
+        self.has_bytes[ids] = True
+        self._single: np.ndarray | None = None
+        first = [_text(v.id_to_bytes[i][:1]) for i in range(v.vocab_size)]
+        self.first_char = np.array([c if c else "" for c in first], object)
+
+    def single(self) -> np.ndarray:
+        """[V] bool: ``[t]`` alone is valid (``enc(bytes(t)) == [t]``; undecodable bytes as in is_canonical)."""
+        if self._single is None:
+            self._single = self._check("", [], np.flatnonzero(self.has_bytes))
+        return self._single
+
+    def _check(self, left: str, left_ids: list[int], cands: np.ndarray) -> np.ndarray:
+        out = np.zeros(self.v.vocab_size, bool)
+        out[cands] = _valid_last(self.tok, self.v, left.encode("utf-8"), left_ids, cands)
+        return out
+
+    def mask(self, left: str, left_ids: list[int]) -> np.ndarray:
+        """Returns the [V] bool mask of ids t with ``left_ids + [t]`` valid (``left_ids = enc(left)``)."""
+        all_ids = np.flatnonzero(self.has_bytes)
+        if not self.fast:
+            return self._check(left, left_ids, all_ids)
+        cut = 0
+        for c in range(len(left) - 1, 0, -1):
+            if _boundary(left[c - 1], left[c]):
+                cut = c
+                break
+        tail = left[cut:]
+        hit = self.tails.get(tail)
+        if hit is not None:
+            return hit
+        tail_ids = _encode_many(self.tok, [tail])[0] if tail else []
+        if not tail:
+            out = self.single().copy()
+        else:
+            a = tail[-1]
+            at_cut = np.array([bool(f) and _boundary(a, f) for f in self.first_char], bool) & self.has_bytes
+            out = np.where(at_cut, self.single(), False)
+            rest = np.flatnonzero(self.has_bytes & ~at_cut)
+            out |= self._check(tail, tail_ids, rest)
+        if len(self.tails) >= 512:
+            self.tails.pop(next(iter(self.tails)))
+        self.tails[tail] = out
+        return out
+
+
+    def alt_left(self, left: str) -> list[int] | None:
+        """Returns the second valid encoding of ``left`` that regex pre-tokenizers have, or None.
+
+        The GPT-2 regex's ``\\s+(?!\\S)`` keeps a whitespace run whole at the end of a text, but before a
+        non-space character it splits the run's last character off: "a\\n\\nP" is [a][\\n][\\n][P] while
+        enc("a\\n\\n") is [a][\\n\\n]. So when ``left`` ends in >= 2 whitespace characters and the last is not
+        a space (a space joins the next word, a cover of the previous split point), the covers through
+        ``enc(left[:-1]) + enc(left[-1])`` have mass too; ``enc(left)`` is the only other valid encoding."""
+        if not self.fast or len(left) < 2 or left[-1] not in "\t\n\r\x0b\x0c" or _CLASS.get(left[-2]) != "W":
+            return None
+        a, b = _encode_many(self.tok, [left[:-1], left[-1]])
+        return a + b
+
+    def alt_mask(self, left: str, alt_ids: list[int]) -> np.ndarray:
+        """:meth:`mask` for ``alt_ids`` = :meth:`alt_left` (``left``), cached per tail (e.g. "\\n\\n")."""
+        cut = 0
+        for c in range(len(left) - 1, 0, -1):
+            if _boundary(left[c - 1], left[c]):
+                cut = c
+                break
+        tail = left[cut:]
+        hit = self.tails.get(("alt", tail))
+        if hit is not None:
+            return hit
+        a, b = _encode_many(self.tok, [tail[:-1], tail[-1]])
+        out = self._check(tail, a + b, np.flatnonzero(self.has_bytes))
+        if len(self.tails) >= 512:
+            self.tails.pop(next(iter(self.tails)))
+        self.tails[("alt", tail)] = out
+        return out
+
+
+_MASKS: "weakref.WeakKeyDictionary[Any, _Masks]" = weakref.WeakKeyDictionary()
+
+
+def _masks(tok: Any) -> _Masks:
+    try:
+        m = _MASKS.get(tok)
+    except TypeError:
+        return _Masks(tok, _vocab(tok))
+    if m is None:
+        m = _Masks(tok, _vocab(tok))
+        _MASKS[tok] = m
+    return m
+
+
 # ---------------------------------------------------------------------------------------------------- model calls
 @functools.partial(jax.jit, static_argnums=(1,))
 def _rows_logprobs(params, cfg, prefix, rows):
@@ -242,6 +425,44 @@ def _score_rows(model: Any, context: list[int], rows: list[list[int]], share: bo
     return seq_lp, nxt
 
 
+@functools.partial(jax.jit, static_argnums=(1,))
+def _batch_scores(params, cfg, tokens, lengths, start):
+    """For rows ``tokens`` [B, T] (right-padded, true ``lengths`` [B]): sum of log P(tokens[k+1] | tokens[:k+1])
+    over k in [start - 1, length - 1) and the next-token log-probs after the whole row [B, V]."""
+    lp = jax.nn.log_softmax(forward(params, cfg, Inputs(tokens=tokens)).logits.astype(jnp.float32), axis=-1)
+    tgt = jnp.take_along_axis(lp[:, :-1], tokens[:, 1:, None], axis=-1)[..., 0]
+    k = jnp.arange(tokens.shape[1] - 1)[None]
+    seq = jnp.sum(jnp.where((k >= start - 1) & (k < lengths[:, None] - 1), tgt, 0.0), axis=1)
+    nxt = jnp.take_along_axis(lp, (lengths - 1)[:, None, None], axis=1)[:, 0]
+    return seq, nxt
+
+
+def _score_batched(model: Any, context: list[int], rows: list[list[int]], batch: int = 8
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (log P(row | context) [N], next-token log-probs [N, V]) of every row, for a tokjax Model by
+    forwards over [batch, T] blocks of ``context + row`` (T a multiple of 32: few compiles, no cache)."""
+    if not isinstance(model, Model):
+        return _score_rows(model, context, rows, share=False)
+    longest = len(context) + max(len(r) for r in rows)
+    if longest > model.cfg.max_len:
+        raise ValueError(f"context ({len(context)}) + encoded prefix ({longest - len(context)}) tokens exceed the "
+                         f"model's max_len {model.cfg.max_len}")
+    width = min(-(-longest // 32) * 32, model.cfg.max_len)
+    seqs, nxts = [], []
+    for lo in range(0, len(rows), batch):
+        block = rows[lo:lo + batch]
+        arr = np.zeros((batch, width), np.int32)
+        lens = np.ones(batch, np.int32) * len(context)
+        for i, r in enumerate(block):
+            arr[i, :len(context) + len(r)] = context + r
+            lens[i] = len(context) + len(r)
+        arr[len(block):, :len(context)] = context
+        seq, nxt = _batch_scores(model.params, model.cfg, jnp.asarray(arr), jnp.asarray(lens), len(context))
+        seqs.append(np.asarray(seq, np.float64)[:len(block)])
+        nxts.append(np.asarray(nxt, np.float64)[:len(block)])
+    return np.concatenate(seqs), np.concatenate(nxts)
+
+
 # ---------------------------------------------------------------------------------------------------- checks
 def _check(model: Any, tok: Any, prefix_bytes: Any, context_ids: Any, eos_id: Any):
     if not isinstance(prefix_bytes, (bytes, bytearray)):
@@ -284,8 +505,15 @@ def _cover_masses(model, tok, x, v, context, eos_id, share=True) -> np.ndarray:
     n = len(x)
     js = [j for j in range(max(0, n - v.max_len + 1), n + 1) if _text(x[:j]) is not None]
     encs = _encode_many(tok, [x[:j].decode("utf-8") for j in js])
-    splits, rows, cands = [], [], []
+    masks = _masks(tok)
+    lefts = []
     for j, left_ids in zip(js, encs):
+        lefts.append((j, left_ids))
+        alt = masks.alt_left(x[:j].decode("utf-8"))
+        if alt is not None and alt != left_ids:
+            lefts.append((j, alt))
+    splits, rows, cands = [], [], []
+    for j, left_ids in lefts:
         c = v.starting_with(x[j:])
         if j < n:  # only tokens overhanging byte n add to some P(x.b)
             c = c[np.array([len(v.id_to_bytes[t]) > n - j for t in c.tolist()], bool)] if len(c) else c
@@ -363,11 +591,68 @@ def byte_text_logprob(model: Any, tok: Any, text_bytes: bytes, *, context_ids: S
     """Returns sum_i log P(x_i | x_<i) over the bytes of ``text_bytes`` (chained :func:`byte_logprobs`), plus
     log P(end | x) when ``include_end``. Divide by ``-len(text_bytes) * log(2)`` for bits per byte."""
     x, v, mv, context, eos = _check(model, tok, text_bytes, context_ids, eos_id)
-    total = 0.0
-    for i in range(len(x) + int(include_end)):
-        lp = byte_logprobs(model, tok, x[:i], context_ids=context, eos_id=eos)
-        total += float(lp[x[i]] if i < len(x) else lp[END])
-    return total
+    lp = byte_conditionals(model, tok, x, context_ids=context, eos_id=eos)
+    n = len(x)
+    return float(lp[np.arange(n), np.frombuffer(x, np.uint8)].sum() + (lp[n, END] if include_end else 0.0))
+
+
+def _grouped_logsumexp(terms: np.ndarray, keys: np.ndarray, size: int) -> np.ndarray:
+    """out[k] = logsumexp(terms[keys == k]) (-inf where empty), for int keys in [0, size)."""
+    out = np.full(size, -np.inf)
+    if len(terms) == 0:
+        return out
+    order = np.argsort(keys, kind="stable")
+    k, t = keys[order], terms[order]
+    starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
+    out[k[starts]] = np.logaddexp.reduceat(t, starts)
+    return out
+
+
+def byte_conditionals(model: Any, tok: Any, text_bytes: bytes, *, context_ids: Sequence[int] | None = None,
+                      eos_id: Any = _DEFAULT) -> np.ndarray:
+    """Returns float64 [n + 1, 257]: row i is :func:`byte_logprobs` after ``text_bytes[:i]`` (i = 0..n), for all
+    prefixes of one text at once. Same cover sums; the model scores each ``enc(x[:j])`` once (batched forwards
+    over [8, T] blocks) and each split point's valid-last-token mask is computed once (cached by the fast
+    canonicality path of regex pre-tokenizers), instead of per byte."""
+    x, v, mv, context, eos = _check(model, tok, text_bytes, context_ids, eos_id)
+    n = len(x)
+    masks = _masks(tok)
+    js = [j for j in range(n + 1) if _text(x[:j]) is not None]
+    encs = _encode_many(tok, [x[:j].decode("utf-8") for j in js])
+    lefts: list[tuple[int, list[int], bool]] = []  # (split point, left ids, alternative encoding?)
+    for j, left_ids in zip(js, encs):
+        lefts.append((j, left_ids, False))
+        alt = masks.alt_left(x[:j].decode("utf-8"))
+        if alt is not None and alt != left_ids:
+            lefts.append((j, alt, True))
+    seq_lp, nxt = _score_batched(model, context, [ids for _, ids, _ in lefts])
+    rows: dict[int, list[int]] = {}
+    for k, (j, _, _) in enumerate(lefts):
+        rows.setdefault(j, []).append(k)
+    valid: dict[int, np.ndarray] = {}
+    lens = np.array([len(b) for b in v.id_to_bytes])
+    out = np.full((n + 1, 257), -np.inf)
+    for i in range(n + 1):
+        acc = np.full(257, -np.inf)
+        for j in range(max(0, i - v.max_len + 1), i + 1):
+            for k in rows.get(j, ()):
+                if k not in valid:
+                    left = x[:j].decode("utf-8")
+                    valid[k] = masks.alt_mask(left, lefts[k][1]) if lefts[k][2] else masks.mask(left, lefts[k][1])
+                c = v.starting_with(x[j:i])
+                c = c[(lens[c] > i - j) & valid[k][c]]
+                if len(c):
+                    nb = np.array([v.id_to_bytes[t][i - j] for t in c.tolist()]) if j < i else v.first_byte[c]
+                    acc[:256] = np.logaddexp(acc[:256], _grouped_logsumexp(seq_lp[k] + nxt[k][c], nb, 256))
+                if j == i and eos is not None:
+                    acc[END] = np.logaddexp(acc[END], seq_lp[k] + nxt[k][eos])
+        total = np.logaddexp.reduce(acc)
+        if not np.isfinite(total):
+            raise ValueError(f"the model gives no mass to any continuation of {x[:i][-20:]!r}")
+        out[i] = acc - total
+        for k in [k for k in valid if lefts[k][0] <= i - v.max_len + 1]:
+            del valid[k]
+    return out
 
 
 def byte_generate(model: Any, tok: Any, prefix_bytes: bytes, max_new_bytes: int, *,
