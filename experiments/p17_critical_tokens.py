@@ -14,8 +14,18 @@ hyperparameter (experiments._preference_toy.ARM_HP: beta 0.1, Adam lr 3e-4, batc
 teacher-forced along clean held-out responses), P(BAD) at step 50, collateral KL on non-BAD
 transitions at the end; the notes' bigram numbers are cDPO 26 vs DPO 32 steps (their lr 0.05 on a
 table, so only the direction carries over). Verdict: reproduced when cDPO needs fewer steps than DPO in
-every seed. The real-model arms (SmolLM2-135M on word problems, the critical-token rollout test) need
-tokjax.data.word_problems (issue 21) and are not run here.
+every seed.
+
+SmolLM2 rows (full mode only; ``--only smollm-sampled,smollm-greedy`` runs just them): the shared setting of
+experiments/_preference_smollm.py (SmolLM2-135M-Instruct on word problems level 0, pairs = one correct and
+one incorrect of a prompt's 8 T=1 samples, last 4 of 30 layers trained, 150 steps x 8 pairs, beta 0.1, DPO's
+lr, 2 seeds; DPO arm cached and shared). The positive / negative models are the reference SFT'd (next-token
+MLE, last 4 layers, 100 steps of 16 rows, lr 1e-4, fixed in advance) on all correct / all incorrect samples
+of the training prompts; the rejected tokens' weights 1 - s_t (beta_c = 1) are computed once over the pairs.
+Metrics and verdict as in p48_tgdpo.py (held-out accuracy, mean of 4 T=1 samples and greedy; method - DPO >
+max(2 points, paired-bootstrap 95 % half-width) in both seeds, inconclusive when DPO does not beat the
+reference). Not run here: the paper's critical-token rollout test (ban the lowest-s_t token of 100 held-out
+incorrect samples, resample 4 continuations, vs banning a random token).
 """
 
 from __future__ import annotations
@@ -34,7 +44,53 @@ RULE = Rule(metric="DPO steps until P(BAD in a held-out response) < 0.10 (toy, l
                      "in advance")
 
 
-def run(quick: bool) -> Row:
+REAL_CLAIMS = ("smollm-sampled", "smollm-greedy")
+BETA_C = 1.0  # official value
+
+
+def run(quick: bool, only: frozenset | None = None) -> list[Row]:
+    if quick and only and set(only) & set(REAL_CLAIMS):
+        raise ValueError(f"the SmolLM rows {REAL_CLAIMS} run in full mode only")
+    rows = [] if only and "toy-speed" not in only else [toy_row(quick)]
+    if not quick and (only is None or set(only) & set(REAL_CLAIMS)):
+        rows += [r for r in real_rows() if only is None or r.claim_id in only]
+    return rows
+
+
+def real_rows() -> list[Row]:
+    import jax
+    import numpy as np
+
+    from experiments._preference_smollm import (
+        AUX_SFT_STEPS, SFT_LR, SFT_ROWS, _pad_rows, completion_rows, method_arm, preference_rows, sft,
+    )
+    from tokjax.losses.critical_tokens import cdpo_weights, contrastive_token_scores
+
+    def arm(ctx, seed, dpo):
+        def extra(pairs, layout):
+            pad = ctx.tok.pad_id or 0
+            pos = sft(ctx.model, *completion_rows(ctx.train_pools, "correct"), steps=AUX_SFT_STEPS, seed=50 + seed,
+                      pad_id=pad)[0]
+            neg = sft(ctx.model, *completion_rows(ctx.train_pools, "incorrect"), steps=AUX_SFT_STEPS, seed=60 + seed,
+                      pad_id=pad)[0]
+            cfg = ctx.model.cfg  # params as arguments: a jit closing over them would compile them in as constants
+            score = jax.jit(lambda pp, npar, t: contrastive_token_scores((pp, cfg), (npar, cfg), t, beta_c=BETA_C))
+            n = len(pairs)
+            rej = layout["tokens"][n:]
+            s = np.concatenate([np.asarray(score(pos.params, neg.params, _pad_rows(rej[i:i + 8], 8)))[:len(rej[i:i + 8])]
+                                for i in range(0, n, 8)])
+            return {"weights": np.asarray(cdpo_weights(s))}
+
+        return method_arm(ctx, "cdpo", seed, {"beta_c": BETA_C}, extra,
+                          key_extra={"aux_sft": [AUX_SFT_STEPS, SFT_LR, SFT_ROWS]})
+
+    return preference_rows("P17", "cdpo", "cDPO",
+                           "cDPO's contrastive-estimation token weights beat sequence DPO on held-out word problems",
+                           arm, reported=f"cDPO beta_c {BETA_C} (official), only_neg weights, positive / negative "
+                                         f"models SFT'd {100} steps, DPO's lr and steps, fixed in advance")
+
+
+def toy_row(quick: bool) -> Row:
     import numpy as np
 
     from experiments._preference_toy import run_arms

@@ -12,7 +12,18 @@ gamma 1; fixed in advance, not tuned), both trained by tokjax.train with the sam
 worse than MLE by more than 0.02 nats in every seed; (2) ``entropy``: |mean model entropy along held-out
 responses - the chain's true conditional entropy| (exact: ln 10 at the first word, H(0.64, 9 x 0.04)
 after), reproduced when IRL is closer in every seed (more diversity where MLE under-disperses).
-The SmolLM2 arm (accuracy and self-BLEU on word problems) needs tokjax.data.word_problems (issue 21).
+
+SmolLM2 rows (full mode only; ``--only smollm-accuracy,smollm-diversity`` runs just them): the shared setting
+of experiments/_preference_smollm.py (SmolLM2-135M-Instruct on word problems level 0). MLE (inverse_rl with
+lam 0 = next-token MLE) vs TD-regularised MLE (lam 0.1, gamma 1) from the reference on all verified-correct
+T=1 samples of the training prompts; last 4 of 30 layers, 150 steps of 16 rows, lr 1e-4 (the shared SFT lr,
+fixed in advance), 2 seeds. Evaluation on the held-out problems: greedy + 4 T=1 samples; self-BLEU-2 among a
+problem's 4 samples (``tokjax.metrics.tensor_sentence_bleu``, "floor" smoothing), averaged over problems.
+Verdicts: ``smollm-accuracy`` (non-inferiority): IRL - MLE mean T=1 accuracy > -max(2 points, paired-bootstrap
+95 % half-width) in both seeds -> reproduced; below it in both -> not-reproduced; else inconclusive.
+``smollm-diversity``: MLE - IRL self-BLEU-2 exceeds the seed spread (the larger range over seeds of either
+arm) in both seeds and the accuracy row is reproduced -> reproduced; mean difference <= 0 -> not-reproduced;
+else inconclusive.
 """
 
 from __future__ import annotations
@@ -34,7 +45,78 @@ RULE_ENT = Rule(metric="|model entropy - true chain entropy| along held-out resp
 LAM, GAMMA = 0.1, 1.0
 
 
-def run(quick: bool) -> list[Row]:
+REAL_CLAIMS = ("smollm-accuracy", "smollm-diversity")
+
+
+def run(quick: bool, only: frozenset | None = None) -> list[Row]:
+    if quick and only and set(only) & set(REAL_CLAIMS):
+        raise ValueError(f"the SmolLM rows {REAL_CLAIMS} run in full mode only")
+    rows = [] if only and not set(only) & {"nll", "entropy"} else [r for r in toy_rows(quick) if not only or r.claim_id in only]
+    if not quick and (only is None or set(only) & set(REAL_CLAIMS)):
+        rows += [r for r in real_rows() if only is None or r.claim_id in only]
+    return rows
+
+
+def real_rows() -> list[Row]:
+    import numpy as np
+
+    from experiments._harness import Verdict
+    from experiments._preference_smollm import (
+        SFT_LR, SFT_ROWS, arm_result, beats, completion_rows, load, reference_result, self_bleu, sft,
+    )
+
+    ctx = load()
+    seeds, steps = ctx.size["seeds"], ctx.size["steps"]
+    ref = reference_result(ctx)
+    prompts, comps = completion_rows(ctx.train_pools, "correct")
+    res = {}
+    for arm, lam in (("mle", 0.0), ("irl", LAM)):
+        loss = {"name": "inverse_rl", "lam": lam, "gamma": GAMMA}
+        res[arm] = [arm_result(ctx, f"sft-{arm}", s, {"lam": lam, "gamma": GAMMA, "lr": SFT_LR, "steps": steps},
+                               lambda s=s, loss=loss: sft(ctx.model, prompts, comps, steps=steps, seed=s, loss=loss,
+                                                          pad_id=ctx.tok.pad_id or 0))
+                    for s in seeds]
+    m, i = res["mle"], res["irl"]
+    acc = [beats(b["eval"]["sampled"], a["eval"]["sampled"], floor=0.0) for a, b in zip(m, i)]  # (win, diff, hw)
+    margins = [max(2.0, hw) for _, _, hw in acc]
+    ok = [d > -mg for (_, d, _), mg in zip(acc, margins)]
+    acc_status = "reproduced" if all(ok) else ("not-reproduced" if not any(ok) else "inconclusive")
+    sb = {k: [float(self_bleu(r["eval"]["sample_ids"]).mean()) for r in v] for k, v in res.items()}
+    bl_diff = [a - b for a, b in zip(sb["mle"], sb["irl"])]
+    spread = max(max(v) - min(v) for v in sb.values())
+    div_status = ("reproduced" if all(d > spread for d in bl_diff) and acc_status == "reproduced" else
+                  "not-reproduced" if np.mean(bl_diff) <= 0 else "inconclusive")
+    f = lambda xs, k=100: ", ".join(f"{k * float(np.mean(x)):.1f}" for x in xs)  # noqa: E731
+    note = (f"T=1 accuracy (4 samples/problem): MLE {f([r['eval']['sampled'] for r in m])}, IRL "
+            f"{f([r['eval']['sampled'] for r in i])}; greedy MLE {f([r['eval']['greedy'] for r in m])}, IRL "
+            f"{f([r['eval']['greedy'] for r in i])}; reference T=1 {100 * ref['eval']['sampled'].mean():.1f}, greedy "
+            f"{100 * ref['eval']['greedy'].mean():.1f}; IRL - MLE per seed {', '.join(f'{d:+.1f}' for _, d, _ in acc)} "
+            f"points (margins {', '.join(f'{x:.1f}' for x in margins)}); self-BLEU-2 MLE "
+            f"{', '.join(f'{x:.4f}' for x in sb['mle'])}, IRL {', '.join(f'{x:.4f}' for x in sb['irl'])} (reference "
+            f"{float(self_bleu(ref['eval']['sample_ids']).mean()):.4f}), seed spread {spread:.4f}; drift KL(ref||model) per pydocs token MLE "
+            f"{', '.join(format(r['drift'], '.4f') for r in m)}, IRL {', '.join(format(r['drift'], '.4f') for r in i)}")
+    setting = (f"SmolLM2-135M-Instruct SFT on {len(comps)} verified-correct samples of "
+               f"{ctx.size['n_train'] - ctx.size['n_val']} word-problem prompts (level 0), last 4 of 30 layers, "
+               f"{steps} steps x {SFT_ROWS} rows, lr {SFT_LR:g}; {len(ctx.heldout)} held-out problems; seeds {list(seeds)}")
+    sd = tuple(seeds)
+    return [
+        Row(pid="P60", claim_id="smollm-accuracy",
+            claim="TD-regularised MLE keeps MLE's task accuracy (held-out word problems, T=1)", setting=setting,
+            baseline_name="MLE", baseline_value=round(100 * float(np.mean([r["eval"]["sampled"].mean() for r in m])), 2),
+            method_value=round(100 * float(np.mean([r["eval"]["sampled"].mean() for r in i])), 2),
+            metric="held-out mean T=1 accuracy of 4 samples per problem, points (higher is better)",
+            verdict=Verdict(acc_status, -2.0, sd, tuple(d for _, d, _ in acc), float(np.mean([d for _, d, _ in acc]))),
+            note=note),
+        Row(pid="P60", claim_id="smollm-diversity",
+            claim="TD-regularised MLE's samples are more diverse than MLE's (lower self-BLEU-2 among a problem's "
+                  "4 samples)", setting=setting, baseline_name="MLE", baseline_value=round(float(np.mean(sb["mle"])), 4),
+            method_value=round(float(np.mean(sb["irl"])), 4),
+            metric="held-out self-BLEU-2 among 4 T=1 samples per problem (lower is better)",
+            verdict=Verdict(div_status, round(spread, 4), sd, tuple(bl_diff), float(np.mean(bl_diff))), note=note),
+    ]
+
+
+def toy_rows(quick: bool) -> list[Row]:
     import jax
     import jax.numpy as jnp
     import numpy as np

@@ -31,3 +31,132 @@ def test_tokenizer_and_vocabulary_mismatch_are_refused():
         sample_pool(MODEL, SimpleNamespace(eos_id=None, vocab_size=100), 2, 0)
     with pytest.raises(ValueError, match="vocabulary"):
         sample_pool(SimpleNamespace(cfg=SimpleNamespace(vocab_size=50)), TOK, 2, 0)
+
+
+# ---------------------------------------------------------------------------- SmolLM-row helpers (tiny inputs)
+def _pool(correct, lengths=(2, 3, 4, 5), answer=7):
+    import numpy as np
+
+    from experiments._preference_real import PromptPool
+
+    comps = tuple(np.arange(10 * i, 10 * i + n, dtype=np.int32) for i, n in enumerate(lengths))
+    return PromptPool(np.array([1, 2, 3], np.int32), comps, np.array(correct), np.ones(len(correct), bool), answer)
+
+
+def test_pairs_one_correct_one_incorrect_per_prompt_deterministic_and_dropped_counted():
+    from experiments._preference_smollm import make_pairs
+
+    pools = [_pool([True, False, True, False]), _pool([True] * 4), _pool([False] * 4), _pool([False, True, False, False])]
+    pairs, dropped = make_pairs(pools, seed=3)
+    assert dropped == 2 and [p.index for p in pairs] == [0, 3]
+    for p in pairs:
+        pool = pools[p.index]
+        grade = {tuple(c): bool(g) for c, g in zip(pool.completions, pool.correct)}
+        assert grade[tuple(p.chosen)] and not grade[tuple(p.rejected)]
+    again, _ = make_pairs(pools, seed=3)
+    assert all((a.chosen == b.chosen).all() and (a.rejected == b.rejected).all() for a, b in zip(pairs, again))
+    # a prompt's pair does not depend on the other prompts
+    alone, _ = make_pairs(pools[:1], seed=3)
+    assert (alone[0].chosen == pairs[0].chosen).all() and (alone[0].rejected == pairs[0].rejected).all()
+    picks = {tuple(make_pairs(pools[:1], seed=s)[0][0].chosen) for s in range(20)}
+    assert len(picks) == 2  # both correct samples get chosen under some seed
+    with pytest.raises(ValueError, match="seed"):
+        make_pairs(pools, seed=-1)
+
+
+def test_pair_layout_masks_exactly_the_completion_and_orders_chosen_then_rejected():
+    import numpy as np
+
+    from experiments._preference_smollm import Pair, pair_layout
+    from tokjax.losses._stats import shifted_completion_mask
+
+    pairs = [Pair(np.array([5, 6, 7]), np.array([8, 9]), np.array([10]), 0),
+             Pair(np.array([5, 6]), np.array([11, 12, 13]), np.array([14, 15, 16, 17]), 1)]
+    lay = pair_layout(pairs, pad_id=0)
+    assert lay["tokens"].shape == (4, 8) and lay["tokens"].dtype == np.int32
+    np.testing.assert_array_equal(lay["tokens"][0], [5, 6, 7, 8, 9, 0, 0, 0])
+    np.testing.assert_array_equal(lay["tokens"][3], [5, 6, 14, 15, 16, 17, 0, 0])
+    mask = np.asarray(shifted_completion_mask(lay["tokens"], lay["prompt_lengths"], lay["lengths"]))
+    targets = [list(lay["tokens"][r, 1:][mask[r]]) for r in range(4)]
+    assert targets == [[8, 9], [11, 12, 13], [10], [14, 15, 16, 17]]
+    with pytest.raises(ValueError, match="shorter"):
+        pair_layout(pairs, pad_id=0, length=5)
+    with pytest.raises(ValueError, match="no pairs"):
+        pair_layout([], pad_id=0)
+
+
+def test_pair_batch_rows_pairs_rows_and_covers_each_epoch():
+    import numpy as np
+
+    from experiments._preference_smollm import pair_batch_rows
+
+    n, b = 10, 3
+    epoch = np.concatenate([pair_batch_rows(s, n, b, seed=1)[:b] for s in range(3)])
+    assert len(set(epoch.tolist())) == 9  # no pair twice within an epoch
+    rows = pair_batch_rows(4, n, b, seed=1)
+    np.testing.assert_array_equal(rows[b:], rows[:b] + n)
+    np.testing.assert_array_equal(rows, pair_batch_rows(4, n, b, seed=1))
+    with pytest.raises(ValueError, match="at least batch"):
+        pair_batch_rows(0, 2, 3, seed=0)
+
+
+def test_real_verdict_rules():
+    import numpy as np
+
+    from experiments._preference_smollm import beats, bootstrap_halfwidth, real_verdict
+
+    r = np.random.default_rng(0)
+    ref = (r.uniform(size=200) < 0.3).astype(float)
+    dpo = np.where(r.uniform(size=200) < 0.3, 1.0, ref)       # clearly better than the reference
+    better = np.where(r.uniform(size=200) < 0.4, 1.0, dpo)    # clearly better than DPO
+    worse = np.where(r.uniform(size=200) < 0.3, 0.0, dpo)
+    assert beats(dpo, ref)[0] and not beats(ref, dpo)[0]
+    assert bootstrap_halfwidth(np.zeros(50)) == 0.0 and beats(dpo + 0.0, dpo)[2] == 2.0  # the 2-point floor
+    assert real_verdict([better, better], [dpo, dpo], ref, (0, 1))[0].status == "reproduced"
+    assert real_verdict([worse, worse], [dpo, dpo], ref, (0, 1))[0].status == "not-reproduced"
+    assert real_verdict([better, worse], [dpo, dpo], ref, (0, 1))[0].status in ("inconclusive", "not-reproduced")
+    assert real_verdict([better, dpo], [dpo, dpo], ref, (0, 1))[0].status == "inconclusive"
+    v, note = real_verdict([better, better], [ref, ref], ref, (0, 1))  # DPO did not beat the reference
+    assert v.status == "inconclusive" and "did not beat" in note
+    with pytest.raises(ValueError, match="paired"):
+        beats(dpo[:10], ref)
+
+
+def test_sizes_env(monkeypatch):
+    from experiments._preference_smollm import FULL_SIZE, sizes
+
+    monkeypatch.delenv("TOKJAX_PREF_REAL", raising=False)
+    assert sizes()["n_train"] == FULL_SIZE["n_train"] and sizes()["steps"] == 150
+    monkeypatch.setenv("TOKJAX_PREF_REAL", "48,64,20,1")
+    s = sizes()
+    assert (s["n_train"], s["n_heldout"], s["steps"], s["seeds"], s["n_val"]) == (48, 64, 20, (0,), 8)
+    monkeypatch.setenv("TOKJAX_PREF_REAL", "48,64")
+    with pytest.raises(ValueError, match="TOKJAX_PREF_REAL"):
+        sizes()
+
+
+def test_self_bleu_identical_samples_score_one_and_distinct_lower():
+    import numpy as np
+
+    from experiments._preference_smollm import self_bleu
+
+    same = [[np.array([5, 6, 7, 8, 9])] * 4]
+    mixed = [[np.array([5, 6, 7, 8, 9]), np.array([9, 8, 7, 6, 5]), np.array([1, 2, 3, 4, 5]), np.array([5, 6, 1, 2, 3])]]
+    disjoint = [[np.arange(4 * i, 4 * i + 4) for i in range(4)]]
+    s = self_bleu(same + mixed + disjoint)
+    assert s.shape == (3,) and abs(s[0] - 1.0) < 1e-6 and s[0] > s[1] > s[2] and s[2] < 0.1
+    with pytest.raises(ValueError, match="same number"):
+        self_bleu([[np.array([1, 2])], [np.array([1]), np.array([2])]])
+
+
+def test_p51_auroc_and_answer_token_mask():
+    from types import SimpleNamespace
+
+    from experiments.p51_t_reg import answer_token_mask, auroc
+
+    assert auroc([3, 4], [1, 2]) == 1.0 and auroc([1], [2]) == 0.0 and auroc([1, 1], [1, 1]) == 0.5
+    vocab = {0: "4", 1: " +", 2: " 3", 3: " =", 4: " 8", 5: ".", 6: " Answer", 7: ":", 8: " 1", 9: "2", 10: "<|im_end|>"}
+    tok = SimpleNamespace(decode=lambda ids: "".join(vocab[i] for i in ids))
+    mask = answer_token_mask(tok, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 5, 10])
+    assert mask.tolist() == [False] * 8 + [True, True] + [False, False]
+    assert not answer_token_mask(tok, [0, 1, 2]).any()
