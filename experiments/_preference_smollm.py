@@ -596,6 +596,18 @@ def preference_rows(pid: str, name: str, label: str, claim: str, run_arm, *, rep
     return rows
 
 
+def run_rows(quick: bool, only, toy_rows, real_rows, real_claims) -> list:
+    """Returns an experiment's rows: its toy rows (``toy_rows(quick)``, filtered by ``only``), plus in full mode
+    the SmolLM rows ``real_rows()`` whose claim ids (``real_claims``) ``only`` asks for (all by default)."""
+    if quick and only and set(only) & set(real_claims):
+        raise ValueError(f"the SmolLM rows {real_claims} run in full mode only")
+    rows = [r for r in toy_rows(quick) if not only or r.claim_id in only] \
+        if not only or set(only) - set(real_claims) else []
+    if not quick and (only is None or set(only) & set(real_claims)):
+        rows += [r for r in real_rows() if only is None or r.claim_id in only]
+    return rows
+
+
 # ---------------------------------------------------------------------------- lr selection (run once)
 def select_lr(grid=LR_GRID, seed: int = 0, samples: int = 8) -> dict:
     """Returns {lr: mean T=1 accuracy of ``samples`` samples on the validation prompts} of DPO trained (seed

@@ -49,12 +49,9 @@ BETA_C = 1.0  # official value
 
 
 def run(quick: bool, only: frozenset | None = None) -> list[Row]:
-    if quick and only and set(only) & set(REAL_CLAIMS):
-        raise ValueError(f"the SmolLM rows {REAL_CLAIMS} run in full mode only")
-    rows = [] if only and "toy-speed" not in only else [toy_row(quick)]
-    if not quick and (only is None or set(only) & set(REAL_CLAIMS)):
-        rows += [r for r in real_rows() if only is None or r.claim_id in only]
-    return rows
+    from experiments._preference_smollm import run_rows
+
+    return run_rows(quick, only, lambda q: [toy_row(q)], real_rows, REAL_CLAIMS)
 
 
 def real_rows() -> list[Row]:

@@ -49,12 +49,9 @@ REAL_CLAIMS = ("smollm-accuracy", "smollm-diversity")
 
 
 def run(quick: bool, only: frozenset | None = None) -> list[Row]:
-    if quick and only and set(only) & set(REAL_CLAIMS):
-        raise ValueError(f"the SmolLM rows {REAL_CLAIMS} run in full mode only")
-    rows = [] if only and not set(only) & {"nll", "entropy"} else [r for r in toy_rows(quick) if not only or r.claim_id in only]
-    if not quick and (only is None or set(only) & set(REAL_CLAIMS)):
-        rows += [r for r in real_rows() if only is None or r.claim_id in only]
-    return rows
+    from experiments._preference_smollm import run_rows
+
+    return run_rows(quick, only, toy_rows, real_rows, REAL_CLAIMS)
 
 
 def real_rows() -> list[Row]:

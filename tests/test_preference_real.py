@@ -160,3 +160,22 @@ def test_p51_auroc_and_answer_token_mask():
     mask = answer_token_mask(tok, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 5, 10])
     assert mask.tolist() == [False] * 8 + [True, True] + [False, False]
     assert not answer_token_mask(tok, [0, 1, 2]).any()
+
+
+def test_run_rows_selects_toy_and_smollm_rows():
+    from experiments._preference_smollm import run_rows
+
+    toy = lambda quick: [SimpleNamespace(claim_id="toy")]  # noqa: E731
+    calls = []
+
+    def real():
+        calls.append(1)
+        return [SimpleNamespace(claim_id="smollm-a"), SimpleNamespace(claim_id="smollm-b")]
+
+    ids = lambda rows: [r.claim_id for r in rows]  # noqa: E731
+    assert ids(run_rows(True, None, toy, real, ("smollm-a", "smollm-b"))) == ["toy"] and not calls
+    assert ids(run_rows(False, None, toy, real, ("smollm-a", "smollm-b"))) == ["toy", "smollm-a", "smollm-b"]
+    assert ids(run_rows(False, frozenset({"smollm-b"}), toy, real, ("smollm-a", "smollm-b"))) == ["smollm-b"]
+    assert ids(run_rows(False, frozenset({"toy"}), toy, real, ("smollm-a", "smollm-b"))) == ["toy"]
+    with pytest.raises(ValueError, match="full mode only"):
+        run_rows(True, frozenset({"smollm-a"}), toy, real, ("smollm-a", "smollm-b"))

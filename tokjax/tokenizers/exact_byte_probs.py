@@ -249,6 +249,15 @@ def _regex_pretokenized(tok: Any) -> bool:
     return True
 
 
+def _last_cut(left: str) -> int:
+    """Returns the last index c where the regex always splits ``left`` (0 if none): enc(left) is
+    enc(left[:c]) + enc(left[c:])."""
+    for c in range(len(left) - 1, 0, -1):
+        if _boundary(left[c - 1], left[c]):
+            return c
+    return 0
+
+
 class _Masks:
     """Per-tokenizer cache of valid-last-token masks (``enc(left) + [t]`` valid, for every id t).
 
@@ -285,12 +294,7 @@ class _Masks:
         all_ids = np.flatnonzero(self.has_bytes)
         if not self.fast:
             return self._check(left, left_ids, all_ids)
-        cut = 0
-        for c in range(len(left) - 1, 0, -1):
-            if _boundary(left[c - 1], left[c]):
-                cut = c
-                break
-        tail = left[cut:]
+        tail = left[_last_cut(left):]
         hit = self.tails.get(tail)
         if hit is not None:
             return hit
@@ -324,12 +328,7 @@ class _Masks:
 
     def alt_mask(self, left: str, alt_ids: list[int]) -> np.ndarray:
         """:meth:`mask` for ``alt_ids`` = :meth:`alt_left` (``left``), cached per tail (e.g. "\\n\\n")."""
-        cut = 0
-        for c in range(len(left) - 1, 0, -1):
-            if _boundary(left[c - 1], left[c]):
-                cut = c
-                break
-        tail = left[cut:]
+        tail = left[_last_cut(left):]
         hit = self.tails.get(("alt", tail))
         if hit is not None:
             return hit
