@@ -51,7 +51,7 @@ def test_greedy_kangaroo_equals_plain_greedy(model, plain, layer, num_draft, thr
     assert out.stats["forward_calls"] <= NEW
 
 
-@pytest.mark.parametrize("prompts", [[[7, 1, 4]], pytest.param([[2], [9, 9, 1, 3], [4, 4, 4, 4, 4, 4, 4], [11, 5], [6, 0, 2, 8, 1]], marks=pytest.mark.slow)])
+@pytest.mark.parametrize("prompts", [pytest.param([[7, 1, 4]], marks=pytest.mark.slow), pytest.param([[2], [9, 9, 1, 3], [4, 4, 4, 4, 4, 4, 4], [11, 5], [6, 0, 2, 8, 1]], marks=pytest.mark.slow)])
 def test_shallow_kv_reuse_equals_plain_greedy_at_other_batch_sizes(model, prompts):
     ad = init_adapter(model, 2, jax.random.key(2))
     ref = generate(model, prompts, max_new_tokens=NEW, logits=greedy())

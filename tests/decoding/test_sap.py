@@ -54,6 +54,7 @@ def test_prefix_lm_generate_equals_full_forward_oracle(tail):
         assert c.tolist() == _oracle_decode(p, tail, 6)
 
 
+@pytest.mark.slow  # default-suite time; the prefix-LM oracle and SAP loop tests keep decoding covered
 def test_prefix_is_bidirectional_in_decoding():
     """Prefix-LM decoding differs from causal decoding of the same prompt (the prefix sees its right context)."""
     row = [1, 4, 5, 6, 7, 8, 2]

@@ -255,6 +255,7 @@ def _old_to_new(flat: dict, cfg: HypernetConfig) -> dict:
             "bias_dense": tree("bias_dense", "w", "b")}
 
 
+@pytest.mark.slow  # default-suite time; a regression pin against the old private encoder, the file's other tests cover the hypernet
 def test_hypernet_on_the_shared_forward_computes_what_the_private_encoder_did():
     z = dict(np.load(FIXTURE))
     cfg = HypernetConfig(d_model=16, hidden=16, d_ff=32, maxlen=6, residual=False, separate_out=True, predict_bias=True)
