@@ -294,6 +294,12 @@ def test_bad_inputs(tok, lm, tiny):
         byte_generate(lm, tok, b"a", -1)
     with pytest.raises(ValueError, match="max_len"):
         byte_logprobs(tiny, tok, b"abc" * 80)
+    with pytest.raises(ValueError, match="must be bytes"):
+        byte_conditionals(lm, tok, "ab")
+    with pytest.raises(ValueError, match="tokjax Model"):
+        byte_conditionals(object(), tok, b"a")
+    with pytest.raises(ValueError, match="smaller than the tokenizer"):
+        byte_conditionals(small, tok, b"a")
 
 
 # --------------------------------------------------------------------------------- SmolLM2 (slow)
