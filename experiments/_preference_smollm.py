@@ -11,7 +11,8 @@ word problems level 0 "oneshot", 32 new tokens, T=1 accuracy 0.28):
   ``lengths``); the reference's (and TGDPO's pi_rm's) per-target log-probs are computed once over all pairs
   and travel in the batch (``ref_logp``, ``rm_logp``).
 * training (:func:`train_pairs`, :func:`train_rows`): ``tokjax.train`` of a registered loss with
-  ``trainable=("last:4",)`` (the 26 frozen layers run without a backward), :data:`PAIRS_PER_STEP` pairs a step,
+  ``trainable=("last:4",)``: the 26 frozen layers run once per row (:func:`layout_trunk`, shared by every arm),
+  the steps train the 4-layer tail on their output (:mod:`tokjax.model.trunk`), :data:`PAIRS_PER_STEP` pairs a step,
   :data:`STEPS` steps, beta :data:`BETA`, AdamW (no weight decay, clip 1, 10 % warm-up, cosine to 0.1 lr).
 * evaluation (:func:`evaluate`): on the held-out draw (``HELDOUT_SEED``) greedy accuracy and the mean accuracy
   of :data:`EVAL_SAMPLES` samples at T=1 per problem (the same sampling keys for every model); collateral drift
@@ -64,13 +65,14 @@ FULL_SIZE = dict(n_train=384, n_heldout=200, steps=STEPS, seeds=SEEDS)
 
 
 def sizes() -> dict:
-    """Returns {n_train, n_heldout, steps, seeds, n_val} of the SmolLM rows: the full size, or a reduced one from
-    ``$TOKJAX_PREF_REAL`` = "n_train,n_heldout,steps[,n_seeds]" (e.g. "48,64,20,1" to check the plumbing)."""
+    """Returns {n_train, n_heldout, steps, seeds, n_val, aux_steps} of the SmolLM rows: the full size, or a reduced
+    one from ``$TOKJAX_PREF_REAL`` = "n_train,n_heldout,steps[,n_seeds]" (e.g. "48,64,20,1" to check the plumbing;
+    its auxiliary SFT models train at most ``steps`` steps)."""
     import os
 
     spec = os.environ.get("TOKJAX_PREF_REAL", "").strip()
     if not spec:
-        return {**FULL_SIZE, "n_val": N_VAL}
+        return {**FULL_SIZE, "n_val": N_VAL, "aux_steps": AUX_SFT_STEPS}
     try:
         parts = [int(x) for x in spec.split(",")]
     except ValueError:
@@ -81,7 +83,7 @@ def sizes() -> dict:
     n_train, n_heldout, steps = parts[:3]
     n_val = min(N_VAL, max(1, n_train // 6))
     return dict(n_train=n_train, n_heldout=n_heldout, steps=steps, seeds=SEEDS[:parts[3]] if len(parts) == 4 else SEEDS,
-                n_val=n_val)
+                n_val=n_val, aux_steps=min(AUX_SFT_STEPS, steps))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,20 +162,57 @@ def pair_batch_rows(step: int, n_pairs: int, batch: int, seed: int):
     return np.concatenate([idx, n_pairs + idx])
 
 
-def row_logp(params, cfg, layout: dict, chunk: int = 16):
-    """Returns float32 [N, L-1] log-probs of every row's targets under (params, cfg) (``token_stats``, no grad)."""
+def completion_cols(layout: dict, rows, T: int):
+    """Returns int32 [len(rows), S] target columns covering each row's completion targets (from
+    ``prompt_lengths - 1``; S = the layout's longest completion rounded up to 8, at most T): the ``target_cols``
+    of a batch cut to T targets, so the head runs on the completions only."""
+    import numpy as np
+
+    pl, ln = np.asarray(layout["prompt_lengths"]), np.asarray(layout["lengths"])
+    S = min(int(-(-(ln - pl).max() // 8) * 8), T)
+    first = np.clip(pl[rows] - 1, 0, T - S)
+    if np.any(first + S < ln[rows] - 1):
+        raise ValueError("a completion does not fit its scored window (rows cut shorter than their length?)")
+    return (first[:, None] + np.arange(S)[None, :]).astype(np.int32)
+
+
+def row_logp(params, cfg, layout: dict, chunk: int = 16, trunk=None):
+    """Returns float32 [N, L-1] log-probs of every row's completion targets under (params, cfg) (``token_stats``
+    with :func:`completion_cols`, no grad; 0 at the prompt's targets). ``trunk``: the layout's :func:`layout_trunk` (the residual stream entering the last :data:`TAIL` layers,
+    which every arm shares with the reference): then only (params, cfg)'s last :data:`TAIL` layers run."""
     import jax
     import numpy as np
 
+    import tokjax
     from tokjax.losses import token_stats
+    from tokjax.model.trunk import tail
 
-    fn = _JIT.get(("logp", cfg))
-    if fn is None:
-        fn = _JIT[("logp", cfg)] = jax.jit(lambda p, t: token_stats(p, cfg, {"tokens": t}).logp)
     toks = layout["tokens"]
-    out = [np.asarray(fn(params, _pad_rows(toks[i:i + chunk], chunk))[:len(toks[i:i + chunk])])
-           for i in range(0, len(toks), chunk)]
+    cols = completion_cols(layout, np.arange(len(toks)), toks.shape[1] - 1)
+    if trunk is None:
+        fn = _JIT.get(("logp", cfg))
+        if fn is None:
+            fn = _JIT[("logp", cfg)] = jax.jit(lambda p, t, c: token_stats(p, cfg, {"tokens": t, "target_cols": c}).logp)
+        call = lambda i: fn(params, *(_pad_rows(x[i:i + chunk], chunk) for x in (toks, cols)))  # noqa: E731
+    else:
+        t = tail(tokjax.Model(params, cfg), cfg.n_layers - TAIL)
+        fn = _JIT.get(("logp-tail", t.cfg))
+        if fn is None:
+            fn = _JIT[("logp-tail", t.cfg)] = jax.jit(lambda p, tk, c, h: token_stats(
+                p, t.cfg, {"tokens": tk, "target_cols": c, "input_hidden": h}).logp)
+        call = lambda i: fn(t.params, *(_pad_rows(x[i:i + chunk], chunk) for x in (toks, cols, trunk)))  # noqa: E731
+    out = [np.asarray(call(i))[:len(toks[i:i + chunk])] for i in range(0, len(toks), chunk)]
     return np.concatenate(out)
+
+
+def layout_trunk(model, layout: dict, rows=None, chunk: int = 16):
+    """Returns float32 [N, L-1, D]: the reference ``model``'s residual stream entering its last :data:`TAIL`
+    layers at every input position of the layout's rows (``rows``: only those, in that order). The frozen
+    first n - TAIL layers are the same in every arm, so training and scoring read it instead of rerunning them."""
+    from tokjax.model.trunk import trunk_states
+
+    toks = layout["tokens"] if rows is None else layout["tokens"][rows]
+    return trunk_states(model, model.cfg.n_layers - TAIL, toks[:, :-1], chunk=chunk)
 
 
 _JIT: dict = {}  # jitted helpers per model config (compiled once per process)
@@ -186,11 +225,21 @@ def _pad_rows(x, n):
 
 
 def train_rows(model, loss: dict, layout: dict, batch_fn_rows, *, steps: int, lr: float, seed: int,
-               extra: dict | None = None, progress: bool = False):
+               extra: dict | None = None, trunk=None, progress: bool = False):
     """Returns (trained Model, history): ``tokjax.train`` of ``loss`` (a registry spec) from ``model`` with
-    ``TRAINABLE`` (the frozen 26-layer prefix runs without a backward), AdamW without weight decay, clip 1,
-    ``steps // 10`` warm-up steps and cosine decay; step s trains on rows ``batch_fn_rows(s)`` of ``layout`` and
-    of every ``extra`` per-row array ([N, L-1], e.g. ref_logp, rm_logp)."""
+    ``TRAINABLE`` (the last :data:`TAIL` layers), AdamW without weight decay, clip 1, ``steps // 10`` warm-up
+    steps and cosine decay; step s trains on rows ``batch_fn_rows(s)`` of ``layout`` and of every ``extra``
+    per-row array ([N, L-1], e.g. ref_logp, rm_logp).
+
+    The frozen first n - TAIL layers run once per row, not once per step: their output (``trunk``, the
+    layout's :func:`layout_trunk`; computed here for the rows the steps visit when None) feeds the tail model
+    (:mod:`tokjax.model.trunk`, the ``input_hidden`` batch key), whose trained layers go back into ``model``.
+    Each step's rows are cut to their longest row (rounded up to 32 positions): right padding of a causal
+    model changes nothing before it, so the values are those of the full-length batch; and the head runs on
+    the completion targets only (:func:`completion_cols`, the loss mask's support)."""
+    import numpy as np
+
+    from tokjax.model.trunk import tail, with_tail
     from tokjax.train import TrainConfig, train
 
     extra = dict(extra or {})
@@ -198,29 +247,50 @@ def train_rows(model, loss: dict, layout: dict, batch_fn_rows, *, steps: int, lr
     for k, v in extra.items():
         if len(v) != n:
             raise ValueError(f"extra[{k!r}] has {len(v)} rows, the layout {n}")
+    k_trunk = model.cfg.n_layers - TAIL
+    if trunk is None:  # only the rows some step reads
+        used = np.unique(np.concatenate([np.asarray(batch_fn_rows(s)) for s in range(steps)]))
+        where = np.full(n, -1, np.int64)
+        where[used] = np.arange(len(used))
+        states = layout_trunk(model, layout, used)
+    else:
+        if trunk.shape[:2] != (n, layout["tokens"].shape[1] - 1):
+            raise ValueError(f"trunk must be [N, L-1, D] of the layout ({n}, {layout['tokens'].shape[1] - 1}), "
+                             f"got {trunk.shape}")
+        where, states = np.arange(n), trunk
+    lengths = np.asarray(layout["lengths"])
 
     def batch_fn(step):
-        rows = batch_fn_rows(step)
-        return {**{k: v[rows] for k, v in layout.items()}, **{k: v[rows] for k, v in extra.items()}}
+        rows = np.asarray(batch_fn_rows(step))
+        cut = min(int(-(-lengths[rows].max() // 32) * 32), layout["tokens"].shape[1])  # tokens kept per row
+        batch = {k: (v[rows][:, :cut] if k == "tokens" else v[rows]) for k, v in layout.items()}
+        batch.update({k: v[rows][:, :cut - 1] for k, v in extra.items()})
+        batch["input_hidden"] = states[where[rows], :cut - 1]
+        batch["target_cols"] = completion_cols(layout, rows, cut - 1)  # the head on the completions only
+        return batch
 
     tc = TrainConfig(lr=float(lr), total_steps=int(steps), warmup_steps=max(1, steps // 10) if steps > 1 else 0,
                      weight_decay=0.0, grad_clip=1.0, seed=int(seed), log_every=max(1, steps // 10), eval_every=0,
                      checkpoint_every=0, loss=loss, trainable=TRAINABLE)
-    return train(model.cfg, tc, batch_fn, params=model.params, progress=progress)
+    t = tail(model, k_trunk)
+    trained, hist = train(t.cfg, tc, batch_fn, params=t.params, progress=progress)
+    return with_tail(model, trained), hist
 
 
 def train_pairs(model, loss_name: str, pairs: list[Pair], *, steps: int, lr: float, seed: int, extra: dict | None = None,
-                loss_options: dict | None = None, pad_id: int = 0, ref_logp=None, progress: bool = False):
+                loss_options: dict | None = None, pad_id: int = 0, ref_logp=None, trunk=None, progress: bool = False):
     """Returns (trained Model, history) of the registered preference loss ``loss_name`` (beta :data:`BETA`, reference
     log-probs in the batch) on ``pairs``, :data:`PAIRS_PER_STEP` pairs a step (:func:`pair_batch_rows`).
-    ``extra``: per-row arrays of the :func:`pair_layout` (rm_logp, weights, token_rewards, ...); ``ref_logp``: the
-    reference's :func:`row_logp` of that layout when already computed."""
+    ``extra``: per-row arrays of the :func:`pair_layout` (rm_logp, weights, token_rewards, ...); ``ref_logp`` /
+    ``trunk``: the reference's :func:`row_logp` / :func:`layout_trunk` of that layout when already computed."""
     layout = pair_layout(pairs, pad_id)
+    if trunk is None:
+        trunk = layout_trunk(model, layout)
     if ref_logp is None:
-        ref_logp = row_logp(model.params, model.cfg, layout)
+        ref_logp = row_logp(model.params, model.cfg, layout, trunk=trunk)
     loss = {"name": loss_name, "beta": BETA, **(loss_options or {})}
     return train_rows(model, loss, layout, lambda s: pair_batch_rows(s, len(pairs), PAIRS_PER_STEP, seed), steps=steps,
-                      lr=lr, seed=seed, extra={"ref_logp": ref_logp, **(extra or {})}, progress=progress)
+                      lr=lr, seed=seed, extra={"ref_logp": ref_logp, **(extra or {})}, trunk=trunk, progress=progress)
 
 
 SFT_LR, SFT_ROWS = 1e-4, 16  # the auxiliary SFT models (cDPO's positive / negative): fixed in advance, not tuned
@@ -408,7 +478,7 @@ def real_verdict(method_runs, dpo_runs, ref_scores, seeds):
 
 # ---------------------------------------------------------------------------- shared context and caches
 TAIL = 4  # the trained layers (TRAINABLE = last:4): what an arm's cache keeps of its parameters
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: trunk-cached training (float rounding differs from 1)
 
 
 @dataclasses.dataclass
@@ -433,8 +503,14 @@ class Context:
         if seed not in self._memo:
             pairs, dropped = make_pairs(self.train_pools, seed)
             layout = pair_layout(pairs, self.tok.pad_id or 0)
-            self._memo[seed] = (pairs, dropped, layout, row_logp(self.model.params, self.model.cfg, layout))
+            trunk = self._memo[("trunk", seed)] = layout_trunk(self.model, layout)
+            self._memo[seed] = (pairs, dropped, layout, row_logp(self.model.params, self.model.cfg, layout, trunk=trunk))
         return self._memo[seed]
+
+    def trunk(self, seed: int):
+        """Returns the :func:`layout_trunk` of :meth:`pairs`'s layout for ``seed`` (memoised with it)."""
+        self.pairs(seed)
+        return self._memo[("trunk", seed)]
 
 
 def load(progress: bool = True) -> Context:
@@ -442,7 +518,7 @@ def load(progress: bool = True) -> Context:
     import tokjax
 
     size = sizes()
-    if size != {**FULL_SIZE, "n_val": N_VAL} and sys.argv[0].endswith(".py") and "--no-record" not in sys.argv:
+    if size != {**FULL_SIZE, "n_val": N_VAL, "aux_steps": AUX_SFT_STEPS} and sys.argv[0].endswith(".py") and "--no-record" not in sys.argv:
         raise ValueError(f"$TOKJAX_PREF_REAL={size} is a reduced size (a plumbing check): run it with --no-record")
     model, tok = tokjax.pretrained(MODEL, progress=progress)
     pools = sample_pool(model, tok, size["n_train"], TRAIN_SEED, progress=progress)
@@ -535,7 +611,8 @@ def dpo_arm(ctx: Context, seed: int, lr: float = DPO_LR, *, progress: bool = Fal
     def build():
         pairs, dropped, layout, ref_logp = ctx.pairs(seed)
         model, hist = train_pairs(ctx.model, "dpo", pairs, steps=ctx.size["steps"], lr=lr, seed=seed,
-                                  ref_logp=ref_logp, pad_id=ctx.tok.pad_id or 0, progress=progress)
+                                  ref_logp=ref_logp, trunk=ctx.trunk(seed), pad_id=ctx.tok.pad_id or 0,
+                                  progress=progress)
         return model, {"pairs": len(pairs), "dropped": dropped, **_history_info(hist)}
 
     return arm_result(ctx, "dpo", seed, {"lr": lr, "steps": ctx.size["steps"]}, build, keep_params=True)
@@ -550,7 +627,7 @@ def method_arm(ctx: Context, name: str, seed: int, options: dict, extra_fn, *, l
         pairs, dropped, layout, ref_logp = ctx.pairs(seed)
         model, hist = train_pairs(ctx.model, name, pairs, steps=ctx.size["steps"], lr=lr, seed=seed,
                                   ref_logp=ref_logp, extra=extra_fn(pairs, layout), loss_options=options,
-                                  pad_id=ctx.tok.pad_id or 0, progress=progress)
+                                  trunk=ctx.trunk(seed), pad_id=ctx.tok.pad_id or 0, progress=progress)
         return model, {"pairs": len(pairs), "dropped": dropped, **_history_info(hist)}
 
     return arm_result(ctx, name, seed, {"lr": lr, "steps": ctx.size["steps"], **options, **(key_extra or {})}, build)
@@ -620,7 +697,7 @@ def select_lr(grid=LR_GRID, seed: int = 0, samples: int = 8) -> dict:
     out = {None: float(evaluate(ctx.model, ctx.tok, val, samples=samples)["sampled"].mean())}
     for lr in grid:
         model, _ = train_pairs(ctx.model, "dpo", pairs, steps=ctx.size["steps"], lr=lr, seed=seed, ref_logp=ref_logp,
-                               pad_id=ctx.tok.pad_id or 0)
+                               trunk=ctx.trunk(seed), pad_id=ctx.tok.pad_id or 0)
         out[lr] = float(np.mean(evaluate(model, ctx.tok, val, samples=samples)["sampled"]))
         print(f"  lr {lr:g}: validation T=1 accuracy {out[lr]:.3f} (reference {out[None]:.3f})", flush=True)
     return out

@@ -50,7 +50,9 @@ def real_rows() -> list[Row]:
     from experiments._preference_smollm import method_arm, preference_rows, row_logp
 
     def arm(ctx, seed, dpo):
-        extra = lambda pairs, layout: {"rm_logp": row_logp(dpo["model"].params, ctx.model.cfg, layout)}  # noqa: E731
+        def extra(pairs, layout):  # pi_rm shares the reference's frozen trunk: only its last layers run
+            return {"rm_logp": row_logp(dpo["model"].params, ctx.model.cfg, layout, trunk=ctx.trunk(seed))}
+
         return method_arm(ctx, "tgdpo", seed, {"alpha": ALPHA}, extra)
 
     return preference_rows("P48", "tgdpo", "TGDPO",

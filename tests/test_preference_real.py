@@ -126,10 +126,10 @@ def test_sizes_env(monkeypatch):
     from experiments._preference_smollm import FULL_SIZE, sizes
 
     monkeypatch.delenv("TOKJAX_PREF_REAL", raising=False)
-    assert sizes()["n_train"] == FULL_SIZE["n_train"] and sizes()["steps"] == 150
+    assert sizes()["n_train"] == FULL_SIZE["n_train"] and sizes()["steps"] == 150 and sizes()["aux_steps"] == 100
     monkeypatch.setenv("TOKJAX_PREF_REAL", "48,64,20,1")
     s = sizes()
-    assert (s["n_train"], s["n_heldout"], s["steps"], s["seeds"], s["n_val"]) == (48, 64, 20, (0,), 8)
+    assert (s["n_train"], s["n_heldout"], s["steps"], s["seeds"], s["n_val"], s["aux_steps"]) == (48, 64, 20, (0,), 8, 20)
     monkeypatch.setenv("TOKJAX_PREF_REAL", "48,64")
     with pytest.raises(ValueError, match="TOKJAX_PREF_REAL"):
         sizes()
@@ -179,3 +179,34 @@ def test_run_rows_selects_toy_and_smollm_rows():
     assert ids(run_rows(False, frozenset({"toy"}), toy, real, ("smollm-a", "smollm-b"))) == ["toy"]
     with pytest.raises(ValueError, match="full mode only"):
         run_rows(True, frozenset({"smollm-a"}), toy, real, ("smollm-a", "smollm-b"))
+
+
+def test_train_rows_on_the_cached_trunk_follows_whole_model_training():
+    """The SmolLM arms train the 4-layer tail on cached trunk states with each step cut to its longest row
+    (issue 22): same losses and trained layers as tokjax.train of the whole model with trainable last:4."""
+    import jax
+    import numpy as np
+
+    import tokjax
+    from experiments._preference_smollm import TAIL, TRAINABLE, layout_trunk, row_layout, row_logp, train_rows
+    from tokjax.train import TrainConfig, train
+
+    cfg = tokjax.ModelConfig(vocab_size=40, d_model=16, n_layers=TAIL + 2, n_heads=2, n_kv_heads=1, max_len=96)
+    model = tokjax.Model.init(cfg.replace(init_scale=0.3), jax.random.key(0))
+    r = np.random.default_rng(0)
+    prompts = [r.integers(1, 40, n) for n in (3, 5, 4, 6, 2, 7)]
+    comps = [r.integers(1, 40, n) for n in (4, 2, 6, 3, 5, 1)]
+    layout = row_layout(prompts, comps, 0, length=72)  # batches are cut to 32 positions
+    rows = lambda s: np.array([[0, 1, 2], [3, 4, 5], [5, 0, 2]][s % 3])  # noqa: E731
+    loss = {"name": "next_token"}
+    got, h_got = train_rows(model, loss, layout, rows, steps=3, lr=1e-2, seed=0)
+    tc = TrainConfig(lr=1e-2, total_steps=3, warmup_steps=1, weight_decay=0.0, grad_clip=1.0, seed=0, log_every=1,
+                     eval_every=0, checkpoint_every=0, loss=loss, trainable=TRAINABLE)
+    want, h_want = train(cfg, tc, lambda s: {k: v[rows(s)] for k, v in layout.items()}, params=model.params,
+                         progress=False)
+    np.testing.assert_allclose([x["loss"] for x in h_got["train"]], [x["loss"] for x in h_want["train"]], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+    trunk = layout_trunk(model, layout)
+    np.testing.assert_allclose(row_logp(got.params, cfg, layout, trunk=trunk), row_logp(got.params, cfg, layout),
+                               atol=1e-5)

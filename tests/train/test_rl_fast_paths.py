@@ -72,6 +72,30 @@ def test_span_scores_the_completion_window_as_the_full_head(rolled):
         make_grpo_loss(span=-1)
 
 
+def test_target_cols_batch_key_equals_span_and_reaches_registered_losses(rolled):
+    """batch['target_cols'] (the runtime-array form of span, issue 22) scores the same window as span=, and a
+    registered loss that calls token_stats itself (DPO) sees it: same loss as on every target."""
+    from tokjax.losses.dpo import make_dpo_loss
+
+    m, batch = rolled
+    T = batch["tokens"].shape[1] - 1
+    cols = np.clip(np.asarray(batch["prompt_lengths"]) - 1, 0, T - NEW)[:, None] + np.arange(NEW)[None, :]
+    a, b = token_stats(m.params, CFG, batch, span=NEW), token_stats(m.params, CFG, {**batch, "target_cols": cols})
+    np.testing.assert_array_equal(np.asarray(a.mask), np.asarray(b.mask))
+    np.testing.assert_allclose(np.asarray(a.logp), np.asarray(b.logp), atol=1e-6)
+    pairs = {k: batch[k][:12] for k in ("tokens", "prompt_lengths", "lengths")}
+    pairs["ref_logp"] = np.asarray(token_stats(model(1).params, CFG, pairs).logp)
+    loss = make_dpo_loss(beta=0.1)
+    full, _ = loss(m.params, CFG, pairs)
+    cut, _ = loss(m.params, CFG, {**pairs, "target_cols": cols[:12]})
+    np.testing.assert_allclose(float(cut), float(full), rtol=1e-6)
+    for bad, match in ((cols[:, :, None], "int \\[B, S\\]"), (cols + T, "lie in"), (cols * 0, "repeat")):
+        with pytest.raises(ValueError, match=match):
+            token_stats(m.params, CFG, {**batch, "target_cols": bad})
+    with pytest.raises(ValueError, match="not both"):
+        token_stats(m.params, CFG, {**batch, "target_cols": cols}, span=NEW)
+
+
 @pytest.mark.parametrize("beta", [pytest.param(0.0, marks=pytest.mark.slow), 0.1])
 def test_on_policy_loss_equals_the_separate_old_logp_forward(rolled, beta):
     """make_grpo_loss(on_policy=True, span) without batch['old_logp'] == the loss on a separate old-logp forward:

@@ -15,6 +15,12 @@ Batch keys (all optional except ``tokens``):
 ``ref_logp``        float [B, T]: a reference model's log p of each target (PRIOR, DPO, KL...).
 ``ref_tokens``      int [B, T+1]: what the ``ref`` model reads instead of ``tokens`` (same targets).
 ``normalizer``      scalar: the global denominator (see :func:`reduce_loss`).
+``target_cols``     int [B, S]: score only these target positions of each row (distinct, in [0, T)): the
+                    head runs on [B, S] hidden states; the other targets get logp 0 and mask False (the
+                    runtime-array form of ``span``, for losses that call ``token_stats`` themselves).
+``input_hidden``    float [B, T, D]: the residual stream entering the model's first layer at each input
+                    position, read instead of the embedded inputs (a frozen trunk's cached output, the model
+                    its tail: :mod:`tokjax.model.trunk`); the tokens still give the targets.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tokjax.losses._cross_entropy import naive_core
 from tokjax.losses._stats import (
@@ -61,6 +68,20 @@ def _head(hidden, w, labels, *, method, block_size, softcap, want_entropy, bias=
     return core["zy"] - core["lse"], core["lse"], core.get("entropy")
 
 
+def _check_target_cols(cols, B: int, T: int) -> jax.Array:
+    cols = jnp.asarray(cols)
+    if cols.ndim != 2 or cols.shape[0] != B or not jnp.issubdtype(cols.dtype, jnp.integer):
+        raise ValueError(f"batch['target_cols'] must be int [B, S] with B={B} (each row's scored target positions), "
+                         f"got {cols.dtype} {tuple(cols.shape)}")
+    if not isinstance(cols, jax.core.Tracer):
+        c = np.asarray(cols)
+        if c.size and (c.min() < 0 or c.max() >= T):
+            raise ValueError(f"batch['target_cols'] must lie in [0, T={T}), got values in [{c.min()}, {c.max()}]")
+        if any(len(set(r.tolist())) != len(r) for r in c):
+            raise ValueError("batch['target_cols'] must not repeat a column within a row")
+    return cols.astype(jnp.int32)
+
+
 def _scatter(values, cols, T: int):
     """Returns [B, T] zeros holding ``values`` [B, S] at columns ``cols`` [B, S]."""
     rows = jnp.arange(values.shape[0])[:, None]
@@ -68,11 +89,15 @@ def _scatter(values, cols, T: int):
 
 
 def _model_logp(params, cfg, inputs, targets, segment_ids, *, method, block_size, softcap, want_entropy, keep_hidden,
-                embedding=None, head=None, logit_bias=None, positions=None, cols=None):
-    """Returns (logp, lse, entropy, hidden) [B, T] of ``targets`` after reading ``inputs`` [B, T]; with ``cols``
-    [B, S] the head runs on those target columns only (0 elsewhere)."""
+                embedding=None, head=None, logit_bias=None, positions=None, cols=None, input_hidden=None):
+    """Returns (logp, lse, entropy, hidden) [B, T] of ``targets`` after reading ``inputs`` [B, T] (or, given,
+    the residual stream ``input_hidden`` [B, T, D] in their place); with ``cols`` [B, S] the head runs on those
+    target columns only (0 elsewhere)."""
     B, T = targets.shape
-    x = Inputs(tokens=inputs, segment_ids=segment_ids, positions=positions)
+    if input_hidden is None:
+        x = Inputs(tokens=inputs, segment_ids=segment_ids, positions=positions)
+    else:
+        x = Inputs(hidden=input_hidden, segment_ids=segment_ids, positions=positions)
     hidden = forward(params, cfg, x, compute_logits=False, embedding=embedding).hidden  # [B, T, D], final-normed
     D = hidden.shape[-1]
     scored, labels = hidden, targets
@@ -188,16 +213,29 @@ def token_stats(
             raise ValueError(f"batch['ref_logp'] must be [B, T]={B, T} (one per target), got {tuple(ref_logp.shape)}")
         ref_logp = jax.lax.stop_gradient(ref_logp)
     cols = None
-    if span is not None and span < T:  # [B, span] target columns: each row's window from its first completion target
+    if batch.get("target_cols") is not None:
+        if span is not None:
+            raise ValueError("pass either span= or batch['target_cols'] (both choose the scored targets), not both")
+        cols = _check_target_cols(batch["target_cols"], B, T)
+    elif span is not None and span < T:  # [B, span] target columns: each row's window from its first completion target
         first = jnp.zeros((B,), jnp.int32) if batch.get("prompt_lengths") is None else \
             jnp.broadcast_to(jnp.asarray(batch["prompt_lengths"], jnp.int32), (B,)) - 1
         cols = jnp.clip(first, 0, T - span)[:, None] + jnp.arange(span, dtype=jnp.int32)[None, :]
+    if cols is not None:
         inside = jnp.zeros((B, T), bool).at[jnp.arange(B)[:, None], cols].set(True)
         mask &= inside
+    input_hidden = batch.get("input_hidden")
+    if input_hidden is not None:
+        input_hidden = jnp.asarray(input_hidden)
+        if input_hidden.shape != (B, T, cfg.d_model):
+            raise ValueError(f"batch['input_hidden'] must be [B, T, d_model]={B, T, cfg.d_model} (the residual stream "
+                             f"at each input position), got {tuple(input_hidden.shape)}")
+        if embedding is not None:
+            raise ValueError("batch['input_hidden'] replaces the input embedding: do not pass embedding= with it")
     logp, lse, ent, h = _model_logp(params, cfg, x, y, seg_in, method=method, block_size=block_size,
                                     softcap=softcap, want_entropy=entropy, keep_hidden=hidden or rank,
                                     embedding=embedding, head=head, logit_bias=logit_bias, positions=positions,
-                                    cols=cols)
+                                    cols=cols, input_hidden=input_hidden)
     ranks = None
     if rank:
         w, layout = head_matrix(params, cfg) if head is None else (head, "dv")
