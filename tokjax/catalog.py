@@ -290,14 +290,14 @@ _ENTRIES: tuple[Entry, ...] = (
        '< 1e-6 where the naive first-byte method gives 0 at a merge boundary. Whole texts in one pass '
        '(byte_conditionals: batched forwards, per-split validity masks with a fast path for GPT-2-regex tokenizers; '
        'the second left encoding at a split whitespace run, whose omission gave the byte after a blank line '
-       'probability 0); the experiment\'s ensemble arm averages the exact byte distributions of SmolLM2 and '
-       'tiny-pydocs (another vocabulary; its full run is pending); token healing and FIM are not built',
+       'probability 0); the ensemble of SmolLM2 and tiny-pydocs (another vocabulary) by their averaged exact '
+       'byte distributions reaches 1.378 bits/byte vs 1.662 for the better model; token healing and FIM are not built',
        claims=(_c('mid-token-next-byte', 'reproduced', 'exact byte-level probabilities remove the prompt-boundary bias of tokenized prompts (the mechanism behind the FIM gains)',
                   'SmolLM2-135M-Instruct on 3 x 30 pydoc lines cut inside a token: next-byte top-1 accuracy 72.22% vs 14.44% for the naive tokenized prompt, every draw above the declared 5 points'),
                _c('fim', 'untested-here', 'byte-level decoding improves fill-in-the-middle code completion (~18%)',
-                  'needs greedy byte-by-byte completion to line end: one model call and ~49k canonicality encodes per byte on CPU'),
-               _c('ensemble', 'untested-here', 'byte-level ensembles of models with different vocabularies beat each model (up to 3.7%)',
-                  'needs a second pretrained model with another vocabulary; tokjax ships one pretrained LM'),)),
+                  'needs greedy byte-by-byte completion to line end: byte_generate runs at 0.15 bytes per CPU-second on SmolLM2 here (a model call and the vocabulary canonicality checks per byte)'),
+               _c('ensemble', 'reproduced', 'byte-level ensembles of models with different vocabularies beat each model (up to 3.7%)',
+                  'SmolLM2 (49152 ids) + tiny-pydocs (1024 ids), equal weights, 3 x 8 passages: ensemble 1.378 bits/byte vs SmolLM2 1.662 and tiny-pydocs 1.712; the paired 95% bootstrap of ensemble - better model excludes 0 (here the two models are weak and complementary, so the gain is larger than the paper\'s 3.7%)'),)),
     _e(12, 'InfiGFusion: Graph-on-Logits Distillation via Efficient Gromov-Wasserstein for Model Fusion',
        'losses', 'tokjax.losses.infigfusion', ('graph_on_logits_loss', 'coactivation_graph', 'sorted_gw', 'topk_features', 'make_gld_loss'),
        'top-k co-activation graphs over vocabulary channels (token ids), compared by token id or by '
