@@ -69,7 +69,7 @@ def test_head_ablation_zeroes_the_head_and_mean_ablation_with_own_value_is_ident
         (lambda m: patch(m, TOKS, {"layer.0.attn_probs": (None, jnp.zeros((2, 6, 32)))}), "tap-only"),
         (lambda m: patch(m, TOKS, {"layer.5.resid_post": (None, jnp.zeros((2, 6, 32)))}), "out of range"),
         (lambda m: patch(m, TOKS, {"layer.*.resid_post": (None, jnp.zeros((2, 6, 32)))}), "one layer"),
-        (lambda m: patch(m, TOKS, {"layer.0.resid_post": (jnp.array([6]), jnp.zeros((2, 1, 32)))}), r"\[0, T=6\)"),
+        (lambda m: patch(m, TOKS, {"layer.0.resid_post": (jnp.array([6]), jnp.zeros((2, 1, 32)))}), r"positions \(T=6\) must lie in \[0, 6\)"),
         (lambda m: patch(m, TOKS, {"layer.0.resid_post": (jnp.array([1]), jnp.zeros((2, 2, 32)))}), "values must be"),
         (lambda m: patch(m, TOKS, {}), "non-empty"),
         (lambda m: capture(m, TOKS, []), "at least one site"),

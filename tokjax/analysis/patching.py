@@ -18,9 +18,9 @@ from typing import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from tokjax.model.forward import HOOK_SITES, TAP_SITES, Inputs, Model, Output, Taps, forward
+from tokjax.model.ops import check_int_values
 
 __all__ = ["capture", "head_ablation_hooks", "parse_site", "patch", "patch_hooks"]
 
@@ -90,10 +90,7 @@ def _check_positions(positions, T: int, name: str):
     if pos.ndim not in (0, 1) or not jnp.issubdtype(pos.dtype, jnp.integer):
         raise ValueError(f"patch {name!r}: positions must be an int scalar or [P] array, got shape {pos.shape} "
                          f"dtype {pos.dtype}")
-    if not isinstance(pos, jax.core.Tracer):
-        p = np.asarray(pos)
-        if p.size and (p.min() < 0 or p.max() >= T):
-            raise ValueError(f"patch {name!r}: positions must lie in [0, T={T}), got [{p.min()}, {p.max()}]")
+    check_int_values(pos, f"patch {name!r}: positions (T={T})", 0, T)
     return jnp.atleast_1d(pos)
 
 

@@ -39,6 +39,7 @@ from tokjax.losses._stats import (
 )
 from tokjax.losses.cut_cross_entropy import DEFAULT_BLOCK_SIZE, head_stats
 from tokjax.model.forward import Inputs, forward, head_matrix
+from tokjax.model.ops import check_int_values
 
 __all__ = ["METHODS", "make_next_token_loss", "next_token_loss", "reference_logp", "token_stats"]
 
@@ -73,12 +74,9 @@ def _check_target_cols(cols, B: int, T: int) -> jax.Array:
     if cols.ndim != 2 or cols.shape[0] != B or not jnp.issubdtype(cols.dtype, jnp.integer):
         raise ValueError(f"batch['target_cols'] must be int [B, S] with B={B} (each row's scored target positions), "
                          f"got {cols.dtype} {tuple(cols.shape)}")
-    if not isinstance(cols, jax.core.Tracer):
-        c = np.asarray(cols)
-        if c.size and (c.min() < 0 or c.max() >= T):
-            raise ValueError(f"batch['target_cols'] must lie in [0, T={T}), got values in [{c.min()}, {c.max()}]")
-        if any(len(set(r.tolist())) != len(r) for r in c):
-            raise ValueError("batch['target_cols'] must not repeat a column within a row")
+    check_int_values(cols, f"batch['target_cols'] (T={T})", 0, T)
+    if not isinstance(cols, jax.core.Tracer) and any(len(set(r.tolist())) != len(r) for r in np.asarray(cols)):
+        raise ValueError("batch['target_cols'] must not repeat a column within a row")
     return cols.astype(jnp.int32)
 
 
