@@ -24,8 +24,31 @@ MLE, last 4 layers, 100 steps of 16 rows, lr 1e-4, fixed in advance) on all corr
 of the training prompts; the rejected tokens' weights 1 - s_t (beta_c = 1) are computed once over the pairs.
 Metrics and verdict as in p48_tgdpo.py (held-out accuracy, mean of 4 T=1 samples and greedy; method - DPO >
 max(2 points, paired-bootstrap 95 % half-width) in both seeds, inconclusive when DPO does not beat the
-reference). Not run here: the paper's critical-token rollout test (ban the lowest-s_t token of 100 held-out
-incorrect samples, resample 4 continuations, vs banning a random token).
+reference). The positive / negative models of each seed are cached on disk (their last 4 layers, keyed by the
+sizes that determine them, the aux settings and the reference's fingerprint: :func:`aux_models`) and shared by
+the cDPO arm and the critical-token test.
+
+Critical-token test (full mode only, claim ``smollm-critical-ban``; ``--only smollm-critical-ban``; issue 22):
+the paper's rollout check that replacing a critical token of an incorrect trajectory turns it correct, with
+the contrastive estimate as the detector. Sources: the reference's T=1 samples on the held-out problems
+(``reference_result(ctx)["eval"]["sample_ids"]``, 4 per problem), regraded with ``check_answer`` on their
+decoded text; the first 100 incorrect ones in problem-major order (fewer at reduced sizes). Candidate positions:
+every completion token but a terminal eos -- the official ``rollout_sampling_for_critical_tokens.py`` replaces
+every token of the decoded rejected response (which has no eos), answer tokens included, so no "before the
+answer" cut. Critical position t = argmin s_t over the candidates (s_t = softmax(2 z_pos - z_neg)[y_t], seed-0
+positive / negative models); baseline: a uniform position, ``default_rng((17, source index))``. At t: prompt +
+completion[:t], the original token y_t banned at that position only (an ``allowed_tokens`` mask on the first
+new token, sampled at T=1 from the rest: the official code's replacement, which zeroes y_t's probability and
+samples), then T=1 to the same total budget of 32 new tokens (completion[:t] + replacement + continuation); 4
+continuations per source, key 1717 for both arms. Metric: per source the fraction of its 4 continuations that
+``check_answer`` grades correct; the row reports the means (points). Verdict (declared before running):
+reproduced when critical - random > max(2 points, paired-bootstrap 95 % half-width over sources) (``beats``);
+not-reproduced when the mean difference <= 0; else inconclusive. Deviations from the paper: its rollout test
+finds critical tokens by rollout (64 samples per prefix) and reports pass@k of 64 replacements at them, while
+this test scores the contrastive estimate against a random position with 4 samples each; the official code
+draws the replacement token and the continuation from the base model with the few-shot math prompt, here the
+chat-template word-problem prompt of the reference; positive / negative models are full-rank SFT of the last 4
+layers (the paper: LoRA).
 """
 
 from __future__ import annotations
@@ -209,7 +232,8 @@ def ban_resample(model, prefixes, banned, budgets, *, key, samples: int = CRITIC
     """Returns per prefix ``samples`` id arrays: T=1 continuations of ``prefixes[i]`` (prompt + completion[:t])
     whose first token is drawn with ``banned[i]`` masked out (``tokjax.logits.allowed_tokens``, that position
     only), then up to ``budgets[i] - 1`` more tokens at T=1 without any ban (a second ``tokjax.generate`` call
-    from prefix + first token; rows cut to their budget, the eos kept when one ended the row).
+    from prefix + first token, every row of the chunk, to the chunk's largest budget; rows cut to their own
+    budget, the eos kept when one ended the row). The last chunk is padded with copies of its last prefix.
 
     Keys: chunk c of ``chunk`` prefixes draws its first tokens with ``split(fold_in(key, c))[0]`` and its
     continuations with ``[1]``, so two calls with the same key and chunking share their random numbers."""
@@ -233,29 +257,30 @@ def ban_resample(model, prefixes, banned, budgets, *, key, samples: int = CRITIC
         raise ValueError(f"budgets (new tokens, the replaced one included) must be >= 1, got {min(budgets)}")
     if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
         raise ValueError(f"samples must be an int >= 1, got {samples!r}")
+    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
+        raise ValueError(f"chunk must be an int >= 1 (prefixes per generate call), got {chunk!r}")
     eos = set() if eos_id is None else {int(e) for e in np.atleast_1d(eos_id)}
     gen = dict(eos_id=eos_id, pad_id=pad_id)
+    chunk = min(int(chunk), len(prefixes))
     out = []
     for c, i in enumerate(range(0, len(prefixes), chunk)):
         k1, k2 = jax.random.split(jax.random.fold_in(key, c))
-        ps, bs, bud = prefixes[i:i + chunk], banned[i:i + chunk], budgets[i:i + chunk]
-        mask = np.ones((len(ps), V), bool)
-        pass
+        m = min(chunk, len(prefixes) - i)
+        idx = list(range(i, i + m)) + [i + m - 1] * (chunk - m)  # the last chunk padded: one compiled batch shape
+        ps, bud = [prefixes[j] for j in idx], np.repeat([budgets[j] for j in idx], samples)
+        mask = np.ones((chunk, V), bool)
+        mask[np.arange(chunk), [banned[j] for j in idx]] = False
         first = tokjax.generate(model, [p.tolist() for p in ps], key=k1, n=samples, max_new_tokens=1,
                                 logits=L.chain(L.allowed_tokens(np.repeat(mask, samples, 0)), L.temperature(1.0)),
                                 **gen).completions()
-        rows = [np.concatenate([ps[r // samples], f[:1]]) for r, f in enumerate(first)]
-        rbud = np.repeat(bud, samples)
-        more = [r for r in range(len(rows)) if rbud[r] > 1 and int(first[r][0]) not in eos]
-        cont = {}
-        if more:
-            done = tokjax.generate(model, [rows[r].tolist() for r in more], key=k2,
-                                   max_new_tokens=int(max(rbud[r] for r in more)) - 1, logits=L.temperature(1.0),
-                                   **gen).completions()
-            cont = {r: d[:rbud[r] - 1] for r, d in zip(more, done)}
-        new = [np.concatenate([first[r][:1], cont.get(r, np.zeros(0, np.int32))]).astype(np.int32)
-               for r in range(len(rows))]
-        out += [new[j * samples:(j + 1) * samples] for j in range(len(ps))]
+        # every row continues (a fixed row count); a row whose first token is an eos or whose budget is 1 keeps
+        # only that token
+        rows = [np.concatenate([ps[r // samples], f[:1]]).tolist() for r, f in enumerate(first)]
+        cont = tokjax.generate(model, rows, key=k2, max_new_tokens=max(1, int(bud.max()) - 1),
+                               logits=L.temperature(1.0), **gen).completions()
+        new = [np.concatenate([f[:1], d[:bud[r] - 1] if int(f[0]) not in eos else d[:0]]).astype(np.int32)
+               for r, (f, d) in enumerate(zip(first, cont))]
+        out += [new[j * samples:(j + 1) * samples] for j in range(m)]
     return out
 
 
