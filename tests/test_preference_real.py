@@ -181,6 +181,7 @@ def test_run_rows_selects_toy_and_smollm_rows():
         run_rows(True, frozenset({"smollm-a"}), toy, real, ("smollm-a", "smollm-b"))
 
 
+@pytest.mark.slow  # the library's own tail-training test (tests/model/test_trunk.py) stays in the default suite
 def test_train_rows_on_the_cached_trunk_follows_whole_model_training():
     """The SmolLM arms train the 4-layer tail on cached trunk states with each step cut to its longest row
     (issue 22): same losses and trained layers as tokjax.train of the whole model with trainable last:4."""
