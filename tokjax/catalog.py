@@ -374,8 +374,9 @@ _ENTRIES: tuple[Entry, ...] = (
        'listwise reranking from the identifier logits after the answer\'s opening "[" (one forward per window, '
        'bottom-up sliding windows, RankZephyr prompt) and the generated-permutation baseline on tokjax.generate; '
        'the FIRST fine-tuning loss (LM + lambda x weighted RankNet on the identifier logits, lambda and weights as '
-       'the official llm-reranker) is tokjax.losses.first_rank (registered "first"); zero-shot quick run only, the '
-       'fine-tuning comparison not run',
+       'the official llm-reranker) is tokjax.losses.first_rank (registered "first"); the experiment runs it zero-shot '
+       'and after a last:4 fine-tune on train-split windows (teacher order: qrel grade, then BM25), first vs its '
+       'lambda-0 LM-only reduction on the frozen trunk; quick runs only',
        status='implemented'),
     _e(21, 'Not all tokens are created equal: Perplexity Attention Weighted Networks for AI generated text detection',
        'analysis', 'tokjax.analysis.pawn',
