@@ -1,6 +1,7 @@
 """Setup helpers that several experiments share (so no experiment imports another).
 
-* artefact cache: :func:`cached`, :func:`save_tree`, :func:`load_tree`;
+* artefact cache: :func:`cached`, :func:`save_tree`, :func:`load_tree`, :func:`memo_run` (one finished training
+  run's results, so a long full run killed half-way resumes where it stopped);
 * the ``tiny-pydocs`` decoding set-up: :func:`load_setup`, :func:`load_target`, :func:`make_prompts`,
   :func:`task_prompts`;
 * decoding benchmarks: :func:`compare_speed`, :func:`bench`, :func:`summarize`, :func:`fmt`,
@@ -24,6 +25,31 @@ def cached(name: str):
     d = cache_root() / "experiments"
     d.mkdir(parents=True, exist_ok=True)
     return d / name
+
+
+def memo_run(prefix: str, key: dict, compute) -> dict:
+    """Returns ``compute()`` (a dict of arrays / numbers) from ``$TOKJAX_CACHE/experiments/<prefix>-<hash>.npz``
+    when a run with the same ``key`` (a JSON-able dict: everything the result depends on) finished before, else
+    computes it and writes it atomically (a killed run never leaves a half-written file)."""
+    import hashlib
+    import json
+    import os
+
+    import numpy as np
+
+    text = json.dumps(key, sort_keys=True, default=str)
+    path = cached(f"{prefix}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.npz")
+    if path.exists():
+        with np.load(path) as f:
+            if str(f["__key__"]) == text:
+                return {k: f[k] for k in f.files if k != "__key__"}
+    out = compute()
+    if not isinstance(out, dict) or "__key__" in out:
+        raise ValueError("memo_run: compute() must return a dict of arrays without the key '__key__'")
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, __key__=np.array(text), **{k: np.asarray(v) for k, v in out.items()})
+    os.replace(tmp, path)
+    return {k: np.asarray(v) for k, v in out.items()}
 
 
 def save_tree(path, tree) -> None:

@@ -74,8 +74,10 @@ def train_variants(quick: bool) -> dict:
     """Returns {variant: [held-out bpb per seed]} and the regime labels of the trained models."""
     import jax
     import jax.numpy as jnp
+    import numpy as np
 
     import tokjax
+    from experiments._common import memo_run
     from tokjax.analysis.ssm_token_dynamics import regime
     from tokjax.data import TokenDataset
     from tokjax.losses import token_stats
@@ -89,11 +91,17 @@ def train_variants(quick: bool) -> dict:
         for v in VARIANTS:
             cfg = tokjax.ModelConfig(vocab_size=tok.vocab_size, d_model=128, n_layers=4, n_heads=4, max_len=SEQ,
                                      mixer="mamba", ssm_state=16, ssm_conv=4, ssm_expand=2, ssm_sign=v)
-            model, _ = train_model(cfg, steps=steps, batch_fn=data.train, seed=seed, lr=3e-3, warmup_steps=50,
-                                   weight_decay=0.1, batch_size=BATCH, seq_len=SEQ)
-            nll = jax.jit(lambda p, c=cfg: -jnp.mean(token_stats(p, c, {"tokens": val}).logp))(model.params)
-            out[str(v)].append(data.bits_per_byte(float(nll)))
-            labels[(seed, str(v))] = regime(model.params, cfg).labels
+
+            def one_run(cfg=cfg, seed=seed):
+                model, _ = train_model(cfg, steps=steps, batch_fn=data.train, seed=seed, lr=3e-3, warmup_steps=50,
+                                       weight_decay=0.1, batch_size=BATCH, seq_len=SEQ)
+                nll = jax.jit(lambda p: -jnp.mean(token_stats(p, cfg, {"tokens": val}).logp))(model.params)
+                return {"nll": float(nll), "labels": np.array(regime(model.params, cfg).labels)}
+
+            res = memo_run("p68-run", dict(cfg=cfg, seed=seed, steps=steps, lr=3e-3, warmup=50, wd=0.1, batch=BATCH,
+                                           seq=SEQ, n_val=int(val.shape[0]), version=1), one_run)
+            out[str(v)].append(data.bits_per_byte(float(res["nll"])))
+            labels[(seed, str(v))] = tuple(str(x) for x in res["labels"])
     return {"bpb": out, "labels": labels, "steps": steps, "n_val": int(val.shape[0])}
 
 

@@ -483,3 +483,24 @@ def test_run_cli_only_reruns_some_claims_and_keeps_the_others(tmp_path):
         h.run_cli(lambda q: make_row("P59", claim_id="speed"), ["--only", "speed"], results_path=path)
     with pytest.raises(ValueError, match="returned claims"):
         h.run_cli(lambda q, only=None: make_row("P59", claim_id="lossless"), ["--only", "speed"], results_path=path)
+
+
+def test_memo_run_computes_once_and_reads_back(tmp_path, monkeypatch):
+    import numpy as np
+
+    from experiments._common import memo_run
+
+    monkeypatch.setenv("TOKJAX_CACHE", str(tmp_path))
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"nll": 1.25, "labels": np.array(["pos", "neg"])}
+
+    a = memo_run("t", {"seed": 0}, compute)
+    b = memo_run("t", {"seed": 0}, compute)
+    c = memo_run("t", {"seed": 1}, compute)
+    assert len(calls) == 2 and float(b["nll"]) == 1.25 and list(b["labels"]) == ["pos", "neg"]
+    assert float(a["nll"]) == float(c["nll"])
+    with pytest.raises(ValueError, match="dict"):
+        memo_run("t", {"seed": 2}, lambda: [1.0])
