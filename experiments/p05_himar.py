@@ -102,6 +102,7 @@ def _figure(arms: dict, floor, title: str):
 def run(quick: bool) -> list[Row]:
     import jax
 
+    from experiments._common import memo_run
     from tokjax.model import init_params
     from tokjax.vision.himar import himar, himar_batch_fn, himar_init, make_himar_loss
     from tokjax.vision.image_lm import image_batch_fn
@@ -117,7 +118,9 @@ def run(quick: bool) -> list[Row]:
     seeds = RULE.run_seeds(quick)
     cfg = V.model_config(2, max_len=96)
     arms: dict = {}
-    for seed in seeds:
+    ks = sorted({b for _, b in MATCHED} | (set() if quick else set(EXTRA_MASKGIT)))
+
+    def one_seed(seed):  # both arms of one seed, trained and evaluated: {"kind|K|field": value}
         bf = image_batch_fn(data.codes, data.labels, vocab, order, batch_size=V.BATCH, class_dropout=V.CLASS_DROPOUT,
                             seed=seed)
         base, t_base = V.train_arm(cfg, bf, steps=base_steps, seed=seed,
@@ -128,14 +131,26 @@ def run(quick: bool) -> list[Row]:
                   "himar": himar_init(cfg, jax.random.fold_in(jax.random.key(seed), 1), PIVOT_GRID)}
         hi, t_hi = V.train_arm(cfg, hf, steps=steps, seed=seed, params=params,
                                loss_fn=make_himar_loss(grid, PIVOT_GRID, vocab, dense_ratio="cosine"))
-        for k in sorted({b for _, b in MATCHED} | (set() if quick else set(EXTRA_MASKGIT))):
-            arms.setdefault(("maskgit", k), []).append(
-                {**V.evaluate(base, maskgit(vocab, V.GRID, V.GRID, iters=k, choice="random"), n=n, seed=seed),
-                 "train_s": t_base})
+        out = {}
+        for k in ks:
+            ev = V.evaluate(base, maskgit(vocab, V.GRID, V.GRID, iters=k, choice="random"), n=n, seed=seed)
+            out.update({f"maskgit|{k}|{f}": v for f, v in {**ev, "train_s": t_base}.items()})
         for k, _ in MATCHED:
-            arms.setdefault(("himar", k), []).append(
-                {**V.evaluate(hi, himar(vocab, grid, PIVOT_GRID, iters=k, pivot_iters=PIVOT_STEPS, choice="random"),
-                              n=n, seed=seed), "train_s": t_hi})
+            ev = V.evaluate(hi, himar(vocab, grid, PIVOT_GRID, iters=k, pivot_iters=PIVOT_STEPS, choice="random"),
+                            n=n, seed=seed)
+            out.update({f"himar|{k}|{f}": v for f, v in {**ev, "train_s": t_hi}.items()})
+        return out
+
+    for seed in seeds:  # each finished seed is cached: a full run killed half-way resumes
+        flat = memo_run("p05-seed", dict(seed=seed, steps=steps, base_steps=base_steps, n=n, ks=ks, matched=MATCHED,
+                                         cfg=cfg, batch=V.BATCH, dropout=V.CLASS_DROPOUT, train=[V.TRAIN_N, V.TRAIN_SEED],
+                                         pivot=[PIVOT_GRID, PIVOT_STEPS], version=1), lambda seed=seed: one_seed(seed))
+        per_arm: dict = {}
+        for name, v in flat.items():
+            kind, k, field = name.split("|")
+            per_arm.setdefault((kind, int(k)), {})[field] = v.item()
+        for arm, rec in per_arm.items():
+            arms.setdefault(arm, []).append(rec)
     figure = _figure(arms, floor, f"P5 Hi-MAR vs MaskGIT, glyphs 8x8x8, {steps}/{base_steps} steps")
     setting = (f"class-conditional glyphs 8x8 at 8 levels, 4x4 pooled pivots, d=64x2 layers, batch {V.BATCH}, "
                f"Hi-MAR {steps} / MaskGIT {base_steps} steps (matched training slots), {n} samples vs {V.REF_N} "
