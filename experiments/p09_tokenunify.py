@@ -155,13 +155,23 @@ def _run_size(size: str, seed: int, steps: int) -> dict:
     data = V.glyph_set(V.TRAIN_N, V.TRAIN_SEED)
     fn = image_batch_fn(data.codes, data.labels, vocab, raster(V.GRID, V.GRID), batch_size=V.BATCH,
                         class_dropout=1.0, seed=seed)
+    from experiments._common import memo_run
+
+    def memo(arm, compute):  # each finished arm is kept: a full run (27 trainings) killed half-way resumes
+        key = dict(size=size, cfg=cfg, seed=seed, steps=steps, arm=arm, weights=ARMS.get(arm), batch=V.BATCH,
+                   train=[V.TRAIN_N, V.TRAIN_SEED], probe=[PROBE_FIT, PROBE_VAL, PROBE_TEST], version=1)
+        return {k: v.item() for k, v in memo_run("p09-arm", key, compute).items()}
+
     out = {}
     scratch = init_params(cfg, jax.random.key(seed))
-    out["scratch"] = {**_probe(scratch, cfg), "nll": _ntp_nll(scratch, cfg), "train_s": 0.0}
+    out["scratch"] = memo("scratch", lambda: {**_probe(scratch, cfg), "nll": _ntp_nll(scratch, cfg), "train_s": 0.0})
     for arm, weights in ARMS.items():
-        loss = tokenunify(weights=list(weights), num_codes=vocab.num_codes)
-        model, t = V.train_arm(cfg, fn, steps=steps, seed=seed, loss_fn=loss, params=scratch)
-        out[arm] = {**_probe(model.params, cfg), "nll": _ntp_nll(model.params, cfg), "train_s": t}
+        def train_and_probe(weights=weights):
+            loss = tokenunify(weights=list(weights), num_codes=vocab.num_codes)
+            model, t = V.train_arm(cfg, fn, steps=steps, seed=seed, loss_fn=loss, params=scratch)
+            return {**_probe(model.params, cfg), "nll": _ntp_nll(model.params, cfg), "train_s": t}
+
+        out[arm] = memo(arm, train_and_probe)
     return out
 
 
