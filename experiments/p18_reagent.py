@@ -70,6 +70,7 @@ def run(quick: bool) -> list[Row]:
     import numpy as np
 
     import tokjax
+    from experiments._common import memo_run
     from tokjax.analysis.attribution import attribute, soft_metrics
     from tokjax.analysis.reagent import reagent
 
@@ -86,26 +87,36 @@ def run(quick: bool) -> list[Row]:
     ns = {m: [] for m in methods}  # per seed: mean over prompts
     nc = {m: [] for m in methods}
     stopped, steps = [], []
+
+    def one_prompt(seed: int, i: int, p: list[int]) -> dict:
+        toks = jnp.asarray(p)
+        key = jax.random.fold_in(jax.random.key(seed), i)
+        k_re, k_rand, k_eval = jax.random.split(key, 3)
+        target = int(jnp.argmax(model(toks[None]).logits[0, -1]))
+        r = reagent(model, toks, target, ratio=0.3, top_n=5, top_k=3, chains=5, overlap=3,
+                    max_steps=max_steps, allowed=allowed, key=k_re)
+        out = {"stopped": float(jnp.mean(r["stopped"])), "steps": int(r["steps"])}
+        imps = {"reagent": r["importance"]}
+        for b in BASELINES:
+            imps[b] = attribute(model, toks, b, target, key=k_rand)
+        for m, imp in imps.items():
+            met = soft_metrics(model, toks, imp, key=k_eval, samples=4)
+            out[f"ns|{m}"] = float(met["soft_ns"])
+            out[f"nc|{m}"] = float(met["soft_nc"])
+        return out
+
     for seed in seeds:
         per_ns = {m: [] for m in methods}
         per_nc = {m: [] for m in methods}
-        for i, p in enumerate(ps):
-            toks = jnp.asarray(p)
-            key = jax.random.fold_in(jax.random.key(seed), i)
-            k_re, k_rand, k_eval = jax.random.split(key, 3)
-            target = int(jnp.argmax(model(toks[None]).logits[0, -1]))
-            r = reagent(model, toks, target, ratio=0.3, top_n=5, top_k=3, chains=5, overlap=3,
-                        max_steps=max_steps, allowed=allowed, key=k_re)
-            stopped.append(float(jnp.mean(r["stopped"])))
-            steps.append(int(r["steps"]))
-            imps = {"reagent": r["importance"]}
-            for b in BASELINES:
-                imps[b] = attribute(model, toks, b, target, key=k_rand)
-            for m, imp in imps.items():
-                met = soft_metrics(model, toks, imp, key=k_eval, samples=4)
-                per_ns[m].append(float(met["soft_ns"]))
-                per_nc[m].append(float(met["soft_nc"]))
-            print(f"seed {seed} prompt {i}: reagent steps {int(r['steps'])}, {time.time() - t0:.0f}s",
+        for i, p in enumerate(ps):  # each (seed, prompt) is cached: a full run killed half-way resumes
+            res = memo_run("p18-prompt", dict(seed=seed, prompt=p, max_steps=max_steps, methods=methods, version=1),
+                           lambda seed=seed, i=i, p=p: one_prompt(seed, i, p))
+            stopped.append(float(res["stopped"]))
+            steps.append(int(res["steps"]))
+            for m in methods:
+                per_ns[m].append(float(res[f"ns|{m}"]))
+                per_nc[m].append(float(res[f"nc|{m}"]))
+            print(f"seed {seed} prompt {i}: reagent steps {int(res['steps'])}, {time.time() - t0:.0f}s",
                   file=sys.stderr, flush=True)
         for m in methods:
             ns[m].append(float(np.mean(per_ns[m])))
