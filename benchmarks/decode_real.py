@@ -81,6 +81,10 @@ def llama_cpp_engines(src: Path, workdir: Path, n_ctx: int) -> dict:
         print(f"note: llama_model_quantize to F32 failed ({e}); llama.cpp F32 skipped")
     engines = {}
     for label, path in files.items():
+        why = llama_eval_fails(path)
+        if why:
+            print(f"note: llama.cpp {label} unavailable ({why}); skipped")
+            continue
         try:
             engines[label] = llama_cpp.Llama(
                 str(path), n_ctx=n_ctx, n_batch=1024, n_ubatch=1024, n_threads=2, n_threads_batch=2,
@@ -89,6 +93,19 @@ def llama_cpp_engines(src: Path, workdir: Path, n_ctx: int) -> dict:
         except Exception as e:  # noqa: BLE001
             print(f"note: llama.cpp could not load {path.name} ({e}); skipped")
     return engines
+
+
+_PROBE = ("import sys, llama_cpp; m = llama_cpp.Llama(sys.argv[1], n_ctx=16, n_threads=2, verbose=False); "
+          "m.eval([1, 2])")
+
+
+def llama_eval_fails(path: Path) -> str | None:
+    """Returns why a 2-token llama.cpp eval of ``path`` died in a child process, or None if it ran: a prebuilt
+    wheel's kernels may use instructions this CPU lacks (an illegal instruction would kill the benchmark)."""
+    import subprocess
+
+    probe = subprocess.run([sys.executable, "-c", _PROBE, str(path)], capture_output=True, timeout=300)
+    return None if probe.returncode == 0 else f"a 2-token eval died in a child process (exit {probe.returncode})"
 
 
 def llama_runner(llm, prompt: np.ndarray):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,15 +28,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
-from decode_real import MODEL, text_prompts  # noqa: E402
+from decode_real import MODEL, llama_eval_fails, text_prompts  # noqa: E402
 from decode_vs_transformers import first_divergence, measure, tokjax_runner  # noqa: E402
 
 FULL = dict(prompt=128, new=128, batches=(1, 8), agree=1024, repeats=3)
 QUICK = dict(prompt=32, new=32, batches=(1,), agree=256, repeats=2)
-
-
-_PROBE = ("import sys, llama_cpp; m = llama_cpp.Llama(sys.argv[1], n_ctx=16, n_threads=2, verbose=False); "
-          "m.eval([1, 2])")
 
 
 def llama_engines(src: Path, workdir: Path, n_ctx: int) -> dict:
@@ -56,9 +51,9 @@ def llama_engines(src: Path, workdir: Path, n_ctx: int) -> dict:
             rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(p))
             if rc != 0:
                 raise RuntimeError(f"rc {rc}")
-            probe = subprocess.run([sys.executable, "-c", _PROBE, str(out)], capture_output=True, timeout=300)
-            if probe.returncode != 0:  # a prebuilt wheel's kernel may use instructions this CPU lacks
-                raise RuntimeError(f"a 2-token eval died in a child process (exit {probe.returncode})")
+            why = llama_eval_fails(out)
+            if why:
+                raise RuntimeError(why)
             engines[label] = llama_cpp.Llama(str(out), n_ctx=n_ctx, n_batch=512, n_ubatch=512, n_threads=2,
                                              n_threads_batch=2, verbose=False)
         except Exception as e:  # noqa: BLE001 - an optional peer never fails the benchmark

@@ -45,6 +45,16 @@ def test_int8_matvec_benchmark_runs_at_a_tiny_size(capsys):
     assert len(rows) == 5, rows
 
 
+def test_small_matmul_benchmark_runs_at_a_tiny_size(capsys):
+    spec = importlib.util.spec_from_file_location("bench_small_matmul", ROOT / "benchmarks" / "small_matmul.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--shapes", "8x16", "--rows", "1", "3", "--copies", "2", "--repeats", "1"]) == 0
+    rows = [ln.split() for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("8x16")]
+    kernel_rows = [r for r in rows if r[2:4] == ["tokjax", "row_matmul"]]
+    assert [r[1] for r in kernel_rows] == ["1", "3"], rows
+
+
 def _rl_step_module():
     spec = importlib.util.spec_from_file_location("bench_rl_step", ROOT / "benchmarks" / "rl_step.py")
     mod = importlib.util.module_from_spec(spec)

@@ -30,6 +30,7 @@ from tokjax.decoding._state import (
 from tokjax.logits import Identity, LogitTransform, chain
 from tokjax.model import Inputs, Model, ModelConfig, forward, prefill, unstack_layers
 from tokjax.model.quant import Int8Weight
+from tokjax.model.row_weights import f32_kernel_available, row_layout
 from tokjax.model.sharding import (
     DEFAULT_RULES, ShardingRules, axes_shardings, cache_shardings, logical_sharding, shard_model, state_shardings,
 )
@@ -174,22 +175,30 @@ _LAYOUT_SLOTS = 2
 _LAYOUTS: collections.OrderedDict = collections.OrderedDict()
 
 
-def decode_layout(params, *, fuse: bool):
-    """Returns ``unstack_layers(params, fuse=fuse)``, reused while the same param arrays are alive.
+def decode_layout(params, *, fuse: bool, cfg=None):
+    """Returns ``unstack_layers(params, fuse=fuse)``, reused while the same param arrays are alive; with
+    ``cfg`` and on CPU with its float32 kernel, float32 projections and the head in the row layout
+    (``tokjax.model.row_weights``: batched decode steps stream each weight once at up to 16 rows).
 
     Keyed by the identity of every parameter array (a weak reference confirms it is the same
     object, not a new one at a recycled address); an entry is dropped when its params are freed.
     Traced or non-referenceable leaves are not cached.
     """
+    rows = cfg is not None and fuse and jax.default_backend() == "cpu" and f32_kernel_available()
+
+    def build():
+        out = unstack_layers(params, fuse=fuse)
+        return row_layout(out, cfg) if rows else out
+
     leaves = jax.tree.leaves(params)
     if not leaves or any(isinstance(x, jax.core.Tracer) for x in leaves):
-        return unstack_layers(params, fuse=fuse)
-    key = (fuse, tuple(id(x) for x in leaves))
+        return build()
+    key = (fuse, rows, tuple(id(x) for x in leaves))
     hit = _LAYOUTS.get(key)
     if hit is not None and all(r() is x for r, x in zip(hit[0], leaves)):
         _LAYOUTS.move_to_end(key)
         return hit[1]
-    out = unstack_layers(params, fuse=fuse)
+    out = build()
     try:
         refs = tuple(weakref.ref(x) for x in leaves)
     except TypeError:
@@ -404,7 +413,7 @@ def _setup(model, prompt, *, key, max_new_tokens, prompt_lengths, logits, strate
     # Per-layer weight buffers read in place (see tokjax.model.unstack_layers); q/k/v and gate/up
     # fused into one matmul each, except on a mesh, where fusing would concatenate head-sharded
     # weights and force a reshard every step. init and step both receive exactly these params.
-    params = decode_layout(model.params, fuse=mesh is None)
+    params = decode_layout(model.params, fuse=mesh is None, cfg=cfg)
     # One prefill per prompt; n samples (and a strategy's rows_per_prompt) fork its cache rows.
     cache = prefill(params, cfg, jnp.asarray(prefill_tokens), jnp.asarray(lens), capacity)
     if reps > 1:

@@ -44,7 +44,7 @@ from tokjax.losses.soft_tokens import (
     FUZZY_TAU, KIND_HARD, KIND_NONE, KIND_SOFT, SOFT_TAU, check_noise_scale, gaussian_log_density, soft_input,
 )
 from tokjax.logits._base import check_range
-from tokjax.model import Inputs, ModelConfig, embed, forward
+from tokjax.model import Inputs, ModelConfig, embed, embedding_matrix, forward
 
 __all__ = ["SoftTokens", "SoftTokensState", "rollout_arrays", "soft_tokens"]
 
@@ -117,7 +117,7 @@ class SoftTokens(Strategy):
         end = jnp.asarray(self.end_ids, jnp.int32)
         leaving = thinking & (readout[:, None] == end[None, :]).any(-1)
         eps = jax.random.normal(k_noise, (B, cfg.d_model), jnp.float32)
-        x_next, mean = soft_input(z, params["embed"], ex.tau, ex.sigma, eps)
+        x_next, mean = soft_input(z, embedding_matrix(params["embed"]), ex.tau, ex.sigma, eps)
         safe_sigma = jnp.where(ex.sigma > 0, ex.sigma, 1.0)
         soft_ll = jnp.where(ex.sigma > 0, gaussian_log_density(x_next, mean, safe_sigma), 0.0)
 

@@ -81,7 +81,7 @@ from flax import struct
 
 from tokjax.decoding._state import DecodeState, Strategy, commit
 from tokjax.logits import check_range, hparam
-from tokjax.model import Inputs, Model, ModelConfig, forward, init_params
+from tokjax.model import Inputs, Model, ModelConfig, embedding_matrix, forward, init_params
 from tokjax.model.attention import Rank
 from tokjax.vision.flow import _dense, _linear, cond_hooks, time_embed, time_embed_init
 
@@ -316,7 +316,7 @@ def _nd(params) -> dict:
 def embed_table(params) -> jax.Array:
     """Returns float32 [V, D]: the embedding table with unit-RMS rows (the diffusion space and the rounding
     head)."""
-    e = jnp.asarray(params["embed"], _F32)
+    e = jnp.asarray(embedding_matrix(params["embed"]), _F32)
     return e * jax.lax.rsqrt(jnp.mean(jnp.square(e), axis=-1, keepdims=True) + 1e-12)
 
 

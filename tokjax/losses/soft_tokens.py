@@ -61,7 +61,7 @@ from tokjax.logits._base import check_range
 from tokjax.losses._stats import TokenStats, check_token_ids, shifted_completion_mask
 from tokjax.losses.grpo import DENOMINATORS, GRPO_REDUCTIONS, grpo_loss
 from tokjax.losses.registry import register_loss
-from tokjax.model.forward import Inputs, embed, forward
+from tokjax.model.forward import Inputs, embed, embedding_matrix, forward
 
 __all__ = ["FUZZY_TAU", "KIND_HARD", "KIND_NONE", "KIND_SOFT", "SOFT_TAU", "check_noise_scale",
            "cot_log_likelihood", "gaussian_log_density", "make_soft_tokens_loss", "soft_input", "soft_mixture",
@@ -189,7 +189,7 @@ def soft_token_logp(params, cfg, batch: dict) -> TokenStats:
         check_noise_scale(sigma, allow_zero=False)
     else:
         check_noise_scale(sigma)
-    table = jax.lax.stop_gradient(params["embed"])  # the mean's gradient flows through p only (see the module doc)
+    table = jax.lax.stop_gradient(embedding_matrix(params["embed"]))  # the mean's gradient flows through p only (see the module doc)
     soft = kinds == KIND_SOFT
     x = jnp.where(soft[..., None], jax.lax.stop_gradient(embeds).astype(cfg.dtype), embed(params, cfg, tokens))
     z = forward(params, cfg, Inputs(embeds=x[:, :-1])).logits.astype(_F32)  # [B, W-1, V]

@@ -30,6 +30,7 @@ from tokjax.model.mamba import MambaState, mamba_mixer
 from tokjax.model.ops import check_int_values
 from tokjax.model.params import Params, init_params, param_axes
 from tokjax.model.quant import Int8Weight, int8_embed, int8_matmul
+from tokjax.model.row_weights import RowWeight, row_matmul
 
 # Hook (and tap) sites, in the order a layer computes them. ``attn_heads`` is the per-head attention
 # output [B, T, H, hd] before the output projection W_O (so ``attn_out`` = sum_h attn_heads[..., h, :] W_O[h]
@@ -133,7 +134,14 @@ def embed(params: Params, cfg: ModelConfig, tokens: jax.Array, *, table: jax.Arr
     table = params["embed"] if table is None else table
     if isinstance(table, Int8Weight):
         return int8_embed(table, tokens).astype(cfg.dtype)
-    return jnp.take(table, tokens, axis=0).astype(cfg.dtype)
+    return jnp.take(embedding_matrix(table), tokens, axis=0).astype(cfg.dtype)
+
+
+def embedding_matrix(table: Any) -> jax.Array:
+    """The float embedding table [V, D] of a stored ``params['embed']`` (plain, int8 or row layout)."""
+    if isinstance(table, Int8Weight):
+        return table.dequantize().reshape(table.out_shape + table.in_shape)
+    return table.rows if isinstance(table, RowWeight) else table
 
 
 def position_embed(params: Params, cfg: ModelConfig, positions: jax.Array) -> jax.Array:
@@ -164,9 +172,10 @@ def head_matrix(params: Params, cfg: ModelConfig) -> tuple[jax.Array, str]:
     (lm_head [D, V], "dv"). Streaming heads read the tied embedding in place, where ``lm_head``'s
     transpose would be a [D, V] copy (and a second gradient buffer) per training step."""
     if cfg.tied_embeddings:
-        e = params["embed"]
-        return (e.dequantize().reshape(e.out_shape + e.in_shape) if isinstance(e, Int8Weight) else e), "vd"
+        return embedding_matrix(params["embed"]), "vd"
     h = params["lm_head"]
+    if isinstance(h, RowWeight):
+        return h.rows, "vd"
     return (h.dequantize() if isinstance(h, Int8Weight) else h), "dv"
 
 
@@ -181,6 +190,9 @@ def unembed(
         if isinstance(stored, Int8Weight):  # decode-time int8 head (tokjax.model.quant)
             logits = int8_matmul(hidden.astype(jnp.float32), stored)
             return logits if bias is None else logits + bias.astype(jnp.float32)
+        if isinstance(stored, RowWeight):  # decode-time row layout (tokjax.model.row_weights)
+            logits = row_matmul(hidden.astype(stored.dtype), stored).astype(jnp.float32)
+            return logits if bias is None else logits + bias.astype(jnp.float32)
     head, layout = head_matrix(params, cfg) if head is None else (head, "dv")
     spec = "btd,vd->btv" if layout == "vd" else "btd,dv->btv"
     logits = jnp.einsum(spec, hidden, head.astype(cfg.dtype), preferred_element_type=jnp.float32)
@@ -190,9 +202,12 @@ def unembed(
 
 
 def _project(spec: str, x: jax.Array, w: Any, dt) -> jax.Array:
-    """x times a projection weight: an einsum for float weights, the int8 path for :class:`Int8Weight`."""
+    """x times a projection weight: an einsum for float weights, the int8 path for :class:`Int8Weight`, the
+    small-M path for :class:`RowWeight`."""
     if isinstance(w, Int8Weight):
         return int8_matmul(x, w).astype(dt)
+    if isinstance(w, RowWeight):
+        return row_matmul(x.astype(dt), w).astype(dt)
     return jnp.einsum(spec, x, w.astype(dt))
 
 

@@ -26,20 +26,16 @@ and ``token_stats`` read it; training, sharding rules, checkpoints and ``save_hf
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import functools
-import hashlib
-import os
-import subprocess
-import sys
-import warnings
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from tokjax.model._ffi import kernel_available
+from tokjax.model.row_weights import LAYER_WEIGHTS
 
 __all__ = ["Int8Weight", "KERNEL_MAX_ROWS", "int8_embed", "int8_kernel_available", "int8_matmul", "quantize_int8",
            "quantize_weight"]
@@ -48,10 +44,6 @@ __all__ = ["Int8Weight", "KERNEL_MAX_ROWS", "int8_embed", "int8_kernel_available
 # beat re-streaming the int8 weights for every 4 rows.
 KERNEL_MAX_ROWS = 16
 _TARGET = "tokjax_int8_matmul"
-_SOURCE = Path(__file__).with_name("_kernels") / "int8_matmul.cc"
-# The projections forward() reads from a layer dict, with how many leading axes are inputs.
-_LAYER_WEIGHTS = {"wq": 1, "wk": 1, "wv": 1, "wqkv": 1, "wo": 2, "w_gate": 1, "w_up": 1, "w_gate_up": 1,
-                  "w_down": 1}
 
 
 @jax.tree_util.register_pytree_node_class
@@ -116,7 +108,7 @@ def _quantize_rows(wt: jax.Array, in_shape, out_shape, block: int | None) -> Int
 
 
 def _quantize_layer(p: dict, block) -> dict:
-    return {k: quantize_weight(v, _LAYER_WEIGHTS[k], block) if k in _LAYER_WEIGHTS and not isinstance(v, Int8Weight)
+    return {k: quantize_weight(v, LAYER_WEIGHTS[k], block) if k in LAYER_WEIGHTS and not isinstance(v, Int8Weight)
             else v for k, v in p.items()}
 
 
@@ -183,45 +175,5 @@ def _kernel_matmul(x2, q, scale):
 @functools.cache
 def int8_kernel_available() -> bool:
     """Whether the CPU int8 kernel is built and registered (compiling it on first call)."""
-    if os.environ.get("TOKJAX_INT8_KERNEL", "1") == "0":
-        return False
-    try:
-        lib = ctypes.cdll.LoadLibrary(str(_build_kernel()))
-        jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(lib.TokjaxInt8Matmul), platform="cpu")
-        return True
-    except (OSError, subprocess.SubprocessError, AttributeError) as e:
-        warnings.warn(f"tokjax int8 CPU kernel unavailable ({e}); int8 weights use the slower XLA path", stacklevel=2)
-        return False
-
-
-def _build_kernel() -> Path:
-    from tokjax._paths import cache_root
-
-    include = jax.ffi.include_dir()
-    flags = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w"]
-    key = hashlib.sha256(_SOURCE.read_bytes() + " ".join(flags + [jax.__version__, _cpu_id()]).encode()).hexdigest()[:16]
-    target = cache_root() / "kernels" / f"int8_matmul-{key}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".{os.getpid()}.tmp")
-    cmd = [os.environ.get("CXX", "g++"), *flags, f"-I{include}", str(_SOURCE), "-o", str(tmp)]
-    try:
-        subprocess.run(cmd, check=True, capture_output=True, timeout=300)
-    except FileNotFoundError as e:
-        raise OSError(f"no C++ compiler ({cmd[0]})") from e
-    except subprocess.CalledProcessError as e:
-        raise OSError(f"compiling {_SOURCE.name} failed: {e.stderr.decode(errors='replace')[-500:]}") from e
-    os.replace(tmp, target)  # atomic: concurrent builders leave one complete library
-    return target
-
-
-def _cpu_id() -> str:
-    """The CPU model and flags, so a cache shared across machines never loads a -march=native
-    library built for another instruction set."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        return hashlib.sha256("\n".join(l for l in text.splitlines()
-                                        if l.startswith(("model name", "flags"))).encode()).hexdigest()
-    except OSError:
-        return sys.platform
+    return kernel_available("TOKJAX_INT8_KERNEL", "int8_matmul.cc", {_TARGET: "TokjaxInt8Matmul"},
+                            "int8 weights use the slower XLA path")

@@ -5,21 +5,17 @@
 // materialises the converted matrix, so int8 weights decode ~6x *slower* than f32 (measured in
 // benchmarks/int8_matvec.py). Decode is bound by streaming weights, so this kernel reads each int8
 // weight row once, widens it in registers and multiplies it into every activation row at once.
-// The output columns are split into chunks claimed from an atomic counter by the calling thread and
-// by helpers scheduled on XLA's intra-op pool; the caller works too, so it never waits on a pool
-// that has no free thread.
+// The output columns run in parallel chunks on XLA's intra-op pool (column_pool.h).
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <thread>
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
 #include "xla/ffi/api/ffi.h"
+#include "column_pool.h"
 
 namespace ffi = xla::ffi;
 
@@ -105,24 +101,6 @@ void Chunk(const Problem& p, int64_t begin, int64_t end) {
   for (; n < end; ++n) Columns<1>(p, n);
 }
 
-struct Shared {
-  Problem p;
-  int64_t chunk, chunks;
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-};
-
-void Work(Shared& s) {
-  for (;;) {
-    const int64_t c = s.next.fetch_add(1, std::memory_order_relaxed);
-    if (c >= s.chunks) return;
-    const int64_t begin = c * s.chunk;
-    const int64_t end = begin + s.chunk < s.p.N ? begin + s.chunk : s.p.N;
-    Chunk(s.p, begin, end);
-    s.done.fetch_add(1, std::memory_order_release);
-  }
-}
-
 ffi::Error Int8MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> q,
                           ffi::Buffer<ffi::F32> scale, ffi::ResultBuffer<ffi::F32> y) {
   const auto xd = x.dimensions();
@@ -134,16 +112,10 @@ ffi::Error Int8MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
   if (qd[1] != K || sd[0] != N || nb < 1 || K % nb != 0 || (nb > 1 && (K / nb) % 16 != 0))
     return ffi::Error::InvalidArgument("int8_matmul: x [M, K], q [N, K] and scale [N, nb] disagree (K / nb must be "
                                        "a multiple of 16 when nb > 1)");
-  auto shared = std::make_shared<Shared>();
-  shared->p = Problem{x.typed_data(), q.typed_data(), scale.typed_data(), y->typed_data(), M, K, N, nb, K / nb};
+  const Problem p{x.typed_data(), q.typed_data(), scale.typed_data(), y->typed_data(), M, K, N, nb, K / nb};
   // ~64 KiB of int8 weights per chunk: enough work to amortise a claim, fine enough to balance.
-  int64_t chunk = (65536 / (K > 0 ? K : 1)) & ~int64_t{3};
-  shared->chunk = chunk < 4 ? 4 : chunk;
-  shared->chunks = (N + shared->chunk - 1) / shared->chunk;
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), shared->chunks - 1);
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([shared] { Work(*shared); });
-  Work(*shared);
-  while (shared->done.load(std::memory_order_acquire) < shared->chunks) std::this_thread::yield();
+  const int64_t chunk = (65536 / (K > 0 ? K : 1)) & ~int64_t{3};
+  tokjax::ParallelColumns(pool, N, chunk < 4 ? 4 : chunk, [&p](int64_t begin, int64_t end) { Chunk(p, begin, end); });
   return ffi::Error::Success();
 }
 
