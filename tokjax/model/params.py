@@ -62,9 +62,7 @@ def _mamba_layer_specs(cfg: ModelConfig) -> dict[str, Any]:
 
 def param_specs(cfg: ModelConfig) -> Params:
     """Returns the nested dict of ParamSpec describing every parameter of ``cfg``."""
-    L, D, H, K, hd, F, V = (
-        cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_size, cfg.ff_size, cfg.vocab_size,
-    )
+    L, D, H, K, hd, F = cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_size, cfg.ff_size
     if cfg.mixer == "mamba":
         return _top_specs(cfg, _mamba_layer_specs(cfg))
     # Residual-writing projections get the GPT-2 1/sqrt(2L) scale so depth does not blow up the stream.
