@@ -82,6 +82,7 @@ VIDEO_FULL = (300, 1000)  # full mode: training steps per arm, samples per arm
 
 
 def run(quick: bool) -> list[Row]:
+    from experiments._common import memo_run
     from tokjax.vision.image_lm import image_batch_fn, next_token_cfg
     from tokjax.vision.nbp import nbp_batch_fn, nbp_decoder, nbp_loss
     from tokjax.vision.orders import raster
@@ -92,19 +93,27 @@ def run(quick: bool) -> list[Row]:
     floor = V.real_floor(n)
     seeds = RULE.run_seeds(quick)
     runs = {"ntp": [], **{k: [] for k in BLOCKS}}
-    for seed in seeds:
-        cfg = V.model_config(2)
-        fn = image_batch_fn(data.codes, data.labels, vocab, order, batch_size=V.BATCH,
-                            class_dropout=V.CLASS_DROPOUT, seed=seed)
-        ntp, t = V.train_arm(cfg, fn, steps=steps, seed=seed)
-        runs["ntp"].append({**V.evaluate(ntp, next_token_cfg(vocab, order, guided=False), n=n, seed=seed),
-                            "train_s": t})
-        for k in BLOCKS:
+    cfg = V.model_config(2)
+
+    def one_arm(seed: int, k) -> dict:  # k: "ntp" or a block size
+        if k == "ntp":
+            fn = image_batch_fn(data.codes, data.labels, vocab, order, batch_size=V.BATCH,
+                                class_dropout=V.CLASS_DROPOUT, seed=seed)
+            model, t = V.train_arm(cfg, fn, steps=steps, seed=seed)
+            strategy = next_token_cfg(vocab, order, guided=False)
+        else:
             fn = nbp_batch_fn(data.codes, data.labels, vocab, order, k, batch_size=V.BATCH,
                               class_dropout=V.CLASS_DROPOUT, seed=seed)
             model, t = V.train_arm(cfg, fn, steps=steps, seed=seed, loss_fn=nbp_loss)
-            runs[k].append({**V.evaluate(model, nbp_decoder(vocab, order, k, guided=False), n=n, seed=seed),
-                            "train_s": t})
+            strategy = nbp_decoder(vocab, order, k, guided=False)
+        return {**V.evaluate(model, strategy, n=n, seed=seed), "train_s": t}
+
+    for seed in seeds:  # each trained and evaluated arm is cached: a full run killed half-way resumes
+        for k in ("ntp",) + tuple(BLOCKS):
+            res = memo_run("p13-arm", dict(seed=seed, arm=k, steps=steps, n=n, cfg=cfg, batch=V.BATCH,
+                                           dropout=V.CLASS_DROPOUT, train=[V.TRAIN_N, V.TRAIN_SEED], version=1),
+                           lambda seed=seed, k=k: one_arm(seed, k))
+            runs[k].append({name: v.item() for name, v in res.items()})
     figure = V.fd_vs_passes("P13", "fd_vs_passes.png",
                             {"raster NTP": runs["ntp"], "NBP k=8 (rows)": runs[8], "NBP k=16 (2 rows)": runs[16]},
                             floor, f"P13 NBP vs NTP, glyphs 8x8x8 levels, {steps} steps")
@@ -140,6 +149,7 @@ def _temporal(r: dict) -> str:
 
 def run_video(quick: bool) -> list[Row]:
     """The video arm: NBP k = 64 (one frame per block) vs raster NTP on 4-frame moving glyphs (module docstring)."""
+    from experiments._common import memo_run
     from tokjax.vision.image_lm import image_batch_fn, next_token_cfg
     from tokjax.vision.nbp import nbp_batch_fn, nbp_decoder, nbp_loss
 
@@ -151,7 +161,9 @@ def run_video(quick: bool) -> list[Row]:
     floor = V.video_real_floor(n)
     seeds = VIDEO_RULE.run_seeds(quick)
     runs, rates, train_s, batch1 = {"ntp": [], "nbp": []}, [], 0.0, None
-    for seed in seeds:
+
+    def one_seed(seed: int, first: bool) -> dict:  # flat {"<arm>|<key>", "rate|<arm>", "batch1|<arm>", "train_s"}
+        out = {"train_s": 0.0}
         if quick:  # decode-only smoke: passes and speed do not depend on the weights
             models = {arm: V.init_model(cfg, seed) for arm in strategies}
         else:
@@ -162,13 +174,28 @@ def run_video(quick: bool) -> list[Row]:
             models = {}
             for arm, (fn, loss) in fns.items():
                 models[arm], t = V.train_arm(cfg, fn, steps=steps, seed=seed, loss_fn=loss)
-                train_s += t
+                out["train_s"] += t
         for arm, strategy in strategies.items():
-            runs[arm].append(V.evaluate_video(models[arm], strategy, n=n, seed=seed))
+            out.update({f"{arm}|{key}": v for key, v in
+                        V.evaluate_video(models[arm], strategy, n=n, seed=seed).items()})
         arms = {arm: (models[arm], strategies[arm]) for arm in strategies}
-        rates.append(V.decode_rate(arms, batch=SPEED_BATCH, seed=seed))
-        if batch1 is None:
-            batch1 = V.decode_rate(arms, batch=1, seed=seed)
+        out.update({f"rate|{arm}": v for arm, v in V.decode_rate(arms, batch=SPEED_BATCH, seed=seed).items()})
+        if first:
+            out.update({f"batch1|{arm}": v for arm, v in V.decode_rate(arms, batch=1, seed=seed).items()})
+        return out
+
+    for i, seed in enumerate(seeds):  # each seed's arms (trained, evaluated, timed) are cached: a killed run resumes
+        flat = memo_run("p13-video", dict(seed=seed, first=i == 0, steps=steps, n=n, cfg=cfg, batch=V.BATCH,
+                                          dropout=V.CLASS_DROPOUT, block=VIDEO_BLOCK, speed_batch=SPEED_BATCH,
+                                          train=[V.VIDEO_TRAIN_N, V.VIDEO_TRAIN_SEED], version=1),
+                        lambda seed=seed, i=i: one_seed(seed, i == 0))
+        flat = {name: v.item() for name, v in flat.items()}
+        train_s += flat["train_s"]
+        for arm in strategies:
+            runs[arm].append({key.split("|", 1)[1]: v for key, v in flat.items() if key.startswith(f"{arm}|")})
+        rates.append({arm: flat[f"rate|{arm}"] for arm in strategies})
+        if i == 0:
+            batch1 = {arm: flat[f"batch1|{arm}"] for arm in strategies}
     passes = {arm: runs[arm][0]["passes"] for arm in runs}
     speed = [r["nbp"] / r["ntp"] for r in rates]
     ratios = [a["fd"] / b["fd"] for a, b in zip(runs["nbp"], runs["ntp"])]
