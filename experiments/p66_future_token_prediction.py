@@ -218,6 +218,7 @@ def train_arm(arm, cfg, data, steps, seed):
 def run(quick: bool) -> list[Row]:
     import numpy as np
 
+    from experiments._common import memo_run
     from tokjax.model import ModelConfig
 
     steps = 250 if quick else 3000
@@ -228,12 +229,19 @@ def run(quick: bool) -> list[Row]:
     cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=128, n_layers=4, n_heads=4, max_len=128)
     res = {"gpt": [], "ftp": []}
     secs = {"gpt": 0.0, "ftp": 0.0}
-    for seed in seeds:
+    def one_arm(arm: str, seed: int) -> dict:
+        params, fc, s = train_arm(arm, cfg, data, steps, seed)
+        return {**_evaluate(params, cfg, arm, fc, data, topics, nb), "train_s": s}
+
+    for seed in seeds:  # each (seed, arm) is cached: a full run killed half-way resumes
         for arm in ("gpt", "ftp"):
-            params, fc, s = train_arm(arm, cfg, data, steps, seed)
-            secs[arm] += s
-            res[arm].append(_evaluate(params, cfg, arm, fc, data, topics, nb))
-            print(f"seed {seed} {arm}: {res[arm][-1]} ({s:.0f} s training)", flush=True)
+            out = memo_run("p66-arm", dict(arm=arm, seed=seed, steps=steps, cfg=cfg, seq=SEQ, batch=BATCH,
+                                           n_future=N_FUTURE, m_slots=M_SLOTS, decay=DECAY, lr=LR, version=1),
+                           lambda arm=arm, seed=seed: one_arm(arm, seed))
+            out = {k: v.item() for k, v in out.items()}
+            secs[arm] += out.pop("train_s")
+            res[arm].append(out)
+            print(f"seed {seed} {arm}: {res[arm][-1]}", flush=True)
 
     g, f = ({k: [r[k] for r in res[a]] for k in res[a][0]} for a in ("gpt", "ftp"))
     setting = (f"encoder d=128 x 4 from scratch, pydocs BPE-1024, {SEQ}-token windows x {BATCH}, {steps} AdamW steps; "
