@@ -80,8 +80,6 @@ def argmax_tf(params, cfg, toks, bs: int = 256):
 
 def accuracy(model, tok, examples, strategy, max_new: int):
     """Returns (exact-match accuracy %, % of decoded tokens iterated) of greedy TaH decoding."""
-    import numpy as np
-
     from tokjax.decoding import generate
     from tokjax.logits import greedy
     from tokjax.train.rl_tasks import check_arithmetic_cot
@@ -103,6 +101,7 @@ def run(quick: bool) -> list[Row]:
     import numpy as np
 
     import tokjax
+    from experiments._common import memo_run
     from tokjax.decoding.think_at_hard import decider_probs, init_decider, tah_data, tah_logits, think_at_hard
     from tokjax.train.recipes.think_at_hard import train_decider, train_tah
     from tokjax.train.rl_tasks import DATA, arithmetic_cot_splits, evaluate_greedy, max_completion_tokens
@@ -132,8 +131,8 @@ def run(quick: bool) -> list[Row]:
     n = len(toks)
     iterate = {"1-iter": np.zeros_like(mask), "always-2": mask, "TaH-oracle": hard}
 
-    res = {s: {} for s in seeds}
-    for s in seeds:
+    def one_seed(s: int) -> dict:  # flat {"<arm>|<metric>"} of one seed's trained, evaluated arms
+        res = {s: {}}
         for arm in ("1-iter", "always-2", "TaH-oracle"):
             it = iterate[arm]
 
@@ -174,6 +173,18 @@ def run(quick: bool) -> list[Row]:
             r["tf_frac"] = 100.0 * float(it_tf[test_mask].mean())
             print(f"P58 seed {s} {arm}: test acc {r['acc']:.1f}%, iterated {r['frac']:.1f}% of decoded tokens, "
                   f"hard-token acc {r['hard']:.1f}%, all-token acc {r['all']:.2f}%", flush=True)
+        return {f"{arm}|{k}": res[s][arm][k] for arm in ARMS for k in ("acc", "frac", "hard", "all", "tf_frac")}
+
+    res = {}
+    for s in seeds:  # each seed is cached: a full run killed half-way resumes
+        flat = memo_run("p58-seed", dict(seed=s, steps=steps, dec_steps=dec_steps, n_train=n_train, n_test=n_test,
+                                         batch=BATCH, lr=LR, rank=RANK, alpha=ALPHA, top_k=TOP_K, dims=DIMS,
+                                         dropout=DROPOUT, pos_weight=POS_WEIGHT, theta=THETA, version=1),
+                        lambda s=s: one_seed(s))
+        res[s] = {}
+        for name, v in flat.items():
+            arm, k = name.split("|")
+            res[s].setdefault(arm, {})[k] = v.item()
 
     get = lambda arm, k: [res[s][arm][k] for s in seeds]  # noqa: E731
     best = [max(a, b) for a, b in zip(get("1-iter", "acc"), get("always-2", "acc"))]
