@@ -36,6 +36,7 @@ def test_text_token_ids_drop_stopwords():
     assert text_token_ids(tok, "The cat, the CAT!") == sorted(set(tok.encode("cat")))
 
 
+@pytest.mark.slow
 def test_encode_equals_unbatched_forward(model):
     tok = CharTok()
     lists = prompt_ids(tok, ["short", "a somewhat longer passage of text", "mid length text"])

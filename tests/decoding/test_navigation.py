@@ -81,6 +81,7 @@ def test_each_round_lists_the_earlier_answers_in_one_generate_call(model, calls)
         assert "Already given: " + res.answers[j][0] in tok.decode(res.prompts[1][j])
 
 
+@pytest.mark.slow
 def test_round_one_is_greedy_decoding_and_top_one_forced_equals_it(model):
     tok = CharTokenizer()
     res = in_context_navigation(model, tok, QUESTIONS, 1, max_new_tokens=NEW, stop=())

@@ -81,6 +81,7 @@ def test_router_features_match_direct_computation(pair):
     assert (np.diff(np.asarray(f.top_logits), axis=-1) <= 0).all()
 
 
+@pytest.mark.slow
 def test_routing_decisions_match_teacher_forced_router(pair, router):
     """Each generated token is the LLM argmax where p_div(SLM step) >= theta, else the SLM argmax (naive recomputation)."""
     small, large = pair

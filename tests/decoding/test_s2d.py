@@ -97,6 +97,7 @@ def _state(model, prompts, steps):
     )
 
 
+@pytest.mark.slow
 def test_deferred_kv_fill_makes_deep_exits_exact(model):
     # Draft = target with exits (1, 4): a node that exits at depth 4 must be exactly the target's argmax
     # after its draft prefix -- which needs the layer 1..3 KV of earlier nodes that exited at depth 1.

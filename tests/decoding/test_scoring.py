@@ -13,6 +13,7 @@ CFG = tokjax.ModelConfig(vocab_size=40, d_model=32, n_layers=2, n_heads=4, n_kv_
 MODEL = Model(params=tokjax.model.init_params(CFG, jax.random.key(0)), cfg=CFG)
 
 
+@pytest.mark.slow
 def test_equals_token_stats_of_each_full_sequence_in_any_batch_size():
     prefix = [3, 7, 1, 9]
     conts = [[5], [2, 2, 8], [39, 0, 4, 4, 6], [1, 2]]

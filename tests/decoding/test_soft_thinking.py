@@ -72,6 +72,7 @@ def _reference(model, prompt, end, K, T, new, cold_h=0.0, cold_n=256):
     return toks
 
 
+@pytest.mark.slow
 def test_cached_decode_equals_full_forward_reference(model):
     end = 17
     out = tokjax.generate(model, PROMPTS, max_new_tokens=NEW, logits=L.greedy(),

@@ -296,6 +296,7 @@ def test_speculative_greedy_equals_plain_greedy_under_the_constraint(tiny):
     assert spec.stats["forward_calls"] < plain.stats["forward_calls"]  # drafts were accepted
 
 
+@pytest.mark.slow
 def test_speculative_rejection_sampling_outputs_parse(tiny):
     model, tok = tiny
     c = json_constraint(SCHEMA, tok)

@@ -70,6 +70,7 @@ def test_td_rewards_match_loop_and_loss_matches_naive():
 CFG = tokjax.ModelConfig(vocab_size=17, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, max_len=10)
 
 
+@pytest.mark.slow
 def test_lambda_zero_is_next_token_loss_value_and_gradient(method="cut"):
     params = tokjax.Model.init(CFG, jax.random.key(0)).params
     toks = np.random.default_rng(0).integers(0, 17, (3, 9)).astype(np.int32)

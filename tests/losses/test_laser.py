@@ -56,6 +56,7 @@ def _batches(laser, r):
     return base, prep
 
 
+@pytest.mark.slow
 def test_lambda_and_mixing_zero_reduce_exactly_to_grpo():
     r = _rollouts()
     laser = LaSeR(ZC, EOS, c_ref=-3.0, lam=0.0, alpha=0.0)

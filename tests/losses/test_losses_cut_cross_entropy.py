@@ -79,6 +79,7 @@ def assert_close(a, b, **tol):
     softcap=st.sampled_from([None, 2.5]), smoothing=st.sampled_from([0.0, 0.15]),
     zl=st.sampled_from([0.0, 1e-2]), use_bias=st.booleans(), seed=st.integers(0, 3),
 )
+@pytest.mark.slow
 def test_cut_equals_naive_value_and_gradient(N, D, V, block, reduction, use_weights, ignored, softcap, smoothing,
                                              zl, use_bias, seed):
     h, w, y, weights, bias = _problem(seed, N, D, V, n_ignored=min(ignored, N), scale=2.0)

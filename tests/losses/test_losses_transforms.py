@@ -183,6 +183,7 @@ def test_one_composition_for_loss_and_logit_transforms():
 
 
 # ------------------------------------------------------------------------ next_token_loss
+@pytest.mark.slow
 def test_next_token_loss_cut_equals_naive_equals_logits(model):
     tokens = _tokens()
     r = np.random.default_rng(5)

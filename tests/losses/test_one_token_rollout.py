@@ -103,6 +103,7 @@ def test_samples_follow_tempered_softmax_and_chunking_is_exact():
     assert full.dtype == jnp.int32 and full.shape == (3, 20000)
 
 
+@pytest.mark.slow
 def test_masks_and_rewards():
     h, w, y = _setup(7)
     samples = gumbel_max_sample(h, w, jax.random.PRNGKey(1), 8)

@@ -271,6 +271,7 @@ def test_bad_input_raises():
         RLFR(Model(params=tokjax.model.init_params(CFG, jax.random.key(0)), cfg=CFG), p, layers=(0,), online=1e-3)
 
 
+@pytest.mark.slow
 def test_online_flow_update_trains_on_correct_rollouts_only():
     from types import SimpleNamespace
 

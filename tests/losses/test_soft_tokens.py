@@ -52,6 +52,7 @@ def _hard_batch(out):
             "prompt_lengths": jnp.asarray(out.prompt_lengths), "lengths": jnp.asarray(out.lengths)}
 
 
+@pytest.mark.slow
 def test_all_hard_slots_equal_grpo_on_the_hard_likelihood(model):
     """Reduction (i): every slot hard -> the hard token log-probs and GRPO's loss and gradients exactly."""
     out = tokjax.generate(model, PROMPTS, key=jax.random.key(1), n=G, max_new_tokens=NEW, logits=L.temperature(1.0))

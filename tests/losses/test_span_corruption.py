@@ -123,6 +123,7 @@ def _reference_loss(params, rows):
     return -(lp * tm).sum() / tm.sum()
 
 
+@pytest.mark.slow
 def test_loss_matches_explicit_mask_reference_and_ignores_padding():
     params = tokjax.model.init_params(CFG, jax.random.key(0))
     toks = jax.random.randint(jax.random.key(1), (4, 16), 1, 30)

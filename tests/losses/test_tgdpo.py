@@ -55,6 +55,7 @@ def test_weights_reproduce_the_official_loss_and_alpha_zero_is_dpo():
                           rejected_weights=w0[B:])) == float(plain)
 
 
+@pytest.mark.slow
 def test_loss_fn_alpha_zero_equals_dpo_and_reports_spread():
     cfg = tokjax.ModelConfig(vocab_size=13, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, max_len=10)
     pol, ref, rm = (tokjax.Model.init(cfg, jax.random.key(i)).params for i in range(3))

@@ -183,6 +183,7 @@ def test_rl_train_plugins_reduce_exactly_to_grpo_at_p_zero_and_change_the_update
     assert diffs[0.0] <= 1e-6 and diffs[0.5] > 1e-6, diffs
 
 
+@pytest.mark.slow
 def test_select_matches_the_formula_on_the_model():
     """select's THR equals the brute-force formula on the model's final-normed hidden states and head."""
     model = Model(params=tokjax.model.init_params(CFG, jax.random.key(0)), cfg=CFG)

@@ -52,6 +52,7 @@ def test_matches_merged_weights_reference():
                                rtol=2e-4, atol=2e-4)
 
 
+@pytest.mark.slow
 def test_per_slot_gate_and_cached_fused_path():
     """A mixed gate: the scanned training path = the cached, unstacked+fused decode path slot by slot."""
     m = small_model()

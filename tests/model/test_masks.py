@@ -52,6 +52,7 @@ def random_tree(rng, T):
     return np.array([-1] + [int(rng.integers(-1, i)) for i in range(1, T)], np.int32)
 
 
+@pytest.mark.slow
 @settings(max_examples=6)  # each example compiles every mask kind; the slow suite runs more
 @given(st.integers(1, 3), st.integers(1, 7), st.integers(0, 10_000), st.booleans())
 def test_masks_match_numpy_oracle(B, T, seed, bidir):

@@ -169,6 +169,7 @@ def _assert_trees_close(got, want, what, tol=1e-5):
 
 
 # ------------------------------------------------------------------------------ (a) oracle
+@pytest.mark.slow
 def test_decoder_over_memory_cache_equals_cross_attention_reference():
     """Values and gradients (decoder params and memory) within 1e-5 of the reference for the MLM-U form
     (visible memory + self) and an arbitrary Explicit mask (a query that sees nothing included), values

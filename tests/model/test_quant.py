@@ -67,6 +67,7 @@ def test_int8_model_forward_tracks_float32_and_greedy_decoding_agrees():
     assert np.mean(np.asarray(a) == np.asarray(b)) > 0.8
 
 
+@pytest.mark.slow
 def test_int8_forward_equals_float_forward_of_the_dequantised_weights():
     """The int8 path computes exactly what the float path does with the int8 values' floats."""
     model = small_model(1)

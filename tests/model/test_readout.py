@@ -15,6 +15,7 @@ def model():
     return Model.init(cfg, jax.random.key(0))
 
 
+@pytest.mark.slow
 def test_every_batch_layout_equals_one_forward_per_list(model):
     want_h, want_z, want_mean = [], [], []
     for t in LISTS:

@@ -31,6 +31,7 @@ def model():
     return Model(params=tokjax.model.init_params(CFG, jax.random.key(0)), cfg=CFG)
 
 
+@pytest.mark.slow
 def test_rollout_log_probs_at_temperature_one_equal_token_stats():
     m = model()
     out = tokjax.generate(m, [[1, 2, 3], [4, 5]], key=jax.random.key(1), n=3, max_new_tokens=6,

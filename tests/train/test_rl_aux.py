@@ -40,6 +40,7 @@ def _leaves_equal(a, b):
     return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+@pytest.mark.slow
 def test_aux_none_is_the_plain_loop_bit_for_bit():
     """aux=None, prepare=None: rl_train equals a hand-written rollout -> group_advantages -> grpo step loop."""
     m, task = model(), CountTarget()

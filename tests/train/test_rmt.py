@@ -128,6 +128,7 @@ def test_task_prompts_answers_and_reward():
 
 # --------------------------------------------------------------------------- reductions
 
+@pytest.mark.slow
 def test_lambda0_fixed_budget_is_grpo_bit_for_bit():
     """ntp_weight = 0, gamma = 1: rmt == a hand-written GRPO loop on r = [y == x_t] + r_len(|o|; B_0)."""
     m = model()

@@ -84,6 +84,7 @@ def test_kd_from_a_train_config_naming_the_teacher():
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.slow
 def test_gld_from_a_train_config():
     batch = {"tokens": _tokens(4)}
     model, losses = _run(_tc(loss={"name": "gld", "teacher": "testmodels:teacher", "k": 4}, total_steps=4), lambda s: batch)

@@ -186,6 +186,7 @@ def test_frozen_prefix_is_read_from_the_trainable_set(deep):
     assert frozen_prefix({"w": np.zeros(3)}, {"w": True}) == 0  # no stacked layers
 
 
+@pytest.mark.slow
 def test_split_prefix_gives_the_same_loss_gradients_and_taps_bit_for_bit_and_skips_its_backward(deep):
     loss = functools.partial(_logits_loss, taps=True)
     k, unsplit = _masked_grad(deep, ("last:2",), split=False, loss=loss)

@@ -89,6 +89,7 @@ def test_generation_strategy_equals_teacher_forced_model(tok, lm):
     np.testing.assert_allclose(out.patches, np.asarray(M._decode_jit(tok, TOK_CFG, out.latents)), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_lm_loss_reduces_to_the_flow_loss_on_raw_latents():
     """The separate-representation baseline: feats = latents, no understanding term, and ming_lm_init(c, c) is
     continuous_init; the loss is then tokjax.vision.flow.flow_loss exactly."""

@@ -49,6 +49,7 @@ def _leaves_equal(a, b):
     return all(bool(jnp.array_equal(x, y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+@pytest.mark.slow
 def test_weights_010_is_exactly_next_token(setup, fns):
     params, batch = setup
     ref, ref_g = fns["ntp"](params, batch)
