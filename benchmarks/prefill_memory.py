@@ -1,12 +1,14 @@
-"""Prefill memory vs sequence length: causal attention by query blocks vs the full [T, T] mask.
+"""Prefill memory vs sequence length: the fused CPU kernel, causal attention by query blocks, the full [T, T] mask.
 
     python benchmarks/prefill_memory.py [--lengths 256,512,1024,2048,4096] [--figure docs/figures/prefill_memory.png]
 
 For the SmolLM2-135M shape (30 layers, d=576, 9 heads / 3 KV heads, V=49152) and batch 1, it
-compiles ``tokjax.model.prefill`` (the cache-free forward with keys/values taps) twice per length
-T: with the default causal mask, which runs :func:`tokjax.model.attention.causal_attend` (query
-blocks of ``CAUSAL_BLOCK`` that read only the keys they can see), and with the same causal
-visibility given as an ``Explicit`` [T, T] mask, which runs the full-mask path. It reports XLA's
+compiles ``tokjax.model.prefill`` (the cache-free forward with keys/values taps) three times per
+length T: with the default causal mask, which on CPU runs the fused kernel of
+``tokjax.model.causal_kernel`` (its scores live in a per-thread buffer of 6 x T floats, outside XLA's temporaries);
+the same with that kernel switched off, which runs :func:`tokjax.model.attention.causal_attend`'s
+query blocks of ``CAUSAL_BLOCK`` (what GPU/TPU without a fused kernel and differentiation run); and
+with the same causal visibility given as an ``Explicit`` [T, T] mask, which runs the full-mask path. It reports XLA's
 compiled temporary memory of each (``memory_analysis().temp_size_in_bytes``: no run, no weights;
 the compile uses abstract shapes), so the figure is deterministic and independent of machine load.
 """
@@ -21,14 +23,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def temp_mib(cfg, T: int, explicit: bool) -> float:
-    """Returns the compiled temporary MiB of a batch-1 forward over T tokens (no logits, keys/values tapped)."""
+def temp_mib(cfg, T: int, path: str) -> float:
+    """Returns the compiled temporary MiB of a batch-1 forward over T tokens (no logits, keys/values tapped)
+    with causal attention by ``path``: "kernel", "blocks" or "full"."""
+    from unittest import mock
+
     import jax
     import jax.numpy as jnp
 
-    from tokjax.model import Explicit, Inputs, Taps, forward, param_shapes
+    from tokjax.model import Explicit, Inputs, Taps, attention, forward, param_shapes
 
-    mask = Explicit(jnp.tril(jnp.ones((T, T), bool))) if explicit else None
+    mask = Explicit(jnp.tril(jnp.ones((T, T), bool))) if path == "full" else None
+    applies = attention.causal_kernel_applies if path == "kernel" else (lambda *a: False)
 
     def f(params, tokens):
         out = forward(params, cfg, Inputs(tokens=tokens), compute_logits=False, mask=mask,
@@ -37,7 +43,8 @@ def temp_mib(cfg, T: int, explicit: bool) -> float:
 
     shapes = param_shapes(cfg)
     tokens = jax.ShapeDtypeStruct((1, T), jnp.int32)
-    mem = jax.jit(f).lower(shapes, tokens).compile().memory_analysis()
+    with mock.patch.object(attention, "causal_kernel_applies", applies):  # a fresh trace per call
+        mem = jax.jit(f).lower(shapes, tokens).compile().memory_analysis()
     return mem.temp_size_in_bytes / 2**20
 
 
@@ -54,11 +61,11 @@ def main(argv=None) -> int:
     cfg = ModelConfig(vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, d_ff=1536,
                       rope_theta=1e5, tied_embeddings=True, max_len=8192)
     lengths = [256, 512, 1024] if args.quick else [int(x) for x in args.lengths.split(",")]
-    rows = [(T, temp_mib(cfg, T, False), temp_mib(cfg, T, True)) for T in lengths]
+    rows = [(T, temp_mib(cfg, T, "kernel"), temp_mib(cfg, T, "blocks"), temp_mib(cfg, T, "full")) for T in lengths]
     print(f"# prefill compiled temporary memory, SmolLM2-135M shape, batch 1, f32 (query block {CAUSAL_BLOCK})")
-    print(f"{'T':>6} {'blocked MiB':>12} {'full-mask MiB':>14} {'ratio':>6}")
-    for T, b, f in rows:
-        print(f"{T:>6} {b:>12.1f} {f:>14.1f} {f / b:>6.2f}")
+    print(f"{'T':>6} {'kernel MiB':>11} {'blocked MiB':>12} {'full-mask MiB':>14}")
+    for T, k, b, f in rows:
+        print(f"{T:>6} {k:>11.1f} {b:>12.1f} {f:>14.1f}")
     if args.figure:
         import matplotlib
 
@@ -66,8 +73,9 @@ def main(argv=None) -> int:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(5, 3.2))
-        ax.plot(lengths, [b for _, b, _ in rows], "o-", label=f"causal_attend (query blocks of {CAUSAL_BLOCK})")
-        ax.plot(lengths, [f for _, _, f in rows], "s--", label="full [T, T] mask")
+        ax.plot(lengths, [k for _, k, _, _ in rows], "^-", label="fused CPU kernel (default on CPU)")
+        ax.plot(lengths, [b for _, _, b, _ in rows], "o-", label=f"query blocks of {CAUSAL_BLOCK}")
+        ax.plot(lengths, [f for _, _, _, f in rows], "s--", label="full [T, T] mask")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log", base=2)
         ax.set_xlabel("prompt tokens T")

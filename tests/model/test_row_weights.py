@@ -53,10 +53,13 @@ def test_forward_on_the_row_layout_equals_forward_on_plain_params(tied):
     assert isinstance(rows["layers"][0]["wqkv"], rw.RowWeight)
     assert isinstance(rows["embed" if tied else "lm_head"], rw.RowWeight)
     assert rw.row_layout(rows, model.cfg)["layers"][0]["wqkv"].rows.shape == rows["layers"][0]["wqkv"].rows.shape
-    for B, T in ((2, 3), (3, 11)):  # 6 rows take the kernel, 33 the XLA dot
+    # 6 rows take the kernel, 33 the XLA dot, 80 (> _FUSED_MLP_MAX_ROWS) the fused gate/up split in two
+    for B, T in ((2, 3), (3, 11), (2, 40)):
         tokens = jax.random.randint(jax.random.key(B), (B, T), 0, model.cfg.vocab_size)
+        ref = tokjax.forward(model.params, model.cfg, tokjax.Inputs(tokens=tokens)).logits  # stacked, unfused
         a = tokjax.forward(plain, model.cfg, tokjax.Inputs(tokens=tokens)).logits
         b = tokjax.forward(rows, model.cfg, tokjax.Inputs(tokens=tokens)).logits
+        np.testing.assert_allclose(np.asarray(a), np.asarray(ref), rtol=1e-5, atol=1e-4)
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
 
 

@@ -11,11 +11,14 @@ mask spec except an explicit array; slots at or beyond ``offset + T`` are never 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Union
 
 import jax
 import jax.numpy as jnp
 from flax import struct
+
+from tokjax.model.causal_kernel import causal_attend_kernel, causal_kernel_applies
 
 
 @struct.dataclass
@@ -249,6 +252,8 @@ def causal_attend(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: jax.
     block too. Same values as ``attend(q, k, v, build_mask(Causal(), B, T))`` up to float summation order.
     ``fused`` (default: on platforms in ``FUSED_ATTENTION_PLATFORMS`` when there are no segments):
     ``jax.nn.dot_product_attention(..., is_causal=True)`` instead, which XLA/cuDNN fuse on GPU.
+    On CPU, float32 operands without segments run the fused kernel of
+    :mod:`tokjax.model.causal_kernel` (the query-block path under differentiation and elsewhere).
     """
     B, T = q.shape[:2]
     if fused is None:
@@ -257,6 +262,13 @@ def causal_attend(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: jax.
         if segment_ids is not None:
             raise ValueError("causal_attend(fused=True) does not take segment_ids (packed documents): use fused=False")
         return jax.nn.dot_product_attention(q, k, v, is_causal=True).astype(q.dtype)
+    if segment_ids is None and causal_kernel_applies(q, k, v):
+        return causal_attend_kernel(q, k, v, functools.partial(_causal_blocks, block=block))
+    return _causal_blocks(q, k, v, segment_ids=segment_ids, block=block)
+
+
+def _causal_blocks(q, k, v, *, segment_ids=None, block: int = CAUSAL_BLOCK):
+    B, T = q.shape[:2]
     if T <= block:
         return attend(q, k, v, build_mask(Causal(), B, T, segment_ids=segment_ids))
     seg = None if segment_ids is None else jnp.broadcast_to(segment_ids, (B, T))

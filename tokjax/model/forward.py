@@ -211,6 +211,20 @@ def _project(spec: str, x: jax.Array, w: Any, dt) -> jax.Array:
     return jnp.einsum(spec, x, w.astype(dt))
 
 
+# Above this many rows a fused gate/up product is split back into two: at 4096 tokens of the Llama-like
+# shape the [rows, 2F] product and its split took 6.4 s of prefill against 5.0 s unfused (decode keeps one read).
+_FUSED_MLP_MAX_ROWS = 64
+
+
+def _halves(w: Any) -> tuple[Any, Any]:
+    """The gate and up halves of a fused ``w_gate_up`` [D, 2F] (or its :class:`RowWeight` [2F, D])."""
+    if isinstance(w, RowWeight):
+        f = w.rows.shape[0] // 2
+        return (RowWeight(w.rows[:f], w.in_shape, (f,)), RowWeight(w.rows[f:], w.in_shape, (f,)))
+    f = w.shape[-1] // 2
+    return w[..., :f], w[..., f:]
+
+
 def _parse_hooks(hooks: Mapping[str, Callable] | None) -> dict[str, list[tuple[int | None, Callable]]]:
     out: dict[str, list] = {s: [] for s in HOOK_SITES}
     for name, fn in (hooks or {}).items():
@@ -331,9 +345,12 @@ def _layer(p, cfg, x, positions, mask_spec, segment_ids, layer, kv, hooks, want_
     sites["attn_out"] = a
     x = x + a
     h = norm(x, p["mlp_norm"], cfg)
-    if "w_gate_up" in p:
+    if "w_gate_up" in p and (B * T <= _FUSED_MLP_MAX_ROWS or isinstance(p["w_gate_up"], Int8Weight)):
         gu = _project("btd,df->btf", h, p["w_gate_up"], dt)
         gate, up = jnp.split(gu, 2, axis=-1)
+    elif "w_gate_up" in p:  # many rows (prefill): two products, no [rows, 2F] intermediate to split
+        w_gate, w_up = _halves(p["w_gate_up"])
+        gate, up = _project("btd,df->btf", h, w_gate, dt), _project("btd,df->btf", h, w_up, dt)
     else:
         up = _project("btd,df->btf", h, p["w_up"], dt)
         gate = _project("btd,df->btf", h, p["w_gate"], dt) if cfg.activation == "swiglu" else None
