@@ -52,6 +52,21 @@ def memo_run(prefix: str, key: dict, compute) -> dict:
     return {k: np.asarray(v) for k, v in out.items()}
 
 
+def memo_json(prefix: str, key: dict, compute):
+    """Returns ``compute()`` (nested dicts / lists of numbers and strings) cached like :func:`memo_run`, as JSON;
+    dict keys that were ints come back as ints."""
+    import json
+
+    def revive(d):
+        return {int(k) if k.lstrip("-").isdigit() else k: v for k, v in d.items()}
+
+    def plain(o):  # numpy scalars and arrays
+        return o.tolist() if hasattr(o, "tolist") else str(o)
+
+    out = memo_run(prefix, key, lambda: {"json": json.dumps(compute(), default=plain)})
+    return json.loads(str(out["json"]), object_hook=revive)
+
+
 def save_tree(path, tree) -> None:
     """Returns None after writing the leaves of ``tree`` to ``path`` (.npz, in tree-flatten order)."""
     import jax

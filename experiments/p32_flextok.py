@@ -55,6 +55,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python experiments/p32_flextok.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from experiments._common import memo_json  # noqa: E402
 from experiments._continuous import register_lm_config, register_pixels, register_tok_config, z_score  # noqa: E402
 from experiments._harness import Row, Rule, run_cli, save_figure, train_model  # noqa: E402
 
@@ -167,21 +168,31 @@ def run(quick: bool) -> list[Row]:
     floor = V.real_floor(EVAL_N)
     tok = {"nested": [], "fixed": []}
     gen, secs = [], {"nested": 0.0, "fixed": 0.0, "lm": 0.0}
-    for seed in seeds:
-        models = {}
+    def one_seed(seed):
+        models, out = {}, {"secs": {}}
         for arm, keep in (("nested", "pow2"), ("fixed", "none")):
             t0 = time.perf_counter()
             params = _train_tok(cfg, x_train, keep, tok_steps, seed)
-            secs[arm] += time.perf_counter() - t0
+            out["secs"][arm] = time.perf_counter() - t0
             models[arm] = params
-            tok[arm].append(_evaluate_tokenizer(params, cfg, seed))
+            out[arm] = _evaluate_tokenizer(params, cfg, seed)
         _, ids = jax.jit(flextok_encode, static_argnames=("cfg",))(models["nested"], cfg, x_train)
         t0 = time.perf_counter()
         lm, _ = train_model(lm_cfg, steps=lm_steps, batch_fn=register_batch_fn(np.asarray(ids), train.labels,
                                                                                batch_size=BATCH, seed=seed),
                             lr=LR, seed=seed, weight_decay=0.0)
-        secs["lm"] += time.perf_counter() - t0
-        gen.append(_evaluate_generation(lm, models["nested"], cfg, seed))
+        out["secs"]["lm"] = time.perf_counter() - t0
+        out["gen"] = _evaluate_generation(lm, models["nested"], cfg, seed)
+        return out
+
+    for seed in seeds:  # each seed's trained arms and evaluations cached: a killed full run resumes
+        r = memo_json("p32-seed", dict(seed=seed, tok_steps=tok_steps, lm_steps=lm_steps, eval_n=EVAL_N,
+                                       gen_n=GEN_N, ks=list(KS), flow=STEPS_FLOW, batch=BATCH, lr=LR), lambda: one_seed(seed))
+        for arm in tok:
+            tok[arm].append(r[arm])
+            secs[arm] += r["secs"][arm]
+        secs["lm"] += r["secs"]["lm"]
+        gen.append(r["gen"])
 
     mean = lambda xs: float(np.mean(xs))  # noqa: E731
     z_fd = [min(z_score(f[k]["fd"], f[k]["se"], n[k]["fd"], n[k]["se"]) for k in SMALL)

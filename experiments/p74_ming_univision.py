@@ -54,6 +54,7 @@ if __package__ in (None, ""):  # run as `python experiments/p74_ming_univision.p
 import numpy as np  # noqa: E402
 
 from experiments import _vision as V  # noqa: E402
+from experiments._common import memo_json  # noqa: E402
 from experiments._continuous import CLASSES, fd_with_se, glyph_set  # noqa: E402
 from experiments._harness import Row, Rule, run_cli, save_figure, train_model  # noqa: E402
 
@@ -224,7 +225,9 @@ def run(quick: bool) -> list[Row]:
     res = {"unified": [], "separate": []}
     curves = {"unified": [], "separate": []}
     toks = []
-    for seed in seeds:
+
+    def one_seed(seed):
+        out_ = {"curves": {}}
         t0 = time.perf_counter()
         tok, hist = _train_tokenizer(cfg, x, targets, tok_steps, seed)
         tok_s = time.perf_counter() - t0
@@ -234,12 +237,12 @@ def run(quick: bool) -> list[Row]:
         rec = _images(jax.jit(mingtok_decode, static_argnames="cfg")(tok, cfg, u_ev))
         rfd, rse = fd_with_se(rec)
         last = hist["train"][-1] if hist.get("train") else {}
-        toks.append({"acc": float(class_consistency(classifier(), rec, ev_labels)), "fd": rfd, "se": rse,
-                     "mse": float(np.mean((rec - ev_imgs) ** 2)), "seconds": tok_s,
-                     "align_cos": float(last.get("align_cos", float("nan")))})
+        out_["tok"] = {"acc": float(class_consistency(classifier(), rec, ev_labels)), "fd": rfd, "se": rse,
+                       "mse": float(np.mean((rec - ev_imgs) ** 2)), "seconds": tok_s,
+                       "align_cos": float(last.get("align_cos", float("nan")))}
         for arm, (tr, ev, va) in (("unified", (feats, f_ev, f_val)), ("separate", (u, u_ev, u_val))):
             model, curve, secs = _train_lm(lm_cfg, u, tr, labels, va, val_labels, lm_steps, seed)
-            curves[arm].append(curve)
+            out_["curves"][arm] = curve
             pred = np.argmax(np.asarray(jax.jit(lambda p, f: ming_understand(p, lm_cfg, f, num_classes=CLASSES))(
                 model.params, ev)), -1)
             t1 = time.perf_counter()
@@ -248,10 +251,19 @@ def run(quick: bool) -> list[Row]:
                    for s in range(0, GEN_N, 250)]
             gen = _images(np.concatenate([o.patches for o in out]))
             fd, se = fd_with_se(gen)
-            res[arm].append({"acc": float(np.mean(pred == ev_labels)), "fd": fd, "se": se,
-                             "consistency": float(class_consistency(classifier(), gen, want)),
-                             "steps_to_target": _steps_to_target(curve, lm_steps), "train_s": secs,
-                             "sample_s": time.perf_counter() - t1})
+            out_[arm] = {"acc": float(np.mean(pred == ev_labels)), "fd": fd, "se": se,
+                         "consistency": float(class_consistency(classifier(), gen, want)),
+                         "steps_to_target": _steps_to_target(curve, lm_steps), "train_s": secs,
+                         "sample_s": time.perf_counter() - t1}
+        return out_
+
+    for seed in seeds:  # each seed's tokenizer, both LMs and their evaluations cached: a killed full run resumes
+        r = memo_json("p74-seed", dict(seed=seed, tok_steps=tok_steps, lm_steps=lm_steps, eval_n=EVAL_N, val_n=VAL_N,
+                                       gen_n=GEN_N, tokens=TOKENS, head_steps=HEAD_STEPS), lambda: one_seed(seed))
+        toks.append(r["tok"])
+        for arm in res:
+            res[arm].append(r[arm])
+            curves[arm].append(r["curves"][arm])
 
     mean = lambda xs: float(np.mean(xs))  # noqa: E731
     valid = all(t["acc"] >= 0.5 for t in toks)
