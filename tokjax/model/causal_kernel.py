@@ -2,14 +2,15 @@
 
 XLA CPU runs :func:`tokjax.model.attention.causal_attend`'s query blocks at ~58 GFLOP/s because
 each block's [rows, keys] scores go through memory between the score matmul, three softmax
-passes and the value matmul; at 4096 tokens attention was 10.9 s of an 11.3 s SmolLM2 prefill
-(README). ``_kernels/causal_attention.cc`` (an XLA FFI custom call, compiled with g++ on first
+passes and the value matmul (timed alone at 4096 tokens, a SmolLM2 prefill's attention took 10.9 s
+and its projections 4.7 s of an 11.3 s prefill: the pieces overlap on two cores). ``_kernels/causal_attention.cc`` (an XLA FFI custom call, compiled with g++ on first
 use) computes
 
     o[b, t, h] = sum_{s <= t} softmax_s(q[b, t, h] . k[b, s, h // G] / sqrt(D)) v[b, s, h // G]
 
 for 6 query rows of one head at a time with their scores in an L1/L2-resident buffer: the same
-exact softmax (row max, exp, sum), summed in another order (``benchmarks/prefill_attention.py``).
+exact softmax (row max, exp, sum), summed in another order. Prefill against transformers and
+against this kernel switched off: ``benchmarks/prefill.py``.
 
 It runs where the cache-free causal forward runs (prefill, ``token_stats`` scoring) on CPU for
 float32 inputs with head size a multiple of 16 and no packed-document segments; elsewhere (GPU/TPU
