@@ -32,17 +32,17 @@ a ratio to tokjax's default step:
 ``bwd/fwd = (grad - fwd) / fwd``. Every time is reported by the wall clock and by this process's CPU seconds;
 on a loaded machine read the CPU columns (MFU cpu uses the matmul peak per CPU second).
 
-Measured 2026-12-06 (AMD EPYC, 2 cores under load ~9, one core pinned; CPU-time step ms, ratio to the default):
+Measured 2026-12-06 (AMD EPYC, 2 cores, other jobs paused; wall-clock step ms, ratio to the default):
 
     preset             default  unrolled     remat=dots   remat=full   naive CE     no donation  flax.nnx
-    tiny-pydocs 16x128  351     321 1.09x    328 1.07x    304 1.16x    341 1.03x    347 1.01x    339 1.03x
-    small 8x512        3572    3384 1.06x   3381 1.06x   3474 1.03x   3459 1.03x   3552 1.01x   4195 0.85x
+    tiny-pydocs 16x128  173     142 1.22x    160 1.08x    165 1.05x    174 1.00x    166 1.05x    220 0.79x
+    small 8x512        1213    1071 1.13x   1106 1.10x   1169 1.04x   1098 1.10x   1094 1.11x   2099 0.58x
 
-(MFU cpu 37% / 47%, bwd/fwd 4.3 / 2.9.) The gains of unrolling are within what this load lets us resolve, so the
-default stays ``scan_unroll=1, remat="none"`` (tokjax.train._step.DEFAULT_*), which keeps every existing run's
-numerics; the profile of the small grad: weight-gradient matmuls run as XLA ``dot`` with a transposed operand
-(25% of the time, at about half the rate of the forward's YNNPACK matmuls) plus their copy/transpose fusions
-(10%), and the scan's stacked residual buffers (zero-fill + dynamic-update-slice, 11%; removed by unrolling).
+(MFU 32.7% / 61.0% of 216.6 GFLOP/s, bwd/fwd 2.94 / 2.50.) The default stays ``scan_unroll=1, remat="none"``
+(tokjax.train._step.DEFAULT_*): unrolling gains what the scan's zero-filled stacked residual buffers cost, against
+a compile time that grows with depth. Earlier profiles of the small gradient found the differentiated query-block
+attention (its [T, T] weights stored per layer) and transposed copies feeding the weight-gradient matmuls; both are
+gone (the attention backward kernel of tokjax.model.causal_kernel; 2-D projections in tokjax.model.forward).
 """
 
 from __future__ import annotations

@@ -253,7 +253,7 @@ def causal_attend(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: jax.
     ``fused`` (default: on platforms in ``FUSED_ATTENTION_PLATFORMS`` when there are no segments):
     ``jax.nn.dot_product_attention(..., is_causal=True)`` instead, which XLA/cuDNN fuse on GPU.
     On CPU, float32 operands without segments run the fused kernel of
-    :mod:`tokjax.model.causal_kernel` (the query-block path under differentiation and elsewhere).
+    :mod:`tokjax.model.causal_kernel`, whose reverse mode is a kernel too (the query-block path elsewhere).
     """
     B, T = q.shape[:2]
     if fused is None:

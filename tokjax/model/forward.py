@@ -15,6 +15,7 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
+import math
 import re
 from typing import Any, Callable, Mapping
 
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from tokjax.model.activation import swiglu
 from tokjax.model import attention as attn_lib
 from tokjax.model.cache import KVCache, write_tokens
 from tokjax.model.config import ModelConfig
@@ -208,7 +210,35 @@ def _project(spec: str, x: jax.Array, w: Any, dt) -> jax.Array:
         return int8_matmul(x, w).astype(dt)
     if isinstance(w, RowWeight):
         return row_matmul(x.astype(dt), w).astype(dt)
-    return jnp.einsum(spec, x, w.astype(dt))
+    return _flat_matmul(spec, x, w.astype(dt))
+
+
+@functools.lru_cache(maxsize=None)
+def _split_spec(spec: str) -> tuple[int, int] | None:
+    """For an einsum ``lead+contracted, contracted+out -> lead+out`` (every projection's shape), returns
+    (number of contracted axes, number of out axes); else None."""
+    ins, out = spec.split("->")
+    lhs, rhs = ins.split(",")
+    n_c = len(set(lhs) & set(rhs))
+    lead, con, outs = lhs[:len(lhs) - n_c], lhs[len(lhs) - n_c:], rhs[n_c:]
+    return (n_c, len(outs)) if n_c and rhs[:n_c] == con and out == lead + outs else None
+
+
+def _flat_matmul(spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
+    """``jnp.einsum(spec, x, w)`` as one 2-D product [rows, in] @ [in, out].
+
+    Same values; the reason is the backward pass: differentiating the einsum over [B, T, ...] contracts the weight
+    gradient over two axes, which XLA CPU lowers through a transposed copy of the [rows, F] activation gradient
+    (fused with the elementwise work before it, reading with a stride of F). In the ``small`` preset's training
+    step those copies took 10% of the step; over flattened rows the weight gradient is a plain [in, rows] @
+    [rows, out] product with no copy (one SwiGLU MLP's forward + backward at 8 x 511 rows: 186 -> 165 ms)."""
+    split = _split_spec(spec)
+    if split is None:
+        return jnp.einsum(spec, x, w)
+    n_c, n_o = split
+    lead, con, outs = x.shape[:x.ndim - n_c], w.shape[:n_c], w.shape[n_c:]
+    rows = x.reshape(-1, math.prod(con)) @ w.reshape(math.prod(con), math.prod(outs))
+    return rows.reshape(lead + outs)
 
 
 # Above this many rows a fused gate/up product is split back into two: at 4096 tokens of the Llama-like
@@ -360,7 +390,7 @@ def _layer(p, cfg, x, positions, mask_spec, segment_ids, layer, kv, hooks, want_
     if cfg.bias:
         up = up + p["b_up"].astype(dt)
     if cfg.activation == "swiglu":
-        act = jax.nn.silu(gate) * up
+        act = swiglu(gate, up)
     else:
         act = jax.nn.gelu(up, approximate=True)  # GPT-2's "gelu_new" (tanh approximation)
     m = _lora_add(_project("btf,fd->btd", act, p["w_down"], dt), act, lora, "w_down")

@@ -75,10 +75,11 @@ struct Problem {
   int64_t B, T, Tp, H, KV, D;
 };
 
-// Scores of rows t0..t0+MR-1 against keys [0, np) (np a multiple of 64), scaled, into s[r * Tp + j].
+// Products of rows q[0..MR) with keys [0, np) (np a multiple of 64; kt transposed [D, Tp]), times scale, into
+// s[r * Tp + j]: the scores in the forward, and also do . v (scale 1) in the backward.
 template <int MR>
-inline void Scores(const Problem& p, const float* const* q, const float* kt, int64_t np, float* s) {
-  const float scale = 1.f / std::sqrt(static_cast<float>(p.D));
+inline void Scores(const Problem& p, const float* const* q, const float* kt, int64_t np, float* s,
+                   float scale) {
   for (int64_t j = 0; j < np; j += kKeyBlock) {
     vf acc[MR][4];
 #pragma GCC unroll 8
@@ -164,7 +165,7 @@ void Tile(const Problem& p, int64_t b, int64_t h, int64_t t0, std::vector<float>
     q[r] = p.q + ((b * p.T + t0 + r) * p.H + h) * p.D;
     o[r] = p.o + ((b * p.T + t0 + r) * p.H + h) * p.D;
   }
-  Scores<MR>(p, q, p.kt + (b * p.KV + g) * p.D * p.Tp, np, s);
+  Scores<MR>(p, q, p.kt + (b * p.KV + g) * p.D * p.Tp, np, s, 1.f / std::sqrt(static_cast<float>(p.D)));
   float inv[MR];
   for (int r = 0; r < MR; ++r) inv[r] = Softmax(s + r * p.Tp, t0 + r, np);
   const float* v = p.v + (b * p.T * p.KV + g) * p.D;
@@ -214,6 +215,173 @@ ffi::Error Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::
   return ffi::Error::Success();
 }
 
+
+// ------------------------------------------------------------------------------------------ backward
+// Given do = dL/do, with p[t, s] the softmax weights above (recomputed here, never stored) and c = 1 / sqrt(D):
+//   dp[t, s] = do[t] . v[s],   ds[t, s] = p[t, s] (dp[t, s] - sum_s' p[t, s'] dp[t, s']),
+//   dq[t] = c sum_{s <= t} ds[t, s] k[s],   dk[s] = c sum_{t >= s} ds[t, s] q[t],   dv[s] = sum_{t >= s} p[t, s] do[t]
+// per tile of MR query rows of one head: five products of the tile with the keys it sees, where XLA's
+// differentiated query blocks store the [T, T] weights per layer and run at ~60 GFLOP/s. One work item owns the
+// rows [r0, r1) of every query head of one key head of one batch row, so it alone writes those dq rows and its own
+// partial dk, dv [T, D] (chunk c of the [C, B, T, KV, D] outputs; the caller sums the C chunks).
+
+struct Grads {
+  Problem p;         // q, kt (keys [B, KV, D, Tp]), v unused, o unused, sizes
+  const float* k;    // [B, T, KV, D]
+  const float* vt;   // [B, KV, D, Tp]: values transposed, zero-padded
+  const float* dout; // [B, T, H, D]
+  float* dq;         // [B, T, H, D]
+  float* dk;         // [C, B, T, KV, D]
+  float* dv;         // [C, B, T, KV, D]
+  int64_t C;
+};
+
+// acc[j, c0 .. c0 + 16 DV) += sum_r w[r * Tp + j] x[r][c0 ..] for keys j < n (rows of acc `stride` apart).
+template <int MR, int DV>
+inline void Accumulate(const float* w, int64_t Tp, const float* const* x, int64_t n, int64_t c0, float* acc,
+                       int64_t stride) {
+  vf xr[MR][DV];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+    for (int c = 0; c < DV; ++c) xr[r][c] = Load(x[r] + c0 + c * kLanes);
+  for (int64_t j = 0; j < n; ++j) {
+    float* a = acc + j * stride + c0;
+    vf av[DV];
+    for (int c = 0; c < DV; ++c) av[c] = Load(a + c * kLanes);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const vf wv = Splat(w[r * Tp + j]);
+      for (int c = 0; c < DV; ++c) av[c] += wv * xr[r][c];
+    }
+    for (int c = 0; c < DV; ++c) Store(a + c * kLanes, av[c]);
+  }
+}
+
+template <int MR>
+inline void AccumulateAll(const float* w, int64_t Tp, const float* const* x, int64_t n, int64_t D, float* acc,
+                          int64_t stride) {
+  int64_t c0 = 0;
+  for (; c0 + 4 * kLanes <= D; c0 += 4 * kLanes) Accumulate<MR, 4>(w, Tp, x, n, c0, acc, stride);
+  switch ((D - c0) / kLanes) {
+    case 3: Accumulate<MR, 3>(w, Tp, x, n, c0, acc, stride); break;
+    case 2: Accumulate<MR, 2>(w, Tp, x, n, c0, acc, stride); break;
+    case 1: Accumulate<MR, 1>(w, Tp, x, n, c0, acc, stride); break;
+    default: break;
+  }
+}
+
+template <int MR>
+void GradTile(const Grads& gr, int64_t b, int64_t h, int64_t t0, float* s, float* ds, float* dk, float* dv) {
+  const Problem& p = gr.p;
+  const int64_t g = h / (p.H / p.KV);
+  const int64_t n = t0 + MR;
+  const int64_t np = (n + kKeyBlock - 1) / kKeyBlock * kKeyBlock;
+  const float c = 1.f / std::sqrt(static_cast<float>(p.D));
+  const float* q[MR];
+  const float* d[MR];
+  float* dq[MR];
+  for (int r = 0; r < MR; ++r) {
+    const int64_t row = ((b * p.T + t0 + r) * p.H + h) * p.D;
+    q[r] = p.q + row;
+    d[r] = gr.dout + row;
+    dq[r] = gr.dq + row;
+  }
+  Scores<MR>(p, q, p.kt + (b * p.KV + g) * p.D * p.Tp, np, s, c);
+  Scores<MR>(p, d, gr.vt + (b * p.KV + g) * p.D * p.Tp, np, ds, 1.f);
+  float ones[MR];
+  for (int r = 0; r < MR; ++r) {
+    float* pr = s + r * p.Tp;
+    float* dr = ds + r * p.Tp;
+    const vf inv = Splat(Softmax(pr, t0 + r, np));
+    vf dot = vf{};
+    for (int64_t j = 0; j < np; j += kLanes) {
+      const vf w = Load(pr + j) * inv;
+      Store(pr + j, w);
+      dot += w * Load(dr + j);
+    }
+    const vf delta = Splat(HorizontalSum(dot));
+    for (int64_t j = 0; j < np; j += kLanes) Store(dr + j, Load(pr + j) * (Load(dr + j) - delta) * c);
+    ones[r] = 1.f;
+  }
+  const float* k = gr.k + (b * p.T * p.KV + g) * p.D;
+  int64_t c0 = 0;
+  for (; c0 + 4 * kLanes <= p.D; c0 += 4 * kLanes) Values<MR, 4>(p, ds, k, n, c0, ones, dq);
+  switch ((p.D - c0) / kLanes) {
+    case 3: Values<MR, 3>(p, ds, k, n, c0, ones, dq); break;
+    case 2: Values<MR, 2>(p, ds, k, n, c0, ones, dq); break;
+    case 1: Values<MR, 1>(p, ds, k, n, c0, ones, dq); break;
+    default: break;
+  }
+  AccumulateAll<MR>(s, p.Tp, d, n, p.D, dv, p.KV * p.D);
+  AccumulateAll<MR>(ds, p.Tp, q, n, p.D, dk, p.KV * p.D);
+}
+
+// First query row of chunk c of C: the chunks' work (rows x keys seen) is about equal.
+inline int64_t ChunkStart(int64_t c, int64_t C, int64_t T) {
+  if (c >= C) return T;
+  return std::min<int64_t>(T, static_cast<int64_t>(std::lround(T * std::sqrt(static_cast<double>(c) / C))));
+}
+
+void GradItem(const Grads& gr, int64_t item, std::vector<float>& scratch) {
+  const Problem& p = gr.p;
+  const int64_t ch = item / (p.B * p.KV), b = (item / p.KV) % p.B, g = item % p.KV;
+  const int64_t r0 = ChunkStart(ch, gr.C, p.T), r1 = ChunkStart(ch + 1, gr.C, p.T);
+  const int64_t off = ((ch * p.B + b) * p.T * p.KV + g) * p.D;
+  float* dk = gr.dk + off;
+  float* dv = gr.dv + off;
+  for (int64_t j = 0; j < p.T; ++j) {
+    std::memset(dk + j * p.KV * p.D, 0, p.D * sizeof(float));
+    std::memset(dv + j * p.KV * p.D, 0, p.D * sizeof(float));
+  }
+  if (scratch.size() < static_cast<size_t>(2 * kRows * p.Tp)) scratch.resize(2 * kRows * p.Tp);
+  float* s = scratch.data();
+  float* ds = s + kRows * p.Tp;
+  const int64_t G = p.H / p.KV;
+  for (int64_t h = g * G; h < (g + 1) * G; ++h) {
+    for (int64_t t0 = r0; t0 < r1; t0 += kRows) {
+      switch (std::min<int64_t>(kRows, r1 - t0)) {
+        case 6: GradTile<6>(gr, b, h, t0, s, ds, dk, dv); break;
+        case 5: GradTile<5>(gr, b, h, t0, s, ds, dk, dv); break;
+        case 4: GradTile<4>(gr, b, h, t0, s, ds, dk, dv); break;
+        case 3: GradTile<3>(gr, b, h, t0, s, ds, dk, dv); break;
+        case 2: GradTile<2>(gr, b, h, t0, s, ds, dk, dv); break;
+        case 1: GradTile<1>(gr, b, h, t0, s, ds, dk, dv); break;
+        default: break;
+      }
+    }
+  }
+}
+
+ffi::Error GradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> kt,
+                    ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> vt, ffi::Buffer<ffi::F32> dout,
+                    ffi::ResultBuffer<ffi::F32> dq, ffi::ResultBuffer<ffi::F32> dk,
+                    ffi::ResultBuffer<ffi::F32> dv) {
+  const auto qd = q.dimensions(), ktd = kt.dimensions(), kd = k.dimensions(), vtd = vt.dimensions(),
+             od = dout.dimensions(), dkd = dk->dimensions(), dvd = dv->dimensions();
+  const char* shapes =
+      "causal_attention_grad: expected q, dout [B, T, H, D], kt, vt [B, KV, D, Tp], k [B, T, KV, D] and dk, dv "
+      "[C, B, T, KV, D] with H % KV == 0, D % 16 == 0, Tp >= T, Tp % 64 == 0 and C >= 1";
+  if (qd.size() != 4 || ktd.size() != 4 || kd.size() != 4 || vtd.size() != 4 || od.size() != 4 ||
+      dkd.size() != 5 || dvd.size() != 5)
+    return ffi::Error::InvalidArgument(shapes);
+  Grads gr{Problem{q.typed_data(), kt.typed_data(), nullptr, nullptr, qd[0], qd[1], ktd[3], qd[2], ktd[1], qd[3]},
+           k.typed_data(), vt.typed_data(), dout.typed_data(), dq->typed_data(), dk->typed_data(),
+           dv->typed_data(), dkd[0]};
+  const Problem& p = gr.p;
+  bool ok = ktd[0] == p.B && ktd[2] == p.D && p.Tp % kKeyBlock == 0 && p.Tp >= p.T && p.KV > 0 &&
+            p.H % p.KV == 0 && p.D % kLanes == 0 && gr.C >= 1;
+  for (int i = 0; i < 4; ++i) ok = ok && vtd[i] == ktd[i] && od[i] == qd[i];
+  const int64_t kshape[4] = {p.B, p.T, p.KV, p.D};
+  for (int i = 0; i < 4; ++i) ok = ok && kd[i] == kshape[i] && dkd[i + 1] == kshape[i] && dvd[i + 1] == kshape[i];
+  ok = ok && dvd[0] == gr.C;
+  if (!ok) return ffi::Error::InvalidArgument(shapes);
+  tokjax::ParallelColumns(pool, gr.C * p.B * p.KV, 1, [&gr](int64_t begin, int64_t end) {
+    thread_local std::vector<float> scratch;
+    for (int64_t i = begin; i < end; ++i) GradItem(gr, i, scratch);
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(TokjaxCausalAttention, Impl,
@@ -222,4 +390,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(TokjaxCausalAttention, Impl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(TokjaxCausalAttentionGrad, GradImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
