@@ -152,6 +152,20 @@ inline void Values(const Problem& p, const float* s, const float* v, int64_t n, 
     for (int c = 0; c < DV; ++c) Store(o[r] + c0 + c * kLanes, acc[r][c] * inv[r]);
 }
 
+// Values over every column of D, 64 at a time, then the 16-48 left.
+template <int MR>
+inline void ValuesAll(const Problem& p, const float* s, const float* v, int64_t n, const float* inv,
+                      float* const* o) {
+  int64_t c0 = 0;
+  for (; c0 + 4 * kLanes <= p.D; c0 += 4 * kLanes) Values<MR, 4>(p, s, v, n, c0, inv, o);
+  switch ((p.D - c0) / kLanes) {
+    case 3: Values<MR, 3>(p, s, v, n, c0, inv, o); break;
+    case 2: Values<MR, 2>(p, s, v, n, c0, inv, o); break;
+    case 1: Values<MR, 1>(p, s, v, n, c0, inv, o); break;
+    default: break;
+  }
+}
+
 template <int MR>
 void Tile(const Problem& p, int64_t b, int64_t h, int64_t t0, std::vector<float>& scratch) {
   const int64_t g = h / (p.H / p.KV);
@@ -168,15 +182,7 @@ void Tile(const Problem& p, int64_t b, int64_t h, int64_t t0, std::vector<float>
   Scores<MR>(p, q, p.kt + (b * p.KV + g) * p.D * p.Tp, np, s, 1.f / std::sqrt(static_cast<float>(p.D)));
   float inv[MR];
   for (int r = 0; r < MR; ++r) inv[r] = Softmax(s + r * p.Tp, t0 + r, np);
-  const float* v = p.v + (b * p.T * p.KV + g) * p.D;
-  int64_t c0 = 0;
-  for (; c0 + 4 * kLanes <= p.D; c0 += 4 * kLanes) Values<MR, 4>(p, s, v, n, c0, inv, o);
-  switch ((p.D - c0) / kLanes) {
-    case 3: Values<MR, 3>(p, s, v, n, c0, inv, o); break;
-    case 2: Values<MR, 2>(p, s, v, n, c0, inv, o); break;
-    case 1: Values<MR, 1>(p, s, v, n, c0, inv, o); break;
-    default: break;
-  }
+  ValuesAll<MR>(p, s, p.v + (b * p.T * p.KV + g) * p.D, n, inv, o);
 }
 
 constexpr int kRows = 6;  // 6 rows x 4 vectors: 24 accumulators of the 32 vector registers
@@ -303,15 +309,7 @@ void GradTile(const Grads& gr, int64_t b, int64_t h, int64_t t0, float* s, float
     for (int64_t j = 0; j < np; j += kLanes) Store(dr + j, Load(pr + j) * (Load(dr + j) - delta) * c);
     ones[r] = 1.f;
   }
-  const float* k = gr.k + (b * p.T * p.KV + g) * p.D;
-  int64_t c0 = 0;
-  for (; c0 + 4 * kLanes <= p.D; c0 += 4 * kLanes) Values<MR, 4>(p, ds, k, n, c0, ones, dq);
-  switch ((p.D - c0) / kLanes) {
-    case 3: Values<MR, 3>(p, ds, k, n, c0, ones, dq); break;
-    case 2: Values<MR, 2>(p, ds, k, n, c0, ones, dq); break;
-    case 1: Values<MR, 1>(p, ds, k, n, c0, ones, dq); break;
-    default: break;
-  }
+  ValuesAll<MR>(p, ds, gr.k + (b * p.T * p.KV + g) * p.D, n, ones, dq);
   AccumulateAll<MR>(s, p.Tp, d, n, p.D, dv, p.KV * p.D);
   AccumulateAll<MR>(ds, p.Tp, q, n, p.D, dk, p.KV * p.D);
 }
