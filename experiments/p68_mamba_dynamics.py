@@ -98,8 +98,9 @@ def train_variants(quick: bool) -> dict:
                 nll = jax.jit(lambda p: -jnp.mean(token_stats(p, cfg, {"tokens": val}).logp))(model.params)
                 return {"nll": float(nll), "labels": np.array(regime(model.params, cfg).labels)}
 
+            # version 2: runs trained with mamba_mixer's fused scan (1.55x faster steps; same math, other rounding)
             res = memo_run("p68-run", dict(cfg=cfg, seed=seed, steps=steps, lr=3e-3, warmup=50, wd=0.1, batch=BATCH,
-                                           seq=SEQ, n_val=int(val.shape[0]), version=1), one_run)
+                                           seq=SEQ, n_val=int(val.shape[0]), version=2), one_run)
             out[str(v)].append(data.bits_per_byte(float(res["nll"])))
             labels[(seed, str(v))] = tuple(str(x) for x in res["labels"])
     return {"bpb": out, "labels": labels, "steps": steps, "n_val": int(val.shape[0])}

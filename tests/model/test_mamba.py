@@ -1,4 +1,4 @@
-"""Mamba-1 layers (mixer="mamba"): associative scan == step-by-step recurrence == cached decode (generate),
+"""Mamba-1 layers (mixer="mamba"): fused scan == associative scan == step-by-step recurrence == cached decode (generate),
 sites and hooks, packed segments, the P68 constrained x_proj's signs, bad input, and training through tokjax.train."""
 
 import jax
@@ -39,11 +39,23 @@ def test_associative_scan_equals_the_step_by_step_recurrence():
     h = jax.random.normal(jax.random.key(2), (3, 11, m.cfg.d_model))
     state = MambaState(conv=jax.random.normal(jax.random.key(3), (3, 3, m.cfg.ssm_inner)),
                        ssm=jax.random.normal(jax.random.key(4), (3, m.cfg.ssm_inner, m.cfg.ssm_state)))
-    ya, sa = _mixer(p, m.cfg, h, state=state, method="associative")
     ys, ss = _mixer(p, m.cfg, h, state=state, method="sequential")
-    np.testing.assert_allclose(ya, ys, atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(sa.ssm, ss.ssm, atol=1e-5, rtol=1e-5)
-    np.testing.assert_array_equal(sa.conv, ss.conv)
+    for method in ("associative", "fused"):
+        ya, sa = _mixer(p, m.cfg, h, state=state, method=method)
+        np.testing.assert_allclose(ya, ys, atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(sa.ssm, ss.ssm, atol=1e-5, rtol=1e-5)
+        np.testing.assert_array_equal(sa.conv, ss.conv)
+    # the fused scan (the default) with a right-padded prefill's stops, and with packed segments and gradients
+    stop = jnp.asarray([0, 4, 11])
+    y_ref, st_ref = _mixer(p, m.cfg, h, state=state, stop=stop, method="sequential")
+    y, st_ = _mixer(p, m.cfg, h, state=state, stop=stop, method="fused")
+    np.testing.assert_allclose(y, y_ref, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(st_.ssm, st_ref.ssm, atol=1e-5, rtol=1e-5)
+    seg = jnp.asarray([[0] * 5 + [1] * 6, [0] * 11, [0, 0, 1, 1, 1, 2, 2, 2, 2, 3, 3]])
+    loss = lambda method: jax.grad(lambda pp, hh: jnp.sum(jnp.sin(
+        mamba_mixer(pp, m.cfg, hh, segment_ids=seg, method=method)[0])), (0, 1))(p, h)
+    for a_, b_ in zip(jax.tree.leaves(loss("fused")), jax.tree.leaves(loss("associative"))):
+        np.testing.assert_allclose(np.asarray(a_), np.asarray(b_), atol=1e-4, rtol=1e-4)
     # the recurrence itself, written out with a Python loop over time
     a = jax.random.uniform(jax.random.key(5), (2, 7, 3))
     b = jax.random.normal(jax.random.key(6), (2, 7, 3))
