@@ -124,3 +124,13 @@ def test_train_throughput_benchmark_runs_at_a_tiny_size(capsys):
     assert mod.main(["--quick", "--presets", "micro", "--arms", "default,flax.nnx", "--steps", "1"]) == 0
     out = capsys.readouterr().out
     assert "MFU" in out and "flax.nnx" in out and "micro" in out
+
+
+@pytest.mark.slow  # three jitted vjps and torch: a few seconds, a smoke test of the script
+def test_attention_grad_benchmark_runs_at_a_small_size(capsys):
+    spec = importlib.util.spec_from_file_location("bench_attention_grad", ROOT / "benchmarks" / "attention_grad.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--quick", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "tokjax ms" in out and "query blocks" in out and "2 x 256" in out
