@@ -24,8 +24,8 @@ weights and forms dq, and adds the tile's share of dk and dv,
     dk[s] = sum_t ds[t, s] q[t] / sqrt(D),   dv[s] = sum_t p[t, s] do[t],
 
 so a layer's backward pass keeps q, k, v instead of the query blocks' [T, T] weights. In the ``small`` preset's
-training step (8 x 512 tokens) one layer's attention forward + backward went from 121 ms (the differentiated
-query blocks) to 20 ms. :func:`causal_attend_kernel` is a ``custom_vjp``: ``jax.jvp`` through it raises JAX's
+training step (8 x 511 tokens, 8/4 heads x 32) one layer's attention forward + backward went from 123.9 ms (the
+differentiated query blocks) to 30.6 ms (``benchmarks/attention_grad.py``: torch's SDPA took 78.9 ms). :func:`causal_attend_kernel` is a ``custom_vjp``: ``jax.jvp`` through it raises JAX's
 forward-mode TypeError (``TOKJAX_ATTENTION_KERNEL=0`` gives the query-block path, which has forward mode);
 ``vmap`` of its gradient, gradients of its gradient and Hessian-vector products work (they differentiate the
 query-block path). Tests: ``tests/model/test_causal_kernel.py``.
