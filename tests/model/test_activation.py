@@ -24,6 +24,11 @@ def test_swiglu_value_and_gradients_equal_autodiff(seed, scale):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-5 * scale * scale)
 
 
+def test_swiglu_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="one shape"):
+        swiglu(jnp.ones((2, 3)), jnp.ones((2, 4)))
+
+
 def test_swiglu_gradient_is_finite_for_extreme_gates():
     g = jnp.asarray([-1e4, -100.0, 0.0, 100.0, 1e4], jnp.float32)
     dg, du = jax.grad(lambda g, u: jnp.sum(swiglu(g, u)), (0, 1))(g, jnp.ones_like(g))

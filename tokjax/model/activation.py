@@ -19,14 +19,21 @@ import jax.numpy as jnp
 __all__ = ["swiglu"]
 
 
-@jax.custom_vjp
 def swiglu(gate: jax.Array, up: jax.Array) -> jax.Array:
-    """Returns silu(gate) * up (the SwiGLU MLP's hidden activation) with a two-residual backward pass."""
+    """Returns silu(gate) * up (the SwiGLU MLP's hidden activation) with a two-residual backward pass;
+    ``gate`` and ``up`` of one shape."""
+    if jnp.shape(gate) != jnp.shape(up):
+        raise ValueError(f"swiglu needs gate and up of one shape, got {jnp.shape(gate)} and {jnp.shape(up)}")
+    return _swiglu(gate, up)
+
+
+@jax.custom_vjp
+def _swiglu(gate, up):
     return jax.nn.silu(gate) * up
 
 
 def _fwd(gate, up):
-    return swiglu(gate, up), (gate, up)
+    return _swiglu(gate, up), (gate, up)
 
 
 def _bwd(res, d):
@@ -37,4 +44,4 @@ def _bwd(res, d):
     return jax.lax.optimization_barrier((d_gate.astype(gate.dtype), d_up.astype(up.dtype)))
 
 
-swiglu.defvjp(_fwd, _bwd)
+_swiglu.defvjp(_fwd, _bwd)
