@@ -34,15 +34,17 @@ on a loaded machine read the CPU columns (MFU cpu uses the matmul peak per CPU s
 
 Measured 2026-12-06 (AMD EPYC, 2 cores, other jobs paused; wall-clock step ms, ratio to the default):
 
-    preset             default  unrolled     remat=dots   remat=full   naive CE     no donation  flax.nnx
-    tiny-pydocs 16x128  173     142 1.22x    160 1.08x    165 1.05x    174 1.00x    166 1.05x    220 0.79x
-    small 8x512        1213    1071 1.13x   1106 1.10x   1169 1.04x   1098 1.10x   1094 1.11x   2099 0.58x
+    preset             default  scan         unrolled     remat=dots   remat=full   naive CE     no donation  flax.nnx
+    tiny-pydocs 16x128  122     125 0.98x    117 1.04x    121 1.01x    131 0.93x    119 1.02x    117 1.04x    179 0.68x
+    small 8x512        1176    1136 1.04x   1091 1.08x   1169 1.01x   1290 0.91x   1084 1.08x   1071 1.10x   2093 0.56x
 
-(MFU 32.7% / 61.0% of 216.6 GFLOP/s, bwd/fwd 2.94 / 2.50.) The default stays ``scan_unroll=1, remat="none"``
-(tokjax.train._step.DEFAULT_*): unrolling gains what the scan's zero-filled stacked residual buffers cost, against
-a compile time that grows with depth. Earlier profiles of the small gradient found the differentiated query-block
-attention (its [T, T] weights stored per layer) and transposed copies feeding the weight-gradient matmuls; both are
-gone (the attention backward kernel of tokjax.model.causal_kernel; 2-D projections in tokjax.model.forward).
+(MFU 47.4% / 64.2% of ~215 GFLOP/s, bwd/fwd 2.43 / 2.09.) The default is ``scan_unroll="auto", remat="none"``
+(tokjax.train._step.DEFAULT_*): stacks of up to ``tokjax.model.forward.AUTO_UNROLL_MAX_LAYERS`` layers run unrolled,
+so ``default`` and ``unrolled`` are one program here and their 1.04-1.08x is run-to-run noise; in the four runs
+that compared them, unrolling beat the scan by 1.04-1.22x (the scan zero-fills its stacked residual buffers).
+Earlier profiles of the small gradient found the differentiated query-block attention (its [T, T] weights stored
+per layer) and transposed copies feeding the weight-gradient matmuls; both are gone (the attention backward kernel
+of tokjax.model.causal_kernel; 2-D projections in tokjax.model.forward).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ from _common import alternate_timings_cpu, machine, time_train_steps, timeit  # 
 
 ARMS = ("default", "scan", "unrolled", "remat=dots", "remat=full", "naive CE", "no donation", "flax.nnx",
         "last:4 one scan", "frozen prefix")
-QUICK_ARMS = ("default", "unrolled", "flax.nnx")
+QUICK_ARMS = ("default", "scan", "flax.nnx")
 
 
 def matmul_peak(n: int, repeats: int, clock: str = "wall") -> float:

@@ -3,6 +3,7 @@ TrainConfig through train(), absent from the config dict unless chosen. The froz
 set by make_train_step from the trainable set): same loss, gradients and taps, no backward through the prefix."""
 
 import functools
+import sys
 
 import jax
 import numpy as np
@@ -68,6 +69,16 @@ def test_options_change_the_traced_program(params):
     assert "checkpoint" in jaxpr(remat="full") or "remat" in jaxpr(remat="full")
     assert "checkpoint" not in base and "remat" not in base
     assert jaxpr(scan_unroll=True) != base
+    # "auto" (the train step's default): unrolled over a short stack, one layer per iteration over a deep one
+    fwd_mod = sys.modules["tokjax.model.forward"]  # the module, not the function tokjax.model.forward
+
+    assert jaxpr(scan_unroll="auto") == jaxpr(scan_unroll=True)
+    deep = fwd_mod.AUTO_UNROLL_MAX_LAYERS
+    try:
+        fwd_mod.AUTO_UNROLL_MAX_LAYERS = CFG.n_layers - 1
+        assert jaxpr(scan_unroll="auto") == base
+    finally:
+        fwd_mod.AUTO_UNROLL_MAX_LAYERS = deep
     with layer_loop(remat="dots"):
         assert jaxpr() == jaxpr(remat="dots") != base
     assert jaxpr() == base  # the context is gone
@@ -107,7 +118,8 @@ def test_train_config_fields_reach_the_step_and_stay_out_of_the_dict(monkeypatch
 
 def test_bad_options_raise_clear_errors(params):
     x, pos = jax.numpy.zeros((1, 4, CFG.d_model)), jax.numpy.arange(4)[None]
-    for kw in ({"scan_unroll": 0}, {"scan_unroll": False}, {"scan_unroll": 1.5}, {"remat": "dots_saveable"}):
+    for kw in ({"scan_unroll": 0}, {"scan_unroll": False}, {"scan_unroll": 1.5}, {"scan_unroll": "always"},
+               {"remat": "dots_saveable"}):
         with pytest.raises(ValueError, match="scan_unroll|remat"):
             blocks(params, CFG, x, pos, **kw)
     with pytest.raises(ValueError, match="remat"):

@@ -435,7 +435,8 @@ def blocks(
     tuple of per-layer dicts --, gate [B, T] bool); see :mod:`tokjax.model.lora`, whose ``lora_forward`` builds it.
     ``scan_unroll`` / ``remat`` (static; the scan path only, i.e. stacked weights without a cache; None = the
     :func:`layer_loop` default, which is 1 / "none"): how many layers one scan iteration runs (``True`` = all,
-    a straight-line program), and the ``jax.checkpoint`` policy of a layer (:data:`REMAT_POLICIES`). Neither
+    a straight-line program; ``"auto"``, the train step's default = all when the scan covers at most
+    :data:`AUTO_UNROLL_MAX_LAYERS` layers, else 1), and the ``jax.checkpoint`` policy of a layer (:data:`REMAT_POLICIES`). Neither
     changes the values computed, only what the backward pass stores or recomputes. A :func:`layer_loop`
     ``frozen_prefix`` k splits the scan at layer k (the weights of [0, k) under ``stop_gradient``).
     """
@@ -474,8 +475,9 @@ def blocks(
             if frozen:
                 seg_params = jax.lax.stop_gradient(seg_params)
             lora_layers = None if lora is None else _lora_layers(lora[0], a, b)
+            unroll = (b - a <= AUTO_UNROLL_MAX_LAYERS) if scan_unroll == "auto" else scan_unroll
             x, ys = jax.lax.scan(body, x, (seg_params, jnp.arange(a, b, dtype=jnp.int32), lora_layers),
-                                 unroll=scan_unroll)
+                                 unroll=unroll or 1)
             parts.append(ys)
         if len(parts) > 1:
             ys = {s: jnp.concatenate([p[s] for p in parts]) for s in want}
@@ -533,11 +535,17 @@ _LAYER_LOOP = contextvars.ContextVar("tokjax_layer_loop", default=(1, "none"))
 _FROZEN_PREFIX = contextvars.ContextVar("tokjax_frozen_prefix", default=None)
 
 
+# scan_unroll="auto": a scan over at most this many layers is unrolled into a straight-line program. On 2 CPU cores
+# the unrolled train step was 1.22x / 1.13x / 1.06x faster at 4 / 6 / 12 layers (the scan's stacked residual
+# buffers are zero-filled every step) and compiled no slower; deeper stacks keep one compiled layer.
+AUTO_UNROLL_MAX_LAYERS = 12
+
+
 def _check_layer_loop(scan_unroll, remat) -> None:
-    if scan_unroll is not None and not (isinstance(scan_unroll, bool)
-                                        or (isinstance(scan_unroll, (int, np.integer)) and scan_unroll >= 1)):
-        raise ValueError(f"scan_unroll must be an int >= 1 (layers per scan iteration) or True (all), "
-                         f"got {scan_unroll!r}")
+    if scan_unroll is not None and scan_unroll != "auto" and not (
+            isinstance(scan_unroll, bool) or (isinstance(scan_unroll, (int, np.integer)) and scan_unroll >= 1)):
+        raise ValueError(f"scan_unroll must be an int >= 1 (layers per scan iteration), True (all) or 'auto' "
+                         f"(all when at most {AUTO_UNROLL_MAX_LAYERS} layers), got {scan_unroll!r}")
     if scan_unroll is False:
         raise ValueError("scan_unroll=False is not a choice: use 1 (one layer per scan iteration)")
     if remat is not None and remat not in REMAT_POLICIES:
@@ -550,7 +558,7 @@ def _layer_loop_options(scan_unroll, remat):
     d_unroll, d_remat = _LAYER_LOOP.get()
     scan_unroll = d_unroll if scan_unroll is None else scan_unroll
     remat = d_remat if remat is None else remat
-    return (True if scan_unroll is True else int(scan_unroll)), REMAT_POLICIES[remat]
+    return (scan_unroll if scan_unroll in (True, "auto") else int(scan_unroll)), REMAT_POLICIES[remat]
 
 
 def _frozen_prefix(layers) -> int:

@@ -66,7 +66,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     loss: Any = None  # None: the default next-token loss; else a registry loss {name: ..., <options>} (or a name)
     trainable: tuple[str, ...] | None = None  # None: all params; else top-level keys / "a/b" path prefixes
-    scan_unroll: int | None = None  # None: the train step's measured default; else layers per scan iteration
+    scan_unroll: int | bool | str | None = None  # None: the step's default ('auto'); else layers per iteration
     remat: typing.Literal["none", "full", "dots", "dots_no_batch"] | None = None  # None: the measured default
 
     def __post_init__(self):
@@ -75,9 +75,10 @@ class TrainConfig:
             object.__setattr__(self, "loss", _normalise_loss(self.loss))
         if self.trainable is not None:
             object.__setattr__(self, "trainable", _normalise_trainable(self.trainable))
-        if self.scan_unroll is not None and self.scan_unroll < 1:
-            raise ValueError(f"TrainConfig.scan_unroll must be >= 1 (layers per scan iteration) or None, "
-                             f"got {self.scan_unroll!r}")
+        u = self.scan_unroll
+        if u is not None and u != "auto" and u is not True and (isinstance(u, bool) or not isinstance(u, int) or u < 1):
+            raise ValueError(f"TrainConfig.scan_unroll must be an int >= 1 (layers per scan iteration), True (all), "
+                             f"'auto' or None (the train step's default, 'auto'), got {u!r}")
         pos = ("total_steps", "batch_size", "seq_len", "log_every", "keep_checkpoints")
         for name in pos:
             if getattr(self, name) < 1:

@@ -27,7 +27,7 @@ from tokjax.train._loss import as_loss_fn, next_token_loss
 _SEP = "/"
 # The train step's layer loop (make_train_step's scan_unroll / remat when None), chosen by measurement in
 # benchmarks/train_throughput.py (see its docstring for the table).
-DEFAULT_SCAN_UNROLL = 1
+DEFAULT_SCAN_UNROLL = "auto"  # unrolled up to forward.AUTO_UNROLL_MAX_LAYERS layers, else one layer per iteration
 DEFAULT_REMAT = "none"
 
 __all__ = ["TrainState", "frozen_prefix", "init_state", "make_optimizer", "make_schedule", "make_train_step",
