@@ -93,8 +93,10 @@ def train_variants(quick: bool) -> dict:
                                      mixer="mamba", ssm_state=16, ssm_conv=4, ssm_expand=2, ssm_sign=v)
 
             def one_run(cfg=cfg, seed=seed):
+                # scan_unroll=1: the layer loop every version-2 run was trained with (the step's default since is
+                # "auto", another rounding), so a resumed run stays on one code path
                 model, _ = train_model(cfg, steps=steps, batch_fn=data.train, seed=seed, lr=3e-3, warmup_steps=50,
-                                       weight_decay=0.1, batch_size=BATCH, seq_len=SEQ)
+                                       weight_decay=0.1, batch_size=BATCH, seq_len=SEQ, scan_unroll=1)
                 nll = jax.jit(lambda p: -jnp.mean(token_stats(p, cfg, {"tokens": val}).logp))(model.params)
                 return {"nll": float(nll), "labels": np.array(regime(model.params, cfg).labels)}
 
