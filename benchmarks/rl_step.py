@@ -4,6 +4,7 @@
     python benchmarks/rl_step.py --steps 1              # one timed step per arm
     python benchmarks/rl_step.py --tiny --trl-python none   # smoke: a random 2-layer model, byte tokenizer, no TRL
     python benchmarks/rl_step.py --prompts 2 --old-path     # + the partial arm on the pre-issue-21 scoring path
+    python benchmarks/rl_step.py --no-full --threads 2      # the default size in ~14 GB: last-4 arm vs TRL (2 threads)
     bash benchmarks/setup_trl_venv.sh                   # builds the venv the TRL side runs in
 
 One GRPO step, as :func:`tokjax.train.rl.rl_train` runs it (issue 21), split in three timed phases:
@@ -399,6 +400,8 @@ def main(argv=None) -> int:
     ap.add_argument("--trl-python", default=None,
                     help="interpreter of the TRL venv (default: trl-venv/bin/python in tokjax's cache directory; "
                          "'none' skips TRL)")
+    ap.add_argument("--no-full", action="store_true",
+                    help="leave out the full-parameter arm (its AdamW state and compiles: ~6 GB more at 8 x 4)")
     ap.add_argument("--tiny", action="store_true", help="a random 2-layer model with a byte tokenizer (smoke test)")
     ap.add_argument("--old-path", action="store_true",
                     help="also run the partial arm as rl_train stepped before issue 21's fast paths (a separate "
@@ -458,8 +461,9 @@ def main(argv=None) -> int:
             print(f"TRL side: trl {i['trl']}, transformers {i['transformers']}, torch {i['torch']} ({python})")
 
     arms = {f"tokjax last:{last}": TokjaxArm(model, task, rl_config(opts, (f"last:{last}",), max_prompt),
-                                             eos_id=tok.eos_id),
-            "tokjax full": TokjaxArm(model, task, rl_config(opts, None, max_prompt), eos_id=tok.eos_id)}
+                                             eos_id=tok.eos_id)}
+    if not args.no_full:
+        arms["tokjax full"] = TokjaxArm(model, task, rl_config(opts, None, max_prompt), eos_id=tok.eos_id)
     if args.old_path:
         arms[f"tokjax last:{last} old path"] = TokjaxArm(model, task, rl_config(opts, (f"last:{last}",), max_prompt),
                                                          eos_id=tok.eos_id, old_path=True)
