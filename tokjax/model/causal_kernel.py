@@ -51,7 +51,8 @@ _KEY_PAD = 64  # the kernel reads keys in blocks of 64
 @functools.cache
 def causal_kernel_available() -> bool:
     """Whether the CPU causal-attention kernel is built and registered (compiling it on first call)."""
-    return kernel_available("TOKJAX_ATTENTION_KERNEL", "causal_attention.cc", {_TARGET: "TokjaxCausalAttention", _GRAD_TARGET: "TokjaxCausalAttentionGrad"},
+    targets = {_TARGET: "TokjaxCausalAttention", _GRAD_TARGET: "TokjaxCausalAttentionGrad"}
+    return kernel_available("TOKJAX_ATTENTION_KERNEL", "causal_attention.cc", targets,
                             "causal attention uses the XLA query-block path")
 
 
@@ -131,7 +132,7 @@ def _kernel(q, k, v):
 
 def _grad_chunks(B: int, KV: int, T: int) -> int:
     """Query-row chunks of the backward kernel: with fewer than 8 (batch row, key head) pairs the rows are split
-    too, so both cores get work; each chunk adds a partial dk, dv that the caller sums."""
+    too, so the thread pool gets ~8 work items; each chunk adds a partial dk, dv that the caller sums."""
     return max(1, min(-(-8 // max(B * KV, 1)), T // 64, 8))
 
 
