@@ -274,9 +274,18 @@ _ENTRIES: tuple[Entry, ...] = (
        'bidirectional), next-token (exactly next_token_loss: weights (0, 1, 0) give its loss and gradient bit '
        'for bit, tested) or next-all (a prefix of k ~ U{1..n-1} codes, the official noise fill, the whole '
        'suffix predicted, bidirectional); mode="sum" adds them (the official second stage); registered '
-       '"tokenunify". Categorical heads on glyph codes and a linear probe instead of EM segmentation. Quick '
-       'run only; no verdict yet',
-       status='implemented'),
+       '"tokenunify". Categorical heads on glyph codes and a linear probe instead of EM segmentation. Full run '
+       '(3 seeds, 1500 steps per arm): the mixture\'s frozen features beat MIM-only and scratch and its gain '
+       'over MIM grows from d=32x1 to d=64x2, but plain next-token pre-training beats the mixture (probe '
+       'accuracy 0.7625 vs 0.5043)',
+       claims=(_c('vs-mae', 'reproduced', 'TokenUnify pre-training beats MAE-style random-token pre-training downstream (+25% on EM segmentation)',
+                  'frozen-feature ridge probe of glyph classes: mixture 0.5043 vs random-token only 0.3955 (d=64x2, 3 seeds; +0.115, +0.0925, +0.119)'),
+                _c('vs-scratch', 'reproduced', 'TokenUnify pre-training beats training from scratch (+44%)',
+                   'probe accuracy 0.5043 vs 0.2618 for the frozen random init (per-seed +0.252, +0.259, +0.2165); a frozen probe, not fine-tuning'),
+                _c('vs-ntp', 'not-reproduced', 'the mixture beats plain autoregressive (next-token) pre-training',
+                   'next-token-only pre-training gives the better features: probe 0.7625 vs mixture 0.5043, worse in all 3 seeds (-0.2215, -0.2425, -0.3105); glyph codes at toy scale, not EM volumes'),
+                _c('scaling', 'reproduced', "the mixture's benefit grows with model size",
+                   'gain of mixture over MIM-only: 0.1088 at d=64x2 vs 0.0132 at d=32x1 (per-seed differences +0.121, +0.058, +0.108); two CPU-sized models, not the paper\'s 100M-1B'),)),
     _e(10, 'Beyond Next-Token: Next-X Prediction for Autoregressive Visual Generation',
        'vision', 'tokjax.vision.xar', ('xar_init', 'xar_loss', 'make_xar_loss', 'xar_layout', 'xar_ranks', 'xar_sample', 'xar_velocity', 'xar_decode', 'XarDecode'),
        'next-entity prediction (token, row or cell under a Rank mask) with Noisy Context Learning: per-entity t, '
