@@ -27,13 +27,22 @@ Claims, rules declared before anything runs ("seeds" = three independent draws o
   every draw (threshold 0; draws = seeds 0, 1, 2 with ``N_PASSAGES`` passages each, one draw of
   ``QUICK_PASSAGES`` with --quick). A paired bootstrap over passages (ensemble minus the better model) is
   reported in the note.
-* ``fim`` (paper: ~18% on FIM benchmarks): untested here. Greedy byte-by-byte completion calls
-  ``byte_logprobs`` once per byte (a model call per byte plus the canonicality checks of the full vocabulary);
-  the measured rate is in the row's note.
+* ``fim`` and ``fim-vs-healing`` (paper: ~18% on fill-in-the-middle benchmarks; ``FIM_RULE`` /
+  ``HEALING_RULE``): code completion from a cursor inside a token, prefix only (no suffix: the prompt-boundary
+  effect the paper's FIM gain rests on). Lines of Python standard-library source (``STDLIB_MODULES``, read with
+  ``inspect.getsource``; stripped line >= 24 bytes, ASCII, not a comment), the cursor at a random byte strictly
+  inside a token, 4-40 bytes before the line end and >= 4 bytes into the stripped line; the prompt is the
+  ``CONTEXT_BYTES`` bytes of the file before the line plus the line up to the cursor. Three greedy arms complete
+  the line: byte-level (``byte_generate(..., stop=b"\n")``, at most 48 bytes), naive token-level
+  (``tokjax.generate`` on the prompt's tokens, stop string "\n", at most 32 tokens) and token healing
+  (``token_healing``: back off the last prompt token, the best token extending it, then the same generate).
+  Metric: exact match of the rest of the line (%). ``fim`` reproduced if byte-level minus naive exceeds 5 points
+  on every draw; ``fim-vs-healing`` if byte-level exceeds healing (threshold 0) on every draw; draws = seeds
+  0, 1, 2 with ``N_COMPLETIONS`` cursors each, one draw of ``QUICK_COMPLETIONS`` with --quick.
 
-Quick vs full: --quick runs one draw of each claim with fewer prompts / passages (about 4 CPU-minutes on one
-core; 12 min wall on a loaded machine); full mode runs three draws of both claims (the ensemble arm ~24 passages,
-roughly 10 CPU-minutes; the mid-token arm 180 byte_logprobs calls).
+Quick vs full: --quick runs one draw of each claim with fewer prompts / passages / cursors; full mode runs three
+draws of every claim (the ensemble arm ~24 passages, roughly 10 CPU-minutes; the mid-token arm 180 byte_logprobs
+calls; the completion arm 90 cursors, byte_generate at ~12 bytes per second on SmolLM2 after its compiles).
 """
 
 from __future__ import annotations
@@ -56,6 +65,18 @@ ENSEMBLE_RULE = Rule(metric="bits per byte on tiny-pydocs validation passages (l
                      higher_is_better=False, threshold=0.0, seeds=(0, 1, 2),
                      reported="equal-weight (0.5/0.5) probability average of the two exact byte distributions, "
                               "fixed in advance; baseline = the better single model on each draw")
+FIM_RULE = Rule(metric="exact match of the rest of the line from a cursor inside a token (percentage points)",
+                higher_is_better=True, threshold=5.0, seeds=(0, 1, 2),
+                reported="byte_generate (exact byte-level greedy) vs naive token-level greedy, no tuning")
+HEALING_RULE = Rule(metric="exact match of the rest of the line from a cursor inside a token (percentage points)",
+                    higher_is_better=True, threshold=0.0, seeds=(0, 1, 2),
+                    reported="byte_generate (exact byte-level greedy) vs token healing (one token backed off), "
+                             "no tuning")
+STDLIB_MODULES = ("argparse", "bisect", "calendar", "configparser", "csv", "dataclasses", "difflib", "fnmatch",
+                  "fractions", "functools", "glob", "heapq", "json.encoder", "pathlib", "pprint", "shlex",
+                  "statistics", "string", "textwrap", "tokenize")
+CONTEXT_BYTES = 600
+N_COMPLETIONS, QUICK_COMPLETIONS = 30, 8
 TINY = "tiny-pydocs"
 PASSAGE_BYTES = 64
 N_PASSAGES, QUICK_PASSAGES = 8, 2
@@ -177,21 +198,122 @@ def ensemble_row(quick: bool, smol, smol_tok) -> Row:
              + ", better single " + "/".join(f"{a:.3f}" for a in best_runs))
 
 
-def run(quick: bool):
+def completion_cursors(tok, n: int, seed: int) -> list[tuple[bytes, bytes]]:
+    """Returns n (prompt bytes, rest of the line) pairs from STDLIB_MODULES' source: a code line cut at a random
+    byte strictly inside one of its tokens (tokenized in its file context), CONTEXT_BYTES of the file before."""
+    import importlib
+    import inspect
+
+    import numpy as np
+
+    files = [inspect.getsource(importlib.import_module(m)).encode("utf-8") for m in STDLIB_MODULES]
+    rng = np.random.default_rng(2000 + seed)
+    out: list[tuple[bytes, bytes]] = []
+    while len(out) < n:
+        src = files[int(rng.integers(len(files)))]
+        starts = [0] + [i + 1 for i in range(len(src)) if src[i] == 10]
+        k = int(rng.integers(len(starts) - 1))
+        a, b = starts[k], starts[k + 1] - 1  # the line is src[a:b], src[b] == "\n"
+        line = src[a:b]
+        body = line.lstrip()
+        if len(body) < 24 or not line.isascii() or body.startswith(b"#") or a < CONTEXT_BYTES:
+            continue
+        indent = len(line) - len(body)
+        ends, pos = [], 0
+        for t in tok.encode(line.decode("ascii")):
+            pos += len(tok.decode([t]).encode("utf-8"))
+            ends.append(pos)
+        inside = [c for s0, e in zip([0] + ends[:-1], ends) for c in range(s0 + 1, e)
+                  if c >= indent + 4 and 4 <= len(line) - c <= 40]
+        if not inside:
+            continue
+        cut = int(rng.choice(inside))
+        pair = (src[a - CONTEXT_BYTES:a] + line[:cut], line[cut:])
+        if pair not in out:
+            out.append(pair)
+    return out
+
+
+def completion_rows(quick: bool, model, tok) -> list[Row]:
+    """The ``fim`` and ``fim-vs-healing`` claims: exact match of greedy line completions from a cursor inside a
+    token, byte-level vs naive token-level vs token healing."""
     import time
 
     import numpy as np
 
     import tokjax
+    from tokjax.logits import greedy
+    from tokjax.tokenizers import byte_generate, token_healing
+
+    def first_line(data: bytes) -> bytes:
+        return data.split(b"\n", 1)[0]
+
+    def tokens_then_generate(prompts_ids: list[list[int]]) -> list[bytes]:
+        out = tokjax.generate(model, prompts_ids, max_new_tokens=32, logits=greedy(), stop=["\n"], tokenizer=tok,
+                              eos_id=tok.eos_id)
+        texts = []
+        for row, ids in enumerate(prompts_ids):
+            new = [int(t) for t in np.asarray(out.tokens[row, len(ids):int(out.lengths[row])])]
+            texts.append(tok.decode(ids[1:] + new).encode("utf-8"))
+        return texts
+
+    seeds = FIM_RULE.run_seeds(quick)
+    n = QUICK_COMPLETIONS if quick else N_COMPLETIONS
+    em = {"byte": [], "naive": [], "healing": []}
+    t0 = time.perf_counter()
+    byte_s = byte_n = 0.0
+    for s in seeds:
+        pairs = completion_cursors(tok, n, s)
+        hits = {k: [] for k in em}
+        naive = tokens_then_generate([[tok.bos_id] + tok.encode(p.decode("ascii")) for p, _ in pairs])
+        healed = tokens_then_generate([token_healing(model, tok, p) for p, _ in pairs])
+        for (p, rest), nv, hl in zip(pairs, naive, healed):
+            t1 = time.perf_counter()
+            bg = byte_generate(model, tok, p, 48, stop=b"\n")
+            byte_s, byte_n = byte_s + time.perf_counter() - t1, byte_n + len(bg) - len(p)
+            for k, full in (("byte", bg), ("naive", nv), ("healing", hl)):
+                hits[k].append(int(full.startswith(p) and first_line(full[len(p):]) == rest))
+        for k in em:
+            em[k].append(100.0 * float(np.mean(hits[k])))
+        print(f"completion draw {s}: exact match byte {em['byte'][-1]:.1f} naive {em['naive'][-1]:.1f} healing "
+              f"{em['healing'][-1]:.1f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    mean = lambda xs: round(float(np.mean(xs)), 2)  # noqa: E731
+    per_draw = ("; per draw byte " + "/".join(f"{a:.1f}" for a in em["byte"]) + ", naive "
+                + "/".join(f"{a:.1f}" for a in em["naive"]) + ", healing " + "/".join(f"{a:.1f}" for a in em["healing"]))
+    setting = (f"SmolLM2-135M-Instruct as a plain LM, {len(seeds)} draw(s) x {n} Python stdlib source lines, cursor "
+               f"strictly inside a token 4-40 bytes before the line end, {CONTEXT_BYTES} bytes of file context, "
+               "prefix only (no suffix), greedy to the line end")
+    claim = "byte-level decoding improves fill-in-the-middle code completion (~18%)"
+    rate = f"byte_generate {byte_n / max(byte_s, 1e-9):.1f} bytes/s wall (compiles included)"
+    return [
+        Row(pid="P11", claim_id="fim", claim=claim, setting=setting,
+            baseline_name="naive: token-level greedy on the prompt's tokens", baseline_value=mean(em["naive"]),
+            method_value=mean(em["byte"]), metric="line exact match % (higher is better)",
+            verdict=FIM_RULE.verdict(em["byte"], em["naive"], seeds=seeds),
+            note=f"token healing {mean(em['healing'])}{per_draw}; {rate}"),
+        Row(pid="P11", claim_id="fim-vs-healing", claim=claim + ", beyond token healing", setting=setting,
+            baseline_name="token healing: last prompt token backed off, best token extending it",
+            baseline_value=mean(em["healing"]), method_value=mean(em["byte"]),
+            metric="line exact match % (higher is better)",
+            verdict=HEALING_RULE.verdict(em["byte"], em["healing"], seeds=seeds),
+            note=f"naive {mean(em['naive'])}{per_draw}"),
+    ]
+
+
+def mid_token_row(quick: bool, model, tok) -> Row:
+    """The ``mid-token-next-byte`` claim: next-byte top-1 accuracy, exact vs naive, at a cursor inside a token."""
+    import time
+
+    import numpy as np
+
     from tokjax.tokenizers import byte_logprobs, naive_byte_logprobs
 
-    model, tok = tokjax.pretrained(MODEL, progress=False)
     pool = lines()
     seeds = RULE.run_seeds(quick)
     n = QUICK_PROMPTS if quick else N_PROMPTS
     acc = {"exact": [], "naive": []}
     logp = {"exact": [], "naive": []}
-    exact_s, exact_calls = 0.0, 0  # byte_generate makes one byte_logprobs call per byte: its rate
+    exact_s, exact_calls = 0.0, 0  # the per-call rate of byte_logprobs, printed
     t0 = time.perf_counter()
     for s in seeds:
         hits = {"exact": [], "naive": []}
@@ -211,12 +333,10 @@ def run(quick: bool):
               f"exact {logp['exact'][-1]:.3f} naive {logp['naive'][-1]:.3f} ({time.perf_counter() - t0:.0f} s)",
               flush=True)
     mean = lambda xs: round(float(np.mean(xs)), 2)  # noqa: E731
-    rate = exact_calls / exact_s
-    print(f"byte_logprobs (= byte_generate per byte): {rate:.2f} bytes per CPU-second", flush=True)
+    print(f"byte_logprobs: {exact_calls / exact_s:.2f} calls per CPU-second", flush=True)
     setting = (f"SmolLM2-135M-Instruct as a plain LM, {len(seeds)} draw(s) x {n} pydoc-topic lines cut at a random byte "
                "inside a token (>= 8 bytes in); next byte of the line")
-    return [
-        Row(pid="P11", claim_id="mid-token-next-byte",
+    return Row(pid="P11", claim_id="mid-token-next-byte",
             claim="exact byte-level probabilities remove the prompt-boundary bias of tokenized prompts (the mechanism "
                   "behind the paper's FIM gains)",
             setting=setting, baseline_name="naive: tokenize the prompt, group next tokens by first byte",
@@ -225,16 +345,19 @@ def run(quick: bool):
             verdict=RULE.verdict(acc["exact"], acc["naive"], seeds=seeds),
             note=f"mean log p(true byte) exact {mean(logp['exact'])} vs naive {mean(logp['naive'])} "
                  "(naive -inf clipped at -50); per draw exact " + "/".join(f"{a:.1f}" for a in acc["exact"])
-                 + ", naive " + "/".join(f"{a:.1f}" for a in acc["naive"])),
-        Row(pid="P11", claim_id="fim", claim="byte-level decoding improves fill-in-the-middle code completion (~18%)",
-            setting="not run", baseline_name="token-level / token healing", baseline_value=None, method_value=None,
-            metric="FIM exact match", verdict="untested-here",
-            note=f"needs greedy byte-by-byte completion to line end (30 lines x <= 40 bytes and three arms): "
-                 f"byte_generate runs at {rate:.2f} bytes per CPU-second on SmolLM2 here (one byte_logprobs call per "
-                 "byte, timed in the mid-token-next-byte arm: a compile, a model call and the canonicality checks of "
-                 "the vocabulary per byte), beyond this experiment's budget"),
-        ensemble_row(quick, model, tok),
-    ]
+                 + ", naive " + "/".join(f"{a:.1f}" for a in acc["naive"]))
+
+
+def run(quick: bool, only: frozenset | None = None) -> list[Row]:
+    import tokjax
+
+    model, tok = tokjax.pretrained(MODEL, progress=False)
+    want = lambda *ids: only is None or bool(only & set(ids))  # noqa: E731
+    rows = [mid_token_row(quick, model, tok)] if want("mid-token-next-byte") else []
+    rows += [ensemble_row(quick, model, tok)] if want("ensemble") else []
+    rows += [r for r in completion_rows(quick, model, tok) if only is None or r.claim_id in only] \
+        if want("fim", "fim-vs-healing") else []
+    return rows
 
 
 if __name__ == "__main__":

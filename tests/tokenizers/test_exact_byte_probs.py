@@ -16,7 +16,7 @@ from tokjax.model import Model, ModelConfig, forward
 from tokjax.tokenizers import BPETokenizer
 from tokjax.tokenizers.exact_byte_probs import (
     END, ByteVocab, _masks, _valid_last, byte_conditionals, byte_generate, byte_logprobs, byte_prefix_logprob,
-    byte_text_logprob, is_canonical, naive_byte_logprobs,
+    byte_text_logprob, is_canonical, naive_byte_logprobs, token_healing,
 )
 
 ALPHA = b"abc"
@@ -273,6 +273,53 @@ def test_batched_passage_path_equals_per_byte_calls_on_a_model(text_tok, tiny_te
     assert abs(bits - fast[np.arange(len(x)), np.frombuffer(x, np.uint8)].sum()) < 1e-9
 
 
+@pytest.fixture(scope="module")
+def tiny_text_long(text_tok):
+    cfg = ModelConfig(vocab_size=text_tok[0].vocab_size, d_model=32, n_layers=1, n_heads=2, max_len=512)
+    return Model.init(cfg, jax.random.PRNGKey(3))
+
+
+@pytest.mark.parametrize("long", [False, True])
+def test_incremental_byte_generate_equals_per_byte_argmax_on_a_model(text_tok, tiny_text, tiny_text_long, long,
+                                                                    monkeypatch):
+    """byte_generate scores one new split point per byte (through a prefilled cache of the rows' common tokens
+    when max_len leaves room: ``long``); the reference recomputes every cover per byte."""
+    ebp = importlib.import_module("tokjax.tokenizers.exact_byte_probs")
+    calls = []
+    tail_scores = ebp._tail_scores
+    monkeypatch.setattr(ebp, "_tail_scores", lambda *a: calls.append(a[3].shape) or tail_scores(*a))
+    t, texts = text_tok
+    tiny_text = tiny_text_long if long else tiny_text
+    prompts = [b"def f(x):\n    retu", b"The list.app", b"a\n\n"]
+    if long:  # a long prompt: the base cache holds most of it
+        prompts.append(texts[3][:300].encode("utf-8"))
+    for prompt in prompts:
+        want = prompt
+        for _ in range(6):
+            b = int(np.argmax(byte_logprobs(tiny_text, t, want)))
+            if b == END:
+                break
+            want += bytes([b])
+        assert byte_generate(tiny_text, t, prompt, 6) == want
+        gen = want[len(prompt):]
+        assert len(gen) >= 2
+        stop = gen[1:2]
+        assert byte_generate(tiny_text, t, prompt, 6, stop=[b"\x00", stop]) == prompt + gen[:gen.index(stop) + 1]
+    assert bool(calls) == long
+
+
+def test_token_healing_picks_the_best_token_extending_the_backed_off_one(tok, lm):
+    for text in ["ab", "cab", "abca"]:
+        ids = tok.encode(text)
+        back = tok.id_to_bytes[ids[-1]]
+        lp = lm.next_token_logprobs([[tok.bos_id] + ids[:-1]])[0]
+        cands = [i for i, b in enumerate(tok.id_to_bytes) if b and i not in tok.special_ids and b.startswith(back)]
+        want = [tok.bos_id] + ids[:-1] + [max(cands, key=lambda i: lp[i])]
+        assert token_healing(lm, tok, text.encode()) == want
+        assert b"".join(tok.id_to_bytes[i] for i in want[1:]).startswith(text.encode())
+    assert token_healing(lm, tok, b"") == [tok.bos_id]
+
+
 # --------------------------------------------------------------------------------- bad input
 class _NoBytes:
     vocab_size, bos_id, eos_id, special_ids, id_to_bytes = 3, 0, 1, frozenset({0, 1, 2}), [b"", b"", b""]
@@ -292,6 +339,10 @@ def test_bad_inputs(tok, lm, tiny):
         byte_logprobs(tiny, tok, b"a", context_ids=[])
     with pytest.raises(ValueError, match="max_new_bytes"):
         byte_generate(lm, tok, b"a", -1)
+    with pytest.raises(ValueError, match="stop must be"):
+        byte_generate(lm, tok, b"a", 3, stop=b"")
+    with pytest.raises(ValueError, match="valid UTF-8"):
+        token_healing(lm, tok, b"\xff")
     with pytest.raises(ValueError, match="max_len"):
         byte_logprobs(tiny, tok, b"abc" * 80)
     with pytest.raises(ValueError, match="must be bytes"):
@@ -321,3 +372,9 @@ def test_smollm2_next_byte_probs_sum_to_one():
         lp = byte_logprobs(model, tok, x)
         assert lp.shape == (257,) and abs(np.exp(lp).sum() - 1) < 1e-5
     assert int(np.argmax(byte_logprobs(model, tok, b"The quick brown fo"))) == ord("x")
+    # Incremental generation (cached base, pruned split points) = the per-byte exact argmax.
+    prompt = b"import os\n\ndef read_lines(path):\n    with open(pa"
+    want = prompt
+    for _ in range(6):
+        want += bytes([int(np.argmax(byte_logprobs(model, tok, want)[:256]))])
+    assert byte_generate(model, tok, prompt, 6) == want

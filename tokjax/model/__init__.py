@@ -15,13 +15,14 @@ from tokjax.model.lora import LORA_TARGETS, init_lora, lora_forward, lora_pairs
 from tokjax.model.memory import memory_cache, memory_mask
 from tokjax.model.readout import last_token_logits, last_token_states
 from tokjax.model.ops import check_int_values, masked_mean, repeat_rows, take_rows, where_rows
+from tokjax.model.layout import decode_layout
 from tokjax.model.params import ParamSpec, check_params, init_params, param_axes, param_shapes, param_specs
 
 __all__ = [
     "last_token_logits", "last_token_states",
     "Bidirectional", "Causal", "Explicit", "MaskSpec", "Prefix", "Rank", "Tree", "build_mask", "tree_ancestors",
     "tree_depths", "validate_tree", "KVCache", "ModelConfig", "HOOK_SITES", "Inputs", "Model", "Output", "Taps", "REMAT_POLICIES", "layer_loop",
-    "blocks", "embed", "embedding_matrix", "final_norm", "forward", "head_matrix", "layer_weights", "lm_head", "stack_layers", "unstack_layers", "norm", "position_embed", "prefill", "unembed", "ParamSpec",
+    "blocks", "embed", "embedding_matrix", "final_norm", "forward", "head_matrix", "layer_weights", "lm_head", "stack_layers", "unstack_layers", "decode_layout", "norm", "position_embed", "prefill", "unembed", "ParamSpec",
     "LORA_TARGETS", "init_lora", "lora_forward", "lora_pairs",
     "memory_cache", "memory_mask", "MambaState", "mamba_mixer", "mamba_state", "selective_scan", "ssm_projections", "check_params", "check_int_values", "init_params", "masked_mean", "repeat_rows", "take_rows", "where_rows", "param_axes", "param_shapes", "param_specs",
 ]

@@ -27,7 +27,7 @@ from .dynamic_tokenization import (
 )
 from .exact_byte_probs import (
     END, ByteVocab, byte_conditionals, byte_generate, byte_logprobs, byte_prefix_logprob, byte_text_logprob, is_canonical,
-    naive_byte_logprobs,
+    naive_byte_logprobs, token_healing,
 )
 from . import kronos
 from .kronos import (
@@ -53,7 +53,7 @@ from .zett import transfer as zett_transfer
 __all__ = [
     # P11
     "END", "ByteVocab", "byte_conditionals", "byte_generate", "byte_logprobs", "byte_prefix_logprob", "byte_text_logprob", "is_canonical",
-    "naive_byte_logprobs",
+    "naive_byte_logprobs", "token_healing",
     "BPETokenizer",
     "ByteTokenizer",
     "DEFAULT_SPECIAL_TOKENS",

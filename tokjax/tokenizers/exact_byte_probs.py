@@ -69,12 +69,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tokjax.model import Inputs, Model, forward, prefill
+from tokjax.model import Inputs, Model, decode_layout, forward, prefill
 
 __all__ = [
     "END", "ByteVocab", "byte_conditionals", "byte_logprobs", "byte_prefix_logprob", "byte_text_logprob",
     "byte_generate",
-    "naive_byte_logprobs", "is_canonical",
+    "naive_byte_logprobs", "is_canonical", "token_healing",
 ]
 
 END = 256  # index of the end-of-text entry in the [257] next-byte vectors
@@ -462,6 +462,81 @@ def _score_batched(model: Any, context: list[int], rows: list[list[int]], batch:
     return np.concatenate(seqs), np.concatenate(nxts)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 4))
+def _prefill_base(params, cfg, base, length, capacity):
+    return prefill(params, cfg, base, length, capacity)
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def _tail_scores(params, cfg, cache, x, lengths):
+    """For rows ``x`` [N, W] fed after a one-row ``cache`` (x[:, 0] its pending token, then ``lengths`` [N] tail
+    tokens, right-padded): sum of the tail tokens' log-probs and the next-token log-probs after each tail."""
+    lp = jax.nn.log_softmax(forward(params, cfg, Inputs(tokens=x), cache=cache.fork(x.shape[0])).logits
+                            .astype(jnp.float32), axis=-1)
+    tgt = jnp.take_along_axis(lp[:, :-1], x[:, 1:, None], axis=-1)[..., 0]
+    seq = jnp.sum(jnp.where(jnp.arange(x.shape[1] - 1)[None] < lengths[:, None], tgt, 0.0), axis=1)
+    return seq, jnp.take_along_axis(lp, lengths[:, None, None], axis=1)[:, 0]
+
+
+class _BaseCache:
+    """Scores rows ``context + row`` of a tokjax Model against one prefilled KV cache of their common leading
+    tokens (the base), forwarding only each row's tail: a byte generator's rows share all but their last few
+    tokens. The base is re-chosen (a new prefill) when a row does not start with it or its tail outgrows
+    ``REBASE_TAIL`` tokens (rows that share less than all but ``MAX_TAIL`` tokens take the cache-free path);
+    results equal :func:`_score_batched` (log P(row | context), next-token log-probs)."""
+
+    MAX_TAIL, REBASE_TAIL, KEEP_BACK, CHUNK = 96, 24, 8, 8
+
+    def __init__(self, model: Model, context: list[int]):
+        self.model, self.context = model, context
+        self.params = decode_layout(model.params, fuse=True, cfg=model.cfg)  # tokjax.generate's cached-forward layout
+        self.base: list[int] | None = None
+
+    def _rebase(self, seqs: list[list[int]]) -> None:
+        common = len(seqs[0])
+        for s in seqs[1:]:
+            common = next((i for i, (a, b) in enumerate(zip(seqs[0][:common], s)) if a != b), min(common, len(s)))
+        # Leave a single row's last tokens out of the base: the next byte may re-merge them.
+        common = max(len(self.context), common - (self.KEEP_BACK if len(seqs) == 1 else 0))
+        cfg = self.model.cfg
+        self.base = seqs[0][:common]
+        width = min(max(64, _bucket(len(self.base))), cfg.max_len)  # powers of two: few compiled shapes
+        self.capacity = min(width + self.MAX_TAIL + 32, cfg.max_len)
+        arr = np.zeros((1, width), np.int32)
+        arr[0, :len(self.base)] = self.base
+        length = jnp.asarray([len(self.base)], jnp.int32)
+        self.cache = _prefill_base(self.params, cfg, jnp.asarray(arr), length, self.capacity)
+        self.base_lp = float(_score_batched(self.model, self.context, [self.base[len(self.context):]], batch=1)[0][0])
+
+    def __call__(self, rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        seqs = [self.context + r for r in rows]
+        longest = max(len(s) for s in seqs)
+        if longest > self.model.cfg.max_len:
+            raise ValueError(f"context ({len(self.context)}) + encoded prefix ({longest - len(self.context)}) tokens "
+                             f"exceed the model's max_len {self.model.cfg.max_len}")
+        if self.base is None or any(s[:len(self.base)] != self.base or len(s) - len(self.base) > self.REBASE_TAIL
+                                    for s in seqs):
+            self._rebase(seqs)
+        n = len(self.base)
+        if n + self.MAX_TAIL + 1 > self.capacity or longest - n > self.MAX_TAIL:  # near max_len, or rows that
+            return _score_batched(self.model, self.context, rows)  # share too little: the cache-free path
+        seq_out, nxt_out = [], []
+        for lo in range(0, len(seqs), self.CHUNK):
+            block = seqs[lo:lo + self.CHUNK]
+            tails = [s[n:] for s in block]
+            width = max(8, _bucket(max(len(t) for t in tails) + 1))
+            arr = np.zeros((_bucket(len(block)), width), np.int32)
+            arr[:, 0] = self.base[-1]
+            lens = np.zeros(len(arr), np.int32)
+            for i, t in enumerate(tails):
+                arr[i, 1:1 + len(t)] = t
+                lens[i] = len(t)
+            seq, nxt = _tail_scores(self.params, self.model.cfg, self.cache, jnp.asarray(arr), jnp.asarray(lens))
+            seq_out.append(self.base_lp + np.asarray(seq, np.float64)[:len(block)])
+            nxt_out.append(np.asarray(nxt, np.float64)[:len(block)])
+        return np.concatenate(seq_out), np.concatenate(nxt_out)
+
+
 # ---------------------------------------------------------------------------------------------------- checks
 def _check(model: Any, tok: Any, prefix_bytes: Any, context_ids: Any, eos_id: Any):
     if not isinstance(prefix_bytes, (bytes, bytearray)):
@@ -585,6 +660,26 @@ def naive_byte_logprobs(model: Any, tok: Any, prefix_bytes: bytes, *, context_id
     return out - total
 
 
+def token_healing(model: Any, tok: Any, prefix_bytes: bytes, *, context_ids: Sequence[int] | None = None
+                  ) -> list[int]:
+    """Returns the token-healed prompt ids: ``context + enc(prefix)`` with its last token t replaced by the most
+    likely token (greedy) whose bytes start with bytes(t) (the prompt-boundary baseline of P11: back off one
+    token, then a constrained first step; the caller generates on from the returned ids). A prompt that
+    encodes to no token returns the context."""
+    x, v, mv, context, _ = _check(model, tok, prefix_bytes, context_ids, None)
+    text = _text(x)
+    if text is None:
+        raise ValueError("token_healing needs prefix_bytes that are valid UTF-8 (it tokenizes the prefix)")
+    ids = list(tok.encode(text))
+    if not ids:
+        return context
+    cands = v.starting_with(v.id_to_bytes[ids[-1]])
+    if len(cands) == 0:  # a special token: nothing to heal
+        return context + ids
+    _, nxt = _score_batched(model, context, [ids[:-1]], batch=1)
+    return context + ids[:-1] + [int(cands[int(np.argmax(nxt[0][cands]))])]
+
+
 def byte_text_logprob(model: Any, tok: Any, text_bytes: bytes, *, context_ids: Sequence[int] | None = None,
                       eos_id: Any = _DEFAULT, include_end: bool = False) -> float:
     """Returns sum_i log P(x_i | x_<i) over the bytes of ``text_bytes`` (chained :func:`byte_logprobs`), plus
@@ -607,6 +702,76 @@ def _grouped_logsumexp(terms: np.ndarray, keys: np.ndarray, size: int) -> np.nda
     return out
 
 
+class _Covers:
+    """The left encodings ``enc(x[:j])`` of a byte string that grows at its end, each scored once, and the
+    next-byte cover sums built from them (shared by :func:`byte_conditionals` and :func:`byte_generate`).
+
+    Scores are log P(enc(x[:j]) | context) and the next-token log-probs after it, from batched cache-free
+    forwards (:func:`_score_batched`); each split point's valid-last-token mask is computed once, on first use.
+    Appending bytes never changes an earlier split point's encoding, so a generator scores one new split point
+    per byte (two after a whitespace run with a second encoding)."""
+
+    def __init__(self, model: Any, tok: Any, v: ByteVocab, context: list[int], eos: int | None,
+                 cached: bool = False):
+        self.model, self.tok, self.v, self.context, self.eos = model, tok, v, context, eos
+        self.base = _BaseCache(model, context) if cached and isinstance(model, Model) else None
+        self.masks = _masks(tok)
+        self.lens = np.array([len(b) for b in v.id_to_bytes])
+        self.lefts: dict[int, tuple[int, list[int], bool]] = {}  # row -> (split point, left ids, second encoding?)
+        self.seq_lp: dict[int, float] = {}
+        self.nxt: dict[int, np.ndarray] = {}
+        self.by_j: dict[int, list[int]] = {}
+        self.valid: dict[int, np.ndarray] = {}
+        self._rows = 0
+
+    def add(self, x: bytes, js: Sequence[int], batch: int = 8) -> None:
+        """Scores the split points ``js`` of ``x`` (those where ``x[:j]`` is valid UTF-8)."""
+        js = [j for j in js if _text(x[:j]) is not None]
+        if not js:
+            return
+        new = []
+        for j, left_ids in zip(js, _encode_many(self.tok, [x[:j].decode("utf-8") for j in js])):
+            new.append((j, left_ids, False))
+            alt = self.masks.alt_left(x[:j].decode("utf-8"))
+            if alt is not None and alt != left_ids:
+                new.append((j, alt, True))
+        rows = [ids for _, ids, _ in new]
+        seq_lp, nxt = (self.base(rows) if self.base is not None
+                       else _score_batched(self.model, self.context, rows, batch=min(batch, _bucket(len(new)))))
+        for row, s_lp, lp in zip(new, seq_lp, nxt):
+            k, self._rows = self._rows, self._rows + 1
+            self.lefts[k], self.seq_lp[k], self.nxt[k] = row, float(s_lp), lp
+            self.by_j.setdefault(row[0], []).append(k)
+
+    def drop_before(self, j0: int) -> None:
+        """Forgets the split points below ``j0`` (no longer reachable by a token of at most ``max_len`` bytes)."""
+        for j in [j for j in self.by_j if j < j0]:
+            for k in self.by_j.pop(j):
+                for d in (self.lefts, self.seq_lp, self.nxt, self.valid):
+                    d.pop(k, None)
+
+    def next_byte(self, x: bytes, i: int) -> np.ndarray:
+        """Returns the normalised [257] next-byte log-probs after ``x[:i]`` from the scored split points."""
+        v, lens, eos = self.v, self.lens, self.eos
+        acc = np.full(257, -np.inf)
+        for j in range(max(0, i - v.max_len + 1), i + 1):
+            for k in self.by_j.get(j, ()):
+                if k not in self.valid:
+                    left, ids, alt = x[:j].decode("utf-8"), self.lefts[k][1], self.lefts[k][2]
+                    self.valid[k] = self.masks.alt_mask(left, ids) if alt else self.masks.mask(left, ids)
+                c = v.starting_with(x[j:i])
+                c = c[(lens[c] > i - j) & self.valid[k][c]]
+                if len(c):
+                    nb = np.array([v.id_to_bytes[t][i - j] for t in c.tolist()]) if j < i else v.first_byte[c]
+                    acc[:256] = np.logaddexp(acc[:256], _grouped_logsumexp(self.seq_lp[k] + self.nxt[k][c], nb, 256))
+                if j == i and eos is not None:
+                    acc[END] = np.logaddexp(acc[END], self.seq_lp[k] + self.nxt[k][eos])
+        total = np.logaddexp.reduce(acc)
+        if not np.isfinite(total):
+            raise ValueError(f"the model gives no mass to any continuation of {x[:i][-20:]!r}")
+        return acc - total
+
+
 def byte_conditionals(model: Any, tok: Any, text_bytes: bytes, *, context_ids: Sequence[int] | None = None,
                       eos_id: Any = _DEFAULT) -> np.ndarray:
     """Returns float64 [n + 1, 257]: row i is :func:`byte_logprobs` after ``text_bytes[:i]`` (i = 0..n), for all
@@ -615,55 +780,46 @@ def byte_conditionals(model: Any, tok: Any, text_bytes: bytes, *, context_ids: S
     canonicality path of regex pre-tokenizers), instead of per byte."""
     x, v, mv, context, eos = _check(model, tok, text_bytes, context_ids, eos_id)
     n = len(x)
-    masks = _masks(tok)
-    js = [j for j in range(n + 1) if _text(x[:j]) is not None]
-    encs = _encode_many(tok, [x[:j].decode("utf-8") for j in js])
-    lefts: list[tuple[int, list[int], bool]] = []  # (split point, left ids, alternative encoding?)
-    for j, left_ids in zip(js, encs):
-        lefts.append((j, left_ids, False))
-        alt = masks.alt_left(x[:j].decode("utf-8"))
-        if alt is not None and alt != left_ids:
-            lefts.append((j, alt, True))
-    seq_lp, nxt = _score_batched(model, context, [ids for _, ids, _ in lefts])
-    rows: dict[int, list[int]] = {}
-    for k, (j, _, _) in enumerate(lefts):
-        rows.setdefault(j, []).append(k)
-    valid: dict[int, np.ndarray] = {}
-    lens = np.array([len(b) for b in v.id_to_bytes])
+    covers = _Covers(model, tok, v, context, eos)
+    covers.add(x, range(n + 1))
     out = np.full((n + 1, 257), -np.inf)
     for i in range(n + 1):
-        acc = np.full(257, -np.inf)
-        for j in range(max(0, i - v.max_len + 1), i + 1):
-            for k in rows.get(j, ()):
-                if k not in valid:
-                    left = x[:j].decode("utf-8")
-                    valid[k] = masks.alt_mask(left, lefts[k][1]) if lefts[k][2] else masks.mask(left, lefts[k][1])
-                c = v.starting_with(x[j:i])
-                c = c[(lens[c] > i - j) & valid[k][c]]
-                if len(c):
-                    nb = np.array([v.id_to_bytes[t][i - j] for t in c.tolist()]) if j < i else v.first_byte[c]
-                    acc[:256] = np.logaddexp(acc[:256], _grouped_logsumexp(seq_lp[k] + nxt[k][c], nb, 256))
-                if j == i and eos is not None:
-                    acc[END] = np.logaddexp(acc[END], seq_lp[k] + nxt[k][eos])
-        total = np.logaddexp.reduce(acc)
-        if not np.isfinite(total):
-            raise ValueError(f"the model gives no mass to any continuation of {x[:i][-20:]!r}")
-        out[i] = acc - total
-        for k in [k for k in valid if lefts[k][0] <= i - v.max_len + 1]:
-            del valid[k]
+        out[i] = covers.next_byte(x, i)
+        covers.valid = {k: m for k, m in covers.valid.items() if covers.lefts[k][0] > i - v.max_len + 1}
     return out
 
 
 def byte_generate(model: Any, tok: Any, prefix_bytes: bytes, max_new_bytes: int, *,
-                  context_ids: Sequence[int] | None = None, eos_id: Any = _DEFAULT) -> bytes:
-    """Returns ``prefix_bytes`` extended greedily byte by byte (argmax of :func:`byte_logprobs`) until the end of
-    text wins or ``max_new_bytes`` bytes were added; prompts may end anywhere, even inside a token."""
+                  context_ids: Sequence[int] | None = None, eos_id: Any = _DEFAULT,
+                  stop: bytes | Sequence[bytes] = ()) -> bytes:
+    """Returns ``prefix_bytes`` extended greedily byte by byte (argmax of the exact next-byte distribution,
+    :func:`byte_logprobs`) until the end of text wins, a ``stop`` byte string (e.g. ``b"\n"``) ends the output
+    (kept), or ``max_new_bytes`` bytes were added; prompts may end anywhere, even inside a token.
+
+    Incremental: the split points of the prompt's last ``max_len`` bytes are scored once, then one new split
+    point per generated byte, and split points more than the longest token behind are dropped. A tokjax Model
+    prefills the rows' common leading tokens once (KV cache) and forwards only each row's last tokens, in
+    shapes bucketed to multiples of 32 (no compile per byte)."""
     if isinstance(max_new_bytes, bool) or not isinstance(max_new_bytes, (int, np.integer)) or max_new_bytes < 0:
         raise ValueError(f"max_new_bytes must be an int >= 0, got {max_new_bytes!r}")
+    stops = [stop] if isinstance(stop, (bytes, bytearray)) else list(stop)
+    if any(not isinstance(s, (bytes, bytearray)) or not s for s in stops):
+        raise ValueError(f"stop must be a non-empty bytes string or a list of them, got {stop!r}")
     x, v, mv, context, eos = _check(model, tok, prefix_bytes, context_ids, eos_id)
+    n0 = len(x)
+    covers = _Covers(model, tok, v, context, eos, cached=True)
+    # A split point j < n0 matters only if some token starts with x[j:n0] and overhangs n0 (then also for every
+    # later byte): most of the max_len window is dead before any model call.
+    alive = [j for j in range(max(0, n0 - v.max_len + 1), n0)
+             if (c := v.starting_with(x[j:])).size and (covers.lens[c] > n0 - j).any()]
+    covers.add(x, alive + [n0])
     for _ in range(int(max_new_bytes)):
-        b = int(np.argmax(byte_logprobs(model, tok, x, context_ids=context, eos_id=eos)))
+        b = int(np.argmax(covers.next_byte(x, len(x))))
         if b == END:
             break
         x += bytes([b])
+        if any(x[n0:].endswith(s) for s in stops):
+            break
+        covers.drop_before(len(x) - v.max_len + 1)
+        covers.add(x, [len(x)])
     return x
