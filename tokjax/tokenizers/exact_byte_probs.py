@@ -17,9 +17,10 @@ that decodes to x[:j] is therefore ``enc(x[:j])`` itself, so cover(x) is indexed
 and the next-byte distribution is the normalised vector ``[P(x.b) for b in 0..255] + [P(x, end)]`` with
 ``P(x, end) = P(enc(x)) * P(eos | enc(x))``. For an LM that is exactly the push-forward of a byte source this is
 P(x.b) / P(x) (tested against exhaustive enumeration); for a trained LM it is the paper's normalised estimate.
-One model call per split point: every row ``context + enc(x[:j])`` is scored with one prefill of their common
-prefix, a forked KV cache (``KVCache.fork``) and one cached forward (the ``score_continuations`` pattern), which
-returns both P(enc(x[:j]) | common prefix) and the next-token distribution.
+Only split points whose covers can reach byte n are scored (some token starts with x[j:] and overhangs n).
+Their rows ``context + enc(x[:j])`` share all but their last tokens: one prefill of the shared tokens (a KV
+cache in ``tokjax.generate``'s layout, ``KVCache.fork`` per row) and one cached forward of the rows' tails give
+both P(enc(x[:j]) | context) and the next-token distribution, in shapes bucketed to powers of two.
 
 The naive baseline :func:`naive_byte_logprobs` conditions on ``enc(x)`` only and groups next tokens by their first
 byte; it is wrong at a prompt boundary (after "ab" it gives 0 to "c" when "abc" would have been merged).
@@ -45,16 +46,15 @@ classes (letter / digit / other ASCII, except after an apostrophe), whatever fol
 [t]`` (cached per id), and only the rest are re-encoded. The slow per-id check stays the reference (tests
 compare the two on prose and code). Measured on one loaded CPU core: a 64-byte passage costs ~15-30 s with
 SmolLM2 (49152 ids; the forwards dominate once the per-tail masks are cached) and ~0.1-2 s with tiny-pydocs;
-the per-byte :func:`byte_logprobs` path is dominated by a compile per call (its prefix shape changes).
+:func:`byte_generate` carries the scored split points from byte to byte (one new split point per byte).
 
 Ensembles: the equal-weight byte-level ensemble of models with different vocabularies is the average of their
 next-byte distributions, (p_1(b | x) + p_2(b | x)) / 2 (experiments/p11_exact_byte_probs.py; the official
 generate.py that combines models was not in the searched index, so the equal probability average is our
 reading of the paper, unverified).
 
-Not done: token healing / FIM prompts, the paper's cache carried between successive bytes (each
-:func:`byte_logprobs` call rebuilds the cover), and split points inside a UTF-8 character (skipped, as in the
-official code: ``enc`` is only defined on text).
+Baselines: :func:`naive_byte_logprobs` and :func:`token_healing`. Not done: FIM prompts with a suffix, and split
+points inside a UTF-8 character (skipped, as in the official code: ``enc`` is only defined on text).
 """
 
 from __future__ import annotations
@@ -621,11 +621,9 @@ def byte_logprobs(model: Any, tok: Any, prefix_bytes: bytes, *, context_ids: Seq
     ``context_ids``: token ids the byte string follows (default ``[tok.bos_id]``); ``eos_id``: the token that ends
     the text (default ``tok.eos_id``). The vector is normalised (logsumexp 0)."""
     x, v, mv, context, eos = _check(model, tok, prefix_bytes, context_ids, eos_id)
-    out = _cover_masses(model, tok, x, v, context, eos)
-    total = np.logaddexp.reduce(out)
-    if not np.isfinite(total):
-        raise ValueError(f"the model gives no mass to any continuation of {x[-20:]!r}")
-    return out - total
+    covers = _Covers(model, tok, v, context, eos, cached=True)
+    covers.add(x, _live_splits(x, v, covers.lens))
+    return covers.next_byte(x, len(x))
 
 
 def byte_prefix_logprob(model: Any, tok: Any, prefix_bytes: bytes, *, context_ids: Sequence[int] | None = None
@@ -649,7 +647,7 @@ def naive_byte_logprobs(model: Any, tok: Any, prefix_bytes: bytes, *, context_id
     text = _text(x)
     if text is None:
         raise ValueError("naive_byte_logprobs needs prefix_bytes that are valid UTF-8 (it tokenizes the prefix)")
-    _, nxt = _score_rows(model, context, [list(tok.encode(text))])
+    _, nxt = _score_batched(model, context, [list(tok.encode(text))], batch=1)
     lp = nxt[0, : v.vocab_size]
     out = np.full(257, -np.inf)
     for b in np.unique(v.first_byte[v.first_byte >= 0]):
@@ -772,6 +770,15 @@ class _Covers:
         return acc - total
 
 
+def _live_splits(x: bytes, v: ByteVocab, lens: np.ndarray) -> list[int]:
+    """Returns the split points j <= n = len(x) whose covers can reach byte n: j = n, and j < n where some token
+    starts with x[j:] and overhangs n (then also for every later byte): most of the max_len window is dead
+    before any model call."""
+    n = len(x)
+    return [j for j in range(max(0, n - v.max_len + 1), n)
+            if (c := v.starting_with(x[j:])).size and (lens[c] > n - j).any()] + [n]
+
+
 def byte_conditionals(model: Any, tok: Any, text_bytes: bytes, *, context_ids: Sequence[int] | None = None,
                       eos_id: Any = _DEFAULT) -> np.ndarray:
     """Returns float64 [n + 1, 257]: row i is :func:`byte_logprobs` after ``text_bytes[:i]`` (i = 0..n), for all
@@ -808,11 +815,7 @@ def byte_generate(model: Any, tok: Any, prefix_bytes: bytes, max_new_bytes: int,
     x, v, mv, context, eos = _check(model, tok, prefix_bytes, context_ids, eos_id)
     n0 = len(x)
     covers = _Covers(model, tok, v, context, eos, cached=True)
-    # A split point j < n0 matters only if some token starts with x[j:n0] and overhangs n0 (then also for every
-    # later byte): most of the max_len window is dead before any model call.
-    alive = [j for j in range(max(0, n0 - v.max_len + 1), n0)
-             if (c := v.starting_with(x[j:])).size and (covers.lens[c] > n0 - j).any()]
-    covers.add(x, alive + [n0])
+    covers.add(x, _live_splits(x, v, covers.lens))
     for _ in range(int(max_new_bytes)):
         b = int(np.argmax(covers.next_byte(x, len(x))))
         if b == END:
