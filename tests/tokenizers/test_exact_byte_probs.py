@@ -331,6 +331,25 @@ def test_token_healing_picks_the_best_token_extending_the_backed_off_one(tok, lm
     assert token_healing(lm, tok, b"") == [tok.bos_id]
 
 
+@pytest.mark.parametrize("tail", [3, 70])
+def test_base_cache_scores_equal_cache_free_scores(tail, monkeypatch):
+    """_BaseCache (prefilled shared tokens + tails) = _score_batched, including tails whose padded width would
+    run past a cache capped at max_len (they take the cache-free path)."""
+    ebp = importlib.import_module("tokjax.tokenizers.exact_byte_probs")
+    calls = []
+    tail_scores = ebp._tail_scores
+    monkeypatch.setattr(ebp, "_tail_scores", lambda *a: calls.append(1) or tail_scores(*a))
+    m = Model.init(ModelConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=2, max_len=256), jax.random.PRNGKey(4))
+    rng = np.random.default_rng(tail)
+    shared = rng.integers(1, 50, 150).tolist()
+    rows = [shared + rng.integers(1, 50, tail - k).tolist() for k in range(3)]
+    got = ebp._BaseCache(m, [0])(rows)
+    want = ebp._score_batched(m, [0], rows)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.exp(got[1]), np.exp(want[1]), atol=1e-5)
+    assert bool(calls) == (tail == 3)
+
+
 # --------------------------------------------------------------------------------- bad input
 class _NoBytes:
     vocab_size, bos_id, eos_id, special_ids, id_to_bytes = 3, 0, 1, frozenset({0, 1, 2}), [b"", b"", b""]

@@ -525,6 +525,11 @@ class _BaseCache:
             block = seqs[lo:lo + self.CHUNK]
             tails = [s[n:] for s in block]
             width = max(8, _bucket(max(len(t) for t in tails) + 1))
+            if n - 1 + width > self.capacity:  # the padded tail would run past the cache (near max_len)
+                seq, nxt = _score_batched(self.model, self.context, [s[len(self.context):] for s in block])
+                seq_out.append(seq)
+                nxt_out.append(nxt)
+                continue
             arr = np.zeros((_bucket(len(block)), width), np.int32)
             arr[:, 0] = self.base[-1]
             lens = np.zeros(len(arr), np.int32)
