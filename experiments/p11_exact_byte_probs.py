@@ -27,18 +27,18 @@ Claims, rules declared before anything runs ("seeds" = three independent draws o
   every draw (threshold 0; draws = seeds 0, 1, 2 with ``N_PASSAGES`` passages each, one draw of
   ``QUICK_PASSAGES`` with --quick). A paired bootstrap over passages (ensemble minus the better model) is
   reported in the note.
-* ``fim`` and ``fim-vs-healing`` (paper: ~18% on fill-in-the-middle benchmarks; ``FIM_RULE`` /
-  ``HEALING_RULE``): code completion from a cursor inside a token, prefix only (no suffix: the prompt-boundary
-  effect the paper's FIM gain rests on). Lines of Python standard-library source (``STDLIB_MODULES``, read with
-  ``inspect.getsource``; stripped line >= 24 bytes, ASCII, not a comment), the cursor at a random byte strictly
-  inside a token, 4-40 bytes before the line end and >= 4 bytes into the stripped line; the prompt is the
-  ``CONTEXT_BYTES`` bytes of the file before the line plus the line up to the cursor. Three greedy arms complete
-  the line: byte-level (``byte_generate(..., stop=b"\n")``, at most 48 bytes), naive token-level
-  (``tokjax.generate`` on the prompt's tokens, stop string "\n", at most 32 tokens) and token healing
-  (``token_healing``: back off the last prompt token, the best token extending it, then the same generate).
-  Metric: exact match of the rest of the line (%). ``fim`` reproduced if byte-level minus naive exceeds 5 points
-  on every draw; ``fim-vs-healing`` if byte-level exceeds healing (threshold 0) on every draw; draws = seeds
-  0, 1, 2 with ``N_COMPLETIONS`` cursors each, one draw of ``QUICK_COMPLETIONS`` with --quick.
+* ``fim`` and ``fim-vs-healing`` (paper: ~18% on fill-in-the-middle benchmarks; ``FIM_RULE`` / ``HEALING_RULE``):
+  code completion from a cursor inside a token, prefix only (no suffix: the prompt-boundary effect the paper's FIM
+  gain rests on). Lines of Python standard-library source (``STDLIB_MODULES``, read with ``inspect.getsource``;
+  stripped line >= 24 bytes, not a comment, line and context ASCII), the cursor at a random byte strictly inside a
+  token, 4-40 bytes before the line end and >= 4 bytes into the stripped line; the prompt is the ``CONTEXT_BYTES``
+  bytes of the file before the line plus the line up to the cursor. Three greedy arms complete the line:
+  byte-level (``byte_generate(..., stop=b"\n")``, at most 48 bytes), naive token-level (``tokjax.generate`` on the
+  prompt's tokens, stop string "\n", at most 32 tokens) and token healing (``token_healing``: back off the last
+  prompt token, the best token extending it, then the same generate). Metric: exact match of the rest of the line
+  (%). ``fim`` reproduced if byte-level minus naive exceeds 5 points on every draw; ``fim-vs-healing`` if
+  byte-level exceeds healing (threshold 0) on every draw; draws = seeds 0, 1, 2 with ``N_COMPLETIONS`` cursors
+  each, one draw of ``QUICK_COMPLETIONS`` with --quick.
 
 Quick vs full: --quick runs one draw of each claim with fewer prompts / passages / cursors; full mode runs three
 draws of every claim (the ensemble arm ~24 passages, roughly 10 CPU-minutes; the mid-token arm 180 byte_logprobs
@@ -216,7 +216,7 @@ def completion_cursors(tok, n: int, seed: int) -> list[tuple[bytes, bytes]]:
         a, b = starts[k], starts[k + 1] - 1  # the line is src[a:b], src[b] == "\n"
         line = src[a:b]
         body = line.lstrip()
-        if len(body) < 24 or not line.isascii() or body.startswith(b"#") or a < CONTEXT_BYTES:
+        if len(body) < 24 or body.startswith(b"#") or a < CONTEXT_BYTES or not src[a - CONTEXT_BYTES:b].isascii():
             continue
         indent = len(line) - len(body)
         ends, pos = [], 0
@@ -278,8 +278,8 @@ def completion_rows(quick: bool, model, tok) -> list[Row]:
         print(f"completion draw {s}: exact match byte {em['byte'][-1]:.1f} naive {em['naive'][-1]:.1f} healing "
               f"{em['healing'][-1]:.1f} ({time.perf_counter() - t0:.0f} s)", flush=True)
     mean = lambda xs: round(float(np.mean(xs)), 2)  # noqa: E731
-    per_draw = ("; per draw byte " + "/".join(f"{a:.1f}" for a in em["byte"]) + ", naive "
-                + "/".join(f"{a:.1f}" for a in em["naive"]) + ", healing " + "/".join(f"{a:.1f}" for a in em["healing"]))
+    draws = {k: "/".join(f"{a:.1f}" for a in v) for k, v in em.items()}
+    per_draw = f"; per draw byte {draws['byte']}, naive {draws['naive']}, healing {draws['healing']}"
     setting = (f"SmolLM2-135M-Instruct as a plain LM, {len(seeds)} draw(s) x {n} Python stdlib source lines, cursor "
                f"strictly inside a token 4-40 bytes before the line end, {CONTEXT_BYTES} bytes of file context, "
                "prefix only (no suffix), greedy to the line end")
