@@ -493,9 +493,17 @@ def smollm_rows(quick: bool) -> list[Row]:
     return rows
 
 
-def run(quick: bool) -> list[Row]:
+SMOL_CLAIMS = frozenset({"smollm-nll", "smollm-word-problems"})
+
+
+def run(quick: bool, only: frozenset | None = None) -> list[Row]:
     import numpy as np
 
+    if only is not None:  # the real-model rows run together (the word-problem arm samples with smollm-nll's net)
+        if only != SMOL_CLAIMS:
+            raise ValueError(f"--only supports exactly {','.join(sorted(SMOL_CLAIMS))} (the tiny-LM claims share "
+                             f"one run per seed), got {','.join(sorted(only))}")
+        return smollm_rows(quick)
     seeds = RULE_NLL.run_seeds(quick)
     res = [run_seed(s, quick) for s in seeds]
 
