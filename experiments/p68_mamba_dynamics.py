@@ -23,7 +23,9 @@ Claims, rules declared below before anything runs:
 * ``pos-no-worse`` (``RULE_POS``): "pos" is no worse than the unconstrained model by more than 0.01 bits per byte
   on every seed (non-inferiority: threshold -0.01).
 
-The paper's token reordering (vision only) is out of scope. Budget: ``STEPS`` = 600 (quick 60) was fixed before
+Figure: held-out token L2 norms by depth (``token_norms``, 32 validation windows) for seed 0 of each variant, each
+retrained with the recorded runs' recipe and seed (the runs keep no weights). The paper's token reordering (vision
+only) is out of scope. Budget: ``STEPS`` = 600 (quick 60) was fixed before
 any run from the measured step time (~1-3 s per step on 2 CPU cores), not from results.
 """
 
@@ -35,7 +37,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python experiments/p68_mamba_dynamics.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments._harness import Row, Rule, run_cli, train_model  # noqa: E402
+from experiments._harness import Row, Rule, run_cli, save_figure, train_model  # noqa: E402
 
 BPB = "held-out bits per byte (lower is better)"
 RULE_RATE = Rule(metric="|slope + 0.5| of log max|x| vs log t, t in [10, 40] (lower is better)",
@@ -53,6 +55,7 @@ HORIZON = 40.0
 STEPS, QUICK_STEPS = 600, 60
 SEQ, BATCH = 128, 16
 VARIANTS = (None, "pos", "neg")
+NORM_WINDOWS = 32  # held-out windows whose token norms the figure shows
 
 
 def theory() -> tuple[float, float]:
@@ -68,6 +71,64 @@ def theory() -> tuple[float, float]:
     slope = float(np.log(peak[k40, 0] / peak[k10, 0]) / np.log(t[k40] / t[k10]))
     blow = float(np.asarray(sim.blowup_time)[1])
     return slope, (blow if np.isfinite(blow) else HORIZON)
+
+
+def lm_config(tok, sign):
+    import tokjax
+
+    return tokjax.ModelConfig(vocab_size=tok.vocab_size, d_model=128, n_layers=4, n_heads=4, max_len=SEQ,
+                              mixer="mamba", ssm_state=16, ssm_conv=4, ssm_expand=2, ssm_sign=sign)
+
+
+def train_lm(cfg, seed: int, steps: int, data):
+    """Trains one variant (the recorded runs' recipe). scan_unroll=1: the layer loop every version-2 run was
+    trained with (the step's default since is "auto", another rounding), so a resumed run stays on one path."""
+    model, _ = train_model(cfg, steps=steps, batch_fn=data.train, seed=seed, lr=3e-3, warmup_steps=50,
+                           weight_decay=0.1, batch_size=BATCH, seq_len=SEQ, scan_unroll=1)
+    return model
+
+
+def norm_figure(quick: bool) -> tuple[str, dict]:
+    """Draws held-out token norms by depth (0 = embedding, l = after layer l) for seed 0 of each variant, each model
+    retrained with the recorded runs' recipe (they kept no weights); returns (figure path, {variant: means})."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    import tokjax
+    from experiments._common import memo_run
+    from tokjax.analysis.ssm_token_dynamics import token_norms
+    from tokjax.data import TokenDataset
+
+    _, tok = tokjax.pretrained("tiny-pydocs", progress=False)
+    data = TokenDataset.from_corpus("pydocs", tok, seq_len=SEQ, val_fraction=0.1, seed=0)
+    val = np.asarray(data.val[:NORM_WINDOWS])
+    steps = QUICK_STEPS if quick else STEPS
+    means = {}
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for v in VARIANTS:
+        cfg = lm_config(tok, v)
+
+        def one(cfg=cfg):
+            n = np.asarray(token_norms(train_lm(cfg, 0, steps, data).params, cfg, val))  # [L + 1, B, T]
+            return {"mean": n.mean(axis=(1, 2)), "q10": np.quantile(n, 0.1, axis=(1, 2)),
+                    "q90": np.quantile(n, 0.9, axis=(1, 2))}
+
+        r = memo_run("p68-norms", dict(cfg=cfg, seed=0, steps=steps, n_val=NORM_WINDOWS, version=2), one)
+        means[str(v)] = [float(x) for x in r["mean"]]
+        depth = np.arange(len(r["mean"]))
+        label = {"None": "unconstrained"}.get(str(v), str(v))
+        ax.plot(depth, r["mean"], marker="o", label=label)
+        ax.fill_between(depth, r["q10"], r["q90"], alpha=0.15)
+    ax.set_xlabel("depth (0 = embedding, l = after Mamba layer l)")
+    ax.set_ylabel("token L2 norm (mean; 10-90% band)")
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(means[str(VARIANTS[0])])))
+    ax.set_title(f"P68 token norms by depth (seed 0, {steps} steps)", fontsize=10)
+    ax.legend()
+    return str(save_figure(fig, "P68", "token_norms.png")), means
 
 
 def train_variants(quick: bool) -> dict:
@@ -89,14 +150,10 @@ def train_variants(quick: bool) -> dict:
     out, labels = {str(v): [] for v in VARIANTS}, {}
     for seed in RULE_NEG.run_seeds(quick):
         for v in VARIANTS:
-            cfg = tokjax.ModelConfig(vocab_size=tok.vocab_size, d_model=128, n_layers=4, n_heads=4, max_len=SEQ,
-                                     mixer="mamba", ssm_state=16, ssm_conv=4, ssm_expand=2, ssm_sign=v)
+            cfg = lm_config(tok, v)
 
             def one_run(cfg=cfg, seed=seed):
-                # scan_unroll=1: the layer loop every version-2 run was trained with (the step's default since is
-                # "auto", another rounding), so a resumed run stays on one code path
-                model, _ = train_model(cfg, steps=steps, batch_fn=data.train, seed=seed, lr=3e-3, warmup_steps=50,
-                                       weight_decay=0.1, batch_size=BATCH, seq_len=SEQ, scan_unroll=1)
+                model = train_lm(cfg, seed, steps, data)
                 nll = jax.jit(lambda p: -jnp.mean(token_stats(p, cfg, {"tokens": val}).logp))(model.params)
                 return {"nll": float(nll), "labels": np.array(regime(model.params, cfg).labels)}
 
@@ -124,6 +181,10 @@ def run(quick: bool) -> list[Row]:
     per_seed = "; ".join(f"seed {s}: unconstrained {u:.4f}, pos {p:.4f}, neg {n:.4f}"
                          for s, u, p, n in zip(seeds, un, pos, neg))
     regimes = "; ".join(f"seed {s} {v}: {'/'.join(res['labels'][(s, v)])}" for s in seeds for v in ("None", "pos", "neg"))
+    figure, norms = norm_figure(quick)
+    norm_note = ("; held-out token norm by depth (embedding, layers 1-4; seed 0 retrained with the same recipe): "
+                 + "; ".join(f"{ {'None': 'unconstrained'}.get(v, v)} " + "/".join(f"{x:.2f}" for x in m)
+                             for v, m in norms.items()))
     return [
         Row(pid="P68", claim_id="convergent-rate",
             claim="With mu = S_C^T S_B < 0 every token of the 1-D system converges to 0 at rate O(1/sqrt(t))",
@@ -138,12 +199,12 @@ def run(quick: bool) -> list[Row]:
         Row(pid="P68", claim_id="neg-hurts",
             claim="Constraining the model to the convergent regime (negative-definite S_C^T S_B) hurts language modelling",
             setting=lm_setting, baseline_name="unconstrained Mamba", baseline_value=mean(un), method_value=mean(neg),
-            metric=RULE_NEG.metric, verdict=RULE_NEG.verdict(neg, un, seeds=seeds),
-            note=per_seed + ". Regimes (per layer, after training): " + regimes),
+            metric=RULE_NEG.metric, verdict=RULE_NEG.verdict(neg, un, seeds=seeds), figure=figure,
+            note=per_seed + ". Regimes (per layer, after training): " + regimes + norm_note),
         Row(pid="P68", claim_id="pos-no-worse",
             claim="Constraining to the divergent regime (positive-definite S_C^T S_B) is no worse than unconstrained",
             setting=lm_setting, baseline_name="unconstrained Mamba", baseline_value=mean(un), method_value=mean(pos),
-            metric=BPB, verdict=RULE_POS.verdict(pos, un, seeds=seeds), note=per_seed),
+            metric=BPB, verdict=RULE_POS.verdict(pos, un, seeds=seeds), figure=figure, note=per_seed + norm_note),
     ]
 
 
