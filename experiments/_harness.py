@@ -119,6 +119,8 @@ class Rule:
         """Returns the seeds to run: ``quick_seeds`` (default the first seed) with --quick, else ``seeds``."""
         if quick:
             return tuple(self.quick_seeds) if self.quick_seeds else tuple(self.seeds[:1])
+        if _SEEDS_RUN is not None:
+            return tuple(s for s in self.seeds if s in _SEEDS_RUN)
         return tuple(self.seeds)
 
     def verdict(self, method_runs, baseline_runs, *, seeds=None) -> "Verdict":
@@ -224,17 +226,22 @@ def _repo_relative(path: str | os.PathLike) -> str:
 
 
 _QUICK_RUN = False  # set by run_cli / run_all while a --quick run is in progress
+# Set by run_cli --seeds: a full run restricted to these seeds, to fill an experiment's memo caches in a
+# second process (or machine); it never records a row, and its figures go to a scratch folder.
+_SEEDS_RUN: frozenset | None = None
 
 
 @contextlib.contextmanager
-def _run_mode(quick: bool) -> Iterator[None]:
-    """Yields with figure_path pointing at the quick figures while a --quick run is in progress."""
-    global _QUICK_RUN
-    before, _QUICK_RUN = _QUICK_RUN, bool(quick)
+def _run_mode(quick: bool, seeds: frozenset | None = None) -> Iterator[None]:
+    """Yields with figure_path pointing at the quick figures while a --quick run is in progress (and the
+    seed restriction of a --seeds run in place)."""
+    global _QUICK_RUN, _SEEDS_RUN
+    before = (_QUICK_RUN, _SEEDS_RUN)
+    _QUICK_RUN, _SEEDS_RUN = bool(quick), seeds
     try:
         yield
     finally:
-        _QUICK_RUN = before
+        _QUICK_RUN, _SEEDS_RUN = before
 
 
 def figure_path(pid: str | int, name: str) -> Path:
@@ -242,6 +249,8 @@ def figure_path(pid: str | int, name: str) -> Path:
     experiments/figures/quick/ during a --quick run, so a quick run never replaces a full run's figure."""
     number = int(catalog.canonical_id(pid)[1:])
     folder = FIGURES_DIR / "quick" if _QUICK_RUN else FIGURES_DIR
+    if _SEEDS_RUN is not None and not _QUICK_RUN:
+        folder = Path(tempfile.gettempdir()) / "tokjax-seeds-run-figures"
     folder.mkdir(parents=True, exist_ok=True)
     return folder / f"p{number:02d}_{name}"
 
@@ -570,7 +579,8 @@ def run_cli(run: Callable[[bool], Row], argv: list[str] | None = None, *,
     Parses ``--quick`` (and ``--no-record`` to only print), times ``run(quick)``, fills in
     ``seconds`` and ``quick``, prints the row as a table and records it in RESULTS.md (full
     runs) or RESULTS-quick.md (``--quick``), unless ``results_path`` names the file.
-    ``--only a,b`` re-runs some claims: ``run`` must take ``only=`` (a frozenset of claim ids) and
+    ``--seeds 1,2`` runs full mode over only those declared seeds and records nothing (to fill
+    memo caches in parallel processes). ``--only a,b`` re-runs some claims: ``run`` must take ``only=`` (a frozenset of claim ids) and
     return rows of exactly those claims, which replace just those rows (the paper's other claims
     keep their recorded rows).
     """
@@ -578,7 +588,21 @@ def run_cli(run: Callable[[bool], Row], argv: list[str] | None = None, *,
     parser.add_argument("--quick", action="store_true", help="small CPU version (minutes)")
     parser.add_argument("--no-record", action="store_true", help="print only; leave the results files alone")
     parser.add_argument("--only", metavar="CLAIMS", help="comma-separated claim ids to re-run (the others keep their rows)")
+    parser.add_argument("--seeds", metavar="SEEDS",
+                        help="full mode, only these of the declared seeds (e.g. 1,2), to fill the memo caches in a "
+                             "second process; never recorded: a later run over all seeds reads the caches")
     args = parser.parse_args(argv)
+    seeds_run = None
+    if args.seeds is not None:
+        if args.quick:
+            parser.error("--seeds restricts a full run; --quick runs its declared quick seeds")
+        try:
+            seeds_run = frozenset(int(x) for x in args.seeds.split(",") if x.strip())
+        except ValueError:
+            parser.error(f"--seeds takes comma-separated integers, got {args.seeds!r}")
+        if not seeds_run:
+            parser.error("--seeds needs at least one seed")
+        args.no_record = True
     only = None
     if args.only is not None:
         only = frozenset(c.strip() for c in args.only.split(",") if c.strip())
@@ -587,7 +611,7 @@ def run_cli(run: Callable[[bool], Row], argv: list[str] | None = None, *,
         if "only" not in inspect.signature(run).parameters:
             parser.error("this experiment cannot re-run single claims (its run() takes no `only=`)")
     t0 = time.perf_counter()
-    with _run_mode(args.quick):
+    with _run_mode(args.quick, seeds_run):
         rows = as_rows(run(args.quick) if only is None else run(args.quick, only=only))
     if only is not None and {r.claim_id for r in rows} != only:
         raise ValueError(f"--only {','.join(sorted(only))}: the run returned claims "
@@ -595,6 +619,8 @@ def run_cli(run: Callable[[bool], Row], argv: list[str] | None = None, *,
     seconds = time.perf_counter() - t0
     rows = [dataclasses.replace(r, seconds=seconds, quick=args.quick) for r in rows]
     print(format_rows(rows))
+    if seeds_run is not None:
+        print(f"not recorded: a --seeds run (seeds {sorted(seeds_run)}) only fills the memo caches")
     if not args.no_record:
         path = results_file(args.quick) if results_path is None else Path(results_path)
         record(rows, path, claims_only=only is not None)

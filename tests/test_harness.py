@@ -504,3 +504,22 @@ def test_memo_run_computes_once_and_reads_back(tmp_path, monkeypatch):
     assert float(a["nll"]) == float(c["nll"])
     with pytest.raises(ValueError, match="dict"):
         memo_run("t", {"seed": 2}, lambda: [1.0])
+
+
+def test_run_cli_seeds_runs_a_subset_and_records_nothing(tmp_path, capsys):
+    rule = h.Rule(metric="m", higher_is_better=True, threshold=0.0, seeds=(0, 1, 2))
+    seen = []
+
+    def run(quick):
+        seen.append((rule.run_seeds(quick), h.figure_path("P18", "x.png").parent.name))
+        return make_row("P18", quick=None)
+
+    path = tmp_path / "RESULTS.md"
+    h.run_cli(run, ["--seeds", "2,1"], results_path=path)
+    assert seen[-1] == ((1, 2), "tokjax-seeds-run-figures")  # declared order; figures off the recorded folder
+    assert not path.exists() and "not recorded" in capsys.readouterr().out
+    h.run_cli(run, [], results_path=path)  # the restriction ends with the run
+    assert seen[-1][0] == (0, 1, 2) and path.exists()
+    for bad in (["--seeds", "x"], ["--seeds", ","], ["--seeds", "1", "--quick"]):
+        with pytest.raises(SystemExit):
+            h.run_cli(run, bad, results_path=path)

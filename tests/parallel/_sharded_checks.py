@@ -29,6 +29,7 @@ import optax  # noqa: E402
 import tokjax  # noqa: E402
 from tokjax import parallel as par  # noqa: E402
 from tokjax.decoding import drafts, speculative, verify  # noqa: E402
+from tokjax.decoding.r2r import r2r  # noqa: E402
 from tokjax.logits import greedy, temperature  # noqa: E402
 
 MESHES = ((2, 4), (8, 1))
@@ -116,16 +117,19 @@ def compare_train(new_state, ref_state) -> dict:
     }
 
 
-SPEC_LOGITS = {"draft_model": temperature(0.8), "recycling": greedy()}
+SPEC_LOGITS = {"draft_model": temperature(0.8), "recycling": greedy(), "lazy_routing": greedy()}
 
 
 def speculative_strategies() -> dict:
-    """Returns speculative strategies whose state declares its sharding: a draft model (weights + KV cache) with
-    rejection sampling, and Token Recycling (a shared table plus per-row fields) with greedy verification."""
+    """Returns strategies whose state declares its sharding: a draft model (weights + KV cache) with rejection
+    sampling, Token Recycling (a shared table plus per-row fields) with greedy verification, and two-model routing
+    (P46 R2R, random router) whose large model catches up lazily under a batch-wide ``lax.cond``."""
     draft = tokjax.Model.init(CFG.replace(n_layers=1, d_model=32, n_heads=2, n_kv_heads=2), jax.random.key(3))
+    large = tokjax.Model.init(CFG, jax.random.key(4))
     return {
         "draft_model": speculative(drafts.model(draft, num_draft=3), verify.rejection()),
         "recycling": speculative(drafts.recycling(template="small"), verify.greedy()),
+        "lazy_routing": r2r(large, None, theta=0.7, kind="random", top_k=8, catch_up=3),
     }
 
 
@@ -140,7 +144,7 @@ def references() -> dict:
     for name, strat in speculative_strategies().items():  # the same jitted driver, strategy state on one device
         out = tokjax.generate(model, PROMPT, key=jax.random.key(2), max_new_tokens=NEW_TOKENS, strategy=strat,
                               logits=SPEC_LOGITS[name])
-        ref[f"spec_{name}"] = (out.tokens, out.stats["forward_calls"])
+        ref[f"spec_{name}"] = (out.tokens, out.stats["forward_calls"], out.stats.get("large_calls"))
     return ref
 
 
@@ -197,9 +201,12 @@ def check_mesh(data: int, model: int, ref: dict) -> dict:
         for name, strat in speculative_strategies().items():
             out = tokjax.generate(sm, PROMPT, key=jax.random.key(2), mesh=mesh, max_new_tokens=NEW_TOKENS,
                                   strategy=strat, logits=SPEC_LOGITS[name])
-            tokens, calls = ref[f"spec_{name}"]
+            tokens, calls, large_calls = ref[f"spec_{name}"]
             r[name] = {"equal": bool(np.array_equal(out.tokens, tokens)), "calls_equal": out.stats["forward_calls"] == calls,
                        "multi_token_steps": out.stats["tokens_per_call"] > 1.0}
+            if large_calls is not None:
+                r[name] |= {"large_calls_equal": out.stats["large_calls"] == large_calls,
+                            "lazy_skipped_steps": out.stats["large_calls"] < out.stats["forward_calls"]}
         # The strategy state was placed as declared: the draft cache's batch over "data", the table replicated.
         strat = speculative_strategies()["draft_model"]
         _, _, _, _, state, _ = tokjax.decoding.driver._setup(

@@ -118,12 +118,15 @@ def test_sharded_generate_shards_unplaced_params_itself(results, mesh):
 
 
 @pytest.mark.parametrize("mesh", MESHES)
-@pytest.mark.parametrize("strategy", ["draft_model", "recycling"])
+@pytest.mark.parametrize("strategy", ["draft_model", "recycling", "lazy_routing"])
 def test_sharded_speculative_generate_equals_single_device(results, mesh, strategy):
-    """generate(..., mesh=) with a speculative strategy: same tokens and target calls as one device."""
+    """generate(..., mesh=) with a speculative or routing strategy: same tokens and target calls as one device."""
     r = check(results, mesh, "speculative_generate")[strategy]
     assert r["equal"] and r["calls_equal"]
-    assert r["multi_token_steps"]  # drafts were accepted, so verification really ran on the mesh
+    if strategy == "lazy_routing":
+        assert r["large_calls_equal"] and r["lazy_skipped_steps"]  # the large model's lax.cond really skipped steps
+    else:
+        assert r["multi_token_steps"]  # drafts were accepted, so verification really ran on the mesh
 
 
 @pytest.mark.parametrize("mesh", MESHES)

@@ -123,6 +123,9 @@ class DecodeState(Generic[Extra]):
     extra: Extra = None  # strategy-specific state (draft caches, n-gram tables, a second model, ...)
     logprobs: TokenLogprobs | None = None  # only when generate(logprobs=) asks for them
     stop: StopSequences | None = None  # only when generate(stop=) has token-id sequences
+    # The decode layouts of the strategy's other models ({name: params}, Strategy.models), set by the driver for
+    # init and each step and None in the loop's carry: read-only weights are neither donated nor copied.
+    models: Any = None
 
     def context(self) -> LogitContext:
         """Returns the LogitContext the logit transforms see."""
@@ -170,6 +173,10 @@ class Strategy(Generic[Extra]):
     * ``slack`` (0): extra cache slots needed beyond the final sequence length (draft tokens).
     * ``max_accept`` (1): most tokens one step can commit per row.
     * ``validate(cfg)``: raise ValueError for a target model the strategy cannot run on.
+    * ``models()`` ({}): other models the step runs (``{name: Model}``, e.g. a large model to
+      route to). The driver lays each out as it lays out the target (the cached decode layout;
+      sharded by the rules on a mesh) and hands ``init`` and every ``step`` the layouts as
+      ``state.models[name]``; they stay out of the donated loop state, so no call copies them.
     * ``init(params, cfg, state) -> extra``: the strategy's own state (``DecodeState.extra``),
       built once before the loop from the same ``params`` layout that ``step`` receives.
     * ``state_axes(extra)``: how ``extra`` is laid out on a mesh (see the method).
@@ -201,6 +208,9 @@ class Strategy(Generic[Extra]):
 
     def init(self, params, cfg: ModelConfig, state: DecodeState) -> Extra:
         return None
+
+    def models(self) -> dict:
+        return {}
 
     def step(
         self, params, cfg: ModelConfig, transform: LogitTransform, state: DecodeState, eos_id: int | None = None

@@ -145,15 +145,17 @@ def bucket_size(n: int, cap: int | None = None) -> int:
     return max(int(n), b if cap is None else min(b, cap))
 
 
-def _loop(params, state, max_steps, *, cfg, strategy, transform, eos_id):
+def _loop(params, models, state, max_steps, *, cfg, strategy, transform, eos_id):
     TRACE_COUNTS["decode_loop"] += 1
 
     def cond(s):
         return (s.step < max_steps) & ~jnp.all(s.done)
 
     def body(s):
-        s = strategy.step(params, cfg, transform, s, eos_id=eos_id)
-        return s.replace(step=s.step + 1)
+        # The strategy's other models are loop invariants like the target's params: outside the carry, so
+        # the loop neither donates nor copies them.
+        s = strategy.step(params, cfg, transform, s.replace(models=models), eos_id=eos_id)
+        return s.replace(step=s.step + 1, models=None)
 
     # The library's one decode loop (this module was tokjax/decoding/generate.py before the function
     # stopped shadowing it); every decoder is a Strategy stepped here. max_steps is a runtime value:
@@ -161,10 +163,10 @@ def _loop(params, state, max_steps, *, cfg, strategy, transform, eos_id):
     return jax.lax.while_loop(cond, body, state)
 
 
-def _one_step(params, state, *, cfg, strategy, transform, eos_id):
+def _one_step(params, models, state, *, cfg, strategy, transform, eos_id):
     TRACE_COUNTS["decode_step"] += 1
-    s = strategy.step(params, cfg, transform, state, eos_id=eos_id)
-    return s.replace(step=s.step + 1)
+    s = strategy.step(params, cfg, transform, state.replace(models=models), eos_id=eos_id)
+    return s.replace(step=s.step + 1, models=None)
 
 
 _loop_jit = jax.jit(_loop, static_argnames=("cfg", "strategy", "transform", "eos_id"), donate_argnames=("state",))
@@ -269,6 +271,7 @@ class _Run:
     eos: tuple | None
     state: DecodeState
     params: Any
+    models: Any  # {name: decode layout} of the strategy's other models (Strategy.models)
     max_new_tokens: int
     width: int  # output width: the prompt array's width + max_new_tokens
     prompts: int  # B, the number of prompts
@@ -371,6 +374,7 @@ def _setup(model, prompt, *, key, max_new_tokens, prompt_lengths, logits, strate
     # fused into one matmul each, except on a mesh, where fusing would concatenate head-sharded
     # weights and force a reshard every step. init and step both receive exactly these params.
     params = decode_layout(model.params, fuse=mesh is None, cfg=cfg)
+    models = _strategy_models(strategy, mesh, rules)
     # One prefill per prompt; n samples (and a strategy's rows_per_prompt) fork its cache rows.
     cache = prefill(params, cfg, jnp.asarray(prefill_tokens), jnp.asarray(lens), capacity)
     if reps > 1:
@@ -403,17 +407,30 @@ def _setup(model, prompt, *, key, max_new_tokens, prompt_lengths, logits, strate
         logprobs=None if logprobs is None else TokenLogprobs.init(R, total, int(logprobs)),
         stop=stop_state,
     )
-    extra = _base(strategy, "init")(params, cfg, state)
+    extra = _base(strategy, "init")(params, cfg, state.replace(models=models))
     if strategy_state is not None:
         extra = _base(strategy, "resume")(extra, strategy_state)
     state = state.replace(extra=extra)
     if mesh is not None:
         state = jax.device_put(state, decode_state_shardings(state, strategy, mesh, rules))
     return _Run(
-        cfg=cfg, transform=transform, strategy=strategy, eos=eos or None, state=state, params=params,
+        cfg=cfg, transform=transform, strategy=strategy, eos=eos or None, state=state, params=params, models=models,
         max_new_tokens=max_new_tokens, width=P + max_new_tokens, prompts=B, pad_id=pad_id, stop_strings=strings,
         tokenizer=tokenizer, min_new_tokens=int(min_new_tokens), on_nan=on_nan,
     )
+
+
+def _strategy_models(strategy, mesh, rules) -> dict:
+    """Returns {name: decode layout} of ``strategy.models()``, laid out (and on a mesh, sharded) as the target is."""
+    found = _base(strategy, "models")()
+    if not isinstance(found, dict) or not all(isinstance(m, Model) for m in found.values()):
+        raise ValueError(f"{type(strategy).__name__}.models() must return a dict of tokjax Models, got {found!r:.80}")
+    out = {}
+    for name, m in found.items():
+        if mesh is not None and not _on_mesh(m.params, mesh):
+            m = shard_model(m, mesh, rules)
+        out[name] = decode_layout(m.params, fuse=mesh is None, cfg=m.cfg)
+    return out
 
 
 def _stop_string_end(tokenizer, completion: np.ndarray, stops: list[str], first: int) -> int | None:
@@ -621,7 +638,7 @@ def generate(
         on_nan=on_nan, padding_side=padding_side,
     )
     loop = functools.partial(
-        _loop_jit, run.params, cfg=run.cfg, strategy=run.strategy, transform=run.transform, eos_id=run.eos,
+        _loop_jit, run.params, run.models, cfg=run.cfg, strategy=run.strategy, transform=run.transform, eos_id=run.eos,
     )
     state = run.state
     cut = None
@@ -692,7 +709,7 @@ def stream(
         if bool(jnp.all(state.done)):
             return
         before = np.asarray(state.lengths)
-        state = _step_jit(run.params, state, cfg=run.cfg, strategy=run.strategy, transform=run.transform, eos_id=run.eos)
+        state = _step_jit(run.params, run.models, state, cfg=run.cfg, strategy=run.strategy, transform=run.transform, eos_id=run.eos)
         _nan_check(run, state)
         after = np.asarray(state.lengths)
         toks = np.asarray(state.tokens)

@@ -8,8 +8,8 @@ temperature or truncation)::
     Hbar_t   = (1 / n_t) * sum_{i=t-n_t+1..t} H_i,  n_t = min(w, t + 1)   (rolling mean, window w)
     model_{t+1} = M_L if Hbar_t > tau else M_S
 
-Both models consume every emitted token, so their KV caches stay in lockstep, and no step
-verifies anything: the output may diverge from M_L's ("controlled divergence").
+Both models read every emitted token (M_L lazily, see below), and no step verifies anything: the
+output may diverge from M_L's ("controlled divergence").
 
 Choices made here that the paper (read only through its abstract and a secondary source) does
 not pin down:
@@ -20,10 +20,12 @@ not pin down:
   position and the token comes from M_L if that entropy exceeds tau. So tau = +inf reproduces
   M_S decoding and tau = -inf reproduces M_L decoding exactly, token for token.
 * The rolling mean is over the last ``min(w, steps so far)`` entropies (no zero padding).
-* Compute: this implementation runs BOTH models on every step (the simplest way to keep both
-  caches in lockstep in a fixed-shape batched loop; no lazy catch-up prefill). What a real
-  implementation spends is reported instead: ``large_fraction`` (tokens emitted by M_L per
-  row) and :func:`relative_cost`.
+* Compute: the two-model step is :mod:`tokjax.decoding.routing`. With ``catch_up=1`` (the
+  default) both models run on every step, caches in lockstep (the recorded experiment's setting);
+  with ``catch_up=k > 1`` M_L runs only on the steps where some live row uses it or some row lags
+  k tokens behind, catching up in one chunk (same tokens up to float rounding; the stats'
+  ``large_calls`` counts its forwards). ``large_fraction`` (tokens emitted by M_L per row) and
+  :func:`relative_cost` report what an implementation that runs M_S only on its own tokens spends.
 
 Built as a decode strategy (:class:`EntropyAdaptive`) of ``tokjax.generate``: the small model
 is the target the driver runs, the large model's weights and KV cache live in the strategy
@@ -40,10 +42,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from tokjax.decoding._state import KV_CACHE, DecodeState, Strategy, commit, ends_greedy, unstacked_param_axes
+from tokjax.decoding._state import DecodeState, Strategy, ends_greedy
 from tokjax.decoding.driver import generate
+from tokjax.decoding.routing import (
+    LARGE, LargeModel, check_catch_up, commit_routed, init_large, large_axes, large_logits, small_logits,
+)
 from tokjax.logits import LogitTransform, entropy, hparam, sample
-from tokjax.model import Inputs, KVCache, Model, ModelConfig, forward, prefill, unstack_layers
+from tokjax.model import Model, ModelConfig
 
 __all__ = [
     "EADOutput", "EADState", "EntropyAdaptive", "entropy_adaptive", "entropy_adaptive_generate", "entropy_bits",
@@ -67,39 +72,11 @@ def rolling_mean(history: jax.Array, count: jax.Array, window: int) -> jax.Array
     return jnp.sum(jnp.where(filled, history, 0.0), axis=-1) / jnp.maximum(n, 1).astype(history.dtype)
 
 
-def forward_lockstep(params, cfg, large_params, large_cfg, s, large_cache):
-    """Feeds each row's pending token to the small model (the state's cache) and the large one (``large_cache``).
-
-    Returns (small output, large output, small float32 logits [B, V], large float32 logits [B, V]).
-    """
-    pending = jnp.take_along_axis(s.tokens, (s.lengths - 1)[:, None], axis=1)
-    out_s = forward(params, cfg, Inputs(tokens=pending), cache=s.cache)
-    out_l = forward(large_params, large_cfg, Inputs(tokens=pending), cache=large_cache)
-    return out_s, out_l, out_s.logits[:, 0].astype(jnp.float32), out_l.logits[:, 0].astype(jnp.float32)
-
-
-def commit_lockstep(s, small_cache, large_cache, logit_state, key, extra, tok, logits, live, all_masked, eos_id):
-    """Commits one token per row of a step in which a small and a large model both consumed the pending token.
-
-    Shared by the two-model strategies that keep both caches in lockstep (EAD here, P46 R2R): the small
-    model's cache becomes the state's, the large one lives in ``extra.large_cache`` and follows the
-    committed length; rows whose logits were all masked commit nothing and are done.
-    """
-    counts = jnp.where(all_masked, 0, 1).astype(jnp.int32)
-    stats = s.stats.replace(forward_calls=s.stats.forward_calls + 1,
-                            masked_rows=s.stats.masked_rows | (all_masked & live))
-    s = s.replace(cache=small_cache, logit_state=logit_state, key=key, stats=stats, extra=extra)
-    s = commit(s, tok[:, None], counts, eos_id, logits=logits[:, None])
-    extra = s.extra.replace(large_cache=large_cache.set_lengths(s.lengths - 1))
-    return s.replace(extra=extra, done=s.done | all_masked)
-
-
 @struct.dataclass
 class EADState:
-    """EAD's decode state: the large model (weights, KV cache in lockstep with the small one) and the switching record."""
+    """EAD's decode state: the large model (weights, KV cache, see :mod:`tokjax.decoding.routing`) and the switching record."""
 
-    large_params: Any  # unstack_layers(large.params, fuse=True)
-    large_cache: KVCache
+    large: LargeModel  # the large model's weights, KV cache (lazy catch-up) and call count
     history: jax.Array  # [B, w] float32 ring buffer of active-model entropies (bits)
     count: jax.Array  # [B] int32 entropies pushed so far
     use_large: jax.Array  # [B] bool: which model emits the next token
@@ -122,7 +99,7 @@ def _threshold(tau, batch: int) -> np.ndarray:
 class EntropyAdaptive(Strategy):
     """P62 EAD: each step emits from the small (target) or the large model, by the rolling entropy vs ``tau``.
 
-    Build it with :func:`entropy_adaptive`. Static: ``large_cfg``, ``window``. Runtime (not part
+    Build it with :func:`entropy_adaptive`. Static: ``large_cfg``, ``window``, ``catch_up``. Runtime (not part
     of the jit key): ``large_params`` and ``tau`` (scalar or per-row; checked at ``init``).
     """
 
@@ -130,6 +107,7 @@ class EntropyAdaptive(Strategy):
     window: int = 5
     large_params: Any = dataclasses.field(default=None, compare=False, hash=False, repr=False)
     tau: Any = hparam(0.0)
+    catch_up: int = 1
 
     def validate(self, cfg: ModelConfig) -> None:
         if cfg.vocab_size != self.large_cfg.vocab_size:
@@ -137,19 +115,13 @@ class EntropyAdaptive(Strategy):
                 f"small and large models must share a vocabulary; got vocab sizes {cfg.vocab_size} and "
                 f"{self.large_cfg.vocab_size}"
             )
+        check_catch_up(self.catch_up, self.large_cfg)
 
     def init(self, params, cfg: ModelConfig, state: DecodeState) -> EADState:
         B, S = state.tokens.shape
-        if S > self.large_cfg.max_len:
-            raise ValueError(f"prompt + max_new_tokens ({S} slots) exceeds the large model's max_len "
-                             f"({self.large_cfg.max_len}); shorten one of them")
         tau = _threshold(self.tau, B)
-        P = int(np.max(np.asarray(state.prompt_lengths)))
-        # A copy: the decode state is donated to the loop and these are the caller's buffers.
-        large = jax.tree.map(jnp.copy, unstack_layers(self.large_params, fuse=True))
         return EADState(
-            large_params=large,
-            large_cache=prefill(large, self.large_cfg, state.tokens[:, :P], state.prompt_lengths, S),
+            large=init_large(self.large_cfg, state),
             history=jnp.zeros((B, self.window), jnp.float32),
             count=jnp.zeros((B,), jnp.int32),
             use_large=jnp.zeros((B,), bool),
@@ -159,20 +131,25 @@ class EntropyAdaptive(Strategy):
             entropy=jnp.zeros((B, S), jnp.float32),
         )
 
+    def models(self) -> dict:
+        return {LARGE: Model(params=self.large_params, cfg=self.large_cfg)}
+
     def state_axes(self, extra: EADState) -> EADState:
         row, rows2 = ("batch",), ("batch", None)
         return EADState(
-            large_params=unstacked_param_axes(self.large_cfg, fused=True), large_cache=KV_CACHE, history=rows2,
+            large=large_axes(), history=rows2,
             count=row, use_large=row, tau=row, large_tokens=row, used_large=rows2, entropy=rows2,
         )
 
     def step(self, params, cfg: ModelConfig, transform: LogitTransform, s: DecodeState, eos_id=None) -> DecodeState:
         ex: EADState = s.extra
-        out_s, out_l, raw_s, raw_l = forward_lockstep(params, cfg, ex.large_params, self.large_cfg, s, ex.large_cache)
-        h_s, h_l = entropy_bits(raw_s), entropy_bits(raw_l)
+        out_s, raw_s = small_logits(params, cfg, s)
+        h_s = entropy_bits(raw_s)
         first = ex.count == 0
         # No history before the first token: M_S's entropy there decides (see module docstring).
         use_large = jnp.where(first, h_s > ex.tau, ex.use_large)
+        large, raw_l = large_logits(ex.large, self.large_cfg, s, use_large, self.catch_up)
+        h_l = entropy_bits(raw_l)
         raw = jnp.where(use_large[:, None], raw_l, raw_s)
         h = jnp.where(use_large, h_l, h_s)
 
@@ -192,11 +169,10 @@ class EntropyAdaptive(Strategy):
         used = ex.used_large.at[rows, pos].set(jnp.where(live, use_large, ex.used_large[rows, pos]))
         ent = ex.entropy.at[rows, pos].set(jnp.where(live, h, ex.entropy[rows, pos]))
         extra = ex.replace(
-            history=history, count=count, use_large=hbar > ex.tau, used_large=used, entropy=ent,
+            large=large, history=history, count=count, use_large=hbar > ex.tau, used_large=used, entropy=ent,
             large_tokens=ex.large_tokens + (live & use_large).astype(jnp.int32),
         )
-        return commit_lockstep(s, out_s.cache, out_l.cache, logit_state, key, extra, tok, logits, live, all_masked,
-                               eos_id)
+        return commit_routed(s, out_s.cache, logit_state, key, extra, tok, logits, live, all_masked, eos_id)
 
     def persistent_state(self, extra: EADState) -> None:
         return None  # nothing carries over between requests (the caches belong to this prompt)
@@ -205,7 +181,8 @@ class EntropyAdaptive(Strategy):
         raise ValueError("entropy-adaptive decoding keeps no state across requests; pass strategy_state=None")
 
     def finalize(self, state: DecodeState) -> dict:
-        """Returns ``large_fraction`` [B], ``used_large`` / ``entropy`` [B, max_new_tokens] (numpy) and ``large_tokens``."""
+        """Returns ``large_fraction`` [B], ``used_large`` / ``entropy`` [B, max_new_tokens] (numpy), ``large_tokens``
+        and ``large_calls`` (large-model forwards run)."""
         ex: EADState = state.extra
         prompt = np.asarray(state.prompt_lengths)
         new = int(np.asarray(state.max_lengths)[0] - prompt[0])  # every row has the same budget
@@ -216,14 +193,17 @@ class EntropyAdaptive(Strategy):
             "used_large": np.asarray(ex.used_large)[:, :new],
             "entropy": np.asarray(ex.entropy)[:, :new],
             "large_tokens": int(large_tokens.sum()),
+            "large_calls": int(np.asarray(ex.large.calls)),
         }
 
 
-def entropy_adaptive(large: Model, *, tau, window: int = 5) -> EntropyAdaptive:
+def entropy_adaptive(large: Model, *, tau, window: int = 5, catch_up: int = 1) -> EntropyAdaptive:
     """Returns the P62 EAD strategy switching to ``large`` when the rolling entropy of the last ``window`` steps exceeds ``tau``.
 
     Use it as ``tokjax.generate(small, prompts, strategy=entropy_adaptive(large, tau=2.0))``; the
-    output's ``stats`` then hold ``large_fraction``, ``used_large`` and ``entropy``.
+    output's ``stats`` then hold ``large_fraction``, ``used_large``, ``entropy`` and ``large_calls``.
+    ``catch_up``: 1 runs ``large`` on every step; k > 1 only where a row uses it or lags k tokens
+    (:mod:`tokjax.decoding.routing`).
     """
     if not isinstance(large, Model):
         raise ValueError(f"large must be a tokjax Model (params + cfg), got {type(large).__name__}")
@@ -234,7 +214,8 @@ def entropy_adaptive(large: Model, *, tau, window: int = 5) -> EntropyAdaptive:
         raise ValueError("tau must not be NaN (use +inf for always-small, -inf for always-large)")
     if t.ndim > 1:
         raise ValueError(f"tau must be a scalar or one value per prompt row, got shape {t.shape}")
-    return EntropyAdaptive(large_cfg=large.cfg, window=int(window), large_params=large.params, tau=tau)
+    return EntropyAdaptive(large_cfg=large.cfg, window=int(window), large_params=large.params, tau=tau,
+                           catch_up=check_catch_up(catch_up, large.cfg))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,6 +258,7 @@ def entropy_adaptive_generate(
     *,
     tau,
     window: int = 5,
+    catch_up: int = 1,
     max_new_tokens: int,
     key: jax.Array | None = None,
     prompt_lengths: Sequence[int] | None = None,
@@ -291,11 +273,12 @@ def entropy_adaptive_generate(
     it does not recompile); +inf = always M_S, -inf = always M_L. ``window``: w (static, >= 1).
     ``logits``: a LogitTransform (greedy, temperature, ...) applied to the active model's logits
     *after* the entropy is taken. Prompt and stopping conventions are those of tokjax.generate;
-    this is ``generate(small, ..., strategy=entropy_adaptive(large, tau=tau, window=window))``.
+    ``catch_up``: see :func:`entropy_adaptive`. This is
+    ``generate(small, ..., strategy=entropy_adaptive(large, tau=tau, window=window, catch_up=catch_up))``.
     """
     if not isinstance(small, Model):
         raise ValueError(f"small must be a tokjax Model (params + cfg), got {type(small).__name__}")
-    strategy = entropy_adaptive(large, tau=tau, window=window)
+    strategy = entropy_adaptive(large, tau=tau, window=window, catch_up=catch_up)
     out = generate(small, prompt, key=key, max_new_tokens=max_new_tokens, prompt_lengths=prompt_lengths,
                    logits=logits, strategy=strategy, eos_id=eos_id, pad_id=pad_id)
     st = out.stats
@@ -303,5 +286,5 @@ def entropy_adaptive_generate(
         tokens=out.tokens, lengths=out.lengths, prompt_lengths=out.prompt_lengths,
         large_fraction=st["large_fraction"], used_large=st["used_large"], entropy=st["entropy"],
         stats={"steps": st["forward_calls"], "generated_tokens": st["generated_tokens"],
-               "large_tokens": st["large_tokens"], "masked_rows": st["masked_rows"]},
+               "large_tokens": st["large_tokens"], "large_calls": st["large_calls"], "masked_rows": st["masked_rows"]},
     )

@@ -30,10 +30,11 @@ What differs from the paper here (say so wherever results are quoted):
 * The token embedding is the SLM's frozen embedding of y_t (a feature), not a trainable copy.
   Inputs are standardised with training-set statistics kept in the router (``norm``; the
   official code's ``normalize_input`` is off by default and feeds raw values).
-* Compute: both models run on every step with their own KV caches in lockstep (as
-  :mod:`tokjax.decoding.entropy_adaptive` does), so no lazy catch-up prefill is needed and the
-  wall clock is *not* R2R's. What a real implementation spends is reported instead
-  (``llm_fraction`` and :func:`tokjax.decoding.entropy_adaptive.relative_cost`).
+* Compute: the two-model step is :mod:`tokjax.decoding.routing`: with ``catch_up=k > 1`` the LLM
+  runs only on steps where a live row routes or lags k tokens behind, prefilling the lag in one
+  chunk (R2R's lazy catch-up; ``large_calls`` in the stats); ``catch_up=1`` runs both models on
+  every step, caches in lockstep (the recorded experiment's setting). Tokens are the same up to
+  float rounding. ``benchmarks/routing.py`` measures tokens/s against the LLM alone.
 * The paper's hysteresis variant (averaging p_div over a window while on the LLM) is not implemented.
 
 Baselines share the step: ``kind="entropy"`` routes on the SLM's raw-logit entropy (nats)
@@ -53,10 +54,12 @@ import optax
 from flax import struct
 
 from tokjax.decoding._classifier_mlp import apply_classifier, init_classifier
-from tokjax.decoding._state import KV_CACHE, DecodeState, Strategy, ends_greedy, unstacked_param_axes
-from tokjax.decoding.entropy_adaptive import commit_lockstep, forward_lockstep
+from tokjax.decoding._state import DecodeState, Strategy, ends_greedy
+from tokjax.decoding.routing import (
+    LARGE, LargeModel, check_catch_up, commit_routed, init_large, large_axes, large_logits, small_logits,
+)
 from tokjax.logits import LogitTransform, entropy, hparam, sample
-from tokjax.model import KVCache, Model, ModelConfig, embed, forward, prefill, unstack_layers
+from tokjax.model import Model, ModelConfig, embed, forward
 
 __all__ = [
     "ROUTER_KINDS", "DivergenceData", "R2R", "R2RState", "RouterFeatures", "apply_router", "divergence_data", "init_router", "r2r",
@@ -297,10 +300,9 @@ def recall_threshold(probs, labels, recall: float = 0.95, grid=None) -> float:
 # ------------------------------------------------------------------------------ decode strategy
 @struct.dataclass
 class R2RState:
-    """R2R's decode state: the LLM (weights, KV cache in lockstep with the SLM's), the router and the routing record."""
+    """R2R's decode state: the LLM (weights, KV cache; :mod:`tokjax.decoding.routing`), the router and the routing record."""
 
-    large_params: Any  # unstack_layers(large.params, fuse=True)
-    large_cache: KVCache
+    large: LargeModel  # the LLM's weights, KV cache (lazy catch-up) and call count
     router: Any  # router params (runtime)
     kind: jax.Array  # int32 scalar: index into ROUTER_KINDS (runtime)
     theta: jax.Array  # [B] float32 (runtime)
@@ -324,7 +326,7 @@ def _theta(theta, batch: int) -> np.ndarray:
 class R2R(Strategy):
     """P46 R2R: the SLM (the driver's target) proposes each token; the LLM emits it where the router's score >= theta.
 
-    Build it with :func:`r2r`. Static: ``large_cfg``, ``top_k``. Runtime (not part of the jit key):
+    Build it with :func:`r2r`. Static: ``large_cfg``, ``top_k``, ``catch_up``. Runtime (not part of the jit key):
     ``large_params``, ``router`` (params; its shapes are), ``kind`` (index into ROUTER_KINDS),
     ``theta`` (scalar or per row) and ``seed`` (the random router's stream).
     """
@@ -336,11 +338,13 @@ class R2R(Strategy):
     kind: Any = hparam(0)
     theta: Any = hparam(0.5)
     seed: Any = hparam(0)
+    catch_up: int = 1
 
     def validate(self, cfg: ModelConfig) -> None:
         if cfg.vocab_size != self.large_cfg.vocab_size:
             raise ValueError(f"small and large models must share a vocabulary; got vocab sizes {cfg.vocab_size} and "
                              f"{self.large_cfg.vocab_size}")
+        check_catch_up(self.catch_up, self.large_cfg)
         if self.router is None:
             return  # entropy / random routing: init builds a placeholder router for this model
         D, E, K = _router_sizes(self.router)
@@ -350,14 +354,8 @@ class R2R(Strategy):
 
     def init(self, params, cfg: ModelConfig, state: DecodeState) -> R2RState:
         B, S = state.tokens.shape
-        if S > self.large_cfg.max_len:
-            raise ValueError(f"prompt + max_new_tokens ({S} slots) exceeds the large model's max_len "
-                             f"({self.large_cfg.max_len}); shorten one of them")
-        P = int(np.max(np.asarray(state.prompt_lengths)))
-        large = jax.tree.map(jnp.copy, unstack_layers(self.large_params, fuse=True))
         return R2RState(
-            large_params=large,
-            large_cache=prefill(large, self.large_cfg, state.tokens[:, :P], state.prompt_lengths, S),
+            large=init_large(self.large_cfg, state),
             router=jax.tree.map(lambda a: jnp.array(a, copy=True), self._router(cfg)),  # a copy: the state is donated
             kind=jnp.asarray(self.kind, jnp.int32),
             theta=jnp.asarray(_theta(self.theta, B)),
@@ -373,17 +371,20 @@ class R2R(Strategy):
         # kind "entropy" / "random" without a router: a width-8 placeholder (computed, never used)
         return init_router(jax.random.key(0), cfg.d_model, cfg.d_model, self.top_k, dims=(8,))
 
+    def models(self) -> dict:
+        return {LARGE: Model(params=self.large_params, cfg=self.large_cfg)}
+
     def state_axes(self, extra: R2RState) -> R2RState:
         row, rows2 = ("batch",), ("batch", None)
         return R2RState(
-            large_params=unstacked_param_axes(self.large_cfg, fused=True), large_cache=KV_CACHE,
+            large=large_axes(),
             router=jax.tree.map(lambda _: None, extra.router), kind=None, theta=row, route_key=None,
             llm_tokens=row, routed=rows2, score=rows2,
         )
 
     def step(self, params, cfg: ModelConfig, transform: LogitTransform, s: DecodeState, eos_id=None) -> DecodeState:
         ex: R2RState = s.extra
-        out_s, out_l, raw_s, raw_l = forward_lockstep(params, cfg, ex.large_params, self.large_cfg, s, ex.large_cache)
+        out_s, raw_s = small_logits(params, cfg, s)
         ctx = s.context()
         greedy = ends_greedy(transform)
         key, sub = jax.random.split(s.key)
@@ -396,6 +397,7 @@ class R2R(Strategy):
                             jax.random.uniform(rsub, y.shape)])
         score = scores[jnp.clip(ex.kind, 0, len(ROUTER_KINDS) - 1)]
         use = score >= ex.theta
+        large, raw_l = large_logits(ex.large, self.large_cfg, s, use, self.catch_up)
 
         logits, logit_state = transform.apply(jnp.where(use[:, None], raw_l, raw_s), s.logit_state, ctx)
         tok, sst = sample(sub, logits, greedy=greedy)
@@ -407,13 +409,12 @@ class R2R(Strategy):
         pos = jnp.clip(s.lengths - s.prompt_lengths, 0, ex.routed.shape[1] - 1)
         rows = jnp.arange(B)
         extra = ex.replace(
-            route_key=route_key,
+            large=large, route_key=route_key,
             routed=ex.routed.at[rows, pos].set(jnp.where(live, use, ex.routed[rows, pos])),
             score=ex.score.at[rows, pos].set(jnp.where(live, score, ex.score[rows, pos])),
             llm_tokens=ex.llm_tokens + (live & use & ~all_masked).astype(jnp.int32),
         )
-        return commit_lockstep(s, out_s.cache, out_l.cache, logit_state, key, extra, tok, logits, live, all_masked,
-                               eos_id)
+        return commit_routed(s, out_s.cache, logit_state, key, extra, tok, logits, live, all_masked, eos_id)
 
     def persistent_state(self, extra: R2RState) -> None:
         return None  # the caches belong to this prompt
@@ -422,18 +423,20 @@ class R2R(Strategy):
         raise ValueError("R2R keeps no state across requests; pass strategy_state=None")
 
     def finalize(self, state: DecodeState) -> dict:
-        """Returns ``llm_fraction`` [B], ``routed`` / ``router_score`` [B, max_new_tokens] (numpy) and ``llm_tokens``."""
+        """Returns ``llm_fraction`` [B], ``routed`` / ``router_score`` [B, max_new_tokens] (numpy), ``llm_tokens`` and
+        ``large_calls`` (LLM forwards run)."""
         ex: R2RState = state.extra
         prompt = np.asarray(state.prompt_lengths)
         new = int(np.asarray(state.max_lengths)[0] - prompt[0])
         gen = np.asarray(state.lengths) - prompt
         llm = np.asarray(ex.llm_tokens)
         return {"llm_fraction": llm / np.maximum(gen, 1), "routed": np.asarray(ex.routed)[:, :new],
-                "router_score": np.asarray(ex.score)[:, :new], "llm_tokens": int(llm.sum())}
+                "router_score": np.asarray(ex.score)[:, :new], "llm_tokens": int(llm.sum()),
+                "large_calls": int(np.asarray(ex.large.calls))}
 
 
 def r2r(large: Model, router: dict | None = None, *, theta, kind: str = "mlp", top_k: int | None = None,
-        seed: int = 0) -> R2R:
+        seed: int = 0, catch_up: int = 1) -> R2R:
     """Returns the P46 R2R strategy for ``tokjax.generate(small, prompts, strategy=r2r(large, router, theta=...))``.
 
     ``router``: params from :func:`train_router` / :func:`init_router` (its top-k size sets
@@ -442,7 +445,9 @@ def r2r(large: Model, router: dict | None = None, *, theta, kind: str = "mlp", t
     Routing rule: LLM token iff score >= ``theta`` (runtime; scalar or per row), with score =
     p_div (``"mlp"``), the SLM's raw-logit entropy in nats (``"entropy"``) or a fresh uniform
     draw (``"random"``: LLM fraction 1 - theta; ``seed`` picks its stream). The output's
-    ``stats`` hold ``llm_fraction`` [B], ``routed`` and ``router_score`` [B, new].
+    ``stats`` hold ``llm_fraction`` [B], ``routed`` and ``router_score`` [B, new] and ``large_calls``.
+    ``catch_up``: 1 runs the LLM on every step (caches in lockstep); k > 1 only on steps where a
+    live row routes or lags k tokens behind (lazy catch-up, :mod:`tokjax.decoding.routing`).
     """
     if not isinstance(large, Model):
         raise ValueError(f"large must be a tokjax Model (params + cfg), got {type(large).__name__}")
@@ -467,4 +472,4 @@ def r2r(large: Model, router: dict | None = None, *, theta, kind: str = "mlp", t
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
         raise ValueError(f"seed must be an int, got {seed!r}")
     return R2R(large_cfg=large.cfg, top_k=int(K), large_params=large.params, router=router,
-               kind=ROUTER_KINDS.index(kind), theta=theta, seed=int(seed))
+               kind=ROUTER_KINDS.index(kind), theta=theta, seed=int(seed), catch_up=check_catch_up(catch_up, large.cfg))
