@@ -244,6 +244,12 @@ def _run_mode(quick: bool, seeds: frozenset | None = None) -> Iterator[None]:
         _QUICK_RUN, _SEEDS_RUN = before
 
 
+def partial_seeds_run() -> bool:
+    """Returns whether a ``--seeds`` run (filling memo caches beside a main run) is in progress: an experiment
+    with cached units may then walk them in reverse, so the two processes meet in the middle."""
+    return _SEEDS_RUN is not None and not _QUICK_RUN
+
+
 def figure_path(pid: str | int, name: str) -> Path:
     """Returns experiments/figures/pNN_<name> (absolute), creating the folder; under
     experiments/figures/quick/ during a --quick run, so a quick run never replaces a full run's figure."""

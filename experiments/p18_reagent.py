@@ -33,7 +33,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python experiments/p18_reagent.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments._harness import Row, Rule, run_cli  # noqa: E402
+from experiments._harness import Row, Rule, partial_seeds_run, run_cli  # noqa: E402
 
 REPORTED = ("ReAGent uniform sampler, ratio 0.3, top_n 5, top_k 3, 5 chains, overlap 3 (official defaults), "
             "fixed in advance; baseline = the best of the six baselines on the same metric")
@@ -105,19 +105,26 @@ def run(quick: bool) -> list[Row]:
             out[f"nc|{m}"] = float(met["soft_nc"])
         return out
 
+    def cached_prompt(seed: int, i: int, p: list[int]) -> dict:
+        return memo_run("p18-prompt", dict(seed=seed, prompt=p, max_steps=max_steps, methods=methods, version=1),
+                        lambda: one_prompt(seed, i, p))
+
+    # Each (seed, prompt) is cached: a full run killed half-way resumes, and a second process started with
+    # --seeds walks the units in reverse to meet this one in the middle.
+    units = [(seed, i, p) for seed in seeds for i, p in enumerate(ps)]
+    for seed, i, p in reversed(units) if partial_seeds_run() else units:
+        cached_prompt(seed, i, p)
+        print(f"seed {seed} prompt {i} done, {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
     for seed in seeds:
         per_ns = {m: [] for m in methods}
         per_nc = {m: [] for m in methods}
-        for i, p in enumerate(ps):  # each (seed, prompt) is cached: a full run killed half-way resumes
-            res = memo_run("p18-prompt", dict(seed=seed, prompt=p, max_steps=max_steps, methods=methods, version=1),
-                           lambda seed=seed, i=i, p=p: one_prompt(seed, i, p))
+        for i, p in enumerate(ps):
+            res = cached_prompt(seed, i, p)
             stopped.append(float(res["stopped"]))
             steps.append(int(res["steps"]))
             for m in methods:
                 per_ns[m].append(float(res[f"ns|{m}"]))
                 per_nc[m].append(float(res[f"nc|{m}"]))
-            print(f"seed {seed} prompt {i}: reagent steps {int(res['steps'])}, {time.time() - t0:.0f}s",
-                  file=sys.stderr, flush=True)
         for m in methods:
             ns[m].append(float(np.mean(per_ns[m])))
             nc[m].append(float(np.mean(per_nc[m])))
