@@ -17,17 +17,18 @@ Other helpers' sources (STAND ``ngram_memory``, ``recycling``, Kangaroo ``early_
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from tokjax.decoding._state import KV_CACHE, DecodeState, unstacked_param_axes
+from tokjax.decoding._state import KV_CACHE, DecodeState
 from tokjax.decoding.speculative import Draft, DraftSource, Verdict
 from tokjax.logits import LogitContext, masked_softmax, sample
-from tokjax.model import Inputs, KVCache, Model, ModelConfig, forward, prefill, repeat_rows, unstack_layers
+from tokjax.model import Inputs, KVCache, Model, ModelConfig, forward, prefill, repeat_rows
+
+DRAFT = "draft"  # ModelDraft's name for its model in Strategy.models() / DecodeState.models
 
 __all__ = [
     "ModelDraft", "ModelDraftState", "PromptLookup", "model", "prompt_lookup", "chain_parents",
@@ -48,9 +49,9 @@ def _draw(key, probs):
 
 @struct.dataclass
 class ModelDraftState:
-    """A draft model's decode state: its unstacked weights and its KV cache (``num_chains`` rows per target row)."""
+    """A draft model's decode state: its KV cache (``num_chains`` rows per target row). Its weights are the
+    driver's decode layout, read from ``state.models["draft"]`` (``ModelDraft.models``)."""
 
-    params: Any
     cache: KVCache
 
 
@@ -80,21 +81,22 @@ class ModelDraft(DraftSource):
         if self.draft_cfg.max_len < cfg.max_len and self.draft_cfg.positions == "learned":
             raise ValueError(f"draft model max_len {self.draft_cfg.max_len} < target max_len {cfg.max_len}")
 
+    def models(self) -> dict:
+        return {DRAFT: Model(params=self.draft_params, cfg=self.draft_cfg)}
+
     def init(self, params, cfg, state: DecodeState) -> ModelDraftState:
         P = int(np.max(np.asarray(state.prompt_lengths)))
         capacity = state.tokens.shape[1] + self.num_draft + 2
-        # A copy: the decode state is donated to the loop, and these may be the caller's (or the target's) buffers.
-        dparams = jax.tree.map(jnp.copy, unstack_layers(self.draft_params))
-        cache = prefill(dparams, self.draft_cfg, state.tokens[:, :P], state.prompt_lengths, capacity)
-        return ModelDraftState(params=dparams, cache=cache.fork(self.num_chains) if self.num_chains > 1 else cache)
+        cache = prefill(state.models[DRAFT], self.draft_cfg, state.tokens[:, :P], state.prompt_lengths, capacity)
+        return ModelDraftState(cache=cache.fork(self.num_chains) if self.num_chains > 1 else cache)
 
     def state_axes(self, dstate: ModelDraftState):
-        return ModelDraftState(params=unstacked_param_axes(self.draft_cfg), cache=KV_CACHE)
+        return ModelDraftState(cache=KV_CACHE)
 
     def propose(self, params, cfg, state: DecodeState, dstate: ModelDraftState, key, transform):
         B, S = state.tokens.shape
         k, N, dcfg = self.num_chains, self.num_draft, self.draft_cfg
-        dparams, cache = dstate.params, dstate.cache
+        dparams, cache = state.models[DRAFT], dstate.cache
         lengths = jnp.repeat(state.lengths, k)
         tokens = jnp.repeat(state.tokens, k, axis=0)
         ctx = LogitContext(tokens=tokens, lengths=lengths, step=state.step)
@@ -134,7 +136,7 @@ class ModelDraft(DraftSource):
             tokens=toks, parents=parents, probs=probs, valid=jnp.ones((B, k * N), bool),
             layer_evals=jnp.asarray(N * k * dcfg.n_layers, jnp.int32),
         )
-        return draft, ModelDraftState(params=dparams, cache=cache)
+        return draft, ModelDraftState(cache=cache)
 
     def observe(self, params, cfg, state: DecodeState, dstate: ModelDraftState, draft: Draft, target_logits,
                 accepted: Verdict, raw_logits):

@@ -106,6 +106,11 @@ class DraftSource:
     def init(self, params, cfg: ModelConfig, state: DecodeState) -> Any:
         return None
 
+    def models(self) -> dict:
+        """Other models the draft runs, ``{name: Model}``: their decode layouts reach ``init``, ``propose`` and
+        ``observe`` as ``state.models[name]`` (see :class:`tokjax.decoding.Strategy`)."""
+        return {}
+
     def propose(self, params, cfg: ModelConfig, state: DecodeState, dstate, key, transform: LogitTransform) -> tuple[Draft, Any]:
         raise NotImplementedError(f"{type(self).__name__} must define propose")
 
@@ -243,6 +248,9 @@ class Speculative(Strategy):
 
     def init(self, params, cfg, state):
         return self.draft.init(params, cfg, state)
+
+    def models(self) -> dict:
+        return getattr(self.draft, "models", dict)()
 
     def state_axes(self, extra) -> Any:
         return None if _legacy(self.draft, DraftSource) else self.draft.state_axes(extra)
