@@ -9,28 +9,19 @@ from hypothesis import strategies as st
 import tokjax
 from tokjax import logits as L
 from tokjax.decoding.entropy_adaptive import entropy_adaptive
-from tokjax.decoding.r2r import init_router, r2r
+from tokjax.decoding.r2r import r2r
 
-V, K = 32, 8
-PROMPTS = [[1, 2, 3], [4, 5], [6, 7, 8, 9, 10], [11]]
-NEW = 12
+from tests.decoding._routing_pair import NEW, PROMPTS, V, make_pair, make_router
 
 
 @pytest.fixture(scope="module")
 def pair():
-    cs = tokjax.ModelConfig(vocab_size=V, d_model=32, n_layers=1, n_heads=2, max_len=48)
-    cl = tokjax.ModelConfig(vocab_size=V, d_model=48, n_layers=2, n_heads=4, max_len=48)
-
-    def init(cfg, seed):  # weights x3: peaked, different argmaxes, so routing changes the output
-        params = jax.jit(lambda k: jax.tree.map(lambda x: x * 3.0, tokjax.Model.init(cfg, k).params))(jax.random.PRNGKey(seed))
-        return tokjax.Model(params=params, cfg=cfg)
-
-    return init(cs, 0), init(cl, 1)
+    return make_pair()
 
 
 @pytest.fixture(scope="module")
 def router():
-    return init_router(jax.random.key(5), 32, top_k=K, dims=(16, 24))
+    return make_router()
 
 
 def gen(small, strategy, prompts=PROMPTS, **kw):
