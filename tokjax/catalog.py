@@ -971,7 +971,9 @@ _ENTRIES: tuple[Entry, ...] = (
        'the 1-D continuous-time token system (Euler, batched, runtime mu), the regime of each mamba layer (signs of '
        'the nonzero spectrum of S_C^T S_B) and token norms by depth; the Mamba mixer itself is a layer type of the '
        'shared forward (ModelConfig(mixer="mamba", ssm_sign="pos"|"neg"|None), tokjax.model.mamba, the official '
-       'constrained x_proj). The token-norm-by-depth figure is not drawn yet (the recorded runs kept no weights)',
+       'constrained x_proj). Token norms by depth (experiments/figures/p68_token_norms.png: seed 0 of each variant '
+       'retrained with the recorded recipe, as the runs kept no weights) grow with depth in every variant, least under '
+       'the negative constraint',
        experiment='experiments/p68_mamba_dynamics.py',
        claims=(_c('convergent-rate', 'reproduced', 'with mu = S_C^T S_B < 0 every token of the 1-D system converges to 0 at rate O(1/sqrt(t))',
                   '6 tokens, mu = -1, Euler to t = 40: log-log slope of max|x| over t in [10, 40] is -0.4320 (|slope + 1/2| = 0.068, tolerance 0.1)'),
