@@ -112,3 +112,20 @@ def test_chunk_widths():
     assert chunk_widths(2) == (1, 2)
     assert chunk_widths(8) == (1, 2, 4, 8)
     assert chunk_widths(12) == (1, 2, 4, 8, 12)
+
+
+def test_strategy_models_must_be_a_dict_of_models(pair):
+    import dataclasses
+
+    from tokjax.decoding.routing import LARGE
+
+    small, large = pair
+    good = entropy_adaptive(large, tau=1.0)
+
+    class BadModels(type(good)):
+        def models(self):
+            return {LARGE: large.params}  # params, not a Model
+
+    bad = BadModels(**{f.name: getattr(good, f.name) for f in dataclasses.fields(good)})
+    with pytest.raises(ValueError, match="must return a dict of tokjax Models"):
+        gen(small, bad)
