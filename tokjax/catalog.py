@@ -1044,9 +1044,15 @@ _ENTRIES: tuple[Entry, ...] = (
        'MingTok in three stages: a bidirectional encoder to 16 x 4-d continuous latents, a causal semantic decoder '
        '(shared forward, its own KV cache in the SemanticAR decode state) aligned to a second classifier\'s '
        'features, an MSE pixel decoder; one LM reads E(semantic features) for both tasks: a flow head generates '
-       'the latents, cross-entropy on class words understands (registered "mingtok", "ming_univision"). Quick '
-       'run only; no verdict yet',
-       status='implemented'),
+       'the latents, cross-entropy on class words understands (registered "mingtok", "ming_univision"). Full run: '
+       '3 seeds on 16x16 glyphs, tokenizer 1200 steps, LM 1500 steps per arm (about 45 minutes on one core); the glyph task is easy enough '
+       'that both arms end near 99% class-word accuracy, so the understanding gap cannot show at the end of training',
+       claims=(_c('understanding', 'not-reproduced', 'an AR LM reading the unified tokenizer\'s semantic features understands images (class words) better than one reading the low-level latents',
+                  'class-word accuracy 0.9893 unified vs 0.9887 separate on 500 held-out glyphs, per seed -0.006, +0.004, +0.004 (bar +0.02 every seed): both arms at the ceiling of this task'),
+               _c('generation', 'reproduced', 'the same unified model also generates: FD no worse than low-level-latent AR by > 2 SE',
+                  'FD 62.12 unified vs 63.17 separate, per-seed z +1.127, -0.187, -0.5074 (margin -2)'),
+               _c('convergence', 'reproduced', 'joint training on the unified representation converges faster (paper: 3.5x; bar here 1.5x)',
+                  'LM steps to validation class-word accuracy 0.8: speedup 2.778x (per seed 2.67, 2.67, 3.0x)'))),
     _e(75, 'TensorBLEU: Vectorized GPU-based BLEU Score Implementation for Per-Sentence In-Training Evaluation',
        'metrics', 'tokjax.metrics.tensorbleu', ('tensor_sentence_bleu', 'tensor_corpus_bleu', 'bleu_stats', 'bleu_from_stats'),
        'token-id BLEU from sorted compact (sentence, n-gram) ids, jitted and batched; equals NLTK '
