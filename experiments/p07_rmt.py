@@ -114,6 +114,18 @@ def _setup(quick: bool) -> dict:
             "eval_rows": rows, "eval_pos": pos}
 
 
+def _warm_key() -> str:
+    return json.dumps({"base": BASE, "S": S, "steps": WARM_STEPS, "lr": WARM_LR, "M": WARM_M, "batch": WARM_BATCH,
+                       "version": 3}, sort_keys=True)
+
+
+def hist_value(v):
+    """Returns a history entry as a JSON-able number (the cache stores each arm's per-step history)."""
+    import numpy as np
+
+    return float(np.asarray(v)) if np.ndim(v) == 0 else np.asarray(v).tolist()
+
+
 def _warm_start(s: dict):
     """Returns the format warm start (cached on disk): half format traces, half plain windows (module docstring)."""
     import numpy as np
@@ -122,9 +134,7 @@ def _warm_start(s: dict):
     from experiments._harness import train_model
     from tokjax.model import Model, param_shapes
 
-    key = json.dumps({"base": BASE, "S": S, "steps": WARM_STEPS, "lr": WARM_LR, "M": WARM_M, "batch": WARM_BATCH,
-                      "version": 3}, sort_keys=True)
-    path = cached(f"p07-warm-{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz")
+    path = cached(f"p07-warm-{hashlib.sha1(_warm_key().encode()).hexdigest()[:12]}.npz")
     cfg = s["base"].cfg
     if path.is_file():
         return Model(params=load_tree(path, param_shapes(cfg)), cfg=cfg)
@@ -208,6 +218,7 @@ def _run_rmt(warm, s: dict, entropy, seed: int, steps: int, **overrides):
 def run(quick: bool) -> list[Row]:
     import numpy as np
 
+    from experiments._common import memo_json
     from tokjax.train.rmt import base_entropy
 
     t0 = time.perf_counter()
@@ -224,16 +235,25 @@ def run(quick: bool) -> list[Row]:
     res = {a: [] for a in [*arms, "ntp"]}
     hists = {a: [] for a in arms}
     secs = {a: 0.0 for a in res}
-    for seed in seeds:
-        for arm, over in arms.items():
-            t = time.perf_counter()
-            model, hist = _run_rmt(warm, s, entropy, seed, steps, **over)
-            secs[arm] += time.perf_counter() - t
-            res[arm].append(_evaluate(model, s))
-            hists[arm].append(hist)
+    def one_arm(arm: str, seed: int) -> dict:
         t = time.perf_counter()
-        res["ntp"].append(_evaluate(_run_ntp(warm, s, seed, steps), s))
-        secs["ntp"] += time.perf_counter() - t
+        if arm == "ntp":
+            model, hist = _run_ntp(warm, s, seed, steps), []
+        else:
+            model, hist = _run_rmt(warm, s, entropy, seed, steps, **arms[arm])
+        return {"eval": _evaluate(model, s), "hist": [{k: hist_value(v) for k, v in h.items()} for h in hist],
+                "seconds": time.perf_counter() - t}
+
+    for seed in seeds:  # each (seed, arm) is cached: a full run killed half-way resumes
+        for arm in [*arms, "ntp"]:
+            key = dict(arm=arm, seed=seed, steps=steps, overrides=arms.get(arm, {}), warm=_warm_key(), lr=LR,
+                       prompts=PROMPTS, g=G, n_eval=len(s["eval_rows"]), version=1)
+            out = memo_json("p07-arm", key, lambda arm=arm, seed=seed: one_arm(arm, seed))
+            res[arm].append(out["eval"])
+            secs[arm] += out["seconds"]
+            if arm != "ntp":
+                hists[arm].append(out["hist"])
+            print(f"seed {seed} {arm}: {out['eval']}", flush=True)
 
     get = lambda arm, k: [r[k] for r in res[arm]]  # noqa: E731
     per = lambda v: "/".join(f"{x:.3f}" for x in v)  # noqa: E731
