@@ -74,6 +74,7 @@ def init_params(cfg, seed: int, extra: str):
 def run(quick: bool) -> list[Row]:
     import jax
 
+    from experiments._common import memo_json
     from tokjax.vision.flow import continuous_ar, continuous_batch_fn, make_flow_loss, sample_continuous
     from tokjax.vision.xar import make_xar_loss, xar_layout, xar_sample
 
@@ -86,27 +87,33 @@ def run(quick: bool) -> list[Row]:
     layout = xar_layout((GRID, GRID), "cell", 4)
     want = V.sample_labels(n)
     runs = {"noisy": [], "clean": [], "raster": []}
-    for seed in seeds:
+
+    def one_arm(arm: str, seed: int) -> dict:
         fn = continuous_batch_fn(tokens, labels, num_classes=CLASSES, batch_size=V.BATCH,
                                  class_dropout=V.CLASS_DROPOUT, seed=seed)
-        for ctx in ("noisy", "clean"):
-            model, t = V.train_arm(cfg, fn, steps=steps, seed=seed, params=init_params(cfg, seed, "xar"),
-                                   loss_fn=make_xar_loss((GRID, GRID), "cell", 4, ctx))
+        key = lambda s: jax.random.fold_in(jax.random.key(seed), s)  # noqa: E731
+        if arm == "raster":
+            model, t = V.train_arm(cfg, fn, steps=steps, seed=seed, params=init_params(cfg, seed, "flow"),
+                                   loss_fn=make_flow_loss())
             t0 = time.perf_counter()
-            out = [xar_sample(model.params, cfg, want[s:s + 250], jax.random.fold_in(jax.random.key(seed), s),
-                              layout=layout, num_classes=CLASSES, steps=XAR_STEPS) for s in range(0, n, 250)]
-            x = np.concatenate([o.tokens for o in out])
-            runs[ctx].append({**quality(to_images(x), want, out[0].stats["forward_calls"], out[0].stats["head_evals"],
-                                        time.perf_counter() - t0), "train_s": t})
-        model, t = V.train_arm(cfg, fn, steps=steps, seed=seed, params=init_params(cfg, seed, "flow"),
-                               loss_fn=make_flow_loss())
-        t0 = time.perf_counter()
-        strat = continuous_ar(length=GRID * GRID, steps=HEAD_STEPS)
-        out = [sample_continuous(model, strat, want[s:s + 250], jax.random.fold_in(jax.random.key(seed), s),
-                                 num_classes=CLASSES) for s in range(0, n, 250)]
+            strat = continuous_ar(length=GRID * GRID, steps=HEAD_STEPS)
+            out = [sample_continuous(model, strat, want[s:s + 250], key(s), num_classes=CLASSES)
+                   for s in range(0, n, 250)]
+        else:
+            model, t = V.train_arm(cfg, fn, steps=steps, seed=seed, params=init_params(cfg, seed, "xar"),
+                                   loss_fn=make_xar_loss((GRID, GRID), "cell", 4, arm))
+            t0 = time.perf_counter()
+            out = [xar_sample(model.params, cfg, want[s:s + 250], key(s), layout=layout, num_classes=CLASSES,
+                              steps=XAR_STEPS) for s in range(0, n, 250)]
         x = np.concatenate([o.tokens for o in out])
-        runs["raster"].append({**quality(to_images(x), want, out[0].stats["forward_calls"],
-                                         out[0].stats["head_evals"], time.perf_counter() - t0), "train_s": t})
+        return {**quality(to_images(x), want, out[0].stats["forward_calls"], out[0].stats["head_evals"],
+                          time.perf_counter() - t0), "train_s": t}
+
+    for seed in seeds:  # each (seed, arm) is cached: a full run killed half-way resumes
+        for arm in runs:
+            runs[arm].append(memo_json("p10-arm", dict(arm=arm, seed=seed, steps=steps, n=n, cfg=cfg, version=1),
+                                       lambda arm=arm, seed=seed: one_arm(arm, seed)))
+            print(f"seed {seed} {arm}: FD {runs[arm][-1]['fd']:.3f}", flush=True)
     figure = V.fd_vs_passes("P10", "fd_vs_passes.png",
                             {"xAR noisy cells": runs["noisy"], "xAR clean cells": runs["clean"],
                              "continuous raster AR": runs["raster"]},
