@@ -158,6 +158,8 @@ def plot(fd: dict, floor, title: str, name: str, ylabel: str, per_seed=True):
 
 
 def run(quick: bool) -> list[Row]:
+    from experiments._common import memo_json
+
     steps, sort_steps, n = (300, 300, 500) if quick else (1000, 600, 1000)
     vocab = V.vocab()
     data = V.glyph_set(V.TRAIN_N, V.TRAIN_SEED)
@@ -176,30 +178,42 @@ def run(quick: bool) -> list[Row]:
     cons = {a: [] for a in DECODERS}
     exact = {a: [] for a in DECODERS}
     train_s, sample_s = {}, {}
-    for seed in seeds:
+    def one_seed(seed: int) -> dict:
+        out = {"fd": {}, "cons": {}, "exact": {}, "train_s": {}, "sample_s": {}}
         models = {}
         for arm in ARMS:
-            models[arm], train_s[arm] = train(arm, cfg, src, tgt, steps=steps, seed=seed, num_targets=vocab.num_codes)
+            models[arm], out["train_s"][arm] = train(arm, cfg, src, tgt, steps=steps, seed=seed,
+                                                     num_targets=vocab.num_codes)
         for arm, (tr, *_) in DECODERS.items():
             f, c = {}, {}
             for S in STEPS:
-                codes, sample_s[(arm, S)] = decode(models[tr], arm, eval_src, length=L, steps=S, seed=seed,
-                                                   num_targets=vocab.num_codes)
+                codes, out["sample_s"][f"{arm}@{S}"] = decode(models[tr], arm, eval_src, length=L, steps=S,
+                                                               seed=seed, num_targets=vocab.num_codes)
                 images = V.to_images(codes.reshape(-1, V.GRID, V.GRID))
                 f[S] = V.fd_with_se(images)
                 c[S] = V.consistency(images, want)
-            fd[arm].append(f)
-            cons[arm].append(c)
+            out["fd"][arm], out["cons"][arm] = f, c
             print(f"seed {seed} glyph {arm}: FD {({k: round(v[0], 3) for k, v in f.items()})}", flush=True)
         smodels = {arm: train(arm, scfg, sx, sy, steps=sort_steps, seed=seed, num_targets=SORT_VOCAB)[0]
                    for arm in ARMS}
         for arm, (tr, *_) in DECODERS.items():
             em = {}
             for S in STEPS:
-                out, _ = decode(smodels[tr], arm, tx, length=SORT_LEN, steps=S, seed=seed, num_targets=SORT_VOCAB)
-                em[S] = float(np.mean(np.all(out == ty, axis=1)))
-            exact[arm].append(em)
+                res, _ = decode(smodels[tr], arm, tx, length=SORT_LEN, steps=S, seed=seed, num_targets=SORT_VOCAB)
+                em[S] = float(np.mean(np.all(res == ty, axis=1)))
+            out["exact"][arm] = em
             print(f"seed {seed} sort {arm}: exact {em}", flush=True)
+        return out
+
+    for seed in seeds:  # each seed is cached: a full run killed half-way resumes
+        r = memo_json("p67-seed", dict(seed=seed, steps=steps, sort_steps=sort_steps, n=n, cfg=cfg, scfg=scfg,
+                                       arms=ARMS, decoders=DECODERS, version=1), lambda seed=seed: one_seed(seed))
+        for arm in DECODERS:
+            fd[arm].append(r["fd"][arm])
+            cons[arm].append(r["cons"][arm])
+            exact[arm].append(r["exact"][arm])
+        train_s.update(r["train_s"])
+        sample_s.update({(k.split("@")[0], int(k.split("@")[1])): v for k, v in r["sample_s"].items()})
     fd_mean = {a: [{S: r[S][0] for S in STEPS} for r in runs] for a, runs in fd.items()}
     figure = plot(fd_mean, floor[0], f"P67 NeoDiff, class -> glyph 8x8x8, {steps} train steps", "fd_vs_steps.png",
                   "classifier FD (lower is better)")
