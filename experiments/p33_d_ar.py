@@ -153,6 +153,7 @@ def run(quick: bool) -> list[Row]:
     import numpy as np
 
     from experiments import _vision as V
+    from experiments._common import memo_json
     from tokjax.vision.d_ar import d_ar_encode
     from tokjax.vision.flextok import image_tokens, register_batch_fn
 
@@ -166,37 +167,51 @@ def run(quick: bool) -> list[Row]:
     res = {arm: [] for arm, _ in ARMS}
     prev, stream_ok, strip = [], [], None
     secs = {"tok": 0.0, "lm": 0.0, "gen": 0.0}
-    for seed in seeds:
+    def one_arm(arm: str, visible: str, seed: int) -> dict:
+        t0 = time.perf_counter()
+        params = _train_tok(cfg, x_train, visible, tok_steps, seed)
+        t_tok = time.perf_counter() - t0
+        tok = _evaluate_tokenizer(params, cfg, visible, seed, eval_n)
+        _, ids = jax.jit(d_ar_encode, static_argnames=("cfg",))(params, cfg, x_train)
+        t0 = time.perf_counter()
+        lm, _ = train_model(lm_cfg, steps=lm_steps, batch_fn=register_batch_fn(np.asarray(ids), train.labels,
+                                                                               batch_size=BATCH, seed=seed),
+                            lr=LR, seed=seed, weight_decay=0.0)
+        t_lm = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        key = jax.random.key(2000 + seed)
+        out = _generate(lm, params, cfg, visible, labels, key)
+        t_gen = time.perf_counter() - t0
+        _, img_q = register_pixels(out.x)
+        fd, se = V.fd_with_se(img_q)
+        r = {"fd": fd, "se": se, "consistency": V.consistency(img_q, labels), "usage": tok["usage"],
+             "recon_mse": tok["mse"], "recon_acc": tok["acc"], "previews": _preview_stats(out.previews, out.x),
+             "secs": {"tok": t_tok, "lm": t_lm, "gen": t_gen}}
+        if arm == "d-ar":
+            r["strip"] = np.asarray(out.previews[:, 0])
+            few = labels[:20]
+            seen = []
+            streamed = _generate(lm, params, cfg, visible, few, key, callback=lambda g, p: seen.append(g))
+            batch = _generate(lm, params, cfg, visible, few, key)
+            r["stream_ok"] = bool(seen == list(range(GROUPS)) and np.array_equal(streamed.ids, batch.ids)
+                                  and float(np.abs(streamed.previews - batch.previews).max()) <= 1e-5)
+        return r
+
+    for seed in seeds:  # each (seed, arm) is cached: a full run killed half-way resumes
         for arm, visible in ARMS:
-            t0 = time.perf_counter()
-            params = _train_tok(cfg, x_train, visible, tok_steps, seed)
-            secs["tok"] += time.perf_counter() - t0
-            tok = _evaluate_tokenizer(params, cfg, visible, seed, eval_n)
-            _, ids = jax.jit(d_ar_encode, static_argnames=("cfg",))(params, cfg, x_train)
-            t0 = time.perf_counter()
-            lm, _ = train_model(lm_cfg, steps=lm_steps, batch_fn=register_batch_fn(np.asarray(ids), train.labels,
-                                                                                   batch_size=BATCH, seed=seed),
-                                lr=LR, seed=seed, weight_decay=0.0)
-            secs["lm"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            key = jax.random.key(2000 + seed)
-            out = _generate(lm, params, cfg, visible, labels, key)
-            secs["gen"] += time.perf_counter() - t0
-            _, img_q = register_pixels(out.x)
-            fd, se = V.fd_with_se(img_q)
-            res[arm].append({"fd": fd, "se": se, "consistency": V.consistency(img_q, labels), "usage": tok["usage"],
-                             "recon_mse": tok["mse"], "recon_acc": tok["acc"], "previews": _preview_stats(out.previews,
-                                                                                                           out.x)})
+            r = memo_json("p33-arm", dict(arm=arm, seed=seed, tok_steps=tok_steps, lm_steps=lm_steps, gen_n=gen_n,
+                                          eval_n=eval_n, cfg=cfg, lm_cfg=lm_cfg, version=1),
+                          lambda arm=arm, visible=visible, seed=seed: one_arm(arm, visible, seed))
+            r["previews"] |= {k: np.asarray(r["previews"][k]) for k in ("mse", "z")}
+            for k, v in r.pop("secs").items():
+                secs[k] += v
+            res[arm].append(r)
             if arm == "d-ar":
-                prev.append(res[arm][-1]["previews"])
+                prev.append(r["previews"])
+                stream_ok.append(r["stream_ok"])
                 if strip is None:
-                    strip = out.previews[:, 0]
-                few = labels[:20]
-                seen = []
-                streamed = _generate(lm, params, cfg, visible, few, key, callback=lambda g, p: seen.append(g))
-                batch = _generate(lm, params, cfg, visible, few, key)
-                stream_ok.append(seen == list(range(GROUPS)) and np.array_equal(streamed.ids, batch.ids)
-                                 and float(np.abs(streamed.previews - batch.previews).max()) <= 1e-5)
+                    strip = np.asarray(r["strip"])
+            print(f"seed {seed} {arm}: FD {r['fd']:.3f}", flush=True)
 
     mean = lambda xs: float(np.mean(xs))  # noqa: E731
     dar, full = res["d-ar"], res["full"]
