@@ -338,6 +338,7 @@ def panel_figure(panels: dict, title: str):
 
 
 def run(quick: bool) -> list[Row]:
+    from experiments._common import memo_json
     from tokjax.vision.flow import continuous_batch_fn
 
     steps = {k: QUICK_STEPS for k in KINDS} if quick else FULL_STEPS
@@ -352,31 +353,42 @@ def run(quick: bool) -> list[Row]:
     train_s = {k: [] for k in KINDS}
     panels = {k: [] for k in PANEL_KINDS}
     panel_n = QUICK_PANEL_N if quick else FULL_PANEL_N
-    for seed in seeds:
+    def one_kind(kind: str, seed: int) -> dict:
         fn = continuous_batch_fn(tokens, labels, num_classes=G.CLASSES, batch_size=V.BATCH,
                                  class_dropout=V.CLASS_DROPOUT, seed=seed)
-        for kind in KINDS:
-            model, t = V.train_arm(cfg, fn, steps=steps[kind], seed=seed, params=init_params(cfg, seed, kind),
-                                   loss_fn=train_loss(kind))
-            train_s[kind].append(t)
-            print(f"[p19] seed {seed} {kind}: trained {steps[kind]} steps in {t:.0f}s", file=sys.stderr, flush=True)
-            for sampler in SAMPLERS:
-                per = {}
-                for name, sched in arms(kind).items():
-                    if quick and name not in QUICK_ARMS[sampler]:
-                        continue
+        model, t = V.train_arm(cfg, fn, steps=steps[kind], seed=seed, params=init_params(cfg, seed, kind),
+                               loss_fn=train_loss(kind))
+        print(f"[p19] seed {seed} {kind}: trained {steps[kind]} steps in {t:.0f}s", file=sys.stderr, flush=True)
+        out = {"train_s": t, "per": {}, "panel": None}
+        for sampler in SAMPLERS:
+            per = {}
+            for name, sched in arms(kind).items():
+                if quick and name not in QUICK_ARMS[sampler]:
+                    continue
+                t0 = time.perf_counter()
+                x, evals, passes = decode(model, kind, sched, want, seed, sampler)
+                per[name] = G.quality(G.to_images(x), want, passes, evals, time.perf_counter() - t0)
+                if kind in PANEL_KINDS and sampler == "euler" and name == f"T={PANEL_T}":
                     t0 = time.perf_counter()
-                    x, evals, passes = decode(model, kind, sched, want, seed, sampler)
-                    per[name] = G.quality(G.to_images(x), want, passes, evals, time.perf_counter() - t0)
-                    if kind in PANEL_KINDS and sampler == "euler" and name == f"T={PANEL_T}":
-                        t0 = time.perf_counter()
-                        panels[kind].append(path_panel(model, kind, x[:panel_n], want[:panel_n], seed))
-                        print(f"[p19] seed {seed} {kind} panel ({panel_n} images, {PANEL_K} draws, T={PANEL_T}): "
-                              f"{time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
-                    print(f"[p19] seed {seed} {kind} {sampler} {name}: FD {per[name]['fd']:.3f} (SE "
-                          f"{per[name]['se']:.3f}), {evals} head evals, {passes} passes, {per[name]['seconds']:.0f}s",
-                          file=sys.stderr, flush=True)
-                results[(kind, sampler)].append(per)
+                    out["panel"] = path_panel(model, kind, x[:panel_n], want[:panel_n], seed)
+                    print(f"[p19] seed {seed} {kind} panel ({panel_n} images, {PANEL_K} draws, T={PANEL_T}): "
+                          f"{time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+                print(f"[p19] seed {seed} {kind} {sampler} {name}: FD {per[name]['fd']:.3f} (SE "
+                      f"{per[name]['se']:.3f}), {evals} head evals, {passes} passes, {per[name]['seconds']:.0f}s",
+                      file=sys.stderr, flush=True)
+            out["per"][sampler] = per
+        return out
+
+    for seed in seeds:  # each (seed, model kind) is cached: a full run killed half-way resumes
+        for kind in KINDS:
+            r = memo_json("p19-kind", dict(kind=kind, seed=seed, steps=steps[kind], n=n, quick=quick,
+                                           panel_n=panel_n, cfg=cfg, version=1),
+                          lambda kind=kind, seed=seed: one_kind(kind, seed))
+            train_s[kind].append(r["train_s"])
+            for sampler in SAMPLERS:
+                results[(kind, sampler)].append(r["per"][sampler])
+            if r["panel"] is not None:
+                panels[kind].append({k: np.asarray(v) for k, v in r["panel"].items()})
     fig = figure(results, floor, f"P19 DiSA, glyphs 16x16 (2x2 patches), {steps['mar']} / {steps['raster']} / "
                                  f"{steps['xar']} steps (MAR / raster / xAR), {len(seeds)} seed(s)")
     rows = []
