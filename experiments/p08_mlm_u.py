@@ -245,6 +245,8 @@ def _figures(quick, sizes, acc, se):
 def run(quick: bool) -> list[Row]:
     import numpy as np
 
+    from experiments._common import memo_json
+
     seeds = RULE_SIZE.run_seeds(quick)
     sizes = QUICK_SIZES if quick else SIZES
     steps = QUICK_STEPS if quick else STEPS
@@ -255,33 +257,48 @@ def run(quick: bool) -> list[Row]:
     secs = {"ntp": 0.0, "mlm_u": 0.0}
     speed, curves, se = [], {}, {f: [] for f in SE_FRACTIONS} if not quick else {}
     star_row = _star_row(quick, seeds)
+    def one_unit(size: int, seed: int, d, test, T, vocab) -> dict:
+        out = {"acc": {}, "secs": {}, "speed": None, "curve": None, "se": {}}
+        res = {}
+        for arm in ("ntp", "mlm_u"):
+            cn = n_curve if size == speed_size else 0
+            params, cfg, s, curve = _train(arm, size, d, test, T, vocab, steps, seed, len(d["seq"]), cn)
+            out["secs"][arm] = s
+            out["acc"][arm] = _accuracy(params, cfg, arm, test, len(test["seq"]))
+            res[arm] = (params, cfg, curve)
+            print(f"size {size} seed {seed} {arm}: acc {out['acc'][arm]:.3f} ({s:.0f} s training)", flush=True)
+        if size == speed_size:
+            p_n, c_n, _ = res["ntp"]
+            target = _accuracy(p_n, c_n, "ntp", test, n_curve)
+            p_m, c_m, curve = res["mlm_u"]
+            curve = curve + [(steps, _accuracy(p_m, c_m, "mlm_u", test, n_curve))]
+            reached = [st for st, a in curve if a >= target]
+            out["speed"] = min(reached) / steps if reached else NEVER
+            out["curve"] = (target, curve)
+            print(f"speed seed {seed}: NTP final {target:.3f}; MLM-U curve {curve}", flush=True)
+        if not quick and size == SE_SIZE:
+            for f in SE_FRACTIONS:
+                params, cfg, _, _ = _train("mlm_u", size, d, test, T, vocab, steps, seed, int(f * len(d["seq"])))
+                out["se"][str(f)] = _accuracy(params, cfg, "mlm_u", test, len(test["seq"]))
+                print(f"sample efficiency seed {seed} fraction {f}: {out['se'][str(f)]:.3f}", flush=True)
+        return out
+
     for size in sizes:
         d, test, vocab, T = _data(size, n_train, n_test)
-        for seed in seeds:
-            res = {}
+        for seed in seeds:  # each (size, seed) is cached: a full run killed half-way resumes
+            key = dict(size=size, seed=seed, steps=steps, n_train=n_train, n_test=n_test, n_curve=n_curve,
+                       speed_size=speed_size, quick=quick, model=(D_MODEL, N_HEADS, ENC, DEC, NTP_LAYERS),
+                       opt=(BATCH, LR, WD), se=SE_FRACTIONS, version=1)
+            u = memo_json("p08-maze", key, lambda size=size, seed=seed, d=d, test=test, T=T, vocab=vocab:
+                          one_unit(size, seed, d, test, T, vocab))
             for arm in ("ntp", "mlm_u"):
-                cn = n_curve if size == speed_size else 0
-                params, cfg, s, curve = _train(arm, size, d, test, T, vocab, steps, seed, len(d["seq"]), cn)
-                secs[arm] += s
-                a = _accuracy(params, cfg, arm, test, len(test["seq"]))
-                acc[arm][size].append(a)
-                res[arm] = (params, cfg, curve)
-                print(f"size {size} seed {seed} {arm}: acc {a:.3f} ({s:.0f} s training)", flush=True)
-            if size == speed_size:
-                p_n, c_n, _ = res["ntp"]
-                target = _accuracy(p_n, c_n, "ntp", test, n_curve)
-                p_m, c_m, curve = res["mlm_u"]
-                curve = curve + [(steps, _accuracy(p_m, c_m, "mlm_u", test, n_curve))]
-                reached = [st for st, a in curve if a >= target]
-                speed.append(min(reached) / steps if reached else NEVER)
-                curves[seed] = (target, curve)
-                print(f"speed seed {seed}: NTP final {target:.3f}; MLM-U curve {curve}", flush=True)
-            if not quick and size == SE_SIZE:
-                for f in SE_FRACTIONS:
-                    params, cfg, _, _ = _train("mlm_u", size, d, test, T, vocab, steps, seed,
-                                               int(f * len(d["seq"])))
-                    se[f].append(_accuracy(params, cfg, "mlm_u", test, len(test["seq"])))
-                    print(f"sample efficiency seed {seed} fraction {f}: {se[f][-1]:.3f}", flush=True)
+                acc[arm][size].append(u["acc"][arm])
+                secs[arm] += u["secs"][arm]
+            if u["speed"] is not None:
+                speed.append(u["speed"])
+                curves[seed] = (u["curve"][0], [tuple(c) for c in u["curve"][1]])
+            for f in se if u["se"] else ():
+                se[f].append(u["se"][str(f)])
     margins = []
     for i in range(len(seeds)):
         m = [acc["mlm_u"][s][i] - acc["ntp"][s][i] - (0.10 if acc["ntp"][s][i] < 0.90 else 0.0) for s in sizes]
@@ -338,17 +355,25 @@ def run(quick: bool) -> list[Row]:
 def _star_row(quick: bool, seeds) -> Row:
     """The star-graph diagnostic: NTP's teacher-forced failure (a coin flip at the centre, accuracy near
     1/degree) against MLM-U on the same graphs, models, optimiser and steps."""
+    from experiments._common import memo_json
+
     steps = QUICK_STAR_STEPS if quick else STAR_STEPS
     n_train, n_test = (QUICK_STAR_N_TRAIN, QUICK_STAR_N_TEST) if quick else (STAR_N_TRAIN, STAR_N_TEST)
     d, test, V, T = _star_data(n_train, n_test)
     acc = {"ntp": [], "mlm_u": []}
     secs = {"ntp": 0.0, "mlm_u": 0.0}
-    for seed in seeds:
+    def one_arm(arm: str, seed: int) -> dict:
+        params, cfg, t, _ = _train(arm, None, d, test, T, V, steps, seed, len(d["seq"]), batch=STAR_BATCH)
+        return {"acc": _accuracy(params, cfg, arm, test, len(test["seq"])), "t": t}
+
+    for seed in seeds:  # each (seed, arm) is cached: a full run killed half-way resumes
         for arm in ("ntp", "mlm_u"):
-            params, cfg, t, _ = _train(arm, None, d, test, T, V, steps, seed, len(d["seq"]), batch=STAR_BATCH)
-            secs[arm] += t
-            acc[arm].append(_accuracy(params, cfg, arm, test, len(test["seq"])))
-            print(f"star graphs seed {seed} {arm}: acc {acc[arm][-1]:.3f} ({t:.0f} s training)", flush=True)
+            key = dict(arm=arm, seed=seed, steps=steps, n_train=n_train, n_test=n_test, star=STAR, batch=STAR_BATCH,
+                       model=(D_MODEL, N_HEADS, ENC, DEC, NTP_LAYERS), opt=(LR, WD), version=1)
+            u = memo_json("p08-star", key, lambda arm=arm, seed=seed: one_arm(arm, seed))
+            secs[arm] += u["t"]
+            acc[arm].append(u["acc"])
+            print(f"star graphs seed {seed} {arm}: acc {acc[arm][-1]:.3f} ({u['t']:.0f} s training)", flush=True)
     learned = all(max(a, b) > STAR_LEARNED for a, b in zip(acc["ntp"], acc["mlm_u"]))
     v = RULE_STAR.verdict(acc["mlm_u"], acc["ntp"], seeds=seeds)
     mean = lambda x: round(sum(x) / len(x), 4)  # noqa: E731
