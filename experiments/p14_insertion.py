@@ -153,6 +153,7 @@ def run(quick: bool) -> list[Row]:
 
     import numpy as np
 
+    from experiments._common import memo_json
     from tokjax.data import star_graphs
 
     steps = QUICK_STEPS if quick else STEPS
@@ -162,22 +163,32 @@ def run(quick: bool) -> list[Row]:
     seeds = RULE.run_seeds(quick)
     acc = {d: {"ilm": [], "causal": []} for d in diffs}
     info = {d: [] for d in diffs}
+    def one_arm(arm: str, d: str, seed: int, test) -> dict:
+        train = star_graphs(n_train, difficulty=d, format="pairs", seed=100 + seed)
+        t0 = time.time()
+        if arm == "ilm":
+            model, log = train_ilm(train, steps=steps, seed=seed)
+            t = time.time() - t0
+            hit, st = eval_ilm(model, test)
+            return {"acc": float(hit.mean()), "t": t, "loss": float(log["loss"]), "stopped": float(st["stopped"]),
+                    "mean_len": float(st["mean_len"])}
+        model, log = train_causal(train, steps=steps, seed=seed)
+        t = time.time() - t0
+        return {"acc": float(eval_causal(model, test).mean()), "t": t, "loss": float(log["loss"])}
+
     for d in diffs:
         test = star_graphs(n_test, difficulty=d, format="pairs", seed=7)
-        for seed in seeds:
-            train = star_graphs(n_train, difficulty=d, format="pairs", seed=100 + seed)
-            t0 = time.time()
-            ilm, ilm_log = train_ilm(train, steps=steps, seed=seed)
-            t1 = time.time()
-            causal, causal_log = train_causal(train, steps=steps, seed=seed)
-            t2 = time.time()
-            hit_ilm, st = eval_ilm(ilm, test)
-            hit_causal = eval_causal(causal, test)
-            acc[d]["ilm"].append(float(hit_ilm.mean()))
-            acc[d]["causal"].append(float(hit_causal.mean()))
-            info[d].append(f"seed {seed}: train s ILM {t1 - t0:.0f} / causal {t2 - t1:.0f}, final loss ILM "
-                           f"{float(ilm_log['loss']):.3f} / causal {float(causal_log['loss']):.3f}, ILM stopped by "
-                           f"head {st['stopped']:.2f}, mean ILM length {st['mean_len']:.1f}")
+        for seed in seeds:  # each (difficulty, seed, arm) is cached: a full run killed half-way resumes
+            u = {arm: memo_json("p14-arm", dict(arm=arm, difficulty=d, seed=seed, steps=steps, n_train=n_train,
+                                                n_test=n_test, model=(D_MODEL, N_LAYERS, N_HEADS), opt=(BATCH, LR),
+                                                stop=STOP_THRESHOLD, version=1),
+                                 lambda arm=arm, seed=seed, d=d, test=test: one_arm(arm, d, seed, test))
+                 for arm in ("ilm", "causal")}
+            acc[d]["ilm"].append(u["ilm"]["acc"])
+            acc[d]["causal"].append(u["causal"]["acc"])
+            info[d].append(f"seed {seed}: train s ILM {u['ilm']['t']:.0f} / causal {u['causal']['t']:.0f}, final "
+                           f"loss ILM {u['ilm']['loss']:.3f} / causal {u['causal']['loss']:.3f}, ILM stopped by "
+                           f"head {u['ilm']['stopped']:.2f}, mean ILM length {u['ilm']['mean_len']:.1f}")
             print(f"[p14] {d} seed {seed}: ILM {acc[d]['ilm'][-1]:.3f} causal {acc[d]['causal'][-1]:.3f} "
                   f"({info[d][-1]})", flush=True)
 
