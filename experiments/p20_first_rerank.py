@@ -267,6 +267,7 @@ def _ndcg(order_lists, top, rel) -> float:
 def _finetune_rows(model, tok, rs, quick: bool, only) -> list[Row]:
     import numpy as np
 
+    from experiments._common import memo_json
     from experiments._preference_smollm import layout_trunk, train_rows
     from tokjax.decoding.first_rerank import first_rerank, permutation_rerank
 
@@ -281,9 +282,14 @@ def _finetune_rows(model, tok, rs, quick: bool, only) -> list[Row]:
     width = int(-(-layout["lengths"][keep].max() // 32) * 32)
     layout = {k: (v[keep][:, :width] if k == "tokens" else v[keep]) for k, v in layout.items()}
     n = len(keep)
-    t0 = time.perf_counter()
-    trunk = layout_trunk(model, layout, chunk=4)
-    t_trunk = time.perf_counter() - t0
+    trunk_cache = {}
+
+    def trunk():  # the frozen trunk runs only if some (seed, arm) is not cached yet
+        if not trunk_cache:
+            t0 = time.perf_counter()
+            trunk_cache["trunk"] = layout_trunk(model, layout, chunk=4)
+            trunk_cache["seconds"] = time.perf_counter() - t0
+        return trunk_cache["trunk"]
 
     test_q = rs.split("test")[: (N_QUICK if quick else N_TUNED) + 1]
     rel = rs.qrels()[test_q][1:]
@@ -291,21 +297,33 @@ def _finetune_rows(model, tok, rs, quick: bool, only) -> list[Row]:
     queries = [rs.queries[i] for i in test_q]
     cands = [[rs.docs[d] for d in t] for t in top]
     res = {"first": {}, "lm": {}}
-    t_train = t_eval = 0.0
-    for seed in seeds:
+    t_train = t_eval = t_trunk = 0.0
+    def one_arm(arm: str, lam: float, seed: int) -> dict:
+        fresh = not trunk_cache
+        frozen = trunk()
+        t0 = time.perf_counter()
+        tuned, hist = train_rows(model, arm_loss(lam), layout, lambda s: step_rows(s, n, per_step, seed),
+                                 steps=steps, lr=LR, seed=seed, trunk=frozen)
+        out = {"hist": hist["train"][-1], "t_train": time.perf_counter() - t0,
+               "t_trunk": trunk_cache["seconds"] if fresh else 0.0}
+        t0 = time.perf_counter()
+        out["first_orders"], out["t_first"] = _timed(first_rerank, tuned, tok, queries, cands)
+        out["first"] = _ndcg(out["first_orders"], top[1:], rel)
+        if arm == "first":
+            orders, out["t_perm"] = _timed(permutation_rerank, tuned, tok, queries, cands)
+            out["perm"] = _ndcg(orders, top[1:], rel)
+        out["t_eval"] = time.perf_counter() - t0
+        return out
+
+    for seed in seeds:  # each (seed, arm) is cached: a full run killed half-way resumes
         for arm, lam in (("first", FIRST_LAM), ("lm", 0.0)):
-            t0 = time.perf_counter()
-            tuned, hist = train_rows(model, arm_loss(lam), layout, lambda s: step_rows(s, n, per_step, seed),
-                                     steps=steps, lr=LR, seed=seed, trunk=trunk)
-            t_train += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            out = {"hist": hist["train"][-1]}
-            out["first_orders"], out["t_first"] = _timed(first_rerank, tuned, tok, queries, cands)
-            out["first"] = _ndcg(out["first_orders"], top[1:], rel)
-            if arm == "first":
-                orders, out["t_perm"] = _timed(permutation_rerank, tuned, tok, queries, cands)
-                out["perm"] = _ndcg(orders, top[1:], rel)
-            t_eval += time.perf_counter() - t0
+            key = dict(arm=arm, lam=lam, seed=seed, steps=steps, per_step=per_step, n_train=n_train, lr=LR,
+                       max_tokens=MAX_TRAIN_TOKENS, queries=len(queries), top=TOP, window=WINDOW, stride=STRIDE,
+                       version=1)
+            out = memo_json("p20-tuned", key, lambda arm=arm, lam=lam, seed=seed: one_arm(arm, lam, seed))
+            t_train += out["t_train"]
+            t_eval += out["t_eval"]
+            t_trunk += out["t_trunk"]
             res[arm][seed] = out
     fs, ls = [res["first"][s] for s in seeds], [res["lm"][s] for s in seeds]
     ratios = [r["t_first"] / r["t_perm"] for r in fs]
@@ -349,6 +367,7 @@ def _finetune_rows(model, tok, rs, quick: bool, only) -> list[Row]:
 def _zero_shot_rows(model, tok, rs, quick: bool) -> list[Row]:
     import numpy as np
 
+    from experiments._common import memo_json
     from tokjax.decoding.first_rerank import first_rerank, permutation_rerank
     from tokjax.metrics.retrieval import ndcg_at_k
 
@@ -358,9 +377,14 @@ def _zero_shot_rows(model, tok, rs, quick: bool) -> list[Row]:
     queries = [rs.queries[i] for i in rows]
     cands = [[rs.docs[d] for d in t] for t in top]
 
-    orders = {}
-    orders["first"], t_first = _timed(first_rerank, model, tok, queries, cands)
-    orders["permutation"], t_perm = _timed(permutation_rerank, model, tok, queries, cands)
+    def both() -> dict:  # one unit: the latency ratio compares two timings taken under the same load
+        first, t_first = _timed(first_rerank, model, tok, queries, cands)
+        perm, t_perm = _timed(permutation_rerank, model, tok, queries, cands)
+        return {"orders": {"first": first, "permutation": perm}, "t_first": t_first, "t_perm": t_perm}
+
+    z = memo_json("p20-zero-shot", dict(model=MODEL, queries=len(queries), top=TOP, window=WINDOW, stride=STRIDE,
+                                        version=1), both)
+    orders, t_first, t_perm = z["orders"], z["t_first"], z["t_perm"]
     nd = {k: _ndcg(v, top[1:], rel[1:]) for k, v in orders.items()}
     nd["bm25"] = float(np.mean(ndcg_at_k(bm25[1:], rel[1:], 10)))
     ratio = t_first / t_perm
