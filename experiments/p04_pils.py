@@ -254,6 +254,7 @@ def run(quick: bool) -> list[Row]:
     import numpy as np
 
     import tokjax
+    from experiments._common import memo_json
 
     t0 = time.time()
     run_cfg = QUICK if quick else FULL
@@ -271,17 +272,27 @@ def run(quick: bool) -> list[Row]:
     ex = {a: [] for a in arms}
     ex_tf = {a: [] for a in arms}
     longer, info = [], []
-    for seed in seeds:
-        for arm, feats in arms.items():
-            params, cfg, best = train_arm(feats, rows, lengths, split, steps=run_cfg["steps"], seed=seed,
-                                          max_len=max_len, vocab=vocab)
-            e, etf = exact_recovery(params, cfg, feats, rows, lengths, test)
-            ex[arm].append(e)
-            ex_tf[arm].append(etf)
-            info.append(f"s{seed} {arm}: step {best['step']} (val {best['curve']})")
-            if arm == "pils-16" and run_cfg["t_max"] >= 32:
-                longer.append(exact_recovery(params, cfg, data["alr"][:, :32], rows, lengths, test)[0])
-            print(f"[p04] seed {seed} {arm}: test exact {e:.1f}% (teacher-forced {etf:.1f}%), {info[-1]}", flush=True)
+    def one_arm(arm: str, seed: int) -> dict:
+        feats = arms[arm]
+        params, cfg, best = train_arm(feats, rows, lengths, split, steps=run_cfg["steps"], seed=seed,
+                                      max_len=max_len, vocab=vocab)
+        e, etf = exact_recovery(params, cfg, feats, rows, lengths, test)
+        out = {"exact": e, "exact_tf": etf, "info": f"step {best['step']} (val {best['curve']})"}
+        if arm == "pils-16" and run_cfg["t_max"] >= 32:
+            out["longer"] = exact_recovery(params, cfg, data["alr"][:, :32], rows, lengths, test)[0]
+        return out
+
+    for seed in seeds:  # each (seed, arm) is cached: a full run killed half-way resumes
+        for arm in arms:
+            u = memo_json("p04-arm", dict(arm=arm, seed=seed, run=run_cfg, inverter=INV, t_train=T_TRAIN,
+                                          version=1), lambda arm=arm, seed=seed: one_arm(arm, seed))
+            ex[arm].append(u["exact"])
+            ex_tf[arm].append(u["exact_tf"])
+            info.append(f"s{seed} {arm}: {u['info']}")
+            if "longer" in u:
+                longer.append(u["longer"])
+            print(f"[p04] seed {seed} {arm}: test exact {u['exact']:.1f}% (teacher-forced {u['exact_tf']:.1f}%), "
+                  f"{info[-1]}", flush=True)
     elapsed = time.time() - t0
 
     def ps(x):
