@@ -119,7 +119,7 @@ def _warm_key() -> str:
                        "version": 3}, sort_keys=True)
 
 
-def hist_value(v):
+def _hist_value(v):
     """Returns a history entry as a JSON-able number (the cache stores each arm's per-step history)."""
     import numpy as np
 
@@ -241,7 +241,7 @@ def run(quick: bool) -> list[Row]:
             model, hist = _run_ntp(warm, s, seed, steps), []
         else:
             model, hist = _run_rmt(warm, s, entropy, seed, steps, **arms[arm])
-        return {"eval": _evaluate(model, s), "hist": [{k: hist_value(v) for k, v in h.items()} for h in hist],
+        return {"eval": _evaluate(model, s), "hist": [{k: _hist_value(v) for k, v in h.items()} for h in hist],
                 "seconds": time.perf_counter() - t}
 
     for seed in seeds:  # each (seed, arm) is cached: a full run killed half-way resumes
