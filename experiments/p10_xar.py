@@ -42,7 +42,7 @@ from experiments import _vision as V  # noqa: E402
 from experiments._continuous import (  # noqa: E402
     CLASSES, GRID, PATCH, fd_with_se, glyph_set, model_config, quality, to_images, to_tokens,
 )
-from experiments._harness import Row, Rule, run_cli  # noqa: E402
+from experiments._harness import Row, Rule, partial_seeds_run, run_cli  # noqa: E402
 
 XAR_STEPS, HEAD_STEPS, HEAD_WIDTH = 16, 5, 64
 RULE = Rule(metric="classifier FD to real glyphs (lower is better)", higher_is_better=False, threshold=0.0,
@@ -109,11 +109,16 @@ def run(quick: bool) -> list[Row]:
         return {**quality(to_images(x), want, out[0].stats["forward_calls"], out[0].stats["head_evals"],
                           time.perf_counter() - t0), "train_s": t}
 
-    for seed in seeds:  # each (seed, arm) is cached: a full run killed half-way resumes
-        for arm in runs:
-            runs[arm].append(memo_json("p10-arm", dict(arm=arm, seed=seed, steps=steps, n=n, cfg=cfg, version=1),
-                                       lambda arm=arm, seed=seed: one_arm(arm, seed)))
-            print(f"seed {seed} {arm}: FD {runs[arm][-1]['fd']:.3f}", flush=True)
+    units = [(seed, arm) for seed in seeds for arm in runs]
+    # each (seed, arm) is cached: a full run killed half-way resumes, and a `--seeds` process filling the
+    # cache walks the units in reverse, so it meets the main run in the middle
+    done = {}
+    for seed, arm in reversed(units) if partial_seeds_run() else units:
+        done[seed, arm] = memo_json("p10-arm", dict(arm=arm, seed=seed, steps=steps, n=n, cfg=cfg, version=1),
+                                    lambda arm=arm, seed=seed: one_arm(arm, seed))
+        print(f"seed {seed} {arm}: FD {done[seed, arm]['fd']:.3f}", flush=True)
+    for seed, arm in units:
+        runs[arm].append(done[seed, arm])
     figure = V.fd_vs_passes("P10", "fd_vs_passes.png",
                             {"xAR noisy cells": runs["noisy"], "xAR clean cells": runs["clean"],
                              "continuous raster AR": runs["raster"]},
