@@ -496,8 +496,10 @@ class NeoDiffDecode(Strategy):
     Static: ``length`` L, ``src_len`` P, ``scheme`` and ``num_tau`` (as trained), ``tau_source``,
     ``num_targets``, ``clamp`` (re-noise the embedding of the rounded token instead of x0_hat: the official
     ``--clamping`` trick), ``sample`` (round by drawing each token from softmax(logits) instead of the official
-    argmax; with "absorbing" + "confidence" + ``clamp`` this is MaskGIT / MDLM-style sampling, which greedy
-    mask-predict needs when the source leaves the target ambiguous). Runtime: ``steps``, ``hparams``.
+    argmax; every position is drawn again at every step, as the official cmlm re-predicts every position;
+    with "absorbing" + "confidence" + ``clamp`` this is mask-predict with sampled tokens, which greedy
+    mask-predict needs when the source leaves the target ambiguous; unlike MaskGIT, decided tokens can change
+    and be re-masked). Runtime: ``steps``, ``hparams``.
     """
 
     length: int
