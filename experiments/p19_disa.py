@@ -89,7 +89,7 @@ import numpy as np  # noqa: E402
 
 from experiments import _vision as V  # noqa: E402
 from experiments import _continuous as G  # noqa: E402  (the 16 x 16 glyph protocol: data, classifier, FD)
-from experiments._harness import Row, Rule, run_cli  # noqa: E402
+from experiments._harness import Row, Rule, partial_seeds_run, run_cli  # noqa: E402
 
 CONSTANT_T = (2, 5, 10, 25, 50)
 SCHEDULES = ("linear", "cosine", "two_stage")
@@ -379,16 +379,21 @@ def run(quick: bool) -> list[Row]:
             out["per"][sampler] = per
         return out
 
-    for seed in seeds:  # each (seed, model kind) is cached: a full run killed half-way resumes
-        for kind in KINDS:
-            r = memo_json("p19-kind", dict(kind=kind, seed=seed, steps=steps[kind], n=n, quick=quick,
-                                           panel_n=panel_n, cfg=cfg, version=1),
-                          lambda kind=kind, seed=seed: one_kind(kind, seed))
-            train_s[kind].append(r["train_s"])
-            for sampler in SAMPLERS:
-                results[(kind, sampler)].append(r["per"][sampler])
-            if r["panel"] is not None:
-                panels[kind].append({k: np.asarray(v) for k, v in r["panel"].items()})
+    # each (seed, model kind) is cached: a full run killed half-way resumes, and a `--seeds` process filling the
+    # cache walks the units in reverse, so it meets the main run in the middle
+    units = [(seed, kind) for seed in seeds for kind in KINDS]
+    done = {}
+    for seed, kind in reversed(units) if partial_seeds_run() else units:
+        done[seed, kind] = memo_json("p19-kind", dict(kind=kind, seed=seed, steps=steps[kind], n=n, quick=quick,
+                                                      panel_n=panel_n, cfg=cfg, version=1),
+                                     lambda kind=kind, seed=seed: one_kind(kind, seed))
+    for seed, kind in units:
+        r = done[seed, kind]
+        train_s[kind].append(r["train_s"])
+        for sampler in SAMPLERS:
+            results[(kind, sampler)].append(r["per"][sampler])
+        if r["panel"] is not None:
+            panels[kind].append({k: np.asarray(v) for k, v in r["panel"].items()})
     fig = figure(results, floor, f"P19 DiSA, glyphs 16x16 (2x2 patches), {steps['mar']} / {steps['raster']} / "
                                  f"{steps['xar']} steps (MAR / raster / xAR), {len(seeds)} seed(s)")
     rows = []
