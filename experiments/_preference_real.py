@@ -123,7 +123,8 @@ def sample_pool(model, tok, n_prompts: int, seed: int, samples: int = 8, tempera
     :data:`PROMPTS_PER_CALL` prompts (x ``samples`` rows) per ``tokjax.generate`` call, call ``i``
     keyed ``fold_in(key(seed), i)``. The cache key holds the setting, sizes, seed, temperature,
     ``model_name`` and a fingerprint of the parameters (so a fine-tuned model never reads the
-    reference's pool). Raises ValueError on bad sizes, a non-positive temperature or an unknown setting.
+    reference's pool). Finished calls are saved as they come, so a killed run resumes where it stopped.
+    Raises ValueError on bad sizes, a non-positive temperature or an unknown setting.
     """
     import time
 
@@ -145,8 +146,17 @@ def sample_pool(model, tok, n_prompts: int, seed: int, samples: int = 8, tempera
                 return _unpack(f)
     probs = problems(n_prompts, seed, setting)
     prompts = [tok.apply_chat_template(p.messages(setting["style"]), add_generation_prompt=True) for p in probs]
+    # the calls done so far are saved after each one, so an interrupted run resumes at its next call (call i's key
+    # is fold_in(seed, i) whatever ran before: the resumed pool equals an uninterrupted one)
+    partial = path.with_name(path.stem + ".partial.npz")
     pools, t0 = [], time.perf_counter()
+    if partial.exists():
+        with np.load(partial) as f:
+            if json.loads(str(f["key"])) == key:
+                pools = _unpack(f)
     for call, i in enumerate(range(0, n_prompts, PROMPTS_PER_CALL)):
+        if i < len(pools):
+            continue
         chunk = prompts[i:i + PROMPTS_PER_CALL]
         out = tokjax.generate(model, chunk, key=jax.random.fold_in(jax.random.key(seed), call), n=samples,
                               max_new_tokens=setting["new_tokens"], logits=L.temperature(float(temperature)),
@@ -157,9 +167,12 @@ def sample_pool(model, tok, n_prompts: int, seed: int, samples: int = 8, tempera
             graded = [check_answer(texts[r], p.answer) for r in rows]
             pools.append(PromptPool(np.asarray(ids, np.int32), tuple(np.asarray(comps[r], np.int32) for r in rows),
                                     np.array([c for c, _ in graded]), np.array([f for _, f in graded]), int(p.answer)))
+        if len(pools) < n_prompts:
+            _save(partial, key, pools)
         if progress:
             print(f"  sample_pool: {len(pools)}/{n_prompts} prompts, {time.perf_counter() - t0:.0f} s", flush=True)
     _save(path, key, pools)
+    partial.unlink(missing_ok=True)
     return pools
 
 

@@ -211,3 +211,45 @@ def test_train_rows_on_the_cached_trunk_follows_whole_model_training():
     trunk = layout_trunk(model, layout)
     np.testing.assert_allclose(row_logp(got.params, cfg, layout, trunk=trunk), row_logp(got.params, cfg, layout),
                                atol=1e-5)
+
+
+def test_an_interrupted_pool_resumes_to_the_uninterrupted_pool(tmp_path, monkeypatch):
+    """sample_pool saves each finished generate call; a run killed after the first call resumes at the second
+    and returns exactly the pool an uninterrupted run returns."""
+    import jax
+    import numpy as np
+
+    import tokjax
+    from experiments import _preference_real as R
+
+    cfg = tokjax.ModelConfig(vocab_size=40, d_model=16, n_layers=1, n_heads=2, max_len=32)
+    model = tokjax.Model.init(cfg, jax.random.key(0))
+    tok = SimpleNamespace(eos_id=1, pad_id=0, vocab_size=40, decode=lambda ids, **k: " ".join(map(str, ids)),
+                          apply_chat_template=lambda msgs, **k: [2 + len(msgs[-1]["content"]) % 30, 3, 4])
+    setting = {**SETTING, "new_tokens": 3}
+    n = R.PROMPTS_PER_CALL + 2  # two calls
+
+    def pools(cache):
+        monkeypatch.setenv("TOKJAX_CACHE", str(tmp_path / cache))
+        return R.sample_pool(model, tok, n, 0, samples=2, setting=setting)
+
+    want = pools("whole")
+    real_generate, calls = tokjax.generate, []
+
+    def dies_on_second_call(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_generate(*a, **k)
+
+    monkeypatch.setattr(tokjax, "generate", dies_on_second_call)
+    with pytest.raises(KeyboardInterrupt):
+        pools("resumed")
+    assert len(list((tmp_path / "resumed").rglob("*.partial.npz"))) == 1
+    monkeypatch.setattr(tokjax, "generate", real_generate)
+    got = pools("resumed")
+    assert len(got) == n == len(want) and not list((tmp_path / "resumed").rglob("*.partial.npz"))
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a.prompt, b.prompt)
+        assert [c.tolist() for c in a.completions] == [c.tolist() for c in b.completions]
+        np.testing.assert_array_equal(a.correct, b.correct)
