@@ -54,7 +54,8 @@ tokjax layers instead of GPT-2 blocks (see ``tokjax/losses/mlm_u.py``). Quick mo
 1 seed, 300 steps, 100 held-out mazes, star graphs 400 steps on 10 000 graphs; its verdicts mean little. Full mode: sizes 4 and 5 (6 and 7
 left out for the CPU budget), 1500 steps, 10 000 training mazes per size, 3 seeds: 18 trainings of
 1500 steps, about 4 CPU-hours (~0.45 CPU-s/step at size 4, ~0.7 at size 5, one core), i.e. ~2-2.5 h
-on an idle 2-core machine (minutes on a GPU); still far below the paper's training.
+on an idle 2-core machine (minutes on a GPU); still far below the paper's training. ``--only star-graph``
+trains and records the star-graph diagnostic alone (6 units, each cached); the maze claims share their trainings.
 """
 
 from __future__ import annotations
@@ -242,12 +243,23 @@ def _figures(quick, sizes, acc, se):
     return str(path.relative_to(Path(__file__).resolve().parents[1]))
 
 
-def run(quick: bool) -> list[Row]:
+MAZE_CLAIMS = frozenset({"every-size", "sample-efficiency", "speed"})
+
+
+def run(quick: bool, only: frozenset | None = None) -> list[Row]:
+    """``only``: a subset of ``{"star-graph"} | MAZE_CLAIMS``; ``--only star-graph`` trains the star-graph
+    units alone (the maze claims share their trainings, so any of them runs all three)."""
     import numpy as np
 
     from experiments._common import memo_json
 
+    unknown = set(only or ()) - MAZE_CLAIMS - {"star-graph"}
+    if unknown:
+        raise ValueError(f"unknown P8 claim ids {sorted(unknown)}; expected some of "
+                         f"{sorted(MAZE_CLAIMS | {'star-graph'})}")
     seeds = RULE_SIZE.run_seeds(quick)
+    if only is not None and not only & MAZE_CLAIMS:
+        return [_star_row(quick, seeds)]
     sizes = QUICK_SIZES if quick else SIZES
     steps = QUICK_STEPS if quick else STEPS
     n_train, n_test = (QUICK_N_TRAIN, QUICK_N_TEST) if quick else (N_TRAIN, N_TEST)
@@ -256,7 +268,7 @@ def run(quick: bool) -> list[Row]:
     acc = {"ntp": {s: [] for s in sizes}, "mlm_u": {s: [] for s in sizes}}
     secs = {"ntp": 0.0, "mlm_u": 0.0}
     speed, curves, se = [], {}, {f: [] for f in SE_FRACTIONS} if not quick else {}
-    star_row = _star_row(quick, seeds)
+    star_row = _star_row(quick, seeds) if only is None or "star-graph" in only else None
     def one_unit(size: int, seed: int, d, test, T, vocab) -> dict:
         out = {"acc": {}, "secs": {}, "speed": None, "curve": None, "se": {}}
         res = {}
@@ -349,7 +361,8 @@ def run(quick: bool) -> list[Row]:
                          f"(per step: NTP {secs['ntp'] / (len(seeds) * len(sizes) * steps):.3f} s, "
                          f"MLM-U {secs['mlm_u'] / (len(seeds) * len(sizes) * steps):.3f} s; "
                          f"sample-efficiency runs not counted)"))
-    return [star_row] + rows
+    rows = ([star_row] if star_row is not None else []) + rows
+    return rows if only is None else [r for r in rows if r.claim_id in only]
 
 
 def _star_row(quick: bool, seeds) -> Row:
