@@ -149,3 +149,20 @@ def test_first_loss_verdict():
     assert v.status == "not-reproduced" and v.diffs[0] == pytest.approx(-0.03)
     with pytest.raises(ValueError):
         p20.first_loss_verdict([0.5], [0.5, 0.5], seeds)
+
+
+def test_quality_guard_needs_a_permutation_that_reranks():
+    ident, moved = list(range(5)), [1, 0, 2, 3, 4]
+    assert p20.reranked_share([ident, moved, ident, moved]) == 0.5
+    assert p20.reranked_share([ident]) == 0.0
+    with pytest.raises(ValueError, match="at least one query"):
+        p20.reranked_share([])
+    ok = p20.RULE_QUALITY.verdict([0.35], [0.35])
+    assert ok.status == "reproduced"
+    v, note = p20.guard_quality(ok, [0.5])
+    assert v.status == "reproduced" and "[0.5]" in note
+    v, note = p20.guard_quality(ok, [0.9, 1 / 60])  # one seed's permutation is the input order: no evidence
+    assert v.status == "inconclusive" and "by the rule alone: reproduced" in note
+    assert v.diffs == ok.diffs  # the numbers stay; only the status changes
+    bad = p20.RULE_QUALITY.verdict([0.30], [0.35])
+    assert p20.guard_quality(bad, [0.0])[0].status == "inconclusive"
