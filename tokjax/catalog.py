@@ -845,9 +845,17 @@ _ENTRIES: tuple[Entry, ...] = (
        'T-REG: token rewards sigmoid(log pi(y_t|x+) - log pi(y_t|x-)) - 0.5 from opposite prompts regularise '
        "DPO's implicit token rewards (registered 't_reg'; alpha 0.25). The regulariser's form is taken from a "
        'secondary summary of the paper (the official code was not readable here): unverified. On the control-'
-       'token toy the credit at the bad token does not move (0.193 vs 0.194)',
+       'token toy the credit at the bad token does not move (0.193 vs 0.194). On SmolLM2 the opposite-prompt '
+       'token rewards do not find the wrong answer tokens (AUROC 0.5049), so the accuracy rows are inconclusive '
+       '(T=1 51.06 vs DPO 50.5 points, greedy 98.25 vs 98.25)',
        claims=(_c('toy-credit', 'not-reproduced', "T-REG moves DPO's token credit onto the erroneous token (toy with opposite-prompt control tokens)",
-                  'fraction of rejected responses whose most negative implicit reward sits at BAD: T-REG 0.193 vs DPO 0.194 over 3 seeds (differences 0, 0, -0.004); the regulariser form is unverified against the paper'),)),
+                  'fraction of rejected responses whose most negative implicit reward sits at BAD: T-REG 0.193 vs DPO 0.194 over 3 seeds (differences 0, 0, -0.004); the regulariser form is unverified against the paper'),
+               _c('smollm-reward-auroc', 'not-reproduced', 'contrastive-prompt token rewards of SmolLM2 single out the wrong answer tokens of incorrect samples',
+                  "SmolLM2-135M-Instruct reference, 302 rejected training completions, x+ 'Think carefully and give the correct answer.' / x- 'Give a wrong answer on purpose.': AUROC of -r_t for the answer tokens 0.5049 (chance 0.5; the declared bar 0.6); mean r_t at answer tokens -0.0049, elsewhere +0.0057"),
+               _c('smollm-sampled', 'inconclusive', "T-REG's contrastive-prompt token regulariser beats sequence DPO on held-out word problems (T=1 accuracy)",
+                  'last 4 of 30 layers, 150 steps x 8 pairs, beta 0.1, alpha 0.25, 200 held-out problems, seeds 0 and 1: T-REG 51.06 vs DPO 50.5 points (per seed +0.5 / +0.625, below the 2-point margin); inconclusive by the declared guard whatever the numbers, because the token rewards it regularises towards are at chance (AUROC 0.5049 < 0.6)'),
+               _c('smollm-greedy', 'inconclusive', "T-REG's contrastive-prompt token regulariser beats sequence DPO on held-out word problems (greedy accuracy)",
+                  'greedy accuracy 98.25 vs DPO 98.25 (per seed +0 / +0; DPO sits at a ceiling, above the reference 84.0); inconclusive by the same guard (AUROC 0.5049 < 0.6)'),)),
     _e(52, 'Kronos: A Foundation Model for the Language of Financial Markets',
        'tokenizers', 'tokjax.tokenizers.kronos',
        ('BSQConfig', 'KronosHead', 'KronosDecode', 'kline_features', 'tokenizer_encode', 'tokenizer_loss',
