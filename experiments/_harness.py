@@ -119,9 +119,7 @@ class Rule:
         """Returns the seeds to run: ``quick_seeds`` (default the first seed) with --quick, else ``seeds``."""
         if quick:
             return tuple(self.quick_seeds) if self.quick_seeds else tuple(self.seeds[:1])
-        if _SEEDS_RUN is not None:
-            return tuple(s for s in self.seeds if s in _SEEDS_RUN)
-        return tuple(self.seeds)
+        return restrict_seeds(self.seeds)
 
     def verdict(self, method_runs, baseline_runs, *, seeds=None) -> "Verdict":
         """Returns :func:`verdict` of the runs under this rule (``seeds`` default: all declared)."""
@@ -242,6 +240,14 @@ def _run_mode(quick: bool, seeds: frozenset | None = None) -> Iterator[None]:
         yield
     finally:
         _QUICK_RUN, _SEEDS_RUN = before
+
+
+def restrict_seeds(seeds) -> tuple:
+    """Returns ``seeds`` (full-mode seeds of an experiment that does not declare them through a :class:`Rule`),
+    kept to those of a ``--seeds`` run while one is in progress."""
+    if _SEEDS_RUN is not None and not _QUICK_RUN:
+        return tuple(s for s in seeds if s in _SEEDS_RUN)
+    return tuple(seeds)
 
 
 def partial_seeds_run() -> bool:

@@ -516,12 +516,15 @@ class Context:
 
 
 def load(progress: bool = True) -> Context:
-    """Returns the :class:`Context` at :func:`sizes` (samples and caches the training pool on first use)."""
+    """Returns the :class:`Context` at :func:`sizes` (samples and caches the training pool on first use); a
+    ``--seeds`` run keeps only its seeds."""
     import tokjax
+    from experiments._harness import restrict_seeds
 
     size = sizes()
     if size != {**FULL_SIZE, "n_val": N_VAL, "aux_steps": AUX_SFT_STEPS} and sys.argv[0].endswith(".py") and "--no-record" not in sys.argv:
         raise ValueError(f"$TOKJAX_PREF_REAL={size} is a reduced size (a plumbing check): run it with --no-record")
+    size["seeds"] = restrict_seeds(size["seeds"])  # a --seeds run fills only its seeds' caches (keys omit seeds)
     model, tok = tokjax.pretrained(MODEL, progress=progress)
     pools = sample_pool(model, tok, size["n_train"], TRAIN_SEED, progress=progress)
     return Context(model, tok, size, pools, problems(size["n_heldout"], HELDOUT_SEED), drift_docs(tok))

@@ -511,15 +511,16 @@ def test_run_cli_seeds_runs_a_subset_and_records_nothing(tmp_path, capsys):
     seen = []
 
     def run(quick):
-        seen.append((rule.run_seeds(quick), h.figure_path("P18", "x.png").parent.name, h.partial_seeds_run()))
+        seen.append((rule.run_seeds(quick), h.figure_path("P18", "x.png").parent.name, h.partial_seeds_run(),
+                     h.restrict_seeds((0, 1))))  # seeds declared outside a Rule (the SmolLM preference rows)
         return make_row("P18", quick=None)
 
     path = tmp_path / "RESULTS.md"
     h.run_cli(run, ["--seeds", "2,1"], results_path=path)
-    assert seen[-1] == ((1, 2), "tokjax-seeds-run-figures", True)  # declared order; figures off the recorded folder
+    assert seen[-1] == ((1, 2), "tokjax-seeds-run-figures", True, (1,))  # declared order; figures off the record
     assert not path.exists() and "not recorded" in capsys.readouterr().out
     h.run_cli(run, [], results_path=path)  # the restriction ends with the run
-    assert seen[-1][0] == (0, 1, 2) and not seen[-1][2] and path.exists()
+    assert seen[-1][0] == (0, 1, 2) and not seen[-1][2] and seen[-1][3] == (0, 1) and path.exists()
     for bad in (["--seeds", "x"], ["--seeds", ","], ["--seeds", "1", "--quick"]):
         with pytest.raises(SystemExit):
             h.run_cli(run, bad, results_path=path)
