@@ -151,3 +151,10 @@ def test_bad_input_raises():
         M.make_mlm_u_loss()(p, CFG, {"tokens": toks, "path_mask": path}, None)
     with pytest.raises(ValueError, match="tokens must be int"):
         M.mlm_u_logits(p, CFG, jnp.zeros((4,), jnp.int32), path[0])
+
+
+def test_p08_experiment_rejects_unknown_claim_ids_before_training():
+    from experiments import p08_mlm_u
+
+    with pytest.raises(ValueError, match="unknown P8 claim ids"):
+        p08_mlm_u.run(False, only=frozenset({"star-graph", "bogus"}))
