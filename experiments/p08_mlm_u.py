@@ -34,6 +34,9 @@ Claims and rules (declared here, before running; seeds ``SEEDS``; the final step
   mazes, batch ``STAR_BATCH``, ``STAR_STEPS`` steps. Teacher-forced NTP is known to learn the "Clever Hans"
   shortcut and guess at the centre (accuracy near 1/degree = 0.5). Reproduced when MLM-U - NTP > 0.25 on
   every seed; ``inconclusive`` if on some seed neither model exceeds 0.4 (too little training to judge).
+  The note gives each arm's teacher-forced accuracy by path position (the true earlier path given: the
+  condition greedy decoding meets when every earlier choice was right), which separates "has not learned to
+  follow an edge" from "guesses the arm at the centre" (added after seed 0's units were cached; they lack it).
 
 * ``every-size``: per seed, min over sizes of (MLM-U - NTP - need), need = 0.10 where NTP < 0.90
   else 0, must be >= 0 (threshold -1e-9) on every seed. The comparison means something only if a
@@ -221,6 +224,43 @@ def _train(arm, size, d, test, T, vocab, steps, seed, n_rows, curve_n=0, batch=B
     return model.params, cfg, secs, curve
 
 
+def _teacher_forced_by_position(params, cfg, arm, test, n: int = 500) -> list[float]:
+    """Returns the argmax accuracy at each path position given the true earlier path tokens (the condition greedy
+    decoding meets when every earlier choice was right), on the first n held-out rows.
+
+    The star-graph diagnosis: it separates "follows an edge from the previous node" (every position after the
+    centre's successor) from the choice at the centre, and so tells a model that has not learned edge-following
+    from one that guesses the arm."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from tokjax.losses.mlm_u import mlm_u_logits
+    from tokjax.model import Inputs, forward
+
+    seq = jnp.asarray(test["seq"][:n])
+    valid = np.asarray(test["valid"][:n])
+    P, T = test["prompt_len"], seq.shape[1]
+    out = []
+    if arm == "ntp":
+        pred = np.asarray(jnp.argmax(forward(params, cfg, Inputs(tokens=seq)).logits, -1))
+    for k in range(P, T):
+        if arm == "mlm_u":
+            vis = jnp.asarray(np.arange(T)[None, :] < k) & jnp.asarray(valid)
+            guess = np.asarray(jnp.argmax(mlm_u_logits(params, cfg, seq, vis)[:, k], -1))
+        else:
+            guess = pred[:, k - 1]
+        rows = valid[:, k]
+        out.append(round(float(np.mean(guess[rows] == np.asarray(seq)[rows, k])), 3) if rows.any() else float("nan"))
+    return out
+
+
+def _tf_note(tf: dict) -> str:
+    if not tf["ntp"] and not tf["mlm_u"]:
+        return ""
+    parts = [f"{arm.upper().replace('_', '-')} seed {s} {v}" for arm in ("ntp", "mlm_u") for s, v in tf[arm]]
+    return "; teacher-forced accuracy by path position (true earlier path given): " + ", ".join(parts)
+
+
 def _figures(quick, sizes, acc, se):
     import matplotlib
 
@@ -377,8 +417,10 @@ def _star_row(quick: bool, seeds) -> Row:
     secs = {"ntp": 0.0, "mlm_u": 0.0}
     def one_arm(arm: str, seed: int) -> dict:
         params, cfg, t, _ = _train(arm, None, d, test, T, V, steps, seed, len(d["seq"]), batch=STAR_BATCH)
-        return {"acc": _accuracy(params, cfg, arm, test, len(test["seq"])), "t": t}
+        return {"acc": _accuracy(params, cfg, arm, test, len(test["seq"])), "t": t,
+                "tf": _teacher_forced_by_position(params, cfg, arm, test)}
 
+    tf = {"ntp": [], "mlm_u": []}
     for seed in seeds:  # each (seed, arm) is cached: a full run killed half-way resumes
         for arm in ("ntp", "mlm_u"):
             key = dict(arm=arm, seed=seed, steps=steps, n_train=n_train, n_test=n_test, star=STAR, batch=STAR_BATCH,
@@ -386,6 +428,8 @@ def _star_row(quick: bool, seeds) -> Row:
             u = memo_json("p08-star", key, lambda arm=arm, seed=seed: one_arm(arm, seed))
             secs[arm] += u["t"]
             acc[arm].append(u["acc"])
+            if u.get("tf") is not None:  # units cached before the diagnostic was added (seed 0) lack it
+                tf[arm].append((seed, u["tf"]))
             print(f"star graphs seed {seed} {arm}: acc {acc[arm][-1]:.3f} ({u['t']:.0f} s training)", flush=True)
     learned = all(max(a, b) > STAR_LEARNED for a, b in zip(acc["ntp"], acc["mlm_u"]))
     v = RULE_STAR.verdict(acc["mlm_u"], acc["ntp"], seeds=seeds)
@@ -401,7 +445,7 @@ def _star_row(quick: bool, seeds) -> Row:
                verdict=v.status if learned else "inconclusive",
                note=(f"per seed NTP {[round(x, 3) for x in acc['ntp']]}, MLM-U {[round(x, 3) for x in acc['mlm_u']]}; "
                      f"1/degree = {1 / STAR['degree']:.2f}; training s: NTP {secs['ntp']:.0f}, MLM-U "
-                     f"{secs['mlm_u']:.0f}" + ("" if learned else f"; inconclusive: some seed has neither model above "
+                     f"{secs['mlm_u']:.0f}" + _tf_note(tf) + ("" if learned else f"; inconclusive: some seed has neither model above "
                                                              f"{STAR_LEARNED} (too little training to judge)")))
 
 

@@ -158,3 +158,28 @@ def test_p08_experiment_rejects_unknown_claim_ids_before_training():
 
     with pytest.raises(ValueError, match="unknown P8 claim ids"):
         p08_mlm_u.run(False, only=frozenset({"star-graph", "bogus"}))
+
+
+def test_p08_star_diagnostic_scores_each_path_position_on_the_true_prefix():
+    """The star-graph diagnosis: NTP position k is scored by the logits at k - 1 of the full sequence; MLM-U
+    position k sees only the prompt and the path before k (a later token must not change it)."""
+    import numpy as np
+
+    from experiments import p08_mlm_u
+    from tokjax.model import Inputs, forward
+
+    _, test, V, T = p08_mlm_u._star_data(20, 30)
+    P = test["prompt_len"]
+    cfg = ModelConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=2, max_len=T + 8)
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    got = p08_mlm_u._teacher_forced_by_position(params, cfg, "ntp", test, n=30)
+    pred = np.asarray(jnp.argmax(forward(params, cfg, Inputs(tokens=jnp.asarray(test["seq"][:30]))).logits, -1))
+    want = [float(np.mean(pred[:, k - 1] == test["seq"][:30, k])) for k in range(P, T)]
+    assert got == [round(w, 3) for w in want] and len(got) == T - P
+
+    mp = M.init_mlm_u(params, cfg, jax.random.PRNGKey(1), n_layers=1)
+    base = p08_mlm_u._teacher_forced_by_position(mp, cfg, "mlm_u", test, n=30)
+    changed = {**test, "seq": test["seq"].copy()}
+    changed["seq"][:, -1] = (changed["seq"][:, -1] + 1) % V  # the last path token: no earlier position sees it
+    after = p08_mlm_u._teacher_forced_by_position(mp, cfg, "mlm_u", changed, n=30)
+    assert after[:-1] == base[:-1]
