@@ -225,10 +225,18 @@ _ENTRIES: tuple[Entry, ...] = (
        'PILS: log-prob vectors of T greedy steps from one teacher-forced forward, additive log-ratios on a fixed '
        'random vocab subset of D+101 ids, a tokjax prefix LM reading the projected features as Inputs(embeds=...) '
        'under Prefix(T) (registered loss "pils"), greedy inversion through tokjax.generate (FeaturePrefixLM, a '
-       'PrefixLM Strategy). Quick run on SmolLM2 only (hidden prompts from templates, held-out combinations): the '
-       'ALR-to-hidden map is exact and PILS far above a text-only inverter, but one step beat 16 (one hidden state '
-       'already pins a template down); no full-run verdict yet',
-       status='implemented'),
+       'PrefixLM Strategy). Full run on SmolLM2 (864 template prompts, held-out verb x topic x style '
+       'combinations, 3 seeds): the ALR-to-hidden map is exact (relative residual 2.64e-06) and PILS-16 recovers '
+       '99.03% of held-out prompts vs 31.2% for a text-only inverter, but one step already recovers 99.42% (a '
+       'template prompt is pinned down by one log-prob vector), and 32 test steps hurt an inverter trained on 16',
+       claims=(_c('alr-exact', 'reproduced', 'ALR features on D+1 vocabulary ids are a lossless linear image of the final hidden state (least squares residual < 1e-3)',
+                  'relative residual 2.64e-06 on 5504 held-out greedy steps of SmolLM2 (K = 677 ids, map fitted black-box on 19392 steps; white-box through the unembedding 2.62e-06)'),
+               _c('vs-one-step', 'not-reproduced', 'PILS reading 16 steps recovers hidden prompts >= 10 points more often than reading one step',
+                  'exact recovery 99.03% (16 steps) vs 99.42% (1 step), per seed +0 / +0 / -1.163 against the declared +10: on these template prompts one log-prob vector already identifies the prompt (a ceiling), so the setting cannot show the gain of more steps'),
+               _c('vs-text', 'reproduced', 'PILS beats a text-only inverter reading the same 16 generated tokens by >= 10 points',
+                  '99.03% vs 31.2% exact recovery, per seed +66.28 / +68.6 / +68.6 (3 seeds, the same inverter recipe, checkpoints chosen on validation)'),
+               _c('longer-test', 'not-reproduced', 'an inverter trained on 16 steps recovers more prompts when given 32 steps at test time',
+                  '59.11% with 32 test steps vs 99.03% with 16, per seed -35.47 / -30.81 / -53.49: the 16-step inverter does not generalise to longer feature sequences here'),)),
     _e(5, 'Hierarchical Masked Autoregressive Models with Low-Resolution Token Pivots',
        'vision', 'tokjax.vision.himar', ('himar', 'HiMAR', 'make_himar_loss', 'himar_batch_fn', 'himar_init', 'himar_replay', 'pool_images'),
        'two masked-set phases on one backbone: low-resolution pivot codes, then the dense codes reading the '
