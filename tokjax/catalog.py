@@ -236,7 +236,7 @@ _ENTRIES: tuple[Entry, ...] = (
                _c('vs-text', 'reproduced', 'PILS beats a text-only inverter reading the same 16 generated tokens by >= 10 points',
                   '99.03% vs 31.2% exact recovery, per seed +66.28 / +68.6 / +68.6 (3 seeds, the same inverter recipe, checkpoints chosen on validation)'),
                _c('longer-test', 'not-reproduced', 'an inverter trained on 16 steps recovers more prompts when given 32 steps at test time',
-                  '59.11% with 32 test steps vs 99.03% with 16, per seed -35.47 / -30.81 / -53.49: the 16-step inverter does not generalise to longer feature sequences here'),)),
+                  '59.11% with 32 test steps vs 99.03% with 16, per seed -35.47 / -30.81 / -53.49: the 16-step inverter does not generalise to longer feature sequences here; a likely cause (untested): ours is a prefix LM, so with 32 feature slots the prompt tokens sit 16 positions later than in training, where the paper\'s T5 encoder-decoder keeps the decoder positions fixed'),)),
     _e(5, 'Hierarchical Masked Autoregressive Models with Low-Resolution Token Pivots',
        'vision', 'tokjax.vision.himar', ('himar', 'HiMAR', 'make_himar_loss', 'himar_batch_fn', 'himar_init', 'himar_replay', 'pool_images'),
        'two masked-set phases on one backbone: low-resolution pivot codes, then the dense codes reading the '
