@@ -63,6 +63,7 @@ trains and records the star-graph diagnostic alone (6 units, each cached); the m
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -224,6 +225,12 @@ def _train(arm, size, d, test, T, vocab, steps, seed, n_rows, curve_n=0, batch=B
     return model.params, cfg, secs, curve
 
 
+def _guarded(v, judged: bool):
+    """Returns the Verdict ``v``, made inconclusive when the declared guard fails (``judged`` False); the row keeps
+    the rule's threshold, seeds and per-seed differences either way."""
+    return v if judged else dataclasses.replace(v, status="inconclusive")
+
+
 def _teacher_forced_by_position(params, cfg, arm, test, n: int = 500) -> list[float]:
     """Returns the argmax accuracy at each path position given the true earlier path tokens (the condition greedy
     decoding meets when every earlier choice was right), on the first n held-out rows.
@@ -370,8 +377,8 @@ def run(quick: bool, only: frozenset | None = None) -> list[Row]:
                 baseline_value=mean([x for s in sizes for x in acc["ntp"][s]]),
                 method_value=mean([x for s in sizes for x in acc["mlm_u"][s]]),
                 metric="greedy exact-path accuracy (higher is better); verdict on " + RULE_SIZE.metric,
-                verdict=(RULE_SIZE.verdict(margins, [0.0] * len(margins), seeds=seeds) if learned
-                         else "inconclusive"), figure=fig,
+                verdict=_guarded(RULE_SIZE.verdict(margins, [0.0] * len(margins), seeds=seeds), learned),
+                figure=fig,
                 note=per_size + "; " + wall + ("" if learned else f"; inconclusive: at some size/seed neither "
                                                             f"model exceeds {LEARNED_ACC} (nothing learned)"))]
     if se:
@@ -380,9 +387,9 @@ def run(quick: bool, only: frozenset | None = None) -> list[Row]:
                         setting=setting + f"; size {SE_SIZE}", baseline_name="NTP, all training mazes",
                         baseline_value=mean(acc["ntp"][SE_SIZE]), method_value=mean(se[0.25]),
                         metric="greedy exact-path accuracy (higher is better)",
-                        verdict=(RULE_SE.verdict(se[0.25], acc["ntp"][SE_SIZE], seeds=seeds)
-                                 if min(max(a, b) for a, b in zip(se[0.25], acc["ntp"][SE_SIZE])) > LEARNED_ACC
-                                 else "inconclusive"), figure=fig,
+                        verdict=_guarded(RULE_SE.verdict(se[0.25], acc["ntp"][SE_SIZE], seeds=seeds),
+                                         min(max(a, b) for a, b in zip(se[0.25], acc["ntp"][SE_SIZE])) > LEARNED_ACC),
+                        figure=fig,
                         note=f"MLM-U 1/4: {se[0.25]}, 1/2: {se[0.5]}, all: {acc['mlm_u'][SE_SIZE]}"))
     else:
         rows.append(Row(pid="P8", claim_id="sample-efficiency",
@@ -395,8 +402,8 @@ def run(quick: bool, only: frozenset | None = None) -> list[Row]:
                     setting=setting + f"; size {speed_size}, curve on {n_curve} held-out mazes",
                     baseline_name="NTP steps (fraction 1.0)", baseline_value=1.0, method_value=mean(speed),
                     metric="MLM-U steps to reach NTP's final accuracy / NTP steps (lower is better; 2.0 = never)",
-                    verdict=(RULE_SPEED.verdict([1.0 - x for x in speed], [0.0] * len(speed), seeds=seeds)
-                             if min(t for t, _ in curves.values()) >= MIN_TARGET else "inconclusive"),
+                    verdict=_guarded(RULE_SPEED.verdict([1.0 - x for x in speed], [0.0] * len(speed), seeds=seeds),
+                                     min(t for t, _ in curves.values()) >= MIN_TARGET),
                     note=f"per seed (NTP final acc, MLM-U curve): {curves}; {wall} "
                          f"(per step: NTP {secs['ntp'] / (len(seeds) * len(sizes) * steps):.3f} s, "
                          f"MLM-U {secs['mlm_u'] / (len(seeds) * len(sizes) * steps):.3f} s; "
@@ -442,7 +449,7 @@ def _star_row(quick: bool, seeds) -> Row:
                         f"{LR}, batch {STAR_BATCH}, {steps} steps; seeds {list(seeds)}"),
                baseline_name="NTP 6-layer causal", baseline_value=mean(acc["ntp"]), method_value=mean(acc["mlm_u"]),
                metric=f"greedy exact-path accuracy (higher is better); verdict on {RULE_STAR.metric} > {STAR_MARGIN}",
-               verdict=v.status if learned else "inconclusive",
+               verdict=_guarded(v, learned),
                note=(f"per seed NTP {[round(x, 3) for x in acc['ntp']]}, MLM-U {[round(x, 3) for x in acc['mlm_u']]}; "
                      f"1/degree = {1 / STAR['degree']:.2f}; training s: NTP {secs['ntp']:.0f}, MLM-U "
                      f"{secs['mlm_u']:.0f}" + _tf_note(tf) + ("" if learned else f"; inconclusive: some seed has neither model above "
