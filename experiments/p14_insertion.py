@@ -28,14 +28,24 @@ Setting (fixed before anything runs):
   samples the gap from the top 2 and takes the token argmax, threshold 0.9: not used.)
 * Metric: exact path accuracy (``tokjax.data.check_path``, the official exact match).
 
-Verdict (``RULE``): per seed, ILM - causal on medium must exceed 0.10 on every seed for
-``reproduced`` (none: ``not-reproduced``). The comparison means something only if at least one
-model learned the task beyond the centre guess: ``RULE_LEARNED`` (the better model's medium
-accuracy above ``LEARNED_ACC`` = 0.5) is checked first and the row is ``inconclusive`` unless it
-holds on every seed. Easy (and hard, full mode only) are reported in the note.
+Claims and verdicts (``RULE``, ``RULE_HARD``):
+
+* ``planning-medium`` (the issue's claim; rule fixed before the first full-run unit): per seed,
+  ILM - causal on medium must exceed 0.10 on every seed for ``reproduced`` (none:
+  ``not-reproduced``). The comparison means something only if at least one model learned the task
+  beyond the centre guess: ``RULE_LEARNED`` (the better model's medium accuracy above
+  ``LEARNED_ACC`` = 0.5) is checked first and the row is ``inconclusive`` unless it holds on every
+  seed. Its row reads the medium units only.
+* ``planning-hard`` (full mode only; declared in session 53, before any easy or hard full-run unit
+  had run, when the medium units were split into their own claim so that the verdict they decide
+  could be recorded without waiting ~8 CPU-hours for easy and hard): the same rule and learned gate
+  on hard star graphs. Easy is trained alongside and reported in this row's note as context (no
+  verdict reads it). In quick mode the row is ``untested-here`` and its note gives the easy numbers.
 
 Quick mode: 1 seed, ``QUICK_STEPS`` steps, fewer graphs: a CPU-minutes smoke version whose verdict
-says little (the official runs train 80k steps).
+says little (the official runs train 80k steps). ``--only planning-medium`` / ``--only planning-hard``
+run and record one claim (each (difficulty, seed, arm) unit is cached, so the two share nothing
+but the cache directory).
 """
 
 from __future__ import annotations
@@ -61,7 +71,13 @@ D_MODEL, N_LAYERS, N_HEADS, BATCH, LR = 128, 4, 4, 64, 1e-3
 STEPS, QUICK_STEPS = 6000, 100
 TRAIN_GRAPHS, QUICK_TRAIN_GRAPHS = 50000, 4000
 TEST_GRAPHS, QUICK_TEST_GRAPHS = 1000, 200
-DIFFICULTIES, QUICK_DIFFICULTIES = ("easy", "medium", "hard"), ("easy", "medium")
+RULE_HARD = Rule(metric="exact path accuracy, star graphs hard (held-out)", higher_is_better=True, threshold=0.10,
+                 seeds=(0, 1, 2), quick_seeds=(0,),
+                 reported="ILM greedy joint argmax (stop threshold 0.5) vs causal greedy, same config and steps, "
+                          "fixed in advance")
+# difficulties each claim trains (the first one decides the verdict; the others are context in its note)
+CLAIM_DIFFICULTIES = {"planning-medium": ("medium",), "planning-hard": ("hard", "easy")}
+QUICK_CLAIM_DIFFICULTIES = {"planning-medium": ("medium",), "planning-hard": ("easy",)}
 STOP_THRESHOLD = 0.5
 
 
@@ -148,22 +164,12 @@ def eval_causal(model, sg):
     return np.asarray(check_path(sg, pred))
 
 
-def run(quick: bool) -> list[Row]:
-    import dataclasses
-
-    import numpy as np
-
+def _unit(arm: str, d: str, seed: int, *, steps: int, n_train: int, test) -> dict:
+    """Returns the cached result of training and evaluating one arm at one difficulty and seed."""
     from experiments._common import memo_json
     from tokjax.data import star_graphs
 
-    steps = QUICK_STEPS if quick else STEPS
-    n_train = QUICK_TRAIN_GRAPHS if quick else TRAIN_GRAPHS
-    n_test = QUICK_TEST_GRAPHS if quick else TEST_GRAPHS
-    diffs = QUICK_DIFFICULTIES if quick else DIFFICULTIES
-    seeds = RULE.run_seeds(quick)
-    acc = {d: {"ilm": [], "causal": []} for d in diffs}
-    info = {d: [] for d in diffs}
-    def one_arm(arm: str, d: str, seed: int, test) -> dict:
+    def compute() -> dict:
         train = star_graphs(n_train, difficulty=d, format="pairs", seed=100 + seed)
         t0 = time.time()
         if arm == "ilm":
@@ -176,54 +182,94 @@ def run(quick: bool) -> list[Row]:
         t = time.time() - t0
         return {"acc": float(eval_causal(model, test).mean()), "t": t, "loss": float(log["loss"])}
 
-    # medium first: the verdict reads medium only, so a run stopped early has cached the units that decide it
-    for d in sorted(diffs, key=lambda d: d != "medium"):
-        test = star_graphs(n_test, difficulty=d, format="pairs", seed=7)
-        for seed in seeds:  # each (difficulty, seed, arm) is cached: a full run killed half-way resumes
-            u = {arm: memo_json("p14-arm", dict(arm=arm, difficulty=d, seed=seed, steps=steps, n_train=n_train,
-                                                n_test=n_test, model=(D_MODEL, N_LAYERS, N_HEADS), opt=(BATCH, LR),
-                                                stop=STOP_THRESHOLD, version=1),
-                                 lambda arm=arm, seed=seed, d=d, test=test: one_arm(arm, d, seed, test))
-                 for arm in ("ilm", "causal")}
-            acc[d]["ilm"].append(u["ilm"]["acc"])
-            acc[d]["causal"].append(u["causal"]["acc"])
-            info[d].append(f"seed {seed}: train s ILM {u['ilm']['t']:.0f} / causal {u['causal']['t']:.0f}, final "
-                           f"loss ILM {u['ilm']['loss']:.3f} / causal {u['causal']['loss']:.3f}, ILM stopped by "
-                           f"head {u['ilm']['stopped']:.2f}, mean ILM length {u['ilm']['mean_len']:.1f}")
-            print(f"[p14] {d} seed {seed}: ILM {acc[d]['ilm'][-1]:.3f} causal {acc[d]['causal'][-1]:.3f} "
-                  f"({info[d][-1]})", flush=True)
+    # the key predates the split into two claims: units cached by earlier runs stay valid
+    return memo_json("p14-arm", dict(arm=arm, difficulty=d, seed=seed, steps=steps, n_train=n_train,
+                                     n_test=len(test), model=(D_MODEL, N_LAYERS, N_HEADS), opt=(BATCH, LR),
+                                     stop=STOP_THRESHOLD, version=1), compute)
 
-    med = acc["medium"]
-    verdict = RULE.verdict(med["ilm"], med["causal"], seeds=seeds)
-    best = np.maximum(med["ilm"], med["causal"])
-    learned = RULE_LEARNED.verdict(best, [0.0] * len(seeds), seeds=seeds)
-    if learned.status != "reproduced":
-        verdict = dataclasses.replace(verdict, status="inconclusive")
+
+def _difficulty(d: str, seeds, *, steps: int, n_train: int, n_test: int):
+    """Returns ({"ilm": [acc per seed], "causal": [...]}, [per-seed info strings]) at difficulty ``d``."""
+    from tokjax.data import star_graphs
+
+    test = star_graphs(n_test, difficulty=d, format="pairs", seed=7)
+    acc, info = {"ilm": [], "causal": []}, []
+    for seed in seeds:
+        u = {arm: _unit(arm, d, seed, steps=steps, n_train=n_train, test=test) for arm in ("ilm", "causal")}
+        acc["ilm"].append(u["ilm"]["acc"])
+        acc["causal"].append(u["causal"]["acc"])
+        info.append(f"seed {seed}: train s ILM {u['ilm']['t']:.0f} / causal {u['causal']['t']:.0f}, final "
+                    f"loss ILM {u['ilm']['loss']:.3f} / causal {u['causal']['loss']:.3f}, ILM stopped by "
+                    f"head {u['ilm']['stopped']:.2f}, mean ILM length {u['ilm']['mean_len']:.1f}")
+        print(f"[p14] {d} seed {seed}: ILM {acc['ilm'][-1]:.3f} causal {acc['causal'][-1]:.3f} ({info[-1]})",
+              flush=True)
+    return acc, info
+
+
+def run(quick: bool, only: frozenset | None = None) -> list[Row]:
+    """``only``: a subset of ``CLAIM_DIFFICULTIES`` (the claims to run and record)."""
+    import dataclasses
+
+    import numpy as np
+
+    unknown = set(only or ()) - set(CLAIM_DIFFICULTIES)
+    if unknown:
+        raise ValueError(f"p14: unknown claim(s) {sorted(unknown)}; expected some of {sorted(CLAIM_DIFFICULTIES)}")
+    steps = QUICK_STEPS if quick else STEPS
+    n_train = QUICK_TRAIN_GRAPHS if quick else TRAIN_GRAPHS
+    n_test = QUICK_TEST_GRAPHS if quick else TEST_GRAPHS
+    seeds = RULE.run_seeds(quick)
+    claims = [c for c in CLAIM_DIFFICULTIES if only is None or c in only]  # medium first: the issue's claim
+    diff_table = QUICK_CLAIM_DIFFICULTIES if quick else CLAIM_DIFFICULTIES
 
     def per_seed(v):
         return "/".join(f"{x:.3f}" for x in v)
 
-    note = "; ".join(f"{d}: ILM {per_seed(acc[d]['ilm'])}, causal {per_seed(acc[d]['causal'])} ({' | '.join(info[d])})"
-                     for d in diffs)
-    note += (f". Learned gate (better model > {LEARNED_ACC} on medium every seed): {learned.status}. "
-             f"{steps} steps, {n_train} training graphs, {n_test} test graphs (seed 7), d={D_MODEL} x{N_LAYERS}, "
-             f"lr {LR}, batch {BATCH}; official runs train 80k steps.")
-    if quick:
-        note += " Quick mode: too few steps for the claim; the verdict is a smoke test."
-    if verdict.status == "inconclusive":
-        note += " What would decide it: a full run where a model clears the learned gate on every seed."
-    return [Row(
-        pid="P14", claim_id="planning-medium",
-        claim="an insertion LM beats an equal-size causal LM on star-graph planning (medium) by >= 10 points",
-        setting=f"star graphs ({', '.join(diffs)}; pairs format), tokjax d={D_MODEL} x{N_LAYERS} bidirectional ILM "
-                f"(+stop head) vs the same config causal, {steps} steps, {len(seeds)} seed(s)",
-        baseline_name="equal-size causal LM, greedy",
-        baseline_value=round(float(np.mean(med["causal"])), 4),
-        method_value=round(float(np.mean(med["ilm"])), 4),
-        metric="exact path accuracy on held-out medium star graphs (higher is better)",
-        verdict=verdict,
-        note=note,
-    )]
+    rows = []
+    for claim in claims:
+        diffs = diff_table[claim]
+        res = {d: _difficulty(d, seeds, steps=steps, n_train=n_train, n_test=n_test) for d in diffs}
+        note = "; ".join(f"{d}: ILM {per_seed(a['ilm'])}, causal {per_seed(a['causal'])} ({' | '.join(i)})"
+                         for d, (a, i) in res.items())
+        common = (f"{steps} steps, {n_train} training graphs, {n_test} test graphs (seed 7), d={D_MODEL} "
+                  f"x{N_LAYERS}, lr {LR}, batch {BATCH}; official runs train 80k steps.")
+        setting = (f"star graphs ({', '.join(diffs)}; pairs format), tokjax d={D_MODEL} x{N_LAYERS} bidirectional "
+                   f"ILM (+stop head) vs the same config causal, {steps} steps, {len(seeds)} seed(s)")
+        decided = claim.removeprefix("planning-")
+        if decided not in res:  # quick mode has no hard star graphs
+            rows.append(Row(pid="P14", claim_id=claim,
+                            claim=f"an insertion LM beats an equal-size causal LM on star-graph planning ({decided}) "
+                                  f"by >= 10 points",
+                            setting=setting, baseline_name="equal-size causal LM, greedy", baseline_value=None,
+                            method_value=None,
+                            metric=f"exact path accuracy on held-out {decided} star graphs (higher is better)",
+                            verdict="untested-here",
+                            note=f"full mode only ({decided} star graphs); context: {note}. {common}"))
+            continue
+        acc = res[decided][0]
+        rule = RULE if decided == "medium" else RULE_HARD
+        verdict = rule.verdict(acc["ilm"], acc["causal"], seeds=seeds)
+        best = np.maximum(acc["ilm"], acc["causal"])
+        learned = RULE_LEARNED.verdict(best, [0.0] * len(seeds), seeds=seeds)
+        if learned.status != "reproduced":
+            verdict = dataclasses.replace(verdict, status="inconclusive")
+        note += f". Learned gate (better model > {LEARNED_ACC} on {decided} every seed): {learned.status}. " + common
+        if quick:
+            note += " Quick mode: too few steps for the claim; the verdict is a smoke test."
+        if verdict.status == "inconclusive":
+            note += " What would decide it: a full run where a model clears the learned gate on every seed."
+        rows.append(Row(
+            pid="P14", claim_id=claim,
+            claim=f"an insertion LM beats an equal-size causal LM on star-graph planning ({decided}) by >= 10 points",
+            setting=setting,
+            baseline_name="equal-size causal LM, greedy",
+            baseline_value=round(float(np.mean(acc["causal"])), 4),
+            method_value=round(float(np.mean(acc["ilm"])), 4),
+            metric=f"exact path accuracy on held-out {decided} star graphs (higher is better)",
+            verdict=verdict,
+            note=note,
+        ))
+    return rows
 
 
 if __name__ == "__main__":
