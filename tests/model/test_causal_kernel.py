@@ -10,6 +10,9 @@ from hypothesis import given, settings, strategies as st
 
 from tokjax.model import attention as A
 from tokjax.model import causal_kernel as ck
+from tests.model._kernels import force_kernel
+
+_kernel_forced = force_kernel("TOKJAX_ATTENTION_KERNEL", ck.causal_kernel_available)  # the kernel's path on every CPU
 
 
 def _qkv(seed, B, T, H, KV, D, scale=1.0):
@@ -154,15 +157,37 @@ def test_dispatch_kernel_on_cpu_float32_only_and_vmap():
     np.testing.assert_allclose(np.asarray(batched[1]), np.asarray(A.causal_attend(2 * q, k, v)), rtol=1e-6, atol=1e-6)
 
 
-def test_env_switch_turns_the_kernel_off(monkeypatch):
-    monkeypatch.setenv("TOKJAX_ATTENTION_KERNEL", "0")
-    ck.causal_kernel_available.cache_clear()
+def test_env_switch_turns_the_kernel_off_and_the_default_uses_it_only_where_tuned(monkeypatch):
+    from tokjax.model._ffi import tuned_build
+
     try:
+        monkeypatch.setenv("TOKJAX_ATTENTION_KERNEL", "0")
+        ck.causal_kernel_available.cache_clear()
         assert not ck.causal_kernel_available()
-    finally:
         monkeypatch.delenv("TOKJAX_ATTENTION_KERNEL")
         ck.causal_kernel_available.cache_clear()
+        assert ck.causal_kernel_available() == tuned_build("causal_attention.cc")
+    finally:
+        monkeypatch.setenv("TOKJAX_ATTENTION_KERNEL", "force")
+        ck.causal_kernel_available.cache_clear()
     assert ck.causal_kernel_available()
+
+
+def test_kernels_count_as_tuned_exactly_where_the_cpu_has_their_vector_isa():
+    import platform
+    from pathlib import Path
+
+    from tokjax.model._ffi import tuned_build
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if platform.machine() not in ("x86_64", "AMD64") or not cpuinfo.exists():
+        pytest.skip("reads the x86 CPU flags from /proc/cpuinfo")
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines()
+                  if line.startswith("flags")), [])
+    avx512 = "avx512f" in flags
+    assert tuned_build("causal_attention.cc") == (avx512 or "avx2" in flags)
+    for source in ("f32_matmul.cc", "int8_matmul.cc"):  # these two also have an AVX2 + FMA path
+        assert tuned_build(source) == (avx512 or ("avx2" in flags and "fma" in flags)), source
 
 
 def test_kernel_rejects_mismatched_operands():

@@ -10,6 +10,9 @@ from hypothesis import given, settings, strategies as st
 import tokjax
 from tokjax.model import quant
 from tests.model._models import small_model
+from tests.model._kernels import force_kernel
+
+_kernel_forced = force_kernel("TOKJAX_INT8_KERNEL", quant.int8_kernel_available)  # the kernel's path on every CPU
 
 
 def _weight(seed, shape):

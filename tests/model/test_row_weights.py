@@ -12,6 +12,9 @@ from tokjax.decoding.driver import decode_layout
 from tokjax.model import row_weights as rw
 from tokjax.model.forward import unstack_layers
 from tests.model._models import small_model
+from tests.model._kernels import force_kernel
+
+_kernel_forced = force_kernel("TOKJAX_F32_KERNEL", rw.f32_kernel_available)  # the kernel's path on every CPU
 
 
 def _arr(seed, shape):

@@ -12,10 +12,15 @@ for 6 query rows of one head at a time with their scores in an L1/L2-resident bu
 exact softmax (row max, exp, sum), summed in another order. Prefill against transformers and
 against this kernel switched off: ``benchmarks/prefill.py``.
 
-It runs where the cache-free causal forward runs (prefill, ``token_stats`` scoring, training) on CPU for
-float32 inputs with head size a multiple of 16 and no packed-document segments; elsewhere (GPU/TPU
-by ``lax.platform_dependent``, other dtypes, no compiler, ``TOKJAX_ATTENTION_KERNEL=0``) the
-query-block path runs.
+It runs where the cache-free causal forward runs (prefill, ``token_stats`` scoring, training) on CPUs with
+AVX-512 or AVX2 for float32 inputs with head size a multiple of 16 and no packed-document segments; elsewhere
+(GPU/TPU by ``lax.platform_dependent``, other dtypes, no compiler, ``TOKJAX_ATTENTION_KERNEL=0``, CPUs with
+neither) the query-block path runs. The register blocking depends on the build: with AVX-512 6 query rows x 4
+vectors of 16 floats (24 of its 32 registers), with AVX2 3 rows x 4 vectors of 8 (12 of 16). The AVX-512
+blocking built for an AVX2 EPYC spilled and ran 3-8x slower than the query blocks (forward, 2 cores: 244
+against 44 ms for one SmolLM2 layer at 1024 tokens), which is why the width is chosen per build and why a
+build for any other instruction set counts as untuned (:func:`causal_kernel_available` False;
+``TOKJAX_ATTENTION_KERNEL=force`` runs it anyway, as its tests do).
 
 Reverse mode has a kernel of its own (``TokjaxCausalAttentionGrad``): per tile of query rows it recomputes the
 weights and forms dq, and adds the tile's share of dk and dv,
@@ -50,7 +55,8 @@ _KEY_PAD = 64  # the kernel reads keys in blocks of 64
 
 @functools.cache
 def causal_kernel_available() -> bool:
-    """Whether the CPU causal-attention kernel is built and registered (compiling it on first call)."""
+    """Whether the CPU causal-attention kernel is built, tuned for this CPU (AVX-512 or AVX2) and registered
+    (compiling it on first call)."""
     targets = {_TARGET: "TokjaxCausalAttention", _GRAD_TARGET: "TokjaxCausalAttentionGrad"}
     return kernel_available("TOKJAX_ATTENTION_KERNEL", "causal_attention.cc", targets,
                             "causal attention uses the XLA query-block path")

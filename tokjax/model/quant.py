@@ -17,8 +17,10 @@ to :data:`KERNEL_MAX_ROWS` activation rows, an XLA FFI custom call (``_kernels/i
 compiled with g++ on first use into the tokjax cache) that widens each int8 weight row in registers,
 because XLA's CPU backend materialises ``q.astype(f32)`` as a full f32 matrix (6x *slower* than f32
 weights, ``benchmarks/int8_matvec.py``); elsewhere, and for prefill-sized inputs,
-``(x @ q.astype(f32).T) * s``, which GPU/TPU compilers fuse into the dot. Without a compiler, or with
-``TOKJAX_INT8_KERNEL=0``, CPU uses that path too (correct, slow).
+``(x @ q.astype(f32).T) * s``, which GPU/TPU compilers fuse into the dot. The kernel is register-blocked
+for AVX-512 and for AVX2 + FMA; without a compiler, on a CPU with neither, or with
+``TOKJAX_INT8_KERNEL=0``, CPU uses the XLA path too (correct, slow: int8 weights then decode slower than
+float32).
 
 The int8 form is a decode-time layout, like ``unstack_layers(fuse=True)``: ``forward``, ``generate``
 and ``token_stats`` read it; training, sharding rules, checkpoints and ``save_hf`` expect floats.
@@ -174,6 +176,7 @@ def _kernel_matmul(x2, q, scale):
 
 @functools.cache
 def int8_kernel_available() -> bool:
-    """Whether the CPU int8 kernel is built and registered (compiling it on first call)."""
+    """Whether the CPU int8 kernel is built, tuned for this CPU (AVX-512 or AVX2 + FMA) and registered (compiling
+    it on first call). ``TOKJAX_INT8_KERNEL``: "0" never, "force" also where untuned (tests)."""
     return kernel_available("TOKJAX_INT8_KERNEL", "int8_matmul.cc", {_TARGET: "TokjaxInt8Matmul"},
                             "int8 weights use the slower XLA path")

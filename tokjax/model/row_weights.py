@@ -10,9 +10,11 @@ each output's weights are contiguous, and
 
 runs, for 2 to :data:`KERNEL_MAX_ROWS` rows on CPU, as an XLA FFI custom call
 (``_kernels/f32_matmul.cc``, compiled with g++ on first use) that reads each weight row once for
-up to 6 activation rows in registers (``benchmarks/small_matmul.py``: 1.55-1.62x XLA's dot at 8
-rows and 1.24-1.42x at 16 on SmolLM2's matrices); elsewhere (one row, where XLA's matvec streams as
-fast; GPU/TPU; larger inputs such as prefill; no compiler; ``TOKJAX_F32_KERNEL=0``) as XLA's dot
+up to 6 activation rows in registers with AVX-512, 3 with AVX2 + FMA (``benchmarks/small_matmul.py``, SmolLM2's
+matrices: 1.55-1.62x XLA's dot at 8 rows and 1.24-1.42x at 16 on an AVX-512 EPYC; 2.1-3.2x at 2-8 rows
+and 1.4-2.5x at 16 on an AVX2 one); elsewhere (one row, where XLA's matvec streams as fast; GPU/TPU;
+larger inputs such as prefill; no compiler; a CPU with neither instruction set, where the kernel's
+plain loops are slower than XLA; ``TOKJAX_F32_KERNEL=0``) as XLA's dot
 with the transposed operand, the same product. The custom
 path is chosen per platform at lowering (``lax.platform_dependent``), so the same params run
 unchanged on any backend.
@@ -113,7 +115,8 @@ def _kernel_matmul(x2, rows):
 
 @functools.cache
 def f32_kernel_available() -> bool:
-    """Whether the CPU float32 small-M kernel is built and registered (compiling it on first call)."""
+    """Whether the CPU float32 small-M kernel is built, tuned for this CPU (AVX-512 or AVX2 + FMA) and registered
+    (compiling it on first call). ``TOKJAX_F32_KERNEL``: "0" never, "force" also where untuned (tests)."""
     return kernel_available("TOKJAX_F32_KERNEL", "f32_matmul.cc", {_TARGET: "TokjaxF32Matmul"},
                             "decoding uses XLA's dot")
 

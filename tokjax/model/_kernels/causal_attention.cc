@@ -21,12 +21,33 @@
 
 namespace ffi = xla::ffi;
 
+// The register blocking below is sized for AVX-512 and AVX2 (measured on both). When the AVX-512 blocking
+// (16-float vectors, 6 rows) was built for an AVX2 EPYC, GCC split and spilled the vectors and the kernel ran
+// 3-8x slower than XLA's query blocks; on CPUs with neither (e.g. NEON, unmeasured) tokjax keeps XLA's path, as it
+// does wherever this returns 0 (model/_ffi.py).
+extern "C" int TokjaxTunedBuild() {
+#if defined(__AVX512F__) || defined(__AVX2__)
+  return 1;
+#else
+  return 0;
+#endif
+}
+
 namespace {
 
-typedef float vf __attribute__((vector_size(64)));
-typedef int32_t vi __attribute__((vector_size(64)));
-constexpr int kLanes = 16;
-constexpr int kKeyBlock = 64;  // keys per score block: 4 vectors
+// AVX-512: vectors of 16 floats and tiles of 6 query rows (6 x 4 score accumulators of the 32 registers).
+// Elsewhere vectors of 8 floats (AVX2's width) and 3 rows: 12 accumulators and 4 keys fill AVX2's 16.
+#if defined(__AVX512F__)
+#define TOKJAX_VEC_BYTES 64
+constexpr int kRows = 6;
+#else
+#define TOKJAX_VEC_BYTES 32
+constexpr int kRows = 3;
+#endif
+typedef float vf __attribute__((vector_size(TOKJAX_VEC_BYTES)));
+typedef int32_t vi __attribute__((vector_size(TOKJAX_VEC_BYTES)));
+constexpr int kLanes = TOKJAX_VEC_BYTES / 4;
+constexpr int kKeyBlock = 4 * kLanes;  // keys per score block: 4 vectors (divides the caller's padding to 64)
 
 inline vf Load(const float* p) {
   vf v;
@@ -87,7 +108,7 @@ inline void Scores(const Problem& p, const float* const* q, const float* kt, int
       for (int c = 0; c < 4; ++c) acc[r][c] = vf{};
     for (int64_t d = 0; d < p.D; ++d) {
       const float* kr = kt + d * p.Tp + j;
-      const vf k0 = Load(kr), k1 = Load(kr + 16), k2 = Load(kr + 32), k3 = Load(kr + 48);
+      const vf k0 = Load(kr), k1 = Load(kr + kLanes), k2 = Load(kr + 2 * kLanes), k3 = Load(kr + 3 * kLanes);
 #pragma GCC unroll 8
       for (int r = 0; r < MR; ++r) {
         const vf qv = Splat(q[r][d]);
@@ -185,7 +206,6 @@ void Tile(const Problem& p, int64_t b, int64_t h, int64_t t0, std::vector<float>
   ValuesAll<MR>(p, s, p.v + (b * p.T * p.KV + g) * p.D, n, inv, o);
 }
 
-constexpr int kRows = 6;  // 6 rows x 4 vectors: 24 accumulators of the 32 vector registers
 
 void Item(const Problem& p, int64_t tile, int64_t bh, std::vector<float>& scratch) {
   const int64_t b = bh / p.H, h = bh % p.H, t0 = tile * kRows;

@@ -11,7 +11,7 @@
 #include <algorithm>
 #include <cstdint>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -19,6 +19,17 @@
 #include "column_pool.h"
 
 namespace ffi = xla::ffi;
+
+// Register-blocked for AVX-512 (tiles of up to 6 rows x 4 weight rows) and AVX2 + FMA (up to 3 x 4: 12 of
+// its 16 registers); elsewhere the plain loops below are slower than XLA, so tokjax uses this kernel only
+// where it returns 1 (model/_ffi.py).
+extern "C" int TokjaxTunedBuild() {
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+  return 1;
+#else
+  return 0;
+#endif
+}
 
 namespace {
 
@@ -30,6 +41,7 @@ struct Problem {
 };
 
 #if defined(__AVX512F__)
+constexpr int kMaxRows = 6;
 template <int MT, int NB>
 inline void Tile(const Problem& p, int64_t m0, int64_t n0) {
   __m512 acc[MT][NB];
@@ -57,7 +69,44 @@ inline void Tile(const Problem& p, int64_t m0, int64_t n0) {
     }
   }
 }
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr int kMaxRows = 3;
+inline float Sum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+template <int MT, int NB>
+inline void Tile(const Problem& p, int64_t m0, int64_t n0) {
+  __m256 acc[MT][NB];
+  for (int i = 0; i < MT; ++i)
+    for (int j = 0; j < NB; ++j) acc[i][j] = _mm256_setzero_ps();
+  const int64_t vec_end = p.K & ~int64_t{7};
+  for (int64_t k = 0; k < vec_end; k += 8) {
+    __m256 w[NB];
+    for (int j = 0; j < NB; ++j) {
+      _mm_prefetch(reinterpret_cast<const char*>(p.w + (n0 + NB + j) * p.K + k), _MM_HINT_T0);
+      w[j] = _mm256_loadu_ps(p.w + (n0 + j) * p.K + k);
+    }
+    for (int i = 0; i < MT; ++i) {
+      const __m256 xv = _mm256_loadu_ps(p.x + (m0 + i) * p.K + k);
+      for (int j = 0; j < NB; ++j) acc[i][j] = _mm256_fmadd_ps(xv, w[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < MT; ++i) {
+    for (int j = 0; j < NB; ++j) {
+      float r = Sum8(acc[i][j]);
+      const float* xr = p.x + (m0 + i) * p.K;
+      const float* wr = p.w + (n0 + j) * p.K;
+      for (int64_t kk = vec_end; kk < p.K; ++kk) r += xr[kk] * wr[kk];
+      p.y[(m0 + i) * p.N + n0 + j] = r;
+    }
+  }
+}
 #else
+constexpr int kMaxRows = 6;
 template <int MT, int NB>
 inline void Tile(const Problem& p, int64_t m0, int64_t n0) {
   for (int i = 0; i < MT; ++i) {
@@ -72,12 +121,12 @@ inline void Tile(const Problem& p, int64_t m0, int64_t n0) {
 }
 #endif
 
-// Up to 6 activation rows share each loaded weight vector; 4 weight rows per step: 24
-// accumulators plus 4 weights and one activation in the 32 vector registers.
+// Up to kMaxRows activation rows share each loaded weight vector; 4 weight rows per step: with AVX-512 24
+// accumulators plus 4 weights and one activation in the 32 vector registers (AVX2: 12 + 4 of 16).
 template <int NB>
 inline void Columns(const Problem& p, int64_t n0) {
   int64_t m0 = 0;
-  for (; m0 + 6 <= p.M; m0 += 6) Tile<6, NB>(p, m0, n0);
+  for (; m0 + kMaxRows <= p.M; m0 += kMaxRows) Tile<kMaxRows, NB>(p, m0, n0);
   switch (p.M - m0) {
     case 5: Tile<5, NB>(p, m0, n0); break;
     case 4: Tile<4, NB>(p, m0, n0); break;
