@@ -394,10 +394,10 @@ _ENTRIES: tuple[Entry, ...] = (
                   'the centre guess. 6000 steps x 64 on 50000 graphs, far below the official 80k steps'),
                 _c('planning-hard', 'untested-here',
                    'an insertion LM beats an equal-size causal LM on star-graph planning (hard) by >= 10 points',
-                   'declared after the medium run with the same rule, not run here: on the 2-core CPU one training '
-                   'step at hard\'s 137-token rows takes 1200-1300 ms for either arm (measured), so 6000 steps x 2 '
-                   'arms x 3 seeds is about 12 CPU-hours before easy, more than a 3-hour session, whose processes '
-                   'and cached units end with it; the run is ready for a GPU '
+                   'declared after the medium run with the same rule, not run here: on the 2-core CPU a training '
+                   'step at hard\'s 137-token rows takes 1334 ms for the ILM and 857 ms for the causal model '
+                   '(measured), so 6000 steps x 3 seeds is about 11 hours of the machine before easy, more than a '
+                   '3-hour session, whose processes and cached units end with it; the run is ready for a GPU '
                    '(experiments/p14_insertion.py --only planning-hard)'),)),
     _e(15, 'AlignDistil: Token-Level Language Model Alignment as Adaptive Policy Distillation',
        'losses', 'tokjax.losses.aligndistil', ('aligndistil_loss', 'aligndistil_per_token', 'adaptive_weight', 'extrapolated_logits', 'make_aligndistil_loss'),
