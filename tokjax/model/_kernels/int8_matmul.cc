@@ -15,6 +15,7 @@
 #endif
 
 #include "xla/ffi/api/ffi.h"
+#include "avx2_sum.h"
 #include "column_pool.h"
 
 namespace ffi = xla::ffi;
@@ -79,12 +80,6 @@ inline void Tile(const Problem& p, int64_t m0, int64_t n0) {
 }
 #elif defined(__AVX2__) && defined(__FMA__)
 constexpr int kMaxRows = 3;
-inline float Sum8(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 
 template <int MT, int NB>
 inline void Tile(const Problem& p, int64_t m0, int64_t n0) {
@@ -111,7 +106,7 @@ inline void Tile(const Problem& p, int64_t m0, int64_t n0) {
   }
   for (int i = 0; i < MT; ++i) {
     for (int j = 0; j < NB; ++j) {
-      float r = Sum8(acc[i][j]);
+      float r = tokjax::Sum8(acc[i][j]);
       const float* xr = p.x + (m0 + i) * p.K;
       const int8_t* qr = p.q + (n0 + j) * p.K;
       for (int64_t kk = vec_end; kk < p.K; ++kk)
