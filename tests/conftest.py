@@ -7,9 +7,15 @@ os.environ.setdefault("XLA_FLAGS", "")
 # suite's CPU time by ~20% (measured on four decoding modules: 167 s vs 208 s). XLA's HLO passes run
 # as before, but float32 results may differ in the last bits from an optimised build (multiply-adds are
 # contracted differently), so a test that compares two different programs needs a float tolerance.
-# A caller's own optimization-level flag wins.
-if "--xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
-    os.environ["XLA_FLAGS"] = (os.environ["XLA_FLAGS"] + " --xla_backend_optimization_level=0").strip()
+# XLA's MLIR fusion emitters build an MLIR context and pass pipeline for every fusion (perf: ~20% of a
+# tiny decode program's compile in FusionCompiler, dialect loading included); the elemental IR emitter
+# they replace compiles the same fusions in about half the time (test_routing.py: 48 -> 20 s of XLA
+# compile, test_forward.py: 31 -> 16 s). Same HLO passes, so the same float tolerance note applies.
+# A caller's own value of either flag wins.
+_TEST_XLA_FLAGS = {"--xla_backend_optimization_level": "0", "--xla_cpu_use_fusion_emitters": "false"}
+for _flag, _value in _TEST_XLA_FLAGS.items():
+    if _flag not in os.environ["XLA_FLAGS"]:
+        os.environ["XLA_FLAGS"] = (os.environ["XLA_FLAGS"] + f" {_flag}={_value}").strip()
 os.environ.setdefault("TOKJAX_CACHE", os.path.join(os.path.dirname(os.path.dirname(__file__)), ".cache", "tokjax"))
 
 from hypothesis import HealthCheck, settings  # noqa: E402

@@ -116,7 +116,9 @@ for path, line, source in spec:
 
 
 def _run_in_subprocess(example: list[Block], devices: int, cwd: Path) -> None:
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+    # The suite's compile flags (conftest) plus the device count, which must be set before jax starts.
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+    env = {**os.environ, "XLA_FLAGS": " ".join([*flags, f"--xla_force_host_platform_device_count={devices}"]),
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     spec = json.dumps([[str(b.path), b.line, b.source] for b in example])
     proc = subprocess.run([sys.executable, "-c", _CHILD], input=spec, capture_output=True, text=True,
@@ -133,12 +135,38 @@ PARAMS = [pytest.param(ex, id=_rel(ex[0]), marks=[pytest.mark.slow] if any("slow
           for ex in ALL]
 
 
+_LOADED: dict = {}  # name -> (model, tokenizer), for this module's examples only (SmolLM2: ~0.5 GB)
+
+
+def _shared_pretrained(name, **kw):
+    """``tokjax.pretrained`` for the examples: a plain call (no options) loads each model once per test session.
+
+    Loading SmolLM2 from its GGUF file takes ~5 s and 26 examples call it; loading itself is tested in
+    tests/io, and models are immutable pytrees, so an example cannot change what the next one gets.
+    """
+    load = sys.modules["tokjax.pretrained"].pretrained  # the package attribute is this function while patched
+    if kw:
+        return load(name, **kw)
+    if name not in _LOADED:
+        _LOADED[name] = load(name)
+    return _LOADED[name]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_shared_models():
+    yield
+    _LOADED.clear()
+
+
 @pytest.mark.parametrize("example", PARAMS)
 def test_example_runs(example, tmp_path, monkeypatch):
     for b in example:
         for option in b.options:
             if option.startswith("requires:"):
                 pytest.importorskip(option.split(":", 1)[1])
+    import tokjax
+
+    monkeypatch.setattr(tokjax, "pretrained", _shared_pretrained)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(ROOT))
     devices = _devices(example)

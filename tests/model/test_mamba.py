@@ -84,8 +84,9 @@ def test_cached_decode_equals_the_full_forward_token_by_token_and_in_chunks():
     o1 = _fwd(m.params, cfg, toks[:, :6], cache=KVCache.init(cfg, 2, 16))
     o2 = _fwd(m.params, cfg, toks[:, 6:], cache=o1.cache)
     np.testing.assert_allclose(jnp.concatenate([o1.logits, o2.logits], 1), full, atol=1e-5)
-    # the stacked (lax.scan) and unstacked (Python loop) paths agree
-    np.testing.assert_allclose(_fwd(unstack_layers(m.params), cfg, toks).logits, full, atol=1e-6)
+    # the stacked (lax.scan) and unstacked (Python loop) paths agree; two programs, so float32 rounding may
+    # differ (1.7e-6 seen with the suite's compile flags, conftest.py), as for the cached paths above
+    np.testing.assert_allclose(_fwd(unstack_layers(m.params), cfg, toks).logits, full, atol=1e-5)
 
 
 def test_ragged_prefill_absorbs_exactly_each_rows_prompt():
