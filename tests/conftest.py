@@ -11,6 +11,8 @@ os.environ.setdefault("XLA_FLAGS", "")
 # tiny decode program's compile in FusionCompiler, dialect loading included); the elemental IR emitter
 # they replace compiles the same fusions in about half the time (test_routing.py: 48 -> 20 s of XLA
 # compile, test_forward.py: 31 -> 16 s). Same HLO passes, so the same float tolerance note applies.
+# At the default optimization level the elemental emitter compiles slower (SmolLM2's first generate: 24 vs 16 s,
+# steps equally fast), so this is a setting for the suite's compile-bound tiny programs, not for tokjax.
 # A caller's own value of either flag wins.
 _TEST_XLA_FLAGS = {"--xla_backend_optimization_level": "0", "--xla_cpu_use_fusion_emitters": "false"}
 for _flag, _value in _TEST_XLA_FLAGS.items():

@@ -13,7 +13,6 @@ from tokjax.model import (
     Bidirectional, Inputs, KVCache, MambaState, ModelConfig, Taps, forward, layer_weights, mamba_mixer, mamba_state,
     prefill, selective_scan, ssm_projections, unstack_layers,
 )
-from tokjax.model.forward import norm
 
 
 def _cfg(**kw):
